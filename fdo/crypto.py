@@ -588,3 +588,19 @@ def _check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
         raise SignatureError(f"{what} is not signed by the next certificate") from None
+
+
+def cert_public_key(cert: x509.Certificate) -> PublicKeyT:
+    """The (EC or RSA) public key of ``cert``."""
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise UnsupportedError("certificate key is neither EC nor RSA")
+    check_key_supported(key)
+    return key
+
+
+def sg_type_fits(sg_type: SgType, key: PublicKeyT) -> bool:
+    """Whether a device with ``key`` may announce ``sg_type`` (ECDSA curve must match)."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return sg_type == (SgType.ES256 if key.curve.key_size == 256 else SgType.ES384)
+    return sg_type in (SgType.RS256, SgType.RS384, SgType.PS256, SgType.PS384)

@@ -1,0 +1,20 @@
+"""The ``fdo`` command: a registry of command groups, one module each."""
+
+import typer
+
+from fdo_cli import keys, voucher
+
+app = typer.Typer(no_args_is_help=True, help="FIDO Device Onboard for bootc devices.")
+
+# (name, sub-app): add new groups (manufacturer, rendezvous, owner, device) here.
+GROUPS: list[tuple[str, typer.Typer]] = [
+    ("keys", keys.app),
+    ("voucher", voucher.app),
+]
+
+for _name, _group in GROUPS:
+    app.add_typer(_group, name=_name)
+
+
+def main() -> None:
+    app()
