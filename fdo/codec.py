@@ -320,10 +320,12 @@ def as_timestamp(obj: CborValue, what: str) -> int | None:
         return None
     if isinstance(obj, datetime):
         return int(obj.timestamp())
-    if isinstance(obj, Tag) and obj.tag == 1 and isinstance(obj.value, int | float):
-        return int(obj.value)
-    if isinstance(obj, int | float) and not isinstance(obj, bool):
-        return int(obj)
+    value = obj.value if isinstance(obj, Tag) and obj.tag == 1 else obj
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return int(value)
+        except (ValueError, OverflowError):  # NaN or infinity
+            raise MessageBodyError(f"{what}: not a finite timestamp") from None
     raise MessageBodyError(f"{what}: expected a timestamp, got {_kind(obj)}")
 
 

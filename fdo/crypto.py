@@ -19,7 +19,7 @@ from enum import IntEnum
 from typing import Self, TypeAlias
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -366,11 +366,13 @@ class PublicKey:
                 key = serialization.load_der_public_key(der)
             except ValueError:
                 raise MessageBodyError("PublicKey: not a DER SubjectPublicKeyInfo") from None
+            except UnsupportedAlgorithm:
+                raise UnsupportedError("PublicKey: unsupported key algorithm") from None
         elif self.pk_enc == PkEnc.X5CHAIN:
             chain = self.chain()
             if not chain:
                 raise MessageBodyError("PublicKey: empty X5CHAIN")
-            key = chain[0].public_key()
+            key = cert_public_key(chain[0])
         elif self.pk_enc == PkEnc.COSEKEY:
             key = _cose_key_to_crypto(codec.as_map(self.body, "PublicKey.COSEKEY"))
         else:
@@ -592,7 +594,12 @@ def _check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str
 
 def cert_public_key(cert: x509.Certificate) -> PublicKeyT:
     """The (EC or RSA) public key of ``cert``."""
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except ValueError:
+        raise MessageBodyError("certificate: unreadable public key") from None
+    except UnsupportedAlgorithm:
+        raise UnsupportedError("certificate: unsupported key algorithm") from None
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise UnsupportedError("certificate key is neither EC nor RSA")
     check_key_supported(key)

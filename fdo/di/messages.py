@@ -102,6 +102,7 @@ class MfgInfo:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
+        """Parse DI.AppStart's ``mfg_info`` bytes (raises MessageBodyError)."""
         return cls.from_cbor_obj(codec.decode(data))
 
 

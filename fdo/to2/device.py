@@ -325,7 +325,7 @@ class TO2Device(ClientMachine[TO2DeviceState]):
                 self.credential,
                 guid=setup.guid,
                 rv_info=setup.rv_info,
-                pubkey_hash=Hash.compute(alg, setup.owner2_key.encode()),
+                pubkey_hash=Hash.compute(alg, setup.owner2_key_raw),
             )
         self.state = TO2DeviceState.DONE
         return None

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from _paths import vector_folder
 
 from fdo import codec
 from fdo.codec import CborValue
@@ -281,6 +280,15 @@ NOT_FDO: dict[str, str] = {
 }
 
 
+@pytest.fixture
+def astarte(vectors_dir: Path) -> Path:
+    """``<vectors>/astarte``; skips the test when it is absent."""
+    folder = vectors_dir / "astarte"
+    if not folder.is_dir():
+        pytest.skip(f"astarte vectors not available: {folder}")
+    return folder
+
+
 def _snapshot(folder: Path, name: str) -> bytes:
     return (folder / f"{PREFIX}{name}{SUFFIX}").read_bytes()
 
@@ -290,10 +298,9 @@ def test_tables_are_disjoint() -> None:
     assert sum(len(t) for t in tables) == len(set().union(*tables))
 
 
-def test_every_snapshot_is_classified() -> None:
-    folder = vector_folder("astarte")
-    present = {p.name[len(PREFIX) : -len(SUFFIX)] for p in folder.glob(f"{PREFIX}*{SUFFIX}")}
-    others = {p.name for p in folder.glob(f"*{SUFFIX}") if not p.name.startswith(PREFIX)}
+def test_every_snapshot_is_classified(astarte: Path) -> None:
+    present = {p.name[len(PREFIX) : -len(SUFFIX)] for p in astarte.glob(f"{PREFIX}*{SUFFIX}")}
+    others = {p.name for p in astarte.glob(f"*{SUFFIX}") if not p.name.startswith(PREFIX)}
     known = set(MAPPED) | set(CANONICAL) | set(REJECTED) | set(NOT_FDO)
     assert not others, f"snapshots outside {PREFIX}*: {sorted(others)}"
     assert sorted(present - known) == [], "new astarte snapshots: classify them in this module"
@@ -301,14 +308,14 @@ def test_every_snapshot_is_classified() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MAPPED))
-def test_mapped_snapshot_reencodes_identically(name: str) -> None:
-    data = _snapshot(vector_folder("astarte"), name)
+def test_mapped_snapshot_reencodes_identically(name: str, astarte: Path) -> None:
+    data = _snapshot(astarte, name)
     assert MAPPED[name](data) == data
 
 
 @pytest.mark.parametrize("name", sorted(CANONICAL))
-def test_canonical_snapshot_reencodes_deterministically(name: str) -> None:
-    data = _snapshot(vector_folder("astarte"), name)
+def test_canonical_snapshot_reencodes_deterministically(name: str, astarte: Path) -> None:
+    data = _snapshot(astarte, name)
     check, _reason = CANONICAL[name]
     canonical = codec.encode(codec.decode(data))
     assert canonical != data  # else it belongs in MAPPED
@@ -317,8 +324,8 @@ def test_canonical_snapshot_reencodes_deterministically(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(REJECTED))
-def test_rejected_snapshot_raises_fdo_error(name: str) -> None:
-    data = _snapshot(vector_folder("astarte"), name)
+def test_rejected_snapshot_raises_fdo_error(name: str, astarte: Path) -> None:
+    data = _snapshot(astarte, name)
     parse, error, pattern, _reason = REJECTED[name]
     with pytest.raises(error, match=pattern):
         parse(data)
@@ -329,8 +336,8 @@ def test_rejected_snapshot_raises_fdo_error(name: str) -> None:
 # --------------------------------------------------------------------------- inner parts
 
 
-def test_prove_ov_hdr_parts() -> None:
-    data = _snapshot(vector_folder("astarte"), "v101__to2__prove_ov_hdr__tests__prove_ov_hdr_roundtrip")
+def test_prove_ov_hdr_parts(astarte: Path) -> None:
+    data = _snapshot(astarte, "v101__to2__prove_ov_hdr__tests__prove_ov_hdr_roundtrip")
     msg = TO2ProveOVHdr.decode(data)
     payload = msg.payload()
     assert payload.to_bytes() == msg.token.payload
@@ -339,22 +346,23 @@ def test_prove_ov_hdr_parts() -> None:
     assert payload.nonce == Nonce(bytes(range(16)))
     assert msg.cuph_nonce == Nonce(bytes(range(16)))
     # OVHeader bytes are carried verbatim: the same header as the ov_header snapshot.
-    header = _snapshot(vector_folder("astarte"), "v101__ownership_voucher__tests__ov_header_roundtrip")
+    header = _snapshot(astarte, "v101__ownership_voucher__tests__ov_header_roundtrip")
     assert payload.ov_header == header
     with pytest.raises(UnsupportedError, match="secp256k1"):
         _ = msg.cuph_owner_pubkey
 
 
-def test_ov_next_entry_carries_the_entry_verbatim() -> None:
-    folder = vector_folder("astarte")
-    msg = TO2OVNextEntry.decode(_snapshot(folder, "v101__to2__ov_next_entry__tests__ov_next_entry_roundtrip"))
+def test_ov_next_entry_carries_the_entry_verbatim(astarte: Path) -> None:
+    msg = TO2OVNextEntry.decode(
+        _snapshot(astarte, "v101__to2__ov_next_entry__tests__ov_next_entry_roundtrip")
+    )
     assert msg.entry_num == 42
-    assert msg.entry == _snapshot(folder, "v101__ownership_voucher__tests__ov_entry_roundtrip")
+    assert msg.entry == _snapshot(astarte, "v101__ownership_voucher__tests__ov_entry_roundtrip")
     assert isinstance(msg.entry_token(), CoseSign1)
 
 
-def test_rv_redirect_to1d_payload() -> None:
-    data = _snapshot(vector_folder("astarte"), "v101__to1__rv_redirect__tests__rv_redirect_roundtrip")
+def test_rv_redirect_to1d_payload(astarte: Path) -> None:
+    data = _snapshot(astarte, "v101__to1__rv_redirect__tests__rv_redirect_roundtrip")
     payload = TO1RVRedirect.decode(data).to1d_payload()
     (entry,) = payload.rv_to2_addr.entries
     assert (entry.ip, entry.dns, entry.port, entry.protocol) == (
@@ -366,8 +374,8 @@ def test_rv_redirect_to1d_payload() -> None:
     assert payload.to0d_hash.alg == HashType.SHA256
 
 
-def test_setup_device_payload_key_is_rejected() -> None:
-    data = _snapshot(vector_folder("astarte"), "v101__to2__setup_device__tests__setup_device_roundtrip")
+def test_setup_device_payload_key_is_rejected(astarte: Path) -> None:
+    data = _snapshot(astarte, "v101__to2__setup_device__tests__setup_device_roundtrip")
     msg = TO2SetupDevice.decode(data)
     with pytest.raises(UnsupportedError, match="secp256k1"):
         msg.payload()
@@ -380,17 +388,17 @@ def test_setup_device_payload_key_is_rejected() -> None:
         ("v101__to2__prove_device__tests__prove_device_roundtrip", TO2ProveDevice),
     ],
 )
-def test_placeholder_eat_payloads_are_refused(name: str, cls: type[TO1ProveToRV | TO2ProveDevice]) -> None:
+def test_placeholder_eat_payloads_are_refused(
+    name: str, cls: type[TO1ProveToRV | TO2ProveDevice], astarte: Path
+) -> None:
     # astarte's message tests sign placeholder payloads (a bstr), not EAT claim maps.
-    msg = cls.decode(_snapshot(vector_folder("astarte"), name))
+    msg = cls.decode(_snapshot(astarte, name))
     with pytest.raises(MessageBodyError):
         msg.eat()
 
 
-def test_device_service_info_devmod() -> None:
-    data = _snapshot(
-        vector_folder("astarte"), "v101__to2__device_service_info__tests__device_service_info_roundtrip"
-    )
+def test_device_service_info_devmod(astarte: Path) -> None:
+    data = _snapshot(astarte, "v101__to2__device_service_info__tests__device_service_info_roundtrip")
     msg = TO2DeviceServiceInfo.decode(data)
     assert not msg.is_more
     keys = [kv.key for kv in msg.service_info]
