@@ -18,7 +18,7 @@ from fdo import codec
 from fdo.codec import CborValue
 from fdo.cose import read_eat
 from fdo.crypto import load_public_key, sg_type_fits
-from fdo.errors import InvalidGuidError, InvalidMessageError, NonceMismatchError, ResourceNotFoundError
+from fdo.errors import InvalidMessageError, NonceMismatchError, ResourceNotFoundError
 from fdo.machine import Reply, ServerMachine
 from fdo.to1.messages import TO1HelloRV, TO1HelloRVAck, TO1ProveToRV
 from fdo.types import Guid, MsgType, Nonce, Rand
@@ -88,7 +88,7 @@ class TO1Rendezvous(ServerMachine[TO1State]):
         if claims.nonce != self.nonce:
             raise NonceMismatchError("TO1.ProveToRV: NonceTO1Proof does not match")
         if claims.guid() != self.guid:
-            raise InvalidGuidError("TO1.ProveToRV: UEID is not this device's GUID")
+            raise InvalidMessageError("TO1.ProveToRV: UEID is not this device's GUID")
         prove.token.verify(load_public_key(record.device_key_spki), "TO1.ProveToRV")
         self.state = TO1State.DONE
         return MsgType.TO1_RV_REDIRECT, record.to1d

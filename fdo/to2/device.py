@@ -25,6 +25,7 @@ from fdo.errors import (
     CredReuseError,
     HashMismatchError,
     InvalidMessageError,
+    InvalidVoucherError,
     MessageBodyError,
     NonceMismatchError,
     SignatureError,
@@ -221,15 +222,19 @@ class TO2Device(ClientMachine[TO2DeviceState]):
         if msg.entry_num != index:
             raise InvalidMessageError(f"TO2.OVNextEntry: asked for entry {index}, got {msg.entry_num}")
         prev = self._entries[-1] if self._entries else None
-        entry = verify_entry(
-            msg.entry,
-            index=index,
-            header=self._header,
-            header_hmac=self._ov_payload.hmac,
-            previous=prev,
-            signer=self._entry_key,
-            hash_alg=self._entries[0].payload.prev_hash.alg if self._entries else None,
-        )
+        try:
+            entry = verify_entry(
+                msg.entry,
+                index=index,
+                header=self._header,
+                header_hmac=self._ov_payload.hmac,
+                previous=prev,
+                signer=self._entry_key,
+                hash_alg=self._entries[0].payload.prev_hash.alg if self._entries else None,
+            )
+        except InvalidVoucherError as exc:
+            # The device answers every failed check of the owner's proof with 101 (§5.3).
+            raise InvalidMessageError(f"voucher check {exc.check} failed: {exc.message}") from None
         self._entries.append(entry)
         self._entry_key = entry.payload.public_key
         if len(self._entries) < self._ov_payload.num_ov_entries:

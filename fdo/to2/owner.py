@@ -25,7 +25,6 @@ from fdo.cose import CUPH_NONCE, CUPH_OWNER_PUBKEY, EUPH_NONCE, CoseSign1, read_
 from fdo.crypto import SG_TYPE_PK_TYPES, PrivateKeyT, PublicKey, hash_alg_for
 from fdo.errors import (
     InternalError,
-    InvalidGuidError,
     InvalidMessageError,
     MessageBodyError,
     NonceMismatchError,
@@ -247,7 +246,7 @@ class TO2Owner(ServerMachine[TO2State]):
         if claims.nonce != self.nonce_prove_dv:
             raise NonceMismatchError("TO2.ProveDevice: NonceTO2ProveDv does not match")
         if claims.guid() != self.guid:
-            raise InvalidGuidError("TO2.ProveDevice: UEID is not this device's GUID")
+            raise InvalidMessageError("TO2.ProveDevice: UEID is not this device's GUID")
         msg.token.verify(device_key, "TO2.ProveDevice")
         fdo_claim = codec.as_list(claims.fdo, "EAT-FDO", min_len=1)
         xb = codec.as_bytes(fdo_claim[0], "xBKeyExchange", max_size=2048)
