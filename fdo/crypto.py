@@ -280,11 +280,7 @@ def _check_type_matches(pk_type: PkType, key: PublicKeyT) -> None:
     elif pk_type == PkType.SECP384R1:
         ok = isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size == 384
     elif pk_type == PkType.RSA2048RESTR:
-        ok = (
-            isinstance(key, rsa.RSAPublicKey)
-            and key.key_size == 2048
-            and key.public_numbers().e == 65537
-        )
+        ok = isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048 and key.public_numbers().e == 65537
     else:
         ok = isinstance(key, rsa.RSAPublicKey) and key.key_size in (2048, 3072)
     if not ok:

@@ -191,9 +191,7 @@ class Hash:
 
     def verify_hmac(self, key: bytes, data: bytes, what: str) -> None:
         """Raise :class:`HashMismatchError` unless this HMAC covers ``data`` under ``key``."""
-        if not self.alg.is_hmac or not _hmac.compare_digest(
-            Hash.hmac(self.alg, key, data).value, self.value
-        ):
+        if not self.alg.is_hmac or not _hmac.compare_digest(Hash.hmac(self.alg, key, data).value, self.value):
             raise HashMismatchError(f"{what}: HMAC does not match")
 
     @classmethod
