@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -52,9 +51,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fdo.codec import Tag, as_bytes, as_int, as_list, as_map, decode, encode
 from fdo.errors import FdoError, FdoUsageError, InternalError, InvalidMessageError, UnsupportedError
-
-Rand = Callable[[int], bytes]
-"""A source of random bytes: ``rand(n)`` returns ``n`` bytes (``os.urandom`` by default)."""
+from fdo.types import Rand
 
 COSE_ENCRYPT0_TAG: Final = 16
 COSE_MAC0_TAG: Final = 17

@@ -36,7 +36,7 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from fdo.cipher import CipherSuite, Rand, SessionCrypto, kdf, parse_cipher_suite
+from fdo.cipher import CipherSuite, SessionCrypto, kdf, parse_cipher_suite
 from fdo.codec import as_bytes, as_list, decode, encode
 from fdo.errors import (
     FdoError,
@@ -46,6 +46,7 @@ from fdo.errors import (
     MessageBodyError,
     UnsupportedError,
 )
+from fdo.types import Rand
 
 __all__ = [
     "CipherSuite",
