@@ -1,0 +1,6 @@
+"""FDO 1.1 over HTTP (reference §1), written once for both ends.
+
+:mod:`transport.client` drives a core :class:`~fdo.machine.ClientMachine` with httpx;
+:mod:`transport.server` serves core :class:`~fdo.machine.ServerMachine` sessions from a
+FastAPI router. The core (``fdo``) never imports this package.
+"""

@@ -1,0 +1,289 @@
+"""The HTTP server side: a FastAPI router that serves core server machines.
+
+One route, ``POST /fdo/101/msg/{type}`` (reference §1.1). The service registers a
+:class:`ProtocolHandler` per sub-protocol, keyed by its first message type (10, 20, 30
+or 60), that builds a new machine or restores one from state bytes; session state lives
+in a :class:`SessionStore` under an opaque token (``secrets.token_urlsafe(32)``).
+
+Errors are answered with HTTP **500**, ``Content-Type: application/cbor``,
+``Message-Type: 255`` and an ErrorMessage body whose ``EMPrevMsgID`` is the request's
+type (rs and java do the same; the conformance tools require a non-200 status):
+
+* wrong ``Content-Type`` (must be exactly ``application/cbor``), a body over the limit
+  (checked on ``Content-Length`` before reading, then while reading), a non-numeric or
+  unknown message type: code 100;
+* a later message without a live session token of the same sub-protocol: code 1;
+* an :class:`~fdo.errors.FdoError` from the machine: its code (the session is deleted);
+* anything else: code 500 with a generic text, never the exception's own text.
+
+A client-sent ErrorMessage (type 255) deletes the session its token names and is
+answered 200 with an empty body.
+"""
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Protocol
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from fdo.errors import FdoError, InternalError, InvalidTokenError, MessageBodyError
+from fdo.machine import ServerMachine
+from fdo.messages import ErrorMessage
+from fdo.types import MsgType
+
+log = logging.getLogger(__name__)
+
+CBOR = "application/cbor"
+DEFAULT_MAX_BODY = 65535
+DEFAULT_SESSION_TTL = timedelta(minutes=10)
+
+#: First message type of each sub-protocol, for every request type it owns.
+PROTOCOL_OF: Mapping[int, int] = {
+    **{t: 10 for t in range(10, 14)},
+    **{t: 20 for t in range(20, 24)},
+    **{t: 30 for t in range(30, 34)},
+    **{t: 60 for t in range(60, 72)},
+}
+FIRST_TYPES = frozenset({10, 20, 30, 60})
+PROTOCOL_NAMES: Mapping[int, str] = {10: "DI", 20: "TO0", 30: "TO1", 60: "TO2"}
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+class StaleSessionError(Exception):
+    """:meth:`SessionStore.save` found a newer version than the one loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """What :meth:`SessionStore.load` returns: the protocol name, state and its version."""
+
+    protocol: str
+    state: bytes
+    version: int
+
+
+class SessionStore(Protocol):
+    """Where server machine state lives between requests.
+
+    ``load`` returns None for an unknown or expired token. ``save`` writes only if the
+    stored version still equals ``version`` (the one ``load`` returned) and bumps it;
+    otherwise it raises :class:`StaleSessionError`.
+    """
+
+    def create(self, protocol: str, state: bytes, expires_at: datetime) -> str: ...
+
+    def load(self, token: str) -> StoredSession | None: ...
+
+    def save(self, token: str, state: bytes, *, version: int) -> None: ...
+
+    def delete(self, token: str) -> None: ...
+
+
+@dataclass
+class _MemoryEntry:
+    protocol: str
+    state: bytes
+    version: int
+    expires_at: datetime
+
+
+class MemorySessionStore:
+    """A thread-safe in-memory :class:`SessionStore` (tests and single-process use)."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _MemoryEntry] = {}
+
+    def create(self, protocol: str, state: bytes, expires_at: datetime) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._sessions[token] = _MemoryEntry(protocol, state, 0, expires_at)
+        return token
+
+    def load(self, token: str) -> StoredSession | None:
+        with self._lock:
+            entry = self._sessions.get(token)
+            if entry is None:
+                return None
+            if entry.expires_at <= self.clock():
+                del self._sessions[token]
+                return None
+            return StoredSession(entry.protocol, entry.state, entry.version)
+
+    def save(self, token: str, state: bytes, *, version: int) -> None:
+        with self._lock:
+            entry = self._sessions.get(token)
+            if entry is None or entry.version != version:
+                raise StaleSessionError(token)
+            entry.state = state
+            entry.version += 1
+
+    def delete(self, token: str) -> None:
+        with self._lock:
+            self._sessions.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+# ---------------------------------------------------------------------------- handlers
+
+AnyServerMachine = ServerMachine[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolHandler:
+    """How a service serves one sub-protocol.
+
+    ``new`` builds the machine for the first message, ``restore`` rebuilds it from the
+    bytes :meth:`~fdo.machine.ServerMachine.to_state` wrote, and ``on_done`` (optional)
+    runs once the machine reports ``done`` (e.g. to store a TO0 registration).
+    """
+
+    new: Callable[[], AnyServerMachine]
+    restore: Callable[[bytes], AnyServerMachine]
+    on_done: Callable[[AnyServerMachine], None] | None = None
+
+
+# ---------------------------------------------------------------------------- router
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    data: bytes | None  # None: over the size limit
+
+
+def _body_reader(max_body: int) -> Callable[[Request], Any]:
+    async def read_body(request: Request) -> _Body:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            return _Body(None)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                return _Body(None)
+            chunks.append(chunk)
+        return _Body(b"".join(chunks))
+
+    return read_body
+
+
+def _token_from(header: str | None) -> str | None:
+    """The token of ``Authorization: Bearer <token>`` (or of a bare token)."""
+    if header is None:
+        return None
+    parts = header.split()
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[1]
+    return None
+
+
+def error_response(error: FdoError, prev_msg_type: int) -> Response:
+    """HTTP 500 carrying the ErrorMessage that reports ``error``."""
+    prev = prev_msg_type if 0 <= prev_msg_type <= 255 else 0
+    body = ErrorMessage.from_error(error, prev, now=int(time.time())).encode()
+    return Response(
+        content=body,
+        status_code=500,
+        media_type=CBOR,
+        headers={"Message-Type": str(int(MsgType.ERROR))},
+    )
+
+
+def fdo_router(
+    handlers: Mapping[int, ProtocolHandler],
+    store: SessionStore,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    session_ttl: timedelta = DEFAULT_SESSION_TTL,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> APIRouter:
+    """A router serving ``POST /fdo/101/msg/{type}`` for the sub-protocols in ``handlers``.
+
+    ``handlers`` is keyed by the first message type of each sub-protocol (10, 20, 30, 60).
+    """
+    unknown = set(handlers) - FIRST_TYPES
+    if unknown:
+        raise ValueError(f"handlers must be keyed by 10, 20, 30 or 60, not {sorted(unknown)}")
+    router = APIRouter()
+    RawBody = Annotated[_Body, Depends(_body_reader(max_body))]
+
+    @router.post("/fdo/101/msg/{msg_type}")
+    def fdo_message(msg_type: str, request: Request, body: RawBody) -> Response:
+        type_num = int(msg_type) if msg_type.isdigit() and len(msg_type) <= 3 else -1
+        if request.headers.get("content-type") != CBOR:
+            return error_response(MessageBodyError("Content-Type must be application/cbor"), type_num)
+        if body.data is None:
+            return error_response(MessageBodyError(f"body over {max_body} bytes"), type_num)
+        token = _token_from(request.headers.get("authorization"))
+        if type_num == MsgType.ERROR:
+            if token is not None:
+                store.delete(token)
+            return Response(status_code=200, content=b"")
+        first = PROTOCOL_OF.get(type_num)
+        handler = handlers.get(first) if first is not None else None
+        if first is None or handler is None:
+            return error_response(MessageBodyError(f"unsupported message type {msg_type}"), type_num)
+        return _serve(handler, first, type_num, body.data, token)
+
+    def _serve(
+        handler: ProtocolHandler, first: int, msg_type: int, data: bytes, token: str | None
+    ) -> Response:
+        protocol = PROTOCOL_NAMES[first]
+        try:
+            if msg_type == first:
+                token = None  # a first message ignores any Authorization header
+                machine = handler.new()
+                version = -1
+            else:
+                session = store.load(token) if token is not None else None
+                if session is None or session.protocol != protocol:
+                    raise InvalidTokenError("missing, unknown or expired session token")
+                machine = handler.restore(session.state)
+                version = session.version
+            reply_type, reply = machine.handle(msg_type, data)
+            if machine.done:
+                if handler.on_done is not None:
+                    handler.on_done(machine)
+                if token is not None:
+                    store.delete(token)
+                    reply_token = token
+                else:  # a one-message protocol would still hand out a (dead) token
+                    reply_token = secrets.token_urlsafe(32)
+            elif token is None:
+                reply_token = store.create(protocol, machine.to_state(), clock() + session_ttl)
+            else:
+                try:
+                    store.save(token, machine.to_state(), version=version)
+                except StaleSessionError:
+                    raise InvalidTokenError("session changed concurrently") from None
+                reply_token = token
+        except FdoError as exc:
+            if token is not None:  # go invalidates the token after any error
+                store.delete(token)
+            return error_response(exc, msg_type)
+        except Exception:
+            log.exception("FDO %s message %d failed", protocol, msg_type)
+            if token is not None:
+                store.delete(token)
+            return error_response(InternalError("internal server error"), msg_type)
+        return Response(
+            content=reply,
+            status_code=200,
+            media_type=CBOR,
+            headers={"Message-Type": str(int(reply_type)), "Authorization": f"Bearer {reply_token}"},
+        )
+
+    return router
