@@ -7,7 +7,7 @@ copied into the project; tests that need them skip when the folder is absent.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,3 +56,73 @@ class KeyPool:
 @pytest.fixture(scope="session")
 def key_pool() -> Iterator[KeyPool]:
     yield KeyPool()
+
+
+# ---------------------------------------------------------------------------- databases
+
+POSTGRES_URL = os.environ.get("FDO_TEST_POSTGRES_URL")
+"""Set (by .ci/run when a server answers) to run the database tests on PostgreSQL too."""
+
+
+def database_backends() -> list[str]:
+    return ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+
+@pytest.fixture(params=database_backends())
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema.
+
+    Parametrised: with ``FDO_TEST_POSTGRES_URL`` set every test using it runs on both.
+    Use ``database_factory`` for several databases in one test (one per service).
+    """
+    with _database(request.param, tmp_path, "db") as url:
+        yield url
+
+
+@pytest.fixture(params=database_backends())
+def database_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """``make(name) -> url``: fresh databases of one backend, all dropped after the test."""
+    opened: list[_database] = []
+
+    def make(name: str) -> str:
+        db = _database(request.param, tmp_path, name)
+        opened.append(db)
+        return db.__enter__()
+
+    yield make
+    for db in opened:
+        db.__exit__()
+
+
+class _database:
+    def __init__(self, backend: str, tmp_path: Path, name: str) -> None:
+        self.backend, self.tmp_path, self.name = backend, tmp_path, name
+        self.schema: str | None = None
+
+    def __enter__(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.tmp_path / (self.name + '.db')}"
+        import secrets
+        from urllib.parse import quote
+
+        import sqlalchemy
+
+        assert POSTGRES_URL is not None
+        self.schema = f"t_{self.name}_{secrets.token_hex(6)}"
+        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{self.schema}"'))
+        engine.dispose()
+        sep = "&" if "?" in POSTGRES_URL else "?"
+        return f"{POSTGRES_URL}{sep}options={quote(f'-csearch_path={self.schema}')}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.schema is None:
+            return
+        import sqlalchemy
+
+        assert POSTGRES_URL is not None
+        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+        engine.dispose()

@@ -25,6 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
@@ -202,6 +203,14 @@ def error_response(error: FdoError, prev_msg_type: int) -> Response:
     )
 
 
+class _Failed(Exception):
+    """Carries an FdoError out of the unit of work so that it rolls back."""
+
+    def __init__(self, error: FdoError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def fdo_router(
     handlers: Mapping[int, ProtocolHandler],
     store: SessionStore,
@@ -209,10 +218,16 @@ def fdo_router(
     max_body: int = DEFAULT_MAX_BODY,
     session_ttl: timedelta = DEFAULT_SESSION_TTL,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> APIRouter:
     """A router serving ``POST /fdo/101/msg/{type}`` for the sub-protocols in ``handlers``.
 
     ``handlers`` is keyed by the first message type of each sub-protocol (10, 20, 30, 60).
+    ``scope`` opens the unit of work of one message (a database transaction, committed
+    when it exits normally and rolled back on an exception): loading the session,
+    handling the message, ``on_done`` and saving the new state all run inside one, so a
+    failure or a lost version race leaves nothing half-written. When the machine fails,
+    its session is deleted in a second, separate unit of work.
     """
     unknown = set(handlers) - FIRST_TYPES
     if unknown:
@@ -230,7 +245,7 @@ def fdo_router(
         token = _token_from(request.headers.get("authorization"))
         if type_num == MsgType.ERROR:
             if token is not None:
-                store.delete(token)
+                _forget(token)
             return Response(status_code=200, content=b"")
         first = PROTOCOL_OF.get(type_num)
         handler = handlers.get(first) if first is not None else None
@@ -238,13 +253,43 @@ def fdo_router(
             return error_response(MessageBodyError(f"unsupported message type {msg_type}"), type_num)
         return _serve(handler, first, type_num, body.data, token)
 
+    def _forget(token: str) -> None:
+        try:
+            with scope():
+                store.delete(token)
+        except Exception:
+            log.exception("could not delete FDO session")
+
     def _serve(
         handler: ProtocolHandler, first: int, msg_type: int, data: bytes, token: str | None
     ) -> Response:
         protocol = PROTOCOL_NAMES[first]
+        if msg_type == first:
+            token = None  # a first message ignores any Authorization header
+        try:
+            with scope():
+                reply_type, reply, reply_token = _step(handler, protocol, first, msg_type, data, token)
+        except _Failed as failed:
+            if token is not None:  # go invalidates the token after any error
+                _forget(token)
+            return error_response(failed.error, msg_type)
+        except Exception:
+            log.exception("FDO %s message %d failed", protocol, msg_type)
+            if token is not None:
+                _forget(token)
+            return error_response(InternalError("internal server error"), msg_type)
+        return Response(
+            content=reply,
+            status_code=200,
+            media_type=CBOR,
+            headers={"Message-Type": str(int(reply_type)), "Authorization": f"Bearer {reply_token}"},
+        )
+
+    def _step(
+        handler: ProtocolHandler, protocol: str, first: int, msg_type: int, data: bytes, token: str | None
+    ) -> tuple[int, bytes, str]:
         try:
             if msg_type == first:
-                token = None  # a first message ignores any Authorization header
                 machine = handler.new()
                 version = -1
             else:
@@ -257,33 +302,21 @@ def fdo_router(
             if machine.done:
                 if handler.on_done is not None:
                     handler.on_done(machine)
-                if token is not None:
+                if token is None:  # a one-message protocol would still hand out a (dead) token
+                    return reply_type, reply, secrets.token_urlsafe(32)
+                finish = getattr(store, "finish", None)
+                if finish is not None:
+                    finish(token, version=version)
+                else:
                     store.delete(token)
-                    reply_token = token
-                else:  # a one-message protocol would still hand out a (dead) token
-                    reply_token = secrets.token_urlsafe(32)
-            elif token is None:
-                reply_token = store.create(protocol, machine.to_state(), clock() + session_ttl)
-            else:
-                try:
-                    store.save(token, machine.to_state(), version=version)
-                except StaleSessionError:
-                    raise InvalidTokenError("session changed concurrently") from None
-                reply_token = token
+                return reply_type, reply, token
+            if token is None:
+                return reply_type, reply, store.create(protocol, machine.to_state(), clock() + session_ttl)
+            store.save(token, machine.to_state(), version=version)
+            return reply_type, reply, token
+        except StaleSessionError:
+            raise _Failed(InvalidTokenError("session changed concurrently")) from None
         except FdoError as exc:
-            if token is not None:  # go invalidates the token after any error
-                store.delete(token)
-            return error_response(exc, msg_type)
-        except Exception:
-            log.exception("FDO %s message %d failed", protocol, msg_type)
-            if token is not None:
-                store.delete(token)
-            return error_response(InternalError("internal server error"), msg_type)
-        return Response(
-            content=reply,
-            status_code=200,
-            media_type=CBOR,
-            headers={"Message-Type": str(int(reply_type)), "Authorization": f"Bearer {reply_token}"},
-        )
+            raise _Failed(exc) from None
 
     return router

@@ -1,0 +1,88 @@
+"""Database engines and the per-request unit of work.
+
+SQLite (a file per service, WAL mode) is the embedded default; PostgreSQL is chosen by
+a ``postgresql+psycopg://`` URL. Every FDO message is handled in one transaction: the
+router opens a :func:`unit_of_work` around it, and code that runs inside it reaches the
+open ``Session`` with :func:`current_session` (a context variable, so lookups deep in a
+store need no plumbing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, SQLModel, create_engine
+
+_current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of a SQLite file."""
+    return f"sqlite:///{Path(path)}"
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def create_tables(engine: Engine, tables: Sequence[type[SQLModel]]) -> None:
+    """Create the given tables if missing (each service names its own)."""
+    SQLModel.metadata.create_all(engine, tables=[_table(t) for t in tables])
+
+
+def _table(model: type[SQLModel]) -> Table:
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table
+
+
+@contextlib.contextmanager
+def unit_of_work(engine: Engine) -> Iterator[Session]:
+    """One transaction: committed on normal exit, rolled back on an exception."""
+    with Session(engine, expire_on_commit=False) as session:
+        token = _current.set(session)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            _current.reset(token)
+
+
+def current_session() -> Session:
+    """The session of the unit of work this code runs in."""
+    session = _current.get()
+    if session is None:
+        raise RuntimeError("no unit of work is open")
+    return session

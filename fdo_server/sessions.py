@@ -1,0 +1,82 @@
+"""Protocol sessions in the service's database (:class:`transport.server.SessionStore`).
+
+A row per session, keyed by its bearer token, with the serialised server machine, a
+version for optimistic concurrency and an expiry. A replayed or concurrent message loses
+the version race and changes nothing. Rows are read and written through the unit of work
+the router opened for the request (:func:`fdo_server.db.current_session`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, update
+from sqlmodel import Field, SQLModel
+
+from fdo_server.db import current_session
+from transport.server import StaleSessionError, StoredSession
+
+
+class FdoSession(SQLModel, table=True):
+    """One protocol session (DI, TO0, TO1 or TO2) of this service."""
+
+    __tablename__ = "fdo_session"
+
+    token: str = Field(primary_key=True, max_length=64)
+    protocol: str = Field(max_length=8)
+    state: bytes
+    version: int = 0
+    expires_at: datetime = Field(index=True)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored here is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class SQLSessionStore:
+    """Sessions in the ``fdo_session`` table."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock
+
+    def create(self, protocol: str, state: bytes, expires_at: datetime) -> str:
+        token = secrets.token_urlsafe(32)
+        current_session().add(FdoSession(token=token, protocol=protocol, state=state, expires_at=expires_at))
+        return token
+
+    def load(self, token: str) -> StoredSession | None:
+        row = current_session().get(FdoSession, token)
+        if row is None or _utc(row.expires_at) <= self.clock():
+            return None
+        return StoredSession(row.protocol, row.state, row.version)
+
+    def save(self, token: str, state: bytes, *, version: int) -> None:
+        db = current_session()
+        result = db.execute(
+            update(FdoSession)
+            .where(FdoSession.token == token, FdoSession.version == version)  # type: ignore[arg-type]
+            .values(state=state, version=version + 1)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise StaleSessionError(token)
+
+    def finish(self, token: str, *, version: int) -> None:
+        """Delete a finished session, only if no one else moved it on meanwhile."""
+        db = current_session()
+        result = db.execute(
+            delete(FdoSession).where(FdoSession.token == token, FdoSession.version == version)  # type: ignore[arg-type]
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise StaleSessionError(token)
+
+    def delete(self, token: str) -> None:
+        current_session().execute(delete(FdoSession).where(FdoSession.token == token))  # type: ignore[arg-type]
+
+    def purge_expired(self) -> int:
+        """Remove expired sessions; returns how many."""
+        db = current_session()
+        result = db.execute(delete(FdoSession).where(FdoSession.expires_at <= self.clock()))  # type: ignore[arg-type]
+        return int(result.rowcount)  # type: ignore[attr-defined]
