@@ -1,0 +1,97 @@
+"""The rendezvous admin JSON API: list and delete registrations (bearer tokens, roles).
+
+Responses show the GUID in UUID text form, the lifetime and the expiry; never the
+``to1d`` bytes or keys (the owner's address is the owner's business).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from fdo.errors import MessageBodyError
+from fdo.types import Guid
+from fdo_server.auth import AdminToken, Role, require
+from rendezvous.store import Clock, as_utc, delete_registration, list_registrations
+from rendezvous.tables import Registration
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per admin request, committed when the route returns."""
+    with Session(engine_of(request), expire_on_commit=False) as db:
+        yield db
+        db.commit()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+ViewerDep = Annotated[AdminToken, Depends(require(engine_of, Role.VIEWER))]
+AdminDep = Annotated[AdminToken, Depends(require(engine_of, Role.ADMIN))]
+
+
+class RegistrationOut(BaseModel):
+    """One registration as the admin API shows it."""
+
+    guid: str
+    wait_seconds: int
+    registered_at: datetime
+    expires_at: datetime
+    live: bool
+
+
+class RegistrationPage(BaseModel):
+    items: list[RegistrationOut]
+    total: int
+    offset: int
+    limit: int
+
+
+def _out(row: Registration, now: datetime) -> RegistrationOut:
+    expires = as_utc(row.expires_at)
+    return RegistrationOut(
+        guid=str(Guid(row.guid)),
+        wait_seconds=row.wait_seconds,
+        registered_at=as_utc(row.registered_at),
+        expires_at=expires,
+        live=expires > now,
+    )
+
+
+def _guid(text: str) -> Guid:
+    try:
+        return Guid.parse(text)
+    except MessageBodyError:
+        raise HTTPException(422, "not a GUID") from None
+
+
+def admin_router(clock: Clock) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["admin"])
+
+    @router.get("/registrations")
+    def get_registrations(
+        db: SessionDep,
+        _token: ViewerDep,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> RegistrationPage:
+        total, rows = list_registrations(db, offset=offset, limit=limit)
+        now = clock()
+        return RegistrationPage(items=[_out(r, now) for r in rows], total=total, offset=offset, limit=limit)
+
+    @router.delete("/registrations/{guid}", status_code=204)
+    def remove_registration(guid: str, db: SessionDep, _token: AdminDep) -> Response:
+        if not delete_registration(db, _guid(guid)):
+            raise HTTPException(404, "no registration for this GUID")
+        return Response(status_code=204)
+
+    return router

@@ -1,0 +1,103 @@
+"""``fdo rendezvous``: run the service and administer its database.
+
+Only typer is imported at module level, so ``fdo`` starts without the server stack;
+each command imports the service modules it needs when it runs.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rendezvous.settings import RendezvousSettings
+
+app = typer.Typer(no_args_is_help=True, help="The rendezvous service (TO0 and TO1).")
+token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
+app.add_typer(token_app, name="token")
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Database URL (default: FDO_RENDEZVOUS_DATABASE_URL)."),
+]
+
+
+class RoleName(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+
+def _settings(database_url: str | None) -> RendezvousSettings:
+    from pydantic import ValidationError
+
+    from rendezvous.settings import RendezvousSettings
+
+    try:
+        settings = RendezvousSettings()
+    except ValidationError as exc:
+        typer.echo(f"error: invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    if database_url is not None:
+        settings = settings.model_copy(update={"database_url": database_url})
+    return settings
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Listen port.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve TO0/TO1 (settings from FDO_RENDEZVOUS_* environment variables)."""
+    from fdo_server.serve import serve as run
+
+    settings = _settings(None)  # fail here, with a clear message, rather than in a worker
+    run(
+        "rendezvous.app:app_from_env",
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+    )
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what the token is for.")],
+    role: Annotated[RoleName, typer.Option("--role", case_sensitive=False, help="Token role.")],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Create an admin API token in the service's database and print it (only this once)."""
+    from fdo_server.auth import Role, create_token
+    from fdo_server.db import create_tables, make_engine, unit_of_work
+    from rendezvous.tables import TABLES
+
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        create_tables(engine, TABLES)
+        with unit_of_work(engine) as db:
+            token = create_token(db, name, Role(role.value))
+    finally:
+        engine.dispose()
+    typer.echo(token)
+
+
+@app.command()
+def purge(database_url: DatabaseOpt = None) -> None:
+    """Delete expired registrations and protocol sessions."""
+    from fdo_server.db import create_tables, make_engine, unit_of_work
+    from fdo_server.sessions import SQLSessionStore
+    from rendezvous.store import purge_expired_registrations, utc_now
+    from rendezvous.tables import TABLES
+
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        create_tables(engine, TABLES)
+        with unit_of_work(engine) as db:
+            registrations = purge_expired_registrations(db, utc_now())
+            sessions = SQLSessionStore().purge_expired()
+    finally:
+        engine.dispose()
+    typer.echo(f"deleted {registrations} expired registration(s) and {sessions} session(s)")

@@ -1,0 +1,65 @@
+"""Rendezvous service settings: environment variables ``FDO_RENDEZVOUS_*``.
+
+Key allow-lists are PEM files (public keys or certificates) named in settings; they are
+read and checked when the settings object is created, so a typo stops the service at
+start with an error naming the setting rather than at the first TO0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fdo.crypto import load_public_key, spki_der
+from fdo.errors import FdoError
+
+THIRTY_DAYS = 30 * 24 * 3600
+
+
+def read_key_spki(path: Path, setting: str) -> bytes:
+    """DER SubjectPublicKeyInfo of the PEM/DER public key or certificate in ``path``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read key file {path}: {exc.strerror or exc}") from None
+    try:
+        return spki_der(load_public_key(data))
+    except FdoError as exc:
+        raise ValueError(f"{setting}: {path} is not a usable public key: {exc.message}") from None
+
+
+class RendezvousSettings(BaseSettings):
+    """Settings of one rendezvous service (all replicas share the database)."""
+
+    model_config = SettingsConfigDict(env_prefix="FDO_RENDEZVOUS_", extra="ignore")
+
+    database_url: str = "sqlite:///rendezvous.db"
+    max_wait_seconds: int = Field(default=THIRTY_DAYS, ge=1, le=0xFFFFFFFF)
+    #: PEM files of the owner keys allowed to register; empty allows every owner.
+    trusted_owner_keys: list[Path] = Field(default_factory=list)
+    #: PEM files of the manufacturer keys whose vouchers may be registered; empty allows all.
+    trusted_manufacturer_keys: list[Path] = Field(default_factory=list)
+    max_body: int = Field(default=65535, ge=256)
+    session_ttl_seconds: int = Field(default=600, ge=1)
+    host: str = "0.0.0.0"  # noqa: S104 - a network service listens on all interfaces by default
+    port: int = Field(default=8041, ge=1, le=65535)
+
+    @field_validator("trusted_owner_keys", "trusted_manufacturer_keys")
+    @classmethod
+    def _keys_readable(cls, paths: list[Path], info: ValidationInfo) -> list[Path]:
+        setting = f"FDO_RENDEZVOUS_{(info.field_name or '').upper()}"
+        for path in paths:
+            read_key_spki(path, setting)
+        return paths
+
+    def owner_key_spkis(self) -> frozenset[bytes]:
+        """SPKIs of the trusted owner keys (empty: any owner)."""
+        return frozenset(read_key_spki(p, "trusted_owner_keys") for p in self.trusted_owner_keys)
+
+    def manufacturer_key_spkis(self) -> frozenset[bytes]:
+        """SPKIs of the trusted manufacturer keys (empty: any manufacturer)."""
+        return frozenset(
+            read_key_spki(p, "trusted_manufacturer_keys") for p in self.trusted_manufacturer_keys
+        )

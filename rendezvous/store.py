@@ -1,0 +1,143 @@
+"""What the TO0 and TO1 machines need from the rendezvous service (spec §5.3, §5.4).
+
+:class:`RendezvousPolicy` is the :class:`~fdo.to0.rendezvous.TO0Policy` (lifetime cap
+and key allow-lists); :class:`RegistrationLookup` is the
+:class:`~fdo.to1.rendezvous.TO1Lookup` over the open unit of work
+(:func:`fdo_server.db.current_session`). A registration counts only while
+``expires_at`` is in the future; expired rows stay until ``fdo rendezvous purge``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func
+from sqlmodel import Session, col, select
+
+from fdo.crypto import spki_der
+from fdo.errors import InvalidVoucherError
+from fdo.to0.rendezvous import TO0Registration
+from fdo.to1.rendezvous import TO1Record
+from fdo.types import Guid
+from fdo.voucher import OwnershipVoucher
+from fdo_server.db import current_session
+from rendezvous.tables import Registration
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousPolicy:
+    """TO0Policy: cap the lifetime; allow only listed owner / manufacturer keys.
+
+    Each non-empty allow-list must match on its own: with both set, a voucher needs a
+    trusted manufacturer key *and* a trusted owner key.
+    """
+
+    max_wait_seconds: int
+    owner_keys: frozenset[bytes] = frozenset()
+    manufacturer_keys: frozenset[bytes] = frozenset()
+
+    def check_owner(self, voucher: OwnershipVoucher) -> None:
+        if self.owner_keys and spki_der(voucher.owner_public_key.key) not in self.owner_keys:
+            raise InvalidVoucherError("the voucher's owner key is not trusted here", check="owner_key")
+        if self.manufacturer_keys and spki_der(voucher.header.public_key.key) not in self.manufacturer_keys:
+            raise InvalidVoucherError(
+                "the voucher's manufacturer key is not trusted here", check="manufacturer_key"
+            )
+
+
+class RegistrationLookup:
+    """TO1Lookup: the live registration of a GUID, read in the current unit of work."""
+
+    def __init__(self, clock: Clock = utc_now) -> None:
+        self.clock = clock
+
+    def find(self, guid: Guid) -> TO1Record | None:
+        db = current_session()
+        row = db.exec(
+            select(Registration.device_key_spki, Registration.to1d).where(
+                Registration.guid == guid.value, col(Registration.expires_at) > self.clock()
+            )
+        ).first()
+        if row is None:
+            return None
+        return TO1Record(device_key_spki=row[0], to1d=row[1])
+
+
+def save_registration(reg: TO0Registration, now: datetime) -> None:
+    """Store ``reg`` in the current unit of work, replacing any earlier one for the GUID."""
+    db = current_session()
+    values: dict[str, Any] = {
+        "guid": reg.guid.value,
+        "to1d": reg.to1d,
+        "device_key_spki": reg.device_key_spki,
+        "owner_key_spki": reg.owner_key_spki,
+        "manufacturer_key_spki": reg.manufacturer_key_spki,
+        "wait_seconds": reg.wait_seconds,
+        "registered_at": now,
+        "expires_at": now + timedelta(seconds=reg.wait_seconds),
+    }
+    dialect = db.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        # One statement, so two owners registering the same GUID at once cannot collide.
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            pg_stmt = pg_insert(Registration).values(**values)
+            db.execute(pg_stmt.on_conflict_do_update(index_elements=["guid"], set_=_updates(values)))
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            lite_stmt = sqlite_insert(Registration).values(**values)
+            db.execute(lite_stmt.on_conflict_do_update(index_elements=["guid"], set_=_updates(values)))
+        return
+    row = db.get(Registration, reg.guid.value)
+    if row is None:
+        db.add(Registration(**values))
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+
+
+def _updates(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k != "guid"}
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+def list_registrations(db: Session, *, offset: int, limit: int) -> tuple[int, Sequence[Registration]]:
+    """The total count and one page of registrations, soonest expiry first."""
+    total = db.exec(select(func.count()).select_from(Registration)).one()
+    rows = db.exec(
+        select(Registration)
+        .order_by(col(Registration.expires_at), col(Registration.guid))
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return int(total), rows
+
+
+def delete_registration(db: Session, guid: Guid) -> bool:
+    """Delete the registration of ``guid``; False when there was none."""
+    result = db.execute(delete(Registration).where(col(Registration.guid) == guid.value))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def purge_expired_registrations(db: Session, now: datetime) -> int:
+    """Delete registrations that expired at or before ``now``; returns how many."""
+    result = db.execute(delete(Registration).where(col(Registration.expires_at) <= now))
+    return int(result.rowcount)  # type: ignore[attr-defined]
