@@ -2,7 +2,9 @@
 
 import typer
 
-from fdo_cli import keys, voucher
+from fdo_cli import device, keys, voucher
+from manufacturer import cli as manufacturer_cli
+from rendezvous import cli as rendezvous_cli
 
 app = typer.Typer(no_args_is_help=True, help="FIDO Device Onboard for bootc devices.")
 
@@ -10,6 +12,9 @@ app = typer.Typer(no_args_is_help=True, help="FIDO Device Onboard for bootc devi
 GROUPS: list[tuple[str, typer.Typer]] = [
     ("keys", keys.app),
     ("voucher", voucher.app),
+    ("device", device.app),
+    ("manufacturer", manufacturer_cli.app),
+    ("rendezvous", rendezvous_cli.app),
 ]
 
 for _name, _group in GROUPS:

@@ -1,0 +1,244 @@
+"""``fdo device``: the device client (DI, onboarding, showing the credential).
+
+The onboarding driver and the HTTP client are imported inside the commands that need
+them, so ``fdo device show`` (and every other group) loads no HTTP stack.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from device.credfile import CredentialFileError, read_credential_with_format, write_credential
+from fdo.credential import DeviceCredential
+from fdo.crypto import key_kind
+from fdo.errors import FdoError
+from fdo.rvinfo import RendezvousDirective
+from fdo_cli.common import die
+from fdo_cli.keys import KeyType
+
+app = typer.Typer(no_args_is_help=True, help="Device client: DI, onboarding (TO1/TO2), credential.")
+
+DEFAULT_ROOT = Path("/var/lib/fdo/files")
+
+CredentialOpt = Annotated[Path, typer.Option("--credential", help="Device credential file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class KexName(StrEnum):
+    ECDH256 = "ECDH256"
+    ECDH384 = "ECDH384"
+    DHKEXid14 = "DHKEXid14"
+    DHKEXid15 = "DHKEXid15"
+    ASYMKEX2048 = "ASYMKEX2048"
+    ASYMKEX3072 = "ASYMKEX3072"
+
+
+class CipherName(StrEnum):
+    A128GCM = "A128GCM"
+    A192GCM = "A192GCM"
+    A256GCM = "A256GCM"
+    COSEAES128CBC = "COSEAES128CBC"
+    COSEAES128CTR = "COSEAES128CTR"
+    COSEAES256CBC = "COSEAES256CBC"
+    COSEAES256CTR = "COSEAES256CTR"
+
+
+def _load(path: Path) -> DeviceCredential:
+    try:
+        return read_credential_with_format(path)[0]
+    except CredentialFileError as exc:
+        raise die(str(exc)) from None
+
+
+def _save(path: Path, credential: DeviceCredential) -> None:
+    try:
+        write_credential(path, credential)
+    except CredentialFileError as exc:
+        raise die(str(exc)) from None
+
+
+def _verify(ca_bundle: Path | None) -> bool | str:
+    if ca_bundle is None:
+        return True
+    if not ca_bundle.is_file():
+        raise die(f"CA bundle {ca_bundle} is not a readable file")
+    return str(ca_bundle)
+
+
+# ---------------------------------------------------------------------------- di
+
+
+@app.command()
+def di(
+    url: Annotated[str, typer.Option("--url", help="Manufacturer base URL (http://host:port).")],
+    credential: CredentialOpt,
+    key_type: Annotated[KeyType, typer.Option("--key-type", help="Device key type.")] = KeyType.EC256,
+    serial: Annotated[str | None, typer.Option("--serial", help="Serial number (default: hostname).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model / device info.")] = None,
+    ca_bundle: Annotated[Path | None, typer.Option("--ca-bundle", help="CA bundle (PEM) for https.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing credential.")] = False,
+) -> None:
+    """Generate the device key, run DI against the manufacturer and write the credential."""
+    from device.onboard import DeviceClientError, default_client_factory, run_di
+
+    if credential.exists() and not force:
+        raise die(f"{credential} exists; use --force to replace it")
+    try:
+        cred = run_di(
+            url,
+            key_type=key_type.value,
+            serial=serial or socket.gethostname() or "device",
+            model=model or f"{platform.system()}-{platform.machine()}".strip("-") or "device",
+            http_client_factory=default_client_factory(verify=_verify(ca_bundle)),
+        )
+    except DeviceClientError as exc:
+        raise die(str(exc)) from None
+    _save(credential, cred)
+    typer.echo(f"device credential written to {credential}")
+    typer.echo(f"GUID {cred.guid}")
+
+
+# ---------------------------------------------------------------------------- onboard
+
+
+@app.command()
+def onboard(
+    credential: CredentialOpt,
+    kex: Annotated[
+        KexName | None, typer.Option("--kex", help="Key exchange suite (default: by device key).")
+    ] = None,
+    cipher: Annotated[CipherName, typer.Option("--cipher", help="Cipher suite.")] = CipherName.A128GCM,
+    ca_bundle: Annotated[Path | None, typer.Option("--ca-bundle", help="CA bundle (PEM) for https.")] = None,
+    root: Annotated[
+        Path, typer.Option("--root", help="Folder fdo.download writes to and fdo.upload reads from.")
+    ] = DEFAULT_ROOT,
+    no_command: Annotated[bool, typer.Option("--no-command", help="Do not offer fdo.command.")] = False,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", min=0, help="Rounds over the directives (0: no limit).")
+    ] = 5,
+    deadline: Annotated[
+        float | None, typer.Option("--deadline", min=0, help="Give up after this many seconds.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the owner (TO1), onboard (TO2) and write the replacement credential."""
+    from device.modules import run_command, standard_modules
+    from device.onboard import OnboardError, onboard
+    from fdo.cipher import CipherSuite
+    from fdo.kex import KexSuite
+
+    cred = _load(credential)
+    verify = _verify(ca_bundle)
+    run = None if no_command else run_command
+    try:
+        result = onboard(
+            cred,
+            kex=KexSuite(kex.value) if kex is not None else None,
+            cipher=CipherSuite[cipher.value],
+            modules=lambda: standard_modules(root, run=run),
+            root=root,
+            verify=verify,
+            max_attempts=max_attempts or None,
+            deadline=deadline,
+        )
+    except OnboardError as exc:
+        raise die(str(exc)) from None
+    except FdoError as exc:  # e.g. a devmod this machine cannot describe
+        raise die(f"onboarding failed: {exc.message}") from None
+    _save(credential, result.credential)
+    if as_json:
+        out = {
+            "previous_guid": result.previous_guid,
+            "guid": str(result.credential.guid),
+            "reused": result.reused,
+            "owner_url": result.owner_url,
+            "rv_url": result.rv_url,
+            "rounds": result.rounds,
+            "active_modules": sorted(result.active_modules),
+            "attempts": [
+                {"round": a.round, "phase": a.phase, "url": a.url, "error": a.error} for a in result.attempts
+            ],
+        }
+        typer.echo(json.dumps(out, indent=2))
+        return
+    via = "bypassing TO1" if result.rv_url is None else f"via {result.rv_url}"
+    typer.echo(f"onboarded by {result.owner_url} ({via}) in {result.rounds} round(s)")
+    if result.reused:
+        typer.echo(f"credential reused: GUID {result.credential.guid}")
+    else:
+        typer.echo(f"GUID {result.previous_guid} -> {result.credential.guid}; credential updated")
+
+
+# ---------------------------------------------------------------------------- show
+
+
+def _directive_obj(directive: RendezvousDirective) -> dict[str, object]:
+    try:
+        protocol = directive.protocol
+        obj: dict[str, object] = {
+            "urls": directive.urls(),
+            "dns": directive.dns,
+            "ip": directive.ip,
+            "dev_port": directive.dev_port,
+            "owner_port": directive.owner_port,
+            "protocol": protocol.name.lower() if protocol is not None else None,
+            "delay": directive.delay,
+            "bypass": directive.bypass,
+            "dev_only": directive.dev_only,
+            "owner_only": directive.owner_only,
+        }
+    except FdoError as exc:
+        return {"error": exc.message}
+    return obj
+
+
+def credential_summary(cred: DeviceCredential, fmt: str) -> dict[str, object]:
+    """What ``show`` prints: never the HMAC secret or the private key."""
+    return {
+        "format": fmt,
+        "guid": str(cred.guid),
+        "active": cred.active,
+        "protocol_version": cred.prot_ver,
+        "device_info": cred.device_info,
+        "key_type": key_kind(cred.private_key),
+        "owner_pubkey_hash": {"alg": cred.pubkey_hash.alg.name, "value": cred.pubkey_hash.value.hex()},
+        "rendezvous": [_directive_obj(d) for d in cred.rv_info.directives],
+    }
+
+
+@app.command()
+def show(credential: CredentialOpt, as_json: JsonOpt = False) -> None:
+    """Show the credential: GUID, device info, rendezvous directives (no secrets)."""
+    try:
+        cred, fmt = read_credential_with_format(credential)
+    except CredentialFileError as exc:
+        raise die(str(exc)) from None
+    summary = credential_summary(cred, fmt.value)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"GUID         {summary['guid']}")
+    typer.echo(f"active       {'yes' if cred.active else 'no'}")
+    typer.echo(f"protocol     {cred.prot_ver}")
+    typer.echo(f"device info  {cred.device_info}")
+    typer.echo(f"device key   {summary['key_type']}")
+    typer.echo(f"owner key    {cred.pubkey_hash.alg.name} {cred.pubkey_hash.value.hex()}")
+    typer.echo(f"file format  {fmt.value}")
+    typer.echo("rendezvous:")
+    for i, directive in enumerate(cred.rv_info.directives):
+        obj = _directive_obj(directive)
+        if "error" in obj:
+            typer.echo(f"  [{i}] unreadable: {obj['error']}")
+            continue
+        flags = [name for name in ("bypass", "dev_only", "owner_only") if obj[name]]
+        urls = ", ".join(directive.urls()) or "(no http/https address)"
+        extra = f" delay {obj['delay']}s" if obj["delay"] else ""
+        extra += f" [{', '.join(flags)}]" if flags else ""
+        typer.echo(f"  [{i}] {urls}{extra}")

@@ -1,0 +1,95 @@
+"""``fdo device``: show, di and onboard through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import device.onboard
+from device.credfile import read_credential, write_credential
+from fdo.credential import DeviceCredential
+from fdo_cli.main import app
+from tests.conftest import KeyPool
+from tests.device.test_credfile import make_credential
+from tests.device.world import MFR_URL, World, make_world
+
+runner = CliRunner()
+
+
+def test_show_text_and_json_without_secrets(tmp_path: Path, key_pool: KeyPool) -> None:
+    cred = make_credential(key_pool)
+    path = tmp_path / "cred.bin"
+    write_credential(path, cred)
+    text = runner.invoke(app, ["device", "show", "--credential", str(path)])
+    assert text.exit_code == 0, text.output
+    assert str(cred.guid) in text.output and "http://rv.example:8041" in text.output
+    out = runner.invoke(app, ["device", "show", "--credential", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["guid"] == str(cred.guid) and data["device_info"] == "kiosk-v2"
+    assert data["format"] == "fdo-bootc" and data["key_type"] == "ec256"
+    assert data["rendezvous"][0]["urls"] == ["http://rv.example:8041"]
+    for output in (text.output, out.output):
+        assert cred.hmac_secret.hex() not in output and "PRIVATE" not in output
+
+
+def test_show_go_dc_bin(vectors_dir: Path) -> None:
+    out = runner.invoke(app, ["device", "show", "--credential", str(vectors_dir / "go-fdo/dc.bin"), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["format"] == "fdo-rs" and data["device_info"] == "go.fdo.example"
+
+
+def test_show_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(b"junk")
+    out = runner.invoke(app, ["device", "show", "--credential", str(path)])
+    assert out.exit_code == 1
+    assert out.output.startswith("error: ") and out.output.count("\n") == 1
+
+
+@pytest.fixture
+def world(key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> World:
+    w = make_world(key_pool)
+    monkeypatch.setattr(device.onboard, "default_client_factory", lambda **kw: w.factory)
+    monkeypatch.setattr("device.onboard.time.sleep", lambda s: None)
+    return w
+
+
+def test_di_then_onboard(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "cred.bin"
+    out = runner.invoke(
+        app,
+        ["device", "di", "--url", MFR_URL, "--credential", str(path), "--serial", "SN-9", "--model", "m1"],
+    )
+    assert out.exit_code == 0, out.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    cred: DeviceCredential = read_credential(path)
+    assert cred.device_info == "m1"
+    again = runner.invoke(app, ["device", "di", "--url", MFR_URL, "--credential", str(path)])
+    assert again.exit_code == 1 and "--force" in again.output
+
+    world.hand_over(world.vouchers[-1])
+    out = runner.invoke(
+        app,
+        ["device", "onboard", "--credential", str(path), "--root", str(tmp_path / "root"), "--json"],
+    )
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["previous_guid"] == str(cred.guid) and data["guid"] != str(cred.guid)
+    assert str(read_credential(path).guid) == data["guid"]
+
+
+def test_onboard_failure_is_one_line(world: World, tmp_path: Path, key_pool: KeyPool) -> None:
+    path = tmp_path / "cred.bin"
+    write_credential(path, make_credential(key_pool))  # its owner is not registered anywhere
+    before = path.read_bytes()
+    out = runner.invoke(app, ["device", "onboard", "--credential", str(path), "--max-attempts", "2"])
+    assert out.exit_code == 1
+    assert out.output.startswith("error: onboarding failed after 2 round(s)")
+    assert out.output.count("\n") == 1 and "peer error 6" in out.output
+    assert path.read_bytes() == before
