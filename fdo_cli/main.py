@@ -4,6 +4,7 @@ import typer
 
 from fdo_cli import device, keys, voucher
 from manufacturer import cli as manufacturer_cli
+from owner import cli as owner_cli
 from rendezvous import cli as rendezvous_cli
 
 app = typer.Typer(no_args_is_help=True, help="FIDO Device Onboard for bootc devices.")
@@ -15,6 +16,7 @@ GROUPS: list[tuple[str, typer.Typer]] = [
     ("device", device.app),
     ("manufacturer", manufacturer_cli.app),
     ("rendezvous", rendezvous_cli.app),
+    ("owner", owner_cli.app),
 ]
 
 for _name, _group in GROUPS:

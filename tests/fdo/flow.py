@@ -17,18 +17,19 @@ from fdo.codec import CborValue
 from fdo.cose import CoseSign1
 from fdo.credential import DeviceCredential
 from fdo.crypto import (
-    PkType,
     PrivateKeyT,
     PublicKey,
     cert_der,
     issue_device_cert,
+    key_kind,
+    load_csr,
     make_ca,
     spki_der,
 )
 from fdo.di.device import DIDevice
 from fdo.di.manufacturer import DIManufacturer
 from fdo.di.messages import MfgInfo
-from fdo.errors import InvalidVoucherError
+from fdo.errors import InvalidVoucherError, MessageBodyError, UnsupportedError
 from fdo.kex import CipherSuite, KexSuite
 from fdo.machine import ClientMachine, Reply, ServerMachine
 from fdo.rvinfo import (
@@ -90,12 +91,12 @@ class Manufacturer:
     rv: RendezvousInfo
 
     def ov_public_key(self, info: MfgInfo) -> PublicKey:
-        kind = {
-            PkType.SECP256R1: "ec256",
-            PkType.SECP384R1: "ec384",
-            PkType.RSA2048RESTR: "rsa2048",
-            PkType.RSAPKCS: "rsa3072",
-        }[PkType(info.pk_type or 0)]
+        # OVPubKey is the manufacturer key of the device key's kind (go's DI server).
+        if info.csr is None:
+            raise MessageBodyError("no CSR")
+        kind = key_kind(load_csr(info.csr).public_key())  # type: ignore[arg-type]
+        if kind not in self.keys:
+            raise UnsupportedError(f"no manufacturer key of kind {kind}")
         return PublicKey.from_key(self.keys[kind].public_key())
 
     def issue_chain(self, csr: x509.CertificateSigningRequest, info: MfgInfo, now: datetime) -> list[bytes]:

@@ -1,0 +1,110 @@
+"""The manufacturer FastAPI app: DI for devices, the voucher admin API for operators.
+
+``POST /fdo/101/msg/{10..13}`` runs :class:`fdo.di.manufacturer.DIManufacturer`; each
+message is one unit of work on the service database, and a finished DI stores the
+zero-entry voucher with the device's serial and model (``on_done``, in the same
+transaction as the last message). ``/api/v1`` is the admin API
+(:mod:`manufacturer.admin_api`). ``app_from_env`` is the uvicorn factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI, HTTPException
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from fdo.crypto import key_kind
+from fdo.di.manufacturer import DIManufacturer
+from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
+from fdo_server.sessions import SQLSessionStore
+from manufacturer import admin_api
+from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
+from manufacturer.tables import TABLES, Voucher
+from transport.server import AnyServerMachine, ProtocolHandler, fdo_router
+
+
+def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
+    """DI machines over ``material``; a finished DI stores its voucher."""
+
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    def store_voucher(machine: AnyServerMachine) -> None:
+        if not isinstance(machine, DIManufacturer) or machine.voucher is None:
+            raise TypeError("DI finished without a voucher")
+        voucher, info = machine.voucher, machine.mfg_info
+        serial = (info.serial if info is not None else None) or voucher.header.device_info
+        current_session().add(
+            Voucher(
+                guid=voucher.guid.value,
+                serial=serial,
+                model=voucher.header.device_info,
+                key_kind=key_kind(voucher.header.public_key.key),
+                raw=voucher.encode(),
+                num_entries=0,
+            )
+        )
+
+    return ProtocolHandler(
+        new=lambda: DIManufacturer(material, now=now()),
+        restore=lambda state: DIManufacturer.from_state(state, material, now=now()),
+        on_done=store_voucher,
+    )
+
+
+def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
+    """The manufacturer app; reads its keys and opens its database now (SettingsError if unusable)."""
+    settings = settings if settings is not None else ManufacturerSettings()
+    material = load_material(settings)
+    engine = make_engine(settings.database_url)
+    create_tables(engine, TABLES)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="FDO manufacturer", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.material = material
+    app.state.engine = engine
+    app.include_router(
+        fdo_router(
+            {10: di_handler(material)},
+            SQLSessionStore(),
+            max_body=settings.max_body,
+            session_ttl=timedelta(seconds=settings.session_ttl_seconds),
+            scope=lambda: unit_of_work(engine),
+        )
+    )
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> dict[str, object]:
+        if not _db_ok(engine):
+            raise HTTPException(503, "database unreachable")
+        return {"status": "ready", "keys": sorted(material.keys)}
+
+    app.include_router(admin_api.router, prefix="/api/v1")
+    return app
+
+
+def _db_ok(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        return False
+    return True
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: settings from the environment."""
+    return create_app(ManufacturerSettings())

@@ -1,0 +1,204 @@
+"""Manufacturer settings (environment ``FDO_MANUFACTURER_...``) and the key material they name.
+
+:class:`ManufacturerSettings` only holds paths and values; :func:`load_material` reads
+the PEM files once at start and fails with one :class:`SettingsError` naming the setting
+at fault. :class:`ManufacturerMaterial` is what DI needs from the service
+(:class:`fdo.di.manufacturer.DIManufacturerConfig`).
+
+Environment examples::
+
+    FDO_MANUFACTURER_DATABASE_URL=postgresql+psycopg://fdo@db/manufacturer
+    FDO_MANUFACTURER_KEYS='{"ec256": "/etc/fdo/mfg-ec256.pem", "ec384": "/etc/fdo/mfg-ec384.pem"}'
+    FDO_MANUFACTURER_KEYS__RSA2048=/etc/fdo/mfg-rsa2048.pem
+    FDO_MANUFACTURER_DEVICE_CA_KEY=/etc/fdo/device-ca.key
+    FDO_MANUFACTURER_DEVICE_CA_CERT=/etc/fdo/device-ca.pem
+    FDO_MANUFACTURER_RENDEZVOUS=http://rv.example:8041,https://10.0.0.5:8443
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fdo.crypto import (
+    KEY_KINDS,
+    PrivateKeyT,
+    PublicKey,
+    cert_der,
+    issue_device_cert,
+    key_kind,
+    load_csr,
+    load_private_key,
+    spki_der,
+)
+from fdo.di.messages import MfgInfo
+from fdo.errors import FdoError, UnsupportedError
+from fdo.rvinfo import RendezvousDirective, RendezvousInfo, RVProtocol
+
+ENV_PREFIX = "FDO_MANUFACTURER_"
+
+
+class SettingsError(Exception):
+    """A setting is missing, names a missing file or holds something unusable."""
+
+
+class ManufacturerSettings(BaseSettings):
+    """Settings of ``fdo manufacturer serve`` (see the module docstring)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+
+    database_url: str = "sqlite:///manufacturer.db"
+    #: Manufacturer (OVPubKey) private keys by kind: ec256, ec384, rsa2048, rsa3072.
+    keys: dict[str, Path] = Field(default_factory=dict)
+    device_ca_key: Path | None = None
+    #: The device CA certificate (PEM; may hold the CA's own chain after it).
+    device_ca_cert: Path | None = None
+    #: Rendezvous URLs written into every credential, e.g. ``http://rv.example:8041``.
+    rendezvous: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body: int = Field(default=65535, ge=1024, le=16 * 1024 * 1024)
+    session_ttl_seconds: int = Field(default=600, ge=10, le=86400)
+
+    @field_validator("rendezvous", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        # A JSON list or a comma/space separated string.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.replace(",", " ").split() if part]
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, Path]) -> dict[str, Path]:
+        out = {kind.lower(): path for kind, path in value.items()}
+        unknown = sorted(set(out) - set(KEY_KINDS))
+        if unknown:
+            raise ValueError(f"unknown key kind(s) {unknown}; expected {', '.join(KEY_KINDS)}")
+        return out
+
+
+def rendezvous_directive(url: str) -> RendezvousDirective:
+    """``http://host:port`` or ``https://ip:port`` as a RendezvousDirective (SettingsError if bad)."""
+    parts = urlsplit(url)
+    protocols = {"http": (RVProtocol.HTTP, 80), "https": (RVProtocol.HTTPS, 443)}
+    if parts.scheme not in protocols or not parts.hostname:
+        raise SettingsError(f"{ENV_PREFIX}RENDEZVOUS: {url!r} is not an http:// or https:// URL with a host")
+    protocol, default_port = protocols[parts.scheme]
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}RENDEZVOUS: {url!r} has a bad port") from None
+    host = parts.hostname
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return RendezvousDirective.build(dns=host, port=port, protocol=protocol)
+    return RendezvousDirective.build(ip=host, port=port, protocol=protocol)
+
+
+@dataclass(frozen=True)
+class ManufacturerMaterial:
+    """The loaded keys, device CA and rendezvous info (a DIManufacturerConfig)."""
+
+    keys: dict[str, PrivateKeyT]
+    ca_key: PrivateKeyT
+    ca_chain: tuple[x509.Certificate, ...]
+    rv: RendezvousInfo
+
+    # ------------------------------------------------------------ DIManufacturerConfig
+
+    def ov_public_key(self, info: MfgInfo) -> PublicKey:
+        """The manufacturer key of the device's kind (the kind of the key in its CSR).
+
+        Other implementations expect voucher entries to use the device's key type, so
+        a device whose kind has no configured key is refused rather than given another.
+        """
+        kind = _device_kind(info)
+        key = self.keys.get(kind)
+        if key is None:
+            raise UnsupportedError(f"manufacturer has no {kind} key (configured: {', '.join(self.keys)})")
+        return PublicKey.from_key(key.public_key())
+
+    def issue_chain(self, csr: x509.CertificateSigningRequest, info: MfgInfo, now: datetime) -> list[bytes]:
+        device_key = csr.public_key()
+        name = (info.serial or info.device_info or "fdo-device")[:64]
+        cert = issue_device_cert(self.ca_key, self.ca_chain[0], device_key, name, now)  # type: ignore[arg-type]
+        return [cert_der(cert), *(cert_der(c) for c in self.ca_chain)]
+
+    def rv_info(self, info: MfgInfo) -> RendezvousInfo:
+        return self.rv
+
+    # ------------------------------------------------------------ hand-off
+
+    def key_for(self, public_key: PublicKey) -> PrivateKeyT | None:
+        """The configured private key whose public half is ``public_key``."""
+        wanted = spki_der(public_key.key)
+        for key in self.keys.values():
+            if spki_der(key.public_key()) == wanted:
+                return key
+        return None
+
+
+def _device_kind(info: MfgInfo) -> str:
+    if info.csr is None:
+        raise UnsupportedError("DeviceMfgInfo carries no CSR")
+    return key_kind(load_csr(info.csr).public_key())  # type: ignore[arg-type]
+
+
+def _read(setting: str, path: Path | None) -> bytes:
+    if path is None:
+        raise SettingsError(f"{ENV_PREFIX}{setting} is not set")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SettingsError(f"{ENV_PREFIX}{setting}: {path}: no such file") from None
+    except OSError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{setting}: {path}: {exc.strerror}") from None
+
+
+def _private_key(setting: str, path: Path | None) -> PrivateKeyT:
+    data = _read(setting, path)
+    try:
+        return load_private_key(data)
+    except FdoError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{setting}: {path}: {exc.message}") from None
+
+
+def load_material(settings: ManufacturerSettings) -> ManufacturerMaterial:
+    """Read and check every key, certificate and URL the settings name (SettingsError)."""
+    if not settings.keys:
+        raise SettingsError(f"{ENV_PREFIX}KEYS: at least one manufacturer key is needed")
+    keys: dict[str, PrivateKeyT] = {}
+    for kind, path in settings.keys.items():
+        setting = f"KEYS__{kind.upper()}"
+        key = _private_key(setting, path)
+        if key_kind(key) != kind:
+            raise SettingsError(f"{ENV_PREFIX}{setting}: {path} holds a {key_kind(key)} key, not {kind}")
+        keys[kind] = key
+    ca_key = _private_key("DEVICE_CA_KEY", settings.device_ca_key)
+    ca_data = _read("DEVICE_CA_CERT", settings.device_ca_cert)
+    try:
+        chain = tuple(x509.load_pem_x509_certificates(ca_data))
+    except ValueError:
+        raise SettingsError(
+            f"{ENV_PREFIX}DEVICE_CA_CERT: {settings.device_ca_cert}: no PEM certificate"
+        ) from None
+    if spki_der(chain[0].public_key()) != spki_der(ca_key.public_key()):  # type: ignore[arg-type]
+        raise SettingsError(
+            f"{ENV_PREFIX}DEVICE_CA_CERT: {settings.device_ca_cert} does not match {ENV_PREFIX}DEVICE_CA_KEY"
+        )
+    if not settings.rendezvous:
+        raise SettingsError(f"{ENV_PREFIX}RENDEZVOUS: at least one rendezvous URL is needed")
+    rv = RendezvousInfo.of([rendezvous_directive(url) for url in settings.rendezvous])
+    return ManufacturerMaterial(keys, ca_key, chain, rv)
