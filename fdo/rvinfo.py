@@ -236,7 +236,9 @@ class RendezvousDirective:
     def urls(self, *, for_owner: bool = False) -> list[str]:
         """Base URLs this directive names (http/https only), for the device or the owner.
 
-        The port is RVDevPort (RVOwnerPort for the owner), else the protocol default.
+        The port is RVDevPort for the device. The owner uses RVOwnerPort, else RVDevPort
+        (most rendezvous servers serve TO0 and TO1 on one port, and many manufacturers
+        write only RVDevPort), else the protocol default.
         """
         proto = self.protocol
         if proto is None or proto in (RVProtocol.HTTP, RVProtocol.REST):
@@ -245,7 +247,7 @@ class RendezvousDirective:
             scheme, default_port = "https", 443
         else:
             return []
-        port = (self.owner_port if for_owner else self.dev_port) or default_port
+        port = ((self.owner_port or self.dev_port) if for_owner else self.dev_port) or default_port
         hosts = [h for h in (self.dns, self.ip) if h]
         out = []
         for host in hosts:

@@ -1,0 +1,165 @@
+"""The owner's admin JSON API (``/api/v1``), bearer tokens with roles.
+
+* ``POST /vouchers`` (operator): body is PEM text with one or more vouchers (or one
+  raw CBOR voucher); answers a result per voucher, 200 when all were imported, else
+  422 with the same body.
+* ``GET /vouchers`` (viewer): paged list with TO0 status; ``GET /vouchers/{guid}``.
+* ``GET /devices`` (viewer): completed onboardings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+from starlette.concurrency import run_in_threadpool
+
+from fdo.errors import FdoError
+from fdo.types import Guid
+from fdo_server.auth import AdminToken, Role, require
+from fdo_server.db import unit_of_work
+from owner.importer import IMPORTED, import_pem
+from owner.settings import OwnerConfig
+from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work, utc
+
+MAX_IMPORT = 16 * 1024 * 1024
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _db(request: Request) -> Iterator[Session]:
+    # A plain session: FastAPI may enter and leave a generator dependency in different
+    # contexts, which the context variable of unit_of_work does not allow. Read-only.
+    with Session(_engine(request)) as db:
+        yield db
+
+
+SessionDep = Annotated[Session, Depends(_db)]
+Viewer = Annotated[AdminToken, Depends(require(_engine, Role.VIEWER))]
+Operator = Annotated[AdminToken, Depends(require(_engine, Role.OPERATOR))]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else utc(value).isoformat()
+
+
+def _guid_text(raw: bytes | None) -> str | None:
+    return None if raw is None else str(Guid(raw))
+
+
+def voucher_json(row: OwnerVoucher, work: To0Work | None, db: Session) -> dict[str, Any]:
+    def guid_of(voucher_id: int | None) -> str | None:
+        other = db.get(OwnerVoucher, voucher_id) if voucher_id is not None else None
+        return None if other is None else _guid_text(other.guid)
+
+    to0: dict[str, Any] | None = None
+    if work is not None:
+        to0 = {
+            "registered_until": _iso(work.registered_until),
+            "next_attempt_at": _iso(work.next_attempt_at),
+            "attempts": work.attempts,
+            "last_error": work.last_error,
+        }
+    return {
+        "guid": _guid_text(row.guid),
+        "device_info": row.device_info,
+        "state": row.state,
+        "entries": row.num_entries,
+        "imported_at": _iso(row.imported_at),
+        "replaces": guid_of(row.replaces_id),
+        "replaced_by": guid_of(row.replaced_by_id),
+        "to0": to0,
+    }
+
+
+def _parse_guid(text: str) -> Guid:
+    try:
+        return Guid.parse(text)
+    except (FdoError, ValueError):
+        raise HTTPException(400, f"not a GUID: {text!r}") from None
+
+
+def admin_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/vouchers")
+    async def import_vouchers(request: Request, _: Operator) -> JSONResponse:
+        body = await request.body()
+        if len(body) > MAX_IMPORT:
+            raise HTTPException(413, "voucher upload too large")
+        config: OwnerConfig = request.app.state.config
+        now = request.app.state.clock()
+
+        def work() -> list[dict[str, object]]:
+            with unit_of_work(_engine(request)):
+                results = import_pem(body, list(config.keys.values()), now=now)
+            return [r.as_dict() for r in results]
+
+        results = await run_in_threadpool(work)
+        ok = all(r["status"] == IMPORTED for r in results)
+        return JSONResponse({"results": results}, status_code=200 if ok else 422)
+
+    @router.get("/vouchers")
+    def list_vouchers(
+        db: SessionDep,
+        _: Viewer,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        state: str | None = None,
+    ) -> dict[str, Any]:
+        query = select(OwnerVoucher, To0Work).join(
+            To0Work, col(To0Work.voucher_id) == col(OwnerVoucher.id), isouter=True
+        )
+        count = select(func.count()).select_from(OwnerVoucher)
+        if state is not None:
+            query = query.where(OwnerVoucher.state == state)
+            count = count.where(OwnerVoucher.state == state)
+        rows = db.exec(query.order_by(col(OwnerVoucher.id)).offset(offset).limit(limit)).all()
+        return {
+            "total": db.exec(count).one(),
+            "offset": offset,
+            "items": [voucher_json(v, w, db) for v, w in rows],
+        }
+
+    @router.get("/vouchers/{guid}")
+    def get_voucher(guid: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        wanted = _parse_guid(guid)
+        row = db.exec(select(OwnerVoucher).where(OwnerVoucher.guid == wanted.value)).first()
+        if row is None:
+            raise HTTPException(404, f"no voucher for GUID {wanted}")
+        work = db.exec(select(To0Work).where(To0Work.voucher_id == row.id)).first()
+        return voucher_json(row, work, db)
+
+    @router.get("/devices")
+    def list_devices(
+        db: SessionDep,
+        _: Viewer,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        rows = db.exec(
+            select(DeviceOnboarding).order_by(col(DeviceOnboarding.id)).offset(offset).limit(limit)
+        ).all()
+        return {
+            "offset": offset,
+            "items": [
+                {
+                    "guid": _guid_text(r.guid),
+                    "new_guid": _guid_text(r.new_guid),
+                    "devmod": r.devmod,
+                    "modules": r.modules,
+                    "completed_at": _iso(r.completed_at),
+                }
+                for r in rows
+            ],
+        }
+
+    return router

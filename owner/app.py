@@ -1,0 +1,158 @@
+"""The owner service as a FastAPI app: TO2 server, TO0 scheduler thread, admin API.
+
+``create_app(settings)`` checks the settings (:func:`owner.settings.load_config`), opens
+the database and creates the tables; the lifespan starts the TO0 scheduler thread
+(unless ``to0_enabled`` is off) and stops it at shutdown. ``POST /fdo/101/msg/{60..71}``
+serves TO2 with sessions in the database; when a TO2 completes, :func:`record_done`
+stores the replacement voucher and an onboarding record in the same transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI
+from sqlmodel import select
+
+from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
+from fdo.to2.owner import TO2Owner
+from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
+from fdo_server.sessions import SQLSessionStore
+from owner.admin_api import admin_router
+from owner.importer import add_voucher
+from owner.settings import OwnerConfig, OwnerSettings, load_config
+from owner.store import OwnerStore, find_voucher_row
+from owner.tables import REPLACED, TABLES, DeviceOnboarding, To0Work
+from owner.to0 import To0Thread
+from transport.server import AnyServerMachine, ProtocolHandler, fdo_router
+
+Clock = Callable[[], datetime]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def module_results(machine: TO2Owner) -> list[dict[str, Any]]:
+    """What each ServiceInfo module reported, JSON-ready (file contents left out)."""
+    if machine.service_info is None:
+        return []
+    out: list[dict[str, Any]] = []
+    for module, status in machine.service_info.modules:
+        item: dict[str, Any] = {"module": module.name, "status": status.name.lower()}
+        if isinstance(module, DownloadOwner):
+            item.update(name=module.filename, length=len(module.data), result=module.result, ok=module.ok)
+        elif isinstance(module, CommandOwner):
+            item["command"] = [module.command, *module.args]
+            if module.result is not None:
+                item.update(
+                    exitcode=module.result.exitcode,
+                    stdout=module.result.stdout[:4096].decode("utf-8", "replace"),
+                    stderr=module.result.stderr[:4096].decode("utf-8", "replace"),
+                )
+        elif isinstance(module, UploadOwner):
+            item["name"] = module.filename
+        out.append(item)
+    return out
+
+
+def record_done(machine: AnyServerMachine, clock: Clock) -> None:
+    """``on_done`` of TO2: store the replacement voucher and the onboarding record."""
+    assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
+    db = current_session()
+    now = clock()
+    old = find_voucher_row(machine.guid)
+    new_guid: bytes | None = None
+    if machine.new_voucher is not None and old is not None:
+        new = add_voucher(machine.new_voucher, now=now, replaces_id=old.id)
+        old.state = REPLACED
+        old.replaced_by_id = new.id
+        db.add(old)
+        # The old GUID is gone from the device: stop keeping its TO0 registration alive.
+        for work in db.exec(select(To0Work).where(To0Work.voucher_id == old.id)).all():
+            db.delete(work)
+        new_guid = machine.new_voucher.guid.value
+    devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
+    db.add(
+        DeviceOnboarding(
+            guid=machine.guid.value,
+            new_guid=new_guid,
+            voucher_id=None if old is None else old.id,
+            devmod=devmod,
+            modules=module_results(machine),
+            completed_at=now,
+        )
+    )
+
+
+def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """The owner app; raises :class:`owner.settings.SettingsError` on a bad setting."""
+    settings = settings or OwnerSettings()
+    config: OwnerConfig = load_config(settings)
+    now: Clock = clock or (lambda: datetime.now(UTC))
+    engine = make_engine(settings.database_url)
+    create_tables(engine, TABLES)
+    store = OwnerStore(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        thread = None
+        if settings.to0_enabled:
+            thread = To0Thread(engine, config, worker_id=worker_name(), clock=now)
+            thread.start()
+        try:
+            yield
+        finally:
+            if thread is not None:
+                thread.stop()
+            engine.dispose()
+
+    app = FastAPI(title="FDO owner", lifespan=lifespan)
+    app.state.engine = engine
+    app.state.config = config
+    app.state.clock = now
+    handlers = {
+        60: ProtocolHandler(
+            new=lambda: TO2Owner(store),
+            restore=lambda state: TO2Owner.from_state(state, store),
+            on_done=lambda machine: record_done(machine, now),
+        )
+    }
+    app.include_router(
+        fdo_router(
+            handlers,
+            SQLSessionStore(now),
+            max_body=settings.max_body,
+            session_ttl=timedelta(seconds=settings.session_ttl_seconds),
+            clock=now,
+            scope=lambda: unit_of_work(engine),
+        )
+    )
+    app.include_router(admin_router(), prefix="/api/v1")
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
+    return create_app()

@@ -1,0 +1,169 @@
+"""``fdo owner``: run the owner service and administer it.
+
+Service modules (FastAPI, SQLModel, httpx) are imported inside the commands, so that
+``import fdo_cli.main`` stays light for devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem
+from fdo_cli.common import die, read_bytes
+
+app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
+token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
+vouchers_app = typer.Typer(no_args_is_help=True, help="Vouchers held by the owner (over the admin API).")
+to0_app = typer.Typer(no_args_is_help=True, help="TO0 registrations.")
+app.add_typer(token_app, name="token")
+app.add_typer(vouchers_app, name="vouchers")
+app.add_typer(to0_app, name="to0")
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owner service base URL.")]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="FDO_OWNER_TOKEN", help="Admin API bearer token.")]
+
+
+def _config() -> Any:
+    from owner.settings import OwnerSettings, SettingsError, load_config
+
+    try:
+        return load_config(OwnerSettings())
+    except SettingsError as exc:
+        raise die(str(exc)) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
+    port: Annotated[int, typer.Option(help="Port.")] = 8043,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Serve TO2 and the admin API, and run the TO0 scheduler (settings from FDO_OWNER_...)."""
+    from fdo_server.serve import serve as run
+
+    _config()  # fail here, with a clear message, rather than in each worker
+    run("owner.app:app_from_env", host=host, port=port, workers=workers)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Option("--dir", help="Folder for the owner keys.")],
+) -> None:
+    """Generate one owner key per kind and print the FDO_OWNER_ settings that use them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keys: dict[str, str] = {}
+    for kind in KEY_KINDS:
+        path = directory / f"owner-{kind}.pem"
+        if path.exists():
+            raise die(f"{path} exists; not overwriting owner keys")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, private_key_to_pem(generate_key(kind)))
+        finally:
+            os.close(fd)
+        keys[kind] = str(path.resolve())
+    typer.echo(f"FDO_OWNER_KEYS='{json.dumps(keys)}'")
+    typer.echo(f"FDO_OWNER_DATABASE_URL=sqlite:///{(directory / 'owner.db').resolve()}")
+    typer.echo("FDO_OWNER_TO2_URLS='[\"http://owner.example:8043\"]'")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="Who the token is for.")],
+    role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")] = "viewer",
+) -> None:
+    """Create an admin API token in the local database and print it (once)."""
+    from fdo_server.auth import Role, create_token
+    from fdo_server.db import create_tables, make_engine, unit_of_work
+    from owner.settings import OwnerSettings
+    from owner.tables import TABLES
+
+    try:
+        wanted = Role(role)
+    except ValueError:
+        raise die(f"unknown role {role!r} (admin, operator or viewer)") from None
+    engine = make_engine(OwnerSettings().database_url)
+    create_tables(engine, TABLES)
+    with unit_of_work(engine) as db:
+        token = create_token(db, name, wanted)
+    engine.dispose()
+    typer.echo(token)
+
+
+def _request(method: str, url: str, token: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = httpx.request(
+            method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        raise die(f"{url}: {exc}") from None
+    if response.status_code in (401, 403, 404):
+        raise die(f"{url}: HTTP {response.status_code}: {response.text}")
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        raise die(f"{url}: HTTP {response.status_code}: not JSON") from None
+
+
+@vouchers_app.command("import")
+def vouchers_import(
+    files: Annotated[list[Path], typer.Argument(help="PEM files (several vouchers per file allowed).")],
+    url: UrlOpt,
+    token: TokenOpt,
+) -> None:
+    """Import vouchers; prints one line per voucher; exit 1 if any was refused."""
+    refused = 0
+    for path in files:
+        status, body = _request("POST", url.rstrip("/") + "/api/v1/vouchers", token, content=read_bytes(path))
+        for result in body.get("results", []):
+            guid = result.get("guid") or "-"
+            if result.get("status") == "imported":
+                typer.echo(f"{path}[{result['index']}] {guid}: imported")
+            else:
+                refused += 1
+                typer.echo(f"{path}[{result['index']}] {guid}: refused: {result.get('reason')}")
+        if status not in (200, 422):
+            raise die(f"{path}: HTTP {status}")
+    if refused:
+        raise typer.Exit(1)
+
+
+@vouchers_app.command("list")
+def vouchers_list(
+    url: UrlOpt,
+    token: TokenOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the vouchers the owner holds, with their TO0 status."""
+    _, body = _request("GET", url.rstrip("/") + "/api/v1/vouchers", token, params={"limit": 500})
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    for item in body.get("items", []):
+        to0 = item.get("to0") or {}
+        until = to0.get("registered_until") or "not registered"
+        error = f" ({to0['last_error']})" if to0.get("last_error") else ""
+        typer.echo(f"{item['guid']}  {item['state']:8}  {item['device_info']}  TO0: {until}{error}")
+
+
+@to0_app.command("run-once")
+def to0_run_once() -> None:
+    """Run the TO0 scheduler once against the local database."""
+    from fdo_server.db import create_tables, make_engine
+    from owner.app import worker_name
+    from owner.tables import TABLES
+    from owner.to0 import run_due
+
+    config = _config()
+    engine = make_engine(config.settings.database_url)
+    create_tables(engine, TABLES)
+    count = run_due(engine, config, worker_id=worker_name())
+    engine.dispose()
+    typer.echo(f"{count} voucher(s) processed")

@@ -1,0 +1,217 @@
+"""Owner service settings (``FDO_OWNER_...`` environment variables).
+
+:class:`OwnerSettings` holds what the operator wrote; :func:`load_config` checks it and
+loads what it names (keys, TO2 addresses, the ServiceInfo file), raising
+:class:`SettingsError` that names the offending setting. The service calls it at start
+so a bad setting fails before any device connects.
+
+``FDO_OWNER_KEYS`` is JSON mapping a key kind (``ec256``, ``ec384``, ``rsa2048``,
+``rsa3072``) to a PEM file; ``FDO_OWNER_TO2_URLS`` is a JSON list of base URLs.
+The ServiceInfo file (TOML or JSON) lists actions run on every device::
+
+    [[download]]
+    path = "/etc/motd"          # name on the device
+    source = "files/motd"       # local file, relative to this file
+
+    [[command]]
+    command = "/usr/bin/systemctl"
+    args = ["restart", "sshd"]
+    may_fail = false
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
+from fdo.errors import FdoError
+from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry, TransportProtocol
+
+PREFIX = "FDO_OWNER_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message names it."""
+
+
+class OwnerSettings(BaseSettings):
+    """Everything the owner service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    database_url: str = "sqlite:///owner.db"
+    #: Key kind -> private key PEM file; one owner key per kind.
+    keys: dict[str, Path] = {}
+    #: The owner's public TO2 base URLs (``http://owner.example:8043``), sent in TO0.
+    to2_urls: list[str] = []
+    #: Registration lifetime asked of the rendezvous (TO0 WaitSeconds).
+    to0_wait_seconds: int = 30 * 24 * 3600
+    #: Renew when this fraction of the granted lifetime is left.
+    to0_renew_fraction: float = 0.2
+    #: How often the scheduler looks for due work.
+    to0_interval_seconds: float = 30.0
+    #: First retry delay after a failure; doubled per failure up to the maximum.
+    to0_retry_seconds: int = 60
+    to0_max_backoff_seconds: int = 3600
+    #: How long a claimed work item stays claimed if its worker dies.
+    to0_claim_seconds: int = 300
+    #: Run the TO0 scheduler thread inside the app (tests turn it off).
+    to0_enabled: bool = True
+    #: Credential reuse (spec §7): keep GUID, RV info and owner key after TO2.
+    credential_reuse: bool = False
+    #: TOML/JSON file of ServiceInfo actions for every device.
+    service_info: Path | None = None
+    max_body: int = 65535
+    session_ttl_seconds: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadAction:
+    """Send ``data`` to the device as ``path`` (fdo.download)."""
+
+    path: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAction:
+    """Run ``command args...`` on the device (fdo.command)."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    may_fail: bool = False
+
+
+@dataclass(frozen=True)
+class OwnerConfig:
+    """The checked, loaded form of :class:`OwnerSettings`."""
+
+    settings: OwnerSettings
+    keys: dict[str, PrivateKeyT]
+    to2_addr: RVTO2Addr | None
+    downloads: tuple[DownloadAction, ...] = ()
+    commands: tuple[CommandAction, ...] = ()
+
+
+def _name(setting: str) -> str:
+    return PREFIX + setting.upper()
+
+
+def load_keys(keys: dict[str, Path]) -> dict[str, PrivateKeyT]:
+    out: dict[str, PrivateKeyT] = {}
+    if not keys:
+        raise SettingsError(f"{_name('keys')}: no owner keys configured")
+    for kind, path in keys.items():
+        if kind not in KEY_KINDS:
+            raise SettingsError(
+                f"{_name('keys')}: unknown key kind {kind!r} (use one of {', '.join(KEY_KINDS)})"
+            )
+        try:
+            key = load_private_key(Path(path).read_bytes())
+        except OSError as exc:
+            raise SettingsError(
+                f"{_name('keys')}: cannot read the {kind} key {path}: {exc.strerror}"
+            ) from None
+        except FdoError:
+            raise SettingsError(f"{_name('keys')}: {path} holds no supported private key") from None
+        if key_kind(key) != kind:
+            raise SettingsError(f"{_name('keys')}: {path} is a {key_kind(key)} key, not {kind}")
+        out[kind] = key
+    return out
+
+
+def to2_addr_entry(url: str) -> RVTO2AddrEntry:
+    """An RVTO2AddrEntry for a base URL (``http(s)://host[:port]``)."""
+    parts = urlsplit(url)
+    protos = {"http": (TransportProtocol.HTTP, 80), "https": (TransportProtocol.HTTPS, 443)}
+    if parts.scheme not in protos or not parts.hostname:
+        raise SettingsError(f"{_name('to2_urls')}: {url!r} is not an http(s)://host[:port] URL")
+    proto, default_port = protos[parts.scheme]
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise SettingsError(f"{_name('to2_urls')}: {url!r} has a bad port") from None
+    try:
+        ip: bytes | None = ipaddress.ip_address(parts.hostname).packed
+        dns = None
+    except ValueError:
+        ip, dns = None, parts.hostname
+    return RVTO2AddrEntry(ip, dns, port, proto)
+
+
+def _load_service_info(path: Path) -> tuple[tuple[DownloadAction, ...], tuple[CommandAction, ...]]:
+    what = _name("service_info")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    try:
+        doc: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(
+            f"{what}: {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise SettingsError(f"{what}: {path} must hold a table")
+    downloads: list[DownloadAction] = []
+    commands: list[CommandAction] = []
+    try:
+        for item in doc.get("download", []):
+            source = path.parent / str(item["source"])
+            try:
+                data = source.read_bytes()
+            except OSError as exc:
+                raise SettingsError(f"{what}: download source {source}: {exc.strerror}") from None
+            downloads.append(DownloadAction(path=str(item["path"]), data=data))
+        for item in doc.get("command", []):
+            args = item.get("args", [])
+            if not isinstance(args, list):
+                raise SettingsError(f"{what}: command args must be a list")
+            commands.append(
+                CommandAction(
+                    command=str(item["command"]),
+                    args=tuple(str(a) for a in args),
+                    may_fail=bool(item.get("may_fail", False)),
+                )
+            )
+    except (KeyError, TypeError) as exc:
+        raise SettingsError(f"{what}: {path}: bad or missing entry field {exc}") from None
+    return tuple(downloads), tuple(commands)
+
+
+def load_config(settings: OwnerSettings) -> OwnerConfig:
+    """Check ``settings`` and load what they name; raises :class:`SettingsError`."""
+    keys = load_keys(settings.keys)
+    entries = tuple(to2_addr_entry(u) for u in settings.to2_urls)
+    for name in ("to0_wait_seconds", "to0_retry_seconds", "to0_max_backoff_seconds", "to0_claim_seconds"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{_name(name)} must be at least 1")
+    if settings.to0_wait_seconds > 0xFFFFFFFF:
+        raise SettingsError(f"{_name('to0_wait_seconds')} must fit in 32 bits")
+    if not 0 < settings.to0_renew_fraction < 1:
+        raise SettingsError(f"{_name('to0_renew_fraction')} must be between 0 and 1")
+    if settings.to0_interval_seconds <= 0:
+        raise SettingsError(f"{_name('to0_interval_seconds')} must be positive")
+    if settings.max_body < 1024:
+        raise SettingsError(f"{_name('max_body')} must be at least 1024")
+    if settings.session_ttl_seconds < 1:
+        raise SettingsError(f"{_name('session_ttl_seconds')} must be at least 1")
+    downloads: tuple[DownloadAction, ...] = ()
+    commands: tuple[CommandAction, ...] = ()
+    if settings.service_info is not None:
+        downloads, commands = _load_service_info(settings.service_info)
+    return OwnerConfig(
+        settings=settings,
+        keys=keys,
+        to2_addr=RVTO2Addr(entries) if entries else None,
+        downloads=downloads,
+        commands=commands,
+    )

@@ -1,0 +1,58 @@
+"""TO2's lookups (:class:`fdo.to2.owner.TO2OwnerStore`) over the owner database.
+
+Every call runs inside the unit of work the FDO router opened for the message
+(:func:`fdo_server.db.current_session`). Only ``active`` vouchers take part in TO2: a
+replaced one belongs to a GUID the device no longer has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlmodel import select
+
+from fdo.codec import CborValue
+from fdo.crypto import PrivateKeyT, PublicKey, spki_der
+from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule, restore_standard
+from fdo.to2.owner import Replacement
+from fdo.types import Guid
+from fdo.voucher import OwnershipVoucher
+from fdo_server.db import current_session
+from owner.settings import OwnerConfig
+from owner.tables import ACTIVE, OwnerVoucher
+
+
+def find_voucher_row(guid: Guid, *, active_only: bool = True) -> OwnerVoucher | None:
+    """The voucher row for ``guid`` in the current unit of work."""
+    query = select(OwnerVoucher).where(OwnerVoucher.guid == guid.value)
+    if active_only:
+        query = query.where(OwnerVoucher.state == ACTIVE)
+    return current_session().exec(query).first()
+
+
+class OwnerStore:
+    """:class:`~fdo.to2.owner.TO2OwnerStore` over the database and the configured keys."""
+
+    def __init__(self, config: OwnerConfig) -> None:
+        self.config = config
+        self._by_spki = {spki_der(k.public_key()): k for k in config.keys.values()}
+
+    def voucher(self, guid: Guid) -> OwnershipVoucher | None:
+        row = find_voucher_row(guid)
+        return None if row is None else OwnershipVoucher.decode(row.raw)
+
+    def private_key(self, public_key: PublicKey) -> PrivateKeyT | None:
+        return self._by_spki.get(spki_der(public_key.key))
+
+    def replacement(self, voucher: OwnershipVoucher) -> Replacement:
+        # Either way Owner2Key is the current owner key: the owner keeps one key per kind.
+        guid = voucher.guid if self.config.settings.credential_reuse else Guid.new()
+        return Replacement(guid, voucher.header.rv_info, voucher.owner_public_key)
+
+    def owner_modules(self, guid: Guid, devmod: Devmod) -> Sequence[OwnerModule]:
+        modules: list[OwnerModule] = [DownloadOwner(d.path, d.data) for d in self.config.downloads]
+        modules += [CommandOwner(c.command, c.args, may_fail=c.may_fail) for c in self.config.commands]
+        return modules
+
+    def restore_module(self, name: str, state: CborValue) -> OwnerModule:
+        return restore_standard(name, state)

@@ -1,0 +1,92 @@
+"""The owner service's tables.
+
+* :class:`OwnerVoucher` — every voucher the owner holds, imported or produced by TO2.
+  A TO2 that replaced the credential marks the old row ``replaced`` and links both
+  ways (``replaced_by_id`` / ``replaces_id``), so a device's GUID history is a chain.
+* :class:`To0Work` — one TO0 registration to keep alive per voucher; the scheduler
+  claims rows (``claimed_by`` until ``claim_expires_at``) so replicas never both run it.
+* :class:`DeviceOnboarding` — one row per completed TO2: devmod and module results.
+
+Datetimes are stored as UTC (SQLite hands them back naive: see :func:`utc`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, LargeBinary
+from sqlmodel import Field, SQLModel
+
+from fdo_server.auth import AdminToken
+from fdo_server.sessions import FdoSession
+
+ACTIVE = "active"
+REPLACED = "replaced"
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (SQLite returns naive ones)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(*, index: bool = False, nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), index=index, nullable=nullable))
+
+
+class OwnerVoucher(SQLModel, table=True):
+    """A voucher the owner holds."""
+
+    __tablename__ = "owner_voucher"
+
+    id: int | None = Field(default=None, primary_key=True)
+    guid: bytes = Field(sa_column=Column(LargeBinary(16), unique=True, index=True, nullable=False))
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    device_info: str = ""
+    #: SPKI DER of the voucher's final owner key.
+    owner_key_spki: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    num_entries: int = 0
+    state: str = Field(default=ACTIVE, max_length=16, index=True)
+    imported_at: datetime = Field(
+        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    replaces_id: int | None = Field(default=None, foreign_key="owner_voucher.id")
+    replaced_by_id: int | None = Field(default=None, foreign_key="owner_voucher.id")
+
+
+class To0Work(SQLModel, table=True):
+    """The TO0 registration of one voucher: when to (re)try and who is doing it."""
+
+    __tablename__ = "owner_to0_work"
+
+    id: int | None = Field(default=None, primary_key=True)
+    voucher_id: int = Field(foreign_key="owner_voucher.id", unique=True)
+    next_attempt_at: datetime = Field(sa_column=Column(DateTime(timezone=True), index=True, nullable=False))
+    registered_until: datetime | None = _ts()
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=2000)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claim_expires_at: datetime | None = _ts()
+
+
+class DeviceOnboarding(SQLModel, table=True):
+    """One completed TO2."""
+
+    __tablename__ = "owner_device_onboarding"
+
+    id: int | None = Field(default=None, primary_key=True)
+    guid: bytes = Field(sa_column=Column(LargeBinary(16), index=True, nullable=False))
+    new_guid: bytes | None = Field(default=None, sa_column=Column(LargeBinary(16), nullable=True))
+    voucher_id: int | None = Field(default=None, foreign_key="owner_voucher.id")
+    devmod: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    modules: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    completed_at: datetime = Field(
+        default_factory=_now, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+TABLES: list[type[SQLModel]] = [FdoSession, AdminToken, OwnerVoucher, To0Work, DeviceOnboarding]

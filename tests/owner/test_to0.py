@@ -1,0 +1,160 @@
+"""The TO0 scheduler against an in-memory rendezvous: register, renew, back off, claim once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from fdo.voucher import vouchers_to_pem
+from fdo_server.db import make_engine, unit_of_work
+from owner.importer import import_pem
+from owner.settings import OwnerConfig, load_config
+from owner.tables import To0Work, utc
+from owner.to0 import run_due
+from tests.conftest import KeyPool
+from tests.fdo.flow import NOW
+from tests.owner.helpers import RendezvousStub, World, make_world
+from transport.client import FdoHttpClient
+
+
+@pytest.fixture
+def world(key_pool: KeyPool, tmp_path: Path) -> World:
+    return make_world(key_pool, tmp_path)
+
+
+def setup(world: World, database_url: str, count: int = 1) -> tuple[Engine, OwnerConfig, list[str]]:
+    from fdo_server.db import create_tables
+    from owner.tables import TABLES
+
+    config = load_config(
+        world.settings(
+            database_url, to0_retry_seconds=60, to0_max_backoff_seconds=300, to0_renew_fraction=0.25
+        )
+    )
+    engine = make_engine(database_url)
+    create_tables(engine, TABLES)
+    vouchers = [world.device()[1] for _ in range(count)]
+    with unit_of_work(engine):
+        results = import_pem(vouchers_to_pem(vouchers), list(config.keys.values()), now=NOW)
+    assert all(r.status == "imported" for r in results)
+    return engine, config, [str(v.guid) for v in vouchers]
+
+
+def work_rows(engine: Engine) -> list[To0Work]:
+    with unit_of_work(engine) as db:
+        return list(db.exec(select(To0Work).order_by(To0Work.id)).all())  # type: ignore[arg-type]
+
+
+def test_registers_and_renews(world: World, database_url: str) -> None:
+    engine, config, guids = setup(world, database_url)
+    stub = RendezvousStub()
+    urls: list[str] = []
+
+    def factory(url: str) -> FdoHttpClient:
+        urls.append(url)
+        return FdoHttpClient(url, client=stub.client())
+
+    assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=factory) == 1
+    assert urls == ["http://rv.example:80"]  # no RVOwnerPort: the protocol default
+    assert stub.count == {guids[0]: 1}
+    (work,) = work_rows(engine)
+    assert work.registered_until is not None and utc(work.registered_until) == NOW + timedelta(seconds=3600)
+    assert utc(work.next_attempt_at) == NOW + timedelta(seconds=2700)
+    assert work.claimed_by is None and work.attempts == 0 and work.last_error is None
+
+    # Not due yet: nothing happens; once due, it renews.
+    assert (
+        run_due(engine, config, now=NOW + timedelta(seconds=2000), worker_id="w1", http_factory=factory) == 0
+    )
+    later = NOW + timedelta(seconds=2700)
+    assert run_due(engine, config, now=later, worker_id="w1", http_factory=factory) == 1
+    assert stub.count == {guids[0]: 2}
+    (work,) = work_rows(engine)
+    assert work.registered_until is not None and utc(work.registered_until) == later + timedelta(seconds=3600)
+
+
+def test_failure_backs_off(world: World, database_url: str) -> None:
+    engine, config, _ = setup(world, database_url)
+    broken = TestClient(FastAPI())  # every POST is a 404
+
+    def factory(url: str) -> FdoHttpClient:
+        return FdoHttpClient(url, client=broken)
+
+    now = NOW
+    delays = []
+    for _ in range(4):
+        assert run_due(engine, config, now=now, worker_id="w1", http_factory=factory) == 1
+        (work,) = work_rows(engine)
+        assert work.last_error is not None and "404" in work.last_error
+        assert work.claimed_by is None and work.registered_until is None
+        delay = utc(work.next_attempt_at) - now
+        delays.append(delay.total_seconds())
+        assert run_due(engine, config, now=now + delay / 2, worker_id="w1", http_factory=factory) == 0
+        now += delay
+    assert delays == [60, 120, 240, 300]
+    assert work.attempts == 4
+
+    stub = RendezvousStub()
+    assert (
+        run_due(
+            engine,
+            config,
+            now=now,
+            worker_id="w1",
+            http_factory=lambda u: FdoHttpClient(u, client=stub.client()),
+        )
+        == 1
+    )
+    (work,) = work_rows(engine)
+    assert work.attempts == 0 and work.last_error is None and work.registered_until is not None
+
+
+def test_two_workers_never_both_register(world: World, database_url: str) -> None:
+    engine, config, guids = setup(world, database_url, count=6)
+    stub = RendezvousStub()
+
+    def factory(url: str) -> FdoHttpClient:
+        time.sleep(0.02)  # widen the window between claim and registration
+        return FdoHttpClient(url, client=stub.client())
+
+    counts: dict[str, int] = {}
+    barrier = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        counts[name] = run_due(
+            make_engine(database_url), config, now=NOW, worker_id=name, http_factory=factory
+        )
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts.values()) == 6
+    assert stub.count == {g: 1 for g in guids}
+    assert all(w.registered_until is not None and w.claimed_by is None for w in work_rows(engine))
+
+
+def test_expired_claim_is_taken_over(world: World, database_url: str) -> None:
+    engine, config, guids = setup(world, database_url)
+    with unit_of_work(engine) as db:
+        (work,) = db.exec(select(To0Work)).all()
+        work.claimed_by, work.claim_expires_at = "dead", NOW + timedelta(seconds=60)
+        db.add(work)
+    stub = RendezvousStub()
+
+    def factory(url: str) -> FdoHttpClient:
+        return FdoHttpClient(url, client=stub.client())
+
+    assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=factory) == 0
+    assert run_due(engine, config, now=NOW + timedelta(seconds=61), worker_id="w1", http_factory=factory) == 1
+    assert stub.count == {guids[0]: 1}

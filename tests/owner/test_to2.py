@@ -1,0 +1,129 @@
+"""TO2 over HTTP against the owner app: ServiceInfo modules, replacement voucher, reuse, bad device."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fdo.credential import DeviceCredential
+from fdo.errors import ErrorCode, PeerError
+from fdo.serviceinfo import CommandDevice, DeviceServiceInfoDriver, DownloadDevice
+from fdo.to2.device import TO2Device
+from fdo.voucher import OwnershipVoucher, vouchers_to_pem
+from fdo_server.auth import Role
+from owner.app import create_app
+from tests.conftest import KeyPool
+from tests.fdo.flow import sample_devmod
+from tests.owner.helpers import BASE, World, make_world, token
+from transport.client import FdoHttpClient
+
+
+@pytest.fixture
+def world(key_pool: KeyPool, tmp_path: Path) -> World:
+    return make_world(key_pool, tmp_path)
+
+
+def service_info_file(tmp_path: Path) -> Path:
+    (tmp_path / "motd").write_bytes(b"welcome\n" * 300)
+    path = tmp_path / "si.toml"
+    path.write_text(
+        '[[download]]\npath = "/etc/motd"\nsource = "motd"\n\n'
+        '[[command]]\ncommand = "/usr/bin/echo"\nargs = ["hello"]\n'
+    )
+    return path
+
+
+@dataclasses.dataclass
+class DeviceSide:
+    files: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    commands: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def write(self, name: str, data: bytes) -> None:
+        self.files[name] = data
+
+    def run(self, argv: list[str]) -> tuple[int, bytes, bytes]:
+        self.commands.append(argv)
+        return 0, b"hello\n", b""
+
+    def machine(self, credential: DeviceCredential) -> TO2Device:
+        driver = DeviceServiceInfoDriver(
+            sample_devmod(), [DownloadDevice(self.write), CommandDevice(self.run)]
+        )
+        return TO2Device(credential, service_info=driver, to1d=None)
+
+
+def onboard(
+    world: World, database_url: str, tmp_path: Path, *, reuse: bool
+) -> tuple[TestClient, DeviceSide, TO2Device, OwnershipVoucher, dict[str, str]]:
+    app = create_app(
+        world.settings(database_url, credential_reuse=reuse, service_info=service_info_file(tmp_path))
+    )
+    http = TestClient(app, base_url=BASE)
+    credential, voucher = world.device()
+    headers = token(app, Role.OPERATOR)
+    assert (
+        http.post("/api/v1/vouchers", content=vouchers_to_pem([voucher]), headers=headers).status_code == 200
+    )
+    device = DeviceSide()
+    machine = device.machine(credential)
+    FdoHttpClient(BASE, client=http).run(machine)
+    assert machine.done and machine.new_credential is not None
+    return http, device, machine, voucher, headers
+
+
+def test_to2_replaces_credential_and_links_vouchers(world: World, database_url: str, tmp_path: Path) -> None:
+    http, device, machine, voucher, headers = onboard(world, database_url, tmp_path, reuse=False)
+    assert device.files == {"/etc/motd": b"welcome\n" * 300}
+    assert device.commands == [["/usr/bin/echo", "hello"]]
+    new = machine.new_credential
+    assert new is not None and new.guid != voucher.guid
+
+    old_row = http.get(f"/api/v1/vouchers/{voucher.guid}", headers=headers).json()
+    new_row = http.get(f"/api/v1/vouchers/{new.guid}", headers=headers).json()
+    assert old_row["state"] == "replaced" and old_row["replaced_by"] == str(new.guid)
+    assert new_row["state"] == "active" and new_row["replaces"] == str(voucher.guid)
+    assert old_row["to0"] is None  # the old GUID's registration is no longer renewed
+
+    (record,) = http.get("/api/v1/devices", headers=headers).json()["items"]
+    assert record["guid"] == str(voucher.guid) and record["new_guid"] == str(new.guid)
+    assert record["devmod"]["os"] == "Linux"
+    download, command = record["modules"]
+    assert download["module"] == "fdo.download" and download["ok"] is True
+    assert command["module"] == "fdo.command" and command["exitcode"] == 0 and command["stdout"] == "hello\n"
+
+
+def test_to2_credential_reuse(world: World, database_url: str, tmp_path: Path) -> None:
+    http, device, machine, voucher, headers = onboard(world, database_url, tmp_path, reuse=True)
+    assert machine.reused and machine.new_credential is not None
+    assert machine.new_credential.guid == voucher.guid
+    row = http.get(f"/api/v1/vouchers/{voucher.guid}", headers=headers).json()
+    assert row["state"] == "active" and row["replaced_by"] is None
+    assert http.get("/api/v1/vouchers", headers=headers).json()["total"] == 1
+    (record,) = http.get("/api/v1/devices", headers=headers).json()["items"]
+    assert record["new_guid"] is None and len(device.commands) == 1
+
+
+def test_to2_wrong_device_key(world: World, database_url: str) -> None:
+    app = create_app(world.settings(database_url))
+    http = TestClient(app, base_url=BASE)
+    credential, voucher = world.device()
+    headers = token(app, Role.OPERATOR)
+    assert (
+        http.post("/api/v1/vouchers", content=vouchers_to_pem([voucher]), headers=headers).status_code == 200
+    )
+    impostor = dataclasses.replace(credential, private_key=world.pool.get("ec256", 99))
+    with pytest.raises(PeerError) as info:
+        FdoHttpClient(BASE, client=http).run(DeviceSide().machine(impostor))
+    assert info.value.peer_code == ErrorCode.INVALID_MESSAGE_ERROR
+    assert http.get("/api/v1/devices", headers=headers).json()["items"] == []
+
+
+def test_to2_unknown_device(world: World, database_url: str) -> None:
+    http = TestClient(create_app(world.settings(database_url)), base_url=BASE)
+    credential, _ = world.device()
+    with pytest.raises(PeerError) as info:
+        FdoHttpClient(BASE, client=http).run(DeviceSide().machine(credential))
+    assert info.value.peer_code == ErrorCode.RESOURCE_NOT_FOUND
