@@ -63,7 +63,7 @@ def test_registers_and_renews(world: World, database_url: str) -> None:
         return FdoHttpClient(url, client=stub.client())
 
     assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=factory) == 1
-    assert urls == ["http://rv.example:80"]  # no RVOwnerPort: the protocol default
+    assert urls == ["http://rv.example:8041"]  # no RVOwnerPort: RVDevPort serves TO0 too
     assert stub.count == {guids[0]: 1}
     (work,) = work_rows(engine)
     assert work.registered_until is not None and utc(work.registered_until) == NOW + timedelta(seconds=3600)
