@@ -25,5 +25,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
+## The whole journey of one device over real HTTP: three services on SQLite, DI,
+## hand-off, TO0, TO1 and TO2. Prints a summary and exits 0.
+demo: $(STAMP)
+	$(BIN)/python -m fdo_server.demo
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -50,6 +50,11 @@ class ServiceProcess:
 
     def start(self, *, timeout: float = 30.0) -> None:
         """Start the server and wait until ``/health`` answers."""
+        self.spawn()
+        self.wait_healthy(timeout=timeout)
+
+    def spawn(self) -> None:
+        """Start the server process without waiting for it."""
         cmd = [
             sys.executable,
             "-m",
@@ -71,6 +76,11 @@ class ServiceProcess:
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    def wait_healthy(self, *, timeout: float = 30.0) -> None:
+        """Wait until ``/health`` answers (raises with the log tail if the server died)."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name}: spawn() first")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

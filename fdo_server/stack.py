@@ -1,0 +1,231 @@
+"""The whole system on one machine: manufacturer, rendezvous and owner as real servers.
+
+:class:`Stack` generates throw-away keys and a device CA into a work folder, starts the
+three services under uvicorn on free local ports (SQLite files in the work folder
+unless database URLs are given), creates admin tokens, and offers the operator steps
+the demo, the end-to-end tests and the benchmark share: DI for a device, the hand-off
+(the manufacturer extends the voucher to the owner's key, the owner imports it), waiting
+for the owner's TO0, and onboarding (TO1 then TO2) with the real device client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlmodel import Session, SQLModel
+
+from device.modules import standard_modules
+from device.onboard import OnboardResult, onboard, run_di
+from fdo.credential import DeviceCredential
+from fdo.crypto import (
+    KEY_KINDS,
+    PrivateKeyT,
+    generate_key,
+    make_ca,
+    private_key_to_pem,
+    public_key_to_pem,
+)
+from fdo.kex import CipherSuite, KexSuite
+from fdo_server.auth import Role, create_token
+from fdo_server.db import create_tables, make_engine, sqlite_url
+from fdo_server.launcher import ServiceProcess, free_port
+
+SERVICES = ("manufacturer", "rendezvous", "owner")
+
+#: What the owner delivers to every device in the demo (fdo.download then fdo.command).
+DEMO_SERVICE_INFO = """\
+[[download]]
+path = "etc/motd"
+source = "motd"
+
+[[command]]
+command = "true"
+args = []
+"""
+
+
+@dataclass
+class Stack:
+    """Three running services and what an operator holds to drive them."""
+
+    workdir: Path
+    database_urls: Mapping[str, str] = field(default_factory=dict)
+    workers: Mapping[str, int] = field(default_factory=dict)
+    owner_env: Mapping[str, str] = field(default_factory=dict)
+    owner_keys: dict[str, PrivateKeyT] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> Stack:
+        """Generate material, create tokens and start the three servers."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in SERVICES}
+        urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
+        db = {
+            name: self.database_urls.get(name) or sqlite_url(self.workdir / f"{name}.db") for name in SERVICES
+        }
+
+        mfr_keys = self._write_keys("manufacturer", {kind: generate_key(kind) for kind in KEY_KINDS})
+        self.owner_keys = {kind: generate_key(kind) for kind in KEY_KINDS}
+        owner_key_files = self._write_keys("owner", self.owner_keys)
+        ca_key = generate_key("ec384")
+        ca_cert = make_ca(ca_key, "fdo-bootc demo device CA", datetime.now(UTC))
+        (self.workdir / "device-ca.key").write_bytes(private_key_to_pem(ca_key))
+        (self.workdir / "device-ca.key").chmod(0o600)
+        (self.workdir / "device-ca.pem").write_bytes(ca_cert.public_bytes(Encoding.PEM))
+        (self.workdir / "motd").write_text("Welcome to a device onboarded by fdo-bootc\n")
+        (self.workdir / "service-info.toml").write_text(DEMO_SERVICE_INFO)
+
+        envs: dict[str, dict[str, str]] = {
+            "manufacturer": {
+                "FDO_MANUFACTURER_DATABASE_URL": db["manufacturer"],
+                "FDO_MANUFACTURER_KEYS": json.dumps(mfr_keys),
+                "FDO_MANUFACTURER_DEVICE_CA_KEY": str(self.workdir / "device-ca.key"),
+                "FDO_MANUFACTURER_DEVICE_CA_CERT": str(self.workdir / "device-ca.pem"),
+                "FDO_MANUFACTURER_RENDEZVOUS": urls["rendezvous"],
+            },
+            "rendezvous": {
+                "FDO_RENDEZVOUS_DATABASE_URL": db["rendezvous"],
+                "FDO_RENDEZVOUS_MAX_WAIT_SECONDS": "86400",
+            },
+            "owner": {
+                "FDO_OWNER_DATABASE_URL": db["owner"],
+                "FDO_OWNER_KEYS": json.dumps(owner_key_files),
+                "FDO_OWNER_TO2_URLS": json.dumps([urls["owner"]]),
+                "FDO_OWNER_TO0_INTERVAL_SECONDS": "0.3",
+                "FDO_OWNER_TO0_RETRY_SECONDS": "1",
+                "FDO_OWNER_SERVICE_INFO": str(self.workdir / "service-info.toml"),
+                **self.owner_env,
+            },
+        }
+        for name in SERVICES:
+            self.tokens[name] = _bootstrap_token(name, db[name])
+        for name in SERVICES:
+            proc = ServiceProcess(
+                name=name,
+                factory=f"{name}.app:app_from_env",
+                env=envs[name],
+                workers=self.workers.get(name, 1),
+                port=ports[name],
+                log_path=self.workdir / f"{name}.log",
+            )
+            self.services[name] = proc
+        try:
+            for proc in self.services.values():
+                proc.spawn()
+            for proc in self.services.values():
+                proc.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in self.services.values():
+            proc.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _write_keys(self, who: str, keys: Mapping[str, PrivateKeyT]) -> dict[str, str]:
+        paths = {}
+        for kind, key in keys.items():
+            path = self.workdir / f"{who}-{kind}.key"
+            path.write_bytes(private_key_to_pem(key))
+            path.chmod(0o600)
+            paths[kind] = str(path)
+        return paths
+
+    def url(self, service: str) -> str:
+        return self.services[service].url
+
+    def admin(self, service: str) -> httpx.Client:
+        """An HTTP client for a service's admin API, with its admin token."""
+        return httpx.Client(
+            base_url=self.url(service),
+            headers={"Authorization": f"Bearer {self.tokens[service]}"},
+            timeout=30,
+        )
+
+    # ------------------------------------------------------------------ operator steps
+
+    def manufacture(self, *, key_type: str = "ec256", serial: str, model: str) -> DeviceCredential:
+        """DI: the device (or a factory station for it) gets its credential."""
+        return run_di(self.url("manufacturer"), key_type=key_type, serial=serial, model=model)
+
+    def hand_off(self, guid: str, key_type: str) -> str:
+        """The manufacturer extends the voucher to the owner's key; the owner imports it."""
+        owner_pub = public_key_to_pem(self.owner_keys[key_type].public_key()).decode()
+        with self.admin("manufacturer") as mfr:
+            resp = mfr.post(f"/api/v1/vouchers/{guid}/extend", json={"owner_key_pem": owner_pub})
+            resp.raise_for_status()
+            pem = str(resp.json()["pem"])
+        with self.admin("owner") as owner:
+            resp = owner.post("/api/v1/vouchers", content=pem, headers={"Content-Type": "text/plain"})
+            if resp.status_code != 200:
+                raise RuntimeError(f"owner refused the voucher: {resp.text}")
+        return pem
+
+    def wait_for_to0(self, guid: str, *, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the owner's TO0 scheduler has registered the voucher."""
+        deadline = time.monotonic() + timeout
+        with self.admin("owner") as owner:
+            while True:
+                info: dict[str, Any] = owner.get(f"/api/v1/vouchers/{guid}").json()
+                to0 = info.get("to0") or {}
+                if to0.get("registered_until"):
+                    return info
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"TO0 did not complete for {guid}: {to0}")
+                time.sleep(0.1)
+
+    def onboard(
+        self,
+        credential: DeviceCredential,
+        *,
+        kex: KexSuite | None = None,
+        cipher: CipherSuite = CipherSuite.A128GCM,
+        root: Path | None = None,
+        run: Callable[[list[str]], tuple[int, bytes, bytes]] | None = None,
+    ) -> OnboardResult:
+        """First boot: TO1 then TO2 with the real device client."""
+        files = root or (self.workdir / "device-root")
+        files.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {} if run is None else {"run": run}
+        return onboard(
+            credential,
+            kex=kex,
+            cipher=cipher,
+            modules=lambda: standard_modules(files, **kwargs),
+            max_attempts=3,
+            sleep=lambda s: time.sleep(min(s, 0.5)),
+        )
+
+
+def _bootstrap_token(service: str, database_url: str) -> str:
+    """The first admin token, made locally on the service's database (as `token create`)."""
+    import importlib
+
+    tables: list[type[SQLModel]] = importlib.import_module(f"{service}.tables").TABLES
+    engine = make_engine(database_url)
+    try:
+        create_tables(engine, tables)
+        with Session(engine) as db:
+            token = create_token(db, f"{service}-bootstrap", Role.ADMIN)
+            db.commit()
+        return token
+    finally:
+        engine.dispose()
