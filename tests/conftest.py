@@ -94,6 +94,11 @@ def database_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         db.__exit__()
 
 
+def open_database(backend: str, folder: Path, name: str) -> _database:
+    """A fresh database (``with open_database(...) as url``) for wider-scoped fixtures."""
+    return _database(backend, folder, name)
+
+
 class _database:
     def __init__(self, backend: str, tmp_path: Path, name: str) -> None:
         self.backend, self.tmp_path, self.name = backend, tmp_path, name
