@@ -30,5 +30,10 @@ pytest: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m fdo_server.demo
 
+## Throughput, p50/p99 latency and server CPU per operation of DI, TO0, TO1 and a full
+## TO1+TO2 onboarding, on SQLite and (when a server answers on 127.0.0.1:5432) PostgreSQL.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

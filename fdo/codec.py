@@ -72,6 +72,20 @@ def _head(major: int, value: int) -> bytes:
 
 
 def _encode_into(obj: CborValue, out: list[bytes]) -> None:
+    # Fast paths on the exact type (the common cases); everything else below.
+    kind = type(obj)
+    if kind is bytes:
+        out.append(_head(2, len(obj)))
+        out.append(obj)
+        return
+    if kind is int:
+        out.append(_head(0, obj) if obj >= 0 else _head(1, -1 - obj))
+        return
+    if kind is list or kind is tuple:
+        out.append(_head(4, len(obj)))
+        for item in obj:
+            _encode_into(item, out)
+        return
     # bool before int: bool is an int subclass.
     if obj is None:
         out.append(b"\xf6")

@@ -11,7 +11,7 @@ import platform
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,12 +23,22 @@ from fdo.rvinfo import RendezvousDirective
 from fdo_cli.common import die
 from fdo_cli.keys import KeyType
 
+if TYPE_CHECKING:
+    from fdo.serviceinfo.bootc import Assignment
+
 app = typer.Typer(no_args_is_help=True, help="Device client: DI, onboarding (TO1/TO2), credential.")
 
 DEFAULT_ROOT = Path("/var/lib/fdo/files")
 
 CredentialOpt = Annotated[Path, typer.Option("--credential", help="Device credential file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+StateDirOpt = Annotated[
+    Path, typer.Option("--state-dir", help="Where apply progress is recorded (resumable).")
+]
+BootcOpt = Annotated[str, typer.Option("--bootc", help="The bootc program.")]
+SystemctlOpt = Annotated[str, typer.Option("--systemctl", help="The systemctl program.")]
+APPLY_ROOT = Path("/")
+DEFAULT_STATE_DIR = Path("/var/lib/fdo/apply")
 
 
 class KexName(StrEnum):
@@ -127,22 +137,45 @@ def onboard(
         float | None, typer.Option("--deadline", min=0, help="Give up after this many seconds.")
     ] = None,
     as_json: JsonOpt = False,
+    dry_run: Annotated[
+        Path | None,
+        typer.Option("--dry-run", help="Write the bootc apply plan to this JSON file instead of applying."),
+    ] = None,
+    apply_root: Annotated[
+        Path, typer.Option("--apply-root", help="Root folder the bootc assignment is applied under.")
+    ] = APPLY_ROOT,
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
+    bootc: BootcOpt = "bootc",
+    systemctl: SystemctlOpt = "systemctl",
+    no_bootc: Annotated[bool, typer.Option("--no-bootc", help="Do not offer the bootc module.")] = False,
 ) -> None:
-    """Find the owner (TO1), onboard (TO2) and write the replacement credential."""
+    """Find the owner (TO1), onboard (TO2), write the credential, then apply the bootc assignment."""
+    from device.apply import bootc_device
     from device.modules import run_command, standard_modules
     from device.onboard import OnboardError, onboard
     from fdo.cipher import CipherSuite
     from fdo.kex import KexSuite
+    from fdo.serviceinfo import DeviceModule
+    from fdo.serviceinfo.bootc import BootcDevice
 
     cred = _load(credential)
     verify = _verify(ca_bundle)
     run = None if no_command else run_command
+    made: list[BootcDevice] = []
+
+    def modules() -> list[DeviceModule]:
+        mods = standard_modules(root, run=run)
+        if not no_bootc:
+            made.append(bootc_device(bootc))
+            mods.append(made[-1])
+        return mods
+
     try:
         result = onboard(
             cred,
             kex=KexSuite(kex.value) if kex is not None else None,
             cipher=CipherSuite[cipher.value],
-            modules=lambda: standard_modules(root, run=run),
+            modules=modules,
             root=root,
             verify=verify,
             max_attempts=max_attempts or None,
@@ -153,6 +186,10 @@ def onboard(
     except FdoError as exc:  # e.g. a devmod this machine cannot describe
         raise die(f"onboarding failed: {exc.message}") from None
     _save(credential, result.credential)
+    assignment = made[-1].assignment if made else None
+    applied = None
+    if assignment is not None:
+        applied = _apply(assignment, dry_run, apply_root, state_dir, bootc, systemctl, quiet=as_json)
     if as_json:
         out = {
             "previous_guid": result.previous_guid,
@@ -162,6 +199,8 @@ def onboard(
             "rv_url": result.rv_url,
             "rounds": result.rounds,
             "active_modules": sorted(result.active_modules),
+            "assignment": assignment is not None,
+            "applied": applied,
             "attempts": [
                 {"round": a.round, "phase": a.phase, "url": a.url, "error": a.error} for a in result.attempts
             ],
@@ -174,6 +213,58 @@ def onboard(
         typer.echo(f"credential reused: GUID {result.credential.guid}")
     else:
         typer.echo(f"GUID {result.previous_guid} -> {result.credential.guid}; credential updated")
+
+
+# ---------------------------------------------------------------------------- apply
+
+
+def _apply(
+    assignment: Assignment,
+    dry_run: Path | None,
+    root: Path,
+    state_dir: Path,
+    bootc: str,
+    systemctl: str,
+    *,
+    quiet: bool = False,
+) -> list[str]:
+    """Apply (or, with ``dry_run``, plan) the assignment; return the action ids performed."""
+    from device.apply import ApplyError, RealExecutor, RecordingExecutor, apply, plan
+
+    if dry_run is not None:
+        recorder = RecordingExecutor()
+        for action in plan(assignment):
+            recorder.run(action)
+        recorder.write(dry_run)
+        if not quiet:
+            typer.echo(f"plan of {len(recorder.actions)} action(s) written to {dry_run}")
+        return [a.id for a in recorder.actions]
+    try:
+        done = apply(assignment, RealExecutor(root, bootc=bootc, systemctl=systemctl), state_dir)
+    except (ApplyError, OSError) as exc:
+        raise die(f"applying the assignment failed (rerun fdo device apply to resume): {exc}") from None
+    if not quiet:
+        typer.echo(f"assignment applied: {len(done.performed)} action(s), {len(done.skipped)} already done")
+    return done.performed
+
+
+@app.command("apply")
+def apply_cmd(
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
+    root: Annotated[Path, typer.Option("--root", help="Root folder to apply under.")] = APPLY_ROOT,
+    dry_run: Annotated[
+        Path | None, typer.Option("--dry-run", help="Write the plan to this JSON file instead.")
+    ] = None,
+    bootc: BootcOpt = "bootc",
+    systemctl: SystemctlOpt = "systemctl",
+) -> None:
+    """Apply (or resume applying) the bootc assignment stored by the last onboarding."""
+    from device.apply import load_assignment
+
+    assignment = load_assignment(state_dir)
+    if assignment is None:
+        raise die(f"no assignment stored in {state_dir}")
+    _apply(assignment, dry_run, root, state_dir, bootc, systemctl)
 
 
 # ---------------------------------------------------------------------------- show

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlmodel import Field, SQLModel
 
 from fdo_server.db import current_session
@@ -36,6 +36,22 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+_TABLE: Table = FdoSession.__table__  # type: ignore[attr-defined]
+_C = _TABLE.c
+
+# Built once: SQLAlchemy Core statements with bound parameters hit the compiled cache and
+# skip the ORM (identity map, flush at commit) for what is one row per message.
+_INSERT = insert(_TABLE)
+_LOAD = select(_C.protocol, _C.state, _C.version, _C.expires_at).where(_C.token == bindparam("t"))
+_SAVE = (
+    update(_TABLE)
+    .where(_C.token == bindparam("t"), _C.version == bindparam("v"))
+    .values(state=bindparam("s"), version=bindparam("nv"))
+)
+_FINISH = delete(_TABLE).where(_C.token == bindparam("t"), _C.version == bindparam("v"))
+_DELETE = delete(_TABLE).where(_C.token == bindparam("t"))
+
+
 class SQLSessionStore:
     """Sessions in the ``fdo_session`` table."""
 
@@ -44,36 +60,35 @@ class SQLSessionStore:
 
     def create(self, protocol: str, state: bytes, expires_at: datetime) -> str:
         token = secrets.token_urlsafe(32)
-        current_session().add(FdoSession(token=token, protocol=protocol, state=state, expires_at=expires_at))
+        current_session().connection().execute(
+            _INSERT,
+            {"token": token, "protocol": protocol, "state": state, "version": 0, "expires_at": expires_at},
+        )
         return token
 
     def load(self, token: str) -> StoredSession | None:
-        row = current_session().get(FdoSession, token)
-        if row is None or _utc(row.expires_at) <= self.clock():
+        row = current_session().connection().execute(_LOAD, {"t": token}).first()
+        if row is None or _utc(row[3]) <= self.clock():
             return None
-        return StoredSession(row.protocol, row.state, row.version)
+        return StoredSession(row[0], row[1], row[2])
 
     def save(self, token: str, state: bytes, *, version: int) -> None:
-        db = current_session()
-        result = db.execute(
-            update(FdoSession)
-            .where(FdoSession.token == token, FdoSession.version == version)  # type: ignore[arg-type]
-            .values(state=state, version=version + 1)
+        result = (
+            current_session()
+            .connection()
+            .execute(_SAVE, {"t": token, "v": version, "s": state, "nv": version + 1})
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise StaleSessionError(token)
 
     def finish(self, token: str, *, version: int) -> None:
         """Delete a finished session, only if no one else moved it on meanwhile."""
-        db = current_session()
-        result = db.execute(
-            delete(FdoSession).where(FdoSession.token == token, FdoSession.version == version)  # type: ignore[arg-type]
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        result = current_session().connection().execute(_FINISH, {"t": token, "v": version})
+        if result.rowcount != 1:
             raise StaleSessionError(token)
 
     def delete(self, token: str) -> None:
-        current_session().execute(delete(FdoSession).where(FdoSession.token == token))  # type: ignore[arg-type]
+        current_session().connection().execute(_DELETE, {"t": token})
 
     def purge_expired(self) -> int:
         """Remove expired sessions; returns how many."""

@@ -25,6 +25,7 @@ from fdo.to2.owner import TO2Owner
 from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
 from fdo_server.sessions import SQLSessionStore
 from owner.admin_api import admin_router
+from owner.admin_groups import groups_router
 from owner.importer import add_voucher
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore, find_voucher_row
@@ -145,6 +146,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
         )
     )
     app.include_router(admin_router(), prefix="/api/v1")
+    app.include_router(groups_router(), prefix="/api/v1")
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -15,6 +15,7 @@ import typer
 
 from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem
 from fdo_cli.common import die, read_bytes
+from owner.cli_admin import APPS as ADMIN_APPS
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
@@ -23,6 +24,8 @@ to0_app = typer.Typer(no_args_is_help=True, help="TO0 registrations.")
 app.add_typer(token_app, name="token")
 app.add_typer(vouchers_app, name="vouchers")
 app.add_typer(to0_app, name="to0")
+for _name, _sub in ADMIN_APPS:
+    app.add_typer(_sub, name=_name)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owner service base URL.")]
 TokenOpt = Annotated[str, typer.Option("--token", envvar="FDO_OWNER_TOKEN", help="Admin API bearer token.")]

@@ -7,8 +7,12 @@ replaced one belongs to a GUID the device no longer has.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
+from sqlalchemy import Table, bindparam
+from sqlalchemy import select as core_select
 from sqlmodel import select
 
 from fdo.codec import CborValue
@@ -30,16 +34,52 @@ def find_voucher_row(guid: Guid, *, active_only: bool = True) -> OwnerVoucher | 
     return current_session().exec(query).first()
 
 
+_VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
+_RAW_OF_ACTIVE = (
+    core_select(_VOUCHERS.c.raw)
+    .where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE)
+    .limit(1)
+)
+
+
+class DecodedVouchers:
+    """A bounded cache of decoded vouchers keyed by their exact bytes.
+
+    A TO2 reads the voucher in several messages; decoding it (CBOR, certificates, keys)
+    is the same work each time. Keyed by the stored bytes, a hit is the very voucher
+    those bytes decode to (vouchers are immutable), so a changed row is a miss.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, OwnershipVoucher] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def decode(self, raw: bytes) -> OwnershipVoucher:
+        with self._lock:
+            found = self._items.get(raw)
+            if found is not None:
+                self._items.move_to_end(raw)
+                return found
+        voucher = OwnershipVoucher.decode(raw)
+        with self._lock:
+            self._items[raw] = voucher
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return voucher
+
+
 class OwnerStore:
     """:class:`~fdo.to2.owner.TO2OwnerStore` over the database and the configured keys."""
 
     def __init__(self, config: OwnerConfig) -> None:
         self.config = config
         self._by_spki = {spki_der(k.public_key()): k for k in config.keys.values()}
+        self._decoded = DecodedVouchers()
 
     def voucher(self, guid: Guid) -> OwnershipVoucher | None:
-        row = find_voucher_row(guid)
-        return None if row is None else OwnershipVoucher.decode(row.raw)
+        raw = current_session().connection().execute(_RAW_OF_ACTIVE, {"g": guid.value}).scalar()
+        return None if raw is None else self._decoded.decode(bytes(raw))
 
     def private_key(self, public_key: PublicKey) -> PrivateKeyT | None:
         return self._by_spki.get(spki_der(public_key.key))

@@ -20,6 +20,7 @@ from sqlmodel import Field, SQLModel
 
 from fdo_server.auth import AdminToken
 from fdo_server.sessions import FdoSession
+from owner.groups_tables import GROUP_TABLES
 
 ACTIVE = "active"
 REPLACED = "replaced"
@@ -89,4 +90,11 @@ class DeviceOnboarding(SQLModel, table=True):
     )
 
 
-TABLES: list[type[SQLModel]] = [FdoSession, AdminToken, OwnerVoucher, To0Work, DeviceOnboarding]
+TABLES: list[type[SQLModel]] = [
+    FdoSession,
+    AdminToken,
+    OwnerVoucher,
+    To0Work,
+    DeviceOnboarding,
+    *GROUP_TABLES,
+]

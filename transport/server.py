@@ -237,7 +237,7 @@ def fdo_router(
 
     @router.post("/fdo/101/msg/{msg_type}")
     def fdo_message(msg_type: str, request: Request, body: RawBody) -> Response:
-        type_num = int(msg_type) if msg_type.isdigit() and len(msg_type) <= 3 else -1
+        type_num = int(msg_type) if msg_type.isascii() and msg_type.isdigit() and len(msg_type) <= 3 else -1
         if request.headers.get("content-type") != CBOR:
             return error_response(MessageBodyError("Content-Type must be application/cbor"), type_num)
         if body.data is None:

@@ -1,0 +1,156 @@
+"""Profile the server side of full TO1+TO2 onboardings (cProfile), in one process.
+
+A :class:`fdo_server.stack.Stack` (SQLite) does DI, the hand-off and TO0 over real HTTP.
+Then the rendezvous and owner apps are built in this process on the same databases, and
+the devices onboard through an httpx transport that calls the FDO route's endpoint
+directly in the calling thread, so cProfile sees the server code (machines, sessions,
+database) of every message. What this leaves out is the HTTP layer (uvicorn, Starlette
+routing and the body reader); ``make bench`` measures the whole server.
+
+    .venv/bin/python bench/profile_onboarding.py [--devices 30] [--top 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from device.modules import standard_modules
+from device.onboard import onboard
+from fdo.cipher import CipherSuite
+from fdo.kex import KexSuite
+from fdo_server.stack import Stack
+from transport.client import FdoHttpClient
+from transport.server import _Body
+
+
+class _FakeRequest:
+    def __init__(self, headers: httpx.Headers) -> None:
+        self.headers = {k.lower(): v for k, v in headers.items()}
+
+
+def _routes(routes: list[Any]) -> list[APIRoute]:
+    """APIRoutes, looking into included routers (FastAPI keeps them nested)."""
+    out: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            out.append(route)
+        elif hasattr(route, "original_router"):
+            out += _routes(route.original_router.routes)
+    return out
+
+
+class InProcessTransport(httpx.BaseTransport):
+    """Calls ``fdo_message`` of the app serving the request's host:port."""
+
+    def __init__(self, apps: dict[str, FastAPI]) -> None:
+        self.endpoints: dict[str, Callable[..., Response]] = {}
+        for netloc, app in apps.items():
+            for route in _routes(app.router.routes):
+                if route.path == "/fdo/101/msg/{msg_type}":
+                    self.endpoints[netloc] = route.endpoint
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        key = f"{request.url.host}:{request.url.port}"
+        if key not in self.endpoints:
+            raise KeyError(f"{key} not in {list(self.endpoints)} ({request.url})")
+        endpoint = self.endpoints[key]
+        msg_type = request.url.path.rsplit("/", 1)[1]
+        response = endpoint(
+            msg_type=msg_type, request=_FakeRequest(request.headers), body=_Body(request.read())
+        )
+        return httpx.Response(
+            response.status_code, headers=dict(response.headers), content=bytes(response.body)
+        )
+
+
+def build_app(stack: Stack, name: str) -> FastAPI:
+    os.environ.update(stack.services[name].env)
+    module: Any = __import__(f"{name}.app", fromlist=["create_app"])
+    app: FastAPI = module.create_app()
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--devices", type=int, default=30)
+    parser.add_argument("--top", type=int, default=45)
+    parser.add_argument("--sort", default="cumulative")
+    parser.add_argument("--out", type=Path, help="also dump the raw profile here")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="fdo-profile-"))
+    stack = Stack(workdir, owner_env={"FDO_OWNER_TO0_INTERVAL_SECONDS": "0.2"}).start()
+    try:
+        creds = []
+        for i in range(args.devices + 2):
+            cred = stack.manufacture(serial=f"PROF-{i:04d}", model="profile")
+            stack.hand_off(str(cred.guid), "ec256")
+            creds.append(cred)
+        for cred in creds:
+            stack.wait_for_to0(str(cred.guid))
+        apps = {f"127.0.0.1:{stack.services[n].port}": build_app(stack, n) for n in ("rendezvous", "owner")}
+    finally:
+        stack.stop()
+
+    transport = InProcessTransport(apps)
+
+    def factory(url: str) -> FdoHttpClient:
+        return FdoHttpClient(url, client=httpx.Client(transport=transport))
+
+    def one(i: int) -> None:
+        root = workdir / "devices" / str(i)
+        root.mkdir(parents=True, exist_ok=True)
+        onboard(
+            creds[i],
+            kex=KexSuite.ECDH256,
+            cipher=CipherSuite.A128GCM,
+            modules=lambda: standard_modules(root, run=lambda _argv: (0, b"", b"")),
+            max_attempts=1,
+            http_client_factory=factory,
+        )
+
+    for i in range(2):  # warm-up: imports, first connections
+        one(i)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for i in range(2, args.devices + 2):
+        one(i)
+    profiler.disable()
+    elapsed = time.perf_counter() - start
+    stats = pstats.Stats(profiler)
+    if args.out:
+        stats.dump_stats(str(args.out))
+    server = _server_seconds(stats)
+    print(f"{args.devices} onboardings in {elapsed:.2f} s (device and server code, one thread)")
+    print(f"server side (fdo_message): {server / args.devices * 1000:.2f} ms per onboarding")
+    stats.sort_stats(args.sort).print_stats(args.top)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _server_seconds(stats: pstats.Stats) -> float:
+    total = 0.0
+    for (_file, _line, func), value in stats.stats.items():  # type: ignore[attr-defined]
+        if func == "fdo_message":
+            total += value[3]
+    return total
+
+
+if __name__ == "__main__":
+    sys.exit(main())

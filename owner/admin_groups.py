@@ -1,0 +1,410 @@
+"""Admin API for devices, groups, revisions, labels, tokens and the audit log (``/api/v1``).
+
+Roles (:mod:`fdo_server.auth`): viewer reads; operator changes groups, revisions and
+labels; admin also manages tokens. Every change writes an :class:`AuditEntry` in the
+same transaction. Secrets (registry ``auth.json``, secret files) are accepted when a
+revision is published and never returned: responses say ``has_registry_auth`` and list
+secret file paths only.
+
+* ``GET /device-records``, ``GET /devices/{guid}`` (any GUID the device has had),
+  ``PUT /devices/{guid}/labels``
+* ``POST /groups``, ``GET /groups``, ``GET /groups/{name}``, ``DELETE /groups/{name}``
+* ``POST /groups/{name}/revisions``, ``GET /groups/{name}/revisions[/{number}]`` —
+  there is no way to change a published revision
+* ``POST /tokens``, ``GET /tokens``, ``DELETE /tokens/{id}`` (admin)
+* ``GET /audit``
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, func, select
+
+from fdo.errors import FdoError
+from fdo.types import Guid
+from fdo_server.auth import AdminToken, Role, create_token, hash_token, require
+from fdo_server.db import unit_of_work
+from owner.audit import audit
+from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
+from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
+from owner.groups_tables import AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
+from owner.tables import OwnerVoucher, utc
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _db(request: Request) -> Iterator[Session]:
+    with Session(_engine(request)) as db:
+        yield db
+
+
+SessionDep = Annotated[Session, Depends(_db)]
+Viewer = Annotated[AdminToken, Depends(require(_engine, Role.VIEWER))]
+Operator = Annotated[AdminToken, Depends(require(_engine, Role.OPERATOR))]
+Admin = Annotated[AdminToken, Depends(require(_engine, Role.ADMIN))]
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+def _now(request: Request) -> datetime:
+    clock = getattr(request.app.state, "clock", None)
+    now: datetime = clock() if clock is not None else datetime.now(UTC)
+    return now
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else utc(value).isoformat()
+
+
+def _guid(text: str) -> Guid:
+    try:
+        return Guid.parse(text)
+    except (FdoError, ValueError):
+        raise HTTPException(400, "not a GUID") from None
+
+
+# ---------------------------------------------------------------------------- JSON views
+
+
+def revision_json(row: Revision, group: Group | None = None) -> dict[str, Any]:
+    """A revision as the API shows it: secrets only as flags and paths."""
+    return {
+        "group": None if group is None else group.name,
+        "number": row.number,
+        "image": row.image,
+        "transport": row.transport,
+        "apply_mode": row.apply_mode,
+        "config": row.config,
+        "has_registry_auth": row.has_registry_auth,
+        "secret_files": row.secret_paths,
+        "published_at": _iso(row.published_at),
+        "published_by": row.published_by,
+    }
+
+
+def group_json(row: Group, db: Session) -> dict[str, Any]:
+    revision = current_revision(db, row)
+    devices = db.exec(select(func.count()).select_from(Device).where(Device.group_id == row.id)).one()
+    return {
+        "name": row.name,
+        "description": row.description,
+        "priority": row.priority,
+        "model": row.model,
+        "serial_pattern": row.serial_pattern,
+        "labels": row.labels,
+        "members": row.members,
+        "is_default": row.is_default,
+        "created_at": _iso(row.created_at),
+        "created_by": row.created_by,
+        "current_revision": None if revision is None else revision.number,
+        "devices": devices,
+    }
+
+
+def device_json(row: Device, db: Session, *, events: bool = False) -> dict[str, Any]:
+    group = None if row.group_id is None else db.get(Group, row.group_id)
+
+    def number(revision_id: int | None) -> int | None:
+        found = None if revision_id is None else db.get(Revision, revision_id)
+        return None if found is None else found.number
+
+    out: dict[str, Any] = {
+        "guid": str(Guid(row.guid)),
+        "guids": [str(Guid(g)) for g in device_guids(db, row)],
+        "serial": row.serial,
+        "model": row.model,
+        "labels": row.labels,
+        "group": None if group is None else group.name,
+        "assigned_revision": number(row.assigned_revision_id),
+        "revision": number(row.revision_id),
+        "status": row.status,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
+    if events:
+        out["devmod"] = row.devmod
+        rows = db.exec(
+            select(DeviceEvent).where(DeviceEvent.device_id == row.id).order_by(col(DeviceEvent.id))
+        ).all()
+        out["events"] = [{"at": _iso(e.at), "kind": e.kind, "detail": e.detail} for e in rows]
+    return out
+
+
+def token_json(row: AdminToken) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "role": row.role,
+        "created_at": _iso(row.created_at),
+        "revoked_at": _iso(row.revoked_at),
+    }
+
+
+def _live_group(db: Session, name: str) -> Group:
+    row = db.exec(select(Group).where(Group.name == name, col(Group.deleted_at).is_(None))).first()
+    if row is None:
+        raise HTTPException(404, f"no group {name!r}")
+    return row
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+def groups_router() -> APIRouter:
+    """The router; mount it under ``/api/v1``."""
+    router = APIRouter()
+    router.include_router(_devices())
+    router.include_router(_groups())
+    router.include_router(_tokens())
+
+    @router.get("/audit", tags=["audit"])
+    def list_audit(
+        db: SessionDep,
+        _: Viewer,
+        offset: Offset = 0,
+        limit: Limit = 100,
+        action: str | None = None,
+        who: str | None = None,
+    ) -> dict[str, Any]:
+        """Audit entries, newest first."""
+        query = select(AuditEntry)
+        if action is not None:
+            query = query.where(AuditEntry.action == action)
+        if who is not None:
+            query = query.where(AuditEntry.who == who)
+        rows = db.exec(query.order_by(col(AuditEntry.id).desc()).offset(offset).limit(limit)).all()
+        items = [
+            {"at": _iso(r.at), "who": r.who, "action": r.action, "target": r.target, "detail": r.detail}
+            for r in rows
+        ]
+        return {"offset": offset, "items": items}
+
+    return router
+
+
+def _devices() -> APIRouter:
+    router = APIRouter(tags=["devices"])
+
+    @router.get("/device-records")
+    def list_device_records(
+        db: SessionDep,
+        _: Viewer,
+        offset: Offset = 0,
+        limit: Limit = 100,
+        group: str | None = None,
+        status: str | None = None,
+    ) -> dict[str, Any]:
+        """Device records (one per device, across GUID changes)."""
+        query = select(Device)
+        if group is not None:
+            query = query.where(Device.group_id == _live_group(db, group).id)
+        if status is not None:
+            query = query.where(Device.status == status)
+        rows = db.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
+        return {"offset": offset, "items": [device_json(r, db) for r in rows]}
+
+    @router.get("/devices/{guid}")
+    def show_device(guid: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        """A device by any GUID it has had, with its devmod facts and timeline."""
+        row = find_device(db, _guid(guid))
+        if row is None:
+            raise HTTPException(404, "no such device")
+        return device_json(row, db, events=True)
+
+    @router.put("/devices/{guid}/labels")
+    def set_labels(guid: str, body: LabelsIn, request: Request, who: Operator) -> dict[str, Any]:
+        """Replace a device's labels; a device known only by its voucher gets a record."""
+        wanted = _guid(guid)
+        now = _now(request)
+        with unit_of_work(_engine(request)) as db:
+            row = find_device(db, wanted)
+            if row is None:
+                voucher = db.exec(select(OwnerVoucher).where(OwnerVoucher.guid == wanted.value)).first()
+                if voucher is None:
+                    raise HTTPException(404, "no such device")
+                row = ensure_device(db, wanted, now=now)
+            old = dict(row.labels)
+            row.labels = dict(body.labels)
+            row.updated_at = now
+            db.add(row)
+            audit(
+                db, who.name, "device.labels", str(Guid(row.guid)), {"old": old, "new": body.labels}, now=now
+            )
+            db.flush()
+            return device_json(row, db)
+
+    return router
+
+
+def _groups() -> APIRouter:
+    router = APIRouter(tags=["groups"])
+
+    @router.post("/groups", status_code=201)
+    def create_group(body: GroupIn, request: Request, who: Operator) -> dict[str, Any]:
+        """Create a group (409 if the name is taken or a default group exists)."""
+        if body.is_default and (has_selectors(_as_group(body)) or body.members):
+            raise HTTPException(422, "the default group has no selectors or members")
+        now = _now(request)
+        try:
+            with unit_of_work(_engine(request)) as db:
+                live = select(Group).where(col(Group.deleted_at).is_(None))
+                if db.exec(live.where(Group.name == body.name)).first() is not None:
+                    raise HTTPException(409, f"group {body.name!r} exists")
+                if body.is_default and db.exec(live.where(col(Group.is_default))).first() is not None:
+                    raise HTTPException(409, "there is a default group already")
+                row = _as_group(body)
+                row.created_at, row.created_by = now, who.name
+                db.add(row)
+                audit(db, who.name, "group.create", body.name, body.model_dump(), now=now)
+                db.flush()
+                return group_json(row, db)
+        except IntegrityError:
+            raise HTTPException(409, "conflicting group (name or default)") from None
+
+    @router.get("/groups")
+    def list_groups(db: SessionDep, _: Viewer) -> dict[str, Any]:
+        rows = db.exec(select(Group).where(col(Group.deleted_at).is_(None)).order_by(col(Group.id))).all()
+        return {"items": [group_json(r, db) for r in rows]}
+
+    @router.get("/groups/{name}")
+    def show_group(name: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        row = _live_group(db, name)
+        out = group_json(row, db)
+        revision = current_revision(db, row)
+        out["revision"] = None if revision is None else revision_json(revision, row)
+        return out
+
+    @router.delete("/groups/{name}")
+    def delete_group(name: str, request: Request, who: Operator) -> dict[str, Any]:
+        """Delete a group: it stops matching; its revisions stay for the devices' records."""
+        now = _now(request)
+        with unit_of_work(_engine(request)) as db:
+            row = _live_group(db, name)
+            row.deleted_at = now
+            db.add(row)
+            audit(db, who.name, "group.delete", name, now=now)
+        return {"deleted": name}
+
+    @router.post("/groups/{name}/revisions", status_code=201)
+    def publish_revision(
+        name: str, request: Request, who: Operator, payload: Annotated[Any, Body()]
+    ) -> dict[str, Any]:
+        """Publish the group's next revision (a ``RevisionIn`` body). Devices that
+        onboard from now on receive it; it can never be changed."""
+        body = parse(RevisionIn, payload)
+        now = _now(request)
+        try:
+            with unit_of_work(_engine(request)) as db:
+                group = _live_group(db, name)
+                latest = current_revision(db, group)
+                assert group.id is not None  # noqa: S101 - a stored row
+                row = Revision(
+                    group_id=group.id,
+                    number=1 if latest is None else latest.number + 1,
+                    image=body.image,
+                    transport=body.transport,
+                    apply_mode=body.apply_mode,
+                    config=body.config.model_dump(exclude_none=True),
+                    has_registry_auth=body.registry_auth is not None,
+                    secret_paths=[f.path for f in body.secret_files],
+                    published_at=now,
+                    published_by=who.name,
+                )
+                db.add(row)
+                db.flush()
+                assert row.id is not None  # noqa: S101 - flushed
+                if body.registry_auth is not None or body.secret_files:
+                    auth = None if body.registry_auth is None else json.dumps(body.registry_auth).encode()
+                    files = [f.model_dump() for f in body.secret_files]
+                    db.add(RevisionSecret(revision_id=row.id, registry_auth=auth, files=files))
+                view = revision_json(row, group)
+                detail = {k: view[k] for k in ("number", "image", "apply_mode", "has_registry_auth")}
+                audit(db, who.name, "revision.publish", name, detail, now=now)
+                return view
+        except IntegrityError:
+            raise HTTPException(409, "another revision was published at the same time; retry") from None
+
+    @router.get("/groups/{name}/revisions")
+    def list_revisions(name: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        group = _live_group(db, name)
+        rows = db.exec(
+            select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number))
+        ).all()
+        return {"items": [revision_json(r, group) for r in rows]}
+
+    @router.get("/groups/{name}/revisions/{number}")
+    def show_revision(name: str, number: int, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        group = _live_group(db, name)
+        row = db.exec(
+            select(Revision).where(Revision.group_id == group.id, Revision.number == number)
+        ).first()
+        if row is None:
+            raise HTTPException(404, f"group {name!r} has no revision {number}")
+        return revision_json(row, group)
+
+    return router
+
+
+def _as_group(body: GroupIn) -> Group:
+    return Group(
+        name=body.name,
+        description=body.description,
+        priority=body.priority,
+        model=body.model,
+        serial_pattern=body.serial_pattern,
+        labels=dict(body.labels),
+        members=list(body.members),
+        is_default=body.is_default,
+    )
+
+
+def _tokens() -> APIRouter:
+    router = APIRouter(tags=["tokens"])
+
+    @router.post("/tokens", status_code=201)
+    def create_admin_token(body: TokenIn, request: Request, who: Admin) -> dict[str, Any]:
+        """Create a token; its plaintext is in this response only (stored hashed)."""
+        now = _now(request)
+        with unit_of_work(_engine(request)) as db:
+            token = create_token(db, body.name, Role(body.role))
+            db.flush()
+            row = db.exec(select(AdminToken).where(AdminToken.token_hash == hash_token(token))).one()
+            audit(
+                db,
+                who.name,
+                "token.create",
+                f"token:{row.id}",
+                {"name": body.name, "role": body.role},
+                now=now,
+            )
+            return {**token_json(row), "token": token}
+
+    @router.get("/tokens")
+    def list_tokens(db: SessionDep, _: Admin) -> dict[str, Any]:
+        rows = db.exec(select(AdminToken).order_by(col(AdminToken.id))).all()
+        return {"items": [token_json(r) for r in rows]}
+
+    @router.delete("/tokens/{token_id}")
+    def revoke_token(token_id: int, request: Request, who: Admin) -> dict[str, Any]:
+        now = _now(request)
+        with unit_of_work(_engine(request)) as db:
+            row = db.get(AdminToken, token_id)
+            if row is None:
+                raise HTTPException(404, "no such token")
+            if row.revoked_at is None:
+                row.revoked_at = now
+                db.add(row)
+                audit(db, who.name, "token.revoke", f"token:{token_id}", {"name": row.name}, now=now)
+            return token_json(row)
+
+    return router

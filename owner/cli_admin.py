@@ -1,0 +1,283 @@
+"""``fdo owner devices|groups|revisions|labels|tokens|audit``: the admin API over HTTP.
+
+Every command takes ``--url`` and ``--token`` (or ``FDO_OWNER_URL``,
+``FDO_OWNER_TOKEN``). Only typer and the standard library are imported here; httpx is
+imported when a command runs, so ``import fdo_cli.main`` stays light for devices.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fdo_cli.common import die
+
+devices_app = typer.Typer(no_args_is_help=True, help="Device records (over the admin API).")
+groups_app = typer.Typer(no_args_is_help=True, help="Device groups (over the admin API).")
+revisions_app = typer.Typer(no_args_is_help=True, help="Group revisions: image and configuration.")
+labels_app = typer.Typer(no_args_is_help=True, help="Device labels.")
+tokens_app = typer.Typer(no_args_is_help=True, help="Admin API tokens, managed remotely (admin role).")
+audit_app = typer.Typer(no_args_is_help=True, help="The admin audit log.")
+
+#: (name, app) pairs that ``owner.cli`` mounts.
+APPS = (
+    ("devices", devices_app),
+    ("groups", groups_app),
+    ("revisions", revisions_app),
+    ("labels", labels_app),
+    ("tokens", tokens_app),
+    ("audit", audit_app),
+)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owner service base URL.")]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="FDO_OWNER_TOKEN", help="Admin API bearer token.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
+    """``method`` ``/api/v1{path}``; exits with the server's message on an error status."""
+    import httpx
+
+    target = url.rstrip("/") + "/api/v1" + path
+    try:
+        response = httpx.request(
+            method, target, headers={"Authorization": f"Bearer {token}"}, timeout=60.0, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        raise die(f"{target}: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        detail = body.get("detail") if isinstance(body, dict) else response.text[:500]
+        raise die(
+            f"HTTP {response.status_code}: {json.dumps(detail) if not isinstance(detail, str) else detail}"
+        )
+    return body
+
+
+def _echo_json(body: Any) -> None:
+    typer.echo(json.dumps(body, indent=2))
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise die(f"{what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+@devices_app.command("list")
+def devices_list(
+    url: UrlOpt,
+    token: TokenOpt,
+    group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List device records."""
+    params: dict[str, Any] = {"limit": 500}
+    if group:
+        params["group"] = group
+    if status:
+        params["status"] = status
+    body = call("GET", url, token, "/device-records", params=params)
+    if as_json:
+        return _echo_json(body)
+    for d in body["items"]:
+        revision = "-" if d["revision"] is None else d["revision"]
+        typer.echo(
+            f"{d['guid']}  {d['status']:10}  {d['serial'] or '-'}  {d['model'] or '-'}  "
+            f"group={d['group'] or '-'} revision={revision}"
+        )
+
+
+@devices_app.command("show")
+def devices_show(
+    guid: Annotated[str, typer.Argument(help="Any GUID the device has had.")], url: UrlOpt, token: TokenOpt
+) -> None:
+    """Show a device record with its timeline (JSON)."""
+    _echo_json(call("GET", url, token, f"/devices/{guid}"))
+
+
+@labels_app.command("set")
+def labels_set(
+    guid: Annotated[str, typer.Argument(help="Device GUID.")],
+    url: UrlOpt,
+    token: TokenOpt,
+    labels: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE pairs (replace all labels).")] = None,
+) -> None:
+    """Replace a device's labels (none given: clear them)."""
+    body = call("PUT", url, token, f"/devices/{guid}/labels", json={"labels": _pairs(labels, "label")})
+    typer.echo(f"{body['guid']}: {json.dumps(body['labels'], sort_keys=True)}")
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+@groups_app.command("create")
+def groups_create(
+    name: Annotated[str, typer.Argument(help="Group name.")],
+    url: UrlOpt,
+    token: TokenOpt,
+    priority: Annotated[int, typer.Option(help="Higher wins when groups overlap.")] = 0,
+    model: Annotated[str | None, typer.Option(help="Model (devmod device) glob.")] = None,
+    serial_pattern: Annotated[str | None, typer.Option(help="Serial number glob.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE a device must carry.")] = None,
+    member: Annotated[list[str] | None, typer.Option(help="A GUID or serial listed explicitly.")] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="The group for devices nothing else selects.")
+    ] = False,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+) -> None:
+    """Create a group."""
+    payload = {
+        "name": name,
+        "priority": priority,
+        "model": model,
+        "serial_pattern": serial_pattern,
+        "labels": _pairs(label, "label"),
+        "members": member or [],
+        "is_default": default,
+        "description": description,
+    }
+    body = call("POST", url, token, "/groups", json=payload)
+    typer.echo(f"group {body['name']} created")
+
+
+@groups_app.command("list")
+def groups_list(url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
+    """List groups."""
+    body = call("GET", url, token, "/groups")
+    if as_json:
+        return _echo_json(body)
+    for g in body["items"]:
+        flags = " (default)" if g["is_default"] else ""
+        revision = "-" if g["current_revision"] is None else g["current_revision"]
+        typer.echo(
+            f"{g['name']}{flags}  priority={g['priority']}  revision={revision}  devices={g['devices']}"
+        )
+
+
+@groups_app.command("show")
+def groups_show(name: str, url: UrlOpt, token: TokenOpt) -> None:
+    """Show a group and its current revision (JSON)."""
+    _echo_json(call("GET", url, token, f"/groups/{name}"))
+
+
+@groups_app.command("delete")
+def groups_delete(name: str, url: UrlOpt, token: TokenOpt) -> None:
+    """Delete a group (its revisions stay in device records)."""
+    call("DELETE", url, token, f"/groups/{name}")
+    typer.echo(f"group {name} deleted")
+
+
+# ---------------------------------------------------------------------------- revisions
+
+
+@revisions_app.command("publish")
+def revisions_publish(
+    group: Annotated[str, typer.Argument(help="Group name.")],
+    image: Annotated[str, typer.Option(help="Image pinned by digest: name@sha256:<hex>.")],
+    url: UrlOpt,
+    token: TokenOpt,
+    transport: Annotated[
+        str, typer.Option(help="registry, oci, oci-archive, containers-storage.")
+    ] = "registry",
+    apply_mode: Annotated[str, typer.Option(help="stage, switch or switch-reboot.")] = "switch-reboot",
+    config: Annotated[Path | None, typer.Option(help="JSON file: files, units, ssh, policy, ...")] = None,
+    registry_auth: Annotated[Path | None, typer.Option(help="Registry auth.json (write-only).")] = None,
+    secret_file: Annotated[
+        list[str] | None, typer.Option(help="DEVICE_PATH=LOCAL_FILE sent write-only, mode 0600.")
+    ] = None,
+) -> None:
+    """Publish the group's next revision; devices onboarding from now on receive it."""
+    payload: dict[str, Any] = {"image": image, "transport": transport, "apply_mode": apply_mode}
+    try:
+        if config is not None:
+            payload["config"] = json.loads(config.read_text())
+        if registry_auth is not None:
+            payload["registry_auth"] = json.loads(registry_auth.read_text())
+        payload["secret_files"] = [
+            {"path": path, "mode": "0600", "content": Path(local).read_text()}
+            for path, local in _pairs(secret_file, "secret file").items()
+        ]
+    except (OSError, ValueError) as exc:
+        raise die(f"cannot read an input file: {exc.__class__.__name__}") from None
+    body = call("POST", url, token, f"/groups/{group}/revisions", json=payload)
+    typer.echo(f"group {group}: revision {body['number']} published ({body['image']})")
+
+
+@revisions_app.command("list")
+def revisions_list(group: str, url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
+    """List a group's revisions."""
+    body = call("GET", url, token, f"/groups/{group}/revisions")
+    if as_json:
+        return _echo_json(body)
+    for r in body["items"]:
+        auth = " registry-auth" if r["has_registry_auth"] else ""
+        typer.echo(
+            f"{r['number']}  {r['image']}  {r['apply_mode']}  "
+            f"{r['published_at']} by {r['published_by']}{auth}"
+        )
+
+
+# ---------------------------------------------------------------------------- tokens, audit
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option("--name", help="Who the token is for.")],
+    url: UrlOpt,
+    token: TokenOpt,
+    role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")] = "viewer",
+) -> None:
+    """Create a token and print it (shown once)."""
+    body = call("POST", url, token, "/tokens", json={"name": name, "role": role})
+    typer.echo(body["token"])
+
+
+@tokens_app.command("list")
+def tokens_list(url: UrlOpt, token: TokenOpt) -> None:
+    """List tokens (never their values)."""
+    for t in call("GET", url, token, "/tokens")["items"]:
+        state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "active"
+        typer.echo(f"{t['id']}  {t['name']}  {t['role']}  {state}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id (see tokens list).")], url: UrlOpt, token: TokenOpt
+) -> None:
+    """Revoke a token."""
+    body = call("DELETE", url, token, f"/tokens/{token_id}")
+    typer.echo(f"token {body['id']} ({body['name']}) revoked")
+
+
+@audit_app.command("list")
+def audit_list(
+    url: UrlOpt,
+    token: TokenOpt,
+    action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """List audit entries, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if action:
+        params["action"] = action
+    body = call("GET", url, token, "/audit", params=params)
+    if as_json:
+        return _echo_json(body)
+    for e in body["items"]:
+        typer.echo(f"{e['at']}  {e['who']}  {e['action']}  {e['target']}")

@@ -1,0 +1,323 @@
+"""Device records, group resolution and assignments (no HTTP; see ``docs/groups.md``).
+
+Resolution (:func:`resolve_group`), first rule that yields a group wins:
+
+1. **Explicit listing.** Groups whose ``members`` name the device — one of the GUIDs
+   it has had, or its serial number.
+2. **Selectors.** Groups with at least one selector (``model`` glob, ``serial_pattern``
+   glob, ``labels``) whose selectors *all* match.
+3. **Default.** The live default group, if there is one.
+
+Within rule 1 or 2, the highest ``priority`` wins and a tie goes to the oldest group
+(lowest id). Deleted groups never match. A group's assignment is its newest revision
+(:func:`current_assignment`): publishing a revision changes what the *next* TO2 hands
+out, while devices keep the revision recorded at their own TO2.
+
+The TO2 store calls :func:`assignment_for` while ServiceInfo is chosen and
+:func:`record_onboarding` when TO2 completes, both inside its unit of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from fdo.serviceinfo.devmod import Devmod
+from fdo.types import Guid
+from owner.groups_tables import (
+    ONBOARDED,
+    ONBOARDING,
+    Device,
+    DeviceEvent,
+    DeviceGuid,
+    Group,
+    Revision,
+    RevisionSecret,
+)
+
+DevmodLike = Devmod | Mapping[str, object] | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What group selectors look at."""
+
+    guids: tuple[bytes, ...] = ()
+    serial: str | None = None
+    model: str | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Assignment:
+    """A group's current revision with its write-only secrets (for the TO2 store only)."""
+
+    group: Group
+    revision: Revision
+    #: The registry ``auth.json`` bytes, if one was published.
+    registry_auth: bytes | None
+    #: Secret files ``[{"path", "mode", "owner", "content"}]``.
+    secret_files: list[dict[str, Any]]
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or datetime.now(UTC)
+
+
+def _raw(guid: Guid | bytes) -> bytes:
+    return guid.value if isinstance(guid, Guid) else guid
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def devmod_dict(devmod: DevmodLike) -> dict[str, Any]:
+    """The devmod facts as JSON-ready data."""
+    if devmod is None:
+        return {}
+    data: Mapping[str, object] = dataclasses.asdict(devmod) if isinstance(devmod, Devmod) else devmod
+    out = _json_safe(data)
+    assert isinstance(out, dict)  # noqa: S101 - a mapping maps to a dict
+    return out
+
+
+def serial_of(devmod: DevmodLike) -> str | None:
+    """devmod ``sn`` as text (a bstr serial that is not UTF-8 becomes hex)."""
+    sn = devmod.sn if isinstance(devmod, Devmod) else (devmod or {}).get("sn")
+    if isinstance(sn, bytes):
+        try:
+            return sn.decode()
+        except UnicodeDecodeError:
+            return sn.hex()
+    return sn if isinstance(sn, str) and sn else None
+
+
+def model_of(devmod: DevmodLike) -> str | None:
+    """devmod ``device`` (the model)."""
+    model = devmod.device if isinstance(devmod, Devmod) else (devmod or {}).get("device")
+    return model if isinstance(model, str) and model else None
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def find_device(db: Session, guid: Guid | bytes) -> Device | None:
+    """The device that has, or had, ``guid``."""
+    row = db.exec(select(DeviceGuid).where(DeviceGuid.guid == _raw(guid))).first()
+    return None if row is None else db.get(Device, row.device_id)
+
+
+def device_guids(db: Session, device: Device) -> list[bytes]:
+    """Every GUID of ``device``, oldest first."""
+    rows = db.exec(
+        select(DeviceGuid).where(DeviceGuid.device_id == device.id).order_by(col(DeviceGuid.id))
+    ).all()
+    return [r.guid for r in rows]
+
+
+def add_event(
+    db: Session, device: Device, kind: str, detail: Mapping[str, object] | None = None, *, now: datetime
+) -> None:
+    """Append to ``device``'s timeline."""
+    assert device.id is not None  # noqa: S101 - flushed by ensure_device
+    db.add(DeviceEvent(device_id=device.id, at=now, kind=kind, detail=dict(detail or {})))
+
+
+def ensure_device(db: Session, guid: Guid | bytes, *, now: datetime | None = None) -> Device:
+    """The device record for ``guid``, created (status ``new``) when missing."""
+    found = find_device(db, guid)
+    if found is not None:
+        return found
+    at = _now(now)
+    device = Device(guid=_raw(guid), created_at=at, updated_at=at)
+    db.add(device)
+    db.flush()
+    assert device.id is not None  # noqa: S101 - flushed
+    db.add(DeviceGuid(device_id=device.id, guid=_raw(guid), added_at=at))
+    add_event(db, device, "created", {"guid": str(Guid(_raw(guid)))}, now=at)
+    return device
+
+
+def facts_of(db: Session, device: Device) -> DeviceFacts:
+    return DeviceFacts(
+        guids=tuple(device_guids(db, device)),
+        serial=device.serial,
+        model=device.model,
+        labels=dict(device.labels),
+    )
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+def _lists(group: Group, facts: DeviceFacts) -> bool:
+    for member in group.members:
+        if facts.serial is not None and member == facts.serial:
+            return True
+        try:
+            if uuid.UUID(member).bytes in facts.guids:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def has_selectors(group: Group) -> bool:
+    return bool(group.model or group.serial_pattern or group.labels)
+
+
+def _selects(group: Group, facts: DeviceFacts) -> bool:
+    if not has_selectors(group):
+        return False
+    if group.model and (facts.model is None or not fnmatch.fnmatchcase(facts.model, group.model)):
+        return False
+    if group.serial_pattern and (
+        facts.serial is None or not fnmatch.fnmatchcase(facts.serial, group.serial_pattern)
+    ):
+        return False
+    return all(facts.labels.get(k) == v for k, v in group.labels.items())
+
+
+def _best(groups: Sequence[Group]) -> Group | None:
+    return min(groups, key=lambda g: (-g.priority, g.id or 0), default=None)
+
+
+def live_groups(db: Session) -> list[Group]:
+    return list(db.exec(select(Group).where(col(Group.deleted_at).is_(None)).order_by(col(Group.id))).all())
+
+
+def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
+    """The group of a device with ``facts`` (module docstring: the rule)."""
+    groups = live_groups(db)
+    found = _best([g for g in groups if _lists(g, facts)])
+    if found is None:
+        found = _best([g for g in groups if not g.is_default and _selects(g, facts)])
+    if found is None:
+        found = next((g for g in groups if g.is_default), None)
+    return found
+
+
+def current_revision(db: Session, group: Group) -> Revision | None:
+    """The newest revision of ``group``."""
+    return db.exec(
+        select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number).desc())
+    ).first()
+
+
+def current_assignment(db: Session, group: Group) -> Assignment | None:
+    """``group``'s newest revision with its secrets; None before the first publish."""
+    revision = current_revision(db, group)
+    if revision is None:
+        return None
+    secret = db.exec(select(RevisionSecret).where(RevisionSecret.revision_id == revision.id)).first()
+    return Assignment(
+        group=group,
+        revision=revision,
+        registry_auth=None if secret is None else secret.registry_auth,
+        secret_files=[] if secret is None else list(secret.files),
+    )
+
+
+def _update_facts(device: Device, devmod: DevmodLike) -> None:
+    if devmod is None:
+        return
+    device.devmod = devmod_dict(devmod)
+    device.serial = serial_of(devmod) or device.serial
+    device.model = model_of(devmod) or device.model
+
+
+# ---------------------------------------------------------------------------- TO2 hooks
+
+
+def assignment_for(
+    db: Session, guid: Guid | bytes, devmod: DevmodLike, *, now: datetime | None = None
+) -> Assignment | None:
+    """What the device ``guid`` with ``devmod`` should receive in this TO2.
+
+    Creates or updates the device record (serial, model, devmod facts), resolves its
+    group, and records the assigned revision (a timeline event when it changes). None
+    when no group matches or the group has no revision yet.
+    """
+    at = _now(now)
+    device = ensure_device(db, guid, now=at)
+    _update_facts(device, devmod)
+    group = resolve_group(db, facts_of(db, device))
+    assignment = None if group is None else current_assignment(db, group)
+    revision_id = None if assignment is None else assignment.revision.id
+    if device.group_id != (None if group is None else group.id) or device.assigned_revision_id != revision_id:
+        detail: dict[str, object] = {"group": None if group is None else group.name}
+        if assignment is not None:
+            detail["revision"] = assignment.revision.number
+        add_event(db, device, "assigned", detail, now=at)
+    device.group_id = None if group is None else group.id
+    device.assigned_revision_id = revision_id
+    device.status = ONBOARDING
+    device.updated_at = at
+    db.add(device)
+    return assignment
+
+
+def record_onboarding(
+    db: Session,
+    old_guid: Guid | bytes,
+    new_guid: Guid | bytes | None,
+    devmod: DevmodLike,
+    revision: Revision | None,
+    *,
+    now: datetime | None = None,
+) -> Device:
+    """A TO2 completed: the record follows the device to ``new_guid`` (when TO2 replaced
+    the GUID), stores its devmod facts and the revision it received."""
+    at = _now(now)
+    device = ensure_device(db, old_guid, now=at)
+    _update_facts(device, devmod)
+    detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
+    if new_guid is not None and _raw(new_guid) != device.guid:
+        known = db.exec(select(DeviceGuid).where(DeviceGuid.guid == _raw(new_guid))).first()
+        if known is None:
+            assert device.id is not None  # noqa: S101 - a stored record
+            db.add(DeviceGuid(device_id=device.id, guid=_raw(new_guid), added_at=at))
+        device.guid = _raw(new_guid)
+        detail["new_guid"] = str(Guid(_raw(new_guid)))
+    if revision is not None:
+        device.revision_id = revision.id
+        device.group_id = revision.group_id
+        detail["revision"] = revision.number
+    device.status = ONBOARDED
+    device.updated_at = at
+    db.add(device)
+    add_event(db, device, "onboarded", detail, now=at)
+    return device
+
+
+def record_status(
+    db: Session,
+    guid: Guid | bytes,
+    status: str,
+    detail: Mapping[str, object] | None = None,
+    *,
+    now: datetime | None = None,
+) -> Device | None:
+    """Set a device's status (``applied``, ``failed``) with a timeline event."""
+    device = find_device(db, guid)
+    if device is None:
+        return None
+    at = _now(now)
+    device.status = status
+    device.updated_at = at
+    db.add(device)
+    add_event(db, device, status, detail, now=at)
+    return device

@@ -1,0 +1,164 @@
+"""Group resolution, assignments and device records across the GUID change (no HTTP)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from fdo.serviceinfo.devmod import Devmod
+from fdo.types import Guid
+from fdo_server.db import create_tables, make_engine, unit_of_work
+from owner.groups import (
+    DeviceFacts,
+    assignment_for,
+    device_guids,
+    find_device,
+    record_onboarding,
+    record_status,
+    resolve_group,
+)
+from owner.groups_tables import Device, DeviceEvent, Group, Revision, RevisionSecret
+from owner.tables import TABLES
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    create_tables(engine, TABLES)
+    yield engine
+    engine.dispose()
+
+
+def add_group(db: Session, name: str, **fields: object) -> Group:
+    group = Group.model_validate({"name": name, **fields})
+    db.add(group)
+    db.flush()
+    return group
+
+
+def publish(db: Session, group: Group, number: int, *, auth: bytes | None = None) -> Revision:
+    assert group.id is not None
+    revision = Revision(group_id=group.id, number=number, image=f"quay.io/x/os@{DIGEST}")
+    db.add(revision)
+    db.flush()
+    assert revision.id is not None
+    if auth is not None:
+        db.add(RevisionSecret(revision_id=revision.id, registry_auth=auth))
+    return revision
+
+
+def devmod(serial: str, model: str) -> Devmod:
+    return Devmod(os="linux", arch="x86_64", version="1", device=model, sep=";", bin="x86_64", sn=serial)
+
+
+def test_resolution_order(engine: Engine) -> None:
+    with unit_of_work(engine) as db:
+        default = add_group(db, "everything", is_default=True)
+        rpi = add_group(db, "rpi", model="rpi-*")
+        lab = add_group(db, "lab", labels={"site": "lab"}, priority=10)
+        lab_rpi = add_group(db, "lab-rpi", model="rpi-4", labels={"site": "lab"}, priority=10)
+        pinned = add_group(db, "pinned", members=["SN-7"], priority=-5)
+        gone = add_group(db, "gone", model="x86", priority=100)
+        add_group(db, "empty", priority=1000)  # no selectors, no members: matches nothing
+        gone.deleted_at = NOW
+        db.add(gone)
+        guid = Guid(os.urandom(16))
+        by_guid = add_group(db, "by-guid", members=[str(guid)], priority=-10)
+
+        def resolve(**facts: Any) -> str | None:
+            found = resolve_group(db, DeviceFacts(**facts))
+            return None if found is None else found.name
+
+        assert resolve(model="rpi-5") == rpi.name
+        # Higher priority wins; lab and lab-rpi tie at 10, the older (lab) wins.
+        assert resolve(model="rpi-4", labels={"site": "lab"}) == lab.name
+        assert resolve(model="x86", labels={"site": "lab", "extra": "1"}) == lab.name
+        # Every selector must match: lab-rpi needs both the model and the label.
+        assert resolve(model="rpi-4", labels={"site": "home"}) == rpi.name
+        # Explicit listing beats selectors whatever the priority.
+        assert resolve(model="rpi-4", serial="SN-7", labels={"site": "lab"}) == pinned.name
+        assert resolve(model="rpi-4", guids=(os.urandom(16), guid.value)) == by_guid.name
+        # Nothing else: the default; a deleted group never matches.
+        assert resolve(model="x86") == default.name
+        assert resolve() == default.name
+        assert lab_rpi.id is not None
+
+        default.deleted_at = NOW
+        db.add(default)
+        db.flush()
+        assert resolve(model="x86") is None
+
+
+def test_priority_and_tie_break(engine: Engine) -> None:
+    with unit_of_work(engine) as db:
+        first = add_group(db, "first", serial_pattern="SN-*")
+        add_group(db, "second", serial_pattern="SN-1*")
+        facts = DeviceFacts(serial="SN-12")
+        assert resolve_group(db, facts) == first
+        third = add_group(db, "third", serial_pattern="SN-12", priority=1)
+        assert resolve_group(db, facts) == third
+        # Members among themselves: priority, then age.
+        a = add_group(db, "a", members=["SN-12"])
+        add_group(db, "b", members=["SN-12"])
+        assert resolve_group(db, facts) == a
+        c = add_group(db, "c", members=["SN-12"], priority=3)
+        assert resolve_group(db, facts) == c
+
+
+def test_assignment_and_onboarding_follow_guid_change(engine: Engine) -> None:
+    old, new, newer = (Guid(os.urandom(16)) for _ in range(3))
+    with unit_of_work(engine) as db:
+        group = add_group(db, "fleet", model="box-*")
+        assert assignment_for(db, old, devmod("SN-1", "box-1"), now=NOW) is None  # no revision yet
+        first = publish(db, group, 1, auth=b'{"auths": {}}')
+    with unit_of_work(engine) as db:
+        assignment = assignment_for(db, old, devmod("SN-1", "box-1"), now=NOW)
+        assert assignment is not None
+        assert assignment.revision.id == first.id and assignment.registry_auth == b'{"auths": {}}'
+        assert assignment.group.name == "fleet"
+        record_onboarding(db, old, new, devmod("SN-1", "box-1"), assignment.revision, now=NOW)
+    with unit_of_work(engine) as db:
+        device = find_device(db, new)
+        assert device is not None and device == find_device(db, old)
+        assert device.guid == new.value and device.serial == "SN-1" and device.model == "box-1"
+        assert device.status == "onboarded" and device.revision_id == first.id
+        assert device.devmod["sn"] == "SN-1"
+        assert device_guids(db, device) == [old.value, new.value]
+        # A second TO2 (resale) under the new GUID moves the record on again.
+        assignment = assignment_for(db, new, devmod("SN-1", "box-1"), now=NOW)
+        assert assignment is not None
+        record_onboarding(db, new, newer, devmod("SN-1", "box-1"), assignment.revision, now=NOW)
+        record_status(db, newer, "applied", {"image": "x"}, now=NOW)
+    with unit_of_work(engine) as db:
+        device = find_device(db, old)
+        assert device is not None and device.guid == newer.value and device.status == "applied"
+        assert device_guids(db, device) == [old.value, new.value, newer.value]
+        query = select(DeviceEvent).where(DeviceEvent.device_id == device.id)
+        kinds = [e.kind for e in db.exec(query.order_by(col(DeviceEvent.id))).all()]
+        assert kinds == ["created", "assigned", "assigned", "onboarded", "onboarded", "applied"]
+        assert db.get(Device, device.id) is not None
+
+
+def test_new_revision_reaches_next_device_only(engine: Engine) -> None:
+    a, a2, b = (Guid(os.urandom(16)) for _ in range(3))
+    with unit_of_work(engine) as db:
+        group = add_group(db, "all", is_default=True)
+        first = publish(db, group, 1)
+        got = assignment_for(db, a, devmod("A", "m"), now=NOW)
+        assert got is not None and got.revision.id == first.id
+        record_onboarding(db, a, a2, devmod("A", "m"), got.revision, now=NOW)
+        second = publish(db, group, 2)
+        got = assignment_for(db, b, devmod("B", "m"), now=NOW)
+        assert got is not None and got.revision.id == second.id and got.registry_auth is None
+    with unit_of_work(engine) as db:
+        device = find_device(db, a2)
+        assert device is not None and device.revision_id == first.id
