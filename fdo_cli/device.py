@@ -267,6 +267,50 @@ def apply_cmd(
     _apply(assignment, dry_run, root, state_dir, bootc, systemctl)
 
 
+@app.command("report")
+def report_cmd(
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
+    bootc: BootcOpt = "bootc",
+    unhealthy: Annotated[bool, typer.Option("--unhealthy", help="Report a failed health check.")] = False,
+    detail: Annotated[str, typer.Option("--detail", help="Free text for the owner (no secrets).")] = "",
+    ca_bundle: Annotated[
+        Path | None, typer.Option("--ca-bundle", help="CA bundle to verify the owner's HTTPS.")
+    ] = None,
+) -> None:
+    """Report the booted image digest and health to the owner (run after the reboot)."""
+    import httpx
+
+    from device.apply import load_assignment, read_bootc_status
+
+    assignment = load_assignment(state_dir)
+    if assignment is None or assignment.report is None:
+        raise die(f"no assignment with a status URL stored in {state_dir}")
+    try:
+        status = read_bootc_status(bootc)
+    except Exception as exc:  # noqa: BLE001 - a missing or broken bootc is reported as unhealthy
+        status, unhealthy, detail = None, True, detail or f"bootc status failed: {type(exc).__name__}"
+    image = assignment.image
+    body = {
+        "booted_digest": None if status is None else status.digest,
+        "revision": image.revision if image is not None and isinstance(image.revision, int) else None,
+        "healthy": not unhealthy,
+        "detail": detail,
+    }
+    try:
+        resp = httpx.post(
+            assignment.report.url,
+            json=body,
+            headers={"Authorization": f"Bearer {assignment.report.token}"},
+            verify=str(ca_bundle) if ca_bundle else True,
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise die(f"cannot reach the owner: {type(exc).__name__}") from None
+    if resp.status_code != 200:
+        raise die(f"the owner refused the report: HTTP {resp.status_code}")
+    typer.echo(f"reported: {resp.json().get('status')}")
+
+
 # ---------------------------------------------------------------------------- show
 
 

@@ -21,12 +21,16 @@ from fastapi import FastAPI
 from sqlmodel import select
 
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
+from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
 from fdo_server.sessions import SQLSessionStore
+from owner import groups
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router
+from owner.groups_tables import Revision
 from owner.importer import add_voucher
+from owner.report_api import report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore, find_voucher_row
 from owner.tables import REPLACED, TABLES, DeviceOnboarding, To0Work
@@ -69,6 +73,14 @@ def module_results(machine: TO2Owner) -> list[dict[str, Any]]:
                 )
         elif isinstance(module, UploadOwner):
             item["name"] = module.filename
+        elif isinstance(module, BootcOwner):
+            image = module.assignment.image
+            item.update(
+                image=None if image is None else image.ref,
+                accepted=module.accepted,
+                current=None if module.status is None else module.status.digest,
+                results=[{"item": r.label, "ok": r.ok, "error": r.error} for r in module.results.values()],
+            )
         out.append(item)
     return out
 
@@ -90,6 +102,11 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
             db.delete(work)
         new_guid = machine.new_voucher.guid.value
     devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
+    if machine.devmod is not None:
+        device = groups.find_device(db, machine.guid)
+        assigned = None if device is None else device.assigned_revision_id
+        revision = None if assigned is None else db.get(Revision, assigned)
+        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now)
     db.add(
         DeviceOnboarding(
             guid=machine.guid.value,
@@ -147,6 +164,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     )
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
+    app.include_router(report_router(), prefix="/api/v1")
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -179,6 +179,17 @@ class AuditEntry(SQLModel, table=True):
     detail: dict[str, Any] = _json(dict)
 
 
+class DeviceReportToken(SQLModel, table=True):
+    """The hash of a device's report token (one live token per device)."""
+
+    __tablename__ = "owner_report_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="owner_device.id", index=True, unique=True)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 GROUP_TABLES: list[type[SQLModel]] = [
     Group,
     Revision,
@@ -187,4 +198,5 @@ GROUP_TABLES: list[type[SQLModel]] = [
     DeviceGuid,
     DeviceEvent,
     AuditEntry,
+    DeviceReportToken,
 ]

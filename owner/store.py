@@ -17,11 +17,12 @@ from sqlmodel import select
 
 from fdo.codec import CborValue
 from fdo.crypto import PrivateKeyT, PublicKey, spki_der
-from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule, restore_standard
+from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule
 from fdo.to2.owner import Replacement
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
 from fdo_server.db import current_session
+from owner.assign import modules_for, restore_modules
 from owner.settings import OwnerConfig
 from owner.tables import ACTIVE, OwnerVoucher
 
@@ -90,9 +91,12 @@ class OwnerStore:
         return Replacement(guid, voucher.header.rv_info, voucher.owner_public_key)
 
     def owner_modules(self, guid: Guid, devmod: Devmod) -> Sequence[OwnerModule]:
+        """The configured actions for every device, then the device's group assignment."""
         modules: list[OwnerModule] = [DownloadOwner(d.path, d.data) for d in self.config.downloads]
         modules += [CommandOwner(c.command, c.args, may_fail=c.may_fail) for c in self.config.commands]
+        urls = self.config.settings.to2_urls
+        modules += modules_for(current_session(), guid, devmod, status_base_url=urls[0] if urls else None)
         return modules
 
     def restore_module(self, name: str, state: CborValue) -> OwnerModule:
-        return restore_standard(name, state)
+        return restore_modules(name, state)

@@ -1,0 +1,172 @@
+"""From a group's revision to what the device receives in TO2, and its status reports.
+
+:func:`modules_for` runs inside TO2 (message 68, once devmod is complete): it resolves
+the device's group (:func:`owner.groups.assignment_for`), turns the group's current
+revision into a :class:`fdo.serviceinfo.bootc.Assignment` and picks how to deliver it:
+
+* the device lists the bootc module in devmod: :class:`BootcOwner` (files, units, keys,
+  policy, registry credentials, then the digest-pinned image, each acknowledged);
+* otherwise, when it lists ``fdo.command`` (a stock FDO client such as go-fdo's):
+  ``fdo.download`` for the files and ``fdo.command`` for ``bootc switch``
+  (:func:`fdo.serviceinfo.bootc.fallback_modules`).
+
+Every assignment carries a per-device report token and the status URL; only the
+token's SHA-256 is stored. After its reboot the device posts its booted digest with
+that token (``fdo device report``); a digest other than the assigned one marks the
+device failed, never done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, select
+
+from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule, UploadOwner
+from fdo.serviceinfo.bootc import BOOTC as BOOTC_MODULE
+from fdo.serviceinfo.bootc import (
+    Assignment,
+    BootcOwner,
+    FileItem,
+    ImageRef,
+    Report,
+    SSHKeys,
+    fallback_modules,
+)
+from fdo.serviceinfo.owner import Restore, module_restorer
+from fdo.types import Guid
+from owner import groups
+from owner.groups_tables import APPLIED, FAILED, Device, DeviceReportToken, Revision
+
+REPORT_PATH = "/api/v1/report"
+UNIT_DIR = "/etc/systemd/system"
+SIGSTORE_DIR = "/etc/pki/containers"
+
+#: Rebuilds every owner module TO2 may persist between messages.
+restore_modules: Restore = module_restorer(BootcOwner, CommandOwner, DownloadOwner, UploadOwner)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_report_token(db: Session, device: Device) -> str:
+    """A fresh report token for ``device`` (replacing any earlier one)."""
+    assert device.id is not None  # noqa: S101 - a stored record
+    token = "fdr_" + secrets.token_urlsafe(32)
+    row = db.exec(select(DeviceReportToken).where(DeviceReportToken.device_id == device.id)).first()
+    if row is None:
+        row = DeviceReportToken(device_id=device.id, token_hash=_hash(token))
+    else:
+        row.token_hash = _hash(token)
+        row.created_at = datetime.now(UTC)
+    db.add(row)
+    return token
+
+
+def device_for_token(db: Session, token: str) -> Device | None:
+    """The device a report token belongs to."""
+    row = db.exec(select(DeviceReportToken).where(DeviceReportToken.token_hash == _hash(token))).first()
+    return None if row is None else db.get(Device, row.device_id)
+
+
+def _mode(text: str) -> int:
+    return int(text, 8)
+
+
+def _owner_group(text: str) -> tuple[str, str | None]:
+    owner, _, group = text.partition(":")
+    return owner or "root", group or None
+
+
+def to_bootc(assignment: groups.Assignment, report: Report | None) -> Assignment:
+    """The revision (with its write-only secrets) as the bootc module's assignment."""
+    revision: Revision = assignment.revision
+    config: Mapping[str, Any] = revision.config or {}
+    files: list[FileItem] = []
+    for spec in [*config.get("files", []), *assignment.secret_files]:
+        owner, group = _owner_group(str(spec.get("owner", "root:root")))
+        files.append(
+            FileItem(
+                path=str(spec["path"]),
+                content=str(spec["content"]).encode(),
+                mode=_mode(str(spec.get("mode", "0644"))),
+                owner=owner,
+                group=group,
+            )
+        )
+    units: list[str] = []
+    for unit in config.get("units", []):
+        if unit.get("content") is not None:
+            files.append(FileItem(path=f"{UNIT_DIR}/{unit['name']}", content=str(unit["content"]).encode()))
+        if unit.get("enable", True):
+            units.append(str(unit["name"]))
+    ssh = config.get("ssh")
+    policy = config.get("policy")
+    return Assignment(
+        auth_json=assignment.registry_auth,
+        policy_json=None if policy is None else json.dumps(policy, indent=2).encode(),
+        registries_d=tuple((name, text.encode()) for name, text in config.get("registries_d", {}).items()),
+        keys=tuple(
+            (f"{SIGSTORE_DIR}/{name}", pem.encode()) for name, pem in config.get("public_keys", {}).items()
+        ),
+        files=tuple(files),
+        units=tuple(units),
+        ssh_keys=None if not ssh or not ssh.get("keys") else SSHKeys(str(ssh["user"]), tuple(ssh["keys"])),
+        image=ImageRef(
+            ref=revision.image,
+            transport=revision.transport,
+            revision=revision.number,
+            apply=revision.apply_mode,  # type: ignore[arg-type]
+        ),
+        report=report,
+    )
+
+
+def modules_for(
+    db: Session, guid: Guid, devmod: Devmod, *, status_base_url: str | None
+) -> Sequence[OwnerModule]:
+    """The modules delivering this device's group assignment (none without one)."""
+    assignment = groups.assignment_for(db, guid, devmod)
+    if assignment is None:
+        return []
+    report = None
+    device = groups.find_device(db, guid)
+    if status_base_url and device is not None:
+        report = Report(status_base_url.rstrip("/") + REPORT_PATH, issue_report_token(db, device))
+    bootc = to_bootc(assignment, report)
+    if BOOTC_MODULE in devmod.modules:
+        return [BootcOwner(bootc)]
+    if "fdo.command" in devmod.modules:
+        return list(fallback_modules(bootc))
+    return []
+
+
+def record_report(
+    db: Session,
+    device: Device,
+    *,
+    booted_digest: str | None,
+    revision: int | None,
+    healthy: bool,
+    detail: str,
+) -> str:
+    """Record a device's report; returns the status it now has (applied or failed)."""
+    expected = db.get(Revision, device.revision_id or device.assigned_revision_id or -1)
+    want = None if expected is None else expected.image.rpartition("@")[2]
+    reasons = []
+    if not healthy:
+        reasons.append("device reported unhealthy")
+    if want is not None and booted_digest != want:
+        reasons.append(f"booted {booted_digest or 'nothing'}, assigned {want}")
+    status = FAILED if reasons else APPLIED
+    info: dict[str, object] = {"booted_digest": booted_digest, "revision": revision, "detail": detail[:1000]}
+    if reasons:
+        info["reason"] = "; ".join(reasons)
+    groups.record_status(db, device.guid, status, info)
+    return status
