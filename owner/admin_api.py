@@ -23,6 +23,7 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.auth import AdminToken, Role, require
 from fdo_server.db import unit_of_work
+from owner.audit import audit
 from owner.importer import IMPORTED, import_pem
 from owner.settings import OwnerConfig
 from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work, utc
@@ -91,7 +92,7 @@ def admin_router() -> APIRouter:
     router = APIRouter()
 
     @router.post("/vouchers")
-    async def import_vouchers(request: Request, _: Operator) -> JSONResponse:
+    async def import_vouchers(request: Request, token: Operator) -> JSONResponse:
         body = await request.body()
         if len(body) > MAX_IMPORT:
             raise HTTPException(413, "voucher upload too large")
@@ -99,8 +100,11 @@ def admin_router() -> APIRouter:
         now = request.app.state.clock()
 
         def work() -> list[dict[str, object]]:
-            with unit_of_work(_engine(request)):
+            with unit_of_work(_engine(request)) as db:
                 results = import_pem(body, list(config.keys.values()), now=now)
+                for result in results:
+                    if result.status == IMPORTED:
+                        audit(db, token.name, "voucher.import", result.guid or "", now=now)
             return [r.as_dict() for r in results]
 
         results = await run_in_threadpool(work)

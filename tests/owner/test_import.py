@@ -109,3 +109,17 @@ def test_lifespan_starts_and_stops_to0_thread(world: World, database_url: str) -
     app = create_app(world.settings(database_url, to0_enabled=True, to0_interval_seconds=0.05))
     with TestClient(app, base_url=BASE) as http:
         assert http.get("/health").status_code == 200
+
+
+def test_imports_are_audited(world: World, database_url: str) -> None:
+    app = create_app(world.settings(database_url))
+    http = TestClient(app, base_url=BASE)
+    headers = token(app, Role.OPERATOR)
+    _, voucher = world.device()
+    pem = vouchers_to_pem([voucher])
+    assert http.post("/api/v1/vouchers", content=pem, headers=headers).status_code == 200
+    assert http.post("/api/v1/vouchers", content=pem, headers=headers).status_code == 422
+    entries = http.get("/api/v1/audit", headers=headers).json()["items"]
+    imports = [e for e in entries if e["action"] == "voucher.import"]
+    assert [e["target"] for e in imports] == [str(voucher.guid)]  # the refused duplicate changed nothing
+    assert imports[0]["who"] == "test-operator"
