@@ -9,43 +9,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
 from fdo.errors import FdoError
 from fdo.types import Guid
-from fdo_server.auth import AdminToken, Role, require
 from fdo_server.db import unit_of_work
 from owner.audit import audit
+from owner.deps import Operator, SessionDep, Viewer, engine_of
 from owner.importer import IMPORTED, import_pem
 from owner.settings import OwnerConfig
 from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work, utc
 
 MAX_IMPORT = 16 * 1024 * 1024
-
-
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-def _db(request: Request) -> Iterator[Session]:
-    # A plain session: FastAPI may enter and leave a generator dependency in different
-    # contexts, which the context variable of unit_of_work does not allow. Read-only.
-    with Session(_engine(request)) as db:
-        yield db
-
-
-SessionDep = Annotated[Session, Depends(_db)]
-Viewer = Annotated[AdminToken, Depends(require(_engine, Role.VIEWER))]
-Operator = Annotated[AdminToken, Depends(require(_engine, Role.OPERATOR))]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -100,7 +81,7 @@ def admin_router() -> APIRouter:
         now = request.app.state.clock()
 
         def work() -> list[dict[str, object]]:
-            with unit_of_work(_engine(request)) as db:
+            with unit_of_work(engine_of(request)) as db:
                 results = import_pem(body, list(config.keys.values()), now=now)
                 for result in results:
                     if result.status == IMPORTED:

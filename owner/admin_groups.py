@@ -18,40 +18,24 @@ secret file paths only.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
-from sqlalchemy.engine import Engine
+from fastapi import APIRouter, Body, HTTPException, Query, Request
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from fdo.errors import FdoError
 from fdo.types import Guid
-from fdo_server.auth import AdminToken, Role, create_token, hash_token, require
+from fdo_server.auth import AdminToken, Role, create_token, hash_token
 from fdo_server.db import unit_of_work
 from owner.audit import audit
+from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of
 from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
 from owner.groups_tables import AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
 from owner.tables import OwnerVoucher, utc
 
-
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-def _db(request: Request) -> Iterator[Session]:
-    with Session(_engine(request)) as db:
-        yield db
-
-
-SessionDep = Annotated[Session, Depends(_db)]
-Viewer = Annotated[AdminToken, Depends(require(_engine, Role.VIEWER))]
-Operator = Annotated[AdminToken, Depends(require(_engine, Role.OPERATOR))]
-Admin = Annotated[AdminToken, Depends(require(_engine, Role.ADMIN))]
 Offset = Annotated[int, Query(ge=0)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
@@ -226,7 +210,7 @@ def _devices() -> APIRouter:
         """Replace a device's labels; a device known only by its voucher gets a record."""
         wanted = _guid(guid)
         now = _now(request)
-        with unit_of_work(_engine(request)) as db:
+        with unit_of_work(engine_of(request)) as db:
             row = find_device(db, wanted)
             if row is None:
                 voucher = db.exec(select(OwnerVoucher).where(OwnerVoucher.guid == wanted.value)).first()
@@ -256,7 +240,7 @@ def _groups() -> APIRouter:
             raise HTTPException(422, "the default group has no selectors or members")
         now = _now(request)
         try:
-            with unit_of_work(_engine(request)) as db:
+            with unit_of_work(engine_of(request)) as db:
                 live = select(Group).where(col(Group.deleted_at).is_(None))
                 if db.exec(live.where(Group.name == body.name)).first() is not None:
                     raise HTTPException(409, f"group {body.name!r} exists")
@@ -288,7 +272,7 @@ def _groups() -> APIRouter:
     def delete_group(name: str, request: Request, who: Operator) -> dict[str, Any]:
         """Delete a group: it stops matching; its revisions stay for the devices' records."""
         now = _now(request)
-        with unit_of_work(_engine(request)) as db:
+        with unit_of_work(engine_of(request)) as db:
             row = _live_group(db, name)
             row.deleted_at = now
             db.add(row)
@@ -304,7 +288,7 @@ def _groups() -> APIRouter:
         body = parse(RevisionIn, payload)
         now = _now(request)
         try:
-            with unit_of_work(_engine(request)) as db:
+            with unit_of_work(engine_of(request)) as db:
                 group = _live_group(db, name)
                 latest = current_revision(db, group)
                 assert group.id is not None  # noqa: S101 - a stored row
@@ -375,7 +359,7 @@ def _tokens() -> APIRouter:
     def create_admin_token(body: TokenIn, request: Request, who: Admin) -> dict[str, Any]:
         """Create a token; its plaintext is in this response only (stored hashed)."""
         now = _now(request)
-        with unit_of_work(_engine(request)) as db:
+        with unit_of_work(engine_of(request)) as db:
             token = create_token(db, body.name, Role(body.role))
             db.flush()
             row = db.exec(select(AdminToken).where(AdminToken.token_hash == hash_token(token))).one()
@@ -397,7 +381,7 @@ def _tokens() -> APIRouter:
     @router.delete("/tokens/{token_id}")
     def revoke_token(token_id: int, request: Request, who: Admin) -> dict[str, Any]:
         now = _now(request)
-        with unit_of_work(_engine(request)) as db:
+        with unit_of_work(engine_of(request)) as db:
             row = db.get(AdminToken, token_id)
             if row is None:
                 raise HTTPException(404, "no such token")

@@ -1,0 +1,31 @@
+"""FastAPI dependencies of the owner's admin API: the engine, a read session, roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from fdo_server.auth import AdminToken, Role, require
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _db(request: Request) -> Iterator[Session]:
+    # A plain session: FastAPI may enter and leave a generator dependency in different
+    # contexts, which the context variable of unit_of_work does not allow. Changes are
+    # committed explicitly by the routes that make them.
+    with Session(engine_of(request)) as db:
+        yield db
+
+
+SessionDep = Annotated[Session, Depends(_db)]
+Viewer = Annotated[AdminToken, Depends(require(engine_of, Role.VIEWER))]
+Operator = Annotated[AdminToken, Depends(require(engine_of, Role.OPERATOR))]
+Admin = Annotated[AdminToken, Depends(require(engine_of, Role.ADMIN))]
