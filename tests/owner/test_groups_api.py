@@ -76,6 +76,7 @@ def test_groups_revisions_roles_audit_and_secrets(
     (_, voucher), (_, voucher2) = world.device(), world.device()
     guid = str(voucher.header.guid)
     assert api("POST", "/vouchers", operator, content=vouchers_to_pem([voucher, voucher2])).status_code == 200
+    changes += ["voucher.import", "voucher.import"]
 
     # Groups.
     r = api("POST", "/groups", operator, json={"name": "all", "is_default": True})
