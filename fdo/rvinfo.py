@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Self
+from urllib.parse import urlsplit
 
 from fdo import codec
 from fdo.codec import CborValue
@@ -61,6 +62,27 @@ class TransportProtocol(IntEnum):
     COAP = 4
     HTTPS = 5
     COAPS = 6
+
+
+def split_base_url(url: str) -> tuple[bool, str, int, bool]:
+    """``http(s)://host[:port]`` as (https, host, port, host is an IP address).
+
+    Raises ``ValueError`` naming what is wrong; the port defaults to 80 or 443.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    https = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if https else 80)
+    except ValueError:
+        raise ValueError(f"{url!r} has a bad port") from None
+    try:
+        ipaddress.ip_address(parts.hostname)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    return https, parts.hostname, port, is_ip
 
 
 FLAGS = frozenset({RVVariable.DEV_ONLY, RVVariable.OWNER_ONLY, RVVariable.BYPASS})
@@ -155,6 +177,15 @@ class RendezvousDirective:
         if bypass:
             out.append(RendezvousInstr.of(RVVariable.BYPASS))
         return cls(tuple(out))
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The directive for a rendezvous base URL (``ValueError`` if it is not one)."""
+        https, host, port, is_ip = split_base_url(url)
+        protocol = RVProtocol.HTTPS if https else RVProtocol.HTTP
+        if is_ip:
+            return cls.build(ip=host, port=port, protocol=protocol)
+        return cls.build(dns=host, port=port, protocol=protocol)
 
     def _get(self, var: RVVariable) -> RendezvousInstr | None:
         for instr in self.instructions:
@@ -317,6 +348,15 @@ class RVTO2AddrEntry:
 
     def to_cbor_obj(self) -> list[CborValue]:
         return [self.ip, self.dns, self.port, int(self.protocol)]
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The entry for an owner's TO2 base URL (``ValueError`` if it is not one)."""
+        https, host, port, is_ip = split_base_url(url)
+        protocol = TransportProtocol.HTTPS if https else TransportProtocol.HTTP
+        if is_ip:
+            return cls(ipaddress.ip_address(host).packed, None, port, protocol)
+        return cls(None, host, port, protocol)
 
     def urls(self) -> list[str]:
         """Base URLs for this address (http/https only)."""

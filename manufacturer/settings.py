@@ -17,13 +17,11 @@ Environment examples::
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from pydantic import Field, field_validator
@@ -42,7 +40,7 @@ from fdo.crypto import (
 )
 from fdo.di.messages import MfgInfo
 from fdo.errors import FdoError, UnsupportedError
-from fdo.rvinfo import RendezvousDirective, RendezvousInfo, RVProtocol
+from fdo.rvinfo import RendezvousDirective, RendezvousInfo
 
 ENV_PREFIX = "FDO_MANUFACTURER_"
 
@@ -90,21 +88,10 @@ class ManufacturerSettings(BaseSettings):
 
 def rendezvous_directive(url: str) -> RendezvousDirective:
     """``http://host:port`` or ``https://ip:port`` as a RendezvousDirective (SettingsError if bad)."""
-    parts = urlsplit(url)
-    protocols = {"http": (RVProtocol.HTTP, 80), "https": (RVProtocol.HTTPS, 443)}
-    if parts.scheme not in protocols or not parts.hostname:
-        raise SettingsError(f"{ENV_PREFIX}RENDEZVOUS: {url!r} is not an http:// or https:// URL with a host")
-    protocol, default_port = protocols[parts.scheme]
     try:
-        port = parts.port or default_port
-    except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}RENDEZVOUS: {url!r} has a bad port") from None
-    host = parts.hostname
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return RendezvousDirective.build(dns=host, port=port, protocol=protocol)
-    return RendezvousDirective.build(ip=host, port=port, protocol=protocol)
+        return RendezvousDirective.from_url(url)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}RENDEZVOUS: {exc}") from None
 
 
 @dataclass(frozen=True)

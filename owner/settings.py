@@ -21,19 +21,17 @@ The ServiceInfo file (TOML or JSON) lists actions run on every device::
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
 from fdo.errors import FdoError
-from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry, TransportProtocol
+from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry
 
 PREFIX = "FDO_OWNER_"
 
@@ -130,21 +128,10 @@ def load_keys(keys: dict[str, Path]) -> dict[str, PrivateKeyT]:
 
 def to2_addr_entry(url: str) -> RVTO2AddrEntry:
     """An RVTO2AddrEntry for a base URL (``http(s)://host[:port]``)."""
-    parts = urlsplit(url)
-    protos = {"http": (TransportProtocol.HTTP, 80), "https": (TransportProtocol.HTTPS, 443)}
-    if parts.scheme not in protos or not parts.hostname:
-        raise SettingsError(f"{_name('to2_urls')}: {url!r} is not an http(s)://host[:port] URL")
-    proto, default_port = protos[parts.scheme]
     try:
-        port = parts.port or default_port
-    except ValueError:
-        raise SettingsError(f"{_name('to2_urls')}: {url!r} has a bad port") from None
-    try:
-        ip: bytes | None = ipaddress.ip_address(parts.hostname).packed
-        dns = None
-    except ValueError:
-        ip, dns = None, parts.hostname
-    return RVTO2AddrEntry(ip, dns, port, proto)
+        return RVTO2AddrEntry.from_url(url)
+    except ValueError as exc:
+        raise SettingsError(f"{_name('to2_urls')}: {exc}") from None
 
 
 def _load_service_info(path: Path) -> tuple[tuple[DownloadAction, ...], tuple[CommandAction, ...]]:
