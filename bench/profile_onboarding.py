@@ -20,14 +20,12 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
-from starlette.responses import Response
+from starlette.routing import Route
 
 from device.modules import standard_modules
 from device.onboard import onboard
@@ -35,19 +33,14 @@ from fdo.cipher import CipherSuite
 from fdo.kex import KexSuite
 from fdo_server.stack import Stack
 from transport.client import FdoHttpClient
-from transport.server import _Body
+from transport.server import FdoEndpoint, MessageHandler
 
 
-class _FakeRequest:
-    def __init__(self, headers: httpx.Headers) -> None:
-        self.headers = {k.lower(): v for k, v in headers.items()}
-
-
-def _routes(routes: list[Any]) -> list[APIRoute]:
-    """APIRoutes, looking into included routers (FastAPI keeps them nested)."""
-    out: list[APIRoute] = []
+def _routes(routes: list[Any]) -> list[Route]:
+    """Routes, looking into included routers (FastAPI keeps them nested)."""
+    out: list[Route] = []
     for route in routes:
-        if isinstance(route, APIRoute):
+        if isinstance(route, Route):
             out.append(route)
         elif hasattr(route, "original_router"):
             out += _routes(route.original_router.routes)
@@ -55,14 +48,15 @@ def _routes(routes: list[Any]) -> list[APIRoute]:
 
 
 class InProcessTransport(httpx.BaseTransport):
-    """Calls ``fdo_message`` of the app serving the request's host:port."""
+    """Calls the FDO route's synchronous handler (``fdo_message``) of the app at host:port."""
 
     def __init__(self, apps: dict[str, FastAPI]) -> None:
-        self.endpoints: dict[str, Callable[..., Response]] = {}
+        self.endpoints: dict[str, MessageHandler] = {}
         for netloc, app in apps.items():
             for route in _routes(app.router.routes):
-                if route.path == "/fdo/101/msg/{msg_type}":
-                    self.endpoints[netloc] = route.endpoint
+                owner = getattr(route.endpoint, "__self__", None)
+                if route.path == "/fdo/101/msg/{msg_type}" and isinstance(owner, FdoEndpoint):
+                    self.endpoints[netloc] = owner.handle
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         key = f"{request.url.host}:{request.url.port}"
@@ -70,9 +64,8 @@ class InProcessTransport(httpx.BaseTransport):
             raise KeyError(f"{key} not in {list(self.endpoints)} ({request.url})")
         endpoint = self.endpoints[key]
         msg_type = request.url.path.rsplit("/", 1)[1]
-        response = endpoint(
-            msg_type=msg_type, request=_FakeRequest(request.headers), body=_Body(request.read())
-        )
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        response = endpoint(msg_type, headers, request.read())
         return httpx.Response(
             response.status_code, headers=dict(response.headers), content=bytes(response.body)
         )

@@ -50,7 +50,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pool_pre_ping: it costs a round trip on every checkout, i.e. every FDO message;
+    # connections are recycled instead, and a dropped one fails that one request.
+    return create_engine(url, echo=echo, pool_recycle=1800, pool_size=10, max_overflow=20)
 
 
 def create_tables(engine: Engine, tables: Sequence[type[SQLModel]]) -> None:

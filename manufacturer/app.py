@@ -24,7 +24,7 @@ from fdo_server.sessions import SQLSessionStore
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from manufacturer.tables import TABLES, Voucher
-from transport.server import AnyServerMachine, ProtocolHandler, fdo_router
+from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
 
 
 def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
@@ -68,7 +68,7 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="FDO manufacturer", lifespan=lifespan)
+    app = FastAPI(title="FDO manufacturer", lifespan=lifespan, telemetry=NO_TELEMETRY)
     app.state.settings = settings
     app.state.material = material
     app.state.engine = engine

@@ -35,7 +35,7 @@ from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore, find_voucher_row
 from owner.tables import REPLACED, TABLES, DeviceOnboarding, To0Work
 from owner.to0 import To0Thread
-from transport.server import AnyServerMachine, ProtocolHandler, fdo_router
+from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
 
 Clock = Callable[[], datetime]
 
@@ -141,7 +141,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
                 thread.stop()
             engine.dispose()
 
-    app = FastAPI(title="FDO owner", lifespan=lifespan)
+    app = FastAPI(title="FDO owner", lifespan=lifespan, telemetry=NO_TELEMETRY)
     app.state.engine = engine
     app.state.config = config
     app.state.clock = now

@@ -26,7 +26,7 @@ from rendezvous.admin_api import admin_router
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import Clock, RegistrationLookup, RendezvousPolicy, save_registration, utc_now
 from rendezvous.tables import TABLES
-from transport.server import AnyServerMachine, ProtocolHandler, fdo_router
+from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
 
 
 def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc_now) -> FastAPI:
@@ -66,7 +66,7 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
         yield
         engine.dispose()
 
-    app = FastAPI(title="FDO rendezvous", lifespan=lifespan)
+    app = FastAPI(title="FDO rendezvous", lifespan=lifespan, telemetry=NO_TELEMETRY)
     app.state.settings = settings
     app.state.engine = engine
     app.include_router(

@@ -28,9 +28,11 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.telemetry import TelemetryConfig
+from starlette.concurrency import run_in_threadpool
 
 from fdo.errors import FdoError, InternalError, InvalidTokenError, MessageBodyError
 from fdo.machine import ServerMachine
@@ -52,6 +54,10 @@ PROTOCOL_OF: Mapping[int, int] = {
 }
 FIRST_TYPES = frozenset({10, 20, 30, 60})
 PROTOCOL_NAMES: Mapping[int, str] = {10: "DI", 20: "TO0", 30: "TO1", 60: "TO2"}
+
+#: ``FastAPI(telemetry=NO_TELEMETRY)``: the services use no OpenTelemetry, and FastAPI
+#: otherwise asks the global tracer, meter and logger providers on every request.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -157,26 +163,40 @@ class ProtocolHandler:
 # ---------------------------------------------------------------------------- router
 
 
-@dataclass(frozen=True, slots=True)
-class _Body:
-    data: bytes | None  # None: over the size limit
+async def _read_body(request: Request, max_body: int) -> bytes | None:
+    """The request body, or None when it is over ``max_body`` (by header or while reading)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > max_body):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def _body_reader(max_body: int) -> Callable[[Request], Any]:
-    async def read_body(request: Request) -> _Body:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return _Body(None)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                return _Body(None)
-            chunks.append(chunk)
-        return _Body(b"".join(chunks))
+#: ``(msg_type as in the path, request headers, body or None when over the limit)``.
+MessageHandler = Callable[[str, Mapping[str, str], bytes | None], Response]
 
-    return read_body
+
+class FdoEndpoint:
+    """The endpoint of ``POST /fdo/101/msg/{msg_type}``: a plain Starlette route.
+
+    :meth:`serve` reads the body in the event loop and hands the message to
+    :attr:`handle` (synchronous: machine and database work) in the thread pool, without
+    FastAPI's dependency injection and validation around it.
+    """
+
+    def __init__(self, handle: MessageHandler, max_body: int) -> None:
+        self.handle = handle
+        self.max_body = max_body
+
+    async def serve(self, request: Request) -> Response:
+        data = await _read_body(request, self.max_body)
+        return await run_in_threadpool(self.handle, request.path_params["msg_type"], request.headers, data)
 
 
 def _token_from(header: str | None) -> str | None:
@@ -233,16 +253,14 @@ def fdo_router(
     if unknown:
         raise ValueError(f"handlers must be keyed by 10, 20, 30 or 60, not {sorted(unknown)}")
     router = APIRouter()
-    RawBody = Annotated[_Body, Depends(_body_reader(max_body))]
 
-    @router.post("/fdo/101/msg/{msg_type}")
-    def fdo_message(msg_type: str, request: Request, body: RawBody) -> Response:
+    def fdo_message(msg_type: str, headers: Mapping[str, str], data: bytes | None) -> Response:
         type_num = int(msg_type) if msg_type.isascii() and msg_type.isdigit() and len(msg_type) <= 3 else -1
-        if request.headers.get("content-type") != CBOR:
+        if headers.get("content-type") != CBOR:
             return error_response(MessageBodyError("Content-Type must be application/cbor"), type_num)
-        if body.data is None:
+        if data is None:
             return error_response(MessageBodyError(f"body over {max_body} bytes"), type_num)
-        token = _token_from(request.headers.get("authorization"))
+        token = _token_from(headers.get("authorization"))
         if type_num == MsgType.ERROR:
             if token is not None:
                 _forget(token)
@@ -251,7 +269,7 @@ def fdo_router(
         handler = handlers.get(first) if first is not None else None
         if first is None or handler is None:
             return error_response(MessageBodyError(f"unsupported message type {msg_type}"), type_num)
-        return _serve(handler, first, type_num, body.data, token)
+        return _serve(handler, first, type_num, data, token)
 
     def _forget(token: str) -> None:
         try:
@@ -319,4 +337,6 @@ def fdo_router(
         except FdoError as exc:
             raise _Failed(exc) from None
 
+    endpoint = FdoEndpoint(fdo_message, max_body)
+    router.add_route("/fdo/101/msg/{msg_type}", endpoint.serve, methods=["POST"], include_in_schema=False)
     return router
