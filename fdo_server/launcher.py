@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,10 +44,16 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    #: Serve HTTPS with this PEM certificate and key (uvicorn ``--ssl-certfile/--ssl-keyfile``).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: CA bundle the health check verifies the server certificate with (default: system CAs).
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, *, timeout: float = 30.0) -> None:
         """Start the server and wait until ``/health`` answers."""
@@ -71,6 +78,10 @@ class ServiceProcess:
             "warning",
             "--no-access-log",
         ]
+        if self.tls_cert is not None:
+            if self.tls_key is None:
+                raise ValueError(f"{self.name}: tls_cert needs tls_key")
+            cmd += ["--ssl-certfile", str(self.tls_cert), "--ssl-keyfile", str(self.tls_key)]
         env = {**os.environ, **self.env}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
@@ -82,13 +93,16 @@ class ServiceProcess:
         if self.process is None:
             raise RuntimeError(f"{self.name}: spawn() first")
         deadline = time.monotonic() + timeout
+        context = None
+        if self.tls_cert is not None:
+            context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with code {self.process.returncode}{self._log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:  # noqa: S310
+                with urllib.request.urlopen(self.url + "/health", timeout=2, context=context) as resp:  # noqa: S310
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

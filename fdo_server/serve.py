@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import uvicorn
 
 
-def serve(factory: str, *, host: str, port: int, workers: int = 1, log_level: str = "info") -> None:
+def check_tls_files(cert: Path | None, key: Path | None) -> str | None:
+    """An error message if the TLS certificate/key pair is incomplete or unreadable, else None."""
+    if (cert is None) != (key is None):
+        return "--tls-cert and --tls-key must be given together"
+    for what, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is not None and not path.is_file():
+            return f"{what}: {path}: no such file"
+    return None
+
+
+def serve(
+    factory: str,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    log_level: str = "info",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
     """Run ``factory`` (``module:function`` returning a FastAPI app) with uvicorn.
 
     With several workers uvicorn imports the factory in each worker process; settings
-    come from the environment (``FDO_<SERVICE>_...``), which the workers inherit.
+    come from the environment (``FDO_<SERVICE>_...``), which the workers inherit. With
+    ``tls_cert`` and ``tls_key`` (PEM files) the service serves HTTPS only.
     """
-    uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_level=log_level)
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )

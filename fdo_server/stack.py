@@ -11,6 +11,7 @@ for the owner's TO0, and onboarding (TO1 then TO2) with the real device client.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlmodel import Session, SQLModel
 
 from device.modules import standard_modules
-from device.onboard import OnboardResult, onboard, run_di
+from device.onboard import OnboardResult, default_client_factory, onboard, run_di
 from fdo.credential import DeviceCredential
 from fdo.crypto import (
     KEY_KINDS,
@@ -37,6 +38,7 @@ from fdo.kex import CipherSuite, KexSuite
 from fdo_server.auth import Role, create_token
 from fdo_server.db import create_tables, make_engine, sqlite_url
 from fdo_server.launcher import ServiceProcess, free_port
+from fdo_server.tls import TlsFiles, write_test_tls
 
 SERVICES = ("manufacturer", "rendezvous", "owner")
 
@@ -63,6 +65,10 @@ class Stack:
     owner_keys: dict[str, PrivateKeyT] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    #: Serve all three services over HTTPS with a throw-away CA made in the work folder;
+    #: the credential then carries https rendezvous and TO2 addresses.
+    tls_ca: bool = False
+    tls: TlsFiles | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -70,7 +76,10 @@ class Stack:
         """Generate material, create tokens and start the three servers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in SERVICES}
-        urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
+        if self.tls_ca:
+            self.tls = write_test_tls(self.workdir / "tls")
+        scheme = "https" if self.tls else "http"
+        urls = {name: f"{scheme}://127.0.0.1:{ports[name]}" for name in SERVICES}
         db = {
             name: self.database_urls.get(name) or sqlite_url(self.workdir / f"{name}.db") for name in SERVICES
         }
@@ -105,6 +114,7 @@ class Stack:
                 "FDO_OWNER_TO0_INTERVAL_SECONDS": "0.3",
                 "FDO_OWNER_TO0_RETRY_SECONDS": "1",
                 "FDO_OWNER_SERVICE_INFO": str(self.workdir / "service-info.toml"),
+                **({"FDO_OWNER_TLS_CA": str(self.tls.ca)} if self.tls else {}),
                 **self.owner_env,
             },
         }
@@ -118,6 +128,9 @@ class Stack:
                 workers=self.workers.get(name, 1),
                 port=ports[name],
                 log_path=self.workdir / f"{name}.log",
+                tls_cert=self.tls.cert if self.tls else None,
+                tls_key=self.tls.key if self.tls else None,
+                tls_ca=self.tls.ca if self.tls else None,
             )
             self.services[name] = proc
         try:
@@ -152,19 +165,34 @@ class Stack:
     def url(self, service: str) -> str:
         return self.services[service].url
 
+    @property
+    def verify(self) -> bool | str:
+        """What clients verify the services with: the throw-away CA file, or the system CAs."""
+        return str(self.tls.ca) if self.tls else True
+
     def admin(self, service: str) -> httpx.Client:
         """An HTTP client for a service's admin API, with its admin token."""
+        verify: bool | ssl.SSLContext = True
+        if self.tls:
+            verify = ssl.create_default_context(cafile=str(self.tls.ca))
         return httpx.Client(
             base_url=self.url(service),
             headers={"Authorization": f"Bearer {self.tokens[service]}"},
             timeout=30,
+            verify=verify,
         )
 
     # ------------------------------------------------------------------ operator steps
 
     def manufacture(self, *, key_type: str = "ec256", serial: str, model: str) -> DeviceCredential:
         """DI: the device (or a factory station for it) gets its credential."""
-        return run_di(self.url("manufacturer"), key_type=key_type, serial=serial, model=model)
+        return run_di(
+            self.url("manufacturer"),
+            key_type=key_type,
+            serial=serial,
+            model=model,
+            http_client_factory=default_client_factory(verify=self.verify),
+        )
 
     def hand_off(self, guid: str, key_type: str) -> str:
         """The manufacturer extends the voucher to the owner's key; the owner imports it."""
@@ -200,8 +228,12 @@ class Stack:
         cipher: CipherSuite = CipherSuite.A128GCM,
         root: Path | None = None,
         run: Callable[[list[str]], tuple[int, bytes, bytes]] | None = None,
+        verify: bool | str | None = None,
     ) -> OnboardResult:
-        """First boot: TO1 then TO2 with the real device client."""
+        """First boot: TO1 then TO2 with the real device client.
+
+        ``verify`` overrides what the device verifies HTTPS with (default :attr:`verify`).
+        """
         files = root or (self.workdir / "device-root")
         files.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {} if run is None else {"run": run}
@@ -210,6 +242,7 @@ class Stack:
             kex=kex,
             cipher=cipher,
             modules=lambda: standard_modules(files, **kwargs),
+            verify=self.verify if verify is None else verify,
             max_attempts=3,
             sleep=lambda s: time.sleep(min(s, 0.5)),
         )

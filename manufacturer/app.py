@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
-from fastapi import FastAPI, HTTPException
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from fastapi import FastAPI
 
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
+from fdo_server import metrics as observability
 from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
+from fdo_server.logs import configure_json_logging
 from fdo_server.sessions import SQLSessionStore
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
@@ -72,6 +72,7 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.material = material
     app.state.engine = engine
+    app.state.metrics = metrics = observability.ServiceMetrics("manufacturer")
     app.include_router(
         fdo_router(
             {10: di_handler(material)},
@@ -79,32 +80,18 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
             max_body=settings.max_body,
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             scope=lambda: unit_of_work(engine),
+            observer=metrics.observe,
         )
     )
-
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    def ready() -> dict[str, object]:
-        if not _db_ok(engine):
-            raise HTTPException(503, "database unreachable")
-        return {"status": "ready", "keys": sorted(material.keys)}
+    observability.install(
+        app, metrics, database_url=settings.database_url, keys_loaded=lambda: bool(material.keys)
+    )
 
     app.include_router(admin_api.router, prefix="/api/v1")
     return app
 
 
-def _db_ok(engine: Engine) -> bool:
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception:  # noqa: BLE001 - any failure means not ready
-        return False
-    return True
-
-
 def app_from_env() -> FastAPI:
     """uvicorn factory: settings from the environment."""
+    configure_json_logging("manufacturer")
     return create_app(ManufacturerSettings())

@@ -49,12 +49,36 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
     port: Annotated[int, typer.Option(help="Port.")] = 8038,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="FDO_MANUFACTURER_TLS_CERT",
+            help="Serve HTTPS with this PEM certificate (chain).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", envvar="FDO_MANUFACTURER_TLS_KEY", help="Private key (PEM) of --tls-cert."),
+    ] = None,
 ) -> None:
     """Run the manufacturer service (settings from FDO_MANUFACTURER_* variables)."""
     _settings_or_die()  # fail here, once, with a clear message
+    from fdo_server.serve import check_tls_files
     from fdo_server.serve import serve as run
 
-    run("manufacturer.app:app_from_env", host=host, port=port, workers=workers)
+    problem = check_tls_files(tls_cert, tls_key)
+    if problem:
+        raise die(problem, 2)
+
+    run(
+        "manufacturer.app:app_from_env",
+        host=host,
+        port=port,
+        workers=workers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
 
 
 @app.command()

@@ -23,7 +23,9 @@ from sqlmodel import select
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
+from fdo_server import metrics as observability
 from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
+from fdo_server.logs import configure_json_logging
 from fdo_server.sessions import SQLSessionStore
 from owner import groups
 from owner.admin_api import admin_router
@@ -145,6 +147,8 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.state.engine = engine
     app.state.config = config
     app.state.clock = now
+    app.state.metrics = metrics = observability.ServiceMetrics("owner")
+    metrics.add_collector(observability.To0Gauges(engine, now))
     handlers = {
         60: ProtocolHandler(
             new=lambda: TO2Owner(store),
@@ -160,19 +164,20 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             clock=now,
             scope=lambda: unit_of_work(engine),
+            observer=metrics.observe,
         )
     )
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
     app.include_router(report_router(), prefix="/api/v1")
-
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    observability.install(
+        app, metrics, database_url=settings.database_url, keys_loaded=lambda: bool(config.keys)
+    )
 
     return app
 
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
+    configure_json_logging("owner")
     return create_app()

@@ -33,5 +33,20 @@ def audit(
         at=now or datetime.now(UTC), who=who, action=action, target=target, detail=dict(detail or {})
     )
     db.add(entry)
-    log.info("audit: %s %s %s", who, action, target)
+    log.info(
+        "audit: %s %s %s",
+        who,
+        action,
+        target,
+        extra={
+            "fdo": {
+                "event": "admin_action",
+                "service": "owner",
+                "who": who,
+                "action": action,
+                "target": target,
+                "outcome": "ok",
+            }
+        },
+    )
     return entry

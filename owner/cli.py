@@ -45,12 +45,27 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
     port: Annotated[int, typer.Option(help="Port.")] = 8043,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert", envvar="FDO_OWNER_TLS_CERT", help="Serve HTTPS with this PEM certificate (chain)."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", envvar="FDO_OWNER_TLS_KEY", help="Private key (PEM) of --tls-cert."),
+    ] = None,
 ) -> None:
     """Serve TO2 and the admin API, and run the TO0 scheduler (settings from FDO_OWNER_...)."""
+    from fdo_server.serve import check_tls_files
     from fdo_server.serve import serve as run
 
+    problem = check_tls_files(tls_cert, tls_key)
+    if problem:
+        raise die(problem, 2)
+
     _config()  # fail here, with a clear message, rather than in each worker
-    run("owner.app:app_from_env", host=host, port=port, workers=workers)
+    run("owner.app:app_from_env", host=host, port=port, workers=workers, tls_cert=tls_cert, tls_key=tls_key)
 
 
 @app.command()

@@ -69,6 +69,9 @@ class OwnerSettings(BaseSettings):
     service_info: Path | None = None
     max_body: int = 65535
     session_ttl_seconds: int = 600
+    #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
+    #: system CAs, or the file named by the standard ``SSL_CERT_FILE`` variable.
+    tls_ca: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,8 @@ def load_config(settings: OwnerSettings) -> OwnerConfig:
         raise SettingsError(f"{_name('max_body')} must be at least 1024")
     if settings.session_ttl_seconds < 1:
         raise SettingsError(f"{_name('session_ttl_seconds')} must be at least 1")
+    if settings.tls_ca is not None and not settings.tls_ca.is_file():
+        raise SettingsError(f"{_name('tls_ca')}: {settings.tls_ca}: no such file")
     downloads: tuple[DownloadAction, ...] = ()
     commands: tuple[CommandAction, ...] = ()
     if settings.service_info is not None:

@@ -44,6 +44,21 @@ def default_http_factory(url: str) -> FdoHttpClient:
     return FdoHttpClient(url, timeout=30.0)
 
 
+def http_factory_for(config: OwnerConfig) -> HttpFactory:
+    """Clients that verify https rendezvous servers with ``FDO_OWNER_TLS_CA`` when it is set.
+
+    Without it they use the system CAs (httpx also honours ``SSL_CERT_FILE``).
+    """
+    ca = config.settings.tls_ca
+    if ca is None:
+        return default_http_factory
+
+    def make(url: str) -> FdoHttpClient:
+        return FdoHttpClient(url, timeout=30.0, verify=str(ca))
+
+    return make
+
+
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     work_id: int
@@ -167,7 +182,7 @@ def run_due(
 ) -> int:
     """Register every due voucher this worker manages to claim; returns how many it ran."""
     now = utc(now or datetime.now(UTC))
-    factory = http_factory or default_http_factory
+    factory = http_factory or http_factory_for(config)
     hold = timedelta(seconds=config.settings.to0_claim_seconds)
     done = 0
     for work_id in _candidates(engine, now):

@@ -20,7 +20,9 @@ from fastapi import FastAPI
 
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
+from fdo_server import metrics as observability
 from fdo_server.db import create_tables, make_engine, unit_of_work
+from fdo_server.logs import configure_json_logging
 from fdo_server.sessions import SQLSessionStore
 from rendezvous.admin_api import admin_router
 from rendezvous.settings import RendezvousSettings
@@ -69,6 +71,7 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
     app = FastAPI(title="FDO rendezvous", lifespan=lifespan, telemetry=NO_TELEMETRY)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.metrics = metrics = observability.ServiceMetrics("rendezvous")
     app.include_router(
         fdo_router(
             handlers,
@@ -77,17 +80,16 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             clock=clock,
             scope=lambda: unit_of_work(engine),
+            observer=metrics.observe,
         )
     )
     app.include_router(admin_router(clock))
-
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    observability.install(app, metrics, database_url=settings.database_url)
 
     return app
 
 
 def app_from_env() -> FastAPI:
     """The uvicorn factory: settings from ``FDO_RENDEZVOUS_*``."""
+    configure_json_logging("rendezvous")
     return create_app(RendezvousSettings())

@@ -7,6 +7,7 @@ each command imports the service modules it needs when it runs.
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -50,9 +51,27 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Listen port.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="FDO_RENDEZVOUS_TLS_CERT",
+            help="Serve HTTPS with this PEM certificate (chain).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", envvar="FDO_RENDEZVOUS_TLS_KEY", help="Private key (PEM) of --tls-cert."),
+    ] = None,
 ) -> None:
     """Serve TO0/TO1 (settings from FDO_RENDEZVOUS_* environment variables)."""
+    from fdo_server.serve import check_tls_files
     from fdo_server.serve import serve as run
+
+    problem = check_tls_files(tls_cert, tls_key)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
 
     settings = _settings(None)  # fail here, with a clear message, rather than in a worker
     run(
@@ -60,6 +79,8 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 

@@ -10,6 +10,7 @@ itself fails, an ErrorMessage is POSTed to ``/fdo/101/msg/255`` (best effort).
 
 from __future__ import annotations
 
+import ssl
 import time
 from types import TracebackType
 from typing import Any, Self
@@ -29,6 +30,13 @@ class TransportError(Exception):
     """The HTTP exchange failed: connection error, bad status, missing header or oversized body."""
 
 
+def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
+    """httpx's ``verify`` for True (system CAs, or ``SSL_CERT_FILE``), False or a CA bundle path."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
 class FdoHttpClient:
     """An FDO HTTP client for one server base URL (e.g. ``http://rv.example:8041``)."""
 
@@ -44,7 +52,9 @@ class FdoHttpClient:
         self.base_url = base_url.rstrip("/")
         self.max_body = max_body
         self._own_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout, verify=verify)
+        self._client = (
+            client if client is not None else httpx.Client(timeout=timeout, verify=tls_verify(verify))
+        )
         self.token: str | None = None
 
     def close(self) -> None:
@@ -94,6 +104,10 @@ class FdoHttpClient:
             ) as response:
                 data = self._read_limited(response)
         except httpx.HTTPError as exc:
+            if _tls_verify_failed(exc):
+                raise TransportError(
+                    f"POST {self.url(msg_type)}: TLS certificate verification failed: {exc}"
+                ) from exc
             raise TransportError(f"POST {self.url(msg_type)}: {type(exc).__name__}: {exc}") from exc
         auth = response.headers.get("Authorization")
         if auth:
@@ -132,3 +146,13 @@ class FdoHttpClient:
             self._client.post(self.url(MsgType.ERROR), content=body, headers=self._headers())
         except httpx.HTTPError:
             pass
+
+
+def _tls_verify_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a failed server certificate check."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)

@@ -20,8 +20,10 @@ A client-sent ErrorMessage (type 255) deletes the session its token names and is
 answered 200 with an empty body.
 """
 
+import hashlib
 import logging
 import secrets
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -160,6 +162,77 @@ class ProtocolHandler:
     on_done: Callable[[AnyServerMachine], None] | None = None
 
 
+# ---------------------------------------------------------------------------- observation
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """What the router reports after each FDO message (for metrics and logs).
+
+    ``session`` is a short hash of the session token, never the token. ``error_code`` is
+    the FDO error code answered (None on success). ``started``/``completed`` say that
+    this message opened or finished a protocol session (after its transaction
+    committed); ``session_seconds`` is the session's duration from its first message,
+    measured from a start time kept in the session state (so it holds across workers).
+    """
+
+    protocol: str | None
+    msg_type: int
+    error_code: int | None
+    guid: str | None
+    session: str | None
+    seconds: float
+    started: bool = False
+    completed: bool = False
+    session_seconds: float | None = None
+
+
+MessageObserver = Callable[[MessageEvent], None]
+
+
+def session_id(token: str | None) -> str | None:
+    """A short, non-reversible id of a session token, safe to log."""
+    if token is None:
+        return None
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def _guid_of(machine: AnyServerMachine | None) -> str | None:
+    if machine is None:
+        return None
+    guid = getattr(machine, "guid", None)
+    if guid is None:
+        voucher = getattr(machine, "voucher", None) or getattr(machine, "registration", None)
+        guid = getattr(voucher, "guid", None)
+    value = getattr(guid, "value", guid)
+    return value.hex() if isinstance(value, bytes) else None
+
+
+#: Prefix of stored state carrying the session's start time (CBOR never starts with 0xfd).
+_STARTED = b"\xfd\x01"
+_STARTED_LEN = len(_STARTED) + 8
+
+
+def _wrap_state(state: bytes, started: float) -> bytes:
+    return _STARTED + struct.pack(">d", started) + state
+
+
+def _unwrap_state(stored: bytes) -> tuple[bytes, float | None]:
+    if stored.startswith(_STARTED) and len(stored) >= _STARTED_LEN:
+        (started,) = struct.unpack(">d", stored[len(_STARTED) : _STARTED_LEN])
+        return stored[_STARTED_LEN:], float(started)
+    return stored, None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    machine: AnyServerMachine | None = None
+    started: bool = False
+    completed: bool = False
+    session_started_at: float | None = None
+    error_code: int | None = None
+
+
 # ---------------------------------------------------------------------------- router
 
 
@@ -239,6 +312,7 @@ def fdo_router(
     session_ttl: timedelta = DEFAULT_SESSION_TTL,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    observer: MessageObserver | None = None,
 ) -> APIRouter:
     """A router serving ``POST /fdo/101/msg/{type}`` for the sub-protocols in ``handlers``.
 
@@ -247,7 +321,8 @@ def fdo_router(
     when it exits normally and rolled back on an exception): loading the session,
     handling the message, ``on_done`` and saving the new state all run inside one, so a
     failure or a lost version race leaves nothing half-written. When the machine fails,
-    its session is deleted in a second, separate unit of work.
+    its session is deleted in a second, separate unit of work. ``observer`` (optional)
+    gets a :class:`MessageEvent` after every message (it must not raise).
     """
     unknown = set(handlers) - FIRST_TYPES
     if unknown:
@@ -255,11 +330,60 @@ def fdo_router(
     router = APIRouter()
 
     def fdo_message(msg_type: str, headers: Mapping[str, str], data: bytes | None) -> Response:
+        if observer is None:
+            return _message(msg_type, headers, data, _Outcome(), time.perf_counter())
+        t0 = time.perf_counter()
+        outcome = _Outcome()
+        response = _message(msg_type, headers, data, outcome, t0)
+        _observe(msg_type, headers, response, outcome, t0)
+        return response
+
+    def _observe(
+        msg_type: str, headers: Mapping[str, str], response: Response, outcome: _Outcome, t0: float
+    ) -> None:
+        assert observer is not None  # noqa: S101 - only called with one
+        try:
+            type_num = (
+                int(msg_type) if msg_type.isascii() and msg_type.isdigit() and len(msg_type) <= 3 else -1
+            )
+            first = PROTOCOL_OF.get(type_num)
+            error_code = outcome.error_code
+            if error_code is None and response.status_code != 200:
+                error_code = int(InternalError.code)
+            token = _token_from(response.headers.get("authorization")) if error_code is None else None
+            if token is None and type_num != first:
+                token = _token_from(headers.get("authorization"))
+            session_seconds = None
+            if outcome.completed and outcome.session_started_at is not None:
+                session_seconds = max(0.0, time.time() - outcome.session_started_at)
+            observer(
+                MessageEvent(
+                    protocol=PROTOCOL_NAMES.get(first) if first is not None else None,
+                    msg_type=type_num,
+                    error_code=error_code,
+                    guid=_guid_of(outcome.machine),
+                    session=session_id(token),
+                    seconds=time.perf_counter() - t0,
+                    started=outcome.started,
+                    completed=outcome.completed,
+                    session_seconds=session_seconds,
+                )
+            )
+        except Exception:
+            log.exception("FDO message observer failed")
+
+    def _fail(outcome: _Outcome, error: FdoError, prev_msg_type: int) -> Response:
+        outcome.error_code = int(error.code)
+        return error_response(error, prev_msg_type)
+
+    def _message(
+        msg_type: str, headers: Mapping[str, str], data: bytes | None, outcome: _Outcome, t0: float
+    ) -> Response:
         type_num = int(msg_type) if msg_type.isascii() and msg_type.isdigit() and len(msg_type) <= 3 else -1
         if headers.get("content-type") != CBOR:
-            return error_response(MessageBodyError("Content-Type must be application/cbor"), type_num)
+            return _fail(outcome, MessageBodyError("Content-Type must be application/cbor"), type_num)
         if data is None:
-            return error_response(MessageBodyError(f"body over {max_body} bytes"), type_num)
+            return _fail(outcome, MessageBodyError(f"body over {max_body} bytes"), type_num)
         token = _token_from(headers.get("authorization"))
         if type_num == MsgType.ERROR:
             if token is not None:
@@ -268,8 +392,8 @@ def fdo_router(
         first = PROTOCOL_OF.get(type_num)
         handler = handlers.get(first) if first is not None else None
         if first is None or handler is None:
-            return error_response(MessageBodyError(f"unsupported message type {msg_type}"), type_num)
-        return _serve(handler, first, type_num, data, token)
+            return _fail(outcome, MessageBodyError(f"unsupported message type {msg_type}"), type_num)
+        return _serve(handler, first, type_num, data, token, outcome)
 
     def _forget(token: str) -> None:
         try:
@@ -279,23 +403,27 @@ def fdo_router(
             log.exception("could not delete FDO session")
 
     def _serve(
-        handler: ProtocolHandler, first: int, msg_type: int, data: bytes, token: str | None
+        handler: ProtocolHandler, first: int, msg_type: int, data: bytes, token: str | None, outcome: _Outcome
     ) -> Response:
         protocol = PROTOCOL_NAMES[first]
         if msg_type == first:
             token = None  # a first message ignores any Authorization header
         try:
             with scope():
-                reply_type, reply, reply_token = _step(handler, protocol, first, msg_type, data, token)
+                reply_type, reply, reply_token = _step(
+                    handler, protocol, first, msg_type, data, token, outcome
+                )
         except _Failed as failed:
+            outcome.started = outcome.completed = False
             if token is not None:  # go invalidates the token after any error
                 _forget(token)
-            return error_response(failed.error, msg_type)
+            return _fail(outcome, failed.error, msg_type)
         except Exception:
+            outcome.started = outcome.completed = False
             log.exception("FDO %s message %d failed", protocol, msg_type)
             if token is not None:
                 _forget(token)
-            return error_response(InternalError("internal server error"), msg_type)
+            return _fail(outcome, InternalError("internal server error"), msg_type)
         return Response(
             content=reply,
             status_code=200,
@@ -304,20 +432,33 @@ def fdo_router(
         )
 
     def _step(
-        handler: ProtocolHandler, protocol: str, first: int, msg_type: int, data: bytes, token: str | None
+        handler: ProtocolHandler,
+        protocol: str,
+        first: int,
+        msg_type: int,
+        data: bytes,
+        token: str | None,
+        outcome: _Outcome,
     ) -> tuple[int, bytes, str]:
         try:
             if msg_type == first:
                 machine = handler.new()
                 version = -1
+                started_at = time.time()
+                outcome.started = True
             else:
                 session = store.load(token) if token is not None else None
                 if session is None or session.protocol != protocol:
                     raise InvalidTokenError("missing, unknown or expired session token")
-                machine = handler.restore(session.state)
+                state, started_at_or_none = _unwrap_state(session.state)
+                machine = handler.restore(state)
                 version = session.version
+                started_at = started_at_or_none if started_at_or_none is not None else time.time()
+            outcome.machine = machine
+            outcome.session_started_at = started_at
             reply_type, reply = machine.handle(msg_type, data)
             if machine.done:
+                outcome.completed = True
                 if handler.on_done is not None:
                     handler.on_done(machine)
                 if token is None:  # a one-message protocol would still hand out a (dead) token
@@ -329,8 +470,9 @@ def fdo_router(
                     store.delete(token)
                 return reply_type, reply, token
             if token is None:
-                return reply_type, reply, store.create(protocol, machine.to_state(), clock() + session_ttl)
-            store.save(token, machine.to_state(), version=version)
+                state = _wrap_state(machine.to_state(), started_at)
+                return reply_type, reply, store.create(protocol, state, clock() + session_ttl)
+            store.save(token, _wrap_state(machine.to_state(), started_at), version=version)
             return reply_type, reply, token
         except StaleSessionError:
             raise _Failed(InvalidTokenError("session changed concurrently")) from None

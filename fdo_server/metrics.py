@@ -1,0 +1,236 @@
+"""Prometheus metrics, ``/health``, ``/ready`` and ``/metrics`` for the three services.
+
+Each app gets its own :class:`ServiceMetrics` on a fresh ``CollectorRegistry`` (so
+``create_app`` may run many times in one process). With several uvicorn workers set
+``PROMETHEUS_MULTIPROC_DIR`` (before the workers start): the values then live in files
+there and ``/metrics`` aggregates every worker's (``MultiProcessCollector``).
+
+Metrics (label ``service`` is ``manufacturer``, ``rendezvous`` or ``owner``):
+
+* ``fdo_messages_total{service,msg_type,result}`` — FDO messages by request type,
+  ``result`` ``ok`` or ``error``;
+* ``fdo_errors_total{service,code}`` — error answers by FDO error code;
+* ``fdo_sessions_started_total{service,protocol}`` and
+  ``fdo_sessions_completed_total{service,protocol}`` (DI, TO0, TO1, TO2);
+* ``fdo_protocol_duration_seconds{service,protocol}`` — histogram, first message to
+  completion of a session (the start time travels in the session state, so it holds
+  when messages land on different workers);
+* owner only, computed from the database at scrape time: ``fdo_to0_pending`` (TO0
+  registrations not live yet) and ``fdo_to0_expiring`` (live ones expiring within
+  ``expiring_window``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import and_, create_engine, func, or_, select, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
+
+from fdo_server.logs import FIELDS
+from transport.server import MessageEvent
+
+log = logging.getLogger("fdo.message")
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServiceMetrics:
+    """The metrics of one service app and the router observer that feeds them."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.multiprocess = multiprocess_dir() is not None
+        #: Where the metric objects live; in multiprocess mode they write to files
+        #: and are collected by a MultiProcessCollector instead.
+        self.registry = CollectorRegistry()
+        own = None if self.multiprocess else self.registry
+        self.messages = Counter(
+            "fdo_messages", "FDO messages by type and result", ["service", "msg_type", "result"], registry=own
+        )
+        self.errors = Counter(
+            "fdo_errors", "FDO error answers by error code", ["service", "code"], registry=own
+        )
+        self.started = Counter(
+            "fdo_sessions_started", "Protocol sessions started", ["service", "protocol"], registry=own
+        )
+        self.completed = Counter(
+            "fdo_sessions_completed", "Protocol sessions completed", ["service", "protocol"], registry=own
+        )
+        self.duration = Histogram(
+            "fdo_protocol_duration_seconds",
+            "Protocol session duration, first message to completion",
+            ["service", "protocol"],
+            buckets=DURATION_BUCKETS,
+            registry=own,
+        )
+        self._extra: list[Collector] = []
+
+    def add_collector(self, collector: Collector) -> None:
+        """A scrape-time collector (e.g. gauges read from the database)."""
+        self._extra.append(collector)
+        if not self.multiprocess:
+            self.registry.register(collector)
+
+    def observe(self, event: MessageEvent) -> None:
+        """:data:`transport.server.MessageObserver`: count the message and log it."""
+        msg_type = str(event.msg_type) if 0 <= event.msg_type <= 255 else "invalid"
+        ok = event.error_code is None
+        self.messages.labels(self.service, msg_type, "ok" if ok else "error").inc()
+        if not ok:
+            self.errors.labels(self.service, str(event.error_code)).inc()
+        protocol = event.protocol or "none"
+        if event.started:
+            self.started.labels(self.service, protocol).inc()
+        if event.completed:
+            self.completed.labels(self.service, protocol).inc()
+            if event.session_seconds is not None:
+                self.duration.labels(self.service, protocol).observe(event.session_seconds)
+        fields = {
+            "event": "fdo_message",
+            "service": self.service,
+            "protocol": event.protocol,
+            "msg_type": event.msg_type,
+            "guid": event.guid,
+            "session": event.session,
+            "outcome": "ok" if ok else "error",
+            "error_code": event.error_code,
+            "duration_ms": round(event.seconds * 1000, 3),
+        }
+        if event.completed:
+            fields["completed"] = True
+        log.info(
+            "%s message %d %s",
+            event.protocol or "FDO",
+            event.msg_type,
+            "ok" if ok else f"error {event.error_code}",
+            extra={FIELDS: fields},
+        )
+
+    def exposition(self) -> bytes:
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in self._extra:
+            registry.register(collector)
+        return generate_latest(registry)
+
+
+class To0Gauges:
+    """``fdo_to0_pending`` and ``fdo_to0_expiring`` from the owner's database, per scrape."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        window: timedelta = timedelta(days=1),
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.window = window
+
+    def collect(self) -> Iterable[Metric]:
+        from owner.tables import ACTIVE, OwnerVoucher, To0Work
+
+        now = self.clock()
+        work = To0Work.__table__  # type: ignore[attr-defined]
+        vouchers = OwnerVoucher.__table__  # type: ignore[attr-defined]
+        joined = work.join(vouchers, work.c.voucher_id == vouchers.c.id)
+        active = vouchers.c.state == ACTIVE
+        pending_q = (
+            select(func.count())
+            .select_from(joined)
+            .where(active, or_(work.c.registered_until.is_(None), work.c.registered_until <= now))
+        )
+        expiring_q = (
+            select(func.count())
+            .select_from(joined)
+            .where(active, and_(work.c.registered_until > now, work.c.registered_until <= now + self.window))
+        )
+        try:
+            with self.engine.connect() as conn:
+                pending = conn.execute(pending_q).scalar_one()
+                expiring = conn.execute(expiring_q).scalar_one()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the DB is down
+            log.warning("could not read TO0 registrations for metrics")
+            return
+        g = GaugeMetricFamily("fdo_to0_pending", "TO0 registrations not (or no longer) live")
+        g.add_metric([], float(pending))
+        yield g
+        g = GaugeMetricFamily(
+            "fdo_to0_expiring", f"Live TO0 registrations expiring within {int(self.window.total_seconds())}s"
+        )
+        g.add_metric([], float(expiring))
+        yield g
+
+
+def readiness_probe(url: str) -> Callable[[], str | None]:
+    """A check that opens a fresh connection to ``url`` and runs ``SELECT 1``.
+
+    Returns None when reachable, else a reason. A fresh connection each time (no pool),
+    and for SQLite a read-write open that never creates a missing file, so a database
+    that went away is noticed and one that came back is used again, without a restart.
+    """
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        path = parsed.database
+        engine = create_engine(
+            f"sqlite:///file:{path}?mode=rw&uri=true", poolclass=NullPool, connect_args={"timeout": 5}
+        )
+        query = "SELECT 1 FROM sqlite_master LIMIT 1"
+    else:
+        engine = create_engine(url, poolclass=NullPool)
+        query = "SELECT 1"
+
+    def check() -> str | None:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(query))
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return f"database unreachable ({type(exc).__name__})"
+        return None
+
+    return check
+
+
+def install(
+    app: FastAPI,
+    metrics: ServiceMetrics,
+    *,
+    database_url: str,
+    keys_loaded: Callable[[], bool] = lambda: True,
+) -> None:
+    """Add ``/health``, ``/ready`` and ``/metrics`` to ``app``."""
+    probe = readiness_probe(database_url)
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", include_in_schema=False)
+    def ready() -> Response:
+        reason = probe()
+        if reason is None and not keys_loaded():
+            reason = "keys not loaded"
+        if reason is not None:
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
