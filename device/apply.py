@@ -27,14 +27,13 @@ import hashlib
 import json
 import os
 import pwd
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from device.modules import FileRoot, run_command
+from device.modules import FileRoot, atomic_write, run_command
 from fdo.errors import FdoError
 from fdo.serviceinfo.bootc import (
     AUTH_PATH,
@@ -212,34 +211,6 @@ def read_bootc_status(bootc: str = "bootc", *, run: Runner = run_command) -> Boo
 def bootc_device(bootc: str = "bootc", *, run: Runner = run_command) -> BootcDevice:
     """The bootc ServiceInfo module for this host, reporting ``bootc status``."""
     return BootcDevice(lambda: read_bootc_status(bootc, run=run))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(target: Path, data: bytes, mode: int, *, uid: int = -1, gid: int = -1) -> None:
-    """Write ``target`` through a temp file: fsync, chmod/chown, rename, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        if uid != -1 or gid != -1:
-            os.chown(tmp, uid, gid)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
 
 
 class RealExecutor:

@@ -53,6 +53,34 @@ def _as_bytes(data: bytes | str | None) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
 
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(target: Path, data: bytes, mode: int, *, uid: int = -1, gid: int = -1) -> None:
+    """Write ``target`` through a temp file: fsync, chmod/chown, rename, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        if uid != -1 or gid != -1:
+            os.chown(tmp, uid, gid)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
 class PathEscapeError(PermissionError):
     """A file name from the owner points outside the root folder."""
 
@@ -85,18 +113,7 @@ class FileRoot:
         target = self.resolve(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.resolve(name)  # re-check: mkdir could have followed a new symlink
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(target, data, 0o644)
 
     def read(self, name: str, *, max_size: int = MAX_UPLOAD_SIZE) -> bytes | None:
         """The contents of ``name``, or None if it is missing, unreadable, too large or outside."""
