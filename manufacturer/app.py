@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import metrics as observability
+from fdo_server.config import load_settings
 from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
 from fdo_server.logs import configure_json_logging
 from fdo_server.sessions import SQLSessionStore
@@ -94,4 +95,4 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
 def app_from_env() -> FastAPI:
     """uvicorn factory: settings from the environment."""
     configure_json_logging("manufacturer")
-    return create_app(ManufacturerSettings())
+    return create_app(load_settings(ManufacturerSettings))

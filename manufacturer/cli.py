@@ -19,6 +19,7 @@ from fdo_cli.common import die, read_public_key
 
 if TYPE_CHECKING:
     from manufacturer.client import AdminClient
+    from manufacturer.settings import ManufacturerSettings
 
 app = typer.Typer(no_args_is_help=True, help="Manufacturer service: DI server and voucher hand-off.")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens (local database).")
@@ -33,15 +34,24 @@ TokenOpt = Annotated[
 KINDS = ("ec256", "ec384", "rsa2048", "rsa3072")
 
 
-def _settings_or_die() -> None:
-    from manufacturer.settings import ManufacturerSettings, SettingsError, load_material
+def _load_settings() -> ManufacturerSettings:
+    """Settings from FDO_MANUFACTURER_* and FDO_MANUFACTURER_CONFIG (exit 2 if bad)."""
+    from fdo_server.config import ConfigError, load_settings
+    from manufacturer.settings import ManufacturerSettings
 
     try:
-        load_material(ManufacturerSettings())
+        return load_settings(ManufacturerSettings)
+    except ConfigError as exc:
+        raise die(str(exc), 2) from None
+
+
+def _settings_or_die() -> None:
+    from manufacturer.settings import SettingsError, load_material
+
+    try:
+        load_material(_load_settings())
     except SettingsError as exc:
-        raise die(str(exc)) from None
-    except ValueError as exc:  # pydantic ValidationError
-        raise die(f"invalid FDO_MANUFACTURER_ settings: {exc}") from None
+        raise die(str(exc), 2) from None
 
 
 @app.command()
@@ -61,8 +71,19 @@ def serve(
         Path | None,
         typer.Option("--tls-key", envvar="FDO_MANUFACTURER_TLS_KEY", help="Private key (PEM) of --tls-cert."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="FDO_MANUFACTURER_CONFIG",
+            help="TOML settings file (environment variables override it).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the manufacturer service (settings from FDO_MANUFACTURER_* variables)."""
+    """Run the manufacturer service (settings from FDO_MANUFACTURER_* variables and --config)."""
+    from fdo_server.config import use_config_file
+
+    use_config_file("FDO_MANUFACTURER_CONFIG", config)  # the uvicorn workers read it too
     _settings_or_die()  # fail here, once, with a clear message
     from fdo_server.serve import check_tls_files
     from fdo_server.serve import serve as run
@@ -130,14 +151,13 @@ def token_create(
     """Create an admin API token in the local database and print it (shown once)."""
     from fdo_server.auth import Role, create_token
     from fdo_server.db import create_tables, make_engine, unit_of_work
-    from manufacturer.settings import ManufacturerSettings
     from manufacturer.tables import TABLES
 
     try:
         wanted = Role(role)
     except ValueError:
         raise die(f"unknown role {role!r}; expected viewer, operator or admin") from None
-    engine = make_engine(ManufacturerSettings().database_url)
+    engine = make_engine(_load_settings().database_url)
     try:
         create_tables(engine, TABLES)
         with unit_of_work(engine) as db:

@@ -41,6 +41,7 @@ from fdo.crypto import (
 from fdo.di.messages import MfgInfo
 from fdo.errors import FdoError, UnsupportedError
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo
+from fdo_server.config import check_database_url
 
 ENV_PREFIX = "FDO_MANUFACTURER_"
 
@@ -64,6 +65,11 @@ class ManufacturerSettings(BaseSettings):
     rendezvous: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body: int = Field(default=65535, ge=1024, le=16 * 1024 * 1024)
     session_ttl_seconds: int = Field(default=600, ge=10, le=86400)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
 
     @field_validator("rendezvous", mode="before")
     @classmethod

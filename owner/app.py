@@ -24,6 +24,7 @@ from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
+from fdo_server.config import load_settings
 from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
 from fdo_server.logs import configure_json_logging
 from fdo_server.sessions import SQLSessionStore
@@ -180,4 +181,4 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
     configure_json_logging("owner")
-    return create_app()
+    return create_app(load_settings(OwnerSettings))

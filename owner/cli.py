@@ -31,13 +31,24 @@ UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owne
 TokenOpt = Annotated[str, typer.Option("--token", envvar="FDO_OWNER_TOKEN", help="Admin API bearer token.")]
 
 
-def _config() -> Any:
-    from owner.settings import OwnerSettings, SettingsError, load_config
+def _load_settings() -> Any:
+    """Settings from FDO_OWNER_* and FDO_OWNER_CONFIG (exit 2 if bad)."""
+    from fdo_server.config import ConfigError, load_settings
+    from owner.settings import OwnerSettings
 
     try:
-        return load_config(OwnerSettings())
+        return load_settings(OwnerSettings)
+    except ConfigError as exc:
+        raise die(str(exc), 2) from None
+
+
+def _config() -> Any:
+    from owner.settings import SettingsError, load_config
+
+    try:
+        return load_config(_load_settings())
     except SettingsError as exc:
-        raise die(str(exc)) from None
+        raise die(str(exc), 2) from None
 
 
 @app.command()
@@ -55,8 +66,19 @@ def serve(
         Path | None,
         typer.Option("--tls-key", envvar="FDO_OWNER_TLS_KEY", help="Private key (PEM) of --tls-cert."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="FDO_OWNER_CONFIG",
+            help="TOML settings file (environment variables override it).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve TO2 and the admin API, and run the TO0 scheduler (settings from FDO_OWNER_...)."""
+    """Serve TO2 and the admin API, and run the TO0 scheduler (settings from FDO_OWNER_... and --config)."""
+    from fdo_server.config import use_config_file
+
+    use_config_file("FDO_OWNER_CONFIG", config)  # the uvicorn workers read it too
     from fdo_server.serve import check_tls_files
     from fdo_server.serve import serve as run
 
@@ -98,14 +120,13 @@ def token_create(
     """Create an admin API token in the local database and print it (once)."""
     from fdo_server.auth import Role, create_token
     from fdo_server.db import create_tables, make_engine, unit_of_work
-    from owner.settings import OwnerSettings
     from owner.tables import TABLES
 
     try:
         wanted = Role(role)
     except ValueError:
         raise die(f"unknown role {role!r} (admin, operator or viewer)") from None
-    engine = make_engine(OwnerSettings().database_url)
+    engine = make_engine(_load_settings().database_url)
     create_tables(engine, TABLES)
     with unit_of_work(engine) as db:
         token = create_token(db, name, wanted)

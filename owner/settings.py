@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
 from fdo.errors import FdoError
 from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry
+from fdo_server.config import check_database_url
 
 PREFIX = "FDO_OWNER_"
 
@@ -72,6 +74,11 @@ class OwnerSettings(BaseSettings):
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
     #: system CAs, or the file named by the standard ``SSL_CERT_FILE`` variable.
     tls_ca: Path | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import metrics as observability
+from fdo_server.config import load_settings
 from fdo_server.db import create_tables, make_engine, unit_of_work
 from fdo_server.logs import configure_json_logging
 from fdo_server.sessions import SQLSessionStore
@@ -92,4 +93,4 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
 def app_from_env() -> FastAPI:
     """The uvicorn factory: settings from ``FDO_RENDEZVOUS_*``."""
     configure_json_logging("rendezvous")
-    return create_app(RendezvousSettings())
+    return create_app(load_settings(RendezvousSettings))

@@ -32,14 +32,13 @@ class RoleName(StrEnum):
 
 
 def _settings(database_url: str | None) -> RendezvousSettings:
-    from pydantic import ValidationError
-
+    from fdo_server.config import ConfigError, load_settings
     from rendezvous.settings import RendezvousSettings
 
     try:
-        settings = RendezvousSettings()
-    except ValidationError as exc:
-        typer.echo(f"error: invalid settings:\n{exc}", err=True)
+        settings = load_settings(RendezvousSettings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if database_url is not None:
         settings = settings.model_copy(update={"database_url": database_url})
@@ -63,8 +62,19 @@ def serve(
         Path | None,
         typer.Option("--tls-key", envvar="FDO_RENDEZVOUS_TLS_KEY", help="Private key (PEM) of --tls-cert."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="FDO_RENDEZVOUS_CONFIG",
+            help="TOML settings file (environment variables override it).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve TO0/TO1 (settings from FDO_RENDEZVOUS_* environment variables)."""
+    """Serve TO0/TO1 (settings from FDO_RENDEZVOUS_* environment variables and --config)."""
+    from fdo_server.config import use_config_file
+
+    use_config_file("FDO_RENDEZVOUS_CONFIG", config)  # the uvicorn workers read it too
     from fdo_server.serve import check_tls_files
     from fdo_server.serve import serve as run
 

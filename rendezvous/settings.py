@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fdo.crypto import load_public_key, spki_der
 from fdo.errors import FdoError
+from fdo_server.config import check_database_url
 
 THIRTY_DAYS = 30 * 24 * 3600
 
@@ -45,6 +46,11 @@ class RendezvousSettings(BaseSettings):
     session_ttl_seconds: int = Field(default=600, ge=1)
     host: str = "0.0.0.0"  # noqa: S104 - a network service listens on all interfaces by default
     port: int = Field(default=8041, ge=1, le=65535)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
 
     @field_validator("trusted_owner_keys", "trusted_manufacturer_keys")
     @classmethod

@@ -1,0 +1,147 @@
+"""Service settings from the environment and an optional TOML file (``--config``).
+
+Every service keeps its settings in a pydantic-settings class with an environment prefix
+(``FDO_<SERVICE>_``). :func:`load_settings` builds one, reading the TOML file named by
+``--config`` or ``FDO_<SERVICE>_CONFIG`` first; environment variables override the
+file, which overrides the defaults. The TOML keys are the setting names
+(``database_url = "..."``, ``[keys]`` ``ec256 = "/path"``); an unknown key is an error.
+
+Every problem is raised as one :class:`ConfigError` line naming the file or the setting
+(``FDO_OWNER_MAX_BODY: Input should be a valid integer``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class ConfigError(Exception):
+    """The settings file or a setting is unusable; the message is one line naming it."""
+
+
+def env_prefix(cls: type[BaseSettings]) -> str:
+    """The environment prefix of a settings class, e.g. ``FDO_OWNER_``."""
+    return str(cls.model_config.get("env_prefix") or "")
+
+
+def config_env_var(cls: type[BaseSettings]) -> str:
+    """The variable naming a settings file, e.g. ``FDO_OWNER_CONFIG``."""
+    return f"{env_prefix(cls)}CONFIG"
+
+
+def read_config_file(cls: type[BaseSettings], path: Path) -> dict[str, Any]:
+    """The settings in TOML file ``path`` (ConfigError if unreadable, invalid or unknown keys)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"settings file {path}: cannot read it: {reason}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(cls.model_fields))
+    if unknown:
+        raise ConfigError(f"settings file {path}: unknown setting(s) {', '.join(unknown)}")
+    return data
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """Fixed values (a TOML file's) as a pydantic-settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _with_file(cls: type[S], data: dict[str, Any]) -> type[S]:
+    """``cls`` with ``data`` as a source below the environment and above the defaults."""
+
+    def customise(
+        _cls: type[BaseSettings],
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _DictSource(settings_cls, data))
+
+    return type(cls.__name__, (cls,), {"settings_customise_sources": classmethod(customise)})
+
+
+def format_validation_error(cls: type[BaseSettings], exc: ValidationError) -> str:
+    """The first error of ``exc`` as one line naming the environment variable."""
+    prefix = env_prefix(cls)
+    errors = exc.errors()
+    first = errors[0]
+    parts = [str(part) for part in first["loc"] if not isinstance(part, int)]
+    name = prefix + "__".join(parts).upper() if parts else prefix.rstrip("_")
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if message.startswith(name + ":"):
+        line = message
+    else:
+        line = f"{name}: {message}"
+    more = len(errors) - 1
+    return line + (f" (and {more} more)" if more else "")
+
+
+def load_settings(cls: type[S], config: Path | None = None) -> S:
+    """Settings of ``cls`` from the environment over TOML file ``config`` over the defaults.
+
+    Without ``config`` the file named by ``FDO_<SERVICE>_CONFIG`` is read, if set.
+    """
+    if config is None:
+        named = os.environ.get(config_env_var(cls), "").strip()
+        config = Path(named) if named else None
+    target: type[S] = cls if config is None else _with_file(cls, read_config_file(cls, config))
+    try:
+        settings = target()
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(cls, exc)) from None
+    if type(settings) is cls:
+        return settings
+    values = {name: getattr(settings, name) for name in cls.model_fields}
+    return cls.model_construct(_fields_set=settings.model_fields_set, **values)
+
+
+def check_database_url(value: str) -> str:
+    """A pydantic validator body: ``value`` parses as an SQLAlchemy URL, and a SQLite file's
+    folder exists."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"{value!r} is not a database URL (e.g. sqlite:///path/service.db)") from None
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            folder = Path(database).parent
+            if not folder.is_dir():
+                raise ValueError(f"{value}: folder {folder} does not exist")
+    return value
+
+
+def use_config_file(variable: str, path: Path | None) -> None:
+    """Name settings file ``path`` in ``variable`` (``FDO_<SERVICE>_CONFIG``) for this process
+    and the uvicorn workers it starts (they build their settings with :func:`load_settings`)."""
+    if path is not None:
+        os.environ[variable] = str(path.resolve())
