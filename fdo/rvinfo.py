@@ -314,6 +314,10 @@ class RendezvousInfo:
     def to_cbor_obj(self) -> list[CborValue]:
         return [d.to_cbor_obj() for d in self.directives]
 
+    def encode(self) -> bytes:
+        """CBOR of the whole RendezvousInfo (each instruction in its received form)."""
+        return codec.encode(self.to_cbor_obj())
+
     def for_device(self) -> list[RendezvousDirective]:
         """Directives a device follows (RVOwnerOnly ones skipped)."""
         return [d for d in self.directives if not d.owner_only]

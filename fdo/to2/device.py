@@ -18,9 +18,11 @@ import os
 from dataclasses import replace
 from enum import Enum, auto
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from fdo.cose import CUPH_NONCE, CUPH_OWNER_PUBKEY, EUPH_NONCE, CoseSign1, EatPayload, make_eat
 from fdo.credential import DeviceCredential
-from fdo.crypto import PublicKey, default_pk_type, hash_alg_for, sg_type_for
+from fdo.crypto import PublicKey, default_pk_type, hash_alg_for, key_kind, sg_type_for
 from fdo.errors import (
     CredReuseError,
     HashMismatchError,
@@ -60,15 +62,17 @@ DEFAULT_SERVICE_INFO_MTU = 1300
 MAX_SERVICE_INFO_ROUNDS = 100_000
 
 
+_KEX_FOR_KIND = {
+    "ec256": KexSuite.ECDH256,
+    "ec384": KexSuite.ECDH384,
+    "rsa2048": KexSuite.DHKEXid14,
+    "rsa3072": KexSuite.DHKEXid15,
+}
+
+
 def default_kex_suite(credential: DeviceCredential) -> KexSuite:
     """The suite that fits the device key (the owner key has the same kind)."""
-    kind = default_pk_type(credential.private_key.public_key())
-    key_size = getattr(credential.private_key, "key_size", 0)
-    if kind.name == "SECP256R1":
-        return KexSuite.ECDH256
-    if kind.name == "SECP384R1":
-        return KexSuite.ECDH384
-    return KexSuite.DHKEXid14 if key_size <= 2048 else KexSuite.DHKEXid15
+    return _KEX_FOR_KIND[key_kind(credential.private_key)]
 
 
 class TO2DeviceState(Enum):
@@ -249,11 +253,12 @@ class TO2Device(ClientMachine[TO2DeviceState]):
         if self.to1d is not None:
             self.to1d.verify(self._owner_key.key, "to1d")
             To1dPayload.from_bytes(self.to1d.payload)
+        owner_key = self._owner_key.key  # ASYMKEX encrypts to it; the other suites ignore it
         xb, self._session = device_kex(
             KexSuite(self.kex_suite),
             self._ov_payload.xa_key_exchange,
             self.cipher,
-            owner_public_key=self._owner_key.key,  # type: ignore[arg-type]
+            owner_public_key=owner_key if isinstance(owner_key, rsa.RSAPublicKey) else None,
             rand=self.rand,
         )
         eat = make_eat(
@@ -274,7 +279,7 @@ class TO2Device(ClientMachine[TO2DeviceState]):
         self._setup = setup
         reuse = (
             setup.guid == self.credential.guid
-            and setup.rv_info_raw == _raw_rv(self.credential)
+            and setup.rv_info_raw == self.credential.rv_info.encode()
             and setup.owner2_key.same_key(self._owner_key)
         )
         hmac: Hash | None
@@ -338,9 +343,3 @@ class TO2Device(ClientMachine[TO2DeviceState]):
     @property
     def done(self) -> bool:
         return self.state == TO2DeviceState.DONE
-
-
-def _raw_rv(credential: DeviceCredential) -> bytes:
-    from fdo import codec
-
-    return codec.encode(credential.rv_info.to_cbor_obj())

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol, Self
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from fdo import codec
 from fdo.codec import CborValue, Raw
 from fdo.cose import CUPH_NONCE, CUPH_OWNER_PUBKEY, EUPH_NONCE, CoseSign1, read_eat
@@ -255,17 +257,18 @@ class TO2Owner(ServerMachine[TO2State]):
             raise MessageBodyError("TO2.ProveDevice: EUPHNonce missing")
         self.nonce_setup_dv = Nonce.from_cbor_obj(setup_nonce)
         owner_pub = voucher.owner_public_key
-        rsa_key = self._private_key(owner_pub) if self.kex.suite.startswith("ASYMKEX") else None
-        self.session = self.kex.derive(xb, self.cipher, owner_private_key=rsa_key)  # type: ignore[arg-type]
+        owner_priv = self._private_key(owner_pub) if self.kex.suite.startswith("ASYMKEX") else None
+        rsa_key = owner_priv if isinstance(owner_priv, rsa.RSAPrivateKey) else None
+        self.session = self.kex.derive(xb, self.cipher, owner_private_key=rsa_key)
         self.kex = None  # the ephemeral secret is no longer needed: do not keep it
 
         repl = self.store.replacement(voucher)
-        rv_raw = codec.encode(repl.rv_info.to_cbor_obj())
+        rv_raw = repl.rv_info.encode()
         key_raw = repl.owner2_key.encode()
         self.reuse = (
             repl.guid == self.guid
             and repl.owner2_key.same_key(owner_pub)
-            and rv_raw == codec.encode(voucher.header.rv_info.to_cbor_obj())
+            and rv_raw == voucher.header.rv_info.encode()
         )
         self.replacement_guid, self.replacement_rv_raw, self.replacement_key_raw = repl.guid, rv_raw, key_raw
         setup = SetupDevicePayload.from_bytes(
