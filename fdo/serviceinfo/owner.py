@@ -21,10 +21,14 @@ The flow, one call per 68:
    if the driver was built without modules): modules whose name the device did not
    list are skipped, unless ``unlisted=UnlistedModules.ACTIVATE``.
 4. Modules run one at a time, in order. Before its first use a module name gets
-   ``name:active = true`` and the driver waits for the device's ``name:active``
-   answer: true starts the module (:meth:`OwnerModule.start`), false skips every
-   module of that name. A name already activated is not activated again (go's device
-   answers ``active`` only once per name).
+   ``name:active = true``. For a module the device listed in devmod, the module is
+   started (:meth:`OwnerModule.start`) at once and its first messages follow
+   ``active`` in the same OwnerServiceInfo, as go's owner modules do, which saves a
+   round trip per module; a module the device did not list (``UnlistedModules.ACTIVATE``)
+   waits for the device's answer instead, because go's device fails TO2 on messages
+   for a module it lacks. The device's ``name:active = false`` skips every module of
+   that name (dropping what is still queued for it). A name already activated is not
+   activated again (go's device answers ``active`` only once per name).
 5. A running module's :meth:`~OwnerModule.produce` is called whenever nothing is
    queued; its messages are queued and sent in chunks of at most the device's
    maxOwnerServiceInfoSz (less 3 bytes of envelope), with IsMoreServiceInfo set while
@@ -135,8 +139,8 @@ def module_restorer(*classes: type[OwnerModule]) -> Restore:
 
 class ModuleStatus(IntEnum):
     PENDING = 0  # not reached yet
-    ACTIVATING = 1  # active=true sent, waiting for the device's answer
-    ACTIVE = 2  # device confirmed; started
+    ACTIVATING = 1  # active=true sent, waiting for the device's answer (unlisted module)
+    ACTIVE = 2  # started: listed in devmod (active sent with its first messages) or confirmed
     DONE = 3
     SKIPPED = 4  # not listed in devmod, or the device answered active=false
 
@@ -302,6 +306,7 @@ class OwnerServiceInfoDriver:
                 self._active.discard(msg.module)
                 self._inactive.add(msg.module)
                 entry.status = ModuleStatus.SKIPPED
+                self._queue.clear()  # only the running module's messages are ever queued
             return
         if entry.status == ModuleStatus.ACTIVE:
             entry.module.handle(msg.message, msg.value)
@@ -311,6 +316,9 @@ class OwnerServiceInfoDriver:
             raise FdoUsageError("module started before devmod")
         entry.status = ModuleStatus.ACTIVE
         entry.module.start(self._devmod, self._budget)
+
+    def _listed(self, name: str) -> bool:
+        return self._devmod is not None and name in self._devmod.modules
 
     def _advance(self) -> None:
         """Walk the modules until one queues output or has to wait for the device."""
@@ -323,8 +331,11 @@ class OwnerServiceInfoDriver:
                     self._start(entry)
                 else:
                     self._queue.push([ServiceInfoKV.of(name, "active", True)])
-                    entry.status = ModuleStatus.ACTIVATING
-                    return
+                    if not self._listed(name):
+                        entry.status = ModuleStatus.ACTIVATING
+                        return
+                    self._active.add(name)
+                    self._start(entry)
             if entry.status == ModuleStatus.ACTIVATING:
                 return
             if entry.status == ModuleStatus.ACTIVE:

@@ -383,8 +383,9 @@ def test_custom_module_round_trip() -> None:
 
 
 def test_device_answering_inactive_makes_owner_skip() -> None:
-    # The device lists the module in devmod but has no implementation: it answers
-    # active=false and the owner skips the module without sending it anything.
+    # The device lists the module in devmod but has no implementation. The owner sends
+    # the module's first message with ``active`` (as go's owner does); the device
+    # answers active=false, ignores the rest, and the owner skips the module.
     devmod = Devmod(
         os="Linux",
         arch="x86",
@@ -398,8 +399,23 @@ def test_device_answering_inactive_makes_owner_skip() -> None:
     assert ServiceInfoKV.of(ProbeOwner.name, "active", False) in wire.device_kvs
     assert [s for _, s in owner.modules] == [ModuleStatus.SKIPPED, ModuleStatus.SKIPPED]
     probe = _owner_module(owner, 0)
-    assert isinstance(probe, ProbeOwner) and not probe.started
-    assert [kv.key for kv in wire.owner_kvs] == [f"{ProbeOwner.name}:active"]
+    assert isinstance(probe, ProbeOwner) and probe.started and probe.result is None
+    assert [kv.key for kv in wire.owner_kvs] == [f"{ProbeOwner.name}:active", f"{ProbeOwner.name}:ping"]
+    assert not any(kv.module == ProbeOwner.name and kv.message == "pong" for kv in wire.device_kvs)
+
+
+def test_listed_module_starts_with_active_in_one_message() -> None:
+    # A module the device listed gets ``active`` and its first messages in one
+    # OwnerServiceInfo, and its answers come back in one DeviceServiceInfo: one round
+    # for devmod, one per module, and the round that gets IsDone.
+    device = ProbeDevice()
+    owner, wire = _run_probe(DEVMOD, [device, *FakeSystem().modules()], UnlistedModules.SKIP)
+    probe = _owner_module(owner, 0)
+    assert isinstance(probe, ProbeOwner) and probe.result == 2
+    assert [s for _, s in owner.modules] == [ModuleStatus.DONE, ModuleStatus.DONE]
+    first = [kv.key for kv in wire.owner_kvs[:2]]
+    assert first == [f"{ProbeOwner.name}:active", f"{ProbeOwner.name}:ping"]
+    assert wire.rounds == 3
 
 
 def test_unlisted_modules_skipped_or_activated() -> None:
