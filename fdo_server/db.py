@@ -4,21 +4,22 @@ SQLite (a file per service, WAL mode) is the embedded default; PostgreSQL is cho
 a ``postgresql+psycopg://`` URL. Every FDO message is handled in one transaction: the
 router opens a :func:`unit_of_work` around it, and code that runs inside it reaches the
 open ``Session`` with :func:`current_session` (a context variable, so lookups deep in a
-store need no plumbing).
+store need no plumbing). Schemas are made and changed by migrations only
+(:mod:`fdo_server.migrate`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, event
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 
@@ -53,18 +54,6 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     # No pool_pre_ping: it costs a round trip on every checkout, i.e. every FDO message;
     # connections are recycled instead, and a dropped one fails that one request.
     return create_engine(url, echo=echo, pool_recycle=1800, pool_size=10, max_overflow=20)
-
-
-def create_tables(engine: Engine, tables: Sequence[type[SQLModel]]) -> None:
-    """Create the given tables if missing (each service names its own)."""
-    SQLModel.metadata.create_all(engine, tables=[_table(t) for t in tables])
-
-
-def _table(model: type[SQLModel]) -> Table:
-    table = getattr(model, "__table__", None)
-    if not isinstance(table, Table):
-        raise TypeError(f"{model.__name__} is not a table model")
-    return table
 
 
 @contextlib.contextmanager

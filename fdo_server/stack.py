@@ -1,11 +1,11 @@
 """The whole system on one machine: manufacturer, rendezvous and owner as real servers.
 
-:class:`Stack` generates throw-away keys and a device CA into a work folder, starts the
-three services under uvicorn on free local ports (SQLite files in the work folder
-unless database URLs are given), creates admin tokens, and offers the operator steps
-the demo, the end-to-end tests and the benchmark share: DI for a device, the hand-off
-(the manufacturer extends the voucher to the owner's key, the owner imports it), waiting
-for the owner's TO0, and onboarding (TO1 then TO2) with the real device client.
+:class:`Stack` generates throw-away keys and a device CA into a work folder, migrates the
+databases (SQLite files in the work folder unless database URLs are given) and creates
+admin tokens, starts the three services under uvicorn on free local ports, and offers
+the operator steps the demo, the end-to-end tests and the benchmark share: DI for a
+device, the hand-off (the manufacturer extends the voucher to the owner's key, the owner
+imports it), waiting for the owner's TO0, and onboarding (TO1 then TO2) with the real device client.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from device.modules import standard_modules
 from device.onboard import OnboardResult, default_client_factory, onboard, run_di
@@ -36,8 +36,9 @@ from fdo.crypto import (
 )
 from fdo.kex import CipherSuite, KexSuite
 from fdo_server.auth import Role, create_token
-from fdo_server.db import create_tables, make_engine, sqlite_url
+from fdo_server.db import make_engine, sqlite_url
 from fdo_server.launcher import ServiceProcess, free_port
+from fdo_server.migrate import upgrade
 from fdo_server.tls import TlsFiles, write_test_tls
 
 SERVICES = ("manufacturer", "rendezvous", "owner")
@@ -249,13 +250,11 @@ class Stack:
 
 
 def _bootstrap_token(service: str, database_url: str) -> str:
-    """The first admin token, made locally on the service's database (as `token create`)."""
-    import importlib
-
-    tables: list[type[SQLModel]] = importlib.import_module(f"{service}.tables").TABLES
+    """Migrate the service's database (as `db upgrade`), then make the first admin token
+    locally on it (as `token create`)."""
     engine = make_engine(database_url)
     try:
-        create_tables(engine, tables)
+        upgrade(engine, service)
         with Session(engine) as db:
             token = create_token(db, f"{service}-bootstrap", Role.ADMIN)
             db.commit()

@@ -19,12 +19,13 @@ from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
+from fdo_server.db import current_session, make_engine, unit_of_work
 from fdo_server.logs import configure_json_logging
+from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
-from manufacturer.tables import TABLES, Voucher
+from manufacturer.tables import Voucher
 from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
 
 
@@ -58,11 +59,18 @@ def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
 
 
 def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
-    """The manufacturer app; reads its keys and opens its database now (SettingsError if unusable)."""
+    """The manufacturer app; reads its keys and opens its database now.
+
+    Raises SettingsError if a setting is unusable, SchemaError if the database is not at head.
+    """
     settings = settings if settings is not None else ManufacturerSettings()
     material = load_material(settings)
     engine = make_engine(settings.database_url)
-    create_tables(engine, TABLES)
+    try:
+        require_current(engine, "manufacturer")  # SchemaError unless at head
+    except BaseException:
+        engine.dispose()
+        raise
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -1,6 +1,7 @@
 """``fdo manufacturer``: run the service, set it up, and manage vouchers over its admin API.
 
-``serve``, ``init`` and ``token create`` work locally (settings from the environment);
+``serve``, ``init``, ``token create`` and ``db upgrade|current`` work locally (settings
+from the environment);
 ``vouchers ...`` call the admin API over HTTP (``--url``/``FDO_MANUFACTURER_URL``,
 ``--token``/``FDO_MANUFACTURER_TOKEN``). Service modules (FastAPI, SQLModel, httpx) are
 imported inside the commands so that loading the ``fdo`` command stays light.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fdo_cli.common import die, read_public_key
+from fdo_cli.db import db_app, require_current
 
 if TYPE_CHECKING:
     from manufacturer.client import AdminClient
@@ -26,6 +28,7 @@ token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens (local data
 vouchers_app = typer.Typer(no_args_is_help=True, help="Vouchers, through the admin API.")
 app.add_typer(token_app, name="token")
 app.add_typer(vouchers_app, name="vouchers")
+app.add_typer(db_app("manufacturer"), name="db")
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_MANUFACTURER_URL", help="Manufacturer base URL.")]
 TokenOpt = Annotated[
@@ -45,13 +48,15 @@ def _load_settings() -> ManufacturerSettings:
         raise die(str(exc), 2) from None
 
 
-def _settings_or_die() -> None:
+def _settings_or_die() -> ManufacturerSettings:
     from manufacturer.settings import SettingsError, load_material
 
+    settings = _load_settings()
     try:
-        load_material(_load_settings())
+        load_material(settings)
     except SettingsError as exc:
         raise die(str(exc), 2) from None
+    return settings
 
 
 @app.command()
@@ -84,7 +89,8 @@ def serve(
     from fdo_server.config import use_config_file
 
     use_config_file("FDO_MANUFACTURER_CONFIG", config)  # the uvicorn workers read it too
-    _settings_or_die()  # fail here, once, with a clear message
+    settings = _settings_or_die()  # fail here, once, with a clear message
+    require_current("manufacturer", settings.database_url)  # the schema too
     from fdo_server.serve import check_tls_files
     from fdo_server.serve import serve as run
 
@@ -150,8 +156,7 @@ def token_create(
 ) -> None:
     """Create an admin API token in the local database and print it (shown once)."""
     from fdo_server.auth import Role, create_token
-    from fdo_server.db import create_tables, make_engine, unit_of_work
-    from manufacturer.tables import TABLES
+    from fdo_server.db import make_engine, unit_of_work
 
     try:
         wanted = Role(role)
@@ -159,7 +164,7 @@ def token_create(
         raise die(f"unknown role {role!r}; expected viewer, operator or admin") from None
     engine = make_engine(_load_settings().database_url)
     try:
-        create_tables(engine, TABLES)
+        require_current("manufacturer", engine)
         with unit_of_work(engine) as db:
             token = create_token(db, name, wanted)
     finally:

@@ -1,7 +1,7 @@
 """The owner service as a FastAPI app: TO2 server, TO0 scheduler thread, admin API.
 
 ``create_app(settings)`` checks the settings (:func:`owner.settings.load_config`), opens
-the database and creates the tables; the lifespan starts the TO0 scheduler thread
+the database and checks its schema is current; the lifespan starts the TO0 scheduler thread
 (unless ``to0_enabled`` is off) and stops it at shutdown. ``POST /fdo/101/msg/{60..71}``
 serves TO2 with sessions in the database; when a TO2 completes, :func:`record_done`
 stores the replacement voucher and an onboarding record in the same transaction.
@@ -25,8 +25,9 @@ from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import create_tables, current_session, make_engine, unit_of_work
+from fdo_server.db import current_session, make_engine, unit_of_work
 from fdo_server.logs import configure_json_logging
+from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
 from owner import groups
 from owner.admin_api import admin_router
@@ -36,7 +37,7 @@ from owner.importer import add_voucher
 from owner.report_api import report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore, find_voucher_row
-from owner.tables import REPLACED, TABLES, DeviceOnboarding, To0Work
+from owner.tables import REPLACED, DeviceOnboarding, To0Work
 from owner.to0 import To0Thread
 from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
 
@@ -128,7 +129,11 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     config: OwnerConfig = load_config(settings)
     now: Clock = clock or (lambda: datetime.now(UTC))
     engine = make_engine(settings.database_url)
-    create_tables(engine, TABLES)
+    try:
+        require_current(engine, "owner")  # SchemaError unless at head
+    except BaseException:
+        engine.dispose()
+        raise
     store = OwnerStore(config)
 
     @asynccontextmanager

@@ -15,6 +15,7 @@ import typer
 
 from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem
 from fdo_cli.common import die, read_bytes
+from fdo_cli.db import db_app, require_current
 from owner.cli_admin import APPS as ADMIN_APPS
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
@@ -24,6 +25,7 @@ to0_app = typer.Typer(no_args_is_help=True, help="TO0 registrations.")
 app.add_typer(token_app, name="token")
 app.add_typer(vouchers_app, name="vouchers")
 app.add_typer(to0_app, name="to0")
+app.add_typer(db_app("owner"), name="db")
 for _name, _sub in ADMIN_APPS:
     app.add_typer(_sub, name=_name)
 
@@ -86,7 +88,8 @@ def serve(
     if problem:
         raise die(problem, 2)
 
-    _config()  # fail here, with a clear message, rather than in each worker
+    checked = _config()  # fail here, with a clear message, rather than in each worker
+    require_current("owner", checked.settings.database_url)  # the schema too
     run("owner.app:app_from_env", host=host, port=port, workers=workers, tls_cert=tls_cert, tls_key=tls_key)
 
 
@@ -119,18 +122,19 @@ def token_create(
 ) -> None:
     """Create an admin API token in the local database and print it (once)."""
     from fdo_server.auth import Role, create_token
-    from fdo_server.db import create_tables, make_engine, unit_of_work
-    from owner.tables import TABLES
+    from fdo_server.db import make_engine, unit_of_work
 
     try:
         wanted = Role(role)
     except ValueError:
         raise die(f"unknown role {role!r} (admin, operator or viewer)") from None
     engine = make_engine(_load_settings().database_url)
-    create_tables(engine, TABLES)
-    with unit_of_work(engine) as db:
-        token = create_token(db, name, wanted)
-    engine.dispose()
+    try:
+        require_current("owner", engine)
+        with unit_of_work(engine) as db:
+            token = create_token(db, name, wanted)
+    finally:
+        engine.dispose()
     typer.echo(token)
 
 
@@ -195,14 +199,15 @@ def vouchers_list(
 @to0_app.command("run-once")
 def to0_run_once() -> None:
     """Run the TO0 scheduler once against the local database."""
-    from fdo_server.db import create_tables, make_engine
+    from fdo_server.db import make_engine
     from owner.app import worker_name
-    from owner.tables import TABLES
     from owner.to0 import run_due
 
     config = _config()
     engine = make_engine(config.settings.database_url)
-    create_tables(engine, TABLES)
-    count = run_due(engine, config, worker_id=worker_name())
-    engine.dispose()
+    try:
+        require_current("owner", engine)
+        count = run_due(engine, config, worker_id=worker_name())
+    finally:
+        engine.dispose()
     typer.echo(f"{count} voucher(s) processed")

@@ -22,13 +22,13 @@ from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import create_tables, make_engine, unit_of_work
+from fdo_server.db import make_engine, unit_of_work
 from fdo_server.logs import configure_json_logging
+from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
 from rendezvous.admin_api import admin_router
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import Clock, RegistrationLookup, RendezvousPolicy, save_registration, utc_now
-from rendezvous.tables import TABLES
 from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
 
 
@@ -39,7 +39,11 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
     """
     settings = settings if settings is not None else RendezvousSettings()
     engine = make_engine(settings.database_url)
-    create_tables(engine, TABLES)
+    try:
+        require_current(engine, "rendezvous")  # SchemaError unless at head
+    except BaseException:
+        engine.dispose()
+        raise
     policy = RendezvousPolicy(
         max_wait_seconds=settings.max_wait_seconds,
         owner_keys=settings.owner_key_spkis(),

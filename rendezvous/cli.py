@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fdo_cli.db import db_app, require_current
+
 if TYPE_CHECKING:
     from rendezvous.settings import RendezvousSettings
 
 app = typer.Typer(no_args_is_help=True, help="The rendezvous service (TO0 and TO1).")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
 app.add_typer(token_app, name="token")
+app.add_typer(db_app("rendezvous"), name="db")
 
 DatabaseOpt = Annotated[
     str | None,
@@ -84,6 +87,7 @@ def serve(
         raise typer.Exit(2)
 
     settings = _settings(None)  # fail here, with a clear message, rather than in a worker
+    require_current("rendezvous", settings.database_url)  # the schema too
     run(
         "rendezvous.app:app_from_env",
         host=host or settings.host,
@@ -102,12 +106,11 @@ def token_create(
 ) -> None:
     """Create an admin API token in the service's database and print it (only this once)."""
     from fdo_server.auth import Role, create_token
-    from fdo_server.db import create_tables, make_engine, unit_of_work
-    from rendezvous.tables import TABLES
+    from fdo_server.db import make_engine, unit_of_work
 
     engine = make_engine(_settings(database_url).database_url)
     try:
-        create_tables(engine, TABLES)
+        require_current("rendezvous", engine)
         with unit_of_work(engine) as db:
             token = create_token(db, name, Role(role.value))
     finally:
@@ -118,14 +121,13 @@ def token_create(
 @app.command()
 def purge(database_url: DatabaseOpt = None) -> None:
     """Delete expired registrations and protocol sessions."""
-    from fdo_server.db import create_tables, make_engine, unit_of_work
+    from fdo_server.db import make_engine, unit_of_work
     from fdo_server.sessions import SQLSessionStore
     from rendezvous.store import purge_expired_registrations, utc_now
-    from rendezvous.tables import TABLES
 
     engine = make_engine(_settings(database_url).database_url)
     try:
-        create_tables(engine, TABLES)
+        require_current("rendezvous", engine)
         with unit_of_work(engine) as db:
             registrations = purge_expired_registrations(db, utc_now())
             sessions = SQLSessionStore().purge_expired()

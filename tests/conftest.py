@@ -94,6 +94,15 @@ def database_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         db.__exit__()
 
 
+def migrated(url: str, *services: str) -> str:
+    """``url`` after ``fdo <service> db upgrade`` for each of ``services`` (as deployments do)."""
+    from fdo_server.migrate import upgrade
+
+    for service in services:
+        upgrade(url, service)
+    return url
+
+
 def open_database(backend: str, folder: Path, name: str) -> _database:
     """A fresh database (``with open_database(...) as url``) for wider-scoped fixtures."""
     return _database(backend, folder, name)

@@ -90,6 +90,10 @@ def test_serve_reads_the_config_file(service: str, tmp_path: Path) -> None:
     config.write_text(_toml(service, tmp_path))
     seen: dict[str, Any] = {}
     result = _invoke_serve(service, ["--config", str(config)], _clean_env(service), seen)
+    assert result.exit_code == 1 and f"run `fdo {service} db upgrade`" in result.output
+    upgrade = runner.invoke(app, [service, "db", "upgrade", "--config", str(config)], env=_clean_env(service))
+    assert upgrade.exit_code == 0, upgrade.output
+    result = _invoke_serve(service, ["--config", str(config)], _clean_env(service), seen)
     assert result.exit_code == 0, result.output
     assert isinstance(seen["settings"], CLASSES[service])
     settings: Any = seen["settings"]
@@ -108,6 +112,8 @@ def test_config_file_from_the_environment(service: str, tmp_path: Path) -> None:
     config.write_text(_toml(service, tmp_path))
     seen: dict[str, Any] = {}
     env: dict[str, str | None] = {f"FDO_{service.upper()}_CONFIG": str(config)}
+    upgrade = runner.invoke(app, [service, "db", "upgrade"], env=env)
+    assert upgrade.exit_code == 0 and "upgraded from an empty database" in upgrade.output, upgrade.output
     result = _invoke_serve(service, [], env, seen)
     assert result.exit_code == 0, result.output
     assert seen["settings"].database_url.endswith(f"{service}.db")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -22,11 +25,12 @@ from fdo.voucher import vouchers_to_pem
 from fdo_server.auth import Role
 from fdo_server.db import sqlite_url, unit_of_work
 from fdo_server.logs import JsonFormatter
+from fdo_server.metrics import readiness_probe
 from owner.app import create_app as owner_app
 from owner.audit import audit
 from rendezvous.app import create_app as rendezvous_app
 from rendezvous.settings import RendezvousSettings
-from tests.conftest import KeyPool
+from tests.conftest import KeyPool, migrated
 from tests.fdo.flow import sample_devmod
 from tests.manufacturer.test_manufacturer import Mfr, mfr  # noqa: F401 - fixture
 from tests.owner.helpers import BASE, make_world, token
@@ -70,7 +74,7 @@ class Recorder(httpx.BaseTransport):
 
 def test_health_and_ready_follow_the_database(tmp_path: Path) -> None:
     db = tmp_path / "rv.db"
-    app = rendezvous_app(RendezvousSettings(database_url=sqlite_url(db)))
+    app = rendezvous_app(RendezvousSettings(database_url=migrated(sqlite_url(db), "rendezvous")))
     with TestClient(app, base_url=BASE) as http:
         assert http.get("/health").json() == {"status": "ok"}
         assert http.get("/ready").status_code == 200
@@ -87,6 +91,26 @@ def test_health_and_ready_follow_the_database(tmp_path: Path) -> None:
         assert http.get("/ready").status_code == 200
 
 
+def test_ready_answers_when_the_database_hangs() -> None:
+    """A server that takes the connection and never answers: 503 within the deadline, not a hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or replies
+        port = silent.getsockname()[1]
+        probe = readiness_probe(f"postgresql+psycopg://fdo@127.0.0.1:{port}/fdo", timeout=0.5)
+        t0 = time.monotonic()
+        answers = [probe() for _ in range(3)]
+        assert time.monotonic() - t0 < 2.5
+        assert answers == ["database did not answer within 0.5 s"] * 3
+        # One check at a time (callers share the stuck one), and libpq's connect_timeout
+        # (2 s) ends it.
+        assert sum(t.name == "fdo-ready-check" for t in threading.enumerate()) == 1
+        deadline = time.monotonic() + 10
+        while any(t.name == "fdo-ready-check" for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "the readiness check never gave up"
+            time.sleep(0.1)
+
+
 def test_owner_not_ready_without_keys(key_pool: KeyPool, tmp_path: Path) -> None:
     world = make_world(key_pool, tmp_path)
     app = owner_app(world.settings(sqlite_url(tmp_path / "o.db")))
@@ -99,7 +123,8 @@ def test_owner_not_ready_without_keys(key_pool: KeyPool, tmp_path: Path) -> None
 
 def test_create_app_twice_in_one_process(tmp_path: Path) -> None:
     for i in range(2):
-        app = rendezvous_app(RendezvousSettings(database_url=sqlite_url(tmp_path / f"{i}.db")))
+        url = migrated(sqlite_url(tmp_path / f"{i}.db"), "rendezvous")
+        app = rendezvous_app(RendezvousSettings(database_url=url))
         with TestClient(app, base_url=BASE) as http:
             assert http.get("/metrics").status_code == 200
             assert http.get("/ready").status_code == 200
@@ -134,9 +159,8 @@ def test_metrics_and_logs_after_onboarding(
     assert value(m, "fdo_protocol_duration_seconds_count", service="manufacturer", protocol="DI") == 1
 
     # TO0 (by the owner's key) and TO1 at the rendezvous service.
-    rv = TestClient(
-        rendezvous_app(RendezvousSettings(database_url=sqlite_url(tmp_path / "rv.db"))), base_url=BASE
-    )
+    rv_url = migrated(sqlite_url(tmp_path / "rv.db"), "rendezvous")
+    rv = TestClient(rendezvous_app(RendezvousSettings(database_url=rv_url)), base_url=BASE)
     rv_rec = Recorder(rv._transport)
     with rv, httpx.Client(base_url=BASE, transport=rv_rec) as client:
         addr = RVTO2Addr((RVTO2AddrEntry(None, "owner.example", 8043, TransportProtocol.HTTP),))

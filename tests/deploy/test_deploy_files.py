@@ -146,7 +146,7 @@ def fdo_commands() -> list[tuple[str, list[str]]]:
         for value in unit_values(path, "Container", "Exec"):
             found.append((f"{path.name} Exec", shlex.split(value)))  # after ENTRYPOINT ["fdo"]
     for path, spec in pod_specs():
-        for container in spec["containers"]:
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
             argv = [*container.get("command", []), *container.get("args", [])]
             if argv and argv[0] == "fdo":
                 found.append((f"{path.name} {container['name']}", argv[1:]))
@@ -216,7 +216,9 @@ def test_expected_files_exist() -> None:
     for service in SERVICES:
         assert (DEPLOY / "containers" / f"Containerfile.{service}").is_file()
         assert (DEPLOY / "quadlet" / f"fdo-{service}.container").is_file()
+        assert (DEPLOY / "quadlet" / f"fdo-{service}-migrate.container").is_file()
         assert (DEPLOY / "kubernetes" / f"{service}.yaml").is_file()
+    assert (DEPLOY / "kubernetes" / "migrate.yaml").is_file()
     for name in ("fdo.network", "fdo-postgres.volume", "fdo-postgres.container"):
         assert (DEPLOY / "quadlet" / name).is_file()
     for name in ("fdo-device-onboard.service", "fdo-device-report.service", "Containerfile"):
@@ -250,6 +252,8 @@ def test_commands_are_found() -> None:
         "manufacturer serve",
         "rendezvous serve",
         "owner serve",
+        *(f"{service} db upgrade" for service in SERVICES),
+        *(f"{service} db current" for service in SERVICES),
         "device onboard",
         "device report",
     ):
@@ -275,6 +279,47 @@ def test_installed_fdo_runs_help() -> None:
     for path in sorted(seen):
         done = subprocess.run([str(fdo), *path, "--help"], capture_output=True, timeout=60)  # noqa: S603
         assert done.returncode == 0, (path, done.stderr)
+
+
+# ------------------------------------------------------------------ migrations first
+
+
+def test_quadlets_migrate_before_serving() -> None:
+    """fdo-<service>.service needs fdo-<service>-migrate.service: `db upgrade`, same settings."""
+    for service in SERVICES:
+        served = DEPLOY / "quadlet" / f"fdo-{service}.container"
+        migrate = DEPLOY / "quadlet" / f"fdo-{service}-migrate.container"
+        unit_name = f"fdo-{service}-migrate.service"
+        for key in ("Requires", "After"):
+            assert unit_name in " ".join(unit_values(served, "Unit", key)).split(), (served.name, key)
+        assert unit_values(migrate, "Unit", "PartOf") == [f"fdo-{service}.service"]
+        assert [shlex.split(v) for v in unit_values(migrate, "Container", "Exec")] == [
+            [service, "db", "upgrade"]
+        ]
+        assert unit_values(migrate, "Service", "Type") == ["oneshot"]
+        assert unit_values(migrate, "Service", "RemainAfterExit") == ["yes"]
+        for key in ("Image", "Network", "EnvironmentFile", "Secret"):
+            assert unit_values(migrate, "Container", key) == unit_values(served, "Container", key), key
+
+
+def _database_env(container: dict[str, Any]) -> list[Any]:
+    return [e for e in container.get("env", []) if e["name"].endswith("_DATABASE_URL")]
+
+
+def test_kubernetes_migration_jobs_run_before_the_deployments() -> None:
+    """A Job per service runs `db upgrade`; the Deployment's pods wait for head in an init container."""
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in manifest_docs() if "metadata" in doc}
+    for service in SERVICES:
+        deployment = docs["Deployment", f"fdo-{service}"]["spec"]["template"]["spec"]
+        (served,) = deployment["containers"]
+        (wait,) = deployment["initContainers"]
+        job = docs["Job", f"fdo-{service}-migrate"]["spec"]["template"]["spec"]
+        (migrate,) = job["containers"]
+        assert migrate["command"] == ["fdo", service, "db", "upgrade"]
+        assert wait["command"][:5] == ["fdo", service, "db", "current", "--wait"]
+        for container in (migrate, wait):
+            assert container["image"] == served["image"]
+            assert _database_env(container) == _database_env(served) != []
 
 
 # ------------------------------------------------------------------ settings

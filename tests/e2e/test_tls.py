@@ -114,8 +114,8 @@ def test_serve_passes_tls_files_to_uvicorn(
     seen: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.update(kw))
     # Skip each service's settings check: this test is about the option wiring only.
-    monkeypatch.setattr(f"{service}.cli._settings_or_die", lambda: None, raising=False)
-    monkeypatch.setattr(f"{service}.cli._config", lambda: None, raising=False)
+    monkeypatch.setattr(f"{service}.cli._settings_or_die", _FakeSettings, raising=False)
+    monkeypatch.setattr(f"{service}.cli._config", _FakeSettings, raising=False)
     monkeypatch.setattr(f"{service}.cli._settings", lambda _db: _FakeSettings(), raising=False)
     env = {f"FDO_{service.upper()}_TLS_KEY": str(files.key)}
     result = runner.invoke(app, [service, "serve", "--tls-cert", str(files.cert)], env=env)
@@ -129,8 +129,8 @@ def test_serve_needs_both_tls_files(service: str, tmp_path: Path, monkeypatch: p
 
     files = write_test_tls(tmp_path)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("must not start"))
-    monkeypatch.setattr(f"{service}.cli._settings_or_die", lambda: None, raising=False)
-    monkeypatch.setattr(f"{service}.cli._config", lambda: None, raising=False)
+    monkeypatch.setattr(f"{service}.cli._settings_or_die", _FakeSettings, raising=False)
+    monkeypatch.setattr(f"{service}.cli._config", _FakeSettings, raising=False)
     monkeypatch.setattr(f"{service}.cli._settings", lambda _db: _FakeSettings(), raising=False)
     result = runner.invoke(app, [service, "serve", "--tls-cert", str(files.cert)], env={})
     assert result.exit_code == 2
@@ -144,6 +144,11 @@ def test_serve_needs_both_tls_files(service: str, tmp_path: Path, monkeypatch: p
 class _FakeSettings:
     host = "127.0.0.1"
     port = 8041
+    database_url = "sqlite://"  # in memory: serve's schema check migrates it on the spot
+
+    @property
+    def settings(self) -> _FakeSettings:  # stands in for the owner's checked config too
+        return self
 
 
 def test_owner_to0_client_uses_the_configured_ca(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from manufacturer import client as client_mod
 from manufacturer.app import create_app
 from manufacturer.settings import ManufacturerSettings, SettingsError, load_material
 from manufacturer.tables import HandOff, Voucher
-from tests.conftest import KeyPool
+from tests.conftest import KeyPool, migrated
 from transport.client import FdoHttpClient
 
 BASE = "http://testserver"
@@ -71,12 +71,15 @@ def write_key(path: Path, key: PrivateKeyT) -> Path:
     return path
 
 
-def make_settings(tmp_path: Path, database_url: str, keys: dict[str, PrivateKeyT]) -> ManufacturerSettings:
+def make_settings(
+    tmp_path: Path, database_url: str, keys: dict[str, PrivateKeyT], *, migrate: bool = True
+) -> ManufacturerSettings:
+    """Settings on ``database_url``, migrated to head first unless ``migrate`` is off."""
     ca_key = keys.get("ca") or generate_key("ec384")
     ca_cert = make_ca(ca_key, "Test device CA", datetime.now(UTC))
     (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(Encoding.PEM))
     return ManufacturerSettings(
-        database_url=database_url,
+        database_url=migrated(database_url, "manufacturer") if migrate else database_url,
         keys={k: write_key(tmp_path / f"{k}.key", v) for k, v in keys.items() if k != "ca"},
         device_ca_key=write_key(tmp_path / "ca.key", ca_key),
         device_ca_cert=tmp_path / "ca.pem",
@@ -345,6 +348,10 @@ def test_cli_init_and_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dat
     monkeypatch.setenv("FDO_MANUFACTURER_DATABASE_URL", database_url)
     material = load_material(ManufacturerSettings())
     assert sorted(material.keys) == ["ec256", "ec384", "rsa2048", "rsa3072"]
+    token = runner.invoke(app, ["manufacturer", "token", "create", "--name", "ci", "--role", "viewer"])
+    assert token.exit_code == 1 and "run `fdo manufacturer db upgrade`" in token.output
+    upgrade = runner.invoke(app, ["manufacturer", "db", "upgrade"])
+    assert upgrade.exit_code == 0, upgrade.output
     token = runner.invoke(app, ["manufacturer", "token", "create", "--name", "ci", "--role", "viewer"])
     assert token.exit_code == 0, token.output
     assert token.stdout.startswith("fdo_")

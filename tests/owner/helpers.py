@@ -15,7 +15,7 @@ from fdo.voucher import OwnershipVoucher
 from fdo_server.auth import Role, create_token
 from fdo_server.db import unit_of_work
 from owner.settings import OwnerSettings
-from tests.conftest import KeyPool
+from tests.conftest import KeyPool, migrated
 from tests.fdo.flow import Manufacturer, Rendezvous, make_manufacturer, run_di
 from transport.server import AnyServerMachine, MemorySessionStore, ProtocolHandler, fdo_router
 
@@ -41,9 +41,10 @@ class World:
         owner = PublicKey.from_key(self.owner_keys["ec256"].public_key())
         return credential, voucher.extend(self.mfr.keys["ec256"], owner)
 
-    def settings(self, database_url: str, **extra: object) -> OwnerSettings:
+    def settings(self, database_url: str, *, migrate: bool = True, **extra: object) -> OwnerSettings:
+        """Owner settings on ``database_url``, migrated to head first unless ``migrate`` is off."""
         values: dict[str, object] = {
-            "database_url": database_url,
+            "database_url": migrated(database_url, "owner") if migrate else database_url,
             "keys": self.key_files,
             "to2_urls": ["http://owner.example:8043"],
             "to0_enabled": False,

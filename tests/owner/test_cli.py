@@ -33,6 +33,8 @@ def test_init_token_and_import(
     monkeypatch.setenv("FDO_OWNER_KEYS", json.dumps({k: str(v) for k, v in world.key_files.items()}))
     monkeypatch.setenv("FDO_OWNER_TO2_URLS", '["http://owner.example:8043"]')
     monkeypatch.setenv("FDO_OWNER_TO0_ENABLED", "false")
+    result = runner.invoke(fdo_app, ["owner", "db", "upgrade"])
+    assert result.exit_code == 0, result.output
     result = runner.invoke(fdo_app, ["owner", "token", "create", "--name", "ops", "--role", "operator"])
     assert result.exit_code == 0, result.output
     token = result.output.strip()

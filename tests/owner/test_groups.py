@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import create_tables, make_engine, unit_of_work
+from fdo_server.db import make_engine, unit_of_work
 from owner.groups import (
     DeviceFacts,
     assignment_for,
@@ -24,7 +24,7 @@ from owner.groups import (
     resolve_group,
 )
 from owner.groups_tables import Device, DeviceEvent, Group, Revision, RevisionSecret
-from owner.tables import TABLES
+from tests.conftest import migrated
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 DIGEST = "sha256:" + "ab" * 32
@@ -32,8 +32,7 @@ DIGEST = "sha256:" + "ab" * 32
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_tables(engine, TABLES)
+    engine = make_engine(migrated(database_url, "owner"))
     yield engine
     engine.dispose()
 

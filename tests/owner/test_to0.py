@@ -31,16 +31,12 @@ def world(key_pool: KeyPool, tmp_path: Path) -> World:
 
 
 def setup(world: World, database_url: str, count: int = 1) -> tuple[Engine, OwnerConfig, list[str]]:
-    from fdo_server.db import create_tables
-    from owner.tables import TABLES
-
     config = load_config(
         world.settings(
             database_url, to0_retry_seconds=60, to0_max_backoff_seconds=300, to0_renew_fraction=0.25
         )
     )
-    engine = make_engine(database_url)
-    create_tables(engine, TABLES)
+    engine = make_engine(database_url)  # migrated by world.settings
     vouchers = [world.device()[1] for _ in range(count)]
     with unit_of_work(engine):
         results = import_pem(vouchers_to_pem(vouchers), list(config.keys.values()), now=NOW)

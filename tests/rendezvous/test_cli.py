@@ -10,21 +10,22 @@ from typer.testing import CliRunner
 
 from fdo_cli.main import app
 from fdo_server.auth import Role, lookup_token
-from fdo_server.db import create_tables, make_engine
+from fdo_server.db import make_engine
 from fdo_server.sessions import FdoSession
-from rendezvous.tables import TABLES, Registration
+from rendezvous.tables import Registration
 
 
 def test_token_create_and_purge(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FDO_RENDEZVOUS_DATABASE_URL", database_url)
     runner = CliRunner()
+    result = runner.invoke(app, ["rendezvous", "db", "upgrade"])
+    assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["rendezvous", "token", "create", "--name", "ops", "--role", "viewer"])
     assert result.exit_code == 0, result.output
     token = result.output.strip()
     assert token.startswith("fdo_")
 
     engine = make_engine(database_url)
-    create_tables(engine, TABLES)
     now = datetime.now(UTC)
     with Session(engine) as db:
         row = lookup_token(db, token)

@@ -25,7 +25,7 @@ from rendezvous.app import create_app
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import as_utc
 from rendezvous.tables import Registration
-from tests.conftest import KeyPool
+from tests.conftest import KeyPool, migrated
 from tests.fdo.flow import make_manufacturer, run_di
 from transport.client import FdoHttpClient
 
@@ -65,7 +65,7 @@ class Clock:
 
 def make_client(database_url: str, clock: Clock | None = None, **settings: object) -> TestClient:
     app = create_app(
-        RendezvousSettings(database_url=database_url, **settings),  # type: ignore[arg-type]
+        RendezvousSettings(database_url=migrated(database_url, "rendezvous"), **settings),  # type: ignore[arg-type]
         clock=clock or Clock(),
     )
     return TestClient(app, base_url=BASE)

@@ -33,13 +33,13 @@ from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry, TransportProtocol
 from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import create_tables, make_engine, unit_of_work
+from fdo_server.db import make_engine, unit_of_work
 from fdo_server.sessions import FdoSession, SQLSessionStore
 from rendezvous.app import create_app
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import as_utc
 from rendezvous.tables import Registration
-from tests.conftest import KeyPool
+from tests.conftest import KeyPool, migrated
 from tests.fdo.flow import make_manufacturer, run_di
 from transport.client import FdoHttpClient
 from transport.server import StaleSessionError
@@ -125,7 +125,10 @@ class Service:
 def service(database_url: str) -> Iterator[Service]:
     clock = Clock()
     settings = RendezvousSettings(
-        database_url=database_url, session_ttl_seconds=TTL, max_body=MAX_BODY, max_wait_seconds=3600
+        database_url=migrated(database_url, "rendezvous"),
+        session_ttl_seconds=TTL,
+        max_body=MAX_BODY,
+        max_wait_seconds=3600,
     )
     app = create_app(settings, clock=clock)
     yield Service(database_url, app, clock, TestClient(app, base_url=BASE))
@@ -612,8 +615,7 @@ class Store:
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[Store]:
-    engine = make_engine(database_url)
-    create_tables(engine, [FdoSession])
+    engine = make_engine(migrated(database_url, "rendezvous"))
     clock = Clock()
     yield Store(engine, clock, SQLSessionStore(clock))
     engine.dispose()
