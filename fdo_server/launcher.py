@@ -5,17 +5,24 @@ own process with its settings in the environment, exactly as ``fdo <service> ser
 would run it. :meth:`ServiceProcess.cpu_seconds` reads the CPU time of the server
 process and its workers from ``/proc`` so the benchmark can report server CPU per
 operation.
+
+With several workers each service gets its own fresh, empty ``PROMETHEUS_MULTIPROC_DIR``
+(made before the workers start, removed at :meth:`ServiceProcess.stop`), so ``/metrics``
+adds up every worker's counters instead of showing whichever worker answered; a folder
+already set in the environment (``env`` or ``os.environ``) is used as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +56,8 @@ class ServiceProcess:
     tls_key: Path | None = None
     #: CA bundle the health check verifies the server certificate with (default: system CAs).
     tls_ca: Path | None = None
+    #: The Prometheus multiprocess folder this object made (and removes at stop), if any.
+    metrics_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -83,6 +92,10 @@ class ServiceProcess:
                 raise ValueError(f"{self.name}: tls_cert needs tls_key")
             cmd += ["--ssl-certfile", str(self.tls_cert), "--ssl-keyfile", str(self.tls_key)]
         env = {**os.environ, **self.env}
+        if self.workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._remove_metrics_dir()
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix=f"fdo-{self.name}-metrics-"))
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -144,7 +157,13 @@ class ServiceProcess:
         return total
 
     def stop(self, *, timeout: float = 10.0) -> None:
-        """Stop the server (SIGTERM to its process group, then SIGKILL)."""
+        """Stop the server (SIGTERM to its process group, then SIGKILL) and clean up."""
+        try:
+            self._stop_process(timeout)
+        finally:
+            self._remove_metrics_dir()
+
+    def _stop_process(self, timeout: float) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -155,6 +174,11 @@ class ServiceProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout)
+
+    def _remove_metrics_dir(self) -> None:
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
 
     def __enter__(self) -> ServiceProcess:
         self.start()
