@@ -26,6 +26,7 @@ import secrets
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -224,6 +225,49 @@ def _unwrap_state(stored: bytes) -> tuple[bytes, float | None]:
     return stored, None
 
 
+class MachineCache:
+    """Live server machines of this process, keyed by session token (bounded, LRU).
+
+    After a message's transaction has committed, the router keeps the machine object
+    with the version it saved. When the next message of that session reaches the same
+    process (a device keeps its connection, so it usually does), the router still loads
+    the session row, and uses the cached object only if the row's version is the one it
+    saved: otherwise (another process moved the session on, or the row is gone) it
+    restores from the stored state as usual. So the cache only skips decoding state;
+    correctness never depends on it. An entry is taken out while a message uses it, so
+    two concurrent requests never share one machine.
+    """
+
+    def __init__(self, size: int = 1024, *, max_state: int = 64 * 1024) -> None:
+        self.size = size
+        #: Machines whose saved state is larger (e.g. holding a big download) are not kept.
+        self.max_state = max_state
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[int, AnyServerMachine]] = OrderedDict()
+
+    def take(self, token: str, version: int) -> AnyServerMachine | None:
+        """The cached machine of ``token`` at ``version`` (removed from the cache), or None."""
+        with self._lock:
+            entry = self._entries.pop(token, None)
+        if entry is None or entry[0] != version:
+            return None
+        return entry[1]
+
+    def put(self, token: str, version: int, machine: AnyServerMachine) -> None:
+        with self._lock:
+            self._entries[token] = (version, machine)
+            self._entries.move_to_end(token)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def discard(self, token: str) -> None:
+        with self._lock:
+            self._entries.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @dataclass(slots=True)
 class _Outcome:
     machine: AnyServerMachine | None = None
@@ -231,6 +275,8 @@ class _Outcome:
     completed: bool = False
     session_started_at: float | None = None
     error_code: int | None = None
+    #: ``(token, version saved)`` of a live session to cache once the transaction commits.
+    keep: tuple[str, int] | None = None
 
 
 # ---------------------------------------------------------------------------- router
@@ -313,6 +359,7 @@ def fdo_router(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
     observer: MessageObserver | None = None,
+    machine_cache: MachineCache | None = None,
 ) -> APIRouter:
     """A router serving ``POST /fdo/101/msg/{type}`` for the sub-protocols in ``handlers``.
 
@@ -323,11 +370,14 @@ def fdo_router(
     failure or a lost version race leaves nothing half-written. When the machine fails,
     its session is deleted in a second, separate unit of work. ``observer`` (optional)
     gets a :class:`MessageEvent` after every message (it must not raise).
+    ``machine_cache`` (default: a new :class:`MachineCache`) keeps live machines between
+    messages of this process; pass ``MachineCache(0)`` to restore from state every time.
     """
     unknown = set(handlers) - FIRST_TYPES
     if unknown:
         raise ValueError(f"handlers must be keyed by 10, 20, 30 or 60, not {sorted(unknown)}")
     router = APIRouter()
+    cache = MachineCache() if machine_cache is None else machine_cache
 
     def fdo_message(msg_type: str, headers: Mapping[str, str], data: bytes | None) -> Response:
         if observer is None:
@@ -413,6 +463,8 @@ def fdo_router(
                 reply_type, reply, reply_token = _step(
                     handler, protocol, first, msg_type, data, token, outcome
                 )
+            if outcome.keep is not None and outcome.machine is not None:
+                cache.put(outcome.keep[0], outcome.keep[1], outcome.machine)
         except _Failed as failed:
             outcome.started = outcome.completed = False
             if token is not None:  # go invalidates the token after any error
@@ -451,7 +503,8 @@ def fdo_router(
                 if session is None or session.protocol != protocol:
                     raise InvalidTokenError("missing, unknown or expired session token")
                 state, started_at_or_none = _unwrap_state(session.state)
-                machine = handler.restore(state)
+                cached = cache.take(token, session.version) if token is not None else None
+                machine = handler.restore(state) if cached is None else cached
                 version = session.version
                 started_at = started_at_or_none if started_at_or_none is not None else time.time()
             outcome.machine = machine
@@ -469,10 +522,14 @@ def fdo_router(
                 else:
                     store.delete(token)
                 return reply_type, reply, token
+            state = _wrap_state(machine.to_state(), started_at)
             if token is None:
-                state = _wrap_state(machine.to_state(), started_at)
-                return reply_type, reply, store.create(protocol, state, clock() + session_ttl)
-            store.save(token, _wrap_state(machine.to_state(), started_at), version=version)
+                token = store.create(protocol, state, clock() + session_ttl)
+                version = -1
+            else:
+                store.save(token, state, version=version)
+            if len(state) <= cache.max_state:
+                outcome.keep = (token, version + 1)
             return reply_type, reply, token
         except StaleSessionError:
             raise _Failed(InvalidTokenError("session changed concurrently")) from None
