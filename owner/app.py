@@ -18,8 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
-from sqlmodel import select
+from sqlalchemy import Table, bindparam
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
+from sqlalchemy import update as sa_update
 
+from fdo.crypto import spki_der
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
@@ -33,11 +38,10 @@ from owner import groups
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router
 from owner.groups_tables import Revision
-from owner.importer import add_voucher
 from owner.report_api import report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
-from owner.store import OwnerStore, find_voucher_row
-from owner.tables import REPLACED, DeviceOnboarding, To0Work
+from owner.store import OwnerStore
+from owner.tables import ACTIVE, REPLACED, DeviceOnboarding, OwnerVoucher, To0Work
 from owner.to0 import To0Thread
 from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
 
@@ -89,33 +93,61 @@ def module_results(machine: TO2Owner) -> list[dict[str, Any]]:
     return out
 
 
+_VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
+_TO0_WORK: Table = To0Work.__table__  # type: ignore[attr-defined]
+# Built once (Core, bound parameters): record_done runs at the end of every TO2.
+_ACTIVE_VOUCHER_ID = (
+    sa_select(_VOUCHERS.c.id).where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE).limit(1)
+)
+_INSERT_VOUCHER = sa_insert(_VOUCHERS)
+_REPLACE_VOUCHER = (
+    sa_update(_VOUCHERS)
+    .where(_VOUCHERS.c.id == bindparam("old"))
+    .values(state=REPLACED, replaced_by_id=bindparam("new"))
+)
+_DROP_TO0_WORK = sa_delete(_TO0_WORK).where(_TO0_WORK.c.voucher_id == bindparam("old"))
+
+
 def record_done(machine: AnyServerMachine, clock: Clock) -> None:
     """``on_done`` of TO2: store the replacement voucher and the onboarding record."""
     assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
     db = current_session()
+    conn = db.connection()
     now = clock()
-    old = find_voucher_row(machine.guid)
+    old_id = conn.execute(_ACTIVE_VOUCHER_ID, {"g": machine.guid.value}).scalar()
     new_guid: bytes | None = None
-    if machine.new_voucher is not None and old is not None:
-        new = add_voucher(machine.new_voucher, now=now, replaces_id=old.id)
-        old.state = REPLACED
-        old.replaced_by_id = new.id
-        db.add(old)
+    if machine.new_voucher is not None and old_id is not None:
+        new = machine.new_voucher
+        inserted = conn.execute(
+            _INSERT_VOUCHER,
+            {
+                "guid": new.guid.value,
+                "raw": new.encode(),
+                "device_info": new.header.device_info,
+                "owner_key_spki": spki_der(new.owner_public_key.key),
+                "num_entries": len(new.entries),
+                "state": ACTIVE,
+                "imported_at": now,
+                "replaces_id": old_id,
+            },
+        ).inserted_primary_key
+        assert inserted is not None  # noqa: S101 - an INSERT always has one
+        new_id = inserted[0]
+        conn.execute(_REPLACE_VOUCHER, {"old": old_id, "new": new_id})
         # The old GUID is gone from the device: stop keeping its TO0 registration alive.
-        for work in db.exec(select(To0Work).where(To0Work.voucher_id == old.id)).all():
-            db.delete(work)
-        new_guid = machine.new_voucher.guid.value
+        conn.execute(_DROP_TO0_WORK, {"old": old_id})
+        new_guid = new.guid.value
     devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
     if machine.devmod is not None:
         device = groups.find_device(db, machine.guid)
         assigned = None if device is None else device.assigned_revision_id
         revision = None if assigned is None else db.get(Revision, assigned)
-        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now)
+        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device)
     db.add(
         DeviceOnboarding(
             guid=machine.guid.value,
             new_guid=new_guid,
-            voucher_id=None if old is None else old.id,
+            voucher_id=old_id,
             devmod=devmod,
             modules=module_results(machine),
             completed_at=now,

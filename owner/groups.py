@@ -278,11 +278,13 @@ def record_onboarding(
     revision: Revision | None,
     *,
     now: datetime | None = None,
+    device: Device | None = None,
 ) -> Device:
     """A TO2 completed: the record follows the device to ``new_guid`` (when TO2 replaced
-    the GUID), stores its devmod facts and the revision it received."""
+    the GUID), stores its devmod facts and the revision it received. ``device`` is the
+    record of ``old_guid`` when the caller already looked it up."""
     at = _now(now)
-    device = ensure_device(db, old_guid, now=at)
+    device = device if device is not None else ensure_device(db, old_guid, now=at)
     _update_facts(device, devmod)
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
     if new_guid is not None and _raw(new_guid) != device.guid:
