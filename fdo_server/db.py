@@ -52,8 +52,18 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         return engine
     # No pool_pre_ping: it costs a round trip on every checkout, i.e. every FDO message;
-    # connections are recycled instead, and a dropped one fails that one request.
-    return create_engine(url, echo=echo, pool_recycle=1800, pool_size=10, max_overflow=20)
+    # connections are recycled instead. A connection the server dropped (restart,
+    # pg_terminate_backend) fails that one request: SQLAlchemy's psycopg dialect reports it
+    # as a disconnect, which invalidates the whole pool, and the next request reconnects.
+    # connect_timeout: an unreachable database fails requests in seconds, not minutes.
+    return create_engine(
+        url,
+        echo=echo,
+        pool_recycle=1800,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"connect_timeout": 5},
+    )
 
 
 @contextlib.contextmanager

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import uvicorn
+
+#: Where prometheus_client keeps the metric files that several worker processes share.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def check_tls_files(cert: Path | None, key: Path | None) -> str | None:
@@ -32,14 +38,28 @@ def serve(
     With several workers uvicorn imports the factory in each worker process; settings
     come from the environment (``FDO_<SERVICE>_...``), which the workers inherit. With
     ``tls_cert`` and ``tls_key`` (PEM files) the service serves HTTPS only.
+
+    With ``workers`` > 1 and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
+    private folder is made for it before the workers start (so ``/metrics`` adds up every
+    worker) and removed when uvicorn returns; a folder the operator set is used as it is.
     """
-    uvicorn.run(
-        factory,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        ssl_certfile=str(tls_cert) if tls_cert else None,
-        ssl_keyfile=str(tls_key) if tls_key else None,
-    )
+    made: str | None = None
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        made = tempfile.mkdtemp(prefix="fdo-metrics-")  # mode 0700
+        os.environ[MULTIPROC_ENV] = made
+    try:
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+        )
+    finally:
+        if made is not None:
+            if os.environ.get(MULTIPROC_ENV) == made:
+                del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(made, ignore_errors=True)
