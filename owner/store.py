@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from sqlalchemy import Table, bindparam
 from sqlalchemy import select as core_select
-from sqlmodel import select
 
 from fdo.codec import CborValue
 from fdo.crypto import PrivateKeyT, PublicKey, spki_der
@@ -25,15 +24,6 @@ from fdo_server.db import current_session
 from owner.assign import modules_for, restore_modules
 from owner.settings import OwnerConfig
 from owner.tables import ACTIVE, OwnerVoucher
-
-
-def find_voucher_row(guid: Guid, *, active_only: bool = True) -> OwnerVoucher | None:
-    """The voucher row for ``guid`` in the current unit of work."""
-    query = select(OwnerVoucher).where(OwnerVoucher.guid == guid.value)
-    if active_only:
-        query = query.where(OwnerVoucher.state == ACTIVE)
-    return current_session().exec(query).first()
-
 
 _VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
 _RAW_OF_ACTIVE = (

@@ -260,10 +260,6 @@ class MachineCache:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
-    def discard(self, token: str) -> None:
-        with self._lock:
-            self._entries.pop(token, None)
-
     def __len__(self) -> int:
         return len(self._entries)
 
