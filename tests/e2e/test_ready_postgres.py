@@ -84,6 +84,23 @@ def restore(admin: Engine, name: str) -> None:
         conn.execute(sqlalchemy.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
 
 
+def wait_for_workers(admin: Engine, name: str, workers: int, timeout: float = 60.0) -> None:
+    """Wait until every worker has built its app: each checked the schema at start and
+    keeps that connection in its pool, and nothing else connects to this database.
+
+    ``/health`` answering means one worker is up; a worker still starting when access is
+    cut off would fail its start and be replaced, which is not what this test is about.
+    """
+    deadline = time.monotonic() + timeout
+    query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name")
+    while time.monotonic() < deadline:
+        with admin.connect() as conn:
+            if conn.execute(query, {"name": name}).scalar_one() >= workers:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{workers} workers did not start within {timeout:.0f} s")
+
+
 def ready(url: str) -> tuple[int, str]:
     """``/ready`` on a new connection (so either worker may answer), timed."""
     t0 = time.monotonic()
@@ -129,6 +146,7 @@ def test_ready_follows_postgres_access(
     )
     with proc:
         url = proc.url
+        wait_for_workers(admin, name, WORKERS)
         pids = set(proc.pids())
         assert len(pids) >= 1 + WORKERS  # uvicorn, its workers (and a resource tracker)
         assert ready(url) == (200, "")
