@@ -186,6 +186,10 @@ class OutQueue:
         """Append KVs to the end of the queue."""
         self._queue.extend(kvs)
 
+    def fits(self, budget: int) -> bool:
+        """True when everything queued goes out in one chunk of ``budget`` bytes."""
+        return _head_len(len(self._queue)) + sum(kv.size() for kv in self._queue) <= budget
+
     def clear(self) -> None:
         """Drop everything queued."""
         self._queue.clear()

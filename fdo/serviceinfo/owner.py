@@ -30,9 +30,11 @@ The flow, one call per 68:
    that name (dropping what is still queued for it). A name already activated is not
    activated again (go's device answers ``active`` only once per name).
 5. A running module's :meth:`~OwnerModule.produce` is called whenever nothing is
-   queued; its messages are queued and sent in chunks of at most the device's
-   maxOwnerServiceInfoSz (less 3 bytes of envelope), with IsMoreServiceInfo set while
-   more is queued. An empty list with ``done`` false means "waiting for the device";
+   queued, and again while everything it queued still fits in this reply (so a small
+   file's header and data, or a batch and its end marker, share one message and a
+   round trip is saved); its messages are queued and sent in chunks of at most the
+   device's maxOwnerServiceInfoSz (less 3 bytes of envelope), with IsMoreServiceInfo
+   set while more is queued. An empty list with ``done`` false means "waiting for the device";
    the reply is then ``[false, false, []]`` and the device polls. Device messages for
    the running module go to :meth:`~OwnerModule.handle`; messages for any other
    module are ignored.
@@ -342,6 +344,8 @@ class OwnerServiceInfoDriver:
                 out = entry.module.produce()
                 if out:
                     self._queue.push(ServiceInfoKV.of(name, message, value) for message, value in out)
+                    if not entry.module.done and self._queue.fits(self._budget):
+                        continue  # room left in this reply: the module may add more
                     return
                 if not entry.module.done:
                     return

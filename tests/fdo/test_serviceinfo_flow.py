@@ -618,3 +618,34 @@ def test_all_modules_at_various_mtus(mtu: int) -> None:
     assert isinstance(results[0], CommandResult) and results[0].stdout == system.stdout
     assert results[2] == system.files["log"]
     assert max(map(len, wire.device_bodies + wire.owner_bodies)) <= mtu
+
+
+def test_small_download_goes_out_with_its_header_in_one_message() -> None:
+    # While what a module queued still fits in the reply, the owner asks it for more:
+    # a small file's active, header and data share the first OwnerServiceInfo, the
+    # device answers active and done together, and the next module starts at once.
+    system = FakeSystem()
+    owner, wire = pair([DownloadOwner("/etc/motd", b"hello"), CommandOwner("true", [])], system.modules())
+    assert system.files == {"/etc/motd": b"hello"} and system.commands == [["true"]]
+    first = codec.decode(wire.owner_bodies[0])
+    assert isinstance(first, list)
+    assert [k for k, _ in first[2]] == [
+        "fdo.download:active",
+        "fdo.download:name",
+        "fdo.download:length",
+        "fdo.download:sha-384",
+        "fdo.download:data",
+    ]
+    assert wire.rounds == 3  # devmod; download answered; command answered (IsDone)
+
+
+def test_large_download_still_fills_messages_to_the_limit() -> None:
+    # The data of a file larger than one message follows in replies of its own, each
+    # within the device's limit, and nothing is lost.
+    system = FakeSystem()
+    data = os.urandom(5000)
+    owner, wire = pair([DownloadOwner("/big", data)], system.modules(), mtu=1300)
+    assert system.files == {"/big": data}
+    assert all(len(body) <= 1300 for body in wire.owner_bodies)
+    download = _owner_module(owner, 0)
+    assert isinstance(download, DownloadOwner) and download.ok
