@@ -68,9 +68,12 @@ class SQLSessionStore:
 
     def load(self, token: str) -> StoredSession | None:
         row = current_session().connection().execute(_LOAD, {"t": token}).first()
-        if row is None or _utc(row[3]) <= self.clock():
+        if row is None:
             return None
-        return StoredSession(row[0], row[1], row[2])
+        expires_at = _utc(row[3])
+        if expires_at <= self.clock():
+            return None
+        return StoredSession(row[0], row[1], row[2], expires_at)
 
     def save(self, token: str, state: bytes, *, version: int) -> None:
         result = (

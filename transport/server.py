@@ -72,19 +72,22 @@ class StaleSessionError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StoredSession:
-    """What :meth:`SessionStore.load` returns: the protocol name, state and its version."""
+    """What :meth:`SessionStore.load` returns: the protocol name, state and its version
+    (and the session's expiry, when the store tells it)."""
 
     protocol: str
     state: bytes
     version: int
+    expires_at: datetime | None = None
 
 
 class SessionStore(Protocol):
     """Where server machine state lives between requests.
 
     ``load`` returns None for an unknown or expired token. ``save`` writes only if the
-    stored version still equals ``version`` (the one ``load`` returned) and bumps it;
-    otherwise it raises :class:`StaleSessionError`.
+    stored version still equals ``version`` (the one ``load`` returned) and bumps it, and
+    ``finish`` deletes a finished session on the same condition; otherwise both raise
+    :class:`StaleSessionError`.
     """
 
     def create(self, protocol: str, state: bytes, expires_at: datetime) -> str: ...
@@ -92,6 +95,8 @@ class SessionStore(Protocol):
     def load(self, token: str) -> StoredSession | None: ...
 
     def save(self, token: str, state: bytes, *, version: int) -> None: ...
+
+    def finish(self, token: str, *, version: int) -> None: ...
 
     def delete(self, token: str) -> None: ...
 
@@ -126,7 +131,7 @@ class MemorySessionStore:
             if entry.expires_at <= self.clock():
                 del self._sessions[token]
                 return None
-            return StoredSession(entry.protocol, entry.state, entry.version)
+            return StoredSession(entry.protocol, entry.state, entry.version, entry.expires_at)
 
     def save(self, token: str, state: bytes, *, version: int) -> None:
         with self._lock:
@@ -135,6 +140,13 @@ class MemorySessionStore:
                 raise StaleSessionError(token)
             entry.state = state
             entry.version += 1
+
+    def finish(self, token: str, *, version: int) -> None:
+        with self._lock:
+            entry = self._sessions.get(token)
+            if entry is None or entry.version != version:
+                raise StaleSessionError(token)
+            del self._sessions[token]
 
     def delete(self, token: str) -> None:
         with self._lock:
@@ -225,17 +237,30 @@ def _unwrap_state(stored: bytes) -> tuple[bytes, float | None]:
     return stored, None
 
 
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """A cached machine: the session version it was saved at, and what the row holds."""
+
+    version: int
+    machine: AnyServerMachine
+    protocol: str
+    expires_at: datetime | None
+    started_at: float
+
+
 class MachineCache:
     """Live server machines of this process, keyed by session token (bounded, LRU).
 
     After a message's transaction has committed, the router keeps the machine object
     with the version it saved. When the next message of that session reaches the same
-    process (a device keeps its connection, so it usually does), the router still loads
-    the session row, and uses the cached object only if the row's version is the one it
-    saved: otherwise (another process moved the session on, or the row is gone) it
-    restores from the stored state as usual. So the cache only skips decoding state;
-    correctness never depends on it. An entry is taken out while a message uses it, so
-    two concurrent requests never share one machine.
+    process (a device keeps its connection, so it usually does), the router runs it on
+    the cached object without reading the session row, and saves the new state only if
+    the row still has the version it saved (the save is conditional, as always). If it
+    has not (another process moved the session on, or the row is gone), or anything
+    fails on that path, the transaction is rolled back and the message is handled again
+    from the stored state, as without a cache. So the cache only skips reading and
+    decoding state; correctness never depends on it. An entry is taken out while a
+    message uses it, so two concurrent requests never share one machine.
     """
 
     def __init__(self, size: int = 1024, *, max_state: int = 64 * 1024) -> None:
@@ -243,19 +268,16 @@ class MachineCache:
         #: Machines whose saved state is larger (e.g. holding a big download) are not kept.
         self.max_state = max_state
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[int, AnyServerMachine]] = OrderedDict()
+        self._entries: OrderedDict[str, _Live] = OrderedDict()
 
-    def take(self, token: str, version: int) -> AnyServerMachine | None:
-        """The cached machine of ``token`` at ``version`` (removed from the cache), or None."""
+    def pop(self, token: str) -> _Live | None:
+        """Take the entry of ``token`` out of the cache."""
         with self._lock:
-            entry = self._entries.pop(token, None)
-        if entry is None or entry[0] != version:
-            return None
-        return entry[1]
+            return self._entries.pop(token, None)
 
-    def put(self, token: str, version: int, machine: AnyServerMachine) -> None:
+    def put(self, token: str, entry: _Live) -> None:
         with self._lock:
-            self._entries[token] = (version, machine)
+            self._entries[token] = entry
             self._entries.move_to_end(token)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
@@ -271,8 +293,16 @@ class _Outcome:
     completed: bool = False
     session_started_at: float | None = None
     error_code: int | None = None
-    #: ``(token, version saved)`` of a live session to cache once the transaction commits.
-    keep: tuple[str, int] | None = None
+    #: ``(token, entry)`` of a live session to cache once the transaction commits.
+    keep: tuple[str, _Live] | None = None
+
+    def reset(self) -> None:
+        self.machine = self.session_started_at = self.error_code = self.keep = None
+        self.started = self.completed = False
+
+
+class _Retry(Exception):
+    """The cached machine could not be used: handle the message from the stored state."""
 
 
 # ---------------------------------------------------------------------------- router
@@ -442,6 +472,7 @@ def fdo_router(
         return _serve(handler, first, type_num, data, token, outcome)
 
     def _forget(token: str) -> None:
+        cache.pop(token)
         try:
             with scope():
                 store.delete(token)
@@ -454,13 +485,25 @@ def fdo_router(
         protocol = PROTOCOL_NAMES[first]
         if msg_type == first:
             token = None  # a first message ignores any Authorization header
+        live = cache.pop(token) if token is not None else None
         try:
-            with scope():
-                reply_type, reply, reply_token = _step(
-                    handler, protocol, first, msg_type, data, token, outcome
-                )
-            if outcome.keep is not None and outcome.machine is not None:
-                cache.put(outcome.keep[0], outcome.keep[1], outcome.machine)
+            reply_type, reply, reply_token = None, b"", ""
+            if live is not None:
+                try:
+                    with scope():
+                        reply_type, reply, reply_token = _step_cached(
+                            handler, protocol, msg_type, data, token, live, outcome
+                        )
+                except Exception:  # noqa: BLE001 - any failure: handle it again from the stored state
+                    outcome.reset()
+                    reply_type = None
+            if reply_type is None:
+                with scope():
+                    reply_type, reply, reply_token = _step(
+                        handler, protocol, first, msg_type, data, token, outcome
+                    )
+            if outcome.keep is not None:
+                cache.put(*outcome.keep)
         except _Failed as failed:
             outcome.started = outcome.completed = False
             if token is not None:  # go invalidates the token after any error
@@ -479,6 +522,35 @@ def fdo_router(
             headers={"Message-Type": str(int(reply_type)), "Authorization": f"Bearer {reply_token}"},
         )
 
+    def _step_cached(
+        handler: ProtocolHandler,
+        protocol: str,
+        msg_type: int,
+        data: bytes,
+        token: str | None,
+        live: _Live,
+        outcome: _Outcome,
+    ) -> tuple[int, bytes, str]:
+        """The message on the cached machine, without reading the session row. It raises
+        (and the caller rolls back and handles the message from the stored state) on any
+        failure, including the conditional save finding another version."""
+        if token is None or live.protocol != protocol:
+            raise _Retry
+        if live.expires_at is not None and live.expires_at <= clock():
+            raise _Retry
+        return _run(
+            handler,
+            protocol,
+            msg_type,
+            data,
+            token,
+            live.machine,
+            live.version,
+            live.started_at,
+            live.expires_at,
+            outcome,
+        )
+
     def _step(
         handler: ProtocolHandler,
         protocol: str,
@@ -490,19 +562,44 @@ def fdo_router(
     ) -> tuple[int, bytes, str]:
         try:
             if msg_type == first:
-                machine = handler.new()
-                version = -1
-                started_at = time.time()
                 outcome.started = True
-            else:
-                session = store.load(token) if token is not None else None
-                if session is None or session.protocol != protocol:
-                    raise InvalidTokenError("missing, unknown or expired session token")
-                state, started_at_or_none = _unwrap_state(session.state)
-                cached = cache.take(token, session.version) if token is not None else None
-                machine = handler.restore(state) if cached is None else cached
-                version = session.version
-                started_at = started_at_or_none if started_at_or_none is not None else time.time()
+                return _run(
+                    handler, protocol, msg_type, data, None, handler.new(), -1, time.time(), None, outcome
+                )
+            session = store.load(token) if token is not None else None
+            if session is None or session.protocol != protocol:
+                raise InvalidTokenError("missing, unknown or expired session token")
+            state, started_at = _unwrap_state(session.state)
+            machine = handler.restore(state)
+        except FdoError as exc:
+            raise _Failed(exc) from None
+        return _run(
+            handler,
+            protocol,
+            msg_type,
+            data,
+            token,
+            machine,
+            session.version,
+            started_at if started_at is not None else time.time(),
+            session.expires_at,
+            outcome,
+        )
+
+    def _run(
+        handler: ProtocolHandler,
+        protocol: str,
+        msg_type: int,
+        data: bytes,
+        token: str | None,
+        machine: AnyServerMachine,
+        version: int,
+        started_at: float,
+        expires_at: datetime | None,
+        outcome: _Outcome,
+    ) -> tuple[int, bytes, str]:
+        """Handle the message on ``machine`` (loaded at ``version``) and store the result."""
+        try:
             outcome.machine = machine
             outcome.session_started_at = started_at
             reply_type, reply = machine.handle(msg_type, data)
@@ -512,20 +609,17 @@ def fdo_router(
                     handler.on_done(machine)
                 if token is None:  # a one-message protocol would still hand out a (dead) token
                     return reply_type, reply, secrets.token_urlsafe(32)
-                finish = getattr(store, "finish", None)
-                if finish is not None:
-                    finish(token, version=version)
-                else:
-                    store.delete(token)
+                store.finish(token, version=version)
                 return reply_type, reply, token
             state = _wrap_state(machine.to_state(), started_at)
             if token is None:
-                token = store.create(protocol, state, clock() + session_ttl)
+                expires_at = clock() + session_ttl
+                token = store.create(protocol, state, expires_at)
                 version = -1
             else:
                 store.save(token, state, version=version)
             if len(state) <= cache.max_state:
-                outcome.keep = (token, version + 1)
+                outcome.keep = (token, _Live(version + 1, machine, protocol, expires_at, started_at))
             return reply_type, reply, token
         except StaleSessionError:
             raise _Failed(InvalidTokenError("session changed concurrently")) from None

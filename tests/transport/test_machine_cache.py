@@ -1,19 +1,25 @@
-"""The router's per-process machine cache: it only skips decoding state, never decides.
+"""The router's per-process machine cache: it only skips reading and decoding state,
+never decides.
 
 Two routers share one session store, as two processes share one database. A message
-that reaches the process that handled the previous one reuses its machine object; one
-that reaches the other process, or that follows a message handled elsewhere, restores
-from the stored state; a failed message leaves nothing cached.
+that reaches the process that handled the previous one runs on its machine object
+without reading the session; one that reaches the other process, or that follows a
+message handled elsewhere, restores from the stored state (the cached attempt is rolled
+back); a failed message leaves nothing cached.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from fdo.errors import UnexpectedMessageError
 from fdo.to0.owner import TO0Owner
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.device import TO1Device
@@ -21,9 +27,28 @@ from fdo.to1.rendezvous import TO1Rendezvous
 from tests.fdo.flow import Rendezvous
 from tests.transport.test_http import BASE, CBOR, Setup, assert_error, setup, to0_owner
 from transport.client import FdoHttpClient
-from transport.server import MachineCache, MemorySessionStore, ProtocolHandler, fdo_router
+from transport.server import (
+    AnyServerMachine,
+    MachineCache,
+    MemorySessionStore,
+    ProtocolHandler,
+    StoredSession,
+    fdo_router,
+)
 
 __all__ = ["setup"]  # the module-scoped fixture, shared with test_http
+
+
+class CountingStore(MemorySessionStore):
+    """A memory store that counts how often a session is read."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__(clock)
+        self.loads = 0
+
+    def load(self, token: str) -> StoredSession | None:
+        self.loads += 1
+        return super().load(token)
 
 
 @dataclass
@@ -64,13 +89,13 @@ class Pair:
     one: Process
     two: Process
     rv: Rendezvous
-    store: MemorySessionStore
+    store: CountingStore
 
 
 @pytest.fixture
 def pair() -> Pair:
     rv = Rendezvous(max_wait_seconds=3600)
-    store = MemorySessionStore()
+    store = CountingStore()
     return Pair(_process(rv, store, MachineCache()), _process(rv, store, MachineCache()), rv, store)
 
 
@@ -81,6 +106,7 @@ def test_same_process_reuses_the_machine(pair: Pair, setup: Setup) -> None:
     FdoHttpClient(BASE, client=one.http).run(device)
     assert device.done and setup.voucher.guid in rv.registrations
     assert one.restores == []  # TO0's and TO1's second messages used the cached machines
+    assert pair.store.loads == 0  # ... without reading their sessions
     assert len(one.cache) == 0  # finished sessions are not kept
 
 
@@ -140,3 +166,86 @@ def test_large_states_are_not_kept(setup: Setup) -> None:
     owner: TO0Owner = to0_owner(setup)
     FdoHttpClient(BASE, client=proc.http).run(owner)
     assert len(proc.restores) == 1 and len(proc.cache) == 0
+
+
+# --------------------------------------------------------------------------- a longer protocol
+
+
+class Steps:
+    """A toy server machine in TO2's message range: 60, 62, 64, ... in order, done at 66.
+
+    Its state is the next type it accepts, so a stale copy refuses the message a fresh
+    copy takes.
+    """
+
+    def __init__(self, expect: int = 60) -> None:
+        self.expect = expect
+
+    def handle(self, msg_type: int, body: bytes) -> tuple[int, bytes]:
+        if msg_type != self.expect:
+            raise UnexpectedMessageError(f"expected {self.expect}, got {msg_type}")
+        self.expect += 2
+        return msg_type + 1, body
+
+    @property
+    def done(self) -> bool:
+        return self.expect > 66
+
+    def to_state(self) -> bytes:
+        return bytes([self.expect])
+
+
+def _steps_process(store: MemorySessionStore, clock: Callable[[], datetime]) -> Process:
+    restores: list[bytes] = []
+
+    def restore(state: bytes) -> AnyServerMachine:
+        restores.append(state)
+        return cast(AnyServerMachine, Steps(state[0]))
+
+    handler = ProtocolHandler(new=lambda: cast(AnyServerMachine, Steps()), restore=restore)
+    cache = MachineCache()
+    app = FastAPI()
+    app.include_router(fdo_router({60: handler}, store, machine_cache=cache, clock=clock))
+    return Process(TestClient(app, base_url=BASE), cache, restores)
+
+
+def _send(proc: Process, msg_type: int, token: str | None = None) -> Any:
+    headers = dict(CBOR) if token is None else {**CBOR, "Authorization": token}
+    return proc.http.post(f"/fdo/101/msg/{msg_type}", content=b"\x80", headers=headers)
+
+
+def test_stale_cached_machine_never_answers() -> None:
+    # 60 and 62 at process one (its cache holds the machine expecting 64), 64 at process
+    # two, then 66 back at one: its cached copy would refuse 66, so the cached attempt is
+    # rolled back and the message is handled from the stored state instead.
+    store = CountingStore()
+    one, two = _steps_process(store, store.clock), _steps_process(store, store.clock)
+    r = _send(one, 60)
+    token = r.headers["Authorization"]
+    assert _send(one, 62, token).status_code == 200 and store.loads == 0
+    assert _send(two, 64, token).status_code == 200 and len(two.restores) == 1
+    r = _send(one, 66, token)
+    assert r.status_code == 200 and r.headers["Message-Type"] == "67"
+    assert len(one.restores) == 1 and len(store) == 0
+
+
+def test_cached_machine_of_an_expired_session_is_not_used() -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    store = CountingStore(clock=lambda: now[0])
+    one = _steps_process(store, lambda: now[0])
+    token = _send(one, 60).headers["Authorization"]
+    assert len(one.cache) == 1
+    now[0] += timedelta(hours=1)  # past the session's expiry
+    assert_error(_send(one, 62, token), 1, 62)
+    assert len(one.cache) == 0
+
+
+def test_a_wrong_message_on_a_cached_machine_is_still_refused() -> None:
+    # The cached attempt fails; handled again from the stored state, it fails the same
+    # way, and the session is gone.
+    store = CountingStore()
+    one = _steps_process(store, store.clock)
+    token = _send(one, 60).headers["Authorization"]
+    assert_error(_send(one, 64, token), 100, 64)
+    assert len(one.restores) == 1 and len(store) == 0 and len(one.cache) == 0
+    assert_error(_send(one, 62, token), 1, 62)
