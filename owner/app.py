@@ -106,6 +106,7 @@ _REPLACE_VOUCHER = (
     .values(state=REPLACED, replaced_by_id=bindparam("new"))
 )
 _DROP_TO0_WORK = sa_delete(_TO0_WORK).where(_TO0_WORK.c.voucher_id == bindparam("old"))
+_INSERT_ONBOARDING = sa_insert(DeviceOnboarding.__table__)  # type: ignore[attr-defined]
 
 
 def record_done(machine: AnyServerMachine, clock: Clock) -> None:
@@ -139,19 +140,20 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
         new_guid = new.guid.value
     devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
     if machine.devmod is not None:
-        device = groups.find_device(db, machine.guid)
-        assigned = None if device is None else device.assigned_revision_id
+        device = groups.device_row(conn, machine.guid)
+        assigned = None if device is None else device["assigned_revision_id"]
         revision = None if assigned is None else db.get(Revision, assigned)
-        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device)
-    db.add(
-        DeviceOnboarding(
-            guid=machine.guid.value,
-            new_guid=new_guid,
-            voucher_id=old_id,
-            devmod=devmod,
-            modules=module_results(machine),
-            completed_at=now,
-        )
+        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now)
+    conn.execute(
+        _INSERT_ONBOARDING,
+        {
+            "guid": machine.guid.value,
+            "new_guid": new_guid,
+            "voucher_id": old_id,
+            "devmod": devmod,
+            "modules": module_results(machine),
+            "completed_at": now,
+        },
     )
 
 

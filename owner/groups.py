@@ -26,11 +26,15 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection, RowMapping
 from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
 from owner.groups_tables import (
+    NEW,
     ONBOARDED,
     ONBOARDING,
     Device,
@@ -138,26 +142,102 @@ def add_event(
 
 def ensure_device(db: Session, guid: Guid | bytes, *, now: datetime | None = None) -> Device:
     """The device record for ``guid``, created (status ``new``) when missing."""
-    found = find_device(db, guid)
-    if found is not None:
-        return found
-    at = _now(now)
-    device = Device(guid=_raw(guid), created_at=at, updated_at=at)
-    db.add(device)
-    db.flush()
-    assert device.id is not None  # noqa: S101 - flushed
-    db.add(DeviceGuid(device_id=device.id, guid=_raw(guid), added_at=at))
-    add_event(db, device, "created", {"guid": str(Guid(_raw(guid)))}, now=at)
+    db.flush()  # the lookup below reads the database directly
+    row = _ensure_row(db.connection(), _raw(guid), _now(now))
+    device = db.get(Device, row["id"])
+    assert device is not None  # noqa: S101 - found or made just now
     return device
 
 
-def facts_of(db: Session, device: Device) -> DeviceFacts:
-    return DeviceFacts(
-        guids=tuple(device_guids(db, device)),
-        serial=device.serial,
-        model=device.model,
-        labels=dict(device.labels),
+# The TO2 hooks (:func:`assignment_for`, :func:`record_onboarding`) run once per
+# onboarding on the FDO route: they use prebuilt Core statements on the unit of work's
+# connection rather than ORM objects and flushes.
+_DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
+_GUIDS: Table = DeviceGuid.__table__  # type: ignore[attr-defined]
+_EVENTS: Table = DeviceEvent.__table__  # type: ignore[attr-defined]
+_D = _DEVICES.c
+_ROW_OF_GUID = (
+    core_select(
+        _D.id,
+        _D.guid,
+        _D.serial,
+        _D.model,
+        _D.devmod,
+        _D.labels,
+        _D.group_id,
+        _D.assigned_revision_id,
+        _D.revision_id,
     )
+    .select_from(_GUIDS.join(_DEVICES, _GUIDS.c.device_id == _D.id))
+    .where(_GUIDS.c.guid == bindparam("g"))
+)
+_GUIDS_OF_DEVICE = (
+    core_select(_GUIDS.c.guid).where(_GUIDS.c.device_id == bindparam("d")).order_by(_GUIDS.c.id)
+)
+_GUID_KNOWN = core_select(_GUIDS.c.id).where(_GUIDS.c.guid == bindparam("g"))
+_INSERT_DEVICE = insert(_DEVICES)
+_INSERT_GUID = insert(_GUIDS)
+_INSERT_EVENT = insert(_EVENTS)
+_SET_ASSIGNED = (
+    update(_DEVICES)
+    .where(_D.id == bindparam("d"))
+    .values(
+        devmod=bindparam("devmod"),
+        serial=bindparam("serial"),
+        model=bindparam("model"),
+        group_id=bindparam("group"),
+        assigned_revision_id=bindparam("revision"),
+        status=ONBOARDING,
+        updated_at=bindparam("at"),
+    )
+)
+_SET_ONBOARDED = (
+    update(_DEVICES)
+    .where(_D.id == bindparam("d"))
+    .values(
+        guid=bindparam("guid"),
+        devmod=bindparam("devmod"),
+        serial=bindparam("serial"),
+        model=bindparam("model"),
+        group_id=bindparam("group"),
+        revision_id=bindparam("revision"),
+        status=ONBOARDED,
+        updated_at=bindparam("at"),
+    )
+)
+
+
+def _expire_devices(db: Session) -> None:
+    """Device objects loaded earlier in this unit of work reload from their rows."""
+    for obj in list(db.identity_map.values()):
+        if isinstance(obj, Device):
+            db.expire(obj)
+
+
+def device_row(conn: Connection, guid: Guid | bytes) -> RowMapping | None:
+    """The record (id, guid, serial, model, devmod, labels, group_id,
+    assigned_revision_id, revision_id) of the device that has, or had, ``guid``."""
+    return conn.execute(_ROW_OF_GUID, {"g": _raw(guid)}).mappings().first()
+
+
+def _event(conn: Connection, device_id: int, kind: str, detail: Mapping[str, object], at: datetime) -> None:
+    conn.execute(_INSERT_EVENT, {"device_id": device_id, "at": at, "kind": kind, "detail": dict(detail)})
+
+
+def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> RowMapping:
+    row = device_row(conn, guid)
+    if row is not None:
+        return row
+    inserted = conn.execute(
+        _INSERT_DEVICE,
+        {"guid": guid, "devmod": {}, "labels": {}, "status": NEW, "created_at": at, "updated_at": at},
+    ).inserted_primary_key
+    assert inserted is not None  # noqa: S101 - an INSERT always has one
+    conn.execute(_INSERT_GUID, {"device_id": inserted[0], "guid": guid, "added_at": at})
+    _event(conn, inserted[0], "created", {"guid": str(Guid(guid))}, at)
+    row = device_row(conn, guid)
+    assert row is not None  # noqa: S101 - inserted just now
+    return row
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -231,14 +311,6 @@ def current_assignment(db: Session, group: Group) -> Assignment | None:
     )
 
 
-def _update_facts(device: Device, devmod: DevmodLike) -> None:
-    if devmod is None:
-        return
-    device.devmod = devmod_dict(devmod)
-    device.serial = serial_of(devmod) or device.serial
-    device.model = model_of(devmod) or device.model
-
-
 # ---------------------------------------------------------------------------- TO2 hooks
 
 
@@ -252,21 +324,36 @@ def assignment_for(
     when no group matches or the group has no revision yet.
     """
     at = _now(now)
-    device = ensure_device(db, guid, now=at)
-    _update_facts(device, devmod)
-    group = resolve_group(db, facts_of(db, device))
+    db.flush()  # the statements below go to the database directly
+    conn = db.connection()
+    row = _ensure_row(conn, _raw(guid), at)
+    serial = serial_of(devmod) or row["serial"]
+    model = model_of(devmod) or row["model"]
+    guids = tuple(conn.execute(_GUIDS_OF_DEVICE, {"d": row["id"]}).scalars())
+    group = resolve_group(
+        db, DeviceFacts(guids=guids, serial=serial, model=model, labels=dict(row["labels"]))
+    )
     assignment = None if group is None else current_assignment(db, group)
+    group_id = None if group is None else group.id
     revision_id = None if assignment is None else assignment.revision.id
-    if device.group_id != (None if group is None else group.id) or device.assigned_revision_id != revision_id:
+    if row["group_id"] != group_id or row["assigned_revision_id"] != revision_id:
         detail: dict[str, object] = {"group": None if group is None else group.name}
         if assignment is not None:
             detail["revision"] = assignment.revision.number
-        add_event(db, device, "assigned", detail, now=at)
-    device.group_id = None if group is None else group.id
-    device.assigned_revision_id = revision_id
-    device.status = ONBOARDING
-    device.updated_at = at
-    db.add(device)
+        _event(conn, row["id"], "assigned", detail, at)
+    conn.execute(
+        _SET_ASSIGNED,
+        {
+            "d": row["id"],
+            "devmod": devmod_dict(devmod) if devmod is not None else row["devmod"],
+            "serial": serial,
+            "model": model,
+            "group": group_id,
+            "revision": revision_id,
+            "at": at,
+        },
+    )
+    _expire_devices(db)
     return assignment
 
 
@@ -278,31 +365,41 @@ def record_onboarding(
     revision: Revision | None,
     *,
     now: datetime | None = None,
-    device: Device | None = None,
-) -> Device:
+) -> int:
     """A TO2 completed: the record follows the device to ``new_guid`` (when TO2 replaced
-    the GUID), stores its devmod facts and the revision it received. ``device`` is the
-    record of ``old_guid`` when the caller already looked it up."""
+    the GUID), stores its devmod facts and the revision it received. Returns the
+    device's id."""
     at = _now(now)
-    device = device if device is not None else ensure_device(db, old_guid, now=at)
-    _update_facts(device, devmod)
+    db.flush()  # the statements below go to the database directly
+    conn = db.connection()
+    row = _ensure_row(conn, _raw(old_guid), at)
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
-    if new_guid is not None and _raw(new_guid) != device.guid:
-        known = db.exec(select(DeviceGuid).where(DeviceGuid.guid == _raw(new_guid))).first()
-        if known is None:
-            assert device.id is not None  # noqa: S101 - a stored record
-            db.add(DeviceGuid(device_id=device.id, guid=_raw(new_guid), added_at=at))
-        device.guid = _raw(new_guid)
-        detail["new_guid"] = str(Guid(_raw(new_guid)))
+    guid = row["guid"]
+    if new_guid is not None and _raw(new_guid) != row["guid"]:
+        if conn.execute(_GUID_KNOWN, {"g": _raw(new_guid)}).first() is None:
+            conn.execute(_INSERT_GUID, {"device_id": row["id"], "guid": _raw(new_guid), "added_at": at})
+        guid = _raw(new_guid)
+        detail["new_guid"] = str(Guid(guid))
+    group_id, revision_id = row["group_id"], row["revision_id"]
     if revision is not None:
-        device.revision_id = revision.id
-        device.group_id = revision.group_id
+        group_id, revision_id = revision.group_id, revision.id
         detail["revision"] = revision.number
-    device.status = ONBOARDED
-    device.updated_at = at
-    db.add(device)
-    add_event(db, device, "onboarded", detail, now=at)
-    return device
+    conn.execute(
+        _SET_ONBOARDED,
+        {
+            "d": row["id"],
+            "guid": guid,
+            "devmod": devmod_dict(devmod) if devmod is not None else row["devmod"],
+            "serial": serial_of(devmod) or row["serial"],
+            "model": model_of(devmod) or row["model"],
+            "group": group_id,
+            "revision": revision_id,
+            "at": at,
+        },
+    )
+    _event(conn, row["id"], "onboarded", detail, at)
+    _expire_devices(db)
+    return int(row["id"])
 
 
 def record_status(
