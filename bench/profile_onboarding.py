@@ -54,9 +54,8 @@ class InProcessTransport(httpx.BaseTransport):
         self.endpoints: dict[str, MessageHandler] = {}
         for netloc, app in apps.items():
             for route in _routes(app.router.routes):
-                owner = getattr(route.endpoint, "__self__", None)
-                if route.path == "/fdo/101/msg/{msg_type}" and isinstance(owner, FdoEndpoint):
-                    self.endpoints[netloc] = owner.handle
+                if isinstance(route.endpoint, FdoEndpoint):
+                    self.endpoints[netloc] = route.endpoint.handle
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         key = f"{request.url.host}:{request.url.port}"

@@ -29,9 +29,18 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path)}"
 
 
+def is_sqlite(url: str) -> bool:
+    """True for a SQLite database URL (a local file or memory: no network round trips).
+
+    The services run FDO messages on such a database inline on the event loop rather
+    than in the thread pool (see :func:`transport.server.fdo_router`, ``inline``).
+    """
+    return url.startswith("sqlite")
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         memory = url in ("sqlite://", "sqlite:///:memory:")
         engine = create_engine(
             url,

@@ -19,14 +19,15 @@ from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import current_session, make_engine, unit_of_work
+from fdo_server.db import current_session, is_sqlite, make_engine, unit_of_work
+from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from manufacturer.tables import Voucher
-from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
+from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router, mount_fdo
 
 
 def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
@@ -82,7 +83,8 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
     app.state.material = material
     app.state.engine = engine
     app.state.metrics = metrics = observability.ServiceMetrics("manufacturer")
-    app.include_router(
+    mount_fdo(
+        app,
         fdo_router(
             {10: di_handler(material)},
             SQLSessionStore(),
@@ -90,7 +92,8 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             scope=lambda: unit_of_work(engine),
             observer=metrics.observe,
-        )
+            inline=is_sqlite(settings.database_url),
+        ),
     )
     observability.install(
         app, metrics, database_url=settings.database_url, keys_loaded=lambda: bool(material.keys)
@@ -103,4 +106,6 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
 def app_from_env() -> FastAPI:
     """uvicorn factory: settings from the environment."""
     configure_json_logging("manufacturer")
-    return create_app(load_settings(ManufacturerSettings))
+    app = create_app(load_settings(ManufacturerSettings))
+    freeze_startup_heap()
+    return app

@@ -30,7 +30,8 @@ from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import current_session, make_engine, unit_of_work
+from fdo_server.db import current_session, is_sqlite, make_engine, unit_of_work
+from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
@@ -43,7 +44,7 @@ from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
 from owner.tables import ACTIVE, REPLACED, DeviceOnboarding, OwnerVoucher, To0Work
 from owner.to0 import To0Thread
-from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
+from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router, mount_fdo
 
 Clock = Callable[[], datetime]
 
@@ -196,7 +197,8 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
             on_done=lambda machine: record_done(machine, now),
         )
     }
-    app.include_router(
+    mount_fdo(
+        app,
         fdo_router(
             handlers,
             SQLSessionStore(now),
@@ -205,7 +207,8 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
             clock=now,
             scope=lambda: unit_of_work(engine),
             observer=metrics.observe,
-        )
+            inline=is_sqlite(settings.database_url),
+        ),
     )
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
@@ -220,4 +223,6 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
     configure_json_logging("owner")
-    return create_app(load_settings(OwnerSettings))
+    app = create_app(load_settings(OwnerSettings))
+    freeze_startup_heap()
+    return app

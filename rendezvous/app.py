@@ -22,14 +22,15 @@ from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import make_engine, unit_of_work
+from fdo_server.db import is_sqlite, make_engine, unit_of_work
+from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
 from rendezvous.admin_api import admin_router
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import Clock, RegistrationLookup, RendezvousPolicy, save_registration, utc_now
-from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router
+from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router, mount_fdo
 
 
 def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc_now) -> FastAPI:
@@ -77,7 +78,8 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics = observability.ServiceMetrics("rendezvous")
-    app.include_router(
+    mount_fdo(
+        app,
         fdo_router(
             handlers,
             SQLSessionStore(clock),
@@ -86,7 +88,8 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
             clock=clock,
             scope=lambda: unit_of_work(engine),
             observer=metrics.observe,
-        )
+            inline=is_sqlite(settings.database_url),
+        ),
     )
     app.include_router(admin_router(clock))
     observability.install(app, metrics, database_url=settings.database_url)
@@ -97,4 +100,6 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
 def app_from_env() -> FastAPI:
     """The uvicorn factory: settings from ``FDO_RENDEZVOUS_*``."""
     configure_json_logging("rendezvous")
-    return create_app(load_settings(RendezvousSettings))
+    app = create_app(load_settings(RendezvousSettings))
+    freeze_startup_heap()
+    return app

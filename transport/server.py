@@ -27,15 +27,16 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.telemetry import TelemetryConfig
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from fdo.errors import FdoError, InternalError, InvalidTokenError, MessageBodyError
 from fdo.machine import ServerMachine
@@ -308,19 +309,45 @@ class _Retry(Exception):
 # ---------------------------------------------------------------------------- router
 
 
-async def _read_body(request: Request, max_body: int) -> bytes | None:
+#: The path of every FDO message; the type follows it.
+MSG_PATH = "/fdo/101/msg/"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived."""
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request headers by lower-case name (the first of repeated ones)."""
+    out: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return out
+
+
+async def _read_body(headers: Mapping[str, str], receive: Receive, max_body: int) -> bytes | None:
     """The request body, or None when it is over ``max_body`` (by header or while reading)."""
-    length = request.headers.get("content-length")
+    length = headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > max_body):
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_body:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 #: ``(msg_type as in the path, request headers, body or None when over the limit)``.
@@ -328,20 +355,68 @@ MessageHandler = Callable[[str, Mapping[str, str], bytes | None], Response]
 
 
 class FdoEndpoint:
-    """The endpoint of ``POST /fdo/101/msg/{msg_type}``: a plain Starlette route.
+    """``POST /fdo/101/msg/{msg_type}`` as a bare ASGI app.
 
-    :meth:`serve` reads the body in the event loop and hands the message to
-    :attr:`handle` (synchronous: machine and database work) in the thread pool, without
-    FastAPI's dependency injection and validation around it.
+    It reads the body in the event loop (with the size limit) and hands the message to
+    :attr:`handle` (synchronous: machine and database work), in the thread pool or,
+    with ``inline``, on the event loop itself; no routing, request objects, dependency
+    injection or validation around it. :class:`FdoFastPath` sends it every FDO message
+    before the app's middleware and routing; the router's route reaches it otherwise.
     """
 
-    def __init__(self, handle: MessageHandler, max_body: int) -> None:
+    def __init__(self, handle: MessageHandler, max_body: int, *, inline: bool = False) -> None:
         self.handle = handle
         self.max_body = max_body
+        self.inline = inline
 
-    async def serve(self, request: Request) -> Response:
-        data = await _read_body(request, self.max_body)
-        return await run_in_threadpool(self.handle, request.path_params["msg_type"], request.headers, data)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        try:
+            data = await _read_body(headers, receive, self.max_body)
+        except _Disconnected:
+            return
+        msg_type = scope["path"][len(MSG_PATH) :]
+        if self.inline:
+            response = self.handle(msg_type, headers, data)
+        else:
+            response = await run_in_threadpool(self.handle, msg_type, headers, data)
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class FdoFastPath:
+    """ASGI middleware that hands ``POST /fdo/101/msg/<type>`` straight to the
+    :class:`FdoEndpoint` and everything else to the app."""
+
+    def __init__(self, app: ASGIApp, endpoint: FdoEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(MSG_PATH) and "/" not in path[len(MSG_PATH) :]:
+                await self.endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def mount_fdo(app: FastAPI, router: APIRouter) -> None:
+    """Serve ``router`` (made by :func:`fdo_router`) on ``app``, with its endpoint in
+    front of the app's other middleware and routing (:class:`FdoFastPath`)."""
+    app.include_router(router)
+    app.add_middleware(FdoFastPath, endpoint=fdo_endpoint(router))
+
+
+def fdo_endpoint(router: APIRouter) -> FdoEndpoint:
+    """The :class:`FdoEndpoint` behind a router made by :func:`fdo_router`."""
+    for route in router.routes:
+        endpoint = getattr(route, "app", None)
+        if isinstance(endpoint, FdoEndpoint):
+            return endpoint
+    raise ValueError("not a router made by fdo_router")
 
 
 def _token_from(header: str | None) -> str | None:
@@ -386,6 +461,7 @@ def fdo_router(
     scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
     observer: MessageObserver | None = None,
     machine_cache: MachineCache | None = None,
+    inline: bool = False,
 ) -> APIRouter:
     """A router serving ``POST /fdo/101/msg/{type}`` for the sub-protocols in ``handlers``.
 
@@ -398,6 +474,10 @@ def fdo_router(
     gets a :class:`MessageEvent` after every message (it must not raise).
     ``machine_cache`` (default: a new :class:`MachineCache`) keeps live machines between
     messages of this process; pass ``MachineCache(0)`` to restore from state every time.
+    ``inline`` runs each message on the event loop instead of the thread pool: cheaper
+    (no hand-off between threads) for a database without network round trips (SQLite,
+    where writers queue on one lock anyway), but the loop waits for the database, so a
+    networked database (PostgreSQL) keeps the thread pool.
     """
     unknown = set(handlers) - FIRST_TYPES
     if unknown:
@@ -626,6 +706,7 @@ def fdo_router(
         except FdoError as exc:
             raise _Failed(exc) from None
 
-    endpoint = FdoEndpoint(fdo_message, max_body)
-    router.add_route("/fdo/101/msg/{msg_type}", endpoint.serve, methods=["POST"], include_in_schema=False)
+    endpoint = FdoEndpoint(fdo_message, max_body, inline=inline)
+    # A Starlette Route whose endpoint is an ASGI app gets the raw scope, receive and send.
+    router.routes.append(Route(MSG_PATH + "{msg_type}", endpoint, methods=["POST"], include_in_schema=False))
     return router

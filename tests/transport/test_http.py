@@ -22,7 +22,7 @@ from fdo.voucher import OwnershipVoucher
 from tests.conftest import KeyPool
 from tests.fdo.flow import Rendezvous, make_manufacturer, run_di
 from transport.client import FdoHttpClient, TransportError
-from transport.server import AnyServerMachine, MemorySessionStore, ProtocolHandler, fdo_router
+from transport.server import AnyServerMachine, MemorySessionStore, ProtocolHandler, fdo_router, mount_fdo
 
 CBOR = {"Content-Type": "application/cbor"}
 BASE = "http://testserver"
@@ -51,8 +51,8 @@ class Server:
     http: TestClient
 
 
-@pytest.fixture
-def server() -> Server:
+@pytest.fixture(params=["route", "fast path", "fast path inline"])
+def server(request: pytest.FixtureRequest) -> Server:
     rv = Rendezvous(max_wait_seconds=3600)
     store = MemorySessionStore()
 
@@ -67,7 +67,13 @@ def server() -> Server:
         30: ProtocolHandler(new=lambda: TO1Rendezvous(rv), restore=lambda s: TO1Rendezvous.from_state(s, rv)),
     }
     app = FastAPI()
-    app.include_router(fdo_router(handlers, store, max_body=4096))
+    # Through the router's route, or as the services mount it: in front of the app's
+    # middleware and routing, in the thread pool or inline on the event loop.
+    router = fdo_router(handlers, store, max_body=4096, inline=request.param.endswith("inline"))
+    if request.param == "route":
+        app.include_router(router)
+    else:
+        mount_fdo(app, router)
     return Server(rv, store, TestClient(app, base_url=BASE))
 
 
@@ -119,6 +125,20 @@ def test_wrong_content_type(server: Server, setup: Setup) -> None:
 def test_oversized_body(server: Server) -> None:
     r = server.http.post("/fdo/101/msg/20", content=b"\x00" * 5000, headers=CBOR)
     assert_error(r, 100, 20)
+
+
+def test_oversized_body_without_length(server: Server) -> None:
+    # Sent in chunks with no Content-Length: the limit holds while reading.
+    chunks = (b"\x00" * 1000 for _ in range(5))
+    r = server.http.post("/fdo/101/msg/20", content=chunks, headers=CBOR)
+    assert "content-length" not in r.request.headers
+    assert_error(r, 100, 20)
+
+
+def test_other_requests_reach_the_app(server: Server) -> None:
+    assert server.http.get("/fdo/101/msg/20").status_code == 405
+    assert server.http.post("/fdo/101/msg/20/x", content=b"\x80", headers=CBOR).status_code == 404
+    assert server.http.post("/fdo/100/msg/20", content=b"\x80", headers=CBOR).status_code == 404
 
 
 @pytest.mark.parametrize("path", ["40", "0", "abc", "10", "60"])
