@@ -125,16 +125,22 @@ def test_other_process_restores_from_state(pair: Pair, setup: Setup) -> None:
     assert setup.voucher.guid in rv.registrations
 
 
-def test_stale_cache_entry_is_not_used(pair: Pair, setup: Setup) -> None:
-    # TO1: HelloRV at process one (cached at version 0), then the session moves on
-    # elsewhere (the stored version changes): one must restore, not use its stale object.
-    one = pair.one
+def _hello_rv(one: Process, setup: Setup) -> tuple[TO1Device, Any, str]:
+    """TO0 registers the device, then its TO1 HelloRV at ``one`` (whose cache then holds
+    the session at version 0): the device machine, the response and the token header."""
     FdoHttpClient(BASE, client=one.http).run(to0_owner(setup))
     device = TO1Device(setup.credential)
     _, hello = device.start()
     r = one.http.post("/fdo/101/msg/30", content=hello, headers=CBOR)
-    token = r.headers["Authorization"]
     assert len(one.cache) == 1
+    return device, r, r.headers["Authorization"]
+
+
+def test_stale_cache_entry_is_not_used(pair: Pair, setup: Setup) -> None:
+    # TO1: HelloRV at process one (cached at version 0), then the session moves on
+    # elsewhere (the stored version changes): one must restore, not use its stale object.
+    one = pair.one
+    device, r, token = _hello_rv(one, setup)
     # Another process saves the session (same state, next version).
     stored = pair.store.load(token.removeprefix("Bearer "))
     assert stored is not None
@@ -147,12 +153,7 @@ def test_stale_cache_entry_is_not_used(pair: Pair, setup: Setup) -> None:
 
 def test_failed_message_leaves_nothing_cached(pair: Pair, setup: Setup) -> None:
     one = pair.one
-    FdoHttpClient(BASE, client=one.http).run(to0_owner(setup))
-    device = TO1Device(setup.credential)
-    _, hello = device.start()
-    r = one.http.post("/fdo/101/msg/30", content=hello, headers=CBOR)
-    token = r.headers["Authorization"]
-    assert len(one.cache) == 1
+    _, _, token = _hello_rv(one, setup)
     bad = one.http.post("/fdo/101/msg/32", content=b"\x80", headers={**CBOR, "Authorization": token})
     assert_error(bad, 100, 32)
     assert len(one.cache) == 0
