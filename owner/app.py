@@ -144,7 +144,7 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
         device = groups.device_row(conn, machine.guid)
         assigned = None if device is None else device["assigned_revision_id"]
         revision = None if assigned is None else db.get(Revision, assigned)
-        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now)
+        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device)
     conn.execute(
         _INSERT_ONBOARDING,
         {

@@ -365,14 +365,16 @@ def record_onboarding(
     revision: Revision | None,
     *,
     now: datetime | None = None,
+    device: RowMapping | None = None,
 ) -> int:
     """A TO2 completed: the record follows the device to ``new_guid`` (when TO2 replaced
-    the GUID), stores its devmod facts and the revision it received. Returns the
+    the GUID), stores its devmod facts and the revision it received. ``device`` is the
+    :func:`device_row` of ``old_guid`` when the caller already read it. Returns the
     device's id."""
     at = _now(now)
     db.flush()  # the statements below go to the database directly
     conn = db.connection()
-    row = _ensure_row(conn, _raw(old_guid), at)
+    row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
     guid = row["guid"]
     if new_guid is not None and _raw(new_guid) != row["guid"]:
