@@ -2,10 +2,11 @@
 
 SQLite (a file per service, WAL mode) is the embedded default; PostgreSQL is chosen by
 a ``postgresql+psycopg://`` URL. Every FDO message is handled in one transaction: the
-router opens a :func:`unit_of_work` around it, and code that runs inside it reaches the
-open ``Session`` with :func:`current_session` (a context variable, so lookups deep in a
-store need no plumbing). Schemas are made and changed by migrations only
-(:mod:`fdo_server.migrate`).
+router opens a :func:`message_scope` around it (admin requests and background work a
+:func:`unit_of_work`), and code that runs inside it reaches the open transaction with
+:func:`current_connection` (Core statements) or :func:`current_session` (ORM), both
+context variables, so lookups deep in a store need no plumbing. Schemas are made and
+changed by migrations only (:mod:`fdo_server.migrate`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
+_connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -90,9 +92,45 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
             _current.reset(token)
 
 
+@contextlib.contextmanager
+def message_scope(engine: Engine) -> Iterator[Connection]:
+    """One transaction on a bare connection: committed on normal exit, rolled back on an
+    exception, like :func:`unit_of_work`.
+
+    Made for the FDO route, where most messages only run a few Core statements: an ORM
+    ``Session`` (bound to this connection and its transaction) is made only when code
+    asks :func:`current_session`, and its pending changes are flushed before the commit.
+    """
+    with engine.connect() as conn:
+        conn_token = _connection.set(conn)
+        session_token = _current.set(None)
+        try:
+            with conn.begin():
+                yield conn
+                session = _current.get()
+                if session is not None:
+                    session.flush()
+        finally:
+            session = _current.get()
+            if session is not None:
+                session.close()
+            _current.reset(session_token)
+            _connection.reset(conn_token)
+
+
 def current_session() -> Session:
     """The session of the unit of work this code runs in."""
     session = _current.get()
     if session is None:
-        raise RuntimeError("no unit of work is open")
+        conn = _connection.get()
+        if conn is None:
+            raise RuntimeError("no unit of work is open")
+        session = Session(bind=conn, expire_on_commit=False)
+        _current.set(session)
     return session
+
+
+def current_connection() -> Connection:
+    """The connection (in its transaction) of the unit of work this code runs in."""
+    conn = _connection.get()
+    return conn if conn is not None else current_session().connection()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlmodel import Field, SQLModel
 
-from fdo_server.db import current_session
+from fdo_server.db import current_connection, current_session
 from transport.server import StaleSessionError, StoredSession
 
 
@@ -60,14 +60,14 @@ class SQLSessionStore:
 
     def create(self, protocol: str, state: bytes, expires_at: datetime) -> str:
         token = secrets.token_urlsafe(32)
-        current_session().connection().execute(
+        current_connection().execute(
             _INSERT,
             {"token": token, "protocol": protocol, "state": state, "version": 0, "expires_at": expires_at},
         )
         return token
 
     def load(self, token: str) -> StoredSession | None:
-        row = current_session().connection().execute(_LOAD, {"t": token}).first()
+        row = current_connection().execute(_LOAD, {"t": token}).first()
         if row is None:
             return None
         expires_at = _utc(row[3])
@@ -76,22 +76,20 @@ class SQLSessionStore:
         return StoredSession(row[0], row[1], row[2], expires_at)
 
     def save(self, token: str, state: bytes, *, version: int) -> None:
-        result = (
-            current_session()
-            .connection()
-            .execute(_SAVE, {"t": token, "v": version, "s": state, "nv": version + 1})
+        result = current_connection().execute(
+            _SAVE, {"t": token, "v": version, "s": state, "nv": version + 1}
         )
         if result.rowcount != 1:
             raise StaleSessionError(token)
 
     def finish(self, token: str, *, version: int) -> None:
         """Delete a finished session, only if no one else moved it on meanwhile."""
-        result = current_session().connection().execute(_FINISH, {"t": token, "v": version})
+        result = current_connection().execute(_FINISH, {"t": token, "v": version})
         if result.rowcount != 1:
             raise StaleSessionError(token)
 
     def delete(self, token: str) -> None:
-        current_session().connection().execute(_DELETE, {"t": token})
+        current_connection().execute(_DELETE, {"t": token})
 
     def purge_expired(self) -> int:
         """Remove expired sessions; returns how many."""

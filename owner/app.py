@@ -30,7 +30,7 @@ from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import current_session, is_sqlite, make_engine, unit_of_work
+from fdo_server.db import current_connection, current_session, is_sqlite, make_engine, message_scope
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
@@ -113,8 +113,7 @@ _INSERT_ONBOARDING = sa_insert(DeviceOnboarding.__table__)  # type: ignore[attr-
 def record_done(machine: AnyServerMachine, clock: Clock) -> None:
     """``on_done`` of TO2: store the replacement voucher and the onboarding record."""
     assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
-    db = current_session()
-    conn = db.connection()
+    conn = current_connection()
     now = clock()
     old_id = conn.execute(_ACTIVE_VOUCHER_ID, {"g": machine.guid.value}).scalar()
     new_guid: bytes | None = None
@@ -143,6 +142,7 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
     if machine.devmod is not None:
         device = groups.device_row(conn, machine.guid)
         assigned = None if device is None else device["assigned_revision_id"]
+        db = current_session()  # the ORM only here: a TO2 without devmod needs none
         revision = None if assigned is None else db.get(Revision, assigned)
         groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device)
     conn.execute(
@@ -205,7 +205,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
             max_body=settings.max_body,
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             clock=now,
-            scope=lambda: unit_of_work(engine),
+            scope=lambda: message_scope(engine),
             observer=metrics.observe,
             inline=is_sqlite(settings.database_url),
         ),

@@ -20,7 +20,7 @@ from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule
 from fdo.to2.owner import Replacement
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import current_session
+from fdo_server.db import current_connection, current_session
 from owner.assign import modules_for, restore_modules
 from owner.settings import OwnerConfig
 from owner.tables import ACTIVE, OwnerVoucher
@@ -69,7 +69,7 @@ class OwnerStore:
         self._decoded = DecodedVouchers()
 
     def voucher(self, guid: Guid) -> OwnershipVoucher | None:
-        raw = current_session().connection().execute(_RAW_OF_ACTIVE, {"g": guid.value}).scalar()
+        raw = current_connection().execute(_RAW_OF_ACTIVE, {"g": guid.value}).scalar()
         return None if raw is None else self._decoded.decode(bytes(raw))
 
     def private_key(self, public_key: PublicKey) -> PrivateKeyT | None:

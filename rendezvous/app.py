@@ -2,7 +2,7 @@
 
 ``POST /fdo/101/msg/{20..23,30..33}`` serves TO0 and TO1 through
 :func:`transport.server.fdo_router`: each message runs in one database transaction
-(:func:`fdo_server.db.unit_of_work`), sessions are rows (:class:`SQLSessionStore`), so
+(:func:`fdo_server.db.message_scope`), sessions are rows (:class:`SQLSessionStore`), so
 any replica can serve any message. A finished TO0 upserts the registration; TO1 hands
 out the live one. ``/health`` and an admin JSON API sit alongside.
 
@@ -22,7 +22,7 @@ from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import is_sqlite, make_engine, unit_of_work
+from fdo_server.db import is_sqlite, make_engine, message_scope
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
@@ -86,7 +86,7 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
             max_body=settings.max_body,
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             clock=clock,
-            scope=lambda: unit_of_work(engine),
+            scope=lambda: message_scope(engine),
             observer=metrics.observe,
             inline=is_sqlite(settings.database_url),
         ),

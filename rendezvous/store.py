@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import Table, bindparam, delete, func
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from fdo.crypto import spki_der
@@ -23,7 +24,7 @@ from fdo.to0.rendezvous import TO0Registration
 from fdo.to1.rendezvous import TO1Record
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import current_session
+from fdo_server.db import current_connection, current_session
 from rendezvous.tables import Registration
 
 Clock = Callable[[], datetime]
@@ -59,6 +60,13 @@ class RendezvousPolicy:
             )
 
 
+_REGISTRATIONS: Table = Registration.__table__  # type: ignore[attr-defined]
+# Built once (Core, bound parameters): TO1 reads it twice per device.
+_LIVE_OF_GUID = core_select(_REGISTRATIONS.c.device_key_spki, _REGISTRATIONS.c.to1d).where(
+    _REGISTRATIONS.c.guid == bindparam("g"), _REGISTRATIONS.c.expires_at > bindparam("now")
+)
+
+
 class RegistrationLookup:
     """TO1Lookup: the live registration of a GUID, read in the current unit of work."""
 
@@ -66,12 +74,7 @@ class RegistrationLookup:
         self.clock = clock
 
     def find(self, guid: Guid) -> TO1Record | None:
-        db = current_session()
-        row = db.exec(
-            select(Registration.device_key_spki, Registration.to1d).where(
-                Registration.guid == guid.value, col(Registration.expires_at) > self.clock()
-            )
-        ).first()
+        row = current_connection().execute(_LIVE_OF_GUID, {"g": guid.value, "now": self.clock()}).first()
         if row is None:
             return None
         return TO1Record(device_key_spki=row[0], to1d=row[1])
