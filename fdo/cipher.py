@@ -49,7 +49,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fdo.codec import Tag, as_bytes, as_int, as_list, as_map, decode, encode
+from fdo.codec import Tag, as_bytes, as_int, as_list, as_map, decode, encode, encode_state
 from fdo.errors import FdoError, FdoUsageError, InternalError, InvalidMessageError, UnsupportedError
 from fdo.types import Rand
 
@@ -273,7 +273,7 @@ class SessionCrypto:
 
     def to_state(self) -> bytes:
         """Serialise the session keys (secret material: store it as such)."""
-        return encode([_STATE_VERSION, int(self.cipher), self._sek, self._svk])
+        return encode_state([_STATE_VERSION, int(self.cipher), self._sek, self._svk])
 
     @classmethod
     def from_state(cls, data: bytes) -> SessionCrypto:

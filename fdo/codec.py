@@ -135,6 +135,16 @@ def encode(obj: CborValue) -> bytes:
     return b"".join(out)
 
 
+def encode_state(obj: CborValue) -> bytes:
+    """Encode ``obj`` (plain CBOR types only) for a machine's saved state.
+
+    Never for the wire: the output is not in deterministic form (map keys keep their
+    insertion order), which :func:`decode` reads all the same; in exchange it is
+    cbor2's C encoder, several times faster than :func:`encode` on a machine's state.
+    """
+    return cbor2.dumps(obj)
+
+
 def bstr_head(length: int) -> bytes:
     """The CBOR head of a byte string of ``length`` bytes."""
     return _head(2, length)

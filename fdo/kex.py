@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from fdo.cipher import CipherSuite, SessionCrypto, kdf, parse_cipher_suite
-from fdo.codec import as_bytes, as_list, decode, encode
+from fdo.codec import as_bytes, as_list, decode, encode_state
 from fdo.errors import (
     FdoError,
     FdoUsageError,
@@ -326,7 +326,7 @@ class OwnerKex:
 
     def to_state(self) -> bytes:
         """Serialise the exchange (suite, xA and the private share)."""
-        return encode([_STATE_VERSION, str(self.suite), self.xa, self._secret])
+        return encode_state([_STATE_VERSION, str(self.suite), self.xa, self._secret])
 
     @classmethod
     def from_state(cls, data: bytes) -> OwnerKex:

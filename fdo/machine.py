@@ -132,7 +132,7 @@ class ServerMachine(Machine[S]):
     def to_state(self) -> bytes:
         obj = self._state_obj()
         obj["state"] = self.state.name
-        return codec.encode(obj)
+        return codec.encode_state(obj)
 
     @staticmethod
     def load_state(data: bytes) -> Mapping[str, CborValue]:
