@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fdo_server.http_protocol import HTTP_PROTOCOL
+
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -86,6 +88,8 @@ class ServiceProcess:
             "--log-level",
             "warning",
             "--no-access-log",
+            "--http",
+            HTTP_PROTOCOL,
         ]
         if self.tls_cert is not None:
             if self.tls_key is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import uvicorn
 
+from fdo_server.http_protocol import HTTP_PROTOCOL
+
 #: Where prometheus_client keeps the metric files that several worker processes share.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -57,6 +59,7 @@ def serve(
             log_level=log_level,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
+            http=HTTP_PROTOCOL,
         )
     finally:
         if made is not None:

@@ -1,0 +1,168 @@
+"""``fdo_server.http_protocol``: a response leaves in one socket write, and HTTP is
+otherwise unchanged (keep-alive, pipelining, ``Connection: close``, large bodies) on a
+real uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from fdo_server.http_protocol import GatheredWrites, OneWriteHTTPProtocol
+
+
+class Recorder:
+    """A transport that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def _gathered() -> tuple[GatheredWrites, Recorder]:
+    recorder = Recorder()
+    return GatheredWrites(recorder, asyncio.get_running_loop()), recorder  # type: ignore[arg-type]
+
+
+def test_writes_of_one_callback_leave_together() -> None:
+    async def scenario() -> None:
+        gathered, recorder = _gathered()
+        gathered.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        gathered.write(memoryview(b"body"))
+        gathered.write(b"")
+        assert recorder.writes == [] and gathered.get_write_buffer_size() == 23
+        await asyncio.sleep(0)
+        assert recorder.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        gathered.write(b"next")
+        await asyncio.sleep(0)
+        assert recorder.writes[1:] == [b"next"]
+        assert gathered.get_extra_info("peername") == "info:peername"  # the rest passes through
+
+    asyncio.run(scenario())
+
+
+def test_close_sends_first_and_abort_drops() -> None:
+    async def scenario() -> None:
+        gathered, recorder = _gathered()
+        gathered.write(b"last words")
+        gathered.close()
+        assert recorder.writes == [b"last words"] and recorder.closing
+        await asyncio.sleep(0)
+        assert recorder.writes == [b"last words"]
+
+        gathered, recorder = _gathered()
+        gathered.write(b"never")
+        gathered.abort()
+        await asyncio.sleep(0)
+        assert recorder.writes == [] and recorder.aborted
+
+        gathered, recorder = _gathered()
+        gathered.write(b"too late")
+        recorder.closing = True  # the peer went away meanwhile
+        await asyncio.sleep(0)
+        assert recorder.writes == []
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- a real server
+
+BIG = bytes(range(256)) * 4096  # 1 MiB
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/echo/{text}")
+    async def echo(text: str) -> Response:
+        return Response(content=text.encode(), media_type="text/plain")
+
+    @app.get("/big")
+    async def big() -> Response:
+        return Response(content=BIG, media_type="application/octet-stream")
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    config = uvicorn.Config(
+        _app(), host="127.0.0.1", port=free, http=OneWriteHTTPProtocol, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield free
+    server.should_exit = True
+    thread.join(10)
+
+
+def _read_response(conn: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
+    """One response from ``conn`` (Content-Length framed): (head, body)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed early"
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = bytearray(rest)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed early"
+        body += chunk
+    buffer[:] = body[length:]
+    return head, bytes(body[:length])
+
+
+def test_keep_alive_pipelining_and_close(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        buffer = bytearray()
+        conn.sendall(b"GET /echo/one HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_response(conn, buffer)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"one"
+        # Two requests in one packet: two responses, in order, on the same connection.
+        conn.sendall(b"GET /echo/two HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/three HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(conn, buffer)[1] == b"two"
+        assert _read_response(conn, buffer)[1] == b"three"
+        conn.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(conn, buffer)[1] == BIG
+        conn.sendall(b"GET /echo/bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_response(conn, buffer)[1] == b"bye"
+        assert conn.recv(1) == b""  # and the server closed it
