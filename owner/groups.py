@@ -24,7 +24,7 @@ import fnmatch
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy import select as core_select
@@ -143,7 +143,7 @@ def add_event(
 def ensure_device(db: Session, guid: Guid | bytes, *, now: datetime | None = None) -> Device:
     """The device record for ``guid``, created (status ``new``) when missing."""
     db.flush()  # the lookup below reads the database directly
-    row = _ensure_row(db.connection(), _raw(guid), _now(now))
+    row, _ = _ensure_row(db.connection(), _raw(guid), _now(now))
     device = db.get(Device, row["id"])
     assert device is not None  # noqa: S101 - found or made just now
     return device
@@ -224,10 +224,11 @@ def _event(conn: Connection, device_id: int, kind: str, detail: Mapping[str, obj
     conn.execute(_INSERT_EVENT, {"device_id": device_id, "at": at, "kind": kind, "detail": dict(detail)})
 
 
-def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> RowMapping:
+def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> tuple[Mapping[Any, Any], bool]:
+    """The :func:`device_row` of ``guid``, and whether it was created just now."""
     row = device_row(conn, guid)
     if row is not None:
-        return row
+        return row, False
     inserted = conn.execute(
         _INSERT_DEVICE,
         {"guid": guid, "devmod": {}, "labels": {}, "status": NEW, "created_at": at, "updated_at": at},
@@ -235,15 +236,36 @@ def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> RowMapping:
     assert inserted is not None  # noqa: S101 - an INSERT always has one
     conn.execute(_INSERT_GUID, {"device_id": inserted[0], "guid": guid, "added_at": at})
     _event(conn, inserted[0], "created", {"guid": str(Guid(guid))}, at)
-    row = device_row(conn, guid)
-    assert row is not None  # noqa: S101 - inserted just now
-    return row
+    new = {
+        "id": inserted[0],
+        "guid": guid,
+        "serial": None,
+        "model": None,
+        "devmod": {},
+        "labels": {},
+        "group_id": None,
+        "assigned_revision_id": None,
+        "revision_id": None,
+    }
+    return new, True
 
 
 # ---------------------------------------------------------------------------- resolution
 
 
-def _lists(group: Group, facts: DeviceFacts) -> bool:
+class GroupRules(Protocol):
+    """What resolution reads of a group: a :class:`Group` or a row of its columns."""
+
+    id: int | None
+    members: list[str]
+    model: str | None
+    serial_pattern: str | None
+    labels: dict[str, str]
+    priority: int
+    is_default: bool
+
+
+def _lists(group: GroupRules, facts: DeviceFacts) -> bool:
     for member in group.members:
         if facts.serial is not None and member == facts.serial:
             return True
@@ -255,11 +277,11 @@ def _lists(group: Group, facts: DeviceFacts) -> bool:
     return False
 
 
-def has_selectors(group: Group) -> bool:
+def has_selectors(group: GroupRules) -> bool:
     return bool(group.model or group.serial_pattern or group.labels)
 
 
-def _selects(group: Group, facts: DeviceFacts) -> bool:
+def _selects(group: GroupRules, facts: DeviceFacts) -> bool:
     if not has_selectors(group):
         return False
     if group.model and (facts.model is None or not fnmatch.fnmatchcase(facts.model, group.model)):
@@ -271,23 +293,30 @@ def _selects(group: Group, facts: DeviceFacts) -> bool:
     return all(facts.labels.get(k) == v for k, v in group.labels.items())
 
 
-def _best(groups: Sequence[Group]) -> Group | None:
+def _best(groups: Sequence[GroupRules]) -> GroupRules | None:
     return min(groups, key=lambda g: (-g.priority, g.id or 0), default=None)
 
 
-def live_groups(db: Session) -> list[Group]:
-    return list(db.exec(select(Group).where(col(Group.deleted_at).is_(None)).order_by(col(Group.id))).all())
+_GROUPS: Table = Group.__table__  # type: ignore[attr-defined]
+_G = _GROUPS.c
+# Built once (Core): TO2 resolves a group once per onboarding, and usually finds none.
+_LIVE_GROUP_RULES = (
+    core_select(_G.id, _G.members, _G.model, _G.serial_pattern, _G.labels, _G.priority, _G.is_default)
+    .where(_G.deleted_at.is_(None))
+    .order_by(_G.id)
+)
 
 
 def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
     """The group of a device with ``facts`` (module docstring: the rule)."""
-    groups = live_groups(db)
+    db.flush()  # the rules are read from the database directly
+    groups = [cast(GroupRules, row) for row in db.connection().execute(_LIVE_GROUP_RULES)]
     found = _best([g for g in groups if _lists(g, facts)])
     if found is None:
         found = _best([g for g in groups if not g.is_default and _selects(g, facts)])
     if found is None:
         found = next((g for g in groups if g.is_default), None)
-    return found
+    return None if found is None else db.get(Group, found.id)
 
 
 def current_revision(db: Session, group: Group) -> Revision | None:
@@ -326,10 +355,10 @@ def assignment_for(
     at = _now(now)
     db.flush()  # the statements below go to the database directly
     conn = db.connection()
-    row = _ensure_row(conn, _raw(guid), at)
+    row, created = _ensure_row(conn, _raw(guid), at)
     serial = serial_of(devmod) or row["serial"]
     model = model_of(devmod) or row["model"]
-    guids = tuple(conn.execute(_GUIDS_OF_DEVICE, {"d": row["id"]}).scalars())
+    guids = (row["guid"],) if created else tuple(conn.execute(_GUIDS_OF_DEVICE, {"d": row["id"]}).scalars())
     group = resolve_group(
         db, DeviceFacts(guids=guids, serial=serial, model=model, labels=dict(row["labels"]))
     )
@@ -365,7 +394,7 @@ def record_onboarding(
     revision: Revision | None,
     *,
     now: datetime | None = None,
-    device: RowMapping | None = None,
+    device: Mapping[Any, Any] | None = None,
 ) -> int:
     """A TO2 completed: the record follows the device to ``new_guid`` (when TO2 replaced
     the GUID), stores its devmod facts and the revision it received. ``device`` is the
@@ -374,7 +403,7 @@ def record_onboarding(
     at = _now(now)
     db.flush()  # the statements below go to the database directly
     conn = db.connection()
-    row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)
+    row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)[0]
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
     guid = row["guid"]
     if new_guid is not None and _raw(new_guid) != row["guid"]:
