@@ -10,7 +10,9 @@ itself fails, an ErrorMessage is POSTed to ``/fdo/101/msg/255`` (best effort).
 
 from __future__ import annotations
 
+import os
 import ssl
+import threading
 import time
 from types import TracebackType
 from typing import Any, Self
@@ -30,11 +32,34 @@ class TransportError(Exception):
     """The HTTP exchange failed: connection error, bad status, missing header or oversized body."""
 
 
+_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
 def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
-    """httpx's ``verify`` for True (system CAs, or ``SSL_CERT_FILE``), False or a CA bundle path."""
+    """httpx's ``verify`` for True (httpx's default CAs, or ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR``), False, or a CA bundle path.
+
+    Contexts are made once per process and CA source and then shared: loading a CA
+    bundle costs some 20 ms of CPU (more on a device), and a device opens a client for
+    TO1 and another for TO2 on every attempt. A bundle file that changes (by modification
+    time) gets a new context.
+    """
+    if verify is False:
+        return False
     if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
+        key: tuple[object, ...] = ("file", verify, os.stat(verify).st_mtime_ns)
+    else:
+        key = ("default", os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    with _CONTEXTS_LOCK:
+        context = _CONTEXTS.get(key)
+        if context is None:
+            if isinstance(verify, str):
+                context = ssl.create_default_context(cafile=verify)
+            else:
+                context = httpx.create_ssl_context(verify=True, trust_env=True)
+            _CONTEXTS[key] = context
+    return context
 
 
 class FdoHttpClient:
