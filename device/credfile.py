@@ -12,12 +12,10 @@ secret and the device private key.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 
+from device.modules import atomic_write
 from fdo import codec
 from fdo.credential import DeviceCredential
 from fdo.errors import FdoError
@@ -83,43 +81,10 @@ def read_credential_with_format(path: Path) -> tuple[DeviceCredential, Credentia
 
 def write_credential(path: Path, credential: DeviceCredential) -> None:
     """Replace ``path`` with ``credential`` in our format, atomically, mode 0600."""
-    data = credential.encode()
-    folder = path.parent if str(path.parent) else Path(".")
-    tmp_name: str | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_dir(folder)
+        atomic_write(path, credential.encode(), 0o600)
     except OSError as exc:
         raise CredentialFileError(f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (not every file system allows fsync on a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = [
