@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -618,18 +618,7 @@ def fdo_router(
             raise _Retry
         if live.expires_at is not None and live.expires_at <= clock():
             raise _Retry
-        return _run(
-            handler,
-            protocol,
-            msg_type,
-            data,
-            token,
-            live.machine,
-            live.version,
-            live.started_at,
-            live.expires_at,
-            outcome,
-        )
+        return _run(handler, msg_type, data, token, live, outcome)
 
     def _step(
         handler: ProtocolHandler,
@@ -643,9 +632,8 @@ def fdo_router(
         try:
             if msg_type == first:
                 outcome.started = True
-                return _run(
-                    handler, protocol, msg_type, data, None, handler.new(), -1, time.time(), None, outcome
-                )
+                live = _Live(-1, handler.new(), protocol, None, time.time())
+                return _run(handler, msg_type, data, None, live, outcome)
             session = store.load(token) if token is not None else None
             if session is None or session.protocol != protocol:
                 raise InvalidTokenError("missing, unknown or expired session token")
@@ -653,35 +641,24 @@ def fdo_router(
             machine = handler.restore(state)
         except FdoError as exc:
             raise _Failed(exc) from None
-        return _run(
-            handler,
-            protocol,
-            msg_type,
-            data,
-            token,
-            machine,
-            session.version,
-            started_at if started_at is not None else time.time(),
-            session.expires_at,
-            outcome,
-        )
+        started = started_at if started_at is not None else time.time()
+        live = _Live(session.version, machine, protocol, session.expires_at, started)
+        return _run(handler, msg_type, data, token, live, outcome)
 
     def _run(
         handler: ProtocolHandler,
-        protocol: str,
         msg_type: int,
         data: bytes,
         token: str | None,
-        machine: AnyServerMachine,
-        version: int,
-        started_at: float,
-        expires_at: datetime | None,
+        live: _Live,
         outcome: _Outcome,
     ) -> tuple[int, bytes, str]:
-        """Handle the message on ``machine`` (loaded at ``version``) and store the result."""
+        """Handle the message on ``live.machine`` (loaded at ``live.version``; a new
+        session has no token and version -1) and store the result."""
+        machine, version, expires_at = live.machine, live.version, live.expires_at
         try:
             outcome.machine = machine
-            outcome.session_started_at = started_at
+            outcome.session_started_at = live.started_at
             reply_type, reply = machine.handle(msg_type, data)
             if machine.done:
                 outcome.completed = True
@@ -691,15 +668,14 @@ def fdo_router(
                     return reply_type, reply, secrets.token_urlsafe(32)
                 store.finish(token, version=version)
                 return reply_type, reply, token
-            state = _wrap_state(machine.to_state(), started_at)
+            state = _wrap_state(machine.to_state(), live.started_at)
             if token is None:
                 expires_at = clock() + session_ttl
-                token = store.create(protocol, state, expires_at)
-                version = -1
+                token = store.create(live.protocol, state, expires_at)
             else:
                 store.save(token, state, version=version)
             if len(state) <= cache.max_state:
-                outcome.keep = (token, _Live(version + 1, machine, protocol, expires_at, started_at))
+                outcome.keep = (token, replace(live, version=version + 1, expires_at=expires_at))
             return reply_type, reply, token
         except StaleSessionError:
             raise _Failed(InvalidTokenError("session changed concurrently")) from None
