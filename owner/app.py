@@ -24,7 +24,6 @@ from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 
-from fdo.crypto import spki_der
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
@@ -39,6 +38,7 @@ from owner import groups
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router
 from owner.groups_tables import Revision
+from owner.importer import voucher_values
 from owner.report_api import report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
@@ -120,17 +120,7 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
     if machine.new_voucher is not None and old_id is not None:
         new = machine.new_voucher
         inserted = conn.execute(
-            _INSERT_VOUCHER,
-            {
-                "guid": new.guid.value,
-                "raw": new.encode(),
-                "device_info": new.header.device_info,
-                "owner_key_spki": spki_der(new.owner_public_key.key),
-                "num_entries": len(new.entries),
-                "state": ACTIVE,
-                "imported_at": now,
-                "replaces_id": old_id,
-            },
+            _INSERT_VOUCHER, voucher_values(new, now=now, replaces_id=old_id)
         ).inserted_primary_key
         assert inserted is not None  # noqa: S101 - an INSERT always has one
         new_id = inserted[0]

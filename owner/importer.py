@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import select
 
@@ -19,7 +20,7 @@ from fdo.crypto import PrivateKeyT, PublicKeyT, spki_der
 from fdo.errors import FdoError, InvalidVoucherError, MessageBodyError
 from fdo.voucher import OwnershipVoucher, split_pem
 from fdo_server.db import current_session
-from owner.tables import OwnerVoucher, To0Work
+from owner.tables import ACTIVE, OwnerVoucher, To0Work
 
 IMPORTED = "imported"
 REFUSED = "refused"
@@ -38,18 +39,26 @@ class ImportResult:
         return {"index": self.index, "status": self.status, "guid": self.guid, "reason": self.reason}
 
 
+def voucher_values(
+    voucher: OwnershipVoucher, *, now: datetime, replaces_id: int | None = None
+) -> dict[str, Any]:
+    """The columns of a new, active voucher row for ``voucher``."""
+    return {
+        "guid": voucher.guid.value,
+        "raw": voucher.encode(),
+        "device_info": voucher.header.device_info,
+        "owner_key_spki": spki_der(voucher.owner_public_key.key),
+        "num_entries": len(voucher.entries),
+        "state": ACTIVE,
+        "imported_at": now,
+        "replaces_id": replaces_id,
+    }
+
+
 def add_voucher(voucher: OwnershipVoucher, *, now: datetime, replaces_id: int | None = None) -> OwnerVoucher:
     """Insert a voucher row (flushed, so its id is set)."""
     db = current_session()
-    row = OwnerVoucher(
-        guid=voucher.guid.value,
-        raw=voucher.encode(),
-        device_info=voucher.header.device_info,
-        owner_key_spki=spki_der(voucher.owner_public_key.key),
-        num_entries=len(voucher.entries),
-        imported_at=now,
-        replaces_id=replaces_id,
-    )
+    row = OwnerVoucher(**voucher_values(voucher, now=now, replaces_id=replaces_id))
     db.add(row)
     db.flush()
     return row
