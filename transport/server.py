@@ -567,21 +567,18 @@ def fdo_router(
             token = None  # a first message ignores any Authorization header
         live = cache.pop(token) if token is not None else None
         try:
-            reply_type, reply, reply_token = None, b"", ""
+            result = None
             if live is not None:
                 try:
                     with scope():
-                        reply_type, reply, reply_token = _step_cached(
-                            handler, protocol, msg_type, data, token, live, outcome
-                        )
-                except Exception:  # noqa: BLE001 - any failure: handle it again from the stored state
+                        result = _step_cached(handler, protocol, msg_type, data, token, live, outcome)
+                except Exception:  # noqa: BLE001 - any failure, the commit too: retry from the stored state
                     outcome.reset()
-                    reply_type = None
-            if reply_type is None:
+                    result = None
+            if result is None:
                 with scope():
-                    reply_type, reply, reply_token = _step(
-                        handler, protocol, first, msg_type, data, token, outcome
-                    )
+                    result = _step(handler, protocol, first, msg_type, data, token, outcome)
+            reply_type, reply, reply_token = result
             if outcome.keep is not None:
                 cache.put(*outcome.keep)
         except _Failed as failed:
