@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fdo_server.http_protocol import HTTP_PROTOCOL
+from fdo_server.metrics import MULTIPROC_ENV
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -96,10 +97,10 @@ class ServiceProcess:
                 raise ValueError(f"{self.name}: tls_cert needs tls_key")
             cmd += ["--ssl-certfile", str(self.tls_cert), "--ssl-keyfile", str(self.tls_key)]
         env = {**os.environ, **self.env}
-        if self.workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self.workers > 1 and not env.get(MULTIPROC_ENV):
             self._remove_metrics_dir()
             self.metrics_dir = Path(tempfile.mkdtemp(prefix=f"fdo-{self.name}-metrics-"))
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+            env[MULTIPROC_ENV] = str(self.metrics_dir)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

@@ -10,9 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from fdo_server.http_protocol import HTTP_PROTOCOL
-
-#: Where prometheus_client keeps the metric files that several worker processes share.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from fdo_server.metrics import MULTIPROC_ENV
 
 
 def check_tls_files(cert: Path | None, key: Path | None) -> str | None:

@@ -23,7 +23,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from fdo_server.db import make_engine
-from fdo_server.serve import MULTIPROC_ENV, serve
+from fdo_server.metrics import MULTIPROC_ENV
+from fdo_server.serve import serve
 from tests.conftest import POSTGRES_URL
 
 # ------------------------------------------------------------------ metrics folder
