@@ -7,6 +7,7 @@ are :mod:`fdo_server.migrate`, imported when a command runs so ``fdo`` stays lig
 :func:`db_app` at run time.)
 """
 
+import contextlib
 import importlib
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import typer
 from fdo_cli.common import die
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from sqlalchemy.engine import Engine
 
@@ -129,6 +130,20 @@ def db_app(service: str) -> typer.Typer:
             raise typer.Exit(1)
 
     return app
+
+
+@contextlib.contextmanager
+def local_engine(service: str, database_url: str) -> "Iterator[Engine]":
+    """An engine on ``service``'s database for a local command, disposed afterwards;
+    exits 1 with the one-line reason unless its schema is at head."""
+    from fdo_server.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        require_current(service, engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def require_current(service: str, database: "Engine | str") -> None:

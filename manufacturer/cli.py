@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fdo_cli.common import die, read_public_key
-from fdo_cli.db import db_app, require_current
+from fdo_cli.db import db_app, local_engine, require_current
 
 if TYPE_CHECKING:
     from manufacturer.client import AdminClient
@@ -156,19 +156,14 @@ def token_create(
 ) -> None:
     """Create an admin API token in the local database and print it (shown once)."""
     from fdo_server.auth import Role, create_token
-    from fdo_server.db import make_engine, unit_of_work
+    from fdo_server.db import unit_of_work
 
     try:
         wanted = Role(role)
     except ValueError:
         raise die(f"unknown role {role!r}; expected viewer, operator or admin") from None
-    engine = make_engine(_load_settings().database_url)
-    try:
-        require_current("manufacturer", engine)
-        with unit_of_work(engine) as db:
-            token = create_token(db, name, wanted)
-    finally:
-        engine.dispose()
+    with local_engine("manufacturer", _load_settings().database_url) as engine, unit_of_work(engine) as db:
+        token = create_token(db, name, wanted)
     typer.echo(token)
 
 

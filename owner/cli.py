@@ -15,7 +15,7 @@ import typer
 
 from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem
 from fdo_cli.common import die, read_bytes
-from fdo_cli.db import db_app, require_current
+from fdo_cli.db import db_app, local_engine, require_current
 from owner.cli_admin import APPS as ADMIN_APPS
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
@@ -122,19 +122,14 @@ def token_create(
 ) -> None:
     """Create an admin API token in the local database and print it (once)."""
     from fdo_server.auth import Role, create_token
-    from fdo_server.db import make_engine, unit_of_work
+    from fdo_server.db import unit_of_work
 
     try:
         wanted = Role(role)
     except ValueError:
         raise die(f"unknown role {role!r} (admin, operator or viewer)") from None
-    engine = make_engine(_load_settings().database_url)
-    try:
-        require_current("owner", engine)
-        with unit_of_work(engine) as db:
-            token = create_token(db, name, wanted)
-    finally:
-        engine.dispose()
+    with local_engine("owner", _load_settings().database_url) as engine, unit_of_work(engine) as db:
+        token = create_token(db, name, wanted)
     typer.echo(token)
 
 
@@ -199,15 +194,10 @@ def vouchers_list(
 @to0_app.command("run-once")
 def to0_run_once() -> None:
     """Run the TO0 scheduler once against the local database."""
-    from fdo_server.db import make_engine
     from owner.app import worker_name
     from owner.to0 import run_due
 
     config = _config()
-    engine = make_engine(config.settings.database_url)
-    try:
-        require_current("owner", engine)
+    with local_engine("owner", config.settings.database_url) as engine:
         count = run_due(engine, config, worker_id=worker_name())
-    finally:
-        engine.dispose()
     typer.echo(f"{count} voucher(s) processed")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fdo_cli.db import db_app, require_current
+from fdo_cli.db import db_app, local_engine, require_current
 
 if TYPE_CHECKING:
     from rendezvous.settings import RendezvousSettings
@@ -106,31 +106,27 @@ def token_create(
 ) -> None:
     """Create an admin API token in the service's database and print it (only this once)."""
     from fdo_server.auth import Role, create_token
-    from fdo_server.db import make_engine, unit_of_work
+    from fdo_server.db import unit_of_work
 
-    engine = make_engine(_settings(database_url).database_url)
-    try:
-        require_current("rendezvous", engine)
-        with unit_of_work(engine) as db:
-            token = create_token(db, name, Role(role.value))
-    finally:
-        engine.dispose()
+    with (
+        local_engine("rendezvous", _settings(database_url).database_url) as engine,
+        unit_of_work(engine) as db,
+    ):
+        token = create_token(db, name, Role(role.value))
     typer.echo(token)
 
 
 @app.command()
 def purge(database_url: DatabaseOpt = None) -> None:
     """Delete expired registrations and protocol sessions."""
-    from fdo_server.db import make_engine, unit_of_work
+    from fdo_server.db import unit_of_work
     from fdo_server.sessions import SQLSessionStore
     from rendezvous.store import purge_expired_registrations, utc_now
 
-    engine = make_engine(_settings(database_url).database_url)
-    try:
-        require_current("rendezvous", engine)
-        with unit_of_work(engine) as db:
-            registrations = purge_expired_registrations(db, utc_now())
-            sessions = SQLSessionStore().purge_expired()
-    finally:
-        engine.dispose()
+    with (
+        local_engine("rendezvous", _settings(database_url).database_url) as engine,
+        unit_of_work(engine) as db,
+    ):
+        registrations = purge_expired_registrations(db, utc_now())
+        sessions = SQLSessionStore().purge_expired()
     typer.echo(f"deleted {registrations} expired registration(s) and {sessions} session(s)")
