@@ -7,7 +7,10 @@ directly in the calling thread, so cProfile sees the server code (machines, sess
 database) of every message. What this leaves out is the HTTP layer (uvicorn, Starlette
 routing and the body reader); ``make bench`` measures the whole server.
 
-    .venv/bin/python bench/profile_onboarding.py [--devices 30] [--top 40]
+    .venv/bin/python bench/profile_onboarding.py [--devices 30] [--top 40] [--backend postgresql]
+
+With ``--backend postgresql`` each service gets a fresh schema on the local PostgreSQL
+server (as ``make bench`` does), dropped afterwards.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,7 @@ class InProcessTransport(httpx.BaseTransport):
     """Calls the FDO route's synchronous handler (``fdo_message``) of the app at host:port."""
 
     def __init__(self, apps: dict[str, FastAPI]) -> None:
+        self.cpu = 0.0  # thread CPU seconds spent in the endpoints
         self.endpoints: dict[str, MessageHandler] = {}
         for netloc, app in apps.items():
             for route in _routes(app.router.routes):
@@ -64,7 +70,10 @@ class InProcessTransport(httpx.BaseTransport):
         endpoint = self.endpoints[key]
         msg_type = request.url.path.rsplit("/", 1)[1]
         headers = {k.lower(): v for k, v in request.headers.items()}
-        response = endpoint(msg_type, headers, request.read())
+        body = request.read()
+        start = time.thread_time()
+        response = endpoint(msg_type, headers, body)
+        self.cpu += time.thread_time() - start
         return httpx.Response(
             response.status_code, headers=dict(response.headers), content=bytes(response.body)
         )
@@ -83,10 +92,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--sort", default="cumulative")
     parser.add_argument("--out", type=Path, help="also dump the raw profile here")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--timing", action="store_true", help="no profile: only the server side's thread CPU per onboarding"
+    )
+    parser.add_argument(
+        "--cpu", action="store_true", help="profile thread CPU time instead of wall time (no DB waits)"
+    )
     args = parser.parse_args(argv)
+    with _databases(args.backend) as urls:
+        return _profile(args, urls)
 
+
+@contextmanager
+def _databases(backend: str) -> Iterator[dict[str, str]]:
+    if backend == "sqlite":
+        yield {}
+        return
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run import postgres_schemas
+
+    with postgres_schemas() as urls:
+        yield urls
+
+
+def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fdo-profile-"))
-    stack = Stack(workdir, owner_env={"FDO_OWNER_TO0_INTERVAL_SECONDS": "0.2"}).start()
+    stack = Stack(workdir, database_urls=urls, owner_env={"FDO_OWNER_TO0_INTERVAL_SECONDS": "0.2"}).start()
     try:
         creds = []
         for i in range(args.devices + 2):
@@ -118,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
 
     for i in range(2):  # warm-up: imports, first connections
         one(i)
-    profiler = cProfile.Profile()
+    if args.timing:
+        transport.cpu = 0.0
+        for i in range(2, args.devices + 2):
+            one(i)
+        ms = transport.cpu / args.devices * 1000
+        print(f"server side, thread CPU without profiler: {ms:.2f} ms per onboarding ({args.backend})")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+    profiler = cProfile.Profile(time.thread_time) if args.cpu else cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
     for i in range(2, args.devices + 2):
