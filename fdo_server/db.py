@@ -12,8 +12,10 @@ changed by migrations only (:mod:`fdo_server.migrate`).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     # pg_terminate_backend) fails that one request: SQLAlchemy's psycopg dialect reports it
     # as a disconnect, which invalidates the whole pool, and the next request reconnects.
     # connect_timeout: an unreachable database fails requests in seconds, not minutes.
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
         pool_recycle=1800,
@@ -75,6 +77,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         max_overflow=20,
         connect_args={"connect_timeout": 5},
     )
+    event.listen(engine, "before_cursor_execute", _begin_before_write)
+    return engine
 
 
 @contextlib.contextmanager
@@ -92,6 +96,67 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
             _current.reset(token)
 
 
+@dataclass(eq=False)
+class _Deferred:
+    """A :func:`message_scope` on PostgreSQL whose ``BEGIN`` waits for the first write."""
+
+    conn: Connection
+    began: bool = False  # BEGIN sent: the scope's writes commit together at its end
+    last: bool = False  # the statement being run is the scope's last write (:func:`last_write`)
+    closed: bool = False  # that last write ran on its own (autocommit): nothing may follow
+
+
+_deferred: ContextVar[_Deferred | None] = ContextVar("fdo_db_deferred", default=None)
+
+_LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b", re.IGNORECASE)
+
+
+def _read_only(statement: str) -> bool:
+    """A plain SELECT (no row locks): it needs no transaction of its own. (The services'
+    SELECTs call no functions with side effects.)"""
+    head = statement.lstrip()[:6]
+    return head.upper() == "SELECT" and _LOCKING.search(statement) is None
+
+
+def _begin_before_write(
+    conn: Connection, cursor: Any, statement: str, _params: Any, _context: Any, _executemany: bool
+) -> None:
+    """``before_cursor_execute`` of a PostgreSQL engine: in a deferred :func:`message_scope`,
+    send ``BEGIN`` before its first statement that is not a plain SELECT, unless that
+    statement is the scope's last write and no ORM session could flush more after it."""
+    scope = _deferred.get()
+    if scope is None or scope.conn is not conn or scope.began or _read_only(statement):
+        return
+    if scope.closed:
+        raise RuntimeError("a write after the unit of work's last write, which already committed")
+    if scope.last and _current.get() is None:
+        scope.closed = True  # one statement, atomic on its own
+        return
+    cursor.execute("BEGIN")
+    scope.began = True
+
+
+@contextlib.contextmanager
+def last_write() -> Iterator[Connection]:
+    """The connection of the open unit of work, for its last write.
+
+    In a :func:`message_scope` on PostgreSQL, when nothing before it wrote (and no ORM
+    session is open), that one statement runs on its own, in autocommit: no ``BEGIN`` and
+    ``COMMIT`` round trips. Code must write nothing after it in the same scope (the scope
+    raises ``RuntimeError`` if it tries). Elsewhere it is :func:`current_connection`.
+    """
+    conn = current_connection()
+    scope = _deferred.get()
+    if scope is None or scope.conn is not conn:
+        yield conn
+        return
+    scope.last = True
+    try:
+        yield conn
+    finally:
+        scope.last = False
+
+
 @contextlib.contextmanager
 def message_scope(engine: Engine) -> Iterator[Connection]:
     """One transaction on a bare connection: committed on normal exit, rolled back on an
@@ -100,22 +165,52 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
     Made for the FDO route, where most messages only run a few Core statements: an ORM
     ``Session`` (bound to this connection and its transaction) is made only when code
     asks :func:`current_session`, and its pending changes are flushed before the commit.
+
+    On PostgreSQL (an engine from :func:`make_engine`), where every ``BEGIN`` and
+    ``COMMIT`` is a network round trip, the connection runs in autocommit and the
+    transaction starts with the scope's first write (:func:`_begin_before_write`): plain
+    SELECTs before it need none, and a scope whose only write is its :func:`last_write`
+    (most FDO messages: the session row) runs that statement on its own. Writes before
+    the last one, or an ORM session, make it one transaction again, committed or rolled
+    back here.
     """
     with engine.connect() as conn:
         conn_token = _connection.set(conn)
         session_token = _current.set(None)
+        defer = event.contains(engine, "before_cursor_execute", _begin_before_write)
+        deferred = _Deferred(conn) if defer else None
         try:
-            with conn.begin():
-                yield conn
-                session = _current.get()
-                if session is not None:
-                    session.flush()
+            if deferred is None:
+                with conn.begin():
+                    yield conn
+                    _flush_current()
+            else:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                deferred_token = _deferred.set(deferred)
+                try:
+                    yield conn
+                    _flush_current()
+                    if deferred.began:
+                        conn.exec_driver_sql("COMMIT")
+                except BaseException:
+                    if deferred.began and not conn.invalidated:
+                        with contextlib.suppress(Exception):
+                            conn.exec_driver_sql("ROLLBACK")
+                    raise
+                finally:
+                    _deferred.reset(deferred_token)
         finally:
             session = _current.get()
             if session is not None:
                 session.close()
             _current.reset(session_token)
             _connection.reset(conn_token)
+
+
+def _flush_current() -> None:
+    session = _current.get()
+    if session is not None:
+        session.flush()
 
 
 def current_session() -> Session:

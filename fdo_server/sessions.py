@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlmodel import Field, SQLModel
 
-from fdo_server.db import current_connection, current_session
+from fdo_server.db import current_connection, current_session, last_write
 from transport.server import StaleSessionError, StoredSession
 
 
@@ -60,10 +60,9 @@ class SQLSessionStore:
 
     def create(self, protocol: str, state: bytes, expires_at: datetime) -> str:
         token = secrets.token_urlsafe(32)
-        current_connection().execute(
-            _INSERT,
-            {"token": token, "protocol": protocol, "state": state, "version": 0, "expires_at": expires_at},
-        )
+        row = {"token": token, "protocol": protocol, "state": state, "version": 0, "expires_at": expires_at}
+        with last_write() as conn:
+            conn.execute(_INSERT, row)
         return token
 
     def load(self, token: str) -> StoredSession | None:
@@ -76,20 +75,21 @@ class SQLSessionStore:
         return StoredSession(row[0], row[1], row[2], expires_at)
 
     def save(self, token: str, state: bytes, *, version: int) -> None:
-        result = current_connection().execute(
-            _SAVE, {"t": token, "v": version, "s": state, "nv": version + 1}
-        )
+        with last_write() as conn:
+            result = conn.execute(_SAVE, {"t": token, "v": version, "s": state, "nv": version + 1})
         if result.rowcount != 1:
             raise StaleSessionError(token)
 
     def finish(self, token: str, *, version: int) -> None:
         """Delete a finished session, only if no one else moved it on meanwhile."""
-        result = current_connection().execute(_FINISH, {"t": token, "v": version})
+        with last_write() as conn:
+            result = conn.execute(_FINISH, {"t": token, "v": version})
         if result.rowcount != 1:
             raise StaleSessionError(token)
 
     def delete(self, token: str) -> None:
-        current_connection().execute(_DELETE, {"t": token})
+        with last_write() as conn:
+            conn.execute(_DELETE, {"t": token})
 
     def purge_expired(self) -> int:
         """Remove expired sessions; returns how many."""

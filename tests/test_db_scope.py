@@ -3,16 +3,20 @@ with ``FDO_TEST_POSTGRES_URL`` set, PostgreSQL.
 
 One transaction on a bare connection: Core statements and a Session made on demand
 share it, everything commits together on normal exit and nothing is left on an
-exception; no Session is made unless code asks for one.
+exception; no Session is made unless code asks for one. On PostgreSQL the ``BEGIN``
+waits for the first write, and a lone last write (the session row) runs on its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy.engine import Engine
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import select
 
 from fdo_server import db as fdb
@@ -38,20 +42,33 @@ def _tokens(engine: Engine) -> set[str]:
 def test_core_and_orm_commit_together(engine: Engine) -> None:
     store = SQLSessionStore()
     with message_scope(engine) as conn:
-        core = store.create("TO1", b"core", LATER)  # Core, on the scope's connection
-        assert current_connection() is conn
-        db = current_session()  # made now, bound to the same connection
+        db = current_session()  # made now, bound to the scope's connection
         assert db.connection() is conn
         db.add(FdoSession(token="orm", protocol="TO1", state=b"orm", expires_at=LATER))
         assert current_session() is db
+        core = store.create("TO1", b"core", LATER)  # Core, on the same connection
+        assert current_connection() is conn
     assert _tokens(engine) == {core, "orm"}  # the ORM change was flushed before the commit
 
 
 def test_exception_leaves_nothing(engine: Engine) -> None:
     store = SQLSessionStore()
     with pytest.raises(RuntimeError, match="boom"), message_scope(engine):
-        store.create("TO1", b"core", LATER)
         current_session().add(FdoSession(token="orm", protocol="TO1", state=b"orm", expires_at=LATER))
+        store.create("TO1", b"core", LATER)
+        raise RuntimeError("boom")
+    assert _tokens(engine) == set()
+
+
+def test_core_writes_roll_back_together(engine: Engine) -> None:
+    """Core writes before the last one open the transaction; an exception undoes them all."""
+    store = SQLSessionStore()
+    with pytest.raises(RuntimeError, match="boom"), message_scope(engine):
+        current_connection().execute(
+            insert(FdoSession.__table__),  # type: ignore[attr-defined]
+            {"token": "first", "protocol": "TO1", "state": b"x", "version": 0, "expires_at": LATER},
+        )
+        store.create("TO1", b"last", LATER)
         raise RuntimeError("boom")
     assert _tokens(engine) == set()
 
@@ -68,3 +85,63 @@ def test_outside_any_scope() -> None:
         current_session()
     with pytest.raises(RuntimeError, match="no unit of work"):
         current_connection()
+
+
+# ----------------------------------------------------------- PostgreSQL: BEGIN on the first write
+
+
+def _postgres(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the deferred BEGIN is PostgreSQL's (SQLite has no round trips to save)")
+
+
+def _in_transaction(conn: Connection) -> bool:
+    raw: Any = conn.connection.dbapi_connection
+    return bool(raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+
+def test_postgres_reads_and_a_lone_last_write_need_no_transaction(engine: Engine) -> None:
+    """Plain SELECTs run without BEGIN, and a scope whose only write is its last one
+    runs it on its own: committed (seen by another connection) before the scope ends."""
+    _postgres(engine)
+    store = SQLSessionStore()
+    with message_scope(engine) as conn:
+        assert store.load("nothing") is None
+        assert not _in_transaction(conn)
+        token = store.create("TO1", b"alone", LATER)
+        assert not _in_transaction(conn)
+        assert token in _tokens(engine)  # already committed
+    assert token in _tokens(engine)
+
+
+def test_postgres_writes_before_the_last_make_one_transaction(engine: Engine) -> None:
+    _postgres(engine)
+    store = SQLSessionStore()
+    with message_scope(engine) as conn:
+        token = store.create("TO1", b"first", LATER)
+        with pytest.raises(RuntimeError, match="after the unit of work's last write"):
+            store.save(token, b"second", version=0)  # the scope already ended its writes
+    assert _tokens(engine) == {token}
+    with message_scope(engine) as conn:
+        current_connection().execute(update(FdoSession.__table__).values(version=7))  # type: ignore[attr-defined]
+        assert _in_transaction(conn)
+        assert _version(engine, token) == 0  # not committed yet
+        store.save(token, b"second", version=7)
+    assert _version(engine, token) == 8
+
+
+def test_postgres_locking_select_opens_the_transaction(engine: Engine) -> None:
+    _postgres(engine)
+    with message_scope(engine) as conn:
+        conn.execute(select(FdoSession).with_for_update())
+        assert _in_transaction(conn)
+    with message_scope(engine) as conn:
+        conn.execute(select(FdoSession))
+        assert not _in_transaction(conn)
+
+
+def _version(engine: Engine, token: str) -> int:
+    with unit_of_work(engine) as db:
+        row = db.get(FdoSession, token)
+        assert row is not None
+        return row.version
