@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
+from transport.server import InlineWhileFast
+
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 _connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)
 
@@ -34,12 +36,15 @@ def sqlite_url(path: str | Path) -> str:
 
 
 def is_sqlite(url: str) -> bool:
-    """True for a SQLite database URL (a local file or memory: no network round trips).
-
-    The services run FDO messages on such a database inline on the event loop rather
-    than in the thread pool (see :func:`transport.server.fdo_router`, ``inline``).
-    """
+    """True for a SQLite database URL (a local file or memory: no network round trips)."""
     return url.startswith("sqlite")
+
+
+def inline_messages(url: str) -> bool | InlineWhileFast:
+    """Where the services run FDO messages (:func:`transport.server.fdo_router`,
+    ``inline``): on SQLite always on the event loop; on a networked database on the loop
+    while messages are quick (:class:`transport.server.InlineWhileFast`)."""
+    return True if is_sqlite(url) else InlineWhileFast()
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -68,14 +73,24 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     # connections are recycled instead. A connection the server dropped (restart,
     # pg_terminate_backend) fails that one request: SQLAlchemy's psycopg dialect reports it
     # as a disconnect, which invalidates the whole pool, and the next request reconnects.
-    # connect_timeout: an unreachable database fails requests in seconds, not minutes.
+    # Bounded waits, since FDO messages may run on the event loop (inline_messages): an
+    # unreachable database fails a connect in 5 s (connect_timeout), a connection whose
+    # peer stopped answering fails once sent data stays unacknowledged for 10 s
+    # (tcp_user_timeout) or, idle, after 30 + 3 x 10 s of silence (keepalives).
     engine = create_engine(
         url,
         echo=echo,
         pool_recycle=1800,
         pool_size=10,
         max_overflow=20,
-        connect_args={"connect_timeout": 5},
+        connect_args={
+            "connect_timeout": 5,
+            "tcp_user_timeout": 10_000,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        },
     )
     event.listen(engine, "before_cursor_execute", _begin_before_write)
     return engine

@@ -19,7 +19,7 @@ from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import current_session, is_sqlite, make_engine, message_scope
+from fdo_server.db import current_session, inline_messages, make_engine, message_scope
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
@@ -92,7 +92,7 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             scope=lambda: message_scope(engine),
             observer=metrics.observe,
-            inline=is_sqlite(settings.database_url),
+            inline=inline_messages(settings.database_url),
         ),
     )
     observability.install(

@@ -29,7 +29,7 @@ from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import current_connection, current_session, is_sqlite, make_engine, message_scope
+from fdo_server.db import current_connection, current_session, inline_messages, make_engine, message_scope
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
@@ -197,7 +197,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
             clock=now,
             scope=lambda: message_scope(engine),
             observer=metrics.observe,
-            inline=is_sqlite(settings.database_url),
+            inline=inline_messages(settings.database_url),
         ),
     )
     app.include_router(admin_router(), prefix="/api/v1")

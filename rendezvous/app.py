@@ -22,7 +22,7 @@ from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import is_sqlite, make_engine, message_scope
+from fdo_server.db import inline_messages, make_engine, message_scope
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
@@ -88,7 +88,7 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
             clock=clock,
             scope=lambda: message_scope(engine),
             observer=metrics.observe,
-            inline=is_sqlite(settings.database_url),
+            inline=inline_messages(settings.database_url),
         ),
     )
     app.include_router(admin_router(clock))

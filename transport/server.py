@@ -354,17 +354,53 @@ async def _read_body(headers: Mapping[str, str], receive: Receive, max_body: int
 MessageHandler = Callable[[str, Mapping[str, str], bytes | None], Response]
 
 
+class InlineWhileFast:
+    """Where :class:`FdoEndpoint` runs messages on a networked database: on the event loop
+    while they are quick, in the thread pool for a while after one was not.
+
+    A message handled on the loop needs no hand-off between threads (on the benchmark
+    machine that is about a quarter of the server CPU per onboarding with PostgreSQL), but
+    the loop, and with it every other request of the worker (``/health`` and ``/ready``
+    included), waits for the message's database round trips. So once a message takes
+    longer than ``budget`` seconds (a slow, locked or vanished database), messages go to
+    the thread pool until ``cooldown`` seconds pass without another slow one; the loop
+    then waits for at most one slow message per cooldown, which the database connection's
+    own timeouts bound (:func:`fdo_server.db.make_engine`).
+    """
+
+    def __init__(
+        self, budget: float = 0.25, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.budget = budget
+        self.cooldown = cooldown
+        self.clock = clock
+        self._threads_until = float("-inf")
+
+    def inline(self) -> bool:
+        """Whether the next message may run on the loop."""
+        return self.clock() >= self._threads_until
+
+    def took(self, seconds: float) -> None:
+        """A message (on the loop or in a thread) took ``seconds``."""
+        if seconds > self.budget:
+            self._threads_until = self.clock() + self.cooldown
+
+
 class FdoEndpoint:
     """``POST /fdo/101/msg/{msg_type}`` as a bare ASGI app.
 
     It reads the body in the event loop (with the size limit) and hands the message to
     :attr:`handle` (synchronous: machine and database work), in the thread pool or,
-    with ``inline``, on the event loop itself; no routing, request objects, dependency
-    injection or validation around it. :class:`FdoFastPath` sends it every FDO message
-    before the app's middleware and routing; the router's route reaches it otherwise.
+    with ``inline``, on the event loop itself (``True``: always, for SQLite; an
+    :class:`InlineWhileFast`: while messages are quick); no routing, request objects,
+    dependency injection or validation around it. :class:`FdoFastPath` sends it every
+    FDO message before the app's middleware and routing; the router's route reaches it
+    otherwise.
     """
 
-    def __init__(self, handle: MessageHandler, max_body: int, *, inline: bool = False) -> None:
+    def __init__(
+        self, handle: MessageHandler, max_body: int, *, inline: bool | InlineWhileFast = False
+    ) -> None:
         self.handle = handle
         self.max_body = max_body
         self.inline = inline
@@ -376,10 +412,18 @@ class FdoEndpoint:
         except _Disconnected:
             return
         msg_type = scope["path"][len(MSG_PATH) :]
-        if self.inline:
+        policy = self.inline
+        if policy is True:
             response = self.handle(msg_type, headers, data)
-        else:
+        elif policy is False:
             response = await run_in_threadpool(self.handle, msg_type, headers, data)
+        else:
+            start = time.perf_counter()
+            if policy.inline():
+                response = self.handle(msg_type, headers, data)
+            else:
+                response = await run_in_threadpool(self.handle, msg_type, headers, data)
+            policy.took(time.perf_counter() - start)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
         )
@@ -461,7 +505,7 @@ def fdo_router(
     scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
     observer: MessageObserver | None = None,
     machine_cache: MachineCache | None = None,
-    inline: bool = False,
+    inline: bool | InlineWhileFast = False,
 ) -> APIRouter:
     """A router serving ``POST /fdo/101/msg/{type}`` for the sub-protocols in ``handlers``.
 
@@ -475,9 +519,10 @@ def fdo_router(
     ``machine_cache`` (default: a new :class:`MachineCache`) keeps live machines between
     messages of this process; pass ``MachineCache(0)`` to restore from state every time.
     ``inline`` runs each message on the event loop instead of the thread pool: cheaper
-    (no hand-off between threads) for a database without network round trips (SQLite,
-    where writers queue on one lock anyway), but the loop waits for the database, so a
-    networked database (PostgreSQL) keeps the thread pool.
+    (no hand-off between threads), but the loop waits for the database. ``True`` suits a
+    database without network round trips (SQLite, where writers queue on one lock
+    anyway); a networked database (PostgreSQL) takes an :class:`InlineWhileFast`, which
+    falls back to the thread pool while messages are slow.
     """
     unknown = set(handlers) - FIRST_TYPES
     if unknown:
