@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         },
     )
     event.listen(engine, "before_cursor_execute", _begin_before_write)
+    _DEFERRING.add(engine)
     return engine
 
 
@@ -122,6 +124,8 @@ class _Deferred:
 
 
 _deferred: ContextVar[_Deferred | None] = ContextVar("fdo_db_deferred", default=None)
+#: Engines (from :func:`make_engine`) whose message scopes defer BEGIN: they have the listener.
+_DEFERRING: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 _LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b", re.IGNORECASE)
 
@@ -192,15 +196,18 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn_token = _connection.set(conn)
         session_token = _current.set(None)
-        defer = event.contains(engine, "before_cursor_execute", _begin_before_write)
-        deferred = _Deferred(conn) if defer else None
+        deferred = _Deferred(conn) if engine in _DEFERRING else None
         try:
             if deferred is None:
                 with conn.begin():
                     yield conn
                     _flush_current()
             else:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
+                # Autocommit on the driver's connection itself (SQLAlchemy's isolation-level
+                # option would redo and undo it through the dialect on every checkout);
+                # SQLAlchemy's own ROLLBACK at check-in is then a no-op.
+                raw: Any = conn.connection.dbapi_connection
+                raw.autocommit = True
                 deferred_token = _deferred.set(deferred)
                 try:
                     yield conn
@@ -214,6 +221,11 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
                     raise
                 finally:
                     _deferred.reset(deferred_token)
+                    if not conn.invalidated:
+                        try:
+                            raw.autocommit = False
+                        except Exception:  # still in a transaction (its ROLLBACK failed): drop it
+                            conn.invalidate()
         finally:
             session = _current.get()
             if session is not None:

@@ -112,6 +112,8 @@ def test_postgres_reads_and_a_lone_last_write_need_no_transaction(engine: Engine
         assert not _in_transaction(conn)
         assert token in _tokens(engine)  # already committed
     assert token in _tokens(engine)
+    with engine.connect() as conn:  # the pool's connections are back to transactions
+        assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
 
 
 def test_postgres_writes_before_the_last_make_one_transaction(engine: Engine) -> None:
