@@ -21,7 +21,6 @@ from fastapi import FastAPI
 from sqlalchemy import Table, bindparam
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import insert as sa_insert
-from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
@@ -41,8 +40,8 @@ from owner.groups_tables import Revision
 from owner.importer import voucher_values
 from owner.report_api import report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
-from owner.store import OwnerStore
-from owner.tables import ACTIVE, REPLACED, DeviceOnboarding, OwnerVoucher, To0Work
+from owner.store import OwnerStore, active_voucher_id
+from owner.tables import REPLACED, DeviceOnboarding, OwnerVoucher, To0Work
 from owner.to0 import To0Thread
 from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router, mount_fdo
 
@@ -97,9 +96,6 @@ def module_results(machine: TO2Owner) -> list[dict[str, Any]]:
 _VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
 _TO0_WORK: Table = To0Work.__table__  # type: ignore[attr-defined]
 # Built once (Core, bound parameters): record_done runs at the end of every TO2.
-_ACTIVE_VOUCHER_ID = (
-    sa_select(_VOUCHERS.c.id).where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE).limit(1)
-)
 _INSERT_VOUCHER = sa_insert(_VOUCHERS)
 _REPLACE_VOUCHER = (
     sa_update(_VOUCHERS)
@@ -115,7 +111,7 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
     assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
     conn = current_connection()
     now = clock()
-    old_id = conn.execute(_ACTIVE_VOUCHER_ID, {"g": machine.guid.value}).scalar()
+    old_id = active_voucher_id(machine.guid)  # TO2Done's voucher lookup just read it
     new_guid: bytes | None = None
     if machine.new_voucher is not None and old_id is not None:
         new = machine.new_voucher

@@ -28,6 +28,8 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy import select as core_select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
 from sqlmodel import Session, col, select
 
@@ -143,7 +145,7 @@ def add_event(
 def ensure_device(db: Session, guid: Guid | bytes, *, now: datetime | None = None) -> Device:
     """The device record for ``guid``, created (status ``new``) when missing."""
     db.flush()  # the lookup below reads the database directly
-    row, _ = _ensure_row(db.connection(), _raw(guid), _now(now))
+    row = _ensure_row(db.connection(), _raw(guid), _now(now))
     device = db.get(Device, row["id"])
     assert device is not None  # noqa: S101 - found or made just now
     return device
@@ -174,9 +176,14 @@ _ROW_OF_GUID = (
 _GUIDS_OF_DEVICE = (
     core_select(_GUIDS.c.guid).where(_GUIDS.c.device_id == bindparam("d")).order_by(_GUIDS.c.id)
 )
-_GUID_KNOWN = core_select(_GUIDS.c.id).where(_GUIDS.c.guid == bindparam("g"))
 _INSERT_DEVICE = insert(_DEVICES)
 _INSERT_GUID = insert(_GUIDS)
+# A GUID the device takes on at the end of TO2, unless a record already holds it (one
+# statement instead of a lookup and an insert).
+_ADD_GUID = {
+    "postgresql": postgresql_insert(_GUIDS).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid]),
+    "sqlite": sqlite_insert(_GUIDS).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid]),
+}
 _INSERT_EVENT = insert(_EVENTS)
 _SET_ASSIGNED = (
     update(_DEVICES)
@@ -224,20 +231,12 @@ def _event(conn: Connection, device_id: int, kind: str, detail: Mapping[str, obj
     conn.execute(_INSERT_EVENT, {"device_id": device_id, "at": at, "kind": kind, "detail": dict(detail)})
 
 
-def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> tuple[Mapping[Any, Any], bool]:
-    """The :func:`device_row` of ``guid``, and whether it was created just now."""
+def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> Mapping[Any, Any]:
+    """The :func:`device_row` of ``guid``, made now if there is none."""
     row = device_row(conn, guid)
     if row is not None:
-        return row, False
-    inserted = conn.execute(
-        _INSERT_DEVICE,
-        {"guid": guid, "devmod": {}, "labels": {}, "status": NEW, "created_at": at, "updated_at": at},
-    ).inserted_primary_key
-    assert inserted is not None  # noqa: S101 - an INSERT always has one
-    conn.execute(_INSERT_GUID, {"device_id": inserted[0], "guid": guid, "added_at": at})
-    _event(conn, inserted[0], "created", {"guid": str(Guid(guid))}, at)
-    new = {
-        "id": inserted[0],
+        return row
+    new: dict[str, Any] = {
         "guid": guid,
         "serial": None,
         "model": None,
@@ -247,7 +246,21 @@ def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> tuple[Mapping[An
         "assigned_revision_id": None,
         "revision_id": None,
     }
-    return new, True
+    new["id"] = _insert_row(conn, new, status=NEW, at=at)
+    return new
+
+
+def _insert_row(conn: Connection, values: Mapping[str, Any], *, status: str, at: datetime) -> int:
+    """A new device record with ``values`` (its GUID among them), that GUID in its
+    history and the ``created`` event; returns its id."""
+    inserted = conn.execute(
+        _INSERT_DEVICE, {**values, "status": status, "created_at": at, "updated_at": at}
+    ).inserted_primary_key
+    assert inserted is not None  # noqa: S101 - an INSERT always has one
+    device_id = int(inserted[0])
+    conn.execute(_INSERT_GUID, {"device_id": device_id, "guid": values["guid"], "added_at": at})
+    _event(conn, device_id, "created", {"guid": str(Guid(values["guid"]))}, at)
+    return device_id
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -355,33 +368,50 @@ def assignment_for(
     at = _now(now)
     db.flush()  # the statements below go to the database directly
     conn = db.connection()
-    row, created = _ensure_row(conn, _raw(guid), at)
-    serial = serial_of(devmod) or row["serial"]
-    model = model_of(devmod) or row["model"]
-    guids = (row["guid"],) if created else tuple(conn.execute(_GUIDS_OF_DEVICE, {"d": row["id"]}).scalars())
-    group = resolve_group(
-        db, DeviceFacts(guids=guids, serial=serial, model=model, labels=dict(row["labels"]))
-    )
+    raw = _raw(guid)
+    row = device_row(conn, raw)
+    serial = serial_of(devmod) or (None if row is None else row["serial"])
+    model = model_of(devmod) or (None if row is None else row["model"])
+    guids = (raw,) if row is None else tuple(conn.execute(_GUIDS_OF_DEVICE, {"d": row["id"]}).scalars())
+    labels = {} if row is None else dict(row["labels"])
+    group = resolve_group(db, DeviceFacts(guids=guids, serial=serial, model=model, labels=labels))
     assignment = None if group is None else current_assignment(db, group)
     group_id = None if group is None else group.id
     revision_id = None if assignment is None else assignment.revision.id
-    if row["group_id"] != group_id or row["assigned_revision_id"] != revision_id:
+    devmod_facts = devmod_dict(devmod) if devmod is not None else ({} if row is None else row["devmod"])
+    if row is None:  # first TO2 of this device: the record is made with what it learnt
+        values = {
+            "guid": raw,
+            "serial": serial,
+            "model": model,
+            "devmod": devmod_facts,
+            "labels": {},
+            "group_id": group_id,
+            "assigned_revision_id": revision_id,
+        }
+        device_id = _insert_row(conn, values, status=ONBOARDING, at=at)
+        changed = group_id is not None or revision_id is not None
+    else:
+        device_id = row["id"]
+        changed = row["group_id"] != group_id or row["assigned_revision_id"] != revision_id
+    if changed:
         detail: dict[str, object] = {"group": None if group is None else group.name}
         if assignment is not None:
             detail["revision"] = assignment.revision.number
-        _event(conn, row["id"], "assigned", detail, at)
-    conn.execute(
-        _SET_ASSIGNED,
-        {
-            "d": row["id"],
-            "devmod": devmod_dict(devmod) if devmod is not None else row["devmod"],
-            "serial": serial,
-            "model": model,
-            "group": group_id,
-            "revision": revision_id,
-            "at": at,
-        },
-    )
+        _event(conn, device_id, "assigned", detail, at)
+    if row is not None:
+        conn.execute(
+            _SET_ASSIGNED,
+            {
+                "d": device_id,
+                "devmod": devmod_facts,
+                "serial": serial,
+                "model": model,
+                "group": group_id,
+                "revision": revision_id,
+                "at": at,
+            },
+        )
     _expire_devices(db)
     return assignment
 
@@ -403,12 +433,13 @@ def record_onboarding(
     at = _now(now)
     db.flush()  # the statements below go to the database directly
     conn = db.connection()
-    row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)[0]
+    row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
     guid = row["guid"]
     if new_guid is not None and _raw(new_guid) != row["guid"]:
-        if conn.execute(_GUID_KNOWN, {"g": _raw(new_guid)}).first() is None:
-            conn.execute(_INSERT_GUID, {"device_id": row["id"], "guid": _raw(new_guid), "added_at": at})
+        conn.execute(
+            _ADD_GUID[conn.dialect.name], {"device_id": row["id"], "guid": _raw(new_guid), "added_at": at}
+        )
         guid = _raw(new_guid)
         detail["new_guid"] = str(Guid(guid))
     group_id, revision_id = row["group_id"], row["revision_id"]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextvars import ContextVar
 
 from sqlalchemy import Table, bindparam
 from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection
 
 from fdo.codec import CborValue
 from fdo.crypto import PrivateKeyT, PublicKey, spki_der
@@ -26,11 +28,29 @@ from owner.settings import OwnerConfig
 from owner.tables import ACTIVE, OwnerVoucher
 
 _VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
-_RAW_OF_ACTIVE = (
-    core_select(_VOUCHERS.c.raw)
+_ACTIVE = (
+    core_select(_VOUCHERS.c.id, _VOUCHERS.c.raw)
     .where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE)
     .limit(1)
 )
+_ID_OF_ACTIVE = (
+    core_select(_VOUCHERS.c.id)
+    .where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE)
+    .limit(1)
+)
+#: The active voucher row (connection, GUID, id) :meth:`OwnerStore.voucher` read last in
+#: this context, so :func:`active_voucher_id` in the same unit of work needs no query.
+_LAST_READ: ContextVar[tuple[Connection, bytes, int] | None] = ContextVar("owner_voucher_read", default=None)
+
+
+def active_voucher_id(guid: Guid) -> int | None:
+    """The id of ``guid``'s active voucher, as this unit of work sees it."""
+    conn = current_connection()
+    last = _LAST_READ.get()
+    if last is not None and last[0] is conn and last[1] == guid.value:
+        return last[2]
+    found = conn.execute(_ID_OF_ACTIVE, {"g": guid.value}).scalar()
+    return None if found is None else int(found)
 
 
 class DecodedVouchers:
@@ -69,8 +89,12 @@ class OwnerStore:
         self._decoded = DecodedVouchers()
 
     def voucher(self, guid: Guid) -> OwnershipVoucher | None:
-        raw = current_connection().execute(_RAW_OF_ACTIVE, {"g": guid.value}).scalar()
-        return None if raw is None else self._decoded.decode(bytes(raw))
+        conn = current_connection()
+        row = conn.execute(_ACTIVE, {"g": guid.value}).first()
+        if row is None:
+            return None
+        _LAST_READ.set((conn, guid.value, int(row[0])))
+        return self._decoded.decode(bytes(row[1]))
 
     def private_key(self, public_key: PublicKey) -> PrivateKeyT | None:
         return self._by_spki.get(spki_der(public_key.key))

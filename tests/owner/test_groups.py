@@ -161,3 +161,44 @@ def test_new_revision_reaches_next_device_only(engine: Engine) -> None:
     with unit_of_work(engine) as db:
         device = find_device(db, a2)
         assert device is not None and device.revision_id == first.id
+
+
+def test_first_assignment_makes_the_record_whole(engine: Engine) -> None:
+    """A device's first TO2 makes its record at once: facts, group, status, one GUID,
+    the ``created`` event (and ``assigned`` only when a group matched)."""
+    matched, unmatched = Guid(os.urandom(16)), Guid(os.urandom(16))
+    with unit_of_work(engine) as db:
+        group = add_group(db, "fleet", model="box-*")
+        revision = publish(db, group, 1)
+        assignment = assignment_for(db, matched, devmod("SN-7", "box-7"), now=NOW)
+        assert assignment is not None and assignment.revision.id == revision.id
+        assert assignment_for(db, unmatched, devmod("SN-8", "other"), now=NOW) is None
+    with unit_of_work(engine) as db:
+        for guid, group_id, revision_id, kinds in (
+            (matched, group.id, revision.id, ["created", "assigned"]),
+            (unmatched, None, None, ["created"]),
+        ):
+            device = find_device(db, guid)
+            assert device is not None
+            assert (device.status, device.group_id, device.assigned_revision_id) == (
+                "onboarding",
+                group_id,
+                revision_id,
+            )
+            assert device.serial in ("SN-7", "SN-8") and device.devmod["sn"] == device.serial
+            assert device_guids(db, device) == [guid.value]
+            query = select(DeviceEvent).where(DeviceEvent.device_id == device.id)
+            assert [e.kind for e in db.exec(query.order_by(col(DeviceEvent.id))).all()] == kinds
+
+
+def test_onboarding_to_a_guid_already_in_the_history(engine: Engine) -> None:
+    """A new GUID the record already holds is not added twice (and is no error)."""
+    old, new = Guid(os.urandom(16)), Guid(os.urandom(16))
+    with unit_of_work(engine) as db:
+        assignment_for(db, old, devmod("SN-9", "box-9"), now=NOW)
+        record_onboarding(db, old, new, devmod("SN-9", "box-9"), None, now=NOW)
+        record_onboarding(db, new, old, devmod("SN-9", "box-9"), None, now=NOW)  # back to a known one
+    with unit_of_work(engine) as db:
+        device = find_device(db, new)
+        assert device is not None and device.guid == old.value
+        assert device_guids(db, device) == [old.value, new.value]
