@@ -383,6 +383,14 @@ class InlineWhileFast:
     def took(self, seconds: float) -> None:
         """A message (on the loop or in a thread) took ``seconds``."""
         if seconds > self.budget:
+            if self.inline():
+                log.warning(
+                    "an FDO message took %.3f s (over %.3f s; a slow database?): "
+                    "messages run in the thread pool until %.0f s pass without another",
+                    seconds,
+                    self.budget,
+                    self.cooldown,
+                )
             self._threads_until = self.clock() + self.cooldown
 
 

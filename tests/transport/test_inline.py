@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 
+import pytest
 from fastapi import FastAPI, Response
 from fastapi.testclient import TestClient
 from starlette.routing import Route
@@ -53,7 +54,9 @@ def test_fixed_places() -> None:
         assert handler.on_loop == [expected, expected]
 
 
-def test_inline_while_fast_moves_to_threads_after_a_slow_message_and_back_after_cooldown() -> None:
+def test_inline_while_fast_moves_to_threads_after_a_slow_message_and_back_after_cooldown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     now = [1000.0]
     policy = InlineWhileFast(budget=0.05, cooldown=30.0, clock=lambda: now[0])
     handler = Handler()
@@ -74,6 +77,9 @@ def test_inline_while_fast_moves_to_threads_after_a_slow_message_and_back_after_
         post(http)  # 30 s after the last slow message: back on the loop
         post(http)
     assert handler.on_loop == [True, True, False, False, False, False, True, True]
+    # One warning when messages left the loop, none while they were in threads already.
+    warnings = [r for r in caplog.records if "thread pool" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
 
 
 def test_services_pick_by_database() -> None:
