@@ -18,8 +18,9 @@ owner's own key, so the rendezvous CPU of exactly N registrations is measured (t
 owner-side signing runs in the load generator, as it would in the owner's scheduler).
 
 Server CPU is read from ``/proc`` for each service's uvicorn process and its workers
-(:meth:`fdo_server.launcher.ServiceProcess.cpu_seconds`) before and after a phase. A
-warm-up round of ``--warmup`` devices goes through every phase first, unmeasured. The
+(:meth:`fdo_server.launcher.ServiceProcess.cpu_seconds`) before and after a phase; on
+PostgreSQL the CPU of the database server's processes on this machine is reported
+beside it, not in it. A warm-up round of ``--warmup`` devices goes through every phase first, unmeasured. The
 device's ``fdo.command`` runner is a stub (no fork per device in the load generator);
 files are written under a per-device folder.
 """
@@ -53,6 +54,7 @@ from fdo.rvinfo import RVTO2Addr
 from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
+from fdo_server.launcher import CLK_TCK
 from fdo_server.stack import SERVICES, Stack
 from owner.settings import to2_addr_entry
 from transport.client import FdoHttpClient
@@ -72,6 +74,9 @@ class PhaseResult:
     latencies: list[float]
     server_cpu: dict[str, float]
     client_cpu: float
+    #: CPU seconds of this machine's PostgreSQL server processes during the phase (not
+    #: part of the server CPU above; 0 on SQLite).
+    database_cpu: float = 0.0
 
     @property
     def ops_per_s(self) -> float:
@@ -89,6 +94,22 @@ class PhaseResult:
     @property
     def client_ms(self) -> float:
         return self.client_cpu / self.ops * 1000
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used so far by this machine's PostgreSQL server processes (``/proc``)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if "(postgres)" in stat:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def process_cpu() -> float:
@@ -113,14 +134,16 @@ def run_phase(
 
     cpu_before = {s: stack.services[s].cpu_seconds() for s in services}
     client_before = process_cpu()
+    database_before = postgres_cpu()
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for _ in pool.map(timed, items):
             pass
     wall = time.perf_counter() - start
     client = process_cpu() - client_before
+    database = postgres_cpu() - database_before
     cpu = {s: stack.services[s].cpu_seconds() - cpu_before[s] for s in services}
-    return PhaseResult(name, services, len(items), wall, latencies, cpu, client)
+    return PhaseResult(name, services, len(items), wall, latencies, cpu, client, database)
 
 
 def warm(items: Sequence[T], op: Callable[[T], object], concurrency: int) -> None:
@@ -369,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{full.ops_per_s:.1f} onboardings/s with {args.workers} workers per service "
             f"and the load generator ({full.client_ms:.1f} ms CPU per onboarding) on this machine"
         )
+        if full.database_cpu > 0:
+            print(
+                f"{backend}: the database server's own processes on this machine used a further "
+                f"{full.database_cpu / full.ops * 1000:.2f} ms CPU per onboarding (not counted above)"
+            )
     return 0
 
 
