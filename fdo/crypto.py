@@ -471,7 +471,7 @@ def load_csr(der: bytes) -> x509.CertificateSigningRequest:
     """Parse a DER CSR and check its self-signature."""
     try:
         csr = x509.load_der_x509_csr(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion: a version other than v1 (0)
         raise MessageBodyError("CSR: not a DER PKCS#10 request") from None
     try:
         valid = csr.is_signature_valid

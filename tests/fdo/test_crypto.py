@@ -145,3 +145,13 @@ def test_csr_signature_is_checked(keys: dict[str, PrivateKeyT]) -> None:
         load_csr(bytes(der))
     with pytest.raises(MessageBodyError):
         load_csr(b"not a csr")
+
+
+def test_csr_with_another_version_is_a_body_error(keys: dict[str, PrivateKeyT]) -> None:
+    """cryptography raises its own InvalidVersion for a CSR version other than v1 (0);
+    found by the property tests (a DI AppStart with one byte changed)."""
+    der = bytearray(make_csr(keys["ec256"], "SN-3"))
+    at = der.index(b"\x02\x01\x00")  # CertificationRequestInfo.version INTEGER 0
+    der[at + 2] = 1
+    with pytest.raises(MessageBodyError, match="not a DER PKCS#10"):
+        load_csr(bytes(der))
