@@ -14,18 +14,23 @@ from __future__ import annotations
 import contextlib
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import Session, create_engine
 
 from transport.server import InlineWhileFast
+
+T = TypeVar("T")
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 _connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)
@@ -124,6 +129,8 @@ class _Deferred:
 
 
 _deferred: ContextVar[_Deferred | None] = ContextVar("fdo_db_deferred", default=None)
+#: Driver errors after which a connection is not to be used again.
+_DISCONNECTS = (psycopg.OperationalError, psycopg.InterfaceError)
 #: Engines (from :func:`make_engine`) whose message scopes defer BEGIN: they have the listener.
 _DEFERRING: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -232,6 +239,94 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
                 session.close()
             _current.reset(session_token)
             _connection.reset(conn_token)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement compiled for one dialect, with the type processing SQLAlchemy would do."""
+
+    sql: str
+    literals: dict[str, Any]  # bound values fixed in the statement (``state == 'active'``, LIMIT)
+    binds: dict[str, Callable[[Any], Any]]  # parameter name -> bind processor
+    results: tuple[Callable[[Any], Any] | None, ...]  # per result column
+
+
+class DirectStatement:
+    """A prebuilt Core statement that, on a PostgreSQL connection, goes to the driver's
+    cursor directly: compiled once, with SQLAlchemy's bind and result processing for its
+    types applied here, and SQLAlchemy's execution context and result objects (40–60 µs
+    a statement on the benchmark machine, for the statements every FDO message runs)
+    skipped. Anywhere else (SQLite) it runs through SQLAlchemy as usual.
+
+    It takes part in the :func:`message_scope` it runs in like any statement (the
+    deferred ``BEGIN``, :func:`last_write`); a connection error invalidates the
+    connection, as SQLAlchemy would.
+    """
+
+    def __init__(self, statement: Select[Any] | UpdateBase) -> None:
+        self.statement = statement
+        self._by_dialect: dict[Dialect, _Compiled | None] = {}
+
+    def _compiled(self, dialect: Dialect) -> _Compiled | None:
+        if dialect in self._by_dialect:
+            return self._by_dialect[dialect]
+        found: _Compiled | None = None
+        if dialect.name == "postgresql" and dialect.paramstyle == "pyformat":
+            compiled = self.statement.compile(dialect=dialect)
+            if not compiled.positional:
+                binds: dict[str, Callable[[Any], Any]] = {}
+                for name, bind in compiled.binds.items():
+                    process = bind.type.bind_processor(dialect)
+                    if process is not None:
+                        binds[name] = process
+                columns = getattr(self.statement, "selected_columns", ())
+                found = _Compiled(
+                    sql=str(compiled),
+                    literals={n: b.effective_value for n, b in compiled.binds.items() if not b.required},
+                    binds=binds,
+                    results=tuple(c.type.result_processor(dialect, None) for c in columns),
+                )
+        self._by_dialect[dialect] = found
+        return found
+
+    @staticmethod
+    def _run(conn: Connection, compiled: _Compiled, given: Mapping[str, Any], read: Callable[[Any], T]) -> T:
+        params = {**compiled.literals, **given}
+        for name, process in compiled.binds.items():
+            if name in params:
+                params[name] = process(params[name])
+        raw: Any = conn.connection.dbapi_connection
+        try:
+            with raw.cursor() as cursor:
+                _begin_before_write(conn, cursor, compiled.sql, None, None, False)
+                cursor.execute(compiled.sql, params)
+                return read(cursor)
+        except Exception as exc:
+            if raw.closed or isinstance(exc, _DISCONNECTS):
+                conn.invalidate(exc)
+            raise
+
+    def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Run a DML statement; the number of rows it touched."""
+        compiled = self._compiled(conn.dialect)
+        if compiled is None:
+            return int(conn.execute(self.statement, dict(params)).rowcount)
+        return self._run(conn, compiled, params, lambda cursor: int(cursor.rowcount))
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run a SELECT; its first row, or None."""
+        compiled = self._compiled(conn.dialect)
+        if compiled is None:
+            row = conn.execute(self.statement, dict(params)).first()
+            return None if row is None else tuple(row)
+
+        def read(cursor: Any) -> tuple[Any, ...] | None:
+            found = cursor.fetchone()
+            if found is None:
+                return None
+            return tuple(v if p is None else p(v) for v, p in zip(found, compiled.results, strict=True))
+
+        return self._run(conn, compiled, params, read)
 
 
 def _flush_current() -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlmodel import Field, SQLModel
 
-from fdo_server.db import current_connection, current_session, last_write
+from fdo_server.db import DirectStatement, current_connection, current_session, last_write
 from transport.server import StaleSessionError, StoredSession
 
 
@@ -39,17 +39,19 @@ def _utc(value: datetime) -> datetime:
 _TABLE: Table = FdoSession.__table__  # type: ignore[attr-defined]
 _C = _TABLE.c
 
-# Built once: SQLAlchemy Core statements with bound parameters hit the compiled cache and
-# skip the ORM (identity map, flush at commit) for what is one row per message.
-_INSERT = insert(_TABLE)
-_LOAD = select(_C.protocol, _C.state, _C.version, _C.expires_at).where(_C.token == bindparam("t"))
-_SAVE = (
+# Built once: Core statements with bound parameters, for what is one row per message; on
+# PostgreSQL they go to the driver directly (DirectStatement).
+_INSERT = DirectStatement(insert(_TABLE))
+_LOAD = DirectStatement(
+    select(_C.protocol, _C.state, _C.version, _C.expires_at).where(_C.token == bindparam("t"))
+)
+_SAVE = DirectStatement(
     update(_TABLE)
     .where(_C.token == bindparam("t"), _C.version == bindparam("v"))
     .values(state=bindparam("s"), version=bindparam("nv"))
 )
-_FINISH = delete(_TABLE).where(_C.token == bindparam("t"), _C.version == bindparam("v"))
-_DELETE = delete(_TABLE).where(_C.token == bindparam("t"))
+_FINISH = DirectStatement(delete(_TABLE).where(_C.token == bindparam("t"), _C.version == bindparam("v")))
+_DELETE = DirectStatement(delete(_TABLE).where(_C.token == bindparam("t")))
 
 
 class SQLSessionStore:
@@ -62,11 +64,11 @@ class SQLSessionStore:
         token = secrets.token_urlsafe(32)
         row = {"token": token, "protocol": protocol, "state": state, "version": 0, "expires_at": expires_at}
         with last_write() as conn:
-            conn.execute(_INSERT, row)
+            _INSERT.rowcount(conn, row)
         return token
 
     def load(self, token: str) -> StoredSession | None:
-        row = current_connection().execute(_LOAD, {"t": token}).first()
+        row = _LOAD.first(current_connection(), {"t": token})
         if row is None:
             return None
         expires_at = _utc(row[3])
@@ -76,20 +78,20 @@ class SQLSessionStore:
 
     def save(self, token: str, state: bytes, *, version: int) -> None:
         with last_write() as conn:
-            result = conn.execute(_SAVE, {"t": token, "v": version, "s": state, "nv": version + 1})
-        if result.rowcount != 1:
+            saved = _SAVE.rowcount(conn, {"t": token, "v": version, "s": state, "nv": version + 1})
+        if saved != 1:
             raise StaleSessionError(token)
 
     def finish(self, token: str, *, version: int) -> None:
         """Delete a finished session, only if no one else moved it on meanwhile."""
         with last_write() as conn:
-            result = conn.execute(_FINISH, {"t": token, "v": version})
-        if result.rowcount != 1:
+            finished = _FINISH.rowcount(conn, {"t": token, "v": version})
+        if finished != 1:
             raise StaleSessionError(token)
 
     def delete(self, token: str) -> None:
         with last_write() as conn:
-            conn.execute(_DELETE, {"t": token})
+            _DELETE.rowcount(conn, {"t": token})
 
     def purge_expired(self) -> int:
         """Remove expired sessions; returns how many."""

@@ -22,18 +22,18 @@ from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule
 from fdo.to2.owner import Replacement
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import current_connection, current_session
+from fdo_server.db import DirectStatement, current_connection, current_session
 from owner.assign import modules_for, restore_modules
 from owner.settings import OwnerConfig
 from owner.tables import ACTIVE, OwnerVoucher
 
 _VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
-_ACTIVE = (
+_ACTIVE = DirectStatement(
     core_select(_VOUCHERS.c.id, _VOUCHERS.c.raw)
     .where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE)
     .limit(1)
 )
-_ID_OF_ACTIVE = (
+_ID_OF_ACTIVE = DirectStatement(
     core_select(_VOUCHERS.c.id)
     .where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE)
     .limit(1)
@@ -49,8 +49,8 @@ def active_voucher_id(guid: Guid) -> int | None:
     last = _LAST_READ.get()
     if last is not None and last[0] is conn and last[1] == guid.value:
         return last[2]
-    found = conn.execute(_ID_OF_ACTIVE, {"g": guid.value}).scalar()
-    return None if found is None else int(found)
+    found = _ID_OF_ACTIVE.first(conn, {"g": guid.value})
+    return None if found is None else int(found[0])
 
 
 class DecodedVouchers:
@@ -90,7 +90,7 @@ class OwnerStore:
 
     def voucher(self, guid: Guid) -> OwnershipVoucher | None:
         conn = current_connection()
-        row = conn.execute(_ACTIVE, {"g": guid.value}).first()
+        row = _ACTIVE.first(conn, {"g": guid.value})
         if row is None:
             return None
         _LAST_READ.set((conn, guid.value, int(row[0])))

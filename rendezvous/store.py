@@ -24,7 +24,7 @@ from fdo.to0.rendezvous import TO0Registration
 from fdo.to1.rendezvous import TO1Record
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import current_connection, current_session
+from fdo_server.db import DirectStatement, current_connection, current_session
 from rendezvous.tables import Registration
 
 Clock = Callable[[], datetime]
@@ -62,8 +62,10 @@ class RendezvousPolicy:
 
 _REGISTRATIONS: Table = Registration.__table__  # type: ignore[attr-defined]
 # Built once (Core, bound parameters): TO1 reads it twice per device.
-_LIVE_OF_GUID = core_select(_REGISTRATIONS.c.device_key_spki, _REGISTRATIONS.c.to1d).where(
-    _REGISTRATIONS.c.guid == bindparam("g"), _REGISTRATIONS.c.expires_at > bindparam("now")
+_LIVE_OF_GUID = DirectStatement(
+    core_select(_REGISTRATIONS.c.device_key_spki, _REGISTRATIONS.c.to1d).where(
+        _REGISTRATIONS.c.guid == bindparam("g"), _REGISTRATIONS.c.expires_at > bindparam("now")
+    )
 )
 
 
@@ -74,7 +76,7 @@ class RegistrationLookup:
         self.clock = clock
 
     def find(self, guid: Guid) -> TO1Record | None:
-        row = current_connection().execute(_LIVE_OF_GUID, {"g": guid.value, "now": self.clock()}).first()
+        row = _LIVE_OF_GUID.first(current_connection(), {"g": guid.value, "now": self.clock()})
         if row is None:
             return None
         return TO1Record(device_key_spki=row[0], to1d=row[1])

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import event, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import select
 
@@ -92,7 +92,7 @@ def test_outside_any_scope() -> None:
 
 def _postgres(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
-        pytest.skip("the deferred BEGIN is PostgreSQL's (SQLite has no round trips to save)")
+        pytest.skip("PostgreSQL only (SQLite has no round trips to save)")
 
 
 def _in_transaction(conn: Connection) -> bool:
@@ -147,3 +147,50 @@ def _version(engine: Engine, token: str) -> int:
         row = db.get(FdoSession, token)
         assert row is not None
         return row.version
+
+
+# ----------------------------------------------------------- statements straight to the driver
+
+
+def test_direct_statements_read_what_sqlalchemy_reads(engine: Engine) -> None:
+    """The session store's statements (DirectStatement) give the values SQLAlchemy gives,
+    type processing included (an aware expiry from a UTCDateTime column)."""
+    store = SQLSessionStore()
+    with message_scope(engine):
+        token = store.create("TO2", b"\x00state", LATER)
+    with message_scope(engine):
+        loaded = store.load(token)
+        orm = current_session().get(FdoSession, token)
+    assert loaded is not None and orm is not None
+    assert (loaded.protocol, loaded.state, loaded.version) == ("TO2", b"\x00state", 0)
+    assert (orm.protocol, orm.state, orm.version) == ("TO2", b"\x00state", 0)
+    assert loaded.expires_at == orm.expires_at == LATER and loaded.expires_at.tzinfo is not None
+
+
+def test_direct_statements_skip_sqlalchemy_on_postgres_only(engine: Engine) -> None:
+    seen: list[str] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with message_scope(engine):
+            SQLSessionStore().load("no-such-token")
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(seen) == (0 if engine.dialect.name == "postgresql" else 1)
+
+
+def test_postgres_direct_statement_on_a_dead_connection_invalidates_it(engine: Engine) -> None:
+    _postgres(engine)
+    with pytest.raises(psycopg.OperationalError), message_scope(engine) as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")  # type: ignore[arg-type]
+        try:
+            SQLSessionStore().load("any")
+        finally:
+            assert conn.invalidated
+    with message_scope(engine):  # the pool hands out a working connection again
+        assert SQLSessionStore().load("any") is None
