@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import event
+from sqlalchemy import BindParameter, bindparam, event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Select
@@ -241,11 +241,18 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
             _connection.reset(conn_token)
 
 
+def bound(*names: str) -> dict[str, BindParameter[Any]]:
+    """``{name: bindparam(name)}``: the ``.values()`` of an INSERT that sets these columns
+    (a :class:`DirectStatement` INSERT must name its columns)."""
+    return {name: bindparam(name) for name in names}
+
+
 @dataclass(frozen=True)
 class _Compiled:
     """A statement compiled for one dialect, with the type processing SQLAlchemy would do."""
 
     sql: str
+    required: frozenset[str]  # parameters every run must give
     literals: dict[str, Any]  # bound values fixed in the statement (``state == 'active'``, LIMIT)
     binds: dict[str, Callable[[Any], Any]]  # parameter name -> bind processor
     results: tuple[Callable[[Any], Any] | None, ...]  # per result column
@@ -276,21 +283,28 @@ class DirectStatement:
             if not compiled.positional:
                 binds: dict[str, Callable[[Any], Any]] = {}
                 for name, bind in compiled.binds.items():
-                    process = bind.type.bind_processor(dialect)
+                    process = bind.type.dialect_impl(dialect).bind_processor(dialect)
                     if process is not None:
                         binds[name] = process
                 columns = getattr(self.statement, "selected_columns", ())
                 found = _Compiled(
                     sql=str(compiled),
+                    required=frozenset(n for n, b in compiled.binds.items() if b.required),
                     literals={n: b.effective_value for n, b in compiled.binds.items() if not b.required},
                     binds=binds,
-                    results=tuple(c.type.result_processor(dialect, None) for c in columns),
+                    results=tuple(
+                        c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+                    ),
                 )
         self._by_dialect[dialect] = found
         return found
 
     @staticmethod
     def _run(conn: Connection, compiled: _Compiled, given: Mapping[str, Any], read: Callable[[Any], T]) -> T:
+        if not compiled.required <= given.keys():
+            # An INSERT without .values() binds every column: name the ones it takes.
+            missing = sorted(compiled.required - given.keys())
+            raise ValueError(f"DirectStatement: no value for {missing} in {compiled.sql[:60]!r}")
         params = {**compiled.literals, **given}
         for name, process in compiled.binds.items():
             if name in params:
@@ -312,6 +326,14 @@ class DirectStatement:
         if compiled is None:
             return int(conn.execute(self.statement, dict(params)).rowcount)
         return self._run(conn, compiled, params, lambda cursor: int(cursor.rowcount))
+
+    def mapping(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Run a SELECT; its first row by column name, or None."""
+        row = self.first(conn, params)
+        if row is None:
+            return None
+        names = [c.key for c in getattr(self.statement, "selected_columns", ())]
+        return dict(zip(names, row, strict=True))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run a SELECT; its first row, or None."""

@@ -28,7 +28,15 @@ from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
 from fdo_server.config import load_settings
-from fdo_server.db import current_connection, current_session, inline_messages, make_engine, message_scope
+from fdo_server.db import (
+    DirectStatement,
+    bound,
+    current_connection,
+    current_session,
+    inline_messages,
+    make_engine,
+    message_scope,
+)
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
@@ -97,13 +105,18 @@ _VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
 _TO0_WORK: Table = To0Work.__table__  # type: ignore[attr-defined]
 # Built once (Core, bound parameters): record_done runs at the end of every TO2.
 _INSERT_VOUCHER = sa_insert(_VOUCHERS)
-_REPLACE_VOUCHER = (
+_REPLACE_VOUCHER = DirectStatement(
     sa_update(_VOUCHERS)
     .where(_VOUCHERS.c.id == bindparam("old"))
     .values(state=REPLACED, replaced_by_id=bindparam("new"))
 )
-_DROP_TO0_WORK = sa_delete(_TO0_WORK).where(_TO0_WORK.c.voucher_id == bindparam("old"))
-_INSERT_ONBOARDING = sa_insert(DeviceOnboarding.__table__)  # type: ignore[attr-defined]
+_DROP_TO0_WORK = DirectStatement(sa_delete(_TO0_WORK).where(_TO0_WORK.c.voucher_id == bindparam("old")))
+_ONBOARDINGS: Table = DeviceOnboarding.__table__  # type: ignore[attr-defined]
+_INSERT_ONBOARDING = DirectStatement(
+    sa_insert(_ONBOARDINGS).values(
+        bound("guid", "new_guid", "voucher_id", "devmod", "modules", "completed_at")
+    )
+)
 
 
 def record_done(machine: AnyServerMachine, clock: Clock) -> None:
@@ -120,9 +133,9 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
         ).inserted_primary_key
         assert inserted is not None  # noqa: S101 - an INSERT always has one
         new_id = inserted[0]
-        conn.execute(_REPLACE_VOUCHER, {"old": old_id, "new": new_id})
+        _REPLACE_VOUCHER.rowcount(conn, {"old": old_id, "new": new_id})
         # The old GUID is gone from the device: stop keeping its TO0 registration alive.
-        conn.execute(_DROP_TO0_WORK, {"old": old_id})
+        _DROP_TO0_WORK.rowcount(conn, {"old": old_id})
         new_guid = new.guid.value
     devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
     if machine.devmod is not None:
@@ -131,8 +144,8 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
         db = current_session()  # the ORM only here: a TO2 without devmod needs none
         revision = None if assigned is None else db.get(Revision, assigned)
         groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device)
-    conn.execute(
-        _INSERT_ONBOARDING,
+    _INSERT_ONBOARDING.rowcount(
+        conn,
         {
             "guid": machine.guid.value,
             "new_guid": new_guid,

@@ -30,11 +30,12 @@ from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
+from fdo_server.db import DirectStatement, bound
 from owner.groups_tables import (
     NEW,
     ONBOARDED,
@@ -158,7 +159,7 @@ _DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
 _GUIDS: Table = DeviceGuid.__table__  # type: ignore[attr-defined]
 _EVENTS: Table = DeviceEvent.__table__  # type: ignore[attr-defined]
 _D = _DEVICES.c
-_ROW_OF_GUID = (
+_ROW_OF_GUID = DirectStatement(
     core_select(
         _D.id,
         _D.guid,
@@ -177,14 +178,19 @@ _GUIDS_OF_DEVICE = (
     core_select(_GUIDS.c.guid).where(_GUIDS.c.device_id == bindparam("d")).order_by(_GUIDS.c.id)
 )
 _INSERT_DEVICE = insert(_DEVICES)
-_INSERT_GUID = insert(_GUIDS)
+_GUID_VALUES = bound("device_id", "guid", "added_at")
+_INSERT_GUID = DirectStatement(insert(_GUIDS).values(_GUID_VALUES))
 # A GUID the device takes on at the end of TO2, unless a record already holds it (one
 # statement instead of a lookup and an insert).
 _ADD_GUID = {
-    "postgresql": postgresql_insert(_GUIDS).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid]),
-    "sqlite": sqlite_insert(_GUIDS).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid]),
+    "postgresql": DirectStatement(
+        postgresql_insert(_GUIDS).values(_GUID_VALUES).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid])
+    ),
+    "sqlite": DirectStatement(
+        sqlite_insert(_GUIDS).values(_GUID_VALUES).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid])
+    ),
 }
-_INSERT_EVENT = insert(_EVENTS)
+_INSERT_EVENT = DirectStatement(insert(_EVENTS).values(bound("device_id", "at", "kind", "detail")))
 _SET_ASSIGNED = (
     update(_DEVICES)
     .where(_D.id == bindparam("d"))
@@ -198,7 +204,7 @@ _SET_ASSIGNED = (
         updated_at=bindparam("at"),
     )
 )
-_SET_ONBOARDED = (
+_SET_ONBOARDED = DirectStatement(
     update(_DEVICES)
     .where(_D.id == bindparam("d"))
     .values(
@@ -221,14 +227,14 @@ def _expire_devices(db: Session) -> None:
             db.expire(obj)
 
 
-def device_row(conn: Connection, guid: Guid | bytes) -> RowMapping | None:
+def device_row(conn: Connection, guid: Guid | bytes) -> dict[str, Any] | None:
     """The record (id, guid, serial, model, devmod, labels, group_id,
     assigned_revision_id, revision_id) of the device that has, or had, ``guid``."""
-    return conn.execute(_ROW_OF_GUID, {"g": _raw(guid)}).mappings().first()
+    return _ROW_OF_GUID.mapping(conn, {"g": _raw(guid)})
 
 
 def _event(conn: Connection, device_id: int, kind: str, detail: Mapping[str, object], at: datetime) -> None:
-    conn.execute(_INSERT_EVENT, {"device_id": device_id, "at": at, "kind": kind, "detail": dict(detail)})
+    _INSERT_EVENT.rowcount(conn, {"device_id": device_id, "at": at, "kind": kind, "detail": dict(detail)})
 
 
 def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> Mapping[Any, Any]:
@@ -258,7 +264,7 @@ def _insert_row(conn: Connection, values: Mapping[str, Any], *, status: str, at:
     ).inserted_primary_key
     assert inserted is not None  # noqa: S101 - an INSERT always has one
     device_id = int(inserted[0])
-    conn.execute(_INSERT_GUID, {"device_id": device_id, "guid": values["guid"], "added_at": at})
+    _INSERT_GUID.rowcount(conn, {"device_id": device_id, "guid": values["guid"], "added_at": at})
     _event(conn, device_id, "created", {"guid": str(Guid(values["guid"]))}, at)
     return device_id
 
@@ -437,8 +443,8 @@ def record_onboarding(
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
     guid = row["guid"]
     if new_guid is not None and _raw(new_guid) != row["guid"]:
-        conn.execute(
-            _ADD_GUID[conn.dialect.name], {"device_id": row["id"], "guid": _raw(new_guid), "added_at": at}
+        _ADD_GUID[conn.dialect.name].rowcount(
+            conn, {"device_id": row["id"], "guid": _raw(new_guid), "added_at": at}
         )
         guid = _raw(new_guid)
         detail["new_guid"] = str(Guid(guid))
@@ -446,8 +452,8 @@ def record_onboarding(
     if revision is not None:
         group_id, revision_id = revision.group_id, revision.id
         detail["revision"] = revision.number
-    conn.execute(
-        _SET_ONBOARDED,
+    _SET_ONBOARDED.rowcount(
+        conn,
         {
             "d": row["id"],
             "guid": guid,

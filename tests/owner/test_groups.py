@@ -18,6 +18,7 @@ from owner.groups import (
     DeviceFacts,
     assignment_for,
     device_guids,
+    device_row,
     find_device,
     record_onboarding,
     record_status,
@@ -202,3 +203,20 @@ def test_onboarding_to_a_guid_already_in_the_history(engine: Engine) -> None:
         device = find_device(db, new)
         assert device is not None and device.guid == old.value
         assert device_guids(db, device) == [old.value, new.value]
+
+
+def test_device_row_reads_json_and_ids(engine: Engine) -> None:
+    """device_row (a DirectStatement: psycopg's cursor on PostgreSQL) gives the JSON
+    columns back as the values stored, as the ORM does."""
+    guid = Guid(os.urandom(16))
+    with unit_of_work(engine) as db:
+        assignment_for(db, guid, devmod("SN-10", "box-10"), now=NOW)
+    with unit_of_work(engine) as db:
+        row = device_row(db.connection(), guid)
+        device = find_device(db, guid)
+        assert row is not None and device is not None
+        assert row["id"] == device.id and row["guid"] == guid.value
+        assert row["devmod"] == device.devmod and row["devmod"]["sn"] == "SN-10"
+        assert row["labels"] == {} and (row["serial"], row["model"]) == ("SN-10", "box-10")
+    with engine.connect() as conn:
+        assert device_row(conn, Guid(os.urandom(16))) is None
