@@ -20,9 +20,9 @@ owner-side signing runs in the load generator, as it would in the owner's schedu
 Server CPU is read from ``/proc`` for each service's uvicorn process and its workers
 (:meth:`fdo_server.launcher.ServiceProcess.cpu_seconds`) before and after a phase; on
 PostgreSQL the CPU of the database server's processes on this machine is reported
-beside it, not in it. A warm-up round of ``--warmup`` devices goes through every phase first, unmeasured. The
-device's ``fdo.command`` runner is a stub (no fork per device in the load generator);
-files are written under a per-device folder.
+beside it, not in it. A warm-up round of ``--warmup`` devices goes through every phase
+first, unmeasured. The device's ``fdo.command`` runner is a stub (no fork per device in
+the load generator); files are written under a per-device folder.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from fdo.rvinfo import RVTO2Addr
 from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
-from fdo_server.launcher import CLK_TCK
+from fdo_server.launcher import stat_cpu_seconds
 from fdo_server.stack import SERVICES, Stack
 from owner.settings import to2_addr_entry
 from transport.client import FdoHttpClient
@@ -107,8 +107,7 @@ def postgres_cpu() -> float:
         except OSError:
             continue
         if "(postgres)" in stat:
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            total += stat_cpu_seconds(stat)
     return total
 
 

@@ -43,6 +43,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds of a process, from the text of its ``/proc/PID/stat``."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 @dataclass
 class ServiceProcess:
     """One service under uvicorn: ``factory`` is ``module:function`` returning the app."""
@@ -156,9 +162,7 @@ class ServiceProcess:
         total = 0.0
         for pid in self.pids():
             with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+                total += stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
         return total
 
     def stop(self, *, timeout: float = 10.0) -> None:
