@@ -272,6 +272,7 @@ class DirectStatement:
 
     def __init__(self, statement: Select[Any] | UpdateBase) -> None:
         self.statement = statement
+        self._columns = tuple(getattr(statement, "selected_columns", ()))
         self._by_dialect: dict[Dialect, _Compiled | None] = {}
 
     def _compiled(self, dialect: Dialect) -> _Compiled | None:
@@ -286,14 +287,13 @@ class DirectStatement:
                     process = bind.type.dialect_impl(dialect).bind_processor(dialect)
                     if process is not None:
                         binds[name] = process
-                columns = getattr(self.statement, "selected_columns", ())
                 found = _Compiled(
                     sql=str(compiled),
                     required=frozenset(n for n, b in compiled.binds.items() if b.required),
                     literals={n: b.effective_value for n, b in compiled.binds.items() if not b.required},
                     binds=binds,
                     results=tuple(
-                        c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+                        c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self._columns
                     ),
                 )
         self._by_dialect[dialect] = found
@@ -332,8 +332,7 @@ class DirectStatement:
         row = self.first(conn, params)
         if row is None:
             return None
-        names = [c.key for c in getattr(self.statement, "selected_columns", ())]
-        return dict(zip(names, row, strict=True))
+        return dict(zip((c.key for c in self._columns), row, strict=True))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run a SELECT; its first row, or None."""
