@@ -6,6 +6,9 @@ Every service keeps its settings in a pydantic-settings class with an environmen
 file, which overrides the defaults. The TOML keys are the setting names
 (``database_url = "..."``, ``[keys]`` ``ec256 = "/path"``); an unknown key is an error.
 
+:class:`ServiceSettings` holds the settings every service has (database URL, largest
+request body, session lifetime) with the same bounds in each.
+
 Every problem is raised as one :class:`ConfigError` line naming the file or the setting
 (``FDO_OWNER_MAX_BODY: Input should be a valid integer``).
 """
@@ -17,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 S = TypeVar("S", bound=BaseSettings)
@@ -138,6 +141,27 @@ def check_database_url(value: str) -> str:
             if not folder.is_dir():
                 raise ValueError(f"{value}: folder {folder} does not exist")
     return value
+
+
+#: Bounds of ``max_body``: the spec's smallest ServiceInfo MTU (1300) must fit, and no
+#: FDO message comes near 16 MiB (go and rs stop at 64 KiB and 16 KiB).
+MIN_BODY = 1024
+MAX_BODY = 16 * 1024 * 1024
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service reads; each subclass sets its prefix and database default."""
+
+    database_url: str
+    #: Largest FDO request body in bytes.
+    max_body: int = Field(default=65535, ge=MIN_BODY, le=MAX_BODY)
+    #: Lifetime of a protocol session (DI, TO0, TO1, TO2) between two messages.
+    session_ttl_seconds: int = Field(default=600, ge=10, le=86400)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
 
 
 def use_config_file(variable: str, path: Path | None) -> None:

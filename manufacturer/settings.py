@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from cryptography import x509
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from fdo.crypto import (
     KEY_KINDS,
@@ -41,7 +41,7 @@ from fdo.crypto import (
 from fdo.di.messages import MfgInfo
 from fdo.errors import FdoError, UnsupportedError
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo
-from fdo_server.config import check_database_url
+from fdo_server.config import ServiceSettings
 
 ENV_PREFIX = "FDO_MANUFACTURER_"
 
@@ -50,7 +50,7 @@ class SettingsError(Exception):
     """A setting is missing, names a missing file or holds something unusable."""
 
 
-class ManufacturerSettings(BaseSettings):
+class ManufacturerSettings(ServiceSettings):
     """Settings of ``fdo manufacturer serve`` (see the module docstring)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
@@ -63,13 +63,6 @@ class ManufacturerSettings(BaseSettings):
     device_ca_cert: Path | None = None
     #: Rendezvous URLs written into every credential, e.g. ``http://rv.example:8041``.
     rendezvous: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_body: int = Field(default=65535, ge=1024, le=16 * 1024 * 1024)
-    session_ttl_seconds: int = Field(default=600, ge=10, le=86400)
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        return check_database_url(value)
 
     @field_validator("rendezvous", mode="before")
     @classmethod

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
 from fdo.errors import FdoError
 from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry
-from fdo_server.config import check_database_url
+from fdo_server.config import ServiceSettings
 
 PREFIX = "FDO_OWNER_"
 
@@ -42,7 +41,7 @@ class SettingsError(Exception):
     """A setting is missing or wrong; the message names it."""
 
 
-class OwnerSettings(BaseSettings):
+class OwnerSettings(ServiceSettings):
     """Everything the owner service reads from its environment."""
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
@@ -69,16 +68,9 @@ class OwnerSettings(BaseSettings):
     credential_reuse: bool = False
     #: TOML/JSON file of ServiceInfo actions for every device.
     service_info: Path | None = None
-    max_body: int = 65535
-    session_ttl_seconds: int = 600
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
     #: system CAs, or the file named by the standard ``SSL_CERT_FILE`` variable.
     tls_ca: Path | None = None
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        return check_database_url(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +189,6 @@ def load_config(settings: OwnerSettings) -> OwnerConfig:
         raise SettingsError(f"{_name('to0_renew_fraction')} must be between 0 and 1")
     if settings.to0_interval_seconds <= 0:
         raise SettingsError(f"{_name('to0_interval_seconds')} must be positive")
-    if settings.max_body < 1024:
-        raise SettingsError(f"{_name('max_body')} must be at least 1024")
-    if settings.session_ttl_seconds < 1:
-        raise SettingsError(f"{_name('session_ttl_seconds')} must be at least 1")
     if settings.tls_ca is not None and not settings.tls_ca.is_file():
         raise SettingsError(f"{_name('tls_ca')}: {settings.tls_ca}: no such file")
     downloads: tuple[DownloadAction, ...] = ()

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fdo.crypto import load_public_key, spki_der
 from fdo.errors import FdoError
-from fdo_server.config import check_database_url
+from fdo_server.config import ServiceSettings
 
 THIRTY_DAYS = 30 * 24 * 3600
 
@@ -31,7 +31,7 @@ def read_key_spki(path: Path, setting: str) -> bytes:
         raise ValueError(f"{setting}: {path} is not a usable public key: {exc.message}") from None
 
 
-class RendezvousSettings(BaseSettings):
+class RendezvousSettings(ServiceSettings):
     """Settings of one rendezvous service (all replicas share the database)."""
 
     model_config = SettingsConfigDict(env_prefix="FDO_RENDEZVOUS_", extra="ignore")
@@ -42,15 +42,8 @@ class RendezvousSettings(BaseSettings):
     trusted_owner_keys: list[Path] = Field(default_factory=list)
     #: PEM files of the manufacturer keys whose vouchers may be registered; empty allows all.
     trusted_manufacturer_keys: list[Path] = Field(default_factory=list)
-    max_body: int = Field(default=65535, ge=256)
-    session_ttl_seconds: int = Field(default=600, ge=1)
     host: str = "0.0.0.0"  # noqa: S104 - a network service listens on all interfaces by default
     port: int = Field(default=8041, ge=1, le=65535)
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        return check_database_url(value)
 
     @field_validator("trusted_owner_keys", "trusted_manufacturer_keys")
     @classmethod

@@ -213,6 +213,32 @@ def test_bad_value_names_the_setting(service: str, name: str, value: str, tmp_pa
     assert len(lines) == 1 and lines[0].startswith(f"error: FDO_{service.upper()}_{name}"), lines
 
 
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize(
+    ("name", "value", "good"),
+    [
+        ("MAX_BODY", "1023", False),
+        ("MAX_BODY", "1024", True),
+        ("MAX_BODY", str(16 * 1024 * 1024), True),
+        ("MAX_BODY", str(16 * 1024 * 1024 + 1), False),
+        ("SESSION_TTL_SECONDS", "9", False),
+        ("SESSION_TTL_SECONDS", "10", True),
+        ("SESSION_TTL_SECONDS", "86400", True),
+        ("SESSION_TTL_SECONDS", "86401", False),
+    ],
+)
+def test_shared_settings_have_the_same_bounds_in_every_service(
+    service: str, name: str, value: str, good: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cls = CLASSES[service]
+    monkeypatch.setenv(f"FDO_{service.upper()}_{name}", value)
+    if good:
+        assert getattr(load_settings(cls), name.lower()) == int(value)
+    else:
+        with pytest.raises(ConfigError, match=f"^FDO_{service.upper()}_{name}: "):
+            load_settings(cls)
+
+
 def test_missing_key_file_names_the_setting(tmp_path: Path) -> None:
     config = tmp_path / "owner.toml"
     config.write_text(_toml("owner", tmp_path).replace("owner-ec256.pem", "gone.pem"))
