@@ -9,25 +9,19 @@ transaction as the last message). ``/api/v1`` is the admin API
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
-from fdo_server import metrics as observability
-from fdo_server.config import load_settings
-from fdo_server.db import current_session, inline_messages, make_engine, message_scope
-from fdo_server.heap import freeze_startup_heap
-from fdo_server.logs import configure_json_logging
-from fdo_server.migrate import require_current
-from fdo_server.sessions import SQLSessionStore
+from fdo_server import service
+from fdo_server.db import current_session
+from fdo_server.service import open_engine, service_app
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from manufacturer.tables import Voucher
-from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router, mount_fdo
+from transport.server import AnyServerMachine, ProtocolHandler
 
 
 def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
@@ -66,46 +60,15 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
     """
     settings = settings if settings is not None else ManufacturerSettings()
     material = load_material(settings)
-    engine = make_engine(settings.database_url)
-    try:
-        require_current(engine, "manufacturer")  # SchemaError unless at head
-    except BaseException:
-        engine.dispose()
-        raise
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
-
-    app = FastAPI(title="FDO manufacturer", lifespan=lifespan, telemetry=NO_TELEMETRY)
-    app.state.settings = settings
+    engine = open_engine("manufacturer", settings.database_url)
+    app = service_app(
+        "manufacturer", settings, engine, {10: di_handler(material)}, keys_loaded=lambda: bool(material.keys)
+    )
     app.state.material = material
-    app.state.engine = engine
-    app.state.metrics = metrics = observability.ServiceMetrics("manufacturer")
-    mount_fdo(
-        app,
-        fdo_router(
-            {10: di_handler(material)},
-            SQLSessionStore(),
-            max_body=settings.max_body,
-            session_ttl=timedelta(seconds=settings.session_ttl_seconds),
-            scope=lambda: message_scope(engine),
-            observer=metrics.observe,
-            inline=inline_messages(settings.database_url),
-        ),
-    )
-    observability.install(
-        app, metrics, database_url=settings.database_url, keys_loaded=lambda: bool(material.keys)
-    )
-
     app.include_router(admin_api.router, prefix="/api/v1")
     return app
 
 
 def app_from_env() -> FastAPI:
     """uvicorn factory: settings from the environment."""
-    configure_json_logging("manufacturer")
-    app = create_app(load_settings(ManufacturerSettings))
-    freeze_startup_heap()
-    return app
+    return service.app_from_env("manufacturer", ManufacturerSettings, create_app)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -27,20 +26,14 @@ from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
-from fdo_server.config import load_settings
+from fdo_server import service
 from fdo_server.db import (
     DirectStatement,
     bound,
     current_connection,
     current_session,
-    inline_messages,
-    make_engine,
-    message_scope,
 )
-from fdo_server.heap import freeze_startup_heap
-from fdo_server.logs import configure_json_logging
-from fdo_server.migrate import require_current
-from fdo_server.sessions import SQLSessionStore
+from fdo_server.service import Clock, open_engine, service_app, utc_now
 from owner import groups
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router
@@ -51,9 +44,7 @@ from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore, active_voucher_id
 from owner.tables import REPLACED, DeviceOnboarding, OwnerVoucher, To0Work
 from owner.to0 import To0Thread
-from transport.server import NO_TELEMETRY, AnyServerMachine, ProtocolHandler, fdo_router, mount_fdo
-
-Clock = Callable[[], datetime]
+from transport.server import AnyServerMachine, ProtocolHandler
 
 
 def worker_name() -> str:
@@ -161,34 +152,22 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     """The owner app; raises :class:`owner.settings.SettingsError` on a bad setting."""
     settings = settings or OwnerSettings()
     config: OwnerConfig = load_config(settings)
-    now: Clock = clock or (lambda: datetime.now(UTC))
-    engine = make_engine(settings.database_url)
-    try:
-        require_current(engine, "owner")  # SchemaError unless at head
-    except BaseException:
-        engine.dispose()
-        raise
+    now: Clock = clock or utc_now
+    engine = open_engine("owner", settings.database_url)  # SchemaError unless at head
     store = OwnerStore(config)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        thread = None
-        if settings.to0_enabled:
-            thread = To0Thread(engine, config, worker_id=worker_name(), clock=now)
-            thread.start()
+    @contextmanager
+    def to0_scheduler() -> Iterator[None]:
+        if not settings.to0_enabled:
+            yield
+            return
+        thread = To0Thread(engine, config, worker_id=worker_name(), clock=now)
+        thread.start()
         try:
             yield
         finally:
-            if thread is not None:
-                thread.stop()
-            engine.dispose()
+            thread.stop()
 
-    app = FastAPI(title="FDO owner", lifespan=lifespan, telemetry=NO_TELEMETRY)
-    app.state.engine = engine
-    app.state.config = config
-    app.state.clock = now
-    app.state.metrics = metrics = observability.ServiceMetrics("owner")
-    metrics.add_collector(observability.To0Gauges(engine, now))
     handlers = {
         60: ProtocolHandler(
             new=lambda: TO2Owner(store),
@@ -196,32 +175,24 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
             on_done=lambda machine: record_done(machine, now),
         )
     }
-    mount_fdo(
-        app,
-        fdo_router(
-            handlers,
-            SQLSessionStore(now),
-            max_body=settings.max_body,
-            session_ttl=timedelta(seconds=settings.session_ttl_seconds),
-            clock=now,
-            scope=lambda: message_scope(engine),
-            observer=metrics.observe,
-            inline=inline_messages(settings.database_url),
-        ),
+    app = service_app(
+        "owner",
+        settings,
+        engine,
+        handlers,
+        clock=now,
+        keys_loaded=lambda: bool(config.keys),
+        background=to0_scheduler,
     )
+    app.state.config = config
+    app.state.clock = now
+    app.state.metrics.add_collector(observability.To0Gauges(engine, now))
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
     app.include_router(report_router(), prefix="/api/v1")
-    observability.install(
-        app, metrics, database_url=settings.database_url, keys_loaded=lambda: bool(config.keys)
-    )
-
     return app
 
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
-    configure_json_logging("owner")
-    app = create_app(load_settings(OwnerSettings))
-    freeze_startup_heap()
-    return app
+    return service.app_from_env("owner", OwnerSettings, create_app)

@@ -390,13 +390,28 @@ def test_ports_match_cli_defaults() -> None:
 
 
 def routes(service: str) -> set[str]:
-    """GET routes the service's app declares, with those fdo_server.metrics.install adds."""
+    """GET routes the service's app declares, with those of the shared
+    :func:`fdo_server.service.service_app` when the app is built on it."""
     pattern = re.compile(r"\.get\(\s*\"(/[^\"]*)\"")
     source = (ROOT / service / "app.py").read_text()
     found = set(pattern.findall(source))
-    if "from fdo_server import metrics" in source and ".install(" in source:
-        found |= set(pattern.findall((ROOT / "fdo_server" / "metrics.py").read_text()))
+    if "service_app(" in source:
+        found |= shared_routes()
     return found
+
+
+def shared_routes() -> set[str]:
+    """The GET routes of an app made by ``service_app`` (built here, on an in-memory database)."""
+    from fastapi.routing import APIRoute
+
+    from fdo_server.service import open_engine, service_app
+
+    settings = RendezvousSettings(database_url="sqlite://")
+    app = service_app("rendezvous", settings, open_engine("rendezvous", settings.database_url), {})
+    try:
+        return {r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in (r.methods or ())}
+    finally:
+        app.state.engine.dispose()
 
 
 def test_probe_paths_are_routes() -> None:
