@@ -4,7 +4,10 @@
   raw CBOR voucher); answers a result per voucher, 200 when all were imported, else
   422 with the same body.
 * ``GET /vouchers`` (viewer): paged list with TO0 status; ``GET /vouchers/{guid}``.
-* ``GET /devices`` (viewer): completed onboardings.
+* ``GET /onboardings`` (viewer): completed TO2s, oldest first, with the GUID the device
+  came with, the one it left with, its devmod facts and the module results; ``?guid=``
+  finds those of one GUID (old or new). The devices themselves are
+  ``GET /devices`` (:mod:`owner.admin_groups`).
 """
 
 from __future__ import annotations
@@ -123,17 +126,22 @@ def admin_router() -> APIRouter:
         work = db.exec(select(To0Work).where(To0Work.voucher_id == row.id)).first()
         return voucher_json(row, work, db)
 
-    @router.get("/devices")
-    def list_devices(
+    @router.get("/onboardings")
+    def list_onboardings(
         db: SessionDep,
         _: Viewer,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        guid: str | None = None,
     ) -> dict[str, Any]:
-        rows = db.exec(
-            select(DeviceOnboarding).order_by(col(DeviceOnboarding.id)).offset(offset).limit(limit)
-        ).all()
+        query = select(DeviceOnboarding)
+        if guid is not None:
+            wanted = _parse_guid(guid).value
+            query = query.where((DeviceOnboarding.guid == wanted) | (DeviceOnboarding.new_guid == wanted))
+        count = select(func.count()).select_from(query.subquery())
+        rows = db.exec(query.order_by(col(DeviceOnboarding.id)).offset(offset).limit(limit)).all()
         return {
+            "total": db.exec(count).one(),
             "offset": offset,
             "items": [
                 {

@@ -6,8 +6,8 @@ same transaction. Secrets (registry ``auth.json``, secret files) are accepted wh
 revision is published and never returned: responses say ``has_registry_auth`` and list
 secret file paths only.
 
-* ``GET /device-records``, ``GET /devices/{guid}`` (any GUID the device has had),
-  ``PUT /devices/{guid}/labels``
+* ``GET /devices`` (``?group=``, ``?status=``), ``GET /devices/{guid}`` (any GUID the
+  device has had), ``PUT /devices/{guid}/labels``
 * ``POST /groups``, ``GET /groups``, ``GET /groups/{name}``, ``DELETE /groups/{name}``
 * ``POST /groups/{name}/revisions``, ``GET /groups/{name}/revisions[/{number}]`` —
   there is no way to change a published revision
@@ -33,7 +33,7 @@ from owner.audit import audit
 from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of
 from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
-from owner.groups_tables import AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
+from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
 from owner.tables import OwnerVoucher, utc
 
 Offset = Annotated[int, Query(ge=0)]
@@ -179,8 +179,8 @@ def groups_router() -> APIRouter:
 def _devices() -> APIRouter:
     router = APIRouter(tags=["devices"])
 
-    @router.get("/device-records")
-    def list_device_records(
+    @router.get("/devices")
+    def list_devices(
         db: SessionDep,
         _: Viewer,
         offset: Offset = 0,
@@ -188,14 +188,17 @@ def _devices() -> APIRouter:
         group: str | None = None,
         status: str | None = None,
     ) -> dict[str, Any]:
-        """Device records (one per device, across GUID changes)."""
+        """Device records (one per device, across GUID changes), oldest first."""
         query = select(Device)
         if group is not None:
             query = query.where(Device.group_id == _live_group(db, group).id)
         if status is not None:
+            if status not in STATUSES:
+                raise HTTPException(422, f"unknown status {status!r}; one of {', '.join(STATUSES)}")
             query = query.where(Device.status == status)
+        count = select(func.count()).select_from(query.subquery())
         rows = db.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
-        return {"offset": offset, "items": [device_json(r, db) for r in rows]}
+        return {"total": db.exec(count).one(), "offset": offset, "items": [device_json(r, db) for r in rows]}
 
     @router.get("/devices/{guid}")
     def show_device(guid: str, db: SessionDep, _: Viewer) -> dict[str, Any]:

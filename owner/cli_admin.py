@@ -91,7 +91,7 @@ def devices_list(
         params["group"] = group
     if status:
         params["status"] = status
-    body = call("GET", url, token, "/device-records", params=params)
+    body = call("GET", url, token, "/devices", params=params)
     if as_json:
         return _echo_json(body)
     for d in body["items"]:

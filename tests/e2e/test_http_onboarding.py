@@ -80,8 +80,8 @@ def test_device_onboards_over_http(stack: Stack, kind: str, kex: KexSuite, ciphe
         assert old_row["state"] == "replaced" and old_row["replaced_by"] == str(new.guid)
         new_row = owner.get(f"/api/v1/vouchers/{new.guid}").json()
         assert new_row["state"] == "active"
-        devices = owner.get("/api/v1/devices", params={"limit": 100}).json()["items"]
-        assert any(d["guid"] == guid and d["new_guid"] == str(new.guid) for d in devices)
+        done = owner.get("/api/v1/onboardings", params={"guid": guid}).json()["items"]
+        assert [(d["guid"], d["new_guid"]) for d in done] == [(guid, str(new.guid))]
     with stack.admin("manufacturer") as mfr:
         assert mfr.get(f"/api/v1/vouchers/{guid}").json()["handed_off_at"] is not None
 

@@ -145,8 +145,11 @@ def test_groups_revisions_roles_audit_and_secrets(
     assert device["guid"] == str(new_guid) and device["guids"] == [guid, str(new_guid)]
     assert device["group"] == "lab" and device["revision"] == 2 and device["status"] == "onboarded"
     assert [e["kind"] for e in device["events"]] == ["created", "assigned", "onboarded"]
-    records = api("GET", "/device-records", viewer, params={"group": "lab"}).json()["items"]
-    assert [d["serial"] for d in records] == ["SN-1"]
+    records = api("GET", "/devices", viewer, params={"group": "lab"}).json()
+    assert records["total"] == 1 and [d["serial"] for d in records["items"]] == ["SN-1"]
+    onboarded = api("GET", "/devices", viewer, params={"status": "onboarded"}).json()["items"]
+    assert [d["guid"] for d in onboarded] == [str(new_guid)]
+    assert api("GET", "/devices", viewer, params={"status": "happy"}).status_code == 422
     # A new revision: the next device gets it, the onboarded one keeps revision 2.
     assert api("POST", "/groups/lab/revisions", operator, json=revision_body()).json()["number"] == 3
     changes.append("revision.publish")

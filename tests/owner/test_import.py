@@ -82,7 +82,9 @@ def test_admin_auth(world: World, database_url: str) -> None:
     assert http.get("/api/v1/vouchers", headers={"Authorization": "Bearer fdo_nope"}).status_code == 401
     viewer = token(app, Role.VIEWER)
     assert http.get("/api/v1/vouchers", headers=viewer).status_code == 200
-    assert http.get("/api/v1/devices", headers=viewer).status_code == 200
+    for path in ("/api/v1/devices", "/api/v1/onboardings"):
+        assert http.get(path, headers=viewer).status_code == 200
+        assert http.get(path).status_code == 401
     assert http.post("/api/v1/vouchers", content=b"x", headers=viewer).status_code == 403
     assert http.get("/health").json() == {"status": "ok"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from fdo.credential import DeviceCredential
 from fdo.errors import ErrorCode, PeerError
 from fdo.serviceinfo import CommandDevice, DeviceServiceInfoDriver, DownloadDevice
 from fdo.to2.device import TO2Device
+from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, vouchers_to_pem
 from fdo_server.auth import Role
 from owner.app import create_app
@@ -87,8 +89,14 @@ def test_to2_replaces_credential_and_links_vouchers(world: World, database_url: 
     assert new_row["state"] == "active" and new_row["replaces"] == str(voucher.guid)
     assert old_row["to0"] is None  # the old GUID's registration is no longer renewed
 
-    (record,) = http.get("/api/v1/devices", headers=headers).json()["items"]
+    (record,) = http.get("/api/v1/onboardings", headers=headers).json()["items"]
     assert record["guid"] == str(voucher.guid) and record["new_guid"] == str(new.guid)
+    for either in (voucher.guid, new.guid):
+        found = http.get("/api/v1/onboardings", params={"guid": str(either)}, headers=headers).json()
+        assert found["total"] == 1 and found["items"] == [record]
+    other = http.get("/api/v1/onboardings", params={"guid": str(Guid(os.urandom(16)))}, headers=headers)
+    assert other.json() == {"total": 0, "offset": 0, "items": []}
+    assert http.get("/api/v1/onboardings", params={"guid": "nope"}, headers=headers).status_code == 400
     assert record["devmod"]["os"] == "Linux"
     download, command = record["modules"]
     assert download["module"] == "fdo.download" and download["ok"] is True
@@ -102,7 +110,7 @@ def test_to2_credential_reuse(world: World, database_url: str, tmp_path: Path) -
     row = http.get(f"/api/v1/vouchers/{voucher.guid}", headers=headers).json()
     assert row["state"] == "active" and row["replaced_by"] is None
     assert http.get("/api/v1/vouchers", headers=headers).json()["total"] == 1
-    (record,) = http.get("/api/v1/devices", headers=headers).json()["items"]
+    (record,) = http.get("/api/v1/onboardings", headers=headers).json()["items"]
     assert record["new_guid"] is None and len(device.commands) == 1
 
 
@@ -118,7 +126,7 @@ def test_to2_wrong_device_key(world: World, database_url: str) -> None:
     with pytest.raises(PeerError) as info:
         FdoHttpClient(BASE, client=http).run(DeviceSide().machine(impostor))
     assert info.value.peer_code == ErrorCode.INVALID_MESSAGE_ERROR
-    assert http.get("/api/v1/devices", headers=headers).json()["items"] == []
+    assert http.get("/api/v1/onboardings", headers=headers).json()["items"] == []
 
 
 def test_to2_unknown_device(world: World, database_url: str) -> None:
