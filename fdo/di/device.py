@@ -54,7 +54,9 @@ class DIDevice(ClientMachine[DIDeviceState]):
             pk_enc=1,  # X509: the only encoding every implementation reads
             serial=self.serial,
             device_info=self.model,
-            csr=make_csr(self.key, self.serial),
+            # The subject only names the request (the manufacturer issues its own); X.509
+            # allows 1 to 64 characters in a common name.
+            csr=make_csr(self.key, (self.serial or self.model or "fdo-device")[:64]),
         )
         self.state = DIDeviceState.WAIT_SET_CREDENTIALS
         return MsgType.DI_APP_START, DIAppStart(mfg_info=info.to_bytes()).encode()

@@ -60,6 +60,19 @@ def check_device_info(text: str) -> str:
     return text
 
 
+#: Longest serial number accepted (it names the device in the manufacturer's records).
+MAX_SERIAL = 255
+
+
+def check_serial(text: str) -> str:
+    """A serial number may be empty (the device info stands in); it holds at most 255
+    characters and no NUL (which PostgreSQL cannot store). Other characters pass: a client
+    may well send a serial read from DMI with its newline."""
+    if len(text) > MAX_SERIAL or "\x00" in text:
+        raise InvalidMessageError("serial number must be at most 255 characters, without NUL")
+    return text
+
+
 class DIManufacturer(ServerMachine[DIState]):
     """The manufacturer's DI server for one device session."""
 
@@ -92,6 +105,7 @@ class DIManufacturer(ServerMachine[DIState]):
         if info.csr is None:
             raise MessageBodyError("DI.AppStart: DeviceMfgInfo carries no CSR")
         csr = load_csr(info.csr)
+        check_serial(info.serial or "")
         device_info = check_device_info(info.device_info or info.serial or "")
         ov_key = self.config.ov_public_key(info)
         chain = self.config.issue_chain(csr, info, self.now)

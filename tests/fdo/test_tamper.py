@@ -214,6 +214,16 @@ def di_csr_signature(k: Keys, body: bytes) -> bytes:
     return DIAppStart(mfg_info=tampered.to_bytes()).encode()
 
 
+def _di_serial(serial: str) -> Callable[[Keys, bytes], bytes]:
+    def tamper(k: Keys, body: bytes) -> bytes:
+        info_bytes = DIAppStart.decode(body).mfg_info
+        assert info_bytes is not None
+        info = dataclasses.replace(MfgInfo.from_bytes(info_bytes), serial=serial)
+        return DIAppStart(mfg_info=info.to_bytes()).encode()
+
+    return tamper
+
+
 def di_header_guid(k: Keys, body: bytes) -> bytes:
     raw = DISetCredentials.decode(body).ov_header
     return DISetCredentials(ov_header=flip_in(raw, OVHeader.from_bytes(raw).guid.value)).encode()
@@ -435,6 +445,11 @@ CASES = [
     # DI: the manufacturer checks the CSR; the header and its HMAC only the device, later.
     Case("DI10-csr-signature", M.DI_APP_START, di_csr_signature, "DI", S, M.DI_APP_START,
          E.INVALID_MESSAGE_ERROR, SignatureError),
+    # A serial number with a NUL (PostgreSQL cannot store it) or over 255 characters.
+    Case("DI10-serial-nul", M.DI_APP_START, _di_serial("SN\x00-1"), "DI", S, M.DI_APP_START,
+         E.INVALID_MESSAGE_ERROR, InvalidMessageError),
+    Case("DI10-serial-long", M.DI_APP_START, _di_serial("S" * 256), "DI", S, M.DI_APP_START,
+         E.INVALID_MESSAGE_ERROR, InvalidMessageError),
     Case("DI11-ovheader-guid", M.DI_SET_CREDENTIALS, di_header_guid, "TO1", S, M.TO1_HELLO_RV,
          E.RESOURCE_NOT_FOUND, ResourceNotFoundError),
     Case("DI12-ovheader-hmac", M.DI_SET_HMAC, di_header_hmac, "TO2", C, M.TO2_PROVE_OV_HDR,
