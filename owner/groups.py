@@ -102,13 +102,14 @@ def devmod_dict(devmod: DevmodLike) -> dict[str, Any]:
 
 
 def serial_of(devmod: DevmodLike) -> str | None:
-    """devmod ``sn`` as text (a bstr serial that is not UTF-8 becomes hex)."""
+    """devmod ``sn`` as text (a bstr serial that is not printable UTF-8 becomes hex)."""
     sn = devmod.sn if isinstance(devmod, Devmod) else (devmod or {}).get("sn")
     if isinstance(sn, bytes):
         try:
-            return sn.decode()
+            text = sn.decode()
         except UnicodeDecodeError:
             return sn.hex()
+        return (text if text.isprintable() else sn.hex()) or None
     return sn if isinstance(sn, str) and sn else None
 
 

@@ -18,7 +18,7 @@ from typing import Self
 
 from fdo import codec
 from fdo.codec import CborValue
-from fdo.errors import FdoUsageError, InvalidMessageError
+from fdo.errors import FdoUsageError, InvalidMessageError, MessageBodyError
 from fdo.serviceinfo.kv import DEFAULT_MTU, DEVICE_SLACK, ServiceInfoKV, service_info_size
 
 DEVMOD = "devmod"
@@ -113,6 +113,15 @@ def _fits(start: int, names: list[str], budget: int) -> bool:
     return service_info_size([kv]) <= budget
 
 
+def _text(value: CborValue, what: str) -> str:
+    """A devmod string: at most MAX_TEXT characters and no NUL (control characters such as
+    ``nl`` = "\\n" are fine; a NUL is in no real value and PostgreSQL cannot store one)."""
+    text = codec.as_str(value, what, max_size=MAX_TEXT)
+    if "\x00" in text:
+        raise MessageBodyError(f"{what}: contains a NUL character")
+    return text
+
+
 class DevmodParser:
     """Incremental owner-side reader of the device's devmod messages.
 
@@ -151,9 +160,9 @@ class DevmodParser:
             if isinstance(value, bytes):
                 self._fields["sn"] = codec.as_bytes(value, what, max_size=MAX_TEXT)
             else:
-                self._fields["sn"] = codec.as_str(value, what, max_size=MAX_TEXT)
+                self._fields["sn"] = _text(value, what)
         elif message in FIELD_ORDER:
-            self._fields[message] = codec.as_str(value, what, max_size=MAX_TEXT)
+            self._fields[message] = _text(value, what)
         elif message == "nummodules":
             self._set_nummodules(codec.as_int(value, what, 1, MAX_MODULES))
         elif message == "modules":
@@ -172,7 +181,7 @@ class DevmodParser:
         items = codec.as_list(value, "devmod:modules", min_len=2)
         start = codec.as_uint(items[0], "devmod:modules start")
         count = codec.as_uint(items[1], "devmod:modules count")
-        names = [codec.as_str(n, "devmod:modules name", max_size=MAX_TEXT) for n in items[2:]]
+        names = [_text(n, "devmod:modules name") for n in items[2:]]
         if self._nummodules is None:
             raise InvalidMessageError("devmod:modules arrived before devmod:nummodules")
         if count != len(names) or start > self._nummodules or "" in names:

@@ -179,6 +179,10 @@ def test_go_start_index_quirk() -> None:
         ([("os", b"Linux")], MessageBodyError),
         ([("sn", 12)], MessageBodyError),
         ([("active", 1)], MessageBodyError),
+        # A NUL is in no real value, and PostgreSQL cannot store one.
+        ([("device", "kiosk\x00")], MessageBodyError),
+        ([("sn", "SN\x00")], MessageBodyError),
+        ([("nummodules", 2), ("modules", [0, 1, "dev\x00mod"])], MessageBodyError),
     ],
 )
 def test_parser_rejects(messages: list[tuple[str, CborValue]], error: type[FdoError]) -> None:

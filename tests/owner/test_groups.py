@@ -23,6 +23,7 @@ from owner.groups import (
     record_onboarding,
     record_status,
     resolve_group,
+    serial_of,
 )
 from owner.groups_tables import Device, DeviceEvent, Group, Revision, RevisionSecret
 from tests.conftest import migrated
@@ -58,6 +59,21 @@ def publish(db: Session, group: Group, number: int, *, auth: bytes | None = None
 
 def devmod(serial: str, model: str) -> Devmod:
     return Devmod(os="linux", arch="x86_64", version="1", device=model, sep=";", bin="x86_64", sn=serial)
+
+
+@pytest.mark.parametrize(
+    ("sn", "serial"),
+    [
+        ("SN-1", "SN-1"),
+        (b"SN-1", "SN-1"),
+        (b"\xff\x01", "ff01"),  # not UTF-8
+        (b"SN\x00-1", "534e002d31"),  # UTF-8, but a NUL cannot be stored in PostgreSQL text
+        (b"", None),
+        (None, None),
+    ],
+)
+def test_serial_of_devmod_sn(sn: str | bytes | None, serial: str | None) -> None:
+    assert serial_of({"sn": sn}) == serial
 
 
 def test_resolution_order(engine: Engine) -> None:
