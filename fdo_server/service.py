@@ -3,7 +3,8 @@
 * :func:`open_engine`: the service's database, refused unless its schema is at head;
 * :func:`service_app`: the FastAPI app around the FDO router: one unit of work per
   message, sessions in the database, metrics, ``/health``, ``/ready`` and ``/metrics``,
-  and the engine disposed at shutdown (after the service's own background work stops);
+  a 422 for a value the database refuses, and the engine disposed at shutdown (after
+  the service's own background work stops);
 * :func:`app_from_env`: the uvicorn factory body: JSON logs, settings from the
   environment and ``--config``, the start-up heap frozen.
 
@@ -14,13 +15,16 @@ finished protocol stores, its admin routers and background work.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 
 from fdo_server import metrics as observability
 from fdo_server.config import ServiceSettings, load_settings
@@ -32,6 +36,7 @@ from fdo_server.sessions import SQLSessionStore
 from transport.server import NO_TELEMETRY, ProtocolHandler, fdo_router, mount_fdo
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 S = TypeVar("S", bound="ServiceSettings")
 
 
@@ -94,7 +99,16 @@ def service_app(
         ),
     )
     observability.install(app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded)
+    app.add_exception_handler(DataError, _unstorable)
     return app
+
+
+async def _unstorable(request: Request, exc: Exception) -> Response:
+    """An admin request whose values the database refuses (out of range, too long, a NUL in
+    PostgreSQL text): 422 with the database's one-line reason; the unit of work rolled back."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, reason)
+    return JSONResponse({"detail": f"a value cannot be stored: {reason}"}, status_code=422)
 
 
 def app_from_env(service: str, settings_class: type[S], create: Callable[[S], FastAPI]) -> FastAPI:

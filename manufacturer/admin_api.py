@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
@@ -27,6 +27,7 @@ from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, to_pem
 from fdo_server.auth import AdminToken, Role, require
 from fdo_server.db import unit_of_work
+from fdo_server.params import Limit, Offset
 from manufacturer.settings import ManufacturerMaterial
 from manufacturer.tables import HandOff, Voucher, utc_now
 
@@ -222,8 +223,8 @@ def list_vouchers(
     model: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Vouchers, newest first, filtered (``*`` wildcards in serial and model) and paged."""
     conditions: list[Any] = []

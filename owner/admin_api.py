@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.db import unit_of_work
+from fdo_server.params import Limit, Offset
 from owner.audit import audit
 from owner.deps import Operator, SessionDep, Viewer, engine_of
 from owner.importer import IMPORTED, import_pem
@@ -99,8 +100,8 @@ def admin_router() -> APIRouter:
     def list_vouchers(
         db: SessionDep,
         _: Viewer,
-        offset: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        offset: Offset = 0,
+        limit: Limit = 100,
         state: str | None = None,
     ) -> dict[str, Any]:
         query = select(OwnerVoucher, To0Work).join(
@@ -130,8 +131,8 @@ def admin_router() -> APIRouter:
     def list_onboardings(
         db: SessionDep,
         _: Viewer,
-        offset: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        offset: Offset = 0,
+        limit: Limit = 100,
         guid: str | None = None,
     ) -> dict[str, Any]:
         query = select(DeviceOnboarding)

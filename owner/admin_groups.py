@@ -21,7 +21,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Request
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -29,15 +29,13 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.auth import AdminToken, Role, create_token, hash_token
 from fdo_server.db import unit_of_work
+from fdo_server.params import Limit, Offset, RowNumber
 from owner.audit import audit
 from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of
 from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
 from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
 from owner.tables import OwnerVoucher, utc
-
-Offset = Annotated[int, Query(ge=0)]
-Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 def _now(request: Request) -> datetime:
@@ -330,7 +328,7 @@ def _groups() -> APIRouter:
         return {"items": [revision_json(r, group) for r in rows]}
 
     @router.get("/groups/{name}/revisions/{number}")
-    def show_revision(name: str, number: int, db: SessionDep, _: Viewer) -> dict[str, Any]:
+    def show_revision(name: str, number: RowNumber, db: SessionDep, _: Viewer) -> dict[str, Any]:
         group = _live_group(db, name)
         row = db.exec(
             select(Revision).where(Revision.group_id == group.id, Revision.number == number)
@@ -382,7 +380,7 @@ def _tokens() -> APIRouter:
         return {"items": [token_json(r) for r in rows]}
 
     @router.delete("/tokens/{token_id}")
-    def revoke_token(token_id: int, request: Request, who: Admin) -> dict[str, Any]:
+    def revoke_token(token_id: RowNumber, request: Request, who: Admin) -> dict[str, Any]:
         now = _now(request)
         with unit_of_work(engine_of(request)) as db:
             row = db.get(AdminToken, token_id)

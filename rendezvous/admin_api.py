@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -18,6 +18,7 @@ from sqlmodel import Session
 from fdo.errors import MessageBodyError
 from fdo.types import Guid
 from fdo_server.auth import AdminToken, Role, require
+from fdo_server.params import Limit, Offset
 from rendezvous.store import Clock, as_utc, delete_registration, list_registrations
 from rendezvous.tables import Registration
 
@@ -81,8 +82,8 @@ def admin_router(clock: Clock) -> APIRouter:
     def get_registrations(
         db: SessionDep,
         _token: ViewerDep,
-        offset: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Offset = 0,
+        limit: Limit = 100,
     ) -> RegistrationPage:
         total, rows = list_registrations(db, offset=offset, limit=limit)
         now = clock()
