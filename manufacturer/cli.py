@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fdo_cli.common import die, read_public_key
-from fdo_cli.db import db_app, local_engine, require_current
+from fdo_cli.db import db_app, local_engine
 
 if TYPE_CHECKING:
     from manufacturer.client import AdminClient
@@ -86,25 +86,17 @@ def serve(
     ] = None,
 ) -> None:
     """Run the manufacturer service (settings from FDO_MANUFACTURER_* variables and --config)."""
-    from fdo_server.config import use_config_file
+    from fdo_cli.serve import start
 
-    use_config_file("FDO_MANUFACTURER_CONFIG", config)  # the uvicorn workers read it too
-    settings = _settings_or_die()  # fail here, once, with a clear message
-    require_current("manufacturer", settings.database_url)  # the schema too
-    from fdo_server.serve import check_tls_files
-    from fdo_server.serve import serve as run
-
-    problem = check_tls_files(tls_cert, tls_key)
-    if problem:
-        raise die(problem, 2)
-
-    run(
-        "manufacturer.app:app_from_env",
+    start(
+        "manufacturer",
+        check=_settings_or_die,
         host=host,
         port=port,
         workers=workers,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        config=config,
     )
 
 

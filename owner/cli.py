@@ -15,7 +15,7 @@ import typer
 
 from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem
 from fdo_cli.common import die, read_bytes
-from fdo_cli.db import db_app, local_engine, require_current
+from fdo_cli.db import db_app, local_engine
 from owner.cli_admin import APPS as ADMIN_APPS
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
@@ -78,19 +78,18 @@ def serve(
     ] = None,
 ) -> None:
     """Serve TO2 and the admin API, and run the TO0 scheduler (settings from FDO_OWNER_... and --config)."""
-    from fdo_server.config import use_config_file
+    from fdo_cli.serve import start
 
-    use_config_file("FDO_OWNER_CONFIG", config)  # the uvicorn workers read it too
-    from fdo_server.serve import check_tls_files
-    from fdo_server.serve import serve as run
-
-    problem = check_tls_files(tls_cert, tls_key)
-    if problem:
-        raise die(problem, 2)
-
-    checked = _config()  # fail here, with a clear message, rather than in each worker
-    require_current("owner", checked.settings.database_url)  # the schema too
-    run("owner.app:app_from_env", host=host, port=port, workers=workers, tls_cert=tls_cert, tls_key=tls_key)
+    start(
+        "owner",
+        check=lambda: _config().settings,
+        host=host,
+        port=port,
+        workers=workers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        config=config,
+    )
 
 
 @app.command()

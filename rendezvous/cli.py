@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fdo_cli.db import db_app, local_engine, require_current
+from fdo_cli.db import db_app, local_engine
 
 if TYPE_CHECKING:
     from rendezvous.settings import RendezvousSettings
@@ -75,26 +75,17 @@ def serve(
     ] = None,
 ) -> None:
     """Serve TO0/TO1 (settings from FDO_RENDEZVOUS_* environment variables and --config)."""
-    from fdo_server.config import use_config_file
+    from fdo_cli.serve import start
 
-    use_config_file("FDO_RENDEZVOUS_CONFIG", config)  # the uvicorn workers read it too
-    from fdo_server.serve import check_tls_files
-    from fdo_server.serve import serve as run
-
-    problem = check_tls_files(tls_cert, tls_key)
-    if problem:
-        typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2)
-
-    settings = _settings(None)  # fail here, with a clear message, rather than in a worker
-    require_current("rendezvous", settings.database_url)  # the schema too
-    run(
-        "rendezvous.app:app_from_env",
-        host=host or settings.host,
-        port=port or settings.port,
+    start(
+        "rendezvous",
+        check=lambda: _settings(None),
+        host=host,
+        port=port,
         workers=workers,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        config=config,
     )
 
 

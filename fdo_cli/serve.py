@@ -1,0 +1,52 @@
+"""What ``fdo <service> serve`` does alike for the three services (:func:`start`).
+
+Name the settings file for the uvicorn workers, refuse an incomplete TLS pair, check the
+settings and the schema once, here, with one clear line, then serve
+``<service>.app:app_from_env``. The server stack is imported only when a service starts,
+so ``fdo`` stays light for devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fdo_cli.common import die
+from fdo_cli.db import require_current
+
+if TYPE_CHECKING:
+    from fdo_server.config import ServiceSettings
+
+
+def start(
+    service: str,
+    *,
+    check: Callable[[], ServiceSettings],
+    host: str | None,
+    port: int | None,
+    workers: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    config: Path | None,
+) -> None:
+    """Serve ``service``. ``check`` loads its settings, exiting 2 with one line if they are
+    unusable; their database must be at head. ``host`` and ``port`` left None come from
+    the settings' own ``host`` and ``port`` (the rendezvous has them)."""
+    from fdo_server.config import use_config_file
+    from fdo_server.serve import check_tls_files, serve
+
+    use_config_file(f"FDO_{service.upper()}_CONFIG", config)  # the uvicorn workers read it too
+    problem = check_tls_files(tls_cert, tls_key)
+    if problem:
+        raise die(problem, 2)
+    settings = check()  # fail here, once, rather than in each worker
+    require_current(service, settings.database_url)
+    serve(
+        f"{service}.app:app_from_env",
+        host=host if host is not None else str(getattr(settings, "host")),  # noqa: B009
+        port=port if port is not None else int(getattr(settings, "port")),  # noqa: B009
+        workers=workers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
