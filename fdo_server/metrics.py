@@ -43,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import and_, create_engine, func, or_, select, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
@@ -159,30 +159,15 @@ class To0Gauges:
         self.window = window
 
     def collect(self) -> Iterable[Metric]:
-        from owner.tables import ACTIVE, OwnerVoucher, To0Work
+        from owner.to0 import to0_counts
 
-        now = self.clock()
-        work = To0Work.__table__  # type: ignore[attr-defined]
-        vouchers = OwnerVoucher.__table__  # type: ignore[attr-defined]
-        joined = work.join(vouchers, work.c.voucher_id == vouchers.c.id)
-        active = vouchers.c.state == ACTIVE
-        pending_q = (
-            select(func.count())
-            .select_from(joined)
-            .where(active, or_(work.c.registered_until.is_(None), work.c.registered_until <= now))
-        )
-        expiring_q = (
-            select(func.count())
-            .select_from(joined)
-            .where(active, and_(work.c.registered_until > now, work.c.registered_until <= now + self.window))
-        )
         try:
             with self.engine.connect() as conn:
-                pending = conn.execute(pending_q).scalar_one()
-                expiring = conn.execute(expiring_q).scalar_one()
+                counts = to0_counts(conn, self.clock(), self.window)
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB is down
             log.warning("could not read TO0 registrations for metrics")
             return
+        pending, expiring = counts.pending, counts.expiring
         g = GaugeMetricFamily("fdo_to0_pending", "TO0 registrations not (or no longer) live")
         g.add_metric([], float(pending))
         yield g

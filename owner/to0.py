@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import and_, func, or_, update
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col, select
 
 from fdo.crypto import PrivateKeyT, spki_der
@@ -249,3 +249,34 @@ class To0Thread:
             except Exception:
                 log.exception("TO0 scheduler pass failed")
             self._stop.wait(self.config.settings.to0_interval_seconds)
+
+
+#: How far ahead a live registration counts as expiring (``fdo_to0_expiring``, ``/ui``).
+EXPIRING_WINDOW = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class To0Counts:
+    """Active vouchers whose TO0 registration is not (or no longer) live, and live ones
+    expiring within the window."""
+
+    pending: int
+    expiring: int
+
+
+def to0_counts(conn: Connection, now: datetime, window: timedelta = EXPIRING_WINDOW) -> To0Counts:
+    work = To0Work.__table__  # type: ignore[attr-defined]
+    vouchers = OwnerVoucher.__table__  # type: ignore[attr-defined]
+    joined = work.join(vouchers, work.c.voucher_id == vouchers.c.id)
+    active = vouchers.c.state == ACTIVE
+    pending = (
+        select(func.count())
+        .select_from(joined)
+        .where(active, or_(work.c.registered_until.is_(None), work.c.registered_until <= now))
+    )
+    expiring = (
+        select(func.count())
+        .select_from(joined)
+        .where(active, and_(work.c.registered_until > now, work.c.registered_until <= now + window))
+    )
+    return To0Counts(conn.execute(pending).scalar_one(), conn.execute(expiring).scalar_one())
