@@ -44,6 +44,7 @@ from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore, active_voucher_id
 from owner.tables import REPLACED, DeviceOnboarding, OwnerVoucher, To0Work
 from owner.to0 import To0Thread
+from owner.web import web_router
 from transport.server import AnyServerMachine, ProtocolHandler
 
 
@@ -190,6 +191,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
     app.include_router(report_router(), prefix="/api/v1")
+    app.include_router(web_router())
     return app
 
 

@@ -1,0 +1,292 @@
+"""The owner's status page for admins (``/ui``): devices, groups, vouchers and TO0, audit.
+
+Server-rendered HTML without JavaScript, read-only, over the same rows as the admin API
+(changes go through the API and ``fdo owner ...``, which audit them). It refreshes
+itself every 30 seconds.
+
+Sign-in takes an admin API token (a viewer token is enough) from a form and keeps it in
+a cookie that is HttpOnly, SameSite=Strict, limited to ``/ui`` and Secure over HTTPS.
+Every page looks the token up again, so a revoked token signs the browser out. Every
+value is HTML-escaped: serials, models, labels and devmod facts come from devices. Each
+response forbids scripts, framing and caching, and sends no referrer.
+
+* ``GET /ui``: counts by device status, TO0 registrations pending and expiring, groups
+  with their current revision, the newest devices, the newest audit entries
+* ``GET /ui/devices/{guid}`` (any GUID the device has had): facts, labels, timeline
+* ``POST /ui/login`` (form field ``token``), ``POST /ui/logout``
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session, col, func, select
+from starlette.concurrency import run_in_threadpool
+
+from fdo.errors import FdoError
+from fdo.types import Guid
+from fdo_server.auth import AdminToken, lookup_token
+from owner.admin_groups import device_json, group_json
+from owner.deps import engine_of
+from owner.groups import find_device
+from owner.groups_tables import STATUSES, AuditEntry, Device, Group
+from owner.tables import OwnerVoucher
+from owner.to0 import EXPIRING_WINDOW, to0_counts
+
+COOKIE = "fdo_owner_ui"
+#: The newest devices and audit entries the overview lists.
+NEWEST = 50
+MAX_FORM = 4096
+REFRESH_SECONDS = 30
+
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+STYLE = """\
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1b1b1b; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.6rem; }
+table { border-collapse: collapse; margin-top: .4rem; }
+th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+code, .guid { font-family: ui-monospace, monospace; font-size: .9em; }
+.bad { color: #a40000; } .good { color: #05620c; } .muted { color: #666; }
+header { display: flex; justify-content: space-between; align-items: baseline; }
+form.inline { display: inline; }
+"""
+
+
+def _token(request: Request, db: Session) -> AdminToken | None:
+    value = request.cookies.get(COOKIE, "")
+    return lookup_token(db, value) if value else None
+
+
+def _page(title: str, body: str, *, status: int = 200, who: AdminToken | None = None) -> HTMLResponse:
+    user = ""
+    if who is not None:
+        user = (
+            f'<span class="muted">{escape(who.name)} ({escape(who.role)})</span> '
+            '<form class="inline" method="post" action="/ui/logout"><button>Sign out</button></form>'
+        )
+    refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if who is not None else ""
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)} · fdo-bootc owner</title>{refresh}"
+        '<link rel="stylesheet" href="/ui/style.css"></head><body>'
+        f'<header><h1><a href="/ui">fdo-bootc owner</a> · {escape(title)}</h1><div>{user}</div></header>'
+        f"{body}</body></html>"
+    )
+    return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+
+def _login(message: str = "", status: int = 200) -> HTMLResponse:
+    note = f'<p class="bad">{escape(message)}</p>' if message else ""
+    body = (
+        f"{note}<p>Sign in with an admin API token (any role; a viewer token is enough).</p>"
+        '<form method="post" action="/ui/login">'
+        '<label>Token <input type="password" name="token" autocomplete="off" required></label> '
+        "<button>Sign in</button></form>"
+    )
+    return _page("sign in", body, status=status)
+
+
+def _table(headings: list[str], rows: list[list[str]], empty: str) -> str:
+    """A table of already-escaped cells."""
+    if not rows:
+        return f'<p class="muted">{escape(empty)}</p>'
+    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _text(value: object) -> str:
+    """A value as escaped text (None as a dash; mappings and lists as compact JSON)."""
+    if value is None or value == "":
+        return '<span class="muted">–</span>'
+    if isinstance(value, dict | list):
+        return f"<code>{escape(json.dumps(value, sort_keys=True, ensure_ascii=False))}</code>"
+    return escape(str(value))
+
+
+def _status(status: str) -> str:
+    kind = {"applied": "good", "failed": "bad"}.get(status, "")
+    return f'<span class="{kind}">{escape(status)}</span>' if kind else escape(status)
+
+
+def _device_link(guid: str) -> str:
+    return f'<a class="guid" href="/ui/devices/{escape(guid)}">{escape(guid)}</a>'
+
+
+def _overview(db: Session, now: datetime) -> str:
+    counts = dict(db.exec(select(Device.status, func.count()).group_by(Device.status)).all())
+    vouchers = dict(db.exec(select(OwnerVoucher.state, func.count()).group_by(OwnerVoucher.state)).all())
+    to0 = to0_counts(db.connection(), now)
+    summary = _table(
+        [*STATUSES, "vouchers active", "TO0 pending", f"TO0 expiring within {EXPIRING_WINDOW.days} day"],
+        [
+            [
+                *(str(counts.get(s, 0)) for s in STATUSES),
+                str(vouchers.get("active", 0)),
+                str(to0.pending),
+                str(to0.expiring),
+            ]
+        ],
+        "",
+    )
+    groups = [
+        group_json(g, db)
+        for g in db.exec(select(Group).where(col(Group.deleted_at).is_(None)).order_by(col(Group.name))).all()
+    ]
+    group_rows = [
+        [
+            _text(g["name"]) + (' <span class="muted">(default)</span>' if g["is_default"] else ""),
+            _text(g["current_revision"]),
+            _text(g["model"]),
+            _text(g["serial_pattern"]),
+            _text(g["labels"] or None),
+            _text(g["devices"]),
+        ]
+        for g in groups
+    ]
+    devices = db.exec(
+        select(Device).order_by(col(Device.updated_at).desc(), col(Device.id).desc()).limit(NEWEST)
+    )
+    device_rows = []
+    for row in devices.all():
+        d = device_json(row, db)
+        device_rows.append(
+            [
+                _device_link(d["guid"]),
+                _status(d["status"]),
+                _text(d["serial"]),
+                _text(d["model"]),
+                _text(d["group"]),
+                _text(d["revision"]),
+                _text(d["labels"] or None),
+                _text(d["updated_at"]),
+            ]
+        )
+    audit = db.exec(select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(NEWEST)).all()
+    audit_rows = [[_text(a.at.isoformat()), _text(a.who), _text(a.action), _text(a.target)] for a in audit]
+    return (
+        f"<h2>Summary</h2>{summary}"
+        "<h2>Groups</h2>"
+        + _table(
+            ["group", "revision", "model", "serial pattern", "labels", "devices"], group_rows, "No groups."
+        )
+        + f"<h2>Devices (newest {NEWEST})</h2>"
+        + _table(
+            ["GUID", "status", "serial", "model", "group", "revision", "labels", "updated"],
+            device_rows,
+            "No devices yet.",
+        )
+        + f"<h2>Audit log (newest {NEWEST})</h2>"
+        + _table(["at", "who", "action", "target"], audit_rows, "Nothing changed yet.")
+    )
+
+
+def _device(d: dict[str, Any]) -> str:
+    facts = [
+        ["status", _status(d["status"])],
+        ["GUIDs", "<br>".join(_text(g) for g in d["guids"])],
+        ["serial", _text(d["serial"])],
+        ["model", _text(d["model"])],
+        ["group", _text(d["group"])],
+        ["assigned revision", _text(d["assigned_revision"])],
+        ["applied revision", _text(d["revision"])],
+        ["labels", _text(d["labels"] or None)],
+        ["devmod", _text(d["devmod"] or None)],
+        ["created", _text(d["created_at"])],
+        ["updated", _text(d["updated_at"])],
+    ]
+    events = [[_text(e["at"]), _text(e["kind"]), _text(e["detail"] or None)] for e in d["events"]]
+    return (
+        _table(["", ""], facts, "")
+        + "<h2>Timeline</h2>"
+        + _table(["at", "event", "detail"], events, "No events.")
+    )
+
+
+def web_router() -> APIRouter:
+    """The page's routes (mount at the root: they are under ``/ui``)."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/ui/style.css")
+    def style() -> Response:
+        return Response(STYLE, media_type="text/css", headers=HEADERS)
+
+    @router.get("/ui")
+    def overview(request: Request) -> Response:
+        with Session(engine_of(request)) as db:
+            who = _token(request, db)
+            if who is None:
+                return _login()
+            clock = getattr(request.app.state, "clock", None)
+            now = clock() if clock is not None else datetime.now(UTC)
+            return _page("status", _overview(db, now), who=who)
+
+    @router.get("/ui/devices/{guid}")
+    def device(guid: str, request: Request) -> Response:
+        with Session(engine_of(request)) as db:
+            who = _token(request, db)
+            if who is None:
+                return _login()
+            try:
+                wanted = Guid.parse(guid)
+            except (FdoError, ValueError):
+                return _page("no such device", f"<p>Not a GUID: {escape(guid[:64])}</p>", status=400, who=who)
+            row = find_device(db, wanted)
+            if row is None:
+                return _page(
+                    "no such device",
+                    f"<p>No device has had GUID {escape(str(wanted))}.</p>",
+                    status=404,
+                    who=who,
+                )
+            return _page(f"device {wanted}", _device(device_json(row, db, events=True)), who=who)
+
+    @router.post("/ui/login")
+    async def login(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_FORM:
+            return _login("That is not a token.", status=413)
+        token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+
+        def check() -> AdminToken | None:
+            with Session(engine_of(request)) as db:
+                return lookup_token(db, token) if token else None
+
+        who = await run_in_threadpool(check)
+        if who is None:
+            return _login("Unknown or revoked token.", status=401)
+        response = RedirectResponse("/ui", status_code=303, headers=HEADERS)
+        response.set_cookie(
+            COOKIE,
+            token,
+            path="/ui",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @router.post("/ui/logout")
+    def logout() -> Response:
+        response = RedirectResponse("/ui", status_code=303, headers=HEADERS)
+        response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+        return response
+
+    return router

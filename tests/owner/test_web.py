@@ -1,0 +1,143 @@
+"""The owner's status page (``/ui``): sign-in, what it shows, escaping, security headers."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from fdo.serviceinfo.devmod import Devmod
+from fdo.types import Guid
+from fdo.voucher import vouchers_to_pem
+from fdo_server.auth import Role
+from fdo_server.db import unit_of_work
+from owner.app import create_app
+from owner.groups import assignment_for, record_onboarding
+from owner.tables import OwnerVoucher, To0Work
+from owner.web import COOKIE
+from tests.conftest import KeyPool
+from tests.owner.helpers import World, make_world, token
+
+IMAGE = "quay.io/acme/os@sha256:" + "ab" * 32
+EVIL = '<script>alert("x")</script>'
+
+
+@pytest.fixture
+def world(key_pool: KeyPool, tmp_path: Path) -> World:
+    return make_world(key_pool, tmp_path)
+
+
+@pytest.fixture
+def app(world: World, database_url: str) -> FastAPI:
+    return create_app(world.settings(database_url))
+
+
+def signed_in(app: FastAPI, role: Role = Role.VIEWER) -> TestClient:
+    http = TestClient(app, base_url="https://testserver")
+    value = token(app, role)["Authorization"].removeprefix("Bearer ")
+    response = http.post("/ui/login", data={"token": value}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/ui"
+    return http
+
+
+def test_sign_in_needs_a_live_token_and_sets_a_strict_cookie(app: FastAPI) -> None:
+    http = TestClient(app, base_url="https://testserver")
+    page = http.get("/ui")
+    assert page.status_code == 200 and 'name="token"' in page.text and "Summary" not in page.text
+    wrong = http.post("/ui/login", data={"token": "fdo_not-a-token"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "Unknown or revoked token" in wrong.text
+    assert COOKIE not in wrong.headers.get("set-cookie", "")
+    assert http.post("/ui/login", content=b"token=" + b"x" * 5000).status_code == 413
+
+    value = token(app, Role.VIEWER)["Authorization"].removeprefix("Bearer ")
+    response = http.post("/ui/login", data={"token": value}, follow_redirects=False)
+    cookie = response.headers["set-cookie"]
+    assert response.status_code == 303 and cookie.startswith(f"{COOKIE}={value};")
+    for attribute in ("HttpOnly", "Path=/ui", "SameSite=strict", "Secure"):
+        assert attribute.lower() in cookie.lower(), cookie
+    assert "Summary" in http.get("/ui").text
+
+    out = http.post("/ui/logout", follow_redirects=False)
+    assert out.status_code == 303 and f'{COOKIE}=""' in out.headers["set-cookie"]
+    http.cookies.clear()
+    assert "Summary" not in http.get("/ui").text
+
+
+def test_a_revoked_token_signs_the_browser_out(app: FastAPI) -> None:
+    http = signed_in(app)
+    admin = token(app, Role.ADMIN)
+    viewer_id = next(
+        t["id"] for t in http.get("/api/v1/tokens", headers=admin).json()["items"] if t["role"] == "viewer"
+    )
+    assert http.delete(f"/api/v1/tokens/{viewer_id}", headers=admin).status_code == 200
+    page = http.get("/ui")
+    assert 'name="token"' in page.text and "Summary" not in page.text
+
+
+def test_every_page_forbids_scripts_framing_and_caching(app: FastAPI) -> None:
+    http = signed_in(app)
+    for path in ("/ui", "/ui/style.css", f"/ui/devices/{Guid.new()}", "/ui/devices/nope"):
+        headers = http.get(path).headers
+        assert "script-src" not in headers["content-security-policy"]
+        assert "default-src 'none'" in headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
+        assert headers["referrer-policy"] == "no-referrer"
+    assert http.get(f"/ui/devices/{Guid.new()}").status_code == 404
+    assert http.get("/ui/devices/nope").status_code == 400
+
+
+def test_the_page_shows_groups_devices_to0_and_audit_escaped(app: FastAPI, world: World) -> None:
+    operator = token(app, Role.OPERATOR)
+    api = TestClient(app)
+    (_, voucher), (_, other) = world.device(), world.device()
+    assert api.post(
+        "/api/v1/vouchers", content=vouchers_to_pem([voucher, other]), headers=operator
+    ).is_success
+    group = {"name": "kiosk", "model": EVIL}
+    assert api.post("/api/v1/groups", json=group, headers=operator).status_code == 201
+    revision = {"image": IMAGE, "apply_mode": "switch"}
+    assert api.post("/api/v1/groups/kiosk/revisions", json=revision, headers=operator).status_code == 201
+    labels = {"labels": {"site": "lab", "note": EVIL}}
+    assert api.put(f"/api/v1/devices/{other.guid}/labels", json=labels, headers=operator).status_code == 200
+
+    # A device onboards with devmod facts an attacker chose: its model is markup.
+    devmod = Devmod(os="Linux", arch="x86_64", version="1", device=EVIL, sep=":", bin="x86_64", sn=b"SN-<b>1")
+    new_guid = Guid.new()
+    with unit_of_work(app.state.engine) as db:
+        got = assignment_for(db, voucher.guid, devmod)
+        assert got is not None and got.revision.number == 1
+        record_onboarding(db, voucher.guid, new_guid, devmod, got.revision)
+        # The other voucher's TO0 registration is live for another hour: expiring.
+        work = db.exec(select(To0Work).join(OwnerVoucher).where(OwnerVoucher.guid == other.guid.value)).one()
+        work.registered_until = datetime.now(UTC) + timedelta(hours=1)
+        db.add(work)
+
+    http = signed_in(app)
+    page = http.get("/ui").text
+    assert EVIL not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "<script" not in page.lower()
+    summary = re.search(r"<h2>Summary</h2>(.*?)</table>", page, re.S)
+    assert summary is not None
+    cells = re.findall(r"<td>(\d+)</td>", summary.group(1))
+    # new, onboarding, onboarded, applied, failed; vouchers active; TO0 pending, expiring
+    assert cells == ["1", "0", "1", "0", "0", "2", "1", "1"]
+    assert f'href="/ui/devices/{new_guid}"' in page and f'href="/ui/devices/{other.guid}"' in page
+    assert "group.create" in page and "revision.publish" in page and "device.labels" in page
+
+    # The device by its old GUID: both GUIDs, facts and the timeline, escaped.
+    detail = http.get(f"/ui/devices/{voucher.guid}")
+    assert detail.status_code == 200
+    text = detail.text
+    assert str(voucher.guid) in text and str(new_guid) in text and "SN-&lt;b&gt;1" in text
+    assert EVIL not in text and "<script" not in text.lower()
+    assert [k for k in ("created", "assigned", "onboarded") if f"<td>{k}</td>" in text] == [
+        "created",
+        "assigned",
+        "onboarded",
+    ]
