@@ -457,6 +457,18 @@ class PublicKey:
 # --------------------------------------------------------------------------- certificates
 
 
+#: X.509's upper bound on a common name (ub-common-name), counted by ``cryptography`` in
+#: UTF-8 bytes.
+MAX_COMMON_NAME = 64
+
+
+def common_name(text: str, fallback: str = "fdo-device") -> str:
+    """``text`` cut to fit a certificate's common name: at most 64 UTF-8 bytes, never inside
+    a character; ``fallback`` when nothing of it is left."""
+    cut = text.encode()[:MAX_COMMON_NAME].decode(errors="ignore")
+    return cut or fallback
+
+
 def make_csr(key: PrivateKeyT, common_name: str) -> bytes:
     """A DER PKCS#10 request for ``key`` (what a device sends in DI.AppStart)."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(

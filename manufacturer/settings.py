@@ -32,6 +32,7 @@ from fdo.crypto import (
     PrivateKeyT,
     PublicKey,
     cert_der,
+    common_name,
     issue_device_cert,
     key_kind,
     load_csr,
@@ -118,7 +119,7 @@ class ManufacturerMaterial:
 
     def issue_chain(self, csr: x509.CertificateSigningRequest, info: MfgInfo, now: datetime) -> list[bytes]:
         device_key = csr.public_key()
-        name = (info.serial or info.device_info or "fdo-device")[:64]
+        name = common_name(info.serial or info.device_info or "")
         cert = issue_device_cert(self.ca_key, self.ca_chain[0], device_key, name, now)  # type: ignore[arg-type]
         return [cert_der(cert), *(cert_der(c) for c in self.ca_chain)]
 

@@ -12,7 +12,7 @@ import os
 from enum import Enum, auto
 
 from fdo.credential import DeviceCredential
-from fdo.crypto import PrivateKeyT, default_pk_type, hash_alg_for, make_csr
+from fdo.crypto import PrivateKeyT, common_name, default_pk_type, hash_alg_for, make_csr
 from fdo.di.messages import DIAppStart, DIDone, DISetCredentials, DISetHMAC, MfgInfo
 from fdo.errors import InvalidMessageError
 from fdo.machine import ClientMachine, Reply
@@ -54,9 +54,8 @@ class DIDevice(ClientMachine[DIDeviceState]):
             pk_enc=1,  # X509: the only encoding every implementation reads
             serial=self.serial,
             device_info=self.model,
-            # The subject only names the request (the manufacturer issues its own); X.509
-            # allows 1 to 64 characters in a common name.
-            csr=make_csr(self.key, (self.serial or self.model or "fdo-device")[:64]),
+            # The subject only names the request (the manufacturer issues its own).
+            csr=make_csr(self.key, common_name(self.serial or self.model)),
         )
         self.state = DIDeviceState.WAIT_SET_CREDENTIALS
         return MsgType.DI_APP_START, DIAppStart(mfg_info=info.to_bytes()).encode()

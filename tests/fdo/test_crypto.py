@@ -14,6 +14,7 @@ from fdo.crypto import (
     PublicKey,
     SigAlg,
     cert_der,
+    common_name,
     generate_key,
     hash_alg_for,
     issue_device_cert,
@@ -155,3 +156,21 @@ def test_csr_with_another_version_is_a_body_error(keys: dict[str, PrivateKeyT]) 
     der[at + 2] = 1
     with pytest.raises(MessageBodyError, match="not a DER PKCS#10"):
         load_csr(bytes(der))
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("SN-1", "SN-1"),
+        ("S" * 65, "S" * 64),
+        ("é" * 40, "é" * 32),  # 2 bytes each: 64 bytes
+        ("a" + "é" * 40, "a" + "é" * 31),  # never half a character
+        ("😀" * 20, "😀" * 16),
+        ("", "fdo-device"),
+    ],
+)
+def test_common_name_fits_a_certificate(text: str, name: str) -> None:
+    assert common_name(text) == name
+    key, now = generate_key("ec256"), datetime.now(UTC)
+    cert = issue_device_cert(key, make_ca(key, "CA", now), key.public_key(), name, now)
+    assert cert.subject.rfc4514_string() == f"CN={name}"

@@ -139,10 +139,25 @@ def test_di_refuses_a_broken_csr_and_stores_nothing(mfr: Mfr, key_pool: KeyPool)
         assert db.exec(select(FdoSession)).all() == []
 
 
-def test_di_takes_a_serial_longer_than_a_certificate_name(mfr: Mfr, key_pool: KeyPool) -> None:
-    serial = "SN-" + "7" * 252  # 255: the longest accepted; X.509 names stop at 64
-    device = mfr.di(key_pool.get("ec256", 11), serial=serial)
+@pytest.mark.parametrize(
+    "serial",
+    [
+        "SN-" + "7" * 252,  # 255: the longest accepted; X.509 names stop at 64 UTF-8 bytes
+        "é" * 40,  # 40 characters, 80 bytes
+        "\x80" * 65,
+    ],
+)
+def test_di_takes_a_serial_longer_than_a_certificate_name(mfr: Mfr, key_pool: KeyPool, serial: str) -> None:
+    csr = make_csr(key_pool.get("ec256", 11), "SN")
+    info = MfgInfo(pk_type=10, pk_enc=1, serial=serial, device_info="kiosk-v2", csr=csr)
+    body = DIAppStart(mfg_info=info.to_bytes()).encode()
+    response = mfr.http.post("/fdo/101/msg/10", content=body, headers={"Content-Type": "application/cbor"})
+    assert response.status_code == 200 and response.headers["Message-Type"] == "11", response.content
+    # The device client names its own request within the limit too.
+    device = mfr.di(key_pool.get("ec256", 12), serial=serial)
     assert device.credential is not None
+    detail = mfr.http.get(f"/api/v1/vouchers/{device.credential.guid}", headers=mfr.auth(mfr.viewer)).json()
+    assert detail["serial"] == serial
     detail = mfr.http.get(f"/api/v1/vouchers/{device.credential.guid}", headers=mfr.auth(mfr.viewer)).json()
     assert detail["serial"] == serial
 
