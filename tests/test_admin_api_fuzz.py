@@ -42,7 +42,8 @@ EXAMPLES = int(os.environ.get("FDO_TEST_FUZZ_EXAMPLES", "25"))
 ALL_CHECKS = list(HealthCheck)
 
 
-def _app(service: str, url: str, pool: KeyPool, folder: Path) -> FastAPI:
+def make_app(service: str, url: str, pool: KeyPool, folder: Path) -> FastAPI:
+    """A ``service`` app on database ``url`` (migrated here), with keys from ``pool``."""
     if service == "manufacturer":
         keys = {"ec256": pool.get("ec256", 1), "ca": pool.get("ec384", 1)}
         return manufacturer_app(make_settings(folder, url, keys))
@@ -72,7 +73,7 @@ def admin(
 ) -> Admin:
     """A service's app and an admin token for it."""
     service: str = request.param
-    app = _app(service, database_factory(service), key_pool, tmp_path)
+    app = make_app(service, database_factory(service), key_pool, tmp_path)
     with unit_of_work(app.state.engine) as db:
         token = create_token(db, "fuzz", Role.ADMIN)
     return Admin(service, app, {"Authorization": f"Bearer {token}"})
