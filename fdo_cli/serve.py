@@ -32,7 +32,7 @@ def start(
 ) -> None:
     """Serve ``service``. ``check`` loads its settings, exiting 2 with one line if they are
     unusable; their database must be at head. ``host`` and ``port`` left None come from
-    the settings' own ``host`` and ``port`` (the rendezvous has them)."""
+    the settings (``FDO_<SERVICE>_HOST``, ``FDO_<SERVICE>_PORT``)."""
     from fdo_server.config import use_config_file
     from fdo_server.serve import check_tls_files, serve
 
@@ -44,8 +44,8 @@ def start(
     require_current(service, settings.database_url)
     serve(
         f"{service}.app:app_from_env",
-        host=host if host is not None else str(getattr(settings, "host")),  # noqa: B009
-        port=port if port is not None else int(getattr(settings, "port")),  # noqa: B009
+        host=host if host is not None else settings.host,
+        port=port if port is not None else settings.port,
         workers=workers,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -150,9 +150,13 @@ MAX_BODY = 16 * 1024 * 1024
 
 
 class ServiceSettings(BaseSettings):
-    """Settings every service reads; each subclass sets its prefix and database default."""
+    """Settings every service reads; each subclass sets its prefix, its database default
+    and its port (``port: int = Field(default=..., ge=1, le=65535)``)."""
 
     database_url: str
+    #: Listen address and port of ``serve`` (``--host`` and ``--port`` override them).
+    host: str = "0.0.0.0"  # noqa: S104 - a network service listens on all interfaces by default
+    port: int = Field(ge=1, le=65535)
     #: Largest FDO request body in bytes.
     max_body: int = Field(default=65535, ge=MIN_BODY, le=MAX_BODY)
     #: Lifetime of a protocol session (DI, TO0, TO1, TO2) between two messages.

@@ -61,8 +61,13 @@ def _settings_or_die() -> ManufacturerSettings:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
-    port: Annotated[int, typer.Option(help="Port.")] = 8038,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Listen address (default: FDO_MANUFACTURER_HOST, 0.0.0.0)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Listen port (default: FDO_MANUFACTURER_PORT, 8038).")
+    ] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
     tls_cert: Annotated[
         Path | None,

@@ -57,6 +57,7 @@ class ManufacturerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
     database_url: str = "sqlite:///manufacturer.db"
+    port: int = Field(default=8038, ge=1, le=65535)
     #: Manufacturer (OVPubKey) private keys by kind: ec256, ec384, rsa2048, rsa3072.
     keys: dict[str, Path] = Field(default_factory=dict)
     device_ca_key: Path | None = None

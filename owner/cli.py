@@ -55,8 +55,12 @@ def _config() -> Any:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
-    port: Annotated[int, typer.Option(help="Port.")] = 8043,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address (default: FDO_OWNER_HOST, 0.0.0.0).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Listen port (default: FDO_OWNER_PORT, 8043).")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     tls_cert: Annotated[
         Path | None,

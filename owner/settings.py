@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
@@ -47,6 +48,7 @@ class OwnerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     database_url: str = "sqlite:///owner.db"
+    port: int = Field(default=8043, ge=1, le=65535)
     #: Key kind -> private key PEM file; one owner key per kind.
     keys: dict[str, Path] = {}
     #: The owner's public TO2 base URLs (``http://owner.example:8043``), sent in TO0.

@@ -50,8 +50,13 @@ def _settings(database_url: str | None) -> RendezvousSettings:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="Listen address.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Listen port.")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Listen address (default: FDO_RENDEZVOUS_HOST, 0.0.0.0)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Listen port (default: FDO_RENDEZVOUS_PORT, 8041).")
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
     tls_cert: Annotated[
         Path | None,

@@ -37,13 +37,12 @@ class RendezvousSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FDO_RENDEZVOUS_", extra="ignore")
 
     database_url: str = "sqlite:///rendezvous.db"
+    port: int = Field(default=8041, ge=1, le=65535)
     max_wait_seconds: int = Field(default=THIRTY_DAYS, ge=1, le=0xFFFFFFFF)
     #: PEM files of the owner keys allowed to register; empty allows every owner.
     trusted_owner_keys: list[Path] = Field(default_factory=list)
     #: PEM files of the manufacturer keys whose vouchers may be registered; empty allows all.
     trusted_manufacturer_keys: list[Path] = Field(default_factory=list)
-    host: str = "0.0.0.0"  # noqa: S104 - a network service listens on all interfaces by default
-    port: int = Field(default=8041, ge=1, le=65535)
 
     @field_validator("trusted_owner_keys", "trusted_manufacturer_keys")
     @classmethod

@@ -134,14 +134,37 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.max_body == 65535  # the default
 
 
-def test_config_file_named_by_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "rv.toml"
-    config.write_text("port = 9999\n")
-    monkeypatch.setenv("FDO_RENDEZVOUS_CONFIG", str(config))
-    monkeypatch.delenv("FDO_RENDEZVOUS_PORT", raising=False)
-    assert load_settings(RendezvousSettings).port == 9999
-    monkeypatch.setenv("FDO_RENDEZVOUS_PORT", "9998")
-    assert load_settings(RendezvousSettings).port == 9998
+@pytest.mark.parametrize("service", SERVICES)
+def test_config_file_named_by_variable(service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = f"FDO_{service.upper()}_"
+    config = tmp_path / f"{service}.toml"
+    config.write_text('port = 9999\nhost = "127.0.0.2"\n')
+    monkeypatch.setenv(f"{prefix}CONFIG", str(config))
+    monkeypatch.delenv(f"{prefix}PORT", raising=False)
+    monkeypatch.delenv(f"{prefix}HOST", raising=False)
+    settings = load_settings(CLASSES[service])
+    assert (settings.port, settings.host) == (9999, "127.0.0.2")  # type: ignore[attr-defined]
+    monkeypatch.setenv(f"{prefix}PORT", "9998")
+    assert load_settings(CLASSES[service]).port == 9998  # type: ignore[attr-defined]
+    monkeypatch.setenv(f"{prefix}PORT", "0")
+    with pytest.raises(ConfigError, match=f"^{prefix}PORT: "):
+        load_settings(CLASSES[service])
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_serve_listens_where_the_settings_say_unless_told(service: str, tmp_path: Path) -> None:
+    config = tmp_path / f"{service}.toml"
+    top = 'port = 9123\nhost = "127.0.0.3"\n'  # before the file's tables
+    config.write_text(top + _toml(service, tmp_path).replace("port = 9041\n", ""))
+    env = _clean_env(service)
+    assert runner.invoke(app, [service, "db", "upgrade", "--config", str(config)], env=env).exit_code == 0
+    seen: dict[str, Any] = {}
+    result = _invoke_serve(service, ["--config", str(config)], env, seen)
+    assert result.exit_code == 0, result.output
+    assert (seen["port"], seen["host"]) == (9123, "127.0.0.3")
+    result = _invoke_serve(service, ["--config", str(config), "--port", "9124", "--host", "::1"], env, seen)
+    assert result.exit_code == 0, result.output
+    assert (seen["port"], seen["host"]) == (9124, "::1")
 
 
 @pytest.mark.parametrize("service", SERVICES)
