@@ -102,6 +102,28 @@ def devices_list(
         )
 
 
+@devices_app.command("onboardings")
+def devices_onboardings(
+    url: UrlOpt,
+    token: TokenOpt,
+    guid: Annotated[str | None, typer.Option(help="Only those of this GUID (old or new).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (oldest first).")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """List completed TO2s: the GUID before and after, and what each ServiceInfo module did."""
+    params: dict[str, Any] = {"limit": limit}
+    if guid:
+        params["guid"] = guid
+    body = call("GET", url, token, "/onboardings", params=params)
+    if as_json:
+        return _echo_json(body)
+    for o in body["items"]:
+        modules = ", ".join(
+            f"{m.get('module', '?')}={'ok' if m.get('ok', True) else 'failed'}" for m in o["modules"]
+        )
+        typer.echo(f"{o['completed_at']}  {o['guid']} -> {o['new_guid'] or '(same)'}  {modules or '-'}")
+
+
 @devices_app.command("show")
 def devices_show(
     guid: Annotated[str, typer.Argument(help="Any GUID the device has had.")], url: UrlOpt, token: TokenOpt

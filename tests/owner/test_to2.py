@@ -6,8 +6,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from fdo.credential import DeviceCredential
 from fdo.errors import ErrorCode, PeerError
@@ -15,6 +17,7 @@ from fdo.serviceinfo import CommandDevice, DeviceServiceInfoDriver, DownloadDevi
 from fdo.to2.device import TO2Device
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, vouchers_to_pem
+from fdo_cli.main import app as fdo_app
 from fdo_server.auth import Role
 from owner.app import create_app
 from tests.conftest import KeyPool
@@ -76,7 +79,9 @@ def onboard(
     return http, device, machine, voucher, headers
 
 
-def test_to2_replaces_credential_and_links_vouchers(world: World, database_url: str, tmp_path: Path) -> None:
+def test_to2_replaces_credential_and_links_vouchers(
+    world: World, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     http, device, machine, voucher, headers = onboard(world, database_url, tmp_path, reuse=False)
     assert device.files == {"/etc/motd": b"welcome\n" * 300}
     assert device.commands == [["/usr/bin/echo", "hello"]]
@@ -101,6 +106,14 @@ def test_to2_replaces_credential_and_links_vouchers(world: World, database_url: 
     download, command = record["modules"]
     assert download["module"] == "fdo.download" and download["ok"] is True
     assert command["module"] == "fdo.command" and command["exitcode"] == 0 and command["stdout"] == "hello\n"
+
+    # The same through `fdo owner devices onboardings`.
+    monkeypatch.setattr(httpx, "request", lambda method, url, timeout, **kw: http.request(method, url, **kw))
+    token = headers["Authorization"].removeprefix("Bearer ")
+    argv = ["owner", "devices", "onboardings", "--url", BASE, "--token", token, "--guid", str(new.guid)]
+    result = CliRunner().invoke(fdo_app, argv)
+    assert result.exit_code == 0, result.output
+    assert f"{voucher.guid} -> {new.guid}  fdo.download=ok, fdo.command=ok" in result.output
 
 
 def test_to2_credential_reuse(world: World, database_url: str, tmp_path: Path) -> None:
