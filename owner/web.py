@@ -11,7 +11,8 @@ value is HTML-escaped: serials, models, labels and devmod facts come from device
 response forbids scripts, framing and caching, and sends no referrer.
 
 * ``GET /ui``: counts by device status, TO0 registrations pending and expiring, groups
-  with their current revision, the newest devices, the newest audit entries
+  with their current revision, the newest devices, TO0 registrations failing (with the
+  last error), the newest audit entries
 * ``GET /ui/devices/{guid}`` (any GUID the device has had): facts, labels, timeline
 * ``POST /ui/login`` (form field ``token``), ``POST /ui/logout``
 """
@@ -36,7 +37,7 @@ from owner.admin_groups import device_json, group_json
 from owner.deps import engine_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
-from owner.tables import OwnerVoucher
+from owner.tables import ACTIVE, OwnerVoucher, To0Work
 from owner.to0 import EXPIRING_WINDOW, to0_counts
 
 COOKIE = "fdo_owner_ui"
@@ -179,6 +180,22 @@ def _overview(db: Session, now: datetime) -> str:
                 _text(d["updated_at"]),
             ]
         )
+    failing = db.exec(
+        select(OwnerVoucher, To0Work)
+        .join(To0Work, col(To0Work.voucher_id) == col(OwnerVoucher.id))
+        .where(OwnerVoucher.state == ACTIVE, col(To0Work.last_error).is_not(None))
+        .order_by(col(To0Work.attempts).desc(), col(OwnerVoucher.id))
+        .limit(NEWEST)
+    ).all()
+    to0_rows = [
+        [
+            _text(str(Guid(v.guid))),
+            _text(w.attempts),
+            _text(w.next_attempt_at.isoformat()),
+            _text(w.last_error),
+        ]
+        for v, w in failing
+    ]
     audit = db.exec(select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(NEWEST)).all()
     audit_rows = [[_text(a.at.isoformat()), _text(a.who), _text(a.action), _text(a.target)] for a in audit]
     return (
@@ -193,6 +210,8 @@ def _overview(db: Session, now: datetime) -> str:
             device_rows,
             "No devices yet.",
         )
+        + "<h2>TO0 registrations failing</h2>"
+        + _table(["voucher GUID", "attempts", "next attempt", "last error"], to0_rows, "None.")
         + f"<h2>Audit log (newest {NEWEST})</h2>"
         + _table(["at", "who", "action", "target"], audit_rows, "Nothing changed yet.")
     )

@@ -117,6 +117,12 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(app: FastAPI, world
         work = db.exec(select(To0Work).join(OwnerVoucher).where(OwnerVoucher.guid == other.guid.value)).one()
         work.registered_until = datetime.now(UTC) + timedelta(hours=1)
         db.add(work)
+        # The first voucher's TO0 keeps failing, with an error text a peer could shape.
+        failing = db.exec(
+            select(To0Work).join(OwnerVoucher).where(OwnerVoucher.guid == voucher.guid.value)
+        ).one()
+        failing.attempts, failing.last_error = 4, f"rendezvous said {EVIL}"
+        db.add(failing)
 
     http = signed_in(app)
     page = http.get("/ui").text
@@ -129,6 +135,9 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(app: FastAPI, world
     assert cells == ["1", "0", "1", "0", "0", "2", "1", "1"]
     assert f'href="/ui/devices/{new_guid}"' in page and f'href="/ui/devices/{other.guid}"' in page
     assert "group.create" in page and "revision.publish" in page and "device.labels" in page
+    to0 = re.search(r"<h2>TO0 registrations failing</h2>(.*?)</table>", page, re.S)
+    assert to0 is not None and str(voucher.guid) in to0.group(1) and str(other.guid) not in to0.group(1)
+    assert "<td>4</td>" in to0.group(1) and "rendezvous said &lt;script&gt;" in to0.group(1)
 
     # The device by its old GUID: both GUIDs, facts and the timeline, escaped.
     detail = http.get(f"/ui/devices/{voucher.guid}")
