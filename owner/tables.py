@@ -81,7 +81,7 @@ class DeviceOnboarding(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     guid: bytes = Field(sa_column=Column(LargeBinary(16), index=True, nullable=False))
-    new_guid: bytes | None = Field(default=None, sa_column=Column(LargeBinary(16), nullable=True))
+    new_guid: bytes | None = Field(default=None, sa_column=Column(LargeBinary(16), nullable=True, index=True))
     voucher_id: int | None = Field(default=None, foreign_key="owner_voucher.id")
     devmod: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     modules: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
