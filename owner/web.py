@@ -13,6 +13,8 @@ response forbids scripts, framing and caching, and sends no referrer.
 * ``GET /ui``: counts by device status, TO0 registrations pending and expiring, groups
   with their current revision, the newest devices, TO0 registrations failing (with the
   last error), the newest audit entries
+* ``GET /ui/devices`` (``?status=``, ``?group=``, ``?page=``): the devices, newest change
+  first, 100 a page
 * ``GET /ui/devices/{guid}`` (any GUID the device has had): facts, labels, timeline
 * ``POST /ui/login`` (form field ``token``), ``POST /ui/logout``
 """
@@ -20,10 +22,11 @@ response forbids scripts, framing and caching, and sends no referrer.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -43,6 +46,8 @@ from owner.to0 import EXPIRING_WINDOW, to0_counts
 COOKIE = "fdo_owner_ui"
 #: The newest devices and audit entries the overview lists.
 NEWEST = 50
+#: Devices per page of ``/ui/devices``.
+PAGE = 100
 MAX_FORM = 4096
 REFRESH_SECONDS = 30
 
@@ -131,6 +136,32 @@ def _device_link(guid: str) -> str:
     return f'<a class="guid" href="/ui/devices/{escape(guid)}">{escape(guid)}</a>'
 
 
+DEVICE_HEADINGS = ["GUID", "status", "serial", "model", "group", "revision", "labels", "updated"]
+
+
+def _device_rows(db: Session, rows: Sequence[Device]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        d = device_json(row, db)
+        out.append(
+            [
+                _device_link(d["guid"]),
+                _status(d["status"]),
+                _text(d["serial"]),
+                _text(d["model"]),
+                _text(d["group"]),
+                _text(d["revision"]),
+                _text(d["labels"] or None),
+                _text(d["updated_at"]),
+            ]
+        )
+    return out
+
+
+def _list_link(text: str, **query: str) -> str:
+    return f'<a href="/ui/devices?{escape(urlencode(query))}">{escape(text)}</a>'
+
+
 def _overview(db: Session, now: datetime) -> str:
     counts = dict(db.exec(select(Device.status, func.count()).group_by(Device.status)).all())
     vouchers = dict(db.exec(select(OwnerVoucher.state, func.count()).group_by(OwnerVoucher.state)).all())
@@ -139,7 +170,7 @@ def _overview(db: Session, now: datetime) -> str:
         [*STATUSES, "vouchers active", "TO0 pending", f"TO0 expiring within {EXPIRING_WINDOW.days} day"],
         [
             [
-                *(str(counts.get(s, 0)) for s in STATUSES),
+                *(_list_link(str(counts.get(s, 0)), status=s) for s in STATUSES),
                 str(vouchers.get("active", 0)),
                 str(to0.pending),
                 str(to0.expiring),
@@ -158,28 +189,12 @@ def _overview(db: Session, now: datetime) -> str:
             _text(g["model"]),
             _text(g["serial_pattern"]),
             _text(g["labels"] or None),
-            _text(g["devices"]),
+            _list_link(str(g["devices"]), group=g["name"]),
         ]
         for g in groups
     ]
-    devices = db.exec(
-        select(Device).order_by(col(Device.updated_at).desc(), col(Device.id).desc()).limit(NEWEST)
-    )
-    device_rows = []
-    for row in devices.all():
-        d = device_json(row, db)
-        device_rows.append(
-            [
-                _device_link(d["guid"]),
-                _status(d["status"]),
-                _text(d["serial"]),
-                _text(d["model"]),
-                _text(d["group"]),
-                _text(d["revision"]),
-                _text(d["labels"] or None),
-                _text(d["updated_at"]),
-            ]
-        )
+    newest = select(Device).order_by(col(Device.updated_at).desc(), col(Device.id).desc()).limit(NEWEST)
+    device_rows = _device_rows(db, db.exec(newest).all())
     failing = db.exec(
         select(OwnerVoucher, To0Work)
         .join(To0Work, col(To0Work.voucher_id) == col(OwnerVoucher.id))
@@ -205,11 +220,8 @@ def _overview(db: Session, now: datetime) -> str:
             ["group", "revision", "model", "serial pattern", "labels", "devices"], group_rows, "No groups."
         )
         + f"<h2>Devices (newest {NEWEST})</h2>"
-        + _table(
-            ["GUID", "status", "serial", "model", "group", "revision", "labels", "updated"],
-            device_rows,
-            "No devices yet.",
-        )
+        + _table(DEVICE_HEADINGS, device_rows, "No devices yet.")
+        + f"<p>{_list_link('All devices')}</p>"
         + "<h2>TO0 registrations failing</h2>"
         + _table(["voucher GUID", "attempts", "next attempt", "last error"], to0_rows, "None.")
         + f"<h2>Audit log (newest {NEWEST})</h2>"
@@ -239,6 +251,46 @@ def _device(d: dict[str, Any]) -> str:
     )
 
 
+def _device_list(db: Session, status: str | None, group: Group | None, page: int) -> str:
+    query = select(Device)
+    if status is not None:
+        query = query.where(Device.status == status)
+    if group is not None:
+        query = query.where(Device.group_id == group.id)
+    total = db.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = db.exec(
+        query.order_by(col(Device.updated_at).desc(), col(Device.id).desc())
+        .offset((page - 1) * PAGE)
+        .limit(PAGE)
+    ).all()
+    groups = db.exec(
+        select(Group.name).where(col(Group.deleted_at).is_(None)).order_by(col(Group.name))
+    ).all()
+
+    def option(value: str, current: str | None) -> str:
+        chosen = " selected" if value == current else ""
+        return f'<option value="{escape(value)}"{chosen}>{escape(value)}</option>'
+
+    form = (
+        '<form method="get" action="/ui/devices">'
+        '<label>status <select name="status"><option value="">any</option>'
+        + "".join(option(s, status) for s in STATUSES)
+        + '</select></label> <label>group <select name="group"><option value="">any</option>'
+        + "".join(option(g, None if group is None else group.name) for g in groups)
+        + "</select></label> <button>Show</button></form>"
+    )
+    query_args = {k: v for k, v in (("status", status), ("group", group and group.name)) if v}
+    pages = []
+    if page > 1:
+        pages.append(_list_link("previous", **query_args, page=str(page - 1)))
+    if page * PAGE < total:
+        pages.append(_list_link("next", **query_args, page=str(page + 1)))
+    first = (page - 1) * PAGE + 1
+    shown = f"{first}–{first + len(rows) - 1}" if rows else "none"
+    shown = f"<p>{total} device(s), {shown} shown. {' '.join(pages)}</p>"
+    return form + shown + _table(DEVICE_HEADINGS, _device_rows(db, rows), "No device matches.")
+
+
 def web_router() -> APIRouter:
     """The page's routes (mount at the root: they are under ``/ui``)."""
     router = APIRouter(include_in_schema=False)
@@ -256,6 +308,29 @@ def web_router() -> APIRouter:
             clock = getattr(request.app.state, "clock", None)
             now = clock() if clock is not None else datetime.now(UTC)
             return _page("status", _overview(db, now), who=who)
+
+    @router.get("/ui/devices")
+    def devices(
+        request: Request, status: str | None = None, group: str | None = None, page: str = "1"
+    ) -> Response:
+        with Session(engine_of(request)) as db:
+            who = _token(request, db)
+            if who is None:
+                return _login()
+            wanted = status or None
+            if wanted is not None and wanted not in STATUSES:
+                return _page("devices", f"<p>No status {escape(wanted[:32])}.</p>", status=400, who=who)
+            number = int(page) if page.isdigit() and 0 < len(page) < 10 else 0
+            if number < 1:
+                return _page("devices", "<p>Pages count from 1.</p>", status=400, who=who)
+            found = None
+            if group:
+                found = db.exec(
+                    select(Group).where(Group.name == group, col(Group.deleted_at).is_(None))
+                ).first()
+                if found is None:
+                    return _page("devices", f"<p>No group {escape(group[:64])}.</p>", status=404, who=who)
+            return _page("devices", _device_list(db, wanted, found, number), who=who)
 
     @router.get("/ui/devices/{guid}")
     def device(guid: str, request: Request) -> Response:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
+import owner.web
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
 from fdo.voucher import vouchers_to_pem
@@ -92,7 +93,9 @@ def test_every_page_forbids_scripts_framing_and_caching(app: FastAPI) -> None:
     assert http.get("/ui/devices/nope").status_code == 400
 
 
-def test_the_page_shows_groups_devices_to0_and_audit_escaped(app: FastAPI, world: World) -> None:
+def test_the_page_shows_groups_devices_to0_and_audit_escaped(
+    app: FastAPI, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     operator = token(app, Role.OPERATOR)
     api = TestClient(app)
     (_, voucher), (_, other) = world.device(), world.device()
@@ -130,7 +133,7 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(app: FastAPI, world
     assert "<script" not in page.lower()
     summary = re.search(r"<h2>Summary</h2>(.*?)</table>", page, re.S)
     assert summary is not None
-    cells = re.findall(r"<td>(\d+)</td>", summary.group(1))
+    cells = re.findall(r"<td>(?:<a [^>]*>)?(\d+)(?:</a>)?</td>", summary.group(1))
     # new, onboarding, onboarded, applied, failed; vouchers active; TO0 pending, expiring
     assert cells == ["1", "0", "1", "0", "0", "2", "1", "1"]
     assert f'href="/ui/devices/{new_guid}"' in page and f'href="/ui/devices/{other.guid}"' in page
@@ -138,6 +141,29 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(app: FastAPI, world
     to0 = re.search(r"<h2>TO0 registrations failing</h2>(.*?)</table>", page, re.S)
     assert to0 is not None and str(voucher.guid) in to0.group(1) and str(other.guid) not in to0.group(1)
     assert "<td>4</td>" in to0.group(1) and "rendezvous said &lt;script&gt;" in to0.group(1)
+
+    assert (
+        'href="/ui/devices?status=onboarded">1</a>' in page and 'href="/ui/devices?group=kiosk">1</a>' in page
+    )
+
+    # The device list, filtered and paged.
+    listed = http.get("/ui/devices", params={"status": "onboarded"}).text
+    assert f'href="/ui/devices/{new_guid}"' in listed and str(other.guid) not in listed
+    assert "1 device(s), 1–1 shown." in listed and '<option value="onboarded" selected>' in listed
+    listed = http.get("/ui/devices", params={"group": "kiosk"}).text
+    assert str(new_guid) in listed and str(other.guid) not in listed
+    monkeypatch.setattr(owner.web, "PAGE", 1)
+    first, second = http.get("/ui/devices").text, http.get("/ui/devices", params={"page": "2"}).text
+    assert "2 device(s), 1–1 shown." in first and 'href="/ui/devices?page=2">next</a>' in first
+    assert "2 device(s), 2–2 shown." in second and 'href="/ui/devices?page=1">previous</a>' in second
+    assert {str(new_guid), str(other.guid)} == {
+        g for g in (str(new_guid), str(other.guid)) if g in first + second
+    }
+    assert http.get("/ui/devices", params={"status": "happy"}).status_code == 400
+    assert http.get("/ui/devices", params={"page": "0"}).status_code == 400
+    assert http.get("/ui/devices", params={"page": "x"}).status_code == 400
+    assert http.get("/ui/devices", params={"group": EVIL}).status_code == 404
+    assert EVIL not in http.get("/ui/devices", params={"group": EVIL}).text
 
     # The device by its old GUID: both GUIDs, facts and the timeline, escaped.
     detail = http.get(f"/ui/devices/{voucher.guid}")
