@@ -37,7 +37,7 @@ from transport.server import NO_TELEMETRY, ProtocolHandler, fdo_router, mount_fd
 
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
-S = TypeVar("S", bound="ServiceSettings")
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def utc_now() -> datetime:
