@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 from fastapi import FastAPI, Request, Response
@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 
 from fdo_server import metrics as observability
+from fdo_server.clock import Clock, utc_now
 from fdo_server.config import ServiceSettings, load_settings
 from fdo_server.db import inline_messages, make_engine, message_scope
 from fdo_server.heap import freeze_startup_heap
@@ -35,13 +36,8 @@ from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
 from transport.server import NO_TELEMETRY, ProtocolHandler, fdo_router, mount_fdo
 
-Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=ServiceSettings)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def open_engine(service: str, database_url: str) -> Engine:

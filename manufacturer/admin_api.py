@@ -26,10 +26,11 @@ from fdo.errors import FdoError, FdoUsageError
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, to_pem
 from fdo_server.auth import AdminToken, Role, require
+from fdo_server.clock import utc_now
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
 from manufacturer.settings import ManufacturerMaterial
-from manufacturer.tables import HandOff, Voucher, utc_now
+from manufacturer.tables import HandOff, Voucher
 
 PEM_TYPE = "application/x-pem-file"
 MAX_BATCH = 1000

@@ -7,17 +7,14 @@ to one owner). Each hand-off is also kept in ``HandOff`` with who did it and whe
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import DateTime, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from fdo_server.auth import AdminToken
+from fdo_server.clock import utc_now
 from fdo_server.sessions import FdoSession
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Voucher(SQLModel, table=True):

@@ -27,13 +27,14 @@ from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner
 from fdo_server import metrics as observability
 from fdo_server import service
+from fdo_server.clock import Clock, utc_now
 from fdo_server.db import (
     DirectStatement,
     bound,
     current_connection,
     current_session,
 )
-from fdo_server.service import Clock, open_engine, service_app, utc_now
+from fdo_server.service import open_engine, service_app
 from owner import groups
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router

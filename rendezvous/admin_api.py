@@ -18,8 +18,9 @@ from sqlmodel import Session
 from fdo.errors import MessageBodyError
 from fdo.types import Guid
 from fdo_server.auth import AdminToken, Role, require
+from fdo_server.clock import Clock
 from fdo_server.params import Limit, Offset
-from rendezvous.store import Clock, as_utc, delete_registration, list_registrations
+from rendezvous.store import as_utc, delete_registration, list_registrations
 from rendezvous.tables import Registration
 
 

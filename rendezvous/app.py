@@ -17,10 +17,11 @@ from fastapi import FastAPI
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import service
+from fdo_server.clock import Clock, utc_now
 from fdo_server.service import open_engine, service_app
 from rendezvous.admin_api import admin_router
 from rendezvous.settings import RendezvousSettings
-from rendezvous.store import Clock, RegistrationLookup, RendezvousPolicy, save_registration, utc_now
+from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
 from transport.server import AnyServerMachine, ProtocolHandler
 
 

@@ -115,9 +115,10 @@ def token_create(
 @app.command()
 def purge(database_url: DatabaseOpt = None) -> None:
     """Delete expired registrations and protocol sessions."""
+    from fdo_server.clock import utc_now
     from fdo_server.db import unit_of_work
     from fdo_server.sessions import SQLSessionStore
-    from rendezvous.store import purge_expired_registrations, utc_now
+    from rendezvous.store import purge_expired_registrations
 
     with (
         local_engine("rendezvous", _settings(database_url).database_url) as engine,

@@ -9,7 +9,7 @@ and key allow-lists); :class:`RegistrationLookup` is the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,14 +24,9 @@ from fdo.to0.rendezvous import TO0Registration
 from fdo.to1.rendezvous import TO1Record
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
+from fdo_server.clock import Clock, utc_now
 from fdo_server.db import DirectStatement, current_connection, current_session
 from rendezvous.tables import Registration
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def as_utc(value: datetime) -> datetime:
