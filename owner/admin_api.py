@@ -4,6 +4,8 @@
   raw CBOR voucher); answers a result per voucher, 200 when all were imported, else
   422 with the same body.
 * ``GET /vouchers`` (viewer): paged list with TO0 status; ``GET /vouchers/{guid}``.
+* ``GET /summary`` (viewer): devices by status, vouchers by state, TO0 registrations
+  pending, expiring (within a day) and failing; what ``/ui`` and ``fdo owner status`` show.
 * ``GET /onboardings`` (viewer): completed TO2s, oldest first, with the GUID the device
   came with, the one it left with, its devmod facts and the module results; ``?guid=``
   finds those of one GUID (old or new). The devices themselves are
@@ -12,7 +14,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -26,9 +28,11 @@ from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
 from owner.audit import audit
 from owner.deps import Operator, SessionDep, Viewer, engine_of
+from owner.groups_tables import STATUSES, Device
 from owner.importer import IMPORTED, import_pem
 from owner.settings import OwnerConfig
-from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work, utc
+from owner.tables import ACTIVE, REPLACED, DeviceOnboarding, OwnerVoucher, To0Work, utc
+from owner.to0 import EXPIRING_WINDOW, to0_counts
 
 MAX_IMPORT = 16 * 1024 * 1024
 
@@ -63,6 +67,23 @@ def voucher_json(row: OwnerVoucher, work: To0Work | None, db: Session) -> dict[s
         "replaces": guid_of(row.replaces_id),
         "replaced_by": guid_of(row.replaced_by_id),
         "to0": to0,
+    }
+
+
+def status_summary(db: Session, now: datetime) -> dict[str, Any]:
+    """Counts of devices by status, vouchers by state and TO0 registrations (all keys present)."""
+    devices = dict(db.exec(select(Device.status, func.count()).group_by(Device.status)).all())
+    vouchers = dict(db.exec(select(OwnerVoucher.state, func.count()).group_by(OwnerVoucher.state)).all())
+    to0 = to0_counts(db.connection(), now)
+    return {
+        "devices": {s: devices.get(s, 0) for s in STATUSES},
+        "vouchers": {s: vouchers.get(s, 0) for s in (ACTIVE, REPLACED)},
+        "to0": {
+            "pending": to0.pending,
+            "expiring": to0.expiring,
+            "failing": to0.failing,
+            "expiring_within_seconds": int(EXPIRING_WINDOW.total_seconds()),
+        },
     }
 
 
@@ -126,6 +147,11 @@ def admin_router() -> APIRouter:
             raise HTTPException(404, f"no voucher for GUID {wanted}")
         work = db.exec(select(To0Work).where(To0Work.voucher_id == row.id)).first()
         return voucher_json(row, work, db)
+
+    @router.get("/summary")
+    def summary(request: Request, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        clock = getattr(request.app.state, "clock", None)
+        return status_summary(db, clock() if clock is not None else datetime.now(UTC))
 
     @router.get("/onboardings")
     def list_onboardings(

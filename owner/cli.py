@@ -17,6 +17,7 @@ from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem
 from fdo_cli.common import die, read_bytes
 from fdo_cli.db import db_app, local_engine
 from owner.cli_admin import APPS as ADMIN_APPS
+from owner.cli_admin import status
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
@@ -28,6 +29,7 @@ app.add_typer(to0_app, name="to0")
 app.add_typer(db_app("owner"), name="db")
 for _name, _sub in ADMIN_APPS:
     app.add_typer(_sub, name=_name)
+app.command("status")(status)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owner service base URL.")]
 TokenOpt = Annotated[str, typer.Option("--token", envvar="FDO_OWNER_TOKEN", help="Admin API bearer token.")]

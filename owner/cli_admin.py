@@ -74,6 +74,25 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+# ---------------------------------------------------------------------------- status
+
+
+def status(url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
+    """Devices by status, vouchers by state, TO0 registrations pending, expiring and failing."""
+    body = call("GET", url, token, "/summary")
+    if as_json:
+        return _echo_json(body)
+    devices = "  ".join(f"{k}={v}" for k, v in body["devices"].items())
+    vouchers = "  ".join(f"{k}={v}" for k, v in body["vouchers"].items())
+    to0 = body["to0"]
+    typer.echo(f"devices   {devices}")
+    typer.echo(f"vouchers  {vouchers}")
+    typer.echo(
+        f"TO0       pending={to0['pending']}  expiring={to0['expiring']}"
+        f" (within {to0['expiring_within_seconds']} s)  failing={to0['failing']}"
+    )
+
+
 # ---------------------------------------------------------------------------- devices
 
 

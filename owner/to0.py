@@ -257,11 +257,12 @@ EXPIRING_WINDOW = timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class To0Counts:
-    """Active vouchers whose TO0 registration is not (or no longer) live, and live ones
-    expiring within the window."""
+    """Active vouchers whose TO0 registration is not (or no longer) live, live ones
+    expiring within the window, and those whose last attempt failed."""
 
     pending: int
     expiring: int
+    failing: int
 
 
 def to0_counts(conn: Connection, now: datetime, window: timedelta = EXPIRING_WINDOW) -> To0Counts:
@@ -279,4 +280,5 @@ def to0_counts(conn: Connection, now: datetime, window: timedelta = EXPIRING_WIN
         .select_from(joined)
         .where(active, and_(work.c.registered_until > now, work.c.registered_until <= now + window))
     )
-    return To0Counts(conn.execute(pending).scalar_one(), conn.execute(expiring).scalar_one())
+    failing = select(func.count()).select_from(joined).where(active, work.c.last_error.is_not(None))
+    return To0Counts(*(conn.execute(q).scalar_one() for q in (pending, expiring, failing)))

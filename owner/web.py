@@ -36,12 +36,13 @@ from starlette.concurrency import run_in_threadpool
 from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.auth import AdminToken, lookup_token
+from owner.admin_api import status_summary
 from owner.admin_groups import device_json, group_json
 from owner.deps import engine_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
 from owner.tables import ACTIVE, OwnerVoucher, To0Work
-from owner.to0 import EXPIRING_WINDOW, to0_counts
+from owner.to0 import EXPIRING_WINDOW
 
 COOKIE = "fdo_owner_ui"
 #: The newest devices and audit entries the overview lists.
@@ -163,17 +164,23 @@ def _list_link(text: str, **query: str) -> str:
 
 
 def _overview(db: Session, now: datetime) -> str:
-    counts = dict(db.exec(select(Device.status, func.count()).group_by(Device.status)).all())
-    vouchers = dict(db.exec(select(OwnerVoucher.state, func.count()).group_by(OwnerVoucher.state)).all())
-    to0 = to0_counts(db.connection(), now)
+    counts = status_summary(db, now)
+    to0 = counts["to0"]
     summary = _table(
-        [*STATUSES, "vouchers active", "TO0 pending", f"TO0 expiring within {EXPIRING_WINDOW.days} day"],
+        [
+            *STATUSES,
+            "vouchers active",
+            "TO0 pending",
+            f"TO0 expiring within {EXPIRING_WINDOW.days} day",
+            "TO0 failing",
+        ],
         [
             [
-                *(_list_link(str(counts.get(s, 0)), status=s) for s in STATUSES),
-                str(vouchers.get("active", 0)),
-                str(to0.pending),
-                str(to0.expiring),
+                *(_list_link(str(counts["devices"][s]), status=s) for s in STATUSES),
+                str(counts["vouchers"][ACTIVE]),
+                str(to0["pending"]),
+                str(to0["expiring"]),
+                str(to0["failing"]),
             ]
         ],
         "",

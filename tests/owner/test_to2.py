@@ -114,6 +114,12 @@ def test_to2_replaces_credential_and_links_vouchers(
     result = CliRunner().invoke(fdo_app, argv)
     assert result.exit_code == 0, result.output
     assert f"{voucher.guid} -> {new.guid}  fdo.download=ok, fdo.command=ok" in result.output
+    result = CliRunner().invoke(fdo_app, ["owner", "status", "--url", BASE, "--token", token])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "devices   new=0  onboarding=0  onboarded=1  applied=0  failed=0"
+    assert lines[1] == "vouchers  active=1  replaced=1"
+    assert lines[2].startswith("TO0       pending=") and "failing=0" in lines[2]
 
 
 def test_to2_credential_reuse(world: World, database_url: str, tmp_path: Path) -> None:
