@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -27,7 +27,7 @@ from fdo.types import Guid
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
 from owner.audit import audit
-from owner.deps import Operator, SessionDep, Viewer, engine_of
+from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups_tables import STATUSES, Device
 from owner.importer import IMPORTED, import_pem
 from owner.settings import OwnerConfig
@@ -103,7 +103,7 @@ def admin_router() -> APIRouter:
         if len(body) > MAX_IMPORT:
             raise HTTPException(413, "voucher upload too large")
         config: OwnerConfig = request.app.state.config
-        now = request.app.state.clock()
+        now = now_of(request)
 
         def work() -> list[dict[str, object]]:
             with unit_of_work(engine_of(request)) as db:
@@ -150,8 +150,7 @@ def admin_router() -> APIRouter:
 
     @router.get("/summary")
     def summary(request: Request, db: SessionDep, _: Viewer) -> dict[str, Any]:
-        clock = getattr(request.app.state, "clock", None)
-        return status_summary(db, clock() if clock is not None else datetime.now(UTC))
+        return status_summary(db, now_of(request))
 
     @router.get("/onboardings")
     def list_onboardings(

@@ -18,7 +18,7 @@ secret file paths only.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
@@ -31,17 +31,11 @@ from fdo_server.auth import AdminToken, Role, create_token, hash_token
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
 from owner.audit import audit
-from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of
+from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
 from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
 from owner.tables import OwnerVoucher, utc
-
-
-def _now(request: Request) -> datetime:
-    clock = getattr(request.app.state, "clock", None)
-    now: datetime = clock() if clock is not None else datetime.now(UTC)
-    return now
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -210,7 +204,7 @@ def _devices() -> APIRouter:
     def set_labels(guid: str, body: LabelsIn, request: Request, who: Operator) -> dict[str, Any]:
         """Replace a device's labels; a device known only by its voucher gets a record."""
         wanted = _guid(guid)
-        now = _now(request)
+        now = now_of(request)
         with unit_of_work(engine_of(request)) as db:
             row = find_device(db, wanted)
             if row is None:
@@ -239,7 +233,7 @@ def _groups() -> APIRouter:
         """Create a group (409 if the name is taken or a default group exists)."""
         if body.is_default and (has_selectors(_as_group(body)) or body.members):
             raise HTTPException(422, "the default group has no selectors or members")
-        now = _now(request)
+        now = now_of(request)
         try:
             with unit_of_work(engine_of(request)) as db:
                 live = select(Group).where(col(Group.deleted_at).is_(None))
@@ -272,7 +266,7 @@ def _groups() -> APIRouter:
     @router.delete("/groups/{name}")
     def delete_group(name: str, request: Request, who: Operator) -> dict[str, Any]:
         """Delete a group: it stops matching; its revisions stay for the devices' records."""
-        now = _now(request)
+        now = now_of(request)
         with unit_of_work(engine_of(request)) as db:
             row = _live_group(db, name)
             row.deleted_at = now
@@ -287,7 +281,7 @@ def _groups() -> APIRouter:
         """Publish the group's next revision (a ``RevisionIn`` body). Devices that
         onboard from now on receive it; it can never be changed."""
         body = parse(RevisionIn, payload)
-        now = _now(request)
+        now = now_of(request)
         try:
             with unit_of_work(engine_of(request)) as db:
                 group = _live_group(db, name)
@@ -359,7 +353,7 @@ def _tokens() -> APIRouter:
     @router.post("/tokens", status_code=201)
     def create_admin_token(body: TokenIn, request: Request, who: Admin) -> dict[str, Any]:
         """Create a token; its plaintext is in this response only (stored hashed)."""
-        now = _now(request)
+        now = now_of(request)
         with unit_of_work(engine_of(request)) as db:
             token = create_token(db, body.name, Role(body.role))
             db.flush()
@@ -381,7 +375,7 @@ def _tokens() -> APIRouter:
 
     @router.delete("/tokens/{token_id}")
     def revoke_token(token_id: RowNumber, request: Request, who: Admin) -> dict[str, Any]:
-        now = _now(request)
+        now = now_of(request)
         with unit_of_work(engine_of(request)) as db:
             row = db.get(AdminToken, token_id)
             if row is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,6 +16,13 @@ from fdo_server.auth import AdminToken, Role, require
 def engine_of(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+def now_of(request: Request) -> datetime:
+    """The app's clock (``app.state.clock``, which tests replace), or the wall clock."""
+    clock = getattr(request.app.state, "clock", None)
+    now: datetime = clock() if clock is not None else datetime.now(UTC)
+    return now
 
 
 def _db(request: Request) -> Iterator[Session]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from html import escape
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -38,7 +38,7 @@ from fdo.types import Guid
 from fdo_server.auth import AdminToken, lookup_token
 from owner.admin_api import status_summary
 from owner.admin_groups import device_json, group_json
-from owner.deps import engine_of
+from owner.deps import engine_of, now_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
 from owner.tables import ACTIVE, OwnerVoucher, To0Work
@@ -312,9 +312,7 @@ def web_router() -> APIRouter:
             who = _token(request, db)
             if who is None:
                 return _login()
-            clock = getattr(request.app.state, "clock", None)
-            now = clock() if clock is not None else datetime.now(UTC)
-            return _page("status", _overview(db, now), who=who)
+            return _page("status", _overview(db, now_of(request)), who=who)
 
     @router.get("/ui/devices")
     def devices(
