@@ -126,8 +126,13 @@ def token_json(row: AdminToken) -> dict[str, Any]:
     }
 
 
+def find_live_group(db: Session, name: str) -> Group | None:
+    """The group called ``name`` unless it was deleted."""
+    return db.exec(select(Group).where(Group.name == name, col(Group.deleted_at).is_(None))).first()
+
+
 def _live_group(db: Session, name: str) -> Group:
-    row = db.exec(select(Group).where(Group.name == name, col(Group.deleted_at).is_(None))).first()
+    row = find_live_group(db, name)
     if row is None:
         raise HTTPException(404, f"no group {name!r}")
     return row

@@ -37,7 +37,7 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.auth import AdminToken, lookup_token
 from owner.admin_api import status_summary
-from owner.admin_groups import device_json, group_json
+from owner.admin_groups import device_json, find_live_group, group_json
 from owner.deps import engine_of, now_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
@@ -330,9 +330,7 @@ def web_router() -> APIRouter:
                 return _page("devices", "<p>Pages count from 1.</p>", status=400, who=who)
             found = None
             if group:
-                found = db.exec(
-                    select(Group).where(Group.name == group, col(Group.deleted_at).is_(None))
-                ).first()
+                found = find_live_group(db, group)
                 if found is None:
                     return _page("devices", f"<p>No group {escape(group[:64])}.</p>", status=404, who=who)
             return _page("devices", _device_list(db, wanted, found, number), who=who)
