@@ -269,16 +269,15 @@ def to0_counts(conn: Connection, now: datetime, window: timedelta = EXPIRING_WIN
     work = To0Work.__table__  # type: ignore[attr-defined]
     vouchers = OwnerVoucher.__table__  # type: ignore[attr-defined]
     joined = work.join(vouchers, work.c.voucher_id == vouchers.c.id)
-    active = vouchers.c.state == ACTIVE
-    pending = (
-        select(func.count())
+    until = work.c.registered_until
+    counts = (
+        select(
+            func.count().filter(or_(until.is_(None), until <= now)),
+            func.count().filter(and_(until > now, until <= now + window)),
+            func.count().filter(work.c.last_error.is_not(None)),
+        )
         .select_from(joined)
-        .where(active, or_(work.c.registered_until.is_(None), work.c.registered_until <= now))
+        .where(vouchers.c.state == ACTIVE)
     )
-    expiring = (
-        select(func.count())
-        .select_from(joined)
-        .where(active, and_(work.c.registered_until > now, work.c.registered_until <= now + window))
-    )
-    failing = select(func.count()).select_from(joined).where(active, work.c.last_error.is_not(None))
-    return To0Counts(*(conn.execute(q).scalar_one() for q in (pending, expiring, failing)))
+    pending, expiring, failing = conn.execute(counts).one()
+    return To0Counts(pending, expiring, failing)
