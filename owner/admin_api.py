@@ -31,7 +31,7 @@ from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups_tables import STATUSES, Device
 from owner.importer import IMPORTED, import_pem
 from owner.settings import OwnerConfig
-from owner.tables import ACTIVE, REPLACED, DeviceOnboarding, OwnerVoucher, To0Work, utc
+from owner.tables import STATES, DeviceOnboarding, OwnerVoucher, To0Work, utc
 from owner.to0 import EXPIRING_WINDOW, to0_counts
 
 MAX_IMPORT = 16 * 1024 * 1024
@@ -77,7 +77,7 @@ def status_summary(db: Session, now: datetime) -> dict[str, Any]:
     to0 = to0_counts(db.connection(), now)
     return {
         "devices": {s: devices.get(s, 0) for s in STATUSES},
-        "vouchers": {s: vouchers.get(s, 0) for s in (ACTIVE, REPLACED)},
+        "vouchers": {s: vouchers.get(s, 0) for s in STATES},
         "to0": {
             "pending": to0.pending,
             "expiring": to0.expiring,

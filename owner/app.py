@@ -4,7 +4,8 @@
 the database and checks its schema is current; the lifespan starts the TO0 scheduler thread
 (unless ``to0_enabled`` is off) and stops it at shutdown. ``POST /fdo/101/msg/{60..71}``
 serves TO2 with sessions in the database; when a TO2 completes, :func:`record_done`
-stores the replacement voucher and an onboarding record in the same transaction.
+stores the replacement voucher (:mod:`owner.lifecycle`) and an onboarding record in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy import Table, bindparam
-from sqlalchemy import delete as sa_delete
+from sqlalchemy import Table
 from sqlalchemy import insert as sa_insert
-from sqlalchemy import update as sa_update
 
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
@@ -35,15 +34,14 @@ from fdo_server.db import (
     current_session,
 )
 from fdo_server.service import open_engine, service_app
-from owner import groups
+from owner import groups, lifecycle
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router
 from owner.groups_tables import Revision
-from owner.importer import voucher_values
 from owner.report_api import report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
-from owner.store import OwnerStore, active_voucher_id
-from owner.tables import REPLACED, DeviceOnboarding, OwnerVoucher, To0Work
+from owner.store import OwnerStore
+from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
 from owner.web import web_router
 from transport.server import AnyServerMachine, ProtocolHandler
@@ -94,16 +92,6 @@ def module_results(machine: TO2Owner) -> list[dict[str, Any]]:
     return out
 
 
-_VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
-_TO0_WORK: Table = To0Work.__table__  # type: ignore[attr-defined]
-# Built once (Core, bound parameters): record_done runs at the end of every TO2.
-_INSERT_VOUCHER = sa_insert(_VOUCHERS)
-_REPLACE_VOUCHER = DirectStatement(
-    sa_update(_VOUCHERS)
-    .where(_VOUCHERS.c.id == bindparam("old"))
-    .values(state=REPLACED, replaced_by_id=bindparam("new"))
-)
-_DROP_TO0_WORK = DirectStatement(sa_delete(_TO0_WORK).where(_TO0_WORK.c.voucher_id == bindparam("old")))
 _ONBOARDINGS: Table = DeviceOnboarding.__table__  # type: ignore[attr-defined]
 _INSERT_ONBOARDING = DirectStatement(
     sa_insert(_ONBOARDINGS).values(
@@ -112,24 +100,16 @@ _INSERT_ONBOARDING = DirectStatement(
 )
 
 
-def record_done(machine: AnyServerMachine, clock: Clock) -> None:
-    """``on_done`` of TO2: store the replacement voucher and the onboarding record."""
+def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool = True) -> None:
+    """``on_done`` of TO2: store the replacement voucher (:func:`owner.lifecycle.record_replacement`,
+    which refuses a Done another session of the device beat) and the onboarding record."""
     assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
     conn = current_connection()
     now = clock()
-    old_id = active_voucher_id(machine.guid)  # TO2Done's voucher lookup just read it
-    new_guid: bytes | None = None
-    if machine.new_voucher is not None and old_id is not None:
-        new = machine.new_voucher
-        inserted = conn.execute(
-            _INSERT_VOUCHER, voucher_values(new, now=now, replaces_id=old_id)
-        ).inserted_primary_key
-        assert inserted is not None  # noqa: S101 - an INSERT always has one
-        new_id = inserted[0]
-        _REPLACE_VOUCHER.rowcount(conn, {"old": old_id, "new": new_id})
-        # The old GUID is gone from the device: stop keeping its TO0 registration alive.
-        _DROP_TO0_WORK.rowcount(conn, {"old": old_id})
-        new_guid = new.guid.value
+    new = machine.new_voucher
+    lifecycle.record_replacement(conn, machine.replacement_basis, new, now=now, register_to0=register_to0)
+    old_id = lifecycle.basis_voucher_id(machine.replacement_basis)
+    new_guid = None if new is None else new.guid.value
     devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
     if machine.devmod is not None:
         device = groups.device_row(conn, machine.guid)
@@ -156,7 +136,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     config: OwnerConfig = load_config(settings)
     now: Clock = clock or utc_now
     engine = open_engine("owner", settings.database_url)  # SchemaError unless at head
-    store = OwnerStore(config)
+    store = OwnerStore(config, clock=now)
 
     @contextmanager
     def to0_scheduler() -> Iterator[None]:
@@ -174,7 +154,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
         60: ProtocolHandler(
             new=lambda: TO2Owner(store),
             restore=lambda state: TO2Owner.from_state(state, store),
-            on_done=lambda machine: record_done(machine, now),
+            on_done=lambda machine: record_done(machine, now, register_to0=settings.to0_replacements),
         )
     }
     app = service_app(

@@ -3,7 +3,8 @@
 After rebooting into its assigned image the device reports the booted digest, the
 revision it applied and a health result, authenticated by the per-device token it
 received in ServiceInfo (not an admin token). A digest other than the assigned one,
-or an unhealthy report, marks the device failed, never done.
+or an unhealthy report, marks the device failed, never done. A report also confirms the
+device's current credential (:func:`owner.lifecycle.confirm_guid`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from fdo_server.db import unit_of_work
 from owner.assign import device_for_token, record_report
+from owner.lifecycle import confirm_guid
 
 
 class ReportIn(BaseModel):
@@ -44,6 +46,9 @@ def report_router() -> APIRouter:
             device = device_for_token(db, token.strip())
             if device is None:
                 raise HTTPException(401, "unknown device token", headers={"WWW-Authenticate": "Bearer"})
+            # The token came with the TO2 that gave the device its current GUID, so a
+            # report proves the device holds that credential (owner.lifecycle).
+            confirm_guid(db.connection(), device.guid, now=request.app.state.clock())
             status = record_report(
                 db,
                 device,

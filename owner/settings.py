@@ -68,6 +68,10 @@ class OwnerSettings(ServiceSettings):
     to0_enabled: bool = True
     #: Credential reuse (spec §7): keep GUID, RV info and owner key after TO2.
     credential_reuse: bool = False
+    #: Register the replacement voucher a TO2 makes (the device's new GUID) by TO0, so a
+    #: device that is reset or re-imaged, or runs FDO again, finds its owner. Off: devices
+    #: onboard once; a later TO1 with the new GUID finds no owner.
+    to0_replacements: bool = True
     #: TOML/JSON file of ServiceInfo actions for every device.
     service_info: Path | None = None
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the

@@ -1,56 +1,53 @@
 """TO2's lookups (:class:`fdo.to2.owner.TO2OwnerStore`) over the owner database.
 
 Every call runs inside the unit of work the FDO router opened for the message
-(:func:`fdo_server.db.current_session`). Only ``active`` vouchers take part in TO2: a
-replaced one belongs to a GUID the device no longer has.
+(:func:`fdo_server.db.current_session`). Only usable vouchers (``active``,
+``unconfirmed``, ``replacing``: :mod:`owner.lifecycle`) take part in TO2; a replaced one
+belongs to a GUID the device no longer has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextvars import ContextVar
 
-from sqlalchemy import Table, bindparam
-from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 
 from fdo.codec import CborValue
 from fdo.crypto import PrivateKeyT, PublicKey, spki_der
+from fdo.errors import ResourceNotFoundError
 from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule
 from fdo.to2.owner import Replacement
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import DirectStatement, current_connection, current_session
+from fdo_server.clock import Clock, utc_now
+from fdo_server.db import current_connection, current_session
+from owner import lifecycle
 from owner.assign import modules_for, restore_modules
+from owner.lifecycle import VoucherRow, usable_row
 from owner.settings import OwnerConfig
-from owner.tables import ACTIVE, OwnerVoucher
+from owner.tables import ACTIVE
 
-_VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
-_ACTIVE = DirectStatement(
-    core_select(_VOUCHERS.c.id, _VOUCHERS.c.raw)
-    .where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE)
-    .limit(1)
+#: The usable voucher row :meth:`OwnerStore.voucher` read last in this context, so
+#: :meth:`OwnerStore.replacement` in the same unit of work needs no query.
+_LAST_READ: ContextVar[tuple[Connection, bytes, VoucherRow] | None] = ContextVar(
+    "owner_voucher_read", default=None
 )
-_ID_OF_ACTIVE = DirectStatement(
-    core_select(_VOUCHERS.c.id)
-    .where(_VOUCHERS.c.guid == bindparam("g"), _VOUCHERS.c.state == ACTIVE)
-    .limit(1)
-)
-#: The active voucher row (connection, GUID, id) :meth:`OwnerStore.voucher` read last in
-#: this context, so :func:`active_voucher_id` in the same unit of work needs no query.
-_LAST_READ: ContextVar[tuple[Connection, bytes, int] | None] = ContextVar("owner_voucher_read", default=None)
 
 
-def active_voucher_id(guid: Guid) -> int | None:
-    """The id of ``guid``'s active voucher, as this unit of work sees it."""
+def _row_of(guid: Guid) -> VoucherRow | None:
+    """``guid``'s usable voucher row, as this unit of work sees it."""
     conn = current_connection()
     last = _LAST_READ.get()
     if last is not None and last[0] is conn and last[1] == guid.value:
         return last[2]
-    found = _ID_OF_ACTIVE.first(conn, {"g": guid.value})
-    return None if found is None else int(found[0])
+    row = usable_row(conn, guid.value)
+    if row is not None:
+        _LAST_READ.set((conn, guid.value, row))
+    return row
 
 
 class DecodedVouchers:
@@ -83,26 +80,35 @@ class DecodedVouchers:
 class OwnerStore:
     """:class:`~fdo.to2.owner.TO2OwnerStore` over the database and the configured keys."""
 
-    def __init__(self, config: OwnerConfig) -> None:
+    def __init__(self, config: OwnerConfig, *, clock: Clock = utc_now) -> None:
         self.config = config
+        self.clock = clock
         self._by_spki = {spki_der(k.public_key()): k for k in config.keys.values()}
         self._decoded = DecodedVouchers()
 
     def voucher(self, guid: Guid) -> OwnershipVoucher | None:
         conn = current_connection()
-        row = _ACTIVE.first(conn, {"g": guid.value})
+        row = usable_row(conn, guid.value)
         if row is None:
             return None
-        _LAST_READ.set((conn, guid.value, int(row[0])))
-        return self._decoded.decode(bytes(row[1]))
+        _LAST_READ.set((conn, guid.value, row))
+        return self._decoded.decode(row.raw)
 
     def private_key(self, public_key: PublicKey) -> PrivateKeyT | None:
         return self._by_spki.get(spki_der(public_key.key))
 
     def replacement(self, voucher: OwnershipVoucher) -> Replacement:
+        # The device just proved it holds this voucher's credential: if that is an
+        # unconfirmed replacement, it is now confirmed (owner.lifecycle).
+        row = _row_of(voucher.guid)
+        if row is None:  # read in this same message by TO2.ProveDevice
+            raise ResourceNotFoundError(f"no voucher for device {voucher.guid}")
+        if lifecycle.confirm(current_connection(), row, now=self.clock()):
+            row = dataclasses.replace(row, state=ACTIVE, replaced_by_id=None)
+            _LAST_READ.set(None)
         # Either way Owner2Key is the current owner key: the owner keeps one key per kind.
         guid = voucher.guid if self.config.settings.credential_reuse else Guid.new()
-        return Replacement(guid, voucher.header.rv_info, voucher.owner_public_key)
+        return Replacement(guid, voucher.header.rv_info, voucher.owner_public_key, basis=row.basis)
 
     def owner_modules(self, guid: Guid, devmod: Devmod) -> Sequence[OwnerModule]:
         """The configured actions for every device, then the device's group assignment."""

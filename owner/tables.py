@@ -1,8 +1,10 @@
 """The owner service's tables.
 
 * :class:`OwnerVoucher` — every voucher the owner holds, imported or produced by TO2.
-  A TO2 that replaced the credential marks the old row ``replaced`` and links both
-  ways (``replaced_by_id`` / ``replaces_id``), so a device's GUID history is a chain.
+  A TO2 that replaced the credential links the old row and the new both ways
+  (``replaced_by_id`` / ``replaces_id``), so a device's GUID history is a chain; the
+  old row stays usable (``replacing``) until the device shows it holds the new one
+  (see :mod:`owner.lifecycle`).
 * :class:`To0Work` — one TO0 registration to keep alive per voucher; the scheduler
   claims rows (``claimed_by`` until ``claim_expires_at``) so replicas never both run it.
 * :class:`DeviceOnboarding` — one row per completed TO2: devmod and module results.
@@ -22,8 +24,23 @@ from fdo_server.auth import AdminToken
 from fdo_server.sessions import FdoSession
 from owner.groups_tables import GROUP_TABLES
 
+# A voucher row's state (``docs/vouchers.md``, "Replacement and lost replies"):
+#: Usable in TO2 and the device is known to hold its credential.
 ACTIVE = "active"
+#: Made by a TO2 whose last reply (Done2) the device may not have received; usable, and
+#: made ``active`` by the device's first proven contact under its GUID.
+UNCONFIRMED = "unconfirmed"
+#: Replaced by an ``unconfirmed`` voucher: still usable, since the device may hold it.
+REPLACING = "replacing"
+#: Replaced for good: the device showed that it holds the replacement.
 REPLACED = "replaced"
+#: An ``unconfirmed`` replacement the device never took up: a later TO2 with the
+#: previous credential replaced it.
+SUPERSEDED = "superseded"
+#: The states in which a voucher takes part in TO2 and is kept registered by TO0.
+USABLE = (ACTIVE, UNCONFIRMED, REPLACING)
+#: Every state, in the order listings show them.
+STATES = (ACTIVE, UNCONFIRMED, REPLACING, REPLACED, SUPERSEDED)
 
 
 def utc(value: datetime) -> datetime:

@@ -4,7 +4,10 @@ Work lives in :class:`~owner.tables.To0Work`. :func:`run_due` claims due rows on
 time with a conditional UPDATE (``WHERE claimed_by IS NULL OR claim_expires_at < now``)
 and checks the row count, which is atomic on SQLite and PostgreSQL alike, so two
 replicas (or threads) never both take a row. The claim is committed before any network
-call and no transaction is held across one. Per voucher, every owner-usable directive
+call and no transaction is held across one. A work row whose voucher has left the usable
+states (:mod:`owner.lifecycle`: replaced, superseded) is *retired*: registered once more
+for :data:`RETIRE_WAIT_SECONDS`, so the rendezvous stops sending devices to a voucher
+that is gone, then deleted. Per voucher, every owner-usable directive
 of its RendezvousInfo is tried (each URL until one works); registration succeeds when
 at least one rendezvous accepted it. Success schedules a renewal when
 ``to0_renew_fraction`` of the granted lifetime is left; failure retries with an
@@ -29,7 +32,7 @@ from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
 from fdo_server.db import unit_of_work
 from owner.settings import OwnerConfig
-from owner.tables import ACTIVE, OwnerVoucher, To0Work, utc
+from owner.tables import USABLE, OwnerVoucher, To0Work, utc
 from transport.client import FdoHttpClient, TransportError
 
 log = logging.getLogger(__name__)
@@ -59,18 +62,24 @@ def http_factory_for(config: OwnerConfig) -> HttpFactory:
     return make
 
 
+#: The lifetime asked for when retiring a registration (TO0 has no "unregister": the
+#: entry is overwritten with one that expires at once).
+RETIRE_WAIT_SECONDS = 1
+
+
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     work_id: int
     raw: bytes
+    #: The voucher left the usable states: retire its registration instead of renewing it.
+    retire: bool
+    registered_until: datetime | None
 
 
 def _candidates(engine: Engine, now: datetime) -> list[int]:
     with unit_of_work(engine) as db:
         query = (
             select(To0Work.id)
-            .join(OwnerVoucher, col(OwnerVoucher.id) == col(To0Work.voucher_id))
-            .where(OwnerVoucher.state == ACTIVE)
             .where(col(To0Work.next_attempt_at) <= now)
             .where(or_(col(To0Work.claimed_by).is_(None), col(To0Work.claim_expires_at) < now))
             .order_by(col(To0Work.next_attempt_at))
@@ -92,15 +101,22 @@ def _claim(engine: Engine, work_id: int, worker_id: str, now: datetime, hold: ti
             return None
         work = db.get(To0Work, work_id)
         voucher = db.get(OwnerVoucher, work.voucher_id) if work is not None else None
-        if voucher is None:
+        if work is None or voucher is None:
             return None
-        return _Claimed(work_id, voucher.raw)
+        until = None if work.registered_until is None else utc(work.registered_until)
+        return _Claimed(work_id, voucher.raw, voucher.state not in USABLE, until)
 
 
 def register(
-    voucher: OwnershipVoucher, config: OwnerConfig, http_factory: HttpFactory
+    voucher: OwnershipVoucher,
+    config: OwnerConfig,
+    http_factory: HttpFactory,
+    *,
+    wait_seconds: int | None = None,
 ) -> tuple[int | None, list[str]]:
-    """Run TO0 with each rendezvous; returns (shortest granted lifetime or None, errors)."""
+    """Run TO0 with each rendezvous; returns (shortest granted lifetime or None, errors).
+
+    ``wait_seconds`` is the lifetime asked for (default ``to0_wait_seconds``)."""
     if config.to2_addr is None:
         return None, ["FDO_OWNER_TO2_URLS is empty: nowhere to tell devices to go"]
     key: PrivateKeyT | None = None
@@ -121,7 +137,7 @@ def register(
                 voucher=voucher,
                 owner_key=key,
                 rv_to2_addr=config.to2_addr,
-                wait_seconds=config.settings.to0_wait_seconds,
+                wait_seconds=config.settings.to0_wait_seconds if wait_seconds is None else wait_seconds,
             )
             client = http_factory(url)
             try:
@@ -157,7 +173,17 @@ def _finish(
         work = db.get(To0Work, claimed.work_id)
         if work is None or work.claimed_by != worker_id:
             return  # our claim expired and someone else has it now
-        if granted is not None:
+        if claimed.retire and granted is not None:
+            db.delete(work)  # the rendezvous forgets the GUID within RETIRE_WAIT_SECONDS
+            return
+        voucher = db.get(OwnerVoucher, work.voucher_id)
+        if granted is not None and (voucher is None or voucher.state not in USABLE):
+            # Left the usable states while we registered it: retire it next pass.
+            work.registered_until = now + timedelta(seconds=granted)
+            work.next_attempt_at = now
+            work.attempts = 0
+            work.last_error = None
+        elif granted is not None:
             work.registered_until = now + timedelta(seconds=granted)
             keep = timedelta(seconds=granted * (1 - config.settings.to0_renew_fraction))
             work.next_attempt_at = now + max(keep, timedelta(seconds=1))
@@ -190,18 +216,31 @@ def run_due(
         if claimed is None:
             continue
         done += 1
+        if claimed.retire and (claimed.registered_until is None or claimed.registered_until <= now):
+            _drop(engine, claimed, worker_id)  # no live registration to retire
+            continue
         try:
             voucher = OwnershipVoucher.decode(claimed.raw)
-            granted, errors = register(voucher, config, factory)
+            wait = RETIRE_WAIT_SECONDS if claimed.retire else None
+            granted, errors = register(voucher, config, factory, wait_seconds=wait)
         except Exception as exc:  # one bad row must not stop the others
             log.exception("TO0 for work item %d failed", work_id)
             granted, errors = None, [f"internal error: {type(exc).__name__}"]
         _finish(engine, claimed, worker_id, now, granted, errors, config)
         if granted is None:
             log.warning("TO0 for %s failed: %s", voucher_guid(claimed.raw), "; ".join(errors))
+        elif claimed.retire:
+            log.info("TO0 registration of %s retired (voucher no longer usable)", voucher_guid(claimed.raw))
         else:
             log.info("TO0 for %s registered for %d s", voucher_guid(claimed.raw), granted)
     return done
+
+
+def _drop(engine: Engine, claimed: _Claimed, worker_id: str) -> None:
+    with unit_of_work(engine) as db:
+        work = db.get(To0Work, claimed.work_id)
+        if work is not None and work.claimed_by == worker_id:
+            db.delete(work)
 
 
 def voucher_guid(raw: bytes) -> str:
@@ -277,7 +316,7 @@ def to0_counts(conn: Connection, now: datetime, window: timedelta = EXPIRING_WIN
             func.count().filter(work.c.last_error.is_not(None)),
         )
         .select_from(joined)
-        .where(vouchers.c.state == ACTIVE)
+        .where(vouchers.c.state.in_(USABLE))
     )
     pending, expiring, failing = conn.execute(counts).one()
     return To0Counts(pending, expiring, failing)

@@ -41,7 +41,7 @@ from owner.admin_groups import device_json, find_live_group, group_json
 from owner.deps import engine_of, now_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
-from owner.tables import ACTIVE, OwnerVoucher, To0Work
+from owner.tables import ACTIVE, UNCONFIRMED, USABLE, OwnerVoucher, To0Work
 from owner.to0 import EXPIRING_WINDOW
 
 COOKIE = "fdo_owner_ui"
@@ -170,6 +170,7 @@ def _overview(db: Session, now: datetime) -> str:
         [
             *STATUSES,
             "vouchers active",
+            "replacements unconfirmed",
             "TO0 pending",
             f"TO0 expiring within {EXPIRING_WINDOW.days} day",
             "TO0 failing",
@@ -178,6 +179,7 @@ def _overview(db: Session, now: datetime) -> str:
             [
                 *(_list_link(str(counts["devices"][s]), status=s) for s in STATUSES),
                 str(counts["vouchers"][ACTIVE]),
+                str(counts["vouchers"][UNCONFIRMED]),
                 str(to0["pending"]),
                 str(to0["expiring"]),
                 str(to0["failing"]),
@@ -205,7 +207,7 @@ def _overview(db: Session, now: datetime) -> str:
     failing = db.exec(
         select(OwnerVoucher, To0Work)
         .join(To0Work, col(To0Work.voucher_id) == col(OwnerVoucher.id))
-        .where(OwnerVoucher.state == ACTIVE, col(To0Work.last_error).is_not(None))
+        .where(col(OwnerVoucher.state).in_(USABLE), col(To0Work.last_error).is_not(None))
         .order_by(col(To0Work.attempts).desc(), col(OwnerVoucher.id))
         .limit(NEWEST)
     ).all()

@@ -80,6 +80,11 @@ class Replacement:
     guid: Guid
     rv_info: RendezvousInfo
     owner2_key: PublicKey
+    #: Opaque to TO2: what the store based this replacement on (for the owner service,
+    #: the voucher record as it was when the device proved itself). Kept in the session
+    #: and handed back with the finished machine (:attr:`TO2Owner.replacement_basis`), so
+    #: the service can refuse a TO2.Done whose basis another session changed meanwhile.
+    basis: CborValue = None
 
 
 class TO2OwnerStore(Protocol):
@@ -92,7 +97,11 @@ class TO2OwnerStore(Protocol):
         """The owner's private key for ``public_key``, if it holds it."""
 
     def replacement(self, voucher: OwnershipVoucher) -> Replacement:
-        """The credential to give the device (new GUID, RV info, Owner2Key, or reuse)."""
+        """The credential to give the device (new GUID, RV info, Owner2Key, or reuse).
+
+        Called once per session, right after the device proved (TO2.ProveDevice) that it
+        holds the credential of ``voucher``: the store may record that proof.
+        """
 
     def owner_modules(self, guid: Guid, devmod: Devmod) -> Sequence[OwnerModule]:
         """The ServiceInfo modules to run for this device, in order."""
@@ -138,6 +147,7 @@ class TO2Owner(ServerMachine[TO2State]):
         self.replacement_guid: Guid | None = None
         self.replacement_rv_raw: bytes | None = None
         self.replacement_key_raw: bytes | None = None
+        self.replacement_basis: CborValue = None
         self.reuse = False
         self.replacement_hmac: Hash | None = None
         self.device_mtu = DEFAULT_SERVICE_INFO_MTU
@@ -271,6 +281,7 @@ class TO2Owner(ServerMachine[TO2State]):
             and rv_raw == voucher.header.rv_info.encode()
         )
         self.replacement_guid, self.replacement_rv_raw, self.replacement_key_raw = repl.guid, rv_raw, key_raw
+        self.replacement_basis = repl.basis
         setup = SetupDevicePayload.from_bytes(
             codec.encode([Raw(rv_raw), repl.guid.value, self.nonce_setup_dv.value, Raw(key_raw)])
         )
@@ -359,6 +370,7 @@ class TO2Owner(ServerMachine[TO2State]):
             "rguid": opt(self.replacement_guid),
             "rrv": self.replacement_rv_raw,
             "rkey": self.replacement_key_raw,
+            "rbasis": self.replacement_basis,
             "reuse": self.reuse,
             "rhmac": None if self.replacement_hmac is None else self.replacement_hmac.to_cbor_obj(),
             "mtu": self.device_mtu,
@@ -383,6 +395,7 @@ class TO2Owner(ServerMachine[TO2State]):
         m.replacement_guid = codec.optional(obj.get("rguid"), Guid.from_cbor_obj)
         m.replacement_rv_raw = codec.optional(obj.get("rrv"), lambda v: codec.as_bytes(v, "state.rrv"))
         m.replacement_key_raw = codec.optional(obj.get("rkey"), lambda v: codec.as_bytes(v, "state.rkey"))
+        m.replacement_basis = obj.get("rbasis")
         m.reuse = codec.as_bool(obj.get("reuse"), "state.reuse")
         m.replacement_hmac = codec.optional(obj.get("rhmac"), Hash.from_cbor_obj)
         m.device_mtu = codec.as_uint(obj.get("mtu"), "state.mtu", 16)

@@ -77,9 +77,10 @@ def test_device_onboards_over_http(stack: Stack, kind: str, kex: KexSuite, ciphe
     # The owner stored the replacement voucher, linked to the old one, and the onboarding.
     with stack.admin("owner") as owner:
         old_row = owner.get(f"/api/v1/vouchers/{guid}").json()
-        assert old_row["state"] == "replaced" and old_row["replaced_by"] == str(new.guid)
+        # The old credential stays usable until the device shows it holds the new one.
+        assert old_row["state"] == "replacing" and old_row["replaced_by"] == str(new.guid)
         new_row = owner.get(f"/api/v1/vouchers/{new.guid}").json()
-        assert new_row["state"] == "active"
+        assert new_row["state"] == "unconfirmed"
         done = owner.get("/api/v1/onboardings", params={"guid": guid}).json()["items"]
         assert [(d["guid"], d["new_guid"]) for d in done] == [(guid, str(new.guid))]
     with stack.admin("manufacturer") as mfr:

@@ -1,0 +1,195 @@
+"""A voucher row's life across TO2 replacements: lost replies and racing sessions.
+
+A TO2 that gives the device a new credential ends with TO2.Done2, and that reply can be
+lost (network, power cut) after the owner committed TO2.Done. The device then still
+holds its previous credential, so the owner keeps it usable until the device shows that
+it holds the new one (``docs/vouchers.md``):
+
+* **TO2.Done** (:func:`record_replacement`): the new voucher is stored ``unconfirmed``
+  and the one it replaces becomes ``replacing``; both take part in TO2.
+* **The device's first proven contact under the new GUID** (:func:`confirm`: its
+  TO2.ProveDevice verified, or a status report with the token of that TO2): the new
+  voucher becomes ``active`` and the previous one ``replaced`` for good.
+* **A TO2 run again with the previous credential** (the device never saw Done2): at its
+  Done the unconfirmed voucher becomes ``superseded`` and a fresh one ``unconfirmed``.
+  With credential reuse the previous voucher becomes ``active`` again instead.
+
+So a device never holds a credential its owner refuses, and once it has shown which one
+it holds, exactly one voucher of its chain is usable.
+
+**Racing sessions.** Done is a compare-and-set on the replaced voucher's
+``replaced_by_id`` as the session saw it when the device proved itself (the
+replacement's *basis*, kept in the session by :class:`fdo.to2.owner.TO2Owner`). Of two
+sessions of one device that both reach Done, the first to commit wins; the other finds
+``replaced_by_id`` changed, fails with an FDO error and its transaction, the new voucher
+included, is rolled back. The conditional UPDATE is atomic on SQLite (one writer) and
+PostgreSQL (the second UPDATE waits for the first's row lock, then re-checks its WHERE).
+
+TO0 follows the states: an ``unconfirmed`` voucher is registered like an imported one
+(``to0_replacements``), and a voucher that leaves the usable states keeps its work row
+so that the scheduler can retire its registration (:mod:`owner.to0`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+
+from fdo.codec import CborValue
+from fdo.errors import InvalidTokenError
+from fdo.voucher import OwnershipVoucher
+from fdo_server.db import DirectStatement, bound
+from owner.importer import voucher_values
+from owner.tables import (
+    ACTIVE,
+    REPLACED,
+    REPLACING,
+    SUPERSEDED,
+    UNCONFIRMED,
+    USABLE,
+    OwnerVoucher,
+    To0Work,
+)
+
+_VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
+_V = _VOUCHERS.c
+_TO0_WORK: Table = To0Work.__table__  # type: ignore[attr-defined]
+
+_USABLE_ROW = DirectStatement(
+    select(_V.id, _V.raw, _V.state, _V.replaces_id, _V.replaced_by_id)
+    .where(_V.guid == bindparam("g"), _V.state.in_(USABLE))
+    .limit(1)
+)
+_INSERT_VOUCHER = insert(_VOUCHERS)
+# Done: the replaced voucher moves on only if no other session moved it since this one's
+# basis was read.
+_REPLACE = DirectStatement(
+    update(_VOUCHERS)
+    .where(
+        _V.id == bindparam("old"),
+        _V.state.in_((ACTIVE, REPLACING)),
+        _V.replaced_by_id.is_not_distinct_from(bindparam("seen")),
+    )
+    .values(state=bindparam("state"), replaced_by_id=bindparam("new"))
+)
+_SUPERSEDE = DirectStatement(
+    update(_VOUCHERS).where(_V.id == bindparam("id"), _V.state == UNCONFIRMED).values(state=SUPERSEDED)
+)
+_CONFIRM = DirectStatement(
+    update(_VOUCHERS).where(_V.id == bindparam("id"), _V.state == UNCONFIRMED).values(state=ACTIVE)
+)
+_RETIRE_PREVIOUS = DirectStatement(
+    update(_VOUCHERS)
+    .where(_V.id == bindparam("old"), _V.state == REPLACING, _V.replaced_by_id == bindparam("new"))
+    .values(state=REPLACED)
+)
+_ADD_TO0_WORK = DirectStatement(insert(_TO0_WORK).values(bound("voucher_id", "next_attempt_at", "attempts")))
+# A voucher that is no longer usable: its registration is due to be retired now.
+_TO0_DUE_NOW = DirectStatement(
+    update(_TO0_WORK)
+    .where(_TO0_WORK.c.voucher_id == bindparam("v"))
+    .values(next_attempt_at=bindparam("now"), attempts=0)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherRow:
+    """What TO2 reads of a usable voucher row."""
+
+    id: int
+    raw: bytes
+    state: str
+    replaces_id: int | None
+    replaced_by_id: int | None
+
+    @property
+    def basis(self) -> CborValue:
+        """The replacement basis TO2 keeps in its session: ``[id, replaced_by_id]``."""
+        return [self.id, self.replaced_by_id]
+
+
+def usable_row(conn: Connection, guid: bytes) -> VoucherRow | None:
+    """The voucher row of ``guid`` that TO2 may use (``active``, ``unconfirmed`` or
+    ``replacing``; a GUID has one row at most)."""
+    row = _USABLE_ROW.first(conn, {"g": guid})
+    if row is None:
+        return None
+    return VoucherRow(int(row[0]), bytes(row[1]), str(row[2]), row[3], row[4])
+
+
+def confirm(conn: Connection, row: VoucherRow, *, now: datetime) -> bool:
+    """The device proved it holds ``row``'s credential. An ``unconfirmed`` voucher
+    becomes ``active`` and the one it replaced ``replaced`` (its TO0 registration is
+    then retired). Returns whether anything changed."""
+    if row.state != UNCONFIRMED or _CONFIRM.rowcount(conn, {"id": row.id}) != 1:
+        return False
+    if row.replaces_id is not None and _RETIRE_PREVIOUS.rowcount(
+        conn, {"old": row.replaces_id, "new": row.id}
+    ):
+        _TO0_DUE_NOW.rowcount(conn, {"v": row.replaces_id, "now": now})
+    return True
+
+
+def confirm_guid(conn: Connection, guid: bytes, *, now: datetime) -> bool:
+    """:func:`confirm` for the usable voucher of ``guid``, if it has one."""
+    row = usable_row(conn, guid)
+    return row is not None and confirm(conn, row, now=now)
+
+
+def _basis(basis: CborValue) -> tuple[int, int | None]:
+    """``[id, replaced_by_id]`` from the session (our own TO2 state; checked anyway)."""
+    if (
+        isinstance(basis, list)
+        and len(basis) == 2
+        and isinstance(basis[0], int)
+        and (basis[1] is None or isinstance(basis[1], int))
+    ):
+        return basis[0], basis[1]
+    raise InvalidTokenError("the session holds no replacement basis: start TO2 again")
+
+
+def basis_voucher_id(basis: CborValue) -> int:
+    """The id of the voucher a TO2 session replaced (from its basis)."""
+    return _basis(basis)[0]
+
+
+def record_replacement(
+    conn: Connection,
+    basis: CborValue,
+    new: OwnershipVoucher | None,
+    *,
+    now: datetime,
+    register_to0: bool,
+) -> int:
+    """TO2.Done: store ``new`` (None: credential reuse) as the replacement of the
+    voucher in ``basis`` (and register it by TO0 when ``register_to0``). Raises
+    :class:`~fdo.errors.InvalidTokenError` (and the caller's transaction rolls back)
+    when another session moved that voucher on since ``basis`` was read. Returns the id
+    of the voucher the device now holds."""
+    old_id, seen = _basis(basis)
+    if new is None:
+        if seen is None:
+            return old_id  # reuse of an active voucher: nothing changes
+        # Reuse by a device that never took up its unconfirmed replacement: the
+        # previous voucher is the one it holds, and is confirmed by this TO2.
+        new_id, state = None, ACTIVE
+    else:
+        values = {**voucher_values(new, now=now, replaces_id=old_id), "state": UNCONFIRMED}
+        inserted = conn.execute(_INSERT_VOUCHER, values).inserted_primary_key
+        assert inserted is not None  # noqa: S101 - an INSERT always has one
+        new_id, state = int(inserted[0]), REPLACING
+    moved = _REPLACE.rowcount(conn, {"old": old_id, "seen": seen, "new": new_id, "state": state})
+    if moved != 1:
+        raise InvalidTokenError(
+            "the voucher changed during this session (another TO2 of this device completed): start again"
+        )
+    if seen is not None and _SUPERSEDE.rowcount(conn, {"id": seen}):
+        _TO0_DUE_NOW.rowcount(conn, {"v": seen, "now": now})
+    if new_id is None:
+        return old_id
+    if register_to0:
+        _ADD_TO0_WORK.rowcount(conn, {"voucher_id": new_id, "next_attempt_at": now, "attempts": 0})
+    return new_id
