@@ -274,6 +274,19 @@ def as_list(
     return obj
 
 
+def as_list_or_null(obj: CborValue, what: str, *, max_len: int | None = None) -> Sequence[CborValue]:
+    """An array that may be empty, where ``null`` reads as ``[]``.
+
+    Go implementations built on fxamacker/cbor (its default ``NilContainerAsNull``)
+    write a nil slice as ``null`` (0xf6); go-fdo's own encoder writes ``[]``. Use this
+    only for fields whose CDDL allows an empty list (``[* x]``); ``[+ x]`` fields stay
+    with :func:`as_list`. What we send is always ``[]``.
+    """
+    if obj is None:
+        return ()
+    return as_list(obj, what, max_len=max_len)
+
+
 def as_map(obj: CborValue, what: str) -> Mapping[CborValue, CborValue]:
     """Check that ``obj`` is a map."""
     if not isinstance(obj, Mapping):

@@ -94,6 +94,12 @@ class InvalidOwnerSignBodyError(FdoError):
     code = ErrorCode.INVALID_OWNER_SIGN_BODY
 
 
+class InvalidIpAddressError(FdoError):
+    """TO0.OwnerSign's to1d names an owner address that cannot be reached (code 4)."""
+
+    code = ErrorCode.INVALID_IP_ADDRESS
+
+
 class InvalidGuidError(FdoError):
     """A GUID does not match (code 5)."""
 

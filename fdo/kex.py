@@ -379,7 +379,7 @@ def device_kex(
     if len(xa) != random_len:
         raise MessageBodyError(f"xAKeyExchange: {suite} OwnerRandom must be {random_len} bytes")
     if not isinstance(owner_public_key, rsa.RSAPublicKey):
-        raise FdoUsageError(f"{suite} needs the owner's RSA public key")
+        raise UnsupportedError(f"{suite} needs an RSA owner key")
     device_random = _draw(rand, random_len)
     try:
         xb = owner_public_key.encrypt(device_random, _OAEP)
@@ -396,10 +396,39 @@ _PK_RSAPSS: Final = 6
 _PK_SECP256R1: Final = 10
 _PK_SECP384R1: Final = 11
 
-_RSA_SUITES: Final[dict[int, frozenset[KexSuite]]] = {
-    2048: frozenset({KexSuite.DHKEXid14, KexSuite.ASYMKEX2048}),
-    3072: frozenset({KexSuite.DHKEXid15, KexSuite.ASYMKEX3072}),
+#: Security strength in bits (NIST SP 800-57 Part 1, table 2) of each suite ...
+_SUITE_STRENGTH: Final[dict[KexSuite, int]] = {
+    KexSuite.DHKEXid14: 112,
+    KexSuite.ASYMKEX2048: 112,
+    KexSuite.DHKEXid15: 128,
+    KexSuite.ASYMKEX3072: 128,
+    KexSuite.ECDH256: 128,
+    KexSuite.ECDH384: 192,
 }
+#: ... and the suite the spec (§3.6.5) pairs with each owner key, with its strength.
+_EXACT_SUITES: Final[dict[tuple[int, int], frozenset[KexSuite]]] = {
+    (_PK_SECP256R1, 256): frozenset({KexSuite.ECDH256}),
+    (_PK_SECP384R1, 384): frozenset({KexSuite.ECDH384}),
+    (_PK_RSAPKCS, 2048): frozenset({KexSuite.DHKEXid14, KexSuite.ASYMKEX2048}),
+    (_PK_RSAPKCS, 3072): frozenset({KexSuite.DHKEXid15, KexSuite.ASYMKEX3072}),
+}
+_OWNER_STRENGTH: Final[dict[int, int]] = {256: 128, 384: 192, 2048: 112, 3072: 128}
+_ASYM_BITS: Final[dict[KexSuite, int]] = {KexSuite.ASYMKEX2048: 2048, KexSuite.ASYMKEX3072: 3072}
+
+
+def _owner_key_size(owner_key_type: int, key_bits: int | None) -> tuple[int, int] | None:
+    """(RSA-or-curve type, size) of the owner key, or None when it is not supported."""
+    if owner_key_type == _PK_SECP256R1:
+        return _PK_SECP256R1, 256
+    if owner_key_type == _PK_SECP384R1:
+        return _PK_SECP384R1, 384
+    if owner_key_type == _PK_RSA2048RESTR:
+        return _PK_RSAPKCS, 2048
+    if owner_key_type in (_PK_RSAPKCS, _PK_RSAPSS):
+        if key_bits is None:
+            raise FdoUsageError("suite_allowed: key_bits is needed for RSAPKCS/RSAPSS owner keys")
+        return (_PK_RSAPKCS, key_bits) if key_bits in (2048, 3072) else None
+    return None
 
 
 def suite_allowed(
@@ -409,26 +438,26 @@ def suite_allowed(
     *,
     device_rsa: bool = False,
 ) -> bool:
-    """Whether ``suite`` may be used with an owner key of pkType ``owner_key_type``.
+    """Whether the owner accepts ``suite`` with an owner key of pkType ``owner_key_type``.
 
-    Spec §3.6.1 as go-fdo ``kex.Suite.Valid`` applies it: the **owner** key decides
-    (P-256 → ECDH256, P-384 → ECDH384, RSA-2048 → DHKEXid14/ASYMKEX2048, RSA-3072 →
-    DHKEXid15/ASYMKEX3072); the device curve does not matter. RSA2048RESTR (1) is
-    always 2048-bit; for RSAPKCS (5) and RSAPSS (6) ``key_bits`` gives the modulus size.
-    go accepts every suite for an RSA device key (the spec does not restrict them);
-    pass ``device_rsa=True`` for that.
+    RSA2048RESTR (1) is always 2048-bit; for RSAPKCS (5) and RSAPSS (6) ``key_bits``
+    gives the modulus size (only 2048 and 3072 are supported owner keys).
+
+    * An ECDSA device (``device_rsa`` false): spec §3.6.5 as go-fdo ``kex.Suite.Valid``
+      applies it, the owner key decides: P-256 → ECDH256, P-384 → ECDH384, RSA-2048 →
+      DHKEXid14/ASYMKEX2048, RSA-3072 → DHKEXid15/ASYMKEX3072.
+    * An RSA device: the spec says nothing and go accepts every suite. Here every suite
+      at least as strong as the owner key (RSA-2048 112 bits; RSA-3072 and P-256 128;
+      P-384 192) is accepted, so an RSA-2048 device may use DHKEXid15, ECDH256 or
+      ECDH384. ASYMKEX encrypts to the owner key, so it needs an RSA owner key of its
+      own size.
     """
     suite = parse_kex_suite(suite)
-    if device_rsa:
-        return True
-    if owner_key_type == _PK_SECP256R1:
-        return suite is KexSuite.ECDH256
-    if owner_key_type == _PK_SECP384R1:
-        return suite is KexSuite.ECDH384
-    if owner_key_type == _PK_RSA2048RESTR:
-        return suite in _RSA_SUITES[2048]
-    if owner_key_type in (_PK_RSAPKCS, _PK_RSAPSS):
-        if key_bits is None:
-            raise FdoUsageError("suite_allowed: key_bits is needed for RSAPKCS/RSAPSS owner keys")
-        return suite in _RSA_SUITES.get(key_bits, frozenset())
-    return False
+    owner = _owner_key_size(owner_key_type, key_bits)
+    if owner is None:
+        return False
+    if not device_rsa:
+        return suite in _EXACT_SUITES[owner]
+    if suite in _ASYM_BITS:
+        return owner == (_PK_RSAPKCS, _ASYM_BITS[suite])
+    return _SUITE_STRENGTH[suite] >= _OWNER_STRENGTH[owner[1]]

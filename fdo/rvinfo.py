@@ -69,8 +69,11 @@ def split_base_url(url: str) -> tuple[bool, str, int, bool]:
 
     Raises ``ValueError`` naming what is wrong; the port defaults to 80 or 443.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[]:8043"
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
     https = parts.scheme == "https"
     try:
@@ -352,6 +355,11 @@ class RVTO2AddrEntry:
 
     def to_cbor_obj(self) -> list[CborValue]:
         return [self.ip, self.dns, self.port, int(self.protocol)]
+
+    @property
+    def has_host(self) -> bool:
+        """True when the entry names a host (RVIP or RVDNS); one without points nowhere."""
+        return self.ip is not None or bool(self.dns)
 
     @classmethod
     def from_url(cls, url: str) -> Self:

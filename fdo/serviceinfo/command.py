@@ -138,7 +138,9 @@ class CommandOwner(OwnerModule):
 def _parse_args(value: CborValue) -> list[str]:
     if isinstance(value, bytes):
         value = codec.decode(value)
-    return [codec.as_str(a, f"{COMMAND}:args item") for a in codec.as_list(value, f"{COMMAND}:args")]
+    # [* tstr]: a Go owner with no arguments may send null (a nil slice).
+    items = codec.as_list_or_null(value, f"{COMMAND}:args")
+    return [codec.as_str(a, f"{COMMAND}:args item") for a in items]
 
 
 def _blocks(data: bytes, size: int) -> list[bytes]:

@@ -135,8 +135,12 @@ def _is_empty_placeholder(obj: CborValue) -> bool:
 
 
 def decode_service_info(obj: CborValue) -> list[ServiceInfoKV]:
-    """Parse a ``ServiceInfo`` array; java's old ``[[[]]]`` empty form reads as ``[]``."""
-    items = codec.as_list(obj, "ServiceInfo")
+    """Parse a ``ServiceInfo`` array (``[* ServiceInfoKV]``).
+
+    Empty forms other implementations write all read as ``[]``: ``null`` (Go encoders
+    that write a nil slice as null) and java's old ``[[[]]]``.
+    """
+    items = codec.as_list_or_null(obj, "ServiceInfo")
     return [ServiceInfoKV.from_cbor_obj(item) for item in items if not _is_empty_placeholder(item)]
 
 

@@ -54,6 +54,8 @@ class TO0Owner(ClientMachine[TO0OwnerState]):
     ) -> None:
         if not voucher.owner_public_key.same_key(owner_key.public_key()):
             raise FdoUsageError("the owner key is not the voucher's final owner key")
+        if not rv_to2_addr.entries or not all(e.has_host for e in rv_to2_addr.entries):
+            raise FdoUsageError("every owner address needs a host (RVIP or RVDNS)")
         self.voucher = voucher
         self.owner_key = owner_key
         self.rv_to2_addr = rv_to2_addr

@@ -1,9 +1,10 @@
 """TO0, rendezvous side (spec §5.3): accept an owner's registration for a device.
 
 Checks, in order: the nonce echoes the one this session issued (101); the voucher
-decodes and its chain verifies with at least one entry (2); to1dTo0dHash covers the
-received to0d bytes (101); to1d is signed by the voucher's final owner key (3); the
-service's policy accepts the owner or manufacturer key (2). go-fdo's rendezvous skips
+decodes and its chain verifies with at least one entry (2); its RendezvousInfo is not
+empty (2); to1dTo0dHash covers the received to0d bytes (101); every to1d owner address
+names a host, RVIP or RVDNS (4); to1d is signed by the voucher's final owner key (3);
+the service's policy accepts the owner or manufacturer key (2). go-fdo's rendezvous skips
 the to1d signature; checking it is what stops a third party from redirecting devices.
 The accepted lifetime is the owner's request capped by :attr:`TO0Policy.max_wait_seconds`.
 """
@@ -20,6 +21,7 @@ from fdo import codec
 from fdo.codec import CborValue
 from fdo.crypto import spki_der
 from fdo.errors import (
+    InvalidIpAddressError,
     InvalidOwnerSignBodyError,
     InvalidVoucherError,
     NonceMismatchError,
@@ -92,8 +94,14 @@ class TO0Rendezvous(ServerMachine[TO0State]):
             raise NonceMismatchError("TO0.OwnerSign: NonceTO0Sign does not match")
         voucher = OwnershipVoucher.decode(to0d.voucher)
         voucher.verify(min_entries=1)
+        if not voucher.header.rv_info.directives:
+            # [+ RendezvousDirective]: decoding tolerates [] (go and rs do), storing does not.
+            raise InvalidVoucherError("the voucher's RendezvousInfo is empty", check="header.rv_info")
         payload = To1dPayload.from_bytes(msg.to1d.payload)
         payload.to0d_hash.verify(msg.to0d, "to1dTo0dHash")
+        for i, entry in enumerate(payload.rv_to2_addr.entries):
+            if not entry.has_host:
+                raise InvalidIpAddressError(f"to1d RVTO2AddrEntry[{i}] has neither RVIP nor RVDNS")
         owner_key = voucher.owner_public_key
         try:
             msg.to1d.verify(owner_key.key, "to1d")

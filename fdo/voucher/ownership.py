@@ -97,7 +97,8 @@ class OwnershipVoucher:
         if chain_obj is not None:
             ders = codec.as_list(chain_obj, "OVDevCertChain", max_len=MAX_CERT_CHAIN)
             chain = tuple(codec.as_bytes(d, "OVDevCertChain certificate") for d in ders)
-        entry_raws = codec.split_array(items[4], "OVEntryArray")
+        # OVEntries = [* OVEntry]: a Go encoder writes a voucher without entries as null.
+        entry_raws = [] if items[4] == b"\xf6" else codec.split_array(items[4], "OVEntryArray")
         if len(entry_raws) > MAX_ENTRIES:
             raise MessageBodyError(f"OVEntryArray: more than {MAX_ENTRIES} entries")
         entries = tuple(OVEntry.from_bytes(raw, f"OVEntry[{i}]") for i, raw in enumerate(entry_raws))

@@ -27,6 +27,9 @@ CASES = [
     ("rsa2048", KexSuite.ASYMKEX2048, CipherSuite.A128GCM),
     ("rsa2048", KexSuite.DHKEXid14, CipherSuite.A256GCM),
     ("rsa3072", KexSuite.ASYMKEX3072, CipherSuite.A256GCM),
+    # An RSA device may use any suite at least as strong as its RSA-2048 owner key.
+    ("rsa2048", KexSuite.DHKEXid15, CipherSuite.A128GCM),
+    ("rsa2048", KexSuite.ECDH256, CipherSuite.A256GCM),
 ]
 STACKS = [(backend, workers) for backend in database_backends() for workers in (1, 2)]
 _serial = itertools.count(1)

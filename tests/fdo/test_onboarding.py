@@ -15,6 +15,7 @@ import pytest
 from fdo.codec import CborValue
 from fdo.credential import DeviceCredential
 from fdo.crypto import PrivateKeyT, PublicKey, generate_key
+from fdo.errors import UnsupportedError
 from fdo.kex import CipherSuite, KexSuite
 from fdo.serviceinfo import (
     CommandDevice,
@@ -198,3 +199,51 @@ def test_credential_reuse(
         assert device.reused and device.new_credential == credential
         assert server.new_voucher is None
         assert owner.vouchers[credential.guid] is voucher
+
+
+STRONGER = [
+    ("rsa2048", KexSuite.DHKEXid15),
+    ("rsa2048", KexSuite.ECDH256),
+    ("rsa2048", KexSuite.ECDH384),
+    ("rsa3072", KexSuite.ECDH256),
+]
+
+
+@pytest.mark.parametrize(("kind", "kex"), STRONGER, ids=[f"{k}-{x}" for k, x in STRONGER])
+def test_rsa_device_with_a_stronger_suite(
+    kind: str,
+    kex: KexSuite,
+    mfr_keys: dict[str, PrivateKeyT],
+    owner_keys: dict[str, PrivateKeyT],
+    device_keys: dict[str, PrivateKeyT],
+) -> None:
+    """An RSA device may use any suite at least as strong as the owner key (as go's owner)."""
+    credential, voucher = manufacture(kind, mfr_keys, owner_keys, device_keys)
+    owner = Owner(keys=owner_keys, vouchers={voucher.guid: voucher}, modules=owner_modules, restore=restore)
+    recorder = Recorder()
+    device, server = run_to2(owner, credential, None, kex=kex, device_si=device_driver(recorder))
+    assert recorder.files == {"/etc/fdo/config.toml": PAYLOAD}
+    assert device.new_credential is not None and server.new_voucher is not None
+    server.new_voucher.verify(hmac_secret=device.new_credential.hmac_secret)
+
+
+WEAKER = [
+    ("rsa3072", KexSuite.DHKEXid14),  # 112 bits for a 128-bit owner key
+    ("rsa3072", KexSuite.ASYMKEX2048),  # encrypts to a key of another size
+    ("ec256", KexSuite.ECDH384),  # ECDSA devices follow the spec's table, as go
+    ("ec384", KexSuite.DHKEXid15),
+]
+
+
+@pytest.mark.parametrize(("kind", "kex"), WEAKER, ids=[f"{k}-{x}" for k, x in WEAKER])
+def test_owner_refuses_a_suite_that_does_not_suit_its_key(
+    kind: str,
+    kex: KexSuite,
+    mfr_keys: dict[str, PrivateKeyT],
+    owner_keys: dict[str, PrivateKeyT],
+    device_keys: dict[str, PrivateKeyT],
+) -> None:
+    credential, voucher = manufacture(kind, mfr_keys, owner_keys, device_keys)
+    owner = Owner(keys=owner_keys, vouchers={voucher.guid: voucher})
+    with pytest.raises(UnsupportedError, match="does not suit"):
+        run_to2(owner, credential, None, kex=kex)

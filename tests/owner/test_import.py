@@ -96,6 +96,10 @@ def test_settings_errors_name_the_setting(world: World, tmp_path: Path) -> None:
         load_config(OwnerSettings(keys={"ec384": world.key_files["ec256"]}))
     with pytest.raises(SettingsError, match="FDO_OWNER_TO2_URLS"):
         load_config(OwnerSettings(keys=world.key_files, to2_urls=["ftp://x"]))
+    # An owner address without a host (a to1d entry [null, null, 8043, 3]) cannot be configured.
+    for url in ("http://:8043", "https://", "http://[]:8043"):
+        with pytest.raises(SettingsError, match="FDO_OWNER_TO2_URLS.*with a host"):
+            load_config(OwnerSettings(keys=world.key_files, to2_urls=[url]))
     with pytest.raises(SettingsError, match="FDO_OWNER_SERVICE_INFO"):
         load_config(OwnerSettings(keys=world.key_files, service_info=tmp_path / "missing.toml"))
     config = load_config(

@@ -12,9 +12,10 @@ from sqlmodel import Session, select
 
 from fdo.credential import DeviceCredential
 from fdo.crypto import PrivateKeyT, PublicKey, public_key_to_pem
-from fdo.errors import PeerError
+from fdo.errors import FdoUsageError, PeerError
 from fdo.messages import ErrorMessage
-from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry, TransportProtocol
+from fdo.rvinfo import RendezvousInfo, RVTO2Addr, RVTO2AddrEntry, TransportProtocol
+from fdo.to0.messages import TO0OwnerSign
 from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
@@ -289,3 +290,47 @@ def test_admin_api(database_url: str, setup: Setup) -> None:
     with pytest.raises(PeerError) as info:  # deleted: no longer served
         FdoHttpClient(BASE, client=http).run(TO1Device(setup.credential))
     assert info.value.peer_code == 6
+
+
+# ---------------------------------------------------------------------------- what is not stored
+
+
+def test_owner_address_without_host_is_refused(database_url: str, setup: Setup) -> None:
+    http = make_client(database_url)
+    owner = to0_owner(setup)
+    # What another owner may send: RVTO2Addr = [[null, null, 8043, 3]] (no RVIP, no RVDNS).
+    owner.rv_to2_addr = RVTO2Addr((RVTO2AddrEntry(None, None, 8043, TransportProtocol.HTTP),))
+    _, body = owner.start()
+    r = http.post("/fdo/101/msg/20", content=body, headers=CBOR)
+    nxt = owner.receive(21, r.content)
+    assert nxt is not None
+    sign = TO0OwnerSign.decode(nxt[1])
+    assert sign.to1d.payload.startswith(bytes.fromhex("82" + "81" + "84f6f6191f6b03"))
+    headers = {**CBOR, "Authorization": r.headers["Authorization"]}
+    r = http.post("/fdo/101/msg/22", content=nxt[1], headers=headers)
+    assert_error(r, 4, 22)
+    assert "neither RVIP nor RVDNS" in ErrorMessage.decode(r.content).message
+    assert rows(database_url) == ([], 0)
+
+
+def test_voucher_with_empty_rendezvous_info_is_refused(database_url: str, key_pool: KeyPool) -> None:
+    mfr_keys = {"ec256": key_pool.get("ec256", 0), "ec384": key_pool.get("ec384", 0)}
+    mfr = make_manufacturer(mfr_keys)
+    mfr.rv = RendezvousInfo(())
+    _, voucher = run_di(mfr, key_pool.get("ec256", 1), serial="SN-NORV")
+    assert voucher.header.rv_info.encode() == b"\x80"  # OVRVInfo = []
+    owner_key = key_pool.get("ec256", 2)
+    extended = voucher.extend(mfr_keys["ec256"], PublicKey.from_key(owner_key.public_key()))
+    addr = RVTO2Addr((RVTO2AddrEntry(None, "owner.example", 8043, TransportProtocol.HTTP),))
+    owner = TO0Owner(voucher=extended, owner_key=owner_key, rv_to2_addr=addr, wait_seconds=3600)
+    http = make_client(database_url)
+    with pytest.raises(PeerError) as info:
+        FdoHttpClient(BASE, client=http).run(owner)
+    assert info.value.peer_code == 2 and "RendezvousInfo is empty" in info.value.message
+    assert rows(database_url) == ([], 0)
+
+
+def test_our_owner_never_signs_an_address_without_host(setup: Setup) -> None:
+    for addr in (RVTO2Addr((RVTO2AddrEntry(None, None, 8043, TransportProtocol.HTTP),)), RVTO2Addr(())):
+        with pytest.raises(FdoUsageError, match="needs a host"):
+            TO0Owner(voucher=setup.voucher, owner_key=setup.owner_key, rv_to2_addr=addr, wait_seconds=60)
