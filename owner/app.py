@@ -21,9 +21,11 @@ from fastapi import FastAPI
 from sqlalchemy import Table
 from sqlalchemy import insert as sa_insert
 
+from fdo.errors import InternalError
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
-from fdo.to2.owner import TO2Owner
+from fdo.to2.owner import TO2Owner, TO2OwnerStore
+from fdo.voucher import OwnershipVoucher
 from fdo_server import metrics as observability
 from fdo_server import service
 from fdo_server.clock import Clock, utc_now
@@ -100,13 +102,27 @@ _INSERT_ONBOARDING = DirectStatement(
 )
 
 
+def held_by_owner(voucher: OwnershipVoucher, store: TO2OwnerStore) -> OwnershipVoucher:
+    """The replacement voucher extended to the owner's own key (the one it already names).
+
+    TO2 leaves the owner a voucher with no entries whose OVPubKey is Owner2Key (reference
+    §8); a voucher must be extended before it can be registered or used in TO2 again
+    (§4.3), so the owner signs one entry from Owner2Key to itself. Devices verify it as
+    any chain: the entry is signed by OVPubKey and names the key that signs TO2.
+    """
+    key = store.private_key(voucher.owner_public_key)
+    if key is None:  # TO2 signed TO2.SetupDevice with this very key
+        raise InternalError("the owner does not hold the key of the replacement voucher")
+    return voucher.extend(key, voucher.owner_public_key)
+
+
 def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool = True) -> None:
     """``on_done`` of TO2: store the replacement voucher (:func:`owner.lifecycle.record_replacement`,
     which refuses a Done another session of the device beat) and the onboarding record."""
     assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
     conn = current_connection()
     now = clock()
-    new = machine.new_voucher
+    new = None if machine.new_voucher is None else held_by_owner(machine.new_voucher, machine.store)
     lifecycle.record_replacement(conn, machine.replacement_basis, new, now=now, register_to0=register_to0)
     old_id = lifecycle.basis_voucher_id(machine.replacement_basis)
     new_guid = None if new is None else new.guid.value

@@ -5,17 +5,19 @@ lost (network, power cut) after the owner committed TO2.Done. The device then st
 holds its previous credential, so the owner keeps it usable until the device shows that
 it holds the new one (``docs/vouchers.md``):
 
-* **TO2.Done** (:func:`record_replacement`): the new voucher is stored ``unconfirmed``
-  and the one it replaces becomes ``replacing``; both take part in TO2.
+* **TO2.Done** (:func:`record_replacement`): the new voucher is stored ``active`` and
+  the one it replaces becomes ``replacing``: no longer the device's voucher, but still
+  accepted in TO2.
 * **The device's first proven contact under the new GUID** (:func:`confirm`: its
-  TO2.ProveDevice verified, or a status report with the token of that TO2): the new
-  voucher becomes ``active`` and the previous one ``replaced`` for good.
+  TO2.ProveDevice verified, or a status report with the token of that TO2): the
+  previous voucher becomes ``replaced`` for good.
 * **A TO2 run again with the previous credential** (the device never saw Done2): at its
-  Done the unconfirmed voucher becomes ``superseded`` and a fresh one ``unconfirmed``.
-  With credential reuse the previous voucher becomes ``active`` again instead.
+  Done the replacement it never took up becomes ``superseded`` and a fresh one
+  ``active``. With credential reuse the previous voucher becomes ``active`` again.
 
-So a device never holds a credential its owner refuses, and once it has shown which one
-it holds, exactly one voucher of its chain is usable.
+So a device never holds a credential its owner refuses, each device has one ``active``
+voucher, and once the device has shown which credential it holds, that voucher is the
+only usable one of its chain.
 
 **Racing sessions.** Done is a compare-and-set on the replaced voucher's
 ``replaced_by_id`` as the session saw it when the device proved itself (the
@@ -25,9 +27,10 @@ sessions of one device that both reach Done, the first to commit wins; the other
 included, is rolled back. The conditional UPDATE is atomic on SQLite (one writer) and
 PostgreSQL (the second UPDATE waits for the first's row lock, then re-checks its WHERE).
 
-TO0 follows the states: an ``unconfirmed`` voucher is registered like an imported one
-(``to0_replacements``), and a voucher that leaves the usable states keeps its work row
-so that the scheduler can retire its registration (:mod:`owner.to0`).
+TO0 follows the states: a replacement voucher is registered like an imported one
+(``to0_replacements``), a ``replacing`` one stays registered, and a voucher that leaves
+the usable states keeps its work row so that the scheduler can retire its registration
+(:mod:`owner.to0`).
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from owner.tables import (
     REPLACED,
     REPLACING,
     SUPERSEDED,
-    UNCONFIRMED,
     USABLE,
     OwnerVoucher,
     To0Work,
@@ -76,12 +78,9 @@ _REPLACE = DirectStatement(
     .values(state=bindparam("state"), replaced_by_id=bindparam("new"))
 )
 _SUPERSEDE = DirectStatement(
-    update(_VOUCHERS).where(_V.id == bindparam("id"), _V.state == UNCONFIRMED).values(state=SUPERSEDED)
+    update(_VOUCHERS).where(_V.id == bindparam("v"), _V.state == ACTIVE).values(state=SUPERSEDED)
 )
 _CONFIRM = DirectStatement(
-    update(_VOUCHERS).where(_V.id == bindparam("id"), _V.state == UNCONFIRMED).values(state=ACTIVE)
-)
-_RETIRE_PREVIOUS = DirectStatement(
     update(_VOUCHERS)
     .where(_V.id == bindparam("old"), _V.state == REPLACING, _V.replaced_by_id == bindparam("new"))
     .values(state=REPLACED)
@@ -112,8 +111,8 @@ class VoucherRow:
 
 
 def usable_row(conn: Connection, guid: bytes) -> VoucherRow | None:
-    """The voucher row of ``guid`` that TO2 may use (``active``, ``unconfirmed`` or
-    ``replacing``; a GUID has one row at most)."""
+    """The voucher row of ``guid`` that TO2 may use (``active`` or ``replacing``; a GUID
+    has one row at most)."""
     row = _USABLE_ROW.first(conn, {"g": guid})
     if row is None:
         return None
@@ -121,15 +120,15 @@ def usable_row(conn: Connection, guid: bytes) -> VoucherRow | None:
 
 
 def confirm(conn: Connection, row: VoucherRow, *, now: datetime) -> bool:
-    """The device proved it holds ``row``'s credential. An ``unconfirmed`` voucher
-    becomes ``active`` and the one it replaced ``replaced`` (its TO0 registration is
-    then retired). Returns whether anything changed."""
-    if row.state != UNCONFIRMED or _CONFIRM.rowcount(conn, {"id": row.id}) != 1:
+    """The device proved it holds ``row``'s credential: if ``row`` replaced a voucher
+    that is still ``replacing`` (the device had not shown it took the replacement up),
+    that one becomes ``replaced`` and its TO0 registration is retired. Returns whether
+    anything changed (a write only on a replacement's first contact)."""
+    if row.state != ACTIVE or row.replaces_id is None:
         return False
-    if row.replaces_id is not None and _RETIRE_PREVIOUS.rowcount(
-        conn, {"old": row.replaces_id, "new": row.id}
-    ):
-        _TO0_DUE_NOW.rowcount(conn, {"v": row.replaces_id, "now": now})
+    if _CONFIRM.rowcount(conn, {"old": row.replaces_id, "new": row.id}) != 1:
+        return False
+    _TO0_DUE_NOW.rowcount(conn, {"v": row.replaces_id, "now": now})
     return True
 
 
@@ -177,7 +176,7 @@ def record_replacement(
         # previous voucher is the one it holds, and is confirmed by this TO2.
         new_id, state = None, ACTIVE
     else:
-        values = {**voucher_values(new, now=now, replaces_id=old_id), "state": UNCONFIRMED}
+        values = voucher_values(new, now=now, replaces_id=old_id)
         inserted = conn.execute(_INSERT_VOUCHER, values).inserted_primary_key
         assert inserted is not None  # noqa: S101 - an INSERT always has one
         new_id, state = int(inserted[0]), REPLACING
@@ -186,7 +185,7 @@ def record_replacement(
         raise InvalidTokenError(
             "the voucher changed during this session (another TO2 of this device completed): start again"
         )
-    if seen is not None and _SUPERSEDE.rowcount(conn, {"id": seen}):
+    if seen is not None and _SUPERSEDE.rowcount(conn, {"v": seen}):
         _TO0_DUE_NOW.rowcount(conn, {"v": seen, "now": now})
     if new_id is None:
         return old_id

@@ -8,7 +8,6 @@ belongs to a GUID the device no longer has.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,7 +28,6 @@ from owner import lifecycle
 from owner.assign import modules_for, restore_modules
 from owner.lifecycle import VoucherRow, usable_row
 from owner.settings import OwnerConfig
-from owner.tables import ACTIVE
 
 #: The usable voucher row :meth:`OwnerStore.voucher` read last in this context, so
 #: :meth:`OwnerStore.replacement` in the same unit of work needs no query.
@@ -98,14 +96,12 @@ class OwnerStore:
         return self._by_spki.get(spki_der(public_key.key))
 
     def replacement(self, voucher: OwnershipVoucher) -> Replacement:
-        # The device just proved it holds this voucher's credential: if that is an
-        # unconfirmed replacement, it is now confirmed (owner.lifecycle).
+        # The device just proved it holds this voucher's credential: if that is a
+        # replacement, the voucher it replaced is now replaced for good (owner.lifecycle).
         row = _row_of(voucher.guid)
         if row is None:  # read in this same message by TO2.ProveDevice
             raise ResourceNotFoundError(f"no voucher for device {voucher.guid}")
-        if lifecycle.confirm(current_connection(), row, now=self.clock()):
-            row = dataclasses.replace(row, state=ACTIVE, replaced_by_id=None)
-            _LAST_READ.set(None)
+        lifecycle.confirm(current_connection(), row, now=self.clock())
         # Either way Owner2Key is the current owner key: the owner keeps one key per kind.
         guid = voucher.guid if self.config.settings.credential_reuse else Guid.new()
         return Replacement(guid, voucher.header.rv_info, voucher.owner_public_key, basis=row.basis)

@@ -25,22 +25,20 @@ from fdo_server.sessions import FdoSession
 from owner.groups_tables import GROUP_TABLES
 
 # A voucher row's state (``docs/vouchers.md``, "Replacement and lost replies"):
-#: Usable in TO2 and the device is known to hold its credential.
+#: The voucher of the device's current credential: usable in TO2, kept registered by TO0.
 ACTIVE = "active"
-#: Made by a TO2 whose last reply (Done2) the device may not have received; usable, and
-#: made ``active`` by the device's first proven contact under its GUID.
-UNCONFIRMED = "unconfirmed"
-#: Replaced by an ``unconfirmed`` voucher: still usable, since the device may hold it.
+#: Replaced by a TO2 whose last reply (Done2) the device may not have received: still
+#: usable, until the device's first proven contact under the new GUID.
 REPLACING = "replacing"
 #: Replaced for good: the device showed that it holds the replacement.
 REPLACED = "replaced"
-#: An ``unconfirmed`` replacement the device never took up: a later TO2 with the
-#: previous credential replaced it.
+#: A replacement the device never took up: a later TO2 with the previous credential
+#: replaced it.
 SUPERSEDED = "superseded"
 #: The states in which a voucher takes part in TO2 and is kept registered by TO0.
-USABLE = (ACTIVE, UNCONFIRMED, REPLACING)
+USABLE = (ACTIVE, REPLACING)
 #: Every state, in the order listings show them.
-STATES = (ACTIVE, UNCONFIRMED, REPLACING, REPLACED, SUPERSEDED)
+STATES = (ACTIVE, REPLACING, REPLACED, SUPERSEDED)
 
 
 def utc(value: datetime) -> datetime:

@@ -32,7 +32,7 @@ from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
 from fdo_server.db import unit_of_work
 from owner.settings import OwnerConfig
-from owner.tables import USABLE, OwnerVoucher, To0Work, utc
+from owner.tables import REPLACED, SUPERSEDED, USABLE, OwnerVoucher, To0Work, utc
 from transport.client import FdoHttpClient, TransportError
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ def http_factory_for(config: OwnerConfig) -> HttpFactory:
     return make
 
 
+#: Vouchers the scheduler works on: usable ones are kept registered, replaced and
+#: superseded ones have their registration retired. (A voucher handed on to another
+#: owner is left alone: the next owner's TO0 takes its place at the rendezvous.)
+TO0_STATES = (*USABLE, REPLACED, SUPERSEDED)
 #: The lifetime asked for when retiring a registration (TO0 has no "unregister": the
 #: entry is overwritten with one that expires at once).
 RETIRE_WAIT_SECONDS = 1
@@ -80,6 +84,8 @@ def _candidates(engine: Engine, now: datetime) -> list[int]:
     with unit_of_work(engine) as db:
         query = (
             select(To0Work.id)
+            .join(OwnerVoucher, col(OwnerVoucher.id) == col(To0Work.voucher_id))
+            .where(col(OwnerVoucher.state).in_(TO0_STATES))
             .where(col(To0Work.next_attempt_at) <= now)
             .where(or_(col(To0Work.claimed_by).is_(None), col(To0Work.claim_expires_at) < now))
             .order_by(col(To0Work.next_attempt_at))

@@ -41,7 +41,7 @@ from owner.admin_groups import device_json, find_live_group, group_json
 from owner.deps import engine_of, now_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
-from owner.tables import ACTIVE, UNCONFIRMED, USABLE, OwnerVoucher, To0Work
+from owner.tables import ACTIVE, REPLACING, USABLE, OwnerVoucher, To0Work
 from owner.to0 import EXPIRING_WINDOW
 
 COOKIE = "fdo_owner_ui"
@@ -179,7 +179,7 @@ def _overview(db: Session, now: datetime) -> str:
             [
                 *(_list_link(str(counts["devices"][s]), status=s) for s in STATUSES),
                 str(counts["vouchers"][ACTIVE]),
-                str(counts["vouchers"][UNCONFIRMED]),
+                str(counts["vouchers"][REPLACING]),
                 str(to0["pending"]),
                 str(to0["expiring"]),
                 str(to0["failing"]),

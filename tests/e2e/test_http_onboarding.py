@@ -83,7 +83,7 @@ def test_device_onboards_over_http(stack: Stack, kind: str, kex: KexSuite, ciphe
         # The old credential stays usable until the device shows it holds the new one.
         assert old_row["state"] == "replacing" and old_row["replaced_by"] == str(new.guid)
         new_row = owner.get(f"/api/v1/vouchers/{new.guid}").json()
-        assert new_row["state"] == "unconfirmed"
+        assert new_row["state"] == "active"
         done = owner.get("/api/v1/onboardings", params={"guid": guid}).json()["items"]
         assert [(d["guid"], d["new_guid"]) for d in done] == [(guid, str(new.guid))]
     with stack.admin("manufacturer") as mfr:

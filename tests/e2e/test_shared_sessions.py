@@ -57,4 +57,4 @@ def test_to2_alternating_between_two_instances(key_pool: KeyPool, tmp_path: Path
         assert machine.done and machine.new_credential is not None
         assert len(alternating.used) >= 6 and alternating.used[:4] == [0, 1, 0, 1]
         row = two.get(f"/api/v1/vouchers/{machine.new_credential.guid}", headers=headers).json()
-        assert row["state"] == "unconfirmed" and row["replaces"] == str(voucher.guid)
+        assert row["state"] == "active" and row["replaces"] == str(voucher.guid)

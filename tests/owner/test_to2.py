@@ -93,7 +93,7 @@ def test_to2_replaces_credential_and_links_vouchers(
     # Until the device shows it holds the new credential, the old one stays usable
     # (and registered): the Done2 reply may have been lost (owner.lifecycle).
     assert old_row["state"] == "replacing" and old_row["replaced_by"] == str(new.guid)
-    assert new_row["state"] == "unconfirmed" and new_row["replaces"] == str(voucher.guid)
+    assert new_row["state"] == "active" and new_row["replaces"] == str(voucher.guid)
     assert old_row["to0"] is not None and new_row["to0"] is not None
 
     (record,) = http.get("/api/v1/onboardings", headers=headers).json()["items"]
@@ -120,7 +120,7 @@ def test_to2_replaces_credential_and_links_vouchers(
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == "devices   new=0  onboarding=0  onboarded=1  applied=0  failed=0"
-    assert lines[1] == "vouchers  active=0  unconfirmed=1  replacing=1  replaced=0  superseded=0"
+    assert lines[1] == "vouchers  active=1  replacing=1  replaced=0  superseded=0"
     assert lines[2].startswith("TO0       pending=") and "failing=0" in lines[2]
 
 
