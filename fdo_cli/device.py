@@ -167,6 +167,8 @@ def onboard(
     from fdo.serviceinfo import DeviceModule
     from fdo.serviceinfo.bootc import BootcDevice
 
+    if serial is not None and not (0 < len(serial) <= 255 and "\x00" not in serial):
+        raise die("--serial must be 1 to 255 characters, without NUL (as DI accepts)")
     cred = _load(credential)
     if serial:
         cred = dataclasses.replace(cred, serial=serial)

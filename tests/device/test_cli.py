@@ -129,3 +129,14 @@ def test_onboard_failure_is_one_line(world: World, tmp_path: Path, key_pool: Key
     assert out.output.startswith("error: onboarding failed after 2 round(s)")
     assert out.output.count("\n") == 1 and "peer error 6" in out.output
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("serial", ["", "x" * 256, "a\x00b"])
+def test_onboard_serial_option_is_checked(tmp_path: Path, key_pool: KeyPool, serial: str) -> None:
+    path = tmp_path / "cred.bin"
+    write_credential(path, make_credential(key_pool))
+    out = runner.invoke(app, ["device", "onboard", "--credential", str(path), "--serial", serial])
+    assert (
+        out.exit_code == 1
+        and out.output == "error: --serial must be 1 to 255 characters, without NUL (as DI accepts)\n"
+    )
