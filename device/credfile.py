@@ -1,13 +1,16 @@
 """The device credential file: read ours or fido-device-onboard-rs's layout, write ours atomically.
 
-Reference §3.1. This project's format is :meth:`DeviceCredential.encode` (the spec's
-seven elements plus the PKCS#8 private key). fido-device-onboard-rs's
-``FileDeviceCredential`` (the layout of go-fdo's ``testdata/dc.bin``) is recognised by
-its shape: seven elements, the last a one-entry map naming the key storage. Writing
-always uses our format, through a temporary file in the same folder that is fsynced
-and renamed over the target, so a power cut leaves either the old or the new
-credential, never half of one. The file is created with mode 0600: it holds the HMAC
-secret and the device private key.
+Reference §3.1. This project's format is :meth:`DeviceCredential.encode`: the spec's
+seven elements, the PKCS#8 private key and, when known, the serial given at DI as a
+ninth element (eight-element files written before still read, with no serial).
+fido-device-onboard-rs's ``FileDeviceCredential`` (the layout of go-fdo's
+``testdata/dc.bin``) is recognised by its shape: seven elements, the last a one-entry
+map naming the key storage; it has no serial, so ``fdo device onboard --serial``
+supplies one. Writing always uses our format (a foreign file is never rewritten in its
+own layout), through a temporary file in the same folder that is fsynced and renamed
+over the target, so a power cut leaves either the old or the new credential, never
+half of one. The file is created with mode 0600: it holds the HMAC secret and the
+device private key.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def detect_format(data: bytes) -> CredentialFormat:
         obj = codec.decode(data)
     except FdoError as exc:
         raise CredentialFileError(f"not a CBOR device credential ({exc.message})") from None
-    if isinstance(obj, list) and len(obj) == 8 and isinstance(obj[2], bytes):
+    if isinstance(obj, list) and len(obj) in (8, 9) and isinstance(obj[2], bytes):
         return CredentialFormat.FDO_BOOTC
     if isinstance(obj, list) and len(obj) == 7 and isinstance(obj[6], dict):
         return CredentialFormat.FDO_RS

@@ -386,7 +386,7 @@ def onboard(
     if not credential.is_fdo11:
         raise OnboardError(f"the credential is for protocol version {credential.prot_ver}, not 101", [])
     policy = policy or RetryPolicy(max_attempts=max_attempts, deadline=deadline)
-    info = devmod or default_devmod(credential.device_info, root=root)
+    info = devmod or default_devmod(credential.device_info, serial=credential.serial, root=root)
 
     def make_driver() -> DeviceServiceInfoDriver:
         return DeviceServiceInfoDriver(info, list(modules()))

@@ -10,7 +10,9 @@ own way. This module reads and writes bytes only (no files):
 
 * :meth:`DeviceCredential.encode` / :meth:`DeviceCredential.decode`: this project's
   format, the spec's 7-element array plus an 8th element, the device private key as
-  PKCS#8 DER.
+  PKCS#8 DER, and a 9th, the serial number given at DI (tstr), when the device knows
+  it. Files written before the serial was kept have 8 elements and still read (serial
+  None); the device then sends devmod ``sn`` only if told the serial another way.
 * :meth:`DeviceCredential.decode_fdo_rs`: fido-device-onboard-rs's
   ``FileDeviceCredential`` (``data-formats/src/devicecredential/file.rs``)::
 
@@ -37,6 +39,8 @@ from fdo.rvinfo import RendezvousInfo
 from fdo.types import PROTOCOL_VERSION, Guid, Hash
 
 MAX_SECRET_SIZE = 128
+#: Longest serial kept (devmod's own bound on a text field).
+MAX_SERIAL_SIZE = 4096
 
 
 def _byte_vector(obj: CborValue, what: str) -> bytes:
@@ -59,6 +63,8 @@ class DeviceCredential:
     rv_info: RendezvousInfo
     pubkey_hash: Hash
     private_key: PrivateKeyT = field(repr=False, compare=False)
+    #: The serial number given at DI (not in the spec's structure): sent as devmod ``sn``.
+    serial: str | None = None
     # cryptography's private keys compare by identity: compare their DER instead.
     _key_der: bytes = field(init=False, repr=False)
 
@@ -68,7 +74,7 @@ class DeviceCredential:
     # ------------------------------------------------------------------ our format
 
     def to_cbor_obj(self) -> list[CborValue]:
-        return [
+        obj: list[CborValue] = [
             self.active,
             self.prot_ver,
             self.hmac_secret,
@@ -78,15 +84,23 @@ class DeviceCredential:
             self.pubkey_hash.to_cbor_obj(),
             self._key_der,
         ]
+        if self.serial is not None:
+            obj.append(self.serial)
+        return obj
 
     def encode(self) -> bytes:
-        """This project's format: the spec's 7 elements plus the PKCS#8 DER private key."""
+        """This project's format: the spec's 7 elements, the PKCS#8 DER private key, and
+        the serial when known (so a credential without one stays byte-identical to the
+        8-element files written before)."""
         return codec.encode(self.to_cbor_obj())
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        """Read :meth:`encode`'s format (raises :class:`~fdo.errors.FdoError` subclasses)."""
-        items = codec.as_list(codec.decode(data), "DeviceCredential", 8)
+        """Read :meth:`encode`'s format, 8 or 9 elements (raises :class:`~fdo.errors.FdoError`)."""
+        items = codec.as_list(codec.decode(data), "DeviceCredential", min_len=8, max_len=9)
+        serial = None
+        if len(items) == 9:
+            serial = codec.as_str(items[8], "device serial", max_size=MAX_SERIAL_SIZE) or None
         return cls(
             active=codec.as_bool(items[0], "DCActive"),
             prot_ver=codec.as_uint(items[1], "DCProtVer", 16),
@@ -96,6 +110,7 @@ class DeviceCredential:
             rv_info=RendezvousInfo.from_cbor_obj(items[5]),
             pubkey_hash=Hash.from_cbor_obj(items[6], "DCPubKeyHash"),
             private_key=load_private_key(codec.as_bytes(items[7], "device private key", max_size=8192)),
+            serial=serial,
         )
 
     # ------------------------------------------------------------------ fido-device-onboard-rs

@@ -6,6 +6,7 @@ them, so ``fdo device show`` (and every other group) loads no HTTP stack.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import socket
@@ -148,6 +149,14 @@ def onboard(
     bootc: BootcOpt = "bootc",
     systemctl: SystemctlOpt = "systemctl",
     no_bootc: Annotated[bool, typer.Option("--no-bootc", help="Do not offer the bootc module.")] = False,
+    serial: Annotated[
+        str | None,
+        typer.Option(
+            "--serial",
+            help="Serial number to send as devmod sn and keep in the credential "
+            "(default: the one kept at DI; for credentials written before it was kept, or by other tools).",
+        ),
+    ] = None,
 ) -> None:
     """Find the owner (TO1), onboard (TO2), write the credential, then apply the bootc assignment."""
     from device.apply import bootc_device
@@ -158,7 +167,11 @@ def onboard(
     from fdo.serviceinfo import DeviceModule
     from fdo.serviceinfo.bootc import BootcDevice
 
+    if serial is not None and not (0 < len(serial) <= 255 and "\x00" not in serial):
+        raise die("--serial must be 1 to 255 characters, without NUL (as DI accepts)")
     cred = _load(credential)
+    if serial:
+        cred = dataclasses.replace(cred, serial=serial)
     verify = _verify(ca_bundle)
     run = None if no_command else run_command
     made: list[BootcDevice] = []
@@ -342,6 +355,7 @@ def credential_summary(cred: DeviceCredential, fmt: str) -> dict[str, object]:
         "active": cred.active,
         "protocol_version": cred.prot_ver,
         "device_info": cred.device_info,
+        "serial": cred.serial,
         "key_type": key_kind(cred.private_key),
         "owner_pubkey_hash": {"alg": cred.pubkey_hash.alg.name, "value": cred.pubkey_hash.value.hex()},
         "rendezvous": [_directive_obj(d) for d in cred.rv_info.directives],
@@ -363,6 +377,7 @@ def show(credential: CredentialOpt, as_json: JsonOpt = False) -> None:
     typer.echo(f"active       {'yes' if cred.active else 'no'}")
     typer.echo(f"protocol     {cred.prot_ver}")
     typer.echo(f"device info  {cred.device_info}")
+    typer.echo(f"serial       {cred.serial or '- (not kept; onboard --serial sets it)'}")
     typer.echo(f"device key   {summary['key_type']}")
     typer.echo(f"owner key    {cred.pubkey_hash.alg.name} {cred.pubkey_hash.value.hex()}")
     typer.echo(f"file format  {fmt.value}")

@@ -35,6 +35,7 @@ from fdo.crypto import (
     public_key_to_pem,
 )
 from fdo.kex import CipherSuite, KexSuite
+from fdo.serviceinfo import Devmod
 from fdo_server.auth import Role, create_token
 from fdo_server.db import make_engine, sqlite_url
 from fdo_server.launcher import ServiceProcess, free_port
@@ -230,10 +231,12 @@ class Stack:
         root: Path | None = None,
         run: Callable[[list[str]], tuple[int, bytes, bytes]] | None = None,
         verify: bool | str | None = None,
+        devmod: Devmod | None = None,
     ) -> OnboardResult:
         """First boot: TO1 then TO2 with the real device client.
 
-        ``verify`` overrides what the device verifies HTTPS with (default :attr:`verify`).
+        ``verify`` overrides what the device verifies HTTPS with (default :attr:`verify`);
+        ``devmod`` replaces the one the client builds from this machine and the credential.
         """
         files = root or (self.workdir / "device-root")
         files.mkdir(parents=True, exist_ok=True)
@@ -242,6 +245,7 @@ class Stack:
             credential,
             kex=kex,
             cipher=cipher,
+            devmod=devmod,
             modules=lambda: standard_modules(files, **kwargs),
             verify=self.verify if verify is None else verify,
             max_attempts=3,

@@ -77,6 +77,7 @@ class DIDevice(ClientMachine[DIDeviceState]):
                 rv_info=header.rv_info,
                 pubkey_hash=Hash.compute(alg, header.public_key.encode()),
                 private_key=self.key,
+                serial=self.serial or None,
             )
             self.state = DIDeviceState.WAIT_DONE
             return MsgType.DI_SET_HMAC, DISetHMAC(hmac=hmac).encode()

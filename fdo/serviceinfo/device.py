@@ -13,7 +13,12 @@ OwnerServiceInfo (69)::
             break                                   # send Done (70)
 
 The devmod messages go first, chunked to the owner's maxDeviceServiceInfoSz (less 5
-bytes of envelope), with IsMoreServiceInfo true until the last devmod chunk. Owner
+bytes of envelope, as go-fdo's device counts), with IsMoreServiceInfo true until the
+last devmod chunk; the owner answers each of those with an empty OwnerServiceInfo. The
+owner's limit is honoured as announced, however small: a value too large for one
+message is cut go-style into same-key fragments (:class:`~fdo.serviceinfo.kv.OutQueue`),
+and a limit too small to carry even a key fails TO2 with InvalidMessageError rather
+than sending more than the owner accepts. Owner
 messages are reassembled and dispatched: ``module:active = true`` is answered with
 ``module:active = true`` for a module the device has (after
 :meth:`DeviceModule.activate`) and ``false`` for one it has not; ``active = false``
@@ -35,6 +40,7 @@ from fdo.codec import CborValue
 from fdo.errors import FdoUsageError, InvalidMessageError, MessageBodyError
 from fdo.serviceinfo.devmod import DEVMOD, Devmod
 from fdo.serviceinfo.kv import (
+    DEFAULT_MTU,
     DEVICE_SLACK,
     MAX_ROUNDS,
     MAX_VALUE_SIZE,
@@ -42,9 +48,17 @@ from fdo.serviceinfo.kv import (
     Reassembler,
     ServiceInfoKV,
     ServiceInfoMessage,
-    effective_mtu,
     max_value_size,
 )
+
+
+def _owner_limit(mtu: int | None) -> int:
+    """The owner's maxDeviceServiceInfoSz as announced (null means 1300).
+
+    Unlike :func:`~fdo.serviceinfo.kv.effective_mtu` there is no floor: the device
+    never sends more than the owner said it accepts.
+    """
+    return DEFAULT_MTU if mtu is None else int(mtu)
 
 
 class DeviceModule(ABC):
@@ -103,7 +117,7 @@ class DeviceServiceInfoDriver:
             devmod = dataclasses.replace(devmod, modules=(DEVMOD, *self._modules))
         devmod.to_kvs()  # fail now, not at the first request, if devmod is unusable
         self.devmod = devmod
-        self.mtu = effective_mtu(mtu)
+        self.mtu = _owner_limit(mtu)
         self.slack = slack
         self.max_rounds = max_rounds
         self.rounds = 0
@@ -128,18 +142,25 @@ class DeviceServiceInfoDriver:
         For callers that build the driver before TO2 starts; call it before the first
         :meth:`next_request` so the devmod module list is split for this size too.
         """
-        self.mtu = effective_mtu(mtu)
+        self.mtu = _owner_limit(mtu)
 
     def next_request(self) -> DeviceRequest:
         """The next DeviceServiceInfo (68): the next chunk of what is queued."""
         if self._done:
             raise FdoUsageError("ServiceInfo exchange already finished")
-        if self.rounds == 0:
-            self._queue.push(self.devmod.to_kvs(self.mtu, slack=self.slack))
-        self.rounds += 1
-        if self.rounds > self.max_rounds:
-            raise InvalidMessageError(f"ServiceInfo exceeded {self.max_rounds} rounds")
-        chunk = self._queue.take(self.mtu - self.slack)
+        try:
+            if self.rounds == 0:
+                self._queue.push(self.devmod.to_kvs(self.mtu, slack=self.slack))
+            self.rounds += 1
+            if self.rounds > self.max_rounds:
+                raise InvalidMessageError(f"ServiceInfo exceeded {self.max_rounds} rounds")
+            chunk = self._queue.take(self.mtu - self.slack)
+        except FdoUsageError as exc:
+            # A key (or a module name) longer than the owner's limit: sending it anyway
+            # would exceed what the owner said it accepts.
+            raise InvalidMessageError(
+                f"the owner's maxDeviceServiceInfoSz {self.mtu} is too small: {exc}"
+            ) from None
         return DeviceRequest(bool(self._queue), chunk)
 
     def handle_reply(self, is_more: bool, is_done: bool, service_info: Sequence[ServiceInfoKV]) -> None:

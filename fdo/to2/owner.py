@@ -26,6 +26,7 @@ from fdo.codec import CborValue, Raw
 from fdo.cose import CUPH_NONCE, CUPH_OWNER_PUBKEY, EUPH_NONCE, CoseSign1, read_eat
 from fdo.crypto import SG_TYPE_PK_TYPES, PrivateKeyT, PublicKey, hash_alg_for
 from fdo.errors import (
+    FdoUsageError,
     InternalError,
     InvalidMessageError,
     MessageBodyError,
@@ -136,9 +137,20 @@ class TO2Owner(ServerMachine[TO2State]):
     }
     ERROR_STATE = TO2State.ERROR
 
-    def __init__(self, store: TO2OwnerStore, *, rand: Rand = os.urandom) -> None:
+    def __init__(
+        self,
+        store: TO2OwnerStore,
+        *,
+        rand: Rand = os.urandom,
+        max_device_service_info_size: int = DEFAULT_SERVICE_INFO_MTU,
+    ) -> None:
+        if not 0 < max_device_service_info_size <= 0xFFFF:
+            raise FdoUsageError("maxDeviceServiceInfoSz must be a uint16 above 0")
         self.store = store
         self.rand = rand
+        #: maxDeviceServiceInfoSz announced in 67: the largest DeviceServiceInfo the
+        #: owner accepts. A setting, not session state (read only when 67 is built).
+        self.max_device_service_info_size = max_device_service_info_size
         self.state = TO2State.WAIT_HELLO
         self.guid: Guid | None = None
         self.cipher: CipherSuite | None = None
@@ -309,7 +321,7 @@ class TO2Owner(ServerMachine[TO2State]):
         self.device_mtu = max(256, msg.max_owner_service_info_size or DEFAULT_SERVICE_INFO_MTU)
         self.service_info = OwnerServiceInfoDriver(None, mtu=self.device_mtu)
         self.state = TO2State.WAIT_DEVICE_SI
-        reply = TO2OwnerServiceInfoReady(max_device_service_info_size=DEFAULT_SERVICE_INFO_MTU)
+        reply = TO2OwnerServiceInfoReady(max_device_service_info_size=self.max_device_service_info_size)
         return self._encrypt(MsgType.TO2_OWNER_SERVICE_INFO_READY, reply.encode())
 
     # ------------------------------------------------------------------ 68 -> 69
@@ -382,9 +394,16 @@ class TO2Owner(ServerMachine[TO2State]):
         }
 
     @classmethod
-    def from_state(cls, data: bytes, store: TO2OwnerStore, *, rand: Rand = os.urandom) -> Self:
+    def from_state(
+        cls,
+        data: bytes,
+        store: TO2OwnerStore,
+        *,
+        rand: Rand = os.urandom,
+        max_device_service_info_size: int = DEFAULT_SERVICE_INFO_MTU,
+    ) -> Self:
         obj: Mapping[str, CborValue] = cls.load_state(data)
-        m = cls(store, rand=rand)
+        m = cls(store, rand=rand, max_device_service_info_size=max_device_service_info_size)
         m.state = cls._state_enum(obj, TO2State)
         m.guid = codec.optional(obj.get("guid"), Guid.from_cbor_obj)
         cipher = obj.get("cipher")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 import device.onboard
 from device.credfile import read_credential, write_credential
+from fdo import codec
 from fdo.credential import DeviceCredential
 from fdo_cli.main import app
 from tests.conftest import KeyPool
@@ -69,7 +71,9 @@ def test_di_then_onboard(world: World, tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     cred: DeviceCredential = read_credential(path)
-    assert cred.device_info == "m1"
+    assert cred.device_info == "m1" and cred.serial == "SN-9"
+    shown = runner.invoke(app, ["device", "show", "--credential", str(path), "--json"])
+    assert json.loads(shown.output)["serial"] == "SN-9"
     again = runner.invoke(app, ["device", "di", "--url", MFR_URL, "--credential", str(path)])
     assert again.exit_code == 1 and "--force" in again.output
 
@@ -82,6 +86,38 @@ def test_di_then_onboard(world: World, tmp_path: Path) -> None:
     data = json.loads(out.output)
     assert data["previous_guid"] == str(cred.guid) and data["guid"] != str(cred.guid)
     assert str(read_credential(path).guid) == data["guid"]
+    assert world.owner is not None and world.owner.seen_devmod[-1].sn == "SN-9"
+    assert read_credential(path).serial == "SN-9"
+
+
+def test_onboard_serial_option_for_a_credential_without_one(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "cred.bin"
+    out = runner.invoke(
+        app, ["device", "di", "--url", MFR_URL, "--credential", str(path), "--serial", "SN-9"]
+    )
+    assert out.exit_code == 0, out.output
+    # As a file written before the serial was kept: the 8-element layout.
+    write_credential(path, dataclasses.replace(read_credential(path), serial=None))
+    assert len(codec.decode(path.read_bytes())) == 8
+    text = runner.invoke(app, ["device", "show", "--credential", str(path)])
+    assert "serial       - (not kept" in text.output
+    world.hand_over(world.vouchers[-1])
+    out = runner.invoke(
+        app,
+        [
+            "device",
+            "onboard",
+            "--credential",
+            str(path),
+            "--root",
+            str(tmp_path / "root"),
+            "--serial",
+            "SN-OVR",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert world.owner is not None and world.owner.seen_devmod[-1].sn == "SN-OVR"
+    assert read_credential(path).serial == "SN-OVR"  # kept from now on
 
 
 def test_onboard_failure_is_one_line(world: World, tmp_path: Path, key_pool: KeyPool) -> None:
@@ -93,3 +129,14 @@ def test_onboard_failure_is_one_line(world: World, tmp_path: Path, key_pool: Key
     assert out.output.startswith("error: onboarding failed after 2 round(s)")
     assert out.output.count("\n") == 1 and "peer error 6" in out.output
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("serial", ["", "x" * 256, "a\x00b"])
+def test_onboard_serial_option_is_checked(tmp_path: Path, key_pool: KeyPool, serial: str) -> None:
+    path = tmp_path / "cred.bin"
+    write_credential(path, make_credential(key_pool))
+    out = runner.invoke(app, ["device", "onboard", "--credential", str(path), "--serial", serial])
+    assert (
+        out.exit_code == 1
+        and out.output == "error: --serial must be 1 to 255 characters, without NUL (as DI accepts)\n"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from device.credfile import (
     read_credential_with_format,
     write_credential,
 )
+from fdo import codec
 from fdo.credential import DeviceCredential
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo, RVProtocol
 from fdo.types import Guid, Hash, HashType
@@ -80,6 +82,7 @@ def test_go_fdo_dc_bin(vectors_dir: Path, tmp_path: Path) -> None:
     assert fmt == CredentialFormat.FDO_RS
     assert str(cred.guid) == "66b2146f-fec5-3ca6-ad01-7625990572ce"
     assert cred.device_info == "go.fdo.example"
+    assert cred.serial is None  # not in that layout: onboard --serial supplies it
     urls = [u for d in cred.rv_info.for_device() for u in d.urls()]
     assert urls == ["http://192.168.122.1:8082", "http://fdo.example.com:8082"]
     # Rewritten in our format, it reads back the same.
@@ -87,3 +90,45 @@ def test_go_fdo_dc_bin(vectors_dir: Path, tmp_path: Path) -> None:
     write_credential(out, cred)
     again, fmt2 = read_credential_with_format(out)
     assert fmt2 == CredentialFormat.FDO_BOOTC and again == cred
+
+
+def test_serial_is_kept_as_a_ninth_element(tmp_path: Path, key_pool: KeyPool) -> None:
+    cred = dataclasses.replace(make_credential(key_pool), serial="SN-4711")
+    path = tmp_path / "cred.bin"
+    write_credential(path, cred)
+    items = codec.decode(path.read_bytes())
+    assert isinstance(items, list) and len(items) == 9 and items[8] == "SN-4711"
+    again, fmt = read_credential_with_format(path)
+    assert fmt == CredentialFormat.FDO_BOOTC and again.serial == "SN-4711" and again == cred
+
+
+def test_file_written_before_the_serial_was_kept_still_reads(tmp_path: Path, key_pool: KeyPool) -> None:
+    cred = make_credential(key_pool)
+    assert cred.serial is None
+    # The 8-element layout earlier releases wrote, built by hand (not by encode()).
+    old = codec.encode(
+        [
+            True,
+            101,
+            cred.hmac_secret,
+            cred.device_info,
+            cred.guid.to_cbor_obj(),
+            cred.rv_info.to_cbor_obj(),
+            cred.pubkey_hash.to_cbor_obj(),
+            codec.decode(cred.encode())[7],
+        ]
+    )
+    assert cred.encode() == old  # no serial: byte-identical to the old layout
+    path = tmp_path / "old.bin"
+    path.write_bytes(old)
+    again, fmt = read_credential_with_format(path)
+    assert fmt == CredentialFormat.FDO_BOOTC and again.serial is None and again.guid == cred.guid
+
+
+@pytest.mark.parametrize("serial", [7, b"SN", ["SN"]])
+def test_serial_of_the_wrong_type_is_refused(tmp_path: Path, key_pool: KeyPool, serial: object) -> None:
+    items = list(codec.decode(make_credential(key_pool).encode()))
+    path = tmp_path / "cred.bin"
+    path.write_bytes(codec.encode([*items, serial]))
+    with pytest.raises(CredentialFileError, match="device serial"):
+        read_credential(path)

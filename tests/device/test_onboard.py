@@ -107,6 +107,19 @@ def test_di_to1_to2_over_http(world: World, key_pool: KeyPool, tmp_path: Path) -
     assert clock.sleeps == []
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["serial-kept", "credential-from-before"])
+def test_serial_given_at_di_is_sent_as_devmod_sn(world: World, key_pool: KeyPool, kept: bool) -> None:
+    cred = device_after_di(world, key_pool)
+    assert cred.serial == "SN-1"  # DI keeps the serial it sent in the credential
+    if not kept:
+        cred = dataclasses.replace(cred, serial=None)  # as read from an 8-element file
+    assert world.owner is not None
+    clock = FakeClock()
+    result = onboard(cred, http_client_factory=world.factory, sleep=clock.sleep, clock=clock)
+    assert world.owner.seen_devmod[0].sn == ("SN-1" if kept else None)
+    assert result.credential.serial == cred.serial  # the replacement credential keeps it
+
+
 def test_di_failure_is_one_clear_error(world: World) -> None:
     with pytest.raises(DeviceClientError, match=r"DI at http://nowhere.example:1 failed: TransportError"):
         run_di("http://nowhere.example:1", serial="S", model="M", http_client_factory=world.factory)

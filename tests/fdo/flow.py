@@ -211,7 +211,9 @@ def run_to2(
     device_si: DeviceServiceInfoDriver | None = None,
     allow_reuse: bool = True,
     tamper: Callable[[int, bytes], bytes] | None = None,
+    owner_mtu: int = 1300,
 ) -> tuple[TO2Device, TO2Owner]:
+    """TO2 between our device and our owner; ``owner_mtu`` is the owner's maxDeviceServiceInfoSz."""
     driver = device_si or DeviceServiceInfoDriver(sample_devmod())
     client = TO2Device(
         credential,
@@ -223,8 +225,8 @@ def run_to2(
     )
     server = run_pair(
         client,
-        lambda: TO2Owner(owner),
-        lambda s: TO2Owner.from_state(s, owner),
+        lambda: TO2Owner(owner, max_device_service_info_size=owner_mtu),
+        lambda s: TO2Owner.from_state(s, owner, max_device_service_info_size=owner_mtu),
         tamper=tamper,
     )
     assert isinstance(server, TO2Owner)
