@@ -24,6 +24,8 @@ from owner.groups_tables import GROUP_TABLES
 
 ACTIVE = "active"
 REPLACED = "replaced"
+#: Extended to another owner's key (:mod:`owner.handon`): no more TO0 or TO2 for it.
+HANDED_ON = "handed_on"
 
 
 def utc(value: datetime) -> datetime:
