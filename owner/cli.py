@@ -224,9 +224,9 @@ def vouchers_extend(
 
     Each voucher gets an entry signed with this owner's key to the next owner's key and
     is marked handed_on: this owner runs no more TO0 or TO2 for it. All vouchers go into
-    one PEM file, which the next owner imports (``fdo owner vouchers import`` or go-fdo).
+    one PEM file, which the next owner imports (fdo owner vouchers import, or go-fdo).
     All or nothing: any voucher that cannot be handed on (not active, key of the wrong
-    kind) fails the whole command. Lost the file? ``GET /api/v1/vouchers/GUID/pem``.
+    kind) fails the whole command. Lost the file? GET /api/v1/vouchers/GUID/pem gives it again.
     """
     key_pem = public_key_to_pem(read_public_key(owner_key)).decode()
     to_stdout = str(out) == "-"

@@ -203,6 +203,8 @@ def test_device_is_handed_on_to_a_second_owner(
     assert not again.exists()
     result = runner.invoke(fdo_app, ["owner", "vouchers", "list", *a_args])
     assert result.exit_code == 0 and f"{current}  handed_on" in result.output
+    result = runner.invoke(fdo_app, ["owner", "vouchers", "show", current, *a_args])
+    assert result.exit_code == 0 and json.loads(result.output)["state"] == "handed_on"
 
     # B imports the voucher and registers it with the rendezvous by TO0.
     b_args = ["--url", b.url, "--token", b.token]
