@@ -10,30 +10,38 @@ key is 409. A batch is all or nothing.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from fdo.crypto import PublicKeyT, key_kind, load_public_key, spki_der
-from fdo.errors import FdoError, FdoUsageError
+from fdo.crypto import PublicKeyT, spki_der
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, to_pem
 from fdo_server.auth import AdminToken, Role, require
 from fdo_server.clock import utc_now
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
+from fdo_server.vouchers import (
+    BatchExtended,
+    BatchExtendRequest,
+    Extended,
+    ExtendRequest,
+    check_kind,
+    extend_to,
+    fingerprint,
+    next_owner_key,
+    parse_guid,
+    unique_guids,
+)
 from manufacturer.settings import ManufacturerMaterial
 from manufacturer.tables import HandOff, Voucher
 
 PEM_TYPE = "application/x-pem-file"
-MAX_BATCH = 1000
 
 
 def _engine(request: Request) -> Engine:
@@ -85,31 +93,7 @@ class VoucherPage(BaseModel):
     items: list[VoucherOut]
 
 
-class ExtendRequest(BaseModel):
-    owner_key_pem: str = Field(min_length=1, max_length=16384)
-
-
-class BatchExtendRequest(ExtendRequest):
-    guids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
-
-
-class Extended(BaseModel):
-    guid: str
-    owner_key_fingerprint: str
-    pem: str
-
-
-class BatchExtended(BaseModel):
-    vouchers: list[Extended]
-    pem: str
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def fingerprint(spki: bytes) -> str:
-    """SHA-256 of a SubjectPublicKeyInfo, hex."""
-    return hashlib.sha256(spki).hexdigest()
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -131,15 +115,8 @@ def _out(row: Voucher) -> dict[str, Any]:
     }
 
 
-def _parse_guid(text: str) -> bytes:
-    try:
-        return Guid.parse(text).value
-    except FdoError:
-        raise HTTPException(400, f"not a GUID: {text!r}") from None
-
-
 def _get(db: Session, guid: str) -> Voucher:
-    row = db.exec(select(Voucher).where(Voucher.guid == _parse_guid(guid))).first()
+    row = db.exec(select(Voucher).where(Voucher.guid == parse_guid(guid))).first()
     if row is None:
         raise HTTPException(404, f"no voucher {guid}")
     return row
@@ -151,13 +128,6 @@ def _pattern(value: str) -> tuple[bool, str]:
         return False, value
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return True, escaped.replace("*", "%")
-
-
-def _owner_key(pem: str) -> PublicKeyT:
-    try:
-        return load_public_key(pem.encode())
-    except FdoError as exc:
-        raise HTTPException(400, f"owner_key_pem: {exc.message}") from None
 
 
 def extend_row(db: Session, material: ManufacturerMaterial, row: Voucher, owner: PublicKeyT, by: str) -> str:
@@ -173,20 +143,11 @@ def extend_row(db: Session, material: ManufacturerMaterial, row: Voucher, owner:
             return to_pem(row.raw)  # already handed off to this owner: idempotent
         raise HTTPException(409, f"voucher {guid} was already handed off to another owner")
     voucher = OwnershipVoucher.decode(row.raw)
-    mfg_kind = key_kind(voucher.header.public_key.key)
-    if key_kind(owner) != mfg_kind:
-        raise HTTPException(
-            400,
-            f"owner key is {key_kind(owner)} but voucher {guid} needs {mfg_kind} "
-            "(the owner key must be of the manufacturer key's kind)",
-        )
+    check_kind(voucher, owner)
     signer = material.key_for(voucher.owner_public_key)
     if signer is None:
         raise HTTPException(409, f"voucher {guid}: its owner key is not one of this manufacturer's keys")
-    try:
-        extended = voucher.extend(signer, owner)
-    except (FdoUsageError, FdoError) as exc:
-        raise HTTPException(400, f"voucher {guid}: {exc}") from None
+    extended = extend_to(voucher, signer, owner)
     raw = extended.encode()
     now = utc_now()
     # Conditional on "not handed off yet": a concurrent hand-off makes this one lose.
@@ -234,7 +195,7 @@ def list_vouchers(
             like, pattern = _pattern(value)
             conditions.append(column.like(pattern, escape="\\") if like else column == pattern)
     if guid:
-        conditions.append(col(Voucher.guid) == _parse_guid(guid))
+        conditions.append(col(Voucher.guid) == parse_guid(guid))
     if since is not None:
         conditions.append(col(Voucher.created_at) >= _utc(since))
     if until is not None:
@@ -288,11 +249,11 @@ def extend_batch(
     body: BatchExtendRequest, engine: EngineDep, material: MaterialDep, token: Operator
 ) -> dict[str, Any]:
     """Extend several vouchers to one owner key (all or nothing)."""
-    owner = _owner_key(body.owner_key_pem)
+    owner = next_owner_key(body.owner_key_pem)
     fp = fingerprint(spki_der(owner))
     out: list[dict[str, str]] = []
     with unit_of_work(engine) as db:
-        for guid in _unique(body.guids):
+        for guid in unique_guids(body.guids):
             row = _get(db, guid)
             out.append({"guid": str(Guid(row.guid)), "owner_key_fingerprint": fp, "pem": ""})
             out[-1]["pem"] = extend_row(db, material, row, owner, token.name)
@@ -304,20 +265,9 @@ def extend_one(
     guid: str, body: ExtendRequest, engine: EngineDep, material: MaterialDep, token: Operator
 ) -> dict[str, str]:
     """Extend one voucher to an owner key and record the hand-off."""
-    owner = _owner_key(body.owner_key_pem)
+    owner = next_owner_key(body.owner_key_pem)
     with unit_of_work(engine) as db:
         row = _get(db, guid)
         pem = extend_row(db, material, row, owner, token.name)
         name = str(Guid(row.guid))
     return {"guid": name, "owner_key_fingerprint": fingerprint(spki_der(owner)), "pem": pem}
-
-
-def _unique(guids: Sequence[str]) -> list[str]:
-    seen: set[bytes] = set()
-    out = []
-    for guid in guids:
-        value = _parse_guid(guid)
-        if value not in seen:
-            seen.add(value)
-            out.append(guid)
-    return out

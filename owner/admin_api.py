@@ -3,7 +3,11 @@
 * ``POST /vouchers`` (operator): body is PEM text with one or more vouchers (or one
   raw CBOR voucher); answers a result per voucher, 200 when all were imported, else
   422 with the same body.
-* ``GET /vouchers`` (viewer): paged list with TO0 status; ``GET /vouchers/{guid}``.
+* ``GET /vouchers`` (viewer): paged list with state (``active``, ``replaced``,
+  ``handed_on``), final owner key fingerprint and TO0 status; ``GET /vouchers/{guid}``.
+* ``POST /vouchers/extend``, ``POST /vouchers/{guid}/extend`` (operator), ``GET
+  /vouchers/{guid}/pem`` (viewer): handing vouchers on to a next owner
+  (:mod:`owner.handon`).
 * ``GET /summary`` (viewer): devices by status, vouchers by state, TO0 registrations
   pending, expiring (within a day) and failing; what ``/ui`` and ``fdo owner status`` show.
 * ``GET /onboardings`` (viewer): completed TO2s, oldest first, with the GUID the device
@@ -26,9 +30,11 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
+from fdo_server.vouchers import fingerprint
 from owner.audit import audit
 from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups_tables import STATUSES, Device
+from owner.handon import handon_router
 from owner.importer import IMPORTED, import_pem
 from owner.settings import OwnerConfig
 from owner.tables import STATES, DeviceOnboarding, OwnerVoucher, To0Work, utc
@@ -63,6 +69,7 @@ def voucher_json(row: OwnerVoucher, work: To0Work | None, db: Session) -> dict[s
         "device_info": row.device_info,
         "state": row.state,
         "entries": row.num_entries,
+        "owner_key_fingerprint": fingerprint(row.owner_key_spki),
         "imported_at": _iso(row.imported_at),
         "replaces": guid_of(row.replaces_id),
         "replaced_by": guid_of(row.replaced_by_id),
@@ -96,6 +103,7 @@ def _parse_guid(text: str) -> Guid:
 
 def admin_router() -> APIRouter:
     router = APIRouter()
+    router.include_router(handon_router())
 
     @router.post("/vouchers")
     async def import_vouchers(request: Request, token: Operator) -> JSONResponse:

@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 import typer
 
-from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem
-from fdo_cli.common import die, read_bytes
+from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem, public_key_to_pem
+from fdo_cli.common import die, read_bytes, read_public_key
 from fdo_cli.db import db_app, local_engine
 from owner.cli_admin import APPS as ADMIN_APPS
-from owner.cli_admin import status
+from owner.cli_admin import call, status
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
@@ -193,7 +193,68 @@ def vouchers_list(
         to0 = item.get("to0") or {}
         until = to0.get("registered_until") or "not registered"
         error = f" ({to0['last_error']})" if to0.get("last_error") else ""
-        typer.echo(f"{item['guid']}  {item['state']:8}  {item['device_info']}  TO0: {until}{error}")
+        typer.echo(f"{item['guid']}  {item['state']:9}  {item['device_info']}  TO0: {until}{error}")
+
+
+@vouchers_app.command("show")
+def vouchers_show(
+    guid: Annotated[str, typer.Argument(help="Voucher GUID.")], url: UrlOpt, token: TokenOpt
+) -> None:
+    """Show one voucher: state, entries, final owner key fingerprint, TO0 status (JSON)."""
+    typer.echo(json.dumps(call("GET", url, token, f"/vouchers/{guid}"), indent=2))
+
+
+@vouchers_app.command("extend")
+def vouchers_extend(
+    guids: Annotated[list[str], typer.Argument(help="GUIDs of active vouchers to hand on.")],
+    owner_key: Annotated[
+        Path,
+        typer.Option(
+            "--owner-key",
+            help="The next owner's public key (PEM or DER key, or a certificate), of the vouchers' key kind.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="New PEM file for the extended vouchers (- for stdout).")
+    ],
+    url: UrlOpt,
+    token: TokenOpt,
+) -> None:
+    """Hand devices on (resale): extend vouchers to the next owner's key.
+
+    Each voucher gets an entry signed with this owner's key to the next owner's key and
+    is marked handed_on: this owner runs no more TO0 or TO2 for it. All vouchers go into
+    one PEM file, which the next owner imports (fdo owner vouchers import, or go-fdo).
+    All or nothing: any voucher that cannot be handed on (not active, key of the wrong
+    kind) fails the whole command. Lost the file? GET /api/v1/vouchers/GUID/pem gives it again.
+    """
+    key_pem = public_key_to_pem(read_public_key(owner_key)).decode()
+    to_stdout = str(out) == "-"
+    fd = None
+    if not to_stdout:
+        # Created before the request: a hand-on cannot be undone, so its output must have a place.
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise die(f"{out} exists; not overwriting") from None
+        except OSError as exc:
+            raise die(f"cannot create {out}: {exc.strerror}") from None
+    try:
+        body = call("POST", url, token, "/vouchers/extend", json={"guids": guids, "owner_key_pem": key_pem})
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+            out.unlink(missing_ok=True)
+        raise
+    if fd is None:
+        typer.echo(body["pem"], nl=False)
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(body["pem"])
+    for item in body["vouchers"]:
+        typer.echo(f"{item['guid']}: handed on to {item['owner_key_fingerprint'][:16]}", err=to_stdout)
+    if not to_stdout:
+        typer.echo(f"{len(body['vouchers'])} voucher(s) written to {out}")
 
 
 @to0_app.command("run-once")

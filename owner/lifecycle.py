@@ -94,6 +94,9 @@ _TO0_DUE_NOW = DirectStatement(
 )
 
 
+_AGAIN = "another TO2 of this device completed, or it was handed on; start again"
+
+
 @dataclass(frozen=True, slots=True)
 class VoucherRow:
     """What TO2 reads of a usable voucher row."""
@@ -124,11 +127,18 @@ def confirm(conn: Connection, row: VoucherRow, *, now: datetime) -> bool:
     that is still ``replacing`` (the device had not shown it took the replacement up),
     that one becomes ``replaced`` and its TO0 registration is retired. Returns whether
     anything changed (a write only on a replacement's first contact)."""
-    if row.state != ACTIVE or row.replaces_id is None:
+    if row.state != ACTIVE:
         return False
-    if _CONFIRM.rowcount(conn, {"old": row.replaces_id, "new": row.id}) != 1:
+    return retire_replaced(conn, row.id, row.replaces_id, now=now)
+
+
+def retire_replaced(conn: Connection, voucher_id: int, replaces_id: int | None, *, now: datetime) -> bool:
+    """The voucher ``replaces_id`` that ``voucher_id`` replaced becomes ``replaced`` if it
+    was still ``replacing`` (and its TO0 registration is retired); used when the device
+    confirms and when ``voucher_id`` is handed on. Returns whether anything changed."""
+    if replaces_id is None or _CONFIRM.rowcount(conn, {"old": replaces_id, "new": voucher_id}) != 1:
         return False
-    _TO0_DUE_NOW.rowcount(conn, {"v": row.replaces_id, "now": now})
+    _TO0_DUE_NOW.rowcount(conn, {"v": replaces_id, "now": now})
     return True
 
 
@@ -182,10 +192,10 @@ def record_replacement(
         new_id, state = int(inserted[0]), REPLACING
     moved = _REPLACE.rowcount(conn, {"old": old_id, "seen": seen, "new": new_id, "state": state})
     if moved != 1:
-        raise InvalidTokenError(
-            "the voucher changed during this session (another TO2 of this device completed): start again"
-        )
-    if seen is not None and _SUPERSEDE.rowcount(conn, {"v": seen}):
+        raise InvalidTokenError(f"the voucher changed during this session: {_AGAIN}")
+    if seen is not None:
+        if _SUPERSEDE.rowcount(conn, {"v": seen}) != 1:  # handed on meanwhile
+            raise InvalidTokenError(f"the voucher's replacement changed during this session: {_AGAIN}")
         _TO0_DUE_NOW.rowcount(conn, {"v": seen, "now": now})
     if new_id is None:
         return old_id

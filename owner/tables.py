@@ -35,10 +35,12 @@ REPLACED = "replaced"
 #: A replacement the device never took up: a later TO2 with the previous credential
 #: replaced it.
 SUPERSEDED = "superseded"
+#: Extended to another owner's key (:mod:`owner.handon`): no more TO0 or TO2 for it.
+HANDED_ON = "handed_on"
 #: The states in which a voucher takes part in TO2 and is kept registered by TO0.
 USABLE = (ACTIVE, REPLACING)
 #: Every state, in the order listings show them.
-STATES = (ACTIVE, REPLACING, REPLACED, SUPERSEDED)
+STATES = (ACTIVE, REPLACING, REPLACED, SUPERSEDED, HANDED_ON)
 
 
 def utc(value: datetime) -> datetime:

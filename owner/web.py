@@ -10,9 +10,9 @@ Every page looks the token up again, so a revoked token signs the browser out. E
 value is HTML-escaped: serials, models, labels and devmod facts come from devices. Each
 response forbids scripts, framing and caching, and sends no referrer.
 
-* ``GET /ui``: counts by device status, TO0 registrations pending and expiring, groups
-  with their current revision, the newest devices, TO0 registrations failing (with the
-  last error), the newest audit entries
+* ``GET /ui``: counts by device status, vouchers active and handed on, TO0
+  registrations pending and expiring, groups with their current revision, the newest
+  devices, TO0 registrations failing (with the last error), the newest audit entries
 * ``GET /ui/devices`` (``?status=``, ``?group=``, ``?page=``): the devices, newest change
   first, 100 a page
 * ``GET /ui/devices/{guid}`` (any GUID the device has had): facts, labels, timeline
@@ -41,7 +41,7 @@ from owner.admin_groups import device_json, find_live_group, group_json
 from owner.deps import engine_of, now_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
-from owner.tables import ACTIVE, REPLACING, USABLE, OwnerVoucher, To0Work
+from owner.tables import ACTIVE, HANDED_ON, REPLACING, USABLE, OwnerVoucher, To0Work
 from owner.to0 import EXPIRING_WINDOW
 
 COOKIE = "fdo_owner_ui"
@@ -171,6 +171,7 @@ def _overview(db: Session, now: datetime) -> str:
             *STATUSES,
             "vouchers active",
             "replacements unconfirmed",
+            "vouchers handed on",
             "TO0 pending",
             f"TO0 expiring within {EXPIRING_WINDOW.days} day",
             "TO0 failing",
@@ -180,6 +181,7 @@ def _overview(db: Session, now: datetime) -> str:
                 *(_list_link(str(counts["devices"][s]), status=s) for s in STATUSES),
                 str(counts["vouchers"][ACTIVE]),
                 str(counts["vouchers"][REPLACING]),
+                str(counts["vouchers"][HANDED_ON]),
                 str(to0["pending"]),
                 str(to0["expiring"]),
                 str(to0["failing"]),

@@ -176,7 +176,7 @@ def test_of_two_sessions_reaching_done_one_wins(world: World, database_url: str)
     with pytest.raises(PeerError) as lost:
         second.receive(reply_type, reply)
     assert lost.value.peer_code == ErrorCode.INVALID_JWT_TOKEN
-    assert "another TO2 of this device completed" in str(lost.value)
+    assert "the voucher changed during this session" in str(lost.value)
 
     # Nothing of the loser is stored: one replacement, one onboarding record.
     winner = str(first.new_credential.guid)
