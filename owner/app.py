@@ -38,6 +38,7 @@ from fdo_server.service import open_engine, service_app
 from owner import groups
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router
+from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.importer import voucher_values
 from owner.report_api import report_router
@@ -136,7 +137,11 @@ def record_done(machine: AnyServerMachine, clock: Clock) -> None:
         assigned = None if device is None else device["assigned_revision_id"]
         db = current_session()  # the ORM only here: a TO2 without devmod needs none
         revision = None if assigned is None else db.get(Revision, assigned)
-        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device)
+        modules = [] if machine.service_info is None else machine.service_info.modules
+        delivery = delivery_of(db, revision, machine.devmod, modules)
+        groups.record_onboarding(
+            db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device, delivery=delivery
+        )
     _INSERT_ONBOARDING.rowcount(
         conn,
         {

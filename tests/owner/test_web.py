@@ -134,11 +134,12 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(
     summary = re.search(r"<h2>Summary</h2>(.*?)</table>", page, re.S)
     assert summary is not None
     cells = re.findall(r"<td>(?:<a [^>]*>)?(\d+)(?:</a>)?</td>", summary.group(1))
-    # new, onboarding, onboarded, applied, failed; vouchers active; TO0 pending, expiring, failing
-    assert cells == ["1", "0", "1", "0", "0", "2", "1", "1", "1"]
+    # new, onboarding, onboarded, undelivered, applied, failed; vouchers active; TO0 pending,
+    # expiring, failing
+    assert cells == ["1", "0", "1", "0", "0", "0", "2", "1", "1", "1"]
     summary_api = TestClient(app).get("/api/v1/summary", headers=operator).json()
     assert summary_api == {
-        "devices": {"new": 1, "onboarding": 0, "onboarded": 1, "applied": 0, "failed": 0},
+        "devices": {"new": 1, "onboarding": 0, "onboarded": 1, "undelivered": 0, "applied": 0, "failed": 0},
         "vouchers": {"active": 2, "replaced": 0},
         "to0": {"pending": 1, "expiring": 1, "failing": 1, "expiring_within_seconds": 86400},
     }
