@@ -148,6 +148,14 @@ def onboard(
     bootc: BootcOpt = "bootc",
     systemctl: SystemctlOpt = "systemctl",
     no_bootc: Annotated[bool, typer.Option("--no-bootc", help="Do not offer the bootc module.")] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--modules",
+            help="Offer only these ServiceInfo modules, comma-separated (fdo.command, fdo.download, "
+            "fdo.upload, com.fdo-bootc.bootc; empty: none), e.g. to see what a stock client gets.",
+        ),
+    ] = None,
 ) -> None:
     """Find the owner (TO1), onboard (TO2), write the credential, then apply the bootc assignment."""
     from device.apply import bootc_device
@@ -156,19 +164,20 @@ def onboard(
     from fdo.cipher import CipherSuite
     from fdo.kex import KexSuite
     from fdo.serviceinfo import DeviceModule
-    from fdo.serviceinfo.bootc import BootcDevice
+    from fdo.serviceinfo.bootc import BOOTC, BootcDevice
 
+    wanted = None if only is None else _module_names(only)
     cred = _load(credential)
     verify = _verify(ca_bundle)
-    run = None if no_command else run_command
+    run = None if no_command or (wanted is not None and "fdo.command" not in wanted) else run_command
     made: list[BootcDevice] = []
 
     def modules() -> list[DeviceModule]:
         mods = standard_modules(root, run=run)
-        if not no_bootc:
+        if not no_bootc and (wanted is None or BOOTC in wanted):
             made.append(bootc_device(bootc))
             mods.append(made[-1])
-        return mods
+        return [m for m in mods if wanted is None or m.name in wanted]
 
     try:
         result = onboard(
@@ -213,6 +222,18 @@ def onboard(
         typer.echo(f"credential reused: GUID {result.credential.guid}")
     else:
         typer.echo(f"GUID {result.previous_guid} -> {result.credential.guid}; credential updated")
+
+
+#: The ServiceInfo modules ``fdo device onboard`` can offer.
+DEVICE_MODULES = ("fdo.command", "fdo.download", "fdo.upload", "com.fdo-bootc.bootc")
+
+
+def _module_names(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(DEVICE_MODULES))
+    if unknown:
+        raise die(f"unknown module {unknown[0]!r} in --modules; known: {', '.join(DEVICE_MODULES)}")
+    return names
 
 
 # ---------------------------------------------------------------------------- apply

@@ -304,7 +304,7 @@ def stock_plan(assignment: Assignment, available: Collection[str]) -> StockPlan:
             path, owner, group = str(meta["path"]), str(meta["owner"]), meta.get("group")
             mode = codec.as_int(meta["mode"], "mode")
             attrs = [("mode", ["chmod", f"{mode:04o}", path])]
-            if (owner, group) != ("root", None):
+            if (owner, group or "root") != ("root", "root"):  # a stock client writes as root
                 attrs.append(("owner", ["chown", f"{owner}:{group or owner}", path]))
             sent = p.file(item, path, item.content, attrs, private=not mode & 0o004)
             if path.startswith(UNIT_DIR + "/"):
