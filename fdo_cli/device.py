@@ -157,6 +157,14 @@ def onboard(
             "(default: the one kept at DI; for credentials written before it was kept, or by other tools).",
         ),
     ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--modules",
+            help="Offer only these ServiceInfo modules, comma-separated (fdo.command, fdo.download, "
+            "fdo.upload, com.fdo-bootc.bootc; empty: none), e.g. to see what a stock client gets.",
+        ),
+    ] = None,
 ) -> None:
     """Find the owner (TO1), onboard (TO2), write the credential, then apply the bootc assignment."""
     from device.apply import bootc_device
@@ -165,23 +173,24 @@ def onboard(
     from fdo.cipher import CipherSuite
     from fdo.kex import KexSuite
     from fdo.serviceinfo import DeviceModule
-    from fdo.serviceinfo.bootc import BootcDevice
+    from fdo.serviceinfo.bootc import BOOTC, BootcDevice
 
     if serial is not None and not (0 < len(serial) <= 255 and "\x00" not in serial):
         raise die("--serial must be 1 to 255 characters, without NUL (as DI accepts)")
+    wanted = None if only is None else _module_names(only)
     cred = _load(credential)
     if serial:
         cred = dataclasses.replace(cred, serial=serial)
     verify = _verify(ca_bundle)
-    run = None if no_command else run_command
+    run = None if no_command or (wanted is not None and "fdo.command" not in wanted) else run_command
     made: list[BootcDevice] = []
 
     def modules() -> list[DeviceModule]:
         mods = standard_modules(root, run=run)
-        if not no_bootc:
+        if not no_bootc and (wanted is None or BOOTC in wanted):
             made.append(bootc_device(bootc))
             mods.append(made[-1])
-        return mods
+        return [m for m in mods if wanted is None or m.name in wanted]
 
     try:
         result = onboard(
@@ -226,6 +235,18 @@ def onboard(
         typer.echo(f"credential reused: GUID {result.credential.guid}")
     else:
         typer.echo(f"GUID {result.previous_guid} -> {result.credential.guid}; credential updated")
+
+
+#: The ServiceInfo modules ``fdo device onboard`` can offer.
+DEVICE_MODULES = ("fdo.command", "fdo.download", "fdo.upload", "com.fdo-bootc.bootc")
+
+
+def _module_names(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(DEVICE_MODULES))
+    if unknown:
+        raise die(f"unknown module {unknown[0]!r} in --modules; known: {', '.join(DEVICE_MODULES)}")
+    return names
 
 
 # ---------------------------------------------------------------------------- apply

@@ -104,6 +104,7 @@ def device_json(row: Device, db: Session, *, events: bool = False) -> dict[str, 
         "assigned_revision": number(row.assigned_revision_id),
         "revision": number(row.revision_id),
         "status": row.status,
+        "delivery": row.delivery,
         "created_at": _iso(row.created_at),
         "updated_at": _iso(row.updated_at),
     }

@@ -39,6 +39,7 @@ from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
 from owner.admin_api import admin_router
 from owner.admin_groups import groups_router
+from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.report_api import report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
@@ -132,7 +133,11 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
         assigned = None if device is None else device["assigned_revision_id"]
         db = current_session()  # the ORM only here: a TO2 without devmod needs none
         revision = None if assigned is None else db.get(Revision, assigned)
-        groups.record_onboarding(db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device)
+        modules = [] if machine.service_info is None else machine.service_info.modules
+        delivery = delivery_of(db, revision, machine.devmod, modules)
+        groups.record_onboarding(
+            db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device, delivery=delivery
+        )
     _INSERT_ONBOARDING.rowcount(
         conn,
         {

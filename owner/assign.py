@@ -6,9 +6,13 @@ revision into a :class:`fdo.serviceinfo.bootc.Assignment` and picks how to deliv
 
 * the device lists the bootc module in devmod: :class:`BootcOwner` (files, units, keys,
   policy, registry credentials, then the digest-pinned image, each acknowledged);
-* otherwise, when it lists ``fdo.command`` (a stock FDO client such as go-fdo's):
-  ``fdo.download`` for the files and ``fdo.command`` for ``bootc switch``
-  (:func:`fdo.serviceinfo.bootc.fallback_modules`).
+* otherwise (a stock FDO client such as go-fdo's): what its ``fdo.download`` and
+  ``fdo.command`` can carry (:func:`fdo.serviceinfo.bootc.stock_plan`): files by
+  ``fdo.download``, ``chmod``/``chown``, ``systemctl enable`` and ``bootc switch`` by
+  ``fdo.command``, never a command about something not delivered.
+
+When TO2 completes, :mod:`owner.delivery` works out what the device got (``full``,
+``partial`` with what is missing and why, ``none``) for the device record.
 
 Every assignment carries a per-device report token and the status URL; only the
 token's SHA-256 is stored. After its reboot the device posts its booted digest with
@@ -30,13 +34,14 @@ from sqlmodel import Session, select
 from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule, UploadOwner
 from fdo.serviceinfo.bootc import BOOTC as BOOTC_MODULE
 from fdo.serviceinfo.bootc import (
+    UNIT_DIR,
     Assignment,
     BootcOwner,
     FileItem,
     ImageRef,
     Report,
     SSHKeys,
-    fallback_modules,
+    stock_plan,
 )
 from fdo.serviceinfo.owner import Restore, module_restorer
 from fdo.types import Guid
@@ -44,7 +49,7 @@ from owner import groups
 from owner.groups_tables import APPLIED, FAILED, Device, DeviceReportToken, Revision
 
 REPORT_PATH = "/api/v1/report"
-UNIT_DIR = "/etc/systemd/system"
+
 SIGSTORE_DIR = "/etc/pki/containers"
 
 #: Rebuilds every owner module TO2 may persist between messages.
@@ -142,9 +147,7 @@ def modules_for(
     bootc = to_bootc(assignment, report)
     if BOOTC_MODULE in devmod.modules:
         return [BootcOwner(bootc)]
-    if "fdo.command" in devmod.modules:
-        return list(fallback_modules(bootc))
-    return []
+    return stock_plan(bootc, devmod.modules).modules
 
 
 def record_report(

@@ -116,9 +116,18 @@ def devices_list(
     for d in body["items"]:
         revision = "-" if d["revision"] is None else d["revision"]
         typer.echo(
-            f"{d['guid']}  {d['status']:10}  {d['serial'] or '-'}  {d['model'] or '-'}  "
-            f"group={d['group'] or '-'} revision={revision}"
+            f"{d['guid']}  {d['status']:11}  {d['serial'] or '-'}  {d['model'] or '-'}  "
+            f"group={d['group'] or '-'} revision={revision} delivery={delivery_text(d.get('delivery'))}"
         )
+
+
+def delivery_text(delivery: dict[str, Any] | None) -> str:
+    """``full``, ``none``, ``partial(2 missing)`` or ``-`` (nothing was assigned)."""
+    if not delivery:
+        return "-"
+    missing = len(delivery.get("missing") or [])
+    result = str(delivery.get("result"))
+    return f"{result}({missing} missing)" if result == "partial" else result
 
 
 @devices_app.command("onboardings")

@@ -40,6 +40,7 @@ from owner.groups_tables import (
     NEW,
     ONBOARDED,
     ONBOARDING,
+    UNDELIVERED,
     Device,
     DeviceEvent,
     DeviceGuid,
@@ -215,7 +216,8 @@ _SET_ONBOARDED = DirectStatement(
         model=bindparam("model"),
         group_id=bindparam("group"),
         revision_id=bindparam("revision"),
-        status=ONBOARDED,
+        status=bindparam("status"),
+        delivery=bindparam("delivery"),
         updated_at=bindparam("at"),
     )
 )
@@ -432,11 +434,14 @@ def record_onboarding(
     *,
     now: datetime | None = None,
     device: Mapping[Any, Any] | None = None,
+    delivery: Mapping[str, Any] | None = None,
 ) -> int:
     """A TO2 completed: the record follows the device to ``new_guid`` (when TO2 replaced
     the GUID), stores its devmod facts and the revision it received. ``device`` is the
-    :func:`device_row` of ``old_guid`` when the caller already read it. Returns the
-    device's id."""
+    :func:`device_row` of ``old_guid`` when the caller already read it. ``delivery`` is
+    what the device got of ``revision`` (:func:`owner.delivery.delivery_of`): after a
+    ``none`` delivery the status is ``undelivered`` and the record keeps the revision
+    it had; otherwise ``onboarded`` with ``revision``. Returns the device's id."""
     at = _now(now)
     db.flush()  # the statements below go to the database directly
     conn = db.connection()
@@ -450,9 +455,19 @@ def record_onboarding(
         guid = _raw(new_guid)
         detail["new_guid"] = str(Guid(guid))
     group_id, revision_id = row["group_id"], row["revision_id"]
+    status = ONBOARDED
     if revision is not None:
-        group_id, revision_id = revision.group_id, revision.id
-        detail["revision"] = revision.number
+        group_id = revision.group_id
+        if delivery is not None and delivery.get("result") == "none":
+            status = UNDELIVERED  # nothing of the revision reached the device
+            detail["assigned_revision"] = revision.number
+        else:
+            revision_id = revision.id
+            detail["revision"] = revision.number
+    if delivery is not None:
+        detail["delivery"] = delivery.get("result")
+        if delivery.get("missing"):
+            detail["missing"] = list(delivery["missing"])
     _SET_ONBOARDED.rowcount(
         conn,
         {
@@ -463,6 +478,8 @@ def record_onboarding(
             "model": model_of(devmod) or row["model"],
             "group": group_id,
             "revision": revision_id,
+            "status": status,
+            "delivery": None if revision is None or delivery is None else dict(delivery),
             "at": at,
         },
     )

@@ -23,13 +23,16 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-# Device statuses: known from a voucher or a label; TO2 running; TO2 done; image applied.
+# Device statuses: known from a voucher or a label; TO2 running; TO2 done and the
+# assignment delivered in full or in part; TO2 done but none of the assignment could be
+# delivered (the device lacks the modules); image applied; failed.
 NEW = "new"
 ONBOARDING = "onboarding"
 ONBOARDED = "onboarded"
+UNDELIVERED = "undelivered"
 APPLIED = "applied"
 FAILED = "failed"
-STATUSES = (NEW, ONBOARDING, ONBOARDED, APPLIED, FAILED)
+STATUSES = (NEW, ONBOARDING, ONBOARDED, UNDELIVERED, APPLIED, FAILED)
 
 
 def _now() -> datetime:
@@ -141,6 +144,12 @@ class Device(SQLModel, table=True):
     status: str = Field(default=NEW, max_length=16, index=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+    #: What the latest completed TO2 delivered of its assignment (``owner.delivery``):
+    #: ``{"result": "full"|"partial"|"none", "revision", "delivered", "missing"}``; None
+    #: when it had nothing to deliver.
+    delivery: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
 
 
 class DeviceGuid(SQLModel, table=True):

@@ -133,11 +133,21 @@ def _status(status: str) -> str:
     return f'<span class="{kind}">{escape(status)}</span>' if kind else escape(status)
 
 
+def _delivery(delivery: dict[str, Any] | None) -> str:
+    """The delivery result: ``full``, ``partial (n missing)``, ``none``; a dash when unassigned."""
+    if not delivery:
+        return _text(None)
+    result = str(delivery.get("result"))
+    kind = {"full": "good", "none": "bad"}.get(result, "")
+    text = f"{result} ({len(delivery.get('missing') or [])} missing)" if result == "partial" else result
+    return f'<span class="{kind}">{escape(text)}</span>' if kind else escape(text)
+
+
 def _device_link(guid: str) -> str:
     return f'<a class="guid" href="/ui/devices/{escape(guid)}">{escape(guid)}</a>'
 
 
-DEVICE_HEADINGS = ["GUID", "status", "serial", "model", "group", "revision", "labels", "updated"]
+DEVICE_HEADINGS = ["GUID", "status", "serial", "model", "group", "revision", "delivery", "labels", "updated"]
 
 
 def _device_rows(db: Session, rows: Sequence[Device]) -> list[list[str]]:
@@ -152,6 +162,7 @@ def _device_rows(db: Session, rows: Sequence[Device]) -> list[list[str]]:
                 _text(d["model"]),
                 _text(d["group"]),
                 _text(d["revision"]),
+                _delivery(d["delivery"]),
                 _text(d["labels"] or None),
                 _text(d["updated_at"]),
             ]
@@ -249,6 +260,7 @@ def _device(d: dict[str, Any]) -> str:
         ["group", _text(d["group"])],
         ["assigned revision", _text(d["assigned_revision"])],
         ["applied revision", _text(d["revision"])],
+        ["delivery", _delivery(d["delivery"])],
         ["labels", _text(d["labels"] or None)],
         ["devmod", _text(d["devmod"] or None)],
         ["created", _text(d["created_at"])],
@@ -257,8 +269,28 @@ def _device(d: dict[str, Any]) -> str:
     events = [[_text(e["at"]), _text(e["kind"]), _text(e["detail"] or None)] for e in d["events"]]
     return (
         _table(["", ""], facts, "")
+        + _delivery_parts(d["delivery"])
         + "<h2>Timeline</h2>"
         + _table(["at", "event", "detail"], events, "No events.")
+    )
+
+
+def _delivery_parts(delivery: dict[str, Any] | None) -> str:
+    """What the latest TO2 delivered and what it could not, with why."""
+    if not delivery:
+        return ""
+    missing = [
+        [_text(m.get("item")), _text(m.get("part")), _text(m.get("needs")), _text(m.get("reason"))]
+        for m in delivery.get("missing") or []
+    ]
+    sent = [
+        [_text(s.get("item")), _text(s.get("part")), _text(s.get("via"))]
+        for s in delivery.get("delivered") or []
+    ]
+    return (
+        f"<h2>Delivery of revision {_text(delivery.get('revision'))}</h2>"
+        + _table(["missing", "part", "needs", "why"], missing, "Nothing missing.")
+        + _table(["delivered", "part", "via"], sent, "Nothing delivered.")
     )
 
 

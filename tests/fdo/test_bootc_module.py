@@ -42,6 +42,7 @@ from fdo.serviceinfo.bootc import (
     fallback_modules,
     items,
     parse_bootc_status,
+    stock_plan,
 )
 
 DEVMOD = Devmod(os="Linux", arch="x86_64", version="Fedora 41", device="kiosk", sep=":", bin="x86_64")
@@ -274,3 +275,64 @@ def test_fallback_for_stock_clients() -> None:
     assert written["/etc/kiosk/big.bin"] == assignment.files[1].content
     assert ["systemctl", "enable", "kiosk.service"] in commands
     assert commands[-2:] == [["bootc", "switch", "--transport", "registry", REF], ["systemctl", "reboot"]]
+
+
+def _argvs(modules: list[OwnerModule]) -> list[list[str]]:
+    return [[m.command, *m.args] for m in modules if isinstance(m, CommandOwner)]
+
+
+def _names(modules: list[OwnerModule]) -> list[str]:
+    return [m.filename for m in modules if isinstance(m, DownloadOwner)]
+
+
+def test_stock_plan_download_only_withholds_secrets_and_every_command() -> None:
+    plan = stock_plan(full_assignment(), ["fdo.download"])
+    assert _argvs(plan.modules) == []
+    # auth.json and the 0640/0600 files stay home: their mode could not be set.
+    assert _names(plan.modules) == [
+        "/etc/containers/policy.json",
+        "/etc/containers/registries.d/quay.io.yaml",
+        "/etc/pki/containers/kiosk.pub",
+        "/var/home/core/.ssh/authorized_keys",
+    ]
+    withheld = {m.item for m in plan.missing if m.part == "content"}
+    assert withheld == {"auth", "file:/etc/kiosk/config.toml", "file:/etc/kiosk/big.bin"}
+    assert all(m.needs == "fdo.command" for m in plan.missing)
+    # No switch without fdo.command (and auth.json was not delivered anyway).
+    assert ("image:" + REF, "switch") in {(m.item, m.part) for m in plan.missing}
+
+
+def test_stock_plan_command_only_sends_no_command_about_undelivered_files() -> None:
+    plan = stock_plan(full_assignment(), ["fdo.command"])
+    assert _names(plan.modules) == []
+    argvs = _argvs(plan.modules)
+    assert not any(a[0] in ("chmod", "chown") for a in argvs)
+    # Units without a file in the assignment are enabled; the switch needs the registry
+    # credentials and policy, which were not delivered.
+    assert argvs == [
+        ["systemctl", "enable", "kiosk.service"],
+        ["systemctl", "enable", "podman-auto-update.timer"],
+    ]
+    switch = [m for m in plan.missing if m.part == "switch"]
+    assert len(switch) == 1 and switch[0].needs is None and "pulls with" in switch[0].reason
+
+
+def test_stock_plan_unit_file_not_delivered_means_no_enable() -> None:
+    unit = FileItem(path="/etc/systemd/system/kiosk.service", content=b"[Service]\n")
+    assignment = Assignment(
+        files=(unit,),
+        units=("kiosk.service",),
+        image=ImageRef(ref=REF, transport="registry", apply=ApplyMode.SWITCH_REBOOT),
+    )
+    plan = stock_plan(assignment, ["fdo.command"])
+    assert _argvs(plan.modules) == [
+        ["bootc", "switch", "--transport", "registry", REF],
+        ["systemctl", "reboot"],
+    ]
+    assert [(m.item, m.part, m.needs) for m in plan.missing] == [
+        ("file:/etc/systemd/system/kiosk.service", "content", "fdo.download"),
+        ("unit:kiosk.service", "enable", None),
+    ]
+    assert stock_plan(assignment, []).modules == []
+    full = stock_plan(assignment, ["fdo.download", "fdo.command"])
+    assert full.missing == [] and _names(full.modules) == ["/etc/systemd/system/kiosk.service"]

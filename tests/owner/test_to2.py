@@ -119,7 +119,7 @@ def test_to2_replaces_credential_and_links_vouchers(
     result = CliRunner().invoke(fdo_app, ["owner", "status", "--url", BASE, "--token", token])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "devices   new=0  onboarding=0  onboarded=1  applied=0  failed=0"
+    assert lines[0] == "devices   new=0  onboarding=0  onboarded=1  undelivered=0  applied=0  failed=0"
     assert lines[1] == "vouchers  active=1  replacing=1  replaced=0  superseded=0  handed_on=0"
     assert lines[2].startswith("TO0       pending=") and "failing=0" in lines[2]
 

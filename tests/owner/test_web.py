@@ -134,12 +134,12 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(
     summary = re.search(r"<h2>Summary</h2>(.*?)</table>", page, re.S)
     assert summary is not None
     cells = re.findall(r"<td>(?:<a [^>]*>)?(\d+)(?:</a>)?</td>", summary.group(1))
-    # new, onboarding, onboarded, applied, failed; vouchers active, replacements unconfirmed,
-    # handed on; TO0 pending, expiring, failing
-    assert cells == ["1", "0", "1", "0", "0", "2", "0", "0", "1", "1", "1"]
+    # new, onboarding, onboarded, undelivered, applied, failed; vouchers active,
+    # replacements unconfirmed, handed on; TO0 pending, expiring, failing
+    assert cells == ["1", "0", "1", "0", "0", "0", "2", "0", "0", "1", "1", "1"]
     summary_api = TestClient(app).get("/api/v1/summary", headers=operator).json()
     assert summary_api == {
-        "devices": {"new": 1, "onboarding": 0, "onboarded": 1, "applied": 0, "failed": 0},
+        "devices": {"new": 1, "onboarding": 0, "onboarded": 1, "undelivered": 0, "applied": 0, "failed": 0},
         "vouchers": {"active": 2, "replacing": 0, "replaced": 0, "superseded": 0, "handed_on": 0},
         "to0": {"pending": 1, "expiring": 1, "failing": 1, "expiring_within_seconds": 86400},
     }
@@ -183,3 +183,34 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(
         "assigned",
         "onboarded",
     ]
+
+
+def test_the_device_pages_show_the_delivery_escaped(app: FastAPI, world: World) -> None:
+    operator = token(app, Role.OPERATOR)
+    api = TestClient(app)
+    _, voucher = world.device()
+    assert api.post("/api/v1/vouchers", content=vouchers_to_pem([voucher]), headers=operator).is_success
+    assert api.post("/api/v1/groups", json={"name": "all", "is_default": True}, headers=operator).is_success
+    revision = {"image": IMAGE, "apply_mode": "switch"}
+    assert api.post("/api/v1/groups/all/revisions", json=revision, headers=operator).is_success
+    devmod = Devmod(os="Linux", arch="x86_64", version="1", device="m", sep=":", bin="x86_64")
+    # A device's own error text (bootc module results) is what it chose: markup here.
+    delivery = {
+        "result": "partial",
+        "revision": 1,
+        "via": "bootc",
+        "delivered": [{"item": "file:/etc/a", "part": "item", "via": "com.fdo-bootc.bootc"}],
+        "missing": [{"item": f"image:{IMAGE}", "part": "item", "needs": None, "reason": EVIL}],
+    }
+    with unit_of_work(app.state.engine) as db:
+        got = assignment_for(db, voucher.guid, devmod)
+        assert got is not None
+        record_onboarding(db, voucher.guid, None, devmod, got.revision, delivery=delivery)
+    http = signed_in(app)
+    listing = http.get("/ui/devices").text
+    assert "<th>delivery</th>" in listing and "partial (1 missing)" in listing
+    page = http.get(f"/ui/devices/{voucher.guid}").text
+    assert EVIL not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "<h2>Delivery of revision 1</h2>" in page and "<td>file:/etc/a</td>" in page
+    record = api.get(f"/api/v1/devices/{voucher.guid}", headers=operator).json()
+    assert record["delivery"] == delivery and record["status"] == "onboarded" and record["revision"] == 1

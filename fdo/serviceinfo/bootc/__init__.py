@@ -52,10 +52,15 @@ from fdo.serviceinfo.bootc.model import (
     split_digest_ref,
 )
 from fdo.serviceinfo.bootc.owner import (
+    UNIT_DIR,
     BootcOwner,
+    Sent,
+    Shortfall,
+    StockPlan,
     authorized_keys_path,
     fallback_modules,
     restore_bootc,
+    stock_plan,
     switch_commands,
 )
 
@@ -78,12 +83,17 @@ __all__: Sequence[str] = [
     "ItemResult",
     "Report",
     "SSHKeys",
+    "Sent",
+    "Shortfall",
     "StatusProvider",
+    "StockPlan",
+    "UNIT_DIR",
     "authorized_keys_path",
     "fallback_modules",
     "items",
     "parse_bootc_status",
     "restore_bootc",
     "split_digest_ref",
+    "stock_plan",
     "switch_commands",
 ]

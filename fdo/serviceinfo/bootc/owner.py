@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Self
 
@@ -20,12 +22,14 @@ from fdo.serviceinfo.bootc.model import (
     Assignment,
     BootcStatus,
     ImageRef,
+    Item,
+    ItemKind,
     ItemResult,
     items,
 )
-from fdo.serviceinfo.command import CommandOwner
+from fdo.serviceinfo.command import COMMAND, CommandOwner
 from fdo.serviceinfo.devmod import Devmod
-from fdo.serviceinfo.download import DownloadOwner
+from fdo.serviceinfo.download import DOWNLOAD, DownloadOwner
 from fdo.serviceinfo.kv import ServiceInfoKV, max_bstr_data, service_info_size
 from fdo.serviceinfo.owner import OwnerModule
 
@@ -173,39 +177,167 @@ class BootcOwner(OwnerModule):
 
 # ---------------------------------------------------------------------------- fallback
 
+#: Where a unit's file goes; a unit whose file is in the assignment is enabled only once
+#: that file was delivered.
+UNIT_DIR = "/etc/systemd/system"
 
-def fallback_modules(assignment: Assignment) -> list[OwnerModule]:
-    """The assignment for stock clients: ``fdo.download`` for contents, ``fdo.command`` for the rest.
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """One part of an assignment item the device did not get, and why.
+
+    ``item`` is the item's label (:attr:`Item.label`), ``part`` what of it is missing
+    (``content``, ``mode``, ``owner``, ``enable``, ``switch``, ``item``), ``needs`` the
+    module the device lacked or declined (None when the device itself failed the item).
+    """
+
+    item: str
+    part: str
+    needs: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"item": self.item, "part": self.part, "needs": self.needs, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One part of an assignment item the owner sends, and through which module."""
+
+    item: str
+    part: str
+    via: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"item": self.item, "part": self.part, "via": self.via}
+
+
+@dataclass(frozen=True, slots=True)
+class StockPlan:
+    """What :func:`stock_plan` sends (``modules``, ``sent``) and cannot send (``missing``)."""
+
+    modules: list[OwnerModule]
+    sent: list[Sent]
+    missing: list[Shortfall]
+
+
+def _lacks(module: str) -> str:
+    return f"the device does not list {module}"
+
+
+class _Planner:
+    """Builds a :class:`StockPlan` for a device offering ``available`` modules."""
+
+    def __init__(self, available: Collection[str]) -> None:
+        self.download = DOWNLOAD in available
+        self.command = COMMAND in available
+        self.plan = StockPlan([], [], [])
+
+    def file(
+        self, item: Item, path: str, content: bytes, attrs: list[tuple[str, list[str]]], *, private: bool
+    ) -> bool:
+        """``content`` to ``path``, then each ``(part, argv)`` of ``attrs``; False when not sent.
+
+        A ``private`` file (registry credentials, a file others may not read) is withheld
+        unless its mode can be set: a stock client may store it readable by all.
+        """
+        if not self.download:
+            self.missing(item, "content", DOWNLOAD, _lacks(DOWNLOAD))
+            return False
+        if private and not self.command:
+            reason = f"others may not read it, and its mode cannot be set without {COMMAND}"
+            self.missing(item, "content", COMMAND, reason)
+            return False
+        self.send(item, "content", DOWNLOAD, DownloadOwner(path, content))
+        for part, argv in attrs:
+            self.run(item, part, argv)
+        return True
+
+    def run(self, item: Item, part: str, argv: list[str]) -> bool:
+        if not self.command:
+            self.missing(item, part, COMMAND, _lacks(COMMAND))
+            return False
+        self.send(item, part, COMMAND, CommandOwner(argv[0], argv[1:]))
+        return True
+
+    def send(self, item: Item, part: str, via: str, module: OwnerModule) -> None:
+        self.plan.modules.append(module)
+        if not any(s.item == item.label and s.part == part for s in self.plan.sent):
+            self.plan.sent.append(Sent(item.label, part, via))
+
+    def missing(self, item: Item, part: str, needs: str | None, reason: str) -> None:
+        self.plan.missing.append(Shortfall(item.label, part, needs, reason))
+
+
+def stock_plan(assignment: Assignment, available: Collection[str]) -> StockPlan:
+    """The assignment for a stock client offering the modules ``available``.
+
+    Contents go through ``fdo.download``; modes and owners (``chmod``/``chown``), unit
+    enabling (``systemctl enable``) and the image switch through ``fdo.command``. A part
+    the device's modules cannot carry is a :class:`Shortfall`, and no command is sent
+    about anything not delivered: no ``chmod`` of a file not sent, no ``systemctl
+    enable`` of a unit whose file was not sent, no switch when the registry
+    credentials, policy, registries.d or keys it pulls with were not sent. Files are
+    never written through ``fdo.command`` (a shell ``printf``/``base64`` would put
+    contents, secrets included, on the device's command line and in its logs, with no
+    size limit or hash check); the report item is for the bootc module only.
 
     File names are the absolute target paths; a stock client stores them relative to
     its own download folder or as given, depending on the implementation, and sets no
-    owner. Modes are set with ``chmod``/``chown`` commands. Units, SSH keys and the
-    image switch run as commands; ``switch-reboot`` ends with ``systemctl reboot``.
+    owner or mode of its own.
     """
-    mods: list[OwnerModule] = []
-    if assignment.auth_json is not None:
-        mods.append(DownloadOwner(AUTH_PATH, assignment.auth_json))
-        mods.append(CommandOwner("chmod", ["0600", AUTH_PATH]))
-    if assignment.policy_json is not None:
-        mods.append(DownloadOwner(POLICY_PATH, assignment.policy_json))
-    mods += [DownloadOwner(f"{REGISTRIES_D}/{n}", c) for n, c in assignment.registries_d]
-    mods += [DownloadOwner(p, c) for p, c in assignment.keys]
-    for f in assignment.files:
-        mods.append(DownloadOwner(f.path, f.content))
-        mods.append(CommandOwner("chmod", [f"{f.mode:04o}", f.path]))
-        if (f.owner, f.group) != ("root", None):
-            mods.append(CommandOwner("chown", [f"{f.owner}:{f.group or f.owner}", f.path]))
-    mods += [CommandOwner("systemctl", ["enable", u]) for u in assignment.units]
-    if assignment.ssh_keys is not None:
-        user = assignment.ssh_keys.user
-        path = authorized_keys_path(user)
-        content = "".join(k + "\n" for k in assignment.ssh_keys.keys).encode()
-        mods.append(DownloadOwner(path, content))
-        mods.append(CommandOwner("chmod", ["0600", path]))
-        mods.append(CommandOwner("chown", ["-R", f"{user}:{user}", path.rsplit("/", 1)[0]]))
-    if assignment.image is not None:
-        mods += [CommandOwner(argv[0], argv[1:]) for argv in switch_commands(assignment.image)]
-    return mods
+    p = _Planner(available)
+    unit_files: dict[str, bool] = {}
+    pull_ok = True  # everything the image switch pulls with was delivered
+    for item in items(assignment):
+        meta = item.meta
+        if item.kind == ItemKind.AUTH:
+            attrs = [("mode", ["chmod", "0600", AUTH_PATH])]
+            pull_ok &= p.file(item, AUTH_PATH, item.content, attrs, private=True)
+        elif item.kind == ItemKind.POLICY:
+            pull_ok &= p.file(item, POLICY_PATH, item.content, [], private=False)
+        elif item.kind == ItemKind.REGISTRIES_D:
+            pull_ok &= p.file(item, f"{REGISTRIES_D}/{meta['name']}", item.content, [], private=False)
+        elif item.kind == ItemKind.KEY:
+            pull_ok &= p.file(item, str(meta["path"]), item.content, [], private=False)
+        elif item.kind == ItemKind.FILE:
+            path, owner, group = str(meta["path"]), str(meta["owner"]), meta.get("group")
+            mode = codec.as_int(meta["mode"], "mode")
+            attrs = [("mode", ["chmod", f"{mode:04o}", path])]
+            if (owner, group or "root") != ("root", "root"):  # a stock client writes as root
+                attrs.append(("owner", ["chown", f"{owner}:{group or owner}", path]))
+            sent = p.file(item, path, item.content, attrs, private=not mode & 0o004)
+            if path.startswith(UNIT_DIR + "/"):
+                unit_files[path[len(UNIT_DIR) + 1 :]] = sent
+        elif item.kind == ItemKind.UNIT:
+            name = str(meta["name"])
+            if unit_files.get(name, True):
+                p.run(item, "enable", ["systemctl", "enable", name])
+            else:
+                p.missing(item, "enable", None, f"its unit file {UNIT_DIR}/{name} was not delivered")
+        elif item.kind == ItemKind.SSH_KEYS:
+            user = str(meta["user"])
+            path = authorized_keys_path(user)
+            attrs = [
+                ("mode", ["chmod", "0600", path]),
+                ("owner", ["chown", "-R", f"{user}:{user}", path.rsplit("/", 1)[0]]),
+            ]
+            p.file(item, path, item.content, attrs, private=False)  # public keys
+        elif item.kind == ItemKind.IMAGE and assignment.image is not None:
+            if not p.command:
+                p.missing(item, "switch", COMMAND, _lacks(COMMAND))
+            elif not pull_ok:
+                reason = "what the switch pulls with (registry credentials, policy, keys) was not delivered"
+                p.missing(item, "switch", None, reason)
+            else:
+                for argv in switch_commands(assignment.image):
+                    p.run(item, "switch", argv)
+    return p.plan
+
+
+def fallback_modules(assignment: Assignment) -> list[OwnerModule]:
+    """The assignment for a stock client with both ``fdo.download`` and ``fdo.command``."""
+    return stock_plan(assignment, (DOWNLOAD, COMMAND)).modules
 
 
 def authorized_keys_path(user: str) -> str:
