@@ -15,12 +15,18 @@ A thin adapter around the core machines (reference §3, §5.2, §5.3), driven ov
   ``max_attempts`` rounds or the ``deadline`` are spent; the error then lists every
   attempt of the last round.
 
-Failures that can go away by themselves are *retryable*: transport errors, a peer's
-ResourceNotFound (6: the owner has not registered yet), InvalidJwtToken (1) and
-InternalServerError (500). Anything else (a voucher or signature that does not verify,
-a message the peer cannot read) is *permanent*: the walk still moves on to the next
-address in the round, but when a round saw only permanent failures, retrying would
-only repeat them, so the driver stops.
+Failures that can go away by themselves are *retryable*: transport errors (the network,
+a server that is down or restarting), a peer's ResourceNotFound (6: at TO1 the owner has
+not registered yet; at TO2 the rendezvous named an owner that no longer holds the
+voucher, as after a resale before the next owner's TO0), InvalidJwtToken (1: a session
+that expired, or another TO2 of this device completed first) and InternalServerError
+(500). Anything else cannot heal by itself and is *permanent*: a voucher, signature or
+hash that does not verify (a wrong or tampered owner), a peer's MessageBodyError (100),
+InvalidMessageError (101), InvalidOwnershipVoucher (2), InvalidOwnerSignBody (3),
+InvalidIPAddress (4), InvalidGuid (5) or CredReuseError (102), a suite the owner does
+not accept. The walk still moves on to the next address in the round, but when a round
+saw only permanent failures, retrying would only repeat them, so the driver stops and
+says so.
 
 Time, sleeping and randomness are injected so tests run with a fake clock.
 """
@@ -65,9 +71,11 @@ class DeviceClientError(Exception):
 class OnboardError(DeviceClientError):
     """Onboarding gave up; :attr:`attempts` lists everything that was tried."""
 
-    def __init__(self, message: str, attempts: Sequence[Attempt]) -> None:
+    def __init__(self, message: str, attempts: Sequence[Attempt], *, reason: str | None = None) -> None:
         super().__init__(message)
         self.attempts = list(attempts)
+        #: The message without the list of attempts (for a caller that showed them already).
+        self.reason = reason or message
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +183,8 @@ def directive_urls(directive: RendezvousDirective) -> list[str]:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, PeerError):
-        return f"peer error {exc.peer_code}: {exc.message}"[:300]
+    if isinstance(exc, PeerError):  # its message already reads "peer error N: ..."
+        return exc.message[:300]
     if isinstance(exc, FdoError):
         return f"{type(exc).__name__} (code {int(exc.code)}): {exc.message}"[:300]
     if isinstance(exc, OSError):
@@ -214,8 +222,10 @@ class _Walker:
         sleep: Callable[[float], None],
         clock: Callable[[], float],
         rand: Callable[[], float],
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.credential = credential
+        self.progress = progress
         self.factory = factory
         self.make_driver = make_driver
         self.kex = kex
@@ -255,7 +265,10 @@ class _Walker:
         if exc is None:
             self.attempts.append(Attempt(self.round, phase, url))
         else:
-            self.attempts.append(Attempt(self.round, phase, url, _describe(exc), is_retryable(exc)))
+            attempt = Attempt(self.round, phase, url, _describe(exc), is_retryable(exc))
+            self.attempts.append(attempt)
+            if self.progress is not None:
+                self.progress(f"round {self.round}: {attempt}")
 
     def to1(self, url: str) -> TO1Device | None:
         self.check_deadline()
@@ -340,10 +353,13 @@ class _Walker:
                         self.wait(float(delay))
                 this_round = self.attempts[first:]
                 if not any(a.retryable for a in this_round):
-                    raise self._give_up("failed with errors that retrying cannot fix")
+                    raise self._give_up("stopped: every attempt failed with an error retrying cannot fix")
                 if self.policy.max_attempts is not None and self.round >= self.policy.max_attempts:
                     raise self._give_up(f"failed after {self.round} round(s)")
-                self.wait(self.policy.backoff(self.round, self.rand))
+                pause = self.policy.backoff(self.round, self.rand)
+                if self.progress is not None:
+                    self.progress(f"round {self.round} failed; retrying in {pause:.0f} s")
+                self.wait(pause)
         except _Deadline:
             raise self._give_up(
                 f"deadline of {self.policy.deadline:g}s reached in round {self.round}"
@@ -352,7 +368,7 @@ class _Walker:
     def _give_up(self, why: str) -> OnboardError:
         last = [a for a in self.attempts if a.round == self.round] or self.attempts
         tried = "; ".join(str(a) for a in last) or "nothing"
-        return OnboardError(f"onboarding {why}; tried: {tried}", self.attempts)
+        return OnboardError(f"onboarding {why}; tried: {tried}", self.attempts, reason=f"onboarding {why}")
 
 
 def onboard(
@@ -372,6 +388,7 @@ def onboard(
     rand: Callable[[], float] = random.random,
     http_client_factory: ClientFactory | None = None,
     root: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> OnboardResult:
     """Run TO1 and TO2 until one owner onboards the device; see the module docstring.
 
@@ -379,7 +396,8 @@ def onboard(
     (:func:`device.modules.standard_modules` gives the real ones). ``verify`` is for the
     default HTTP client: True, False or a CA bundle path. ``policy`` overrides
     ``max_attempts`` and ``deadline``. ``sleep`` and ``clock`` default to
-    :func:`time.sleep` and :func:`time.monotonic`. Raises :class:`OnboardError`.
+    :func:`time.sleep` and :func:`time.monotonic`. ``progress`` (optional) gets one line
+    for each failed attempt and each wait between rounds. Raises :class:`OnboardError`.
     """
     if not credential.active:
         raise OnboardError("the credential is not active (DCActive is false)", [])
@@ -402,6 +420,7 @@ def onboard(
         sleep=sleep or time.sleep,
         clock=clock or time.monotonic,
         rand=rand,
+        progress=progress,
     )
     return walker.run()
 

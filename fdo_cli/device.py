@@ -202,9 +202,11 @@ def onboard(
             verify=verify,
             max_attempts=max_attempts or None,
             deadline=deadline,
+            progress=lambda line: typer.echo(line, err=True),
         )
     except OnboardError as exc:
-        raise die(str(exc)) from None
+        # Each failed attempt was printed as it happened: say only why it stopped.
+        raise die(exc.reason if exc.attempts else str(exc)) from None
     except FdoError as exc:  # e.g. a devmod this machine cannot describe
         raise die(f"onboarding failed: {exc.message}") from None
     _save(credential, result.credential)

@@ -126,8 +126,15 @@ def test_onboard_failure_is_one_line(world: World, tmp_path: Path, key_pool: Key
     before = path.read_bytes()
     out = runner.invoke(app, ["device", "onboard", "--credential", str(path), "--max-attempts", "2"])
     assert out.exit_code == 1
-    assert out.output.startswith("error: onboarding failed after 2 round(s)")
-    assert out.output.count("\n") == 1 and "peer error 6" in out.output
+    # One line per failed attempt and per wait as it happens, then one line for why it
+    # stopped; each thing said once ("peer error 6: ..." once per attempt).
+    lines = out.output.splitlines()
+    assert lines[-1] == "error: onboarding failed after 2 round(s)"
+    attempts = [line for line in lines if line.startswith("round ") and ": TO1 " in line]
+    assert [line.split(":")[0] for line in attempts] == ["round 1", "round 2"]
+    assert all(line.count("peer error 6") == 1 for line in attempts)
+    assert [line for line in lines if "retrying in" in line] == [lines[1]]
+    assert lines[1].startswith("round 1 failed; retrying in ") and len(lines) == 4
     assert path.read_bytes() == before
 
 

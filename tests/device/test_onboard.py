@@ -248,7 +248,7 @@ def test_permanent_failures_stop_early(world: World, key_pool: KeyPool) -> None:
     cred = device_after_di(world, key_pool)
     world.fail[RV_URL] = PeerError("peer error 100: bad body", peer_code=100, prev_msg_type=30)
     clock = FakeClock()
-    with pytest.raises(OnboardError, match="retrying cannot fix"):
+    with pytest.raises(OnboardError, match="stopped: every attempt failed with an error retrying cannot fix"):
         run(world, cred, clock, max_attempts=5)
     assert clock.sleeps == []
 
