@@ -281,6 +281,9 @@ class DirectStatement:
         found: _Compiled | None = None
         if dialect.name == "postgresql" and dialect.paramstyle == "pyformat":
             compiled = self.statement.compile(dialect=dialect)
+            expanding = [n for n, b in compiled.binds.items() if b.expanding]
+            if expanding:  # IN (...) with a list: rendered per execution, not once
+                raise ValueError(f"DirectStatement: expanding parameters {expanding} (spell IN out with OR)")
             if not compiled.positional:
                 binds: dict[str, Callable[[Any], Any]] = {}
                 for name, bind in compiled.binds.items():

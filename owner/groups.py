@@ -179,7 +179,12 @@ _ROW_OF_GUID = DirectStatement(
 _GUIDS_OF_DEVICE = (
     core_select(_GUIDS.c.guid).where(_GUIDS.c.device_id == bindparam("d")).order_by(_GUIDS.c.id)
 )
-_INSERT_DEVICE = insert(_DEVICES)
+# A device record made in TO2 (message 68), unless a concurrent TO2 of the same device
+# made it first (two attempts of one device, two replicas): then that one is used.
+_INSERT_DEVICE = {
+    "postgresql": postgresql_insert(_DEVICES).on_conflict_do_nothing(index_elements=[_D.guid]),
+    "sqlite": sqlite_insert(_DEVICES).on_conflict_do_nothing(index_elements=[_D.guid]),
+}
 _GUID_VALUES = bound("device_id", "guid", "added_at")
 _INSERT_GUID = DirectStatement(insert(_GUIDS).values(_GUID_VALUES))
 # A GUID the device takes on at the end of TO2, unless a record already holds it (one
@@ -256,16 +261,24 @@ def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> Mapping[Any, Any
         "revision_id": None,
     }
     new["id"] = _insert_row(conn, new, status=NEW, at=at)
+    if new["id"] is None:  # made meanwhile by a concurrent transaction
+        made = device_row(conn, guid)
+        assert made is not None  # noqa: S101 - the insert found it
+        return made
     return new
 
 
-def _insert_row(conn: Connection, values: Mapping[str, Any], *, status: str, at: datetime) -> int:
+def _insert_row(conn: Connection, values: Mapping[str, Any], *, status: str, at: datetime) -> int | None:
     """A new device record with ``values`` (its GUID among them), that GUID in its
-    history and the ``created`` event; returns its id."""
-    inserted = conn.execute(
-        _INSERT_DEVICE, {**values, "status": status, "created_at": at, "updated_at": at}
-    ).inserted_primary_key
-    assert inserted is not None  # noqa: S101 - an INSERT always has one
+    history and the ``created`` event; returns its id, or None when a record with that
+    GUID exists already (made by a concurrent transaction that has committed since)."""
+    result = conn.execute(
+        _INSERT_DEVICE[conn.dialect.name], {**values, "status": status, "created_at": at, "updated_at": at}
+    )
+    if result.rowcount == 0:
+        return None
+    inserted = result.inserted_primary_key
+    assert inserted is not None  # noqa: S101 - an INSERT that inserted has one
     device_id = int(inserted[0])
     _INSERT_GUID.rowcount(conn, {"device_id": device_id, "guid": values["guid"], "added_at": at})
     _event(conn, device_id, "created", {"guid": str(Guid(values["guid"]))}, at)
@@ -398,7 +411,13 @@ def assignment_for(
             "group_id": group_id,
             "assigned_revision_id": revision_id,
         }
-        device_id = _insert_row(conn, values, status=ONBOARDING, at=at)
+        inserted = _insert_row(conn, values, status=ONBOARDING, at=at)
+        if inserted is None:  # a concurrent TO2 of this device made the record first
+            row = device_row(conn, raw)
+            assert row is not None  # noqa: S101 - the insert found it
+    if row is None:
+        assert inserted is not None  # noqa: S101 - inserted just now
+        device_id = inserted
         changed = group_id is not None or revision_id is not None
     else:
         device_id = row["id"]

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from fdo.codec import CborValue
@@ -60,9 +60,15 @@ _VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
 _V = _VOUCHERS.c
 _TO0_WORK: Table = To0Work.__table__  # type: ignore[attr-defined]
 
+
+def _state_in(states: tuple[str, ...]) -> ColumnElement[bool]:
+    """``state IN (...)`` spelled out: a DirectStatement takes no expanding parameters."""
+    return or_(*(_V.state == s for s in states))
+
+
 _USABLE_ROW = DirectStatement(
     select(_V.id, _V.raw, _V.state, _V.replaces_id, _V.replaced_by_id)
-    .where(_V.guid == bindparam("g"), _V.state.in_(USABLE))
+    .where(_V.guid == bindparam("g"), _state_in(USABLE))
     .limit(1)
 )
 _INSERT_VOUCHER = insert(_VOUCHERS)
@@ -72,7 +78,7 @@ _REPLACE = DirectStatement(
     update(_VOUCHERS)
     .where(
         _V.id == bindparam("old"),
-        _V.state.in_((ACTIVE, REPLACING)),
+        _state_in((ACTIVE, REPLACING)),
         _V.replaced_by_id.is_not_distinct_from(bindparam("seen")),
     )
     .values(state=bindparam("state"), replaced_by_id=bindparam("new"))

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import event, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import select
 
@@ -194,3 +195,13 @@ def test_postgres_direct_statement_on_a_dead_connection_invalidates_it(engine: E
             assert conn.invalidated
     with message_scope(engine):  # the pool hands out a working connection again
         assert SQLSessionStore().load("any") is None
+
+
+def test_postgres_direct_statement_refuses_an_expanding_in(engine: Engine) -> None:
+    """``IN (...)`` with a list renders per execution: compiled once it would send a
+    placeholder PostgreSQL reads as a column name. It is refused with a clear error."""
+    _postgres(engine)
+    table = FdoSession.__table__  # type: ignore[attr-defined]
+    statement = fdb.DirectStatement(sa_select(table.c.token).where(table.c.protocol.in_(("TO1", "TO2"))))
+    with pytest.raises(ValueError, match="expanding parameters"), message_scope(engine) as conn:
+        statement.first(conn, {})
