@@ -396,7 +396,7 @@ _PK_RSAPSS: Final = 6
 _PK_SECP256R1: Final = 10
 _PK_SECP384R1: Final = 11
 
-#: Security strength in bits (NIST SP 800-57 Part 1, table 2) of each suite ...
+#: Security strength in bits (NIST SP 800-57 Part 1, table 2) of each suite and owner key size.
 _SUITE_STRENGTH: Final[dict[KexSuite, int]] = {
     KexSuite.DHKEXid14: 112,
     KexSuite.ASYMKEX2048: 112,
@@ -404,13 +404,6 @@ _SUITE_STRENGTH: Final[dict[KexSuite, int]] = {
     KexSuite.ASYMKEX3072: 128,
     KexSuite.ECDH256: 128,
     KexSuite.ECDH384: 192,
-}
-#: ... and the suite the spec (§3.6.5) pairs with each owner key, with its strength.
-_EXACT_SUITES: Final[dict[tuple[int, int], frozenset[KexSuite]]] = {
-    (_PK_SECP256R1, 256): frozenset({KexSuite.ECDH256}),
-    (_PK_SECP384R1, 384): frozenset({KexSuite.ECDH384}),
-    (_PK_RSAPKCS, 2048): frozenset({KexSuite.DHKEXid14, KexSuite.ASYMKEX2048}),
-    (_PK_RSAPKCS, 3072): frozenset({KexSuite.DHKEXid15, KexSuite.ASYMKEX3072}),
 }
 _OWNER_STRENGTH: Final[dict[int, int]] = {256: 128, 384: 192, 2048: 112, 3072: 128}
 _ASYM_BITS: Final[dict[KexSuite, int]] = {KexSuite.ASYMKEX2048: 2048, KexSuite.ASYMKEX3072: 3072}
@@ -431,33 +424,24 @@ def _owner_key_size(owner_key_type: int, key_bits: int | None) -> tuple[int, int
     return None
 
 
-def suite_allowed(
-    suite: KexSuite,
-    owner_key_type: int,
-    key_bits: int | None = None,
-    *,
-    device_rsa: bool = False,
-) -> bool:
+def suite_allowed(suite: KexSuite, owner_key_type: int, key_bits: int | None = None) -> bool:
     """Whether the owner accepts ``suite`` with an owner key of pkType ``owner_key_type``.
 
     RSA2048RESTR (1) is always 2048-bit; for RSAPKCS (5) and RSAPSS (6) ``key_bits``
     gives the modulus size (only 2048 and 3072 are supported owner keys).
 
-    * An ECDSA device (``device_rsa`` false): spec §3.6.5 as go-fdo ``kex.Suite.Valid``
-      applies it, the owner key decides: P-256 → ECDH256, P-384 → ECDH384, RSA-2048 →
-      DHKEXid14/ASYMKEX2048, RSA-3072 → DHKEXid15/ASYMKEX3072.
-    * An RSA device: the spec says nothing and go accepts every suite. Here every suite
-      at least as strong as the owner key (RSA-2048 112 bits; RSA-3072 and P-256 128;
-      P-384 192) is accepted, so an RSA-2048 device may use DHKEXid15, ECDH256 or
-      ECDH384. ASYMKEX encrypts to the owner key, so it needs an RSA owner key of its
-      own size.
+    Every suite at least as strong as the owner key is accepted (security strength,
+    NIST SP 800-57: RSA-2048 112 bits; RSA-3072 and P-256 128; P-384 192), whatever the
+    device key. The spec's table (§3.6.5: P-256 → ECDH256, P-384 → ECDH384, RSA-2048 →
+    DHKEXid14/ASYMKEX2048, RSA-3072 → DHKEXid15/ASYMKEX3072) is the strength each key
+    needs, not a ceiling: go-fdo's owner completes TO2 for an RSA-2048 device with
+    DHKEXid15 or ECDH256. ASYMKEX encrypts to the owner key, so it needs an RSA owner key
+    of its own size.
     """
     suite = parse_kex_suite(suite)
     owner = _owner_key_size(owner_key_type, key_bits)
     if owner is None:
         return False
-    if not device_rsa:
-        return suite in _EXACT_SUITES[owner]
     if suite in _ASYM_BITS:
         return owner == (_PK_RSAPKCS, _ASYM_BITS[suite])
     return _SUITE_STRENGTH[suite] >= _OWNER_STRENGTH[owner[1]]

@@ -62,11 +62,8 @@ from fdo.to2.messages import (
     TO2ProveOVHdr,
     TO2SetupDevice,
 )
-from fdo.types import Guid, Hash, MsgType, Nonce, Rand, SgType
+from fdo.types import Guid, Hash, MsgType, Nonce, Rand
 from fdo.voucher import OwnershipVoucher, replacement_header, replacement_voucher
-
-#: Device signature types of RSA device keys: they may use any suite as strong as the owner key.
-_RSA_SG_TYPES = frozenset({SgType.RS256, SgType.RS384, SgType.PS256, SgType.PS384})
 
 #: Largest DeviceServiceInfo the owner accepts.
 DEFAULT_SERVICE_INFO_MTU = 1300
@@ -223,8 +220,7 @@ class TO2Owner(ServerMachine[TO2State]):
         suite = parse_kex_suite(hello.kex_suite)
         cipher = parse_cipher_suite(hello.cipher_suite)
         key_bits = getattr(owner_pub.key, "key_size", 0)
-        device_rsa = hello.ea_sig_info.sg_type in _RSA_SG_TYPES
-        if not suite_allowed(suite, int(owner_pub.pk_type), key_bits, device_rsa=device_rsa):
+        if not suite_allowed(suite, int(owner_pub.pk_type), key_bits):
             raise UnsupportedError(f"{suite} does not suit a {owner_pub} owner key")
         self.kex = OwnerKex.new(suite, rand=self.rand)
         self.cipher = cipher

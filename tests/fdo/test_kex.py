@@ -550,37 +550,36 @@ AT_LEAST_128 = {KexSuite.DHKEXid15, KexSuite.ECDH256, KexSuite.ECDH384}
 
 
 @pytest.mark.parametrize(
-    ("owner_type", "bits", "ec_device", "rsa_device"),
+    ("owner_type", "bits", "allowed"),
     [
-        # ECDSA device: the spec's table (§3.6.5), as go-fdo kex.Suite.Valid.
-        (10, None, {KexSuite.ECDH256}, AT_LEAST_128),
-        (11, None, {KexSuite.ECDH384}, {KexSuite.ECDH384}),
-        # RSA device: every suite at least as strong as the owner key; ASYMKEX only with
-        # an RSA owner key of its own size.
-        (1, None, {KexSuite.DHKEXid14, KexSuite.ASYMKEX2048}, AT_LEAST_112),
-        (5, 2048, {KexSuite.DHKEXid14, KexSuite.ASYMKEX2048}, AT_LEAST_112),
-        (6, 2048, {KexSuite.DHKEXid14, KexSuite.ASYMKEX2048}, AT_LEAST_112),
-        (5, 3072, {KexSuite.DHKEXid15, KexSuite.ASYMKEX3072}, AT_LEAST_128 | {KexSuite.ASYMKEX3072}),
-        (6, 3072, {KexSuite.DHKEXid15, KexSuite.ASYMKEX3072}, AT_LEAST_128 | {KexSuite.ASYMKEX3072}),
-        (5, 4096, set(), set()),
-        (99, None, set(), set()),
+        # Every suite at least as strong as the owner key; ASYMKEX only with an RSA owner
+        # key of its own size.
+        (10, None, AT_LEAST_128),
+        (11, None, {KexSuite.ECDH384}),
+        (1, None, AT_LEAST_112),
+        (5, 2048, AT_LEAST_112),
+        (6, 2048, AT_LEAST_112),
+        (5, 3072, AT_LEAST_128 | {KexSuite.ASYMKEX3072}),
+        (6, 3072, AT_LEAST_128 | {KexSuite.ASYMKEX3072}),
+        (5, 4096, set()),
+        (99, None, set()),
     ],
 )
-def test_suite_allowed(
-    owner_type: int, bits: int | None, ec_device: set[KexSuite], rsa_device: set[KexSuite]
-) -> None:
-    assert {s for s in KexSuite if suite_allowed(s, owner_type, bits)} == ec_device
-    assert {s for s in KexSuite if suite_allowed(s, owner_type, bits, device_rsa=True)} == rsa_device
+def test_suite_allowed(owner_type: int, bits: int | None, allowed: set[KexSuite]) -> None:
+    assert {s for s in KexSuite if suite_allowed(s, owner_type, bits)} == allowed
 
 
-def test_rsa2048_device_may_use_stronger_suites() -> None:
+def test_stronger_suites_are_accepted() -> None:
     # go-fdo's owner completes TO2 for an RSA-2048 device with DHKEXid15 or ECDH256.
     for suite in (KexSuite.DHKEXid15, KexSuite.ECDH256, KexSuite.ECDH384):
-        assert suite_allowed(suite, 1, device_rsa=True)
-    # ... but nothing weaker than a 3072-bit owner key, and no ASYMKEX of another size.
-    assert not suite_allowed(KexSuite.DHKEXid14, 5, 3072, device_rsa=True)
-    assert not suite_allowed(KexSuite.ASYMKEX2048, 5, 3072, device_rsa=True)
-    assert not suite_allowed(KexSuite.ASYMKEX3072, 1, device_rsa=True)
+        assert suite_allowed(suite, 1)
+    assert suite_allowed(KexSuite.ECDH384, 10)  # a P-256 owner key, a P-384 exchange
+    # ... but nothing weaker than the owner key, and no ASYMKEX of another size.
+    assert not suite_allowed(KexSuite.DHKEXid14, 5, 3072)
+    assert not suite_allowed(KexSuite.ECDH256, 11)
+    assert not suite_allowed(KexSuite.ASYMKEX2048, 5, 3072)
+    assert not suite_allowed(KexSuite.ASYMKEX3072, 1)
+    assert not suite_allowed(KexSuite.ASYMKEX2048, 10)
 
 
 def test_suite_allowed_needs_rsa_size() -> None:

@@ -206,18 +206,21 @@ STRONGER = [
     ("rsa2048", KexSuite.ECDH256),
     ("rsa2048", KexSuite.ECDH384),
     ("rsa3072", KexSuite.ECDH256),
+    ("ec256", KexSuite.ECDH384),
+    ("ec256", KexSuite.DHKEXid15),
 ]
 
 
 @pytest.mark.parametrize(("kind", "kex"), STRONGER, ids=[f"{k}-{x}" for k, x in STRONGER])
-def test_rsa_device_with_a_stronger_suite(
+def test_device_with_a_stronger_suite(
     kind: str,
     kex: KexSuite,
     mfr_keys: dict[str, PrivateKeyT],
     owner_keys: dict[str, PrivateKeyT],
     device_keys: dict[str, PrivateKeyT],
 ) -> None:
-    """An RSA device may use any suite at least as strong as the owner key (as go's owner)."""
+    """A device may use any suite at least as strong as the owner key (go's owner does
+    for RSA devices)."""
     credential, voucher = manufacture(kind, mfr_keys, owner_keys, device_keys)
     owner = Owner(keys=owner_keys, vouchers={voucher.guid: voucher}, modules=owner_modules, restore=restore)
     recorder = Recorder()
@@ -230,8 +233,9 @@ def test_rsa_device_with_a_stronger_suite(
 WEAKER = [
     ("rsa3072", KexSuite.DHKEXid14),  # 112 bits for a 128-bit owner key
     ("rsa3072", KexSuite.ASYMKEX2048),  # encrypts to a key of another size
-    ("ec256", KexSuite.ECDH384),  # ECDSA devices follow the spec's table, as go
+    ("ec384", KexSuite.ECDH256),  # 128 bits for a 192-bit owner key
     ("ec384", KexSuite.DHKEXid15),
+    ("ec256", KexSuite.ASYMKEX3072),  # encrypts to an RSA owner key
 ]
 
 
