@@ -15,13 +15,16 @@ finished protocol stores, its admin routers and background work.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
@@ -96,7 +99,23 @@ def service_app(
     )
     observability.install(app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded)
     app.add_exception_handler(DataError, _unstorable)
+    app.add_exception_handler(RequestValidationError, _invalid)
     return app
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: a lone surrogate that came in a
+    request (``"\\ud800"`` is valid JSON) goes back out as the same escape instead of
+    failing to encode as UTF-8."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 for a request that does not validate (same body), safe for any input."""
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it
+    return _AsciiJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 
 async def _unstorable(request: Request, exc: Exception) -> Response:

@@ -222,3 +222,15 @@ def test_handed_on_voucher_reads_like_go_fdo(world: World, database_url: str, ve
     # The top level too: [101, bstr header, HMac, [+ bstr] chain, [* entries]].
     top = codec.decode(ours.encode())
     assert isinstance(top, list | tuple) and top[0] == 101 and isinstance(top[1], bytes) and len(top[4]) == 2
+
+
+def test_a_lone_surrogate_in_a_json_body_is_a_422(world: World, database_url: str) -> None:
+    """``"\\ud800"`` is valid JSON but not encodable as UTF-8: the validation error that
+    echoes it back is still a 422 (escaped), never a 500."""
+    app = create_app(world.settings(database_url))
+    http = TestClient(app, base_url=BASE)
+    body = b'{"guids": "\\ud800", "owner_key_pem": 5}'
+    headers = {**token(app, Role.OPERATOR), "Content-Type": "application/json"}
+    r = http.post("/api/v1/vouchers/extend", content=body, headers=headers)
+    assert r.status_code == 422
+    assert b"\\ud800" in r.content and {e["loc"][-1] for e in r.json()["detail"]} >= {"guids"}
