@@ -132,7 +132,8 @@ def confirm(conn: Connection, row: VoucherRow, *, now: datetime) -> bool:
     """The device proved it holds ``row``'s credential: if ``row`` replaced a voucher
     that is still ``replacing`` (the device had not shown it took the replacement up),
     that one becomes ``replaced`` and its TO0 registration is retired. Returns whether
-    anything changed (a write only on a replacement's first contact)."""
+    anything changed. (An UPDATE runs for every voucher that replaced another, i.e. on
+    re-onboarding; it changes a row only on the replacement's first contact.)"""
     if row.state != ACTIVE:
         return False
     return retire_replaced(conn, row.id, row.replaces_id, now=now)
