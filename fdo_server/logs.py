@@ -7,7 +7,12 @@ one JSON object: ``ts``, ``level``, ``logger``, ``message``, ``service`` and tho
 Nothing secret is ever put in a record's fields: session ids are hashes of tokens.
 
 :func:`configure_json_logging` installs it on the root logger (the services' uvicorn
-factories call it; ``FDO_LOG_FORMAT=text`` keeps the plain format).
+factories call it; ``FDO_LOG_FORMAT=text`` keeps the plain format), and
+:func:`uvicorn_log_config` gives uvicorn's own loggers the same format, so one stream
+has one format. uvicorn's access log lines become JSON objects with ``client``,
+``method``, ``path``, ``status`` and ``http``, and the query string never appears: a
+token someone put in a URL (``?token=...``) must not land in a log, refused or not. The
+path keeps a ``?`` mark when a query was there.
 """
 
 from __future__ import annotations
@@ -30,20 +35,75 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        access = _access_fields(record)
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": record.getMessage() if access is None else _access_message(access),
         }
         if self.service is not None:
             out["service"] = self.service
         fields = getattr(record, FIELDS, None)
         if isinstance(fields, dict):
             out.update(fields)
+        if access is not None:
+            out.update(access)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, separators=(",", ":"))
+
+
+ACCESS_LOGGER = "uvicorn.access"
+
+
+def without_query(path: str) -> str:
+    """``path`` with its query string (and fragment) cut off, ``?`` left as a mark."""
+    cut = min((i for i in (path.find("?"), path.find("#")) if i >= 0), default=-1)
+    return path if cut < 0 else path[:cut] + "?"
+
+
+def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
+    """uvicorn's access record ``(client, method, path, http version, status)`` as JSON
+    fields with the query string cut off; None for any other record."""
+    if record.name != ACCESS_LOGGER or not isinstance(record.args, tuple) or len(record.args) != 5:
+        return None
+    client, method, path, http, status = record.args
+    return {
+        "event": "http_access",
+        "client": str(client),
+        "method": str(method),
+        "path": without_query(str(path)),
+        "status": status,
+        "http": str(http),
+    }
+
+
+def _access_message(fields: dict[str, Any]) -> str:
+    return (
+        f'{fields["client"]} "{fields["method"]} {fields["path"]} HTTP/{fields["http"]}" {fields["status"]}'
+    )
+
+
+def uvicorn_log_config(service: str) -> dict[str, Any] | None:
+    """uvicorn's ``log_config``: its loggers (errors and access lines) as JSON lines on
+    stderr with the query strings cut (module docstring); None with
+    ``FDO_LOG_FORMAT=text`` (uvicorn's own plain format)."""
+    if os.environ.get("FDO_LOG_FORMAT", "json").lower() == "text":
+        return None
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter", "service": service}},
+        "handlers": {
+            "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["json"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            ACCESS_LOGGER: {"handlers": ["json"], "level": "INFO", "propagate": False},
+        },
+    }
 
 
 class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -8,8 +8,10 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from fdo_server.http_protocol import HTTP_PROTOCOL
+from fdo_server.logs import uvicorn_log_config
 from fdo_server.metrics import MULTIPROC_ENV
 
 
@@ -42,7 +44,11 @@ def serve(
     With ``workers`` > 1 and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
     private folder is made for it before the workers start (so ``/metrics`` adds up every
     worker) and removed when uvicorn returns; a folder the operator set is used as it is.
+
+    uvicorn's own log lines, access lines included, are JSON like the services' own, with
+    query strings cut off (:func:`fdo_server.logs.uvicorn_log_config`).
     """
+    log_config = uvicorn_log_config(factory.partition(".")[0])
     made: str | None = None
     if workers > 1 and not os.environ.get(MULTIPROC_ENV):
         made = tempfile.mkdtemp(prefix="fdo-metrics-")  # mode 0700
@@ -58,6 +64,7 @@ def serve(
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             http=HTTP_PROTOCOL,
+            log_config=LOGGING_CONFIG if log_config is None else log_config,
         )
     finally:
         if made is not None:

@@ -180,3 +180,54 @@ def test_postgres_pool_recovers_after_its_connections_are_killed(
                 assert conn.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------ access log
+
+
+def test_access_log_is_json_without_query_strings(tmp_path: Path) -> None:
+    """`fdo rendezvous serve` logs one JSON line per request, like the rest of its logs,
+    and a token sent in a query string (refused or not) never reaches the log."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from fdo_server.db import sqlite_url
+    from fdo_server.launcher import free_port
+    from tests.conftest import migrated
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "FDO_RENDEZVOUS_DATABASE_URL": migrated(sqlite_url(tmp_path / "rv.db"), "rendezvous"),
+        "FDO_LOG_FORMAT": "json",
+    }
+    fdo = str(Path(sys.executable).parent / "fdo")
+    argv = [fdo, "rendezvous", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: S603
+    secret = "fdo_" + secrets.token_urlsafe(24)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the service did not start"
+            time.sleep(0.1)
+        refused = httpx.get(f"http://127.0.0.1:{port}/api/v1/registrations?token={secret}&x=1")
+        assert refused.status_code == 401
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    text = out.decode()
+    assert secret not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON
+    access = [r for r in lines if r.get("event") == "http_access" and r["path"].startswith("/api/")]
+    assert [(r["method"], r["path"], r["status"]) for r in access] == [("GET", "/api/v1/registrations?", 401)]
+    assert access[0]["logger"] == "uvicorn.access" and access[0]["service"] == "rendezvous"
+    assert '"GET /api/v1/registrations? HTTP/1.1" 401' in access[0]["message"]
