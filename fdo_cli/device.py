@@ -2,44 +2,49 @@
 
 The onboarding driver and the HTTP client are imported inside the commands that need
 them, so ``fdo device show`` (and every other group) loads no HTTP stack.
+
+The options' types and environment variables (``FDO_DEVICE_<OPTION>``) are in
+:mod:`fdo_cli.device_common`, ``di`` in :mod:`fdo_cli.device_di`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import platform
-import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from device.credfile import CredentialFileError, read_credential_with_format, write_credential
+from device.credfile import CredentialFileError, read_credential_with_format
 from fdo.credential import DeviceCredential
 from fdo.crypto import key_kind
 from fdo.errors import FdoError
 from fdo.rvinfo import RendezvousDirective
 from fdo_cli.common import die
-from fdo_cli.keys import KeyType
+from fdo_cli.device_common import (
+    APPLY_ROOT,
+    DEFAULT_ROOT,
+    DEFAULT_STATE_DIR,
+    BootcOpt,
+    CaBundleOpt,
+    CredentialOpt,
+    JsonOpt,
+    StateDirOpt,
+    SystemctlOpt,
+    device_env,
+    load_credential,
+    save_credential,
+    tls_verify,
+)
+from fdo_cli.device_di import di
 
 if TYPE_CHECKING:
     from fdo.serviceinfo.bootc import Assignment
 
 app = typer.Typer(no_args_is_help=True, help="Device client: DI, onboarding (TO1/TO2), credential.")
-
-DEFAULT_ROOT = Path("/var/lib/fdo/files")
-
-CredentialOpt = Annotated[Path, typer.Option("--credential", help="Device credential file.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-StateDirOpt = Annotated[
-    Path, typer.Option("--state-dir", help="Where apply progress is recorded (resumable).")
-]
-BootcOpt = Annotated[str, typer.Option("--bootc", help="The bootc program.")]
-SystemctlOpt = Annotated[str, typer.Option("--systemctl", help="The systemctl program.")]
-APPLY_ROOT = Path("/")
-DEFAULT_STATE_DIR = Path("/var/lib/fdo/apply")
+app.command()(di)
 
 
 class KexName(StrEnum):
@@ -61,64 +66,6 @@ class CipherName(StrEnum):
     COSEAES256CTR = "COSEAES256CTR"
 
 
-def _load(path: Path) -> DeviceCredential:
-    try:
-        return read_credential_with_format(path)[0]
-    except CredentialFileError as exc:
-        raise die(str(exc)) from None
-
-
-def _save(path: Path, credential: DeviceCredential) -> None:
-    try:
-        write_credential(path, credential)
-    except CredentialFileError as exc:
-        raise die(str(exc)) from None
-
-
-def _verify(ca_bundle: Path | None) -> bool | str:
-    if ca_bundle is None:
-        return True
-    if not ca_bundle.is_file():
-        raise die(f"CA bundle {ca_bundle} is not a readable file")
-    return str(ca_bundle)
-
-
-# ---------------------------------------------------------------------------- di
-
-
-@app.command()
-def di(
-    url: Annotated[str, typer.Option("--url", help="Manufacturer base URL (http://host:port).")],
-    credential: CredentialOpt,
-    key_type: Annotated[KeyType, typer.Option("--key-type", help="Device key type.")] = KeyType.EC256,
-    serial: Annotated[str | None, typer.Option("--serial", help="Serial number (default: hostname).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model / device info.")] = None,
-    ca_bundle: Annotated[Path | None, typer.Option("--ca-bundle", help="CA bundle (PEM) for https.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing credential.")] = False,
-) -> None:
-    """Generate the device key, run DI against the manufacturer and write the credential."""
-    from device.onboard import DeviceClientError, default_client_factory, run_di
-
-    if credential.exists() and not force:
-        raise die(f"{credential} exists; use --force to replace it")
-    try:
-        cred = run_di(
-            url,
-            key_type=key_type.value,
-            serial=serial or socket.gethostname() or "device",
-            model=model or f"{platform.system()}-{platform.machine()}".strip("-") or "device",
-            http_client_factory=default_client_factory(verify=_verify(ca_bundle)),
-        )
-    except DeviceClientError as exc:
-        raise die(str(exc)) from None
-    _save(credential, cred)
-    typer.echo(f"device credential written to {credential}")
-    typer.echo(f"GUID {cred.guid}")
-
-
-# ---------------------------------------------------------------------------- onboard
-
-
 @app.command()
 def onboard(
     credential: CredentialOpt,
@@ -126,13 +73,24 @@ def onboard(
         KexName | None, typer.Option("--kex", help="Key exchange suite (default: by device key).")
     ] = None,
     cipher: Annotated[CipherName, typer.Option("--cipher", help="Cipher suite.")] = CipherName.A128GCM,
-    ca_bundle: Annotated[Path | None, typer.Option("--ca-bundle", help="CA bundle (PEM) for https.")] = None,
+    ca_bundle: CaBundleOpt = None,
     root: Annotated[
-        Path, typer.Option("--root", help="Folder fdo.download writes to and fdo.upload reads from.")
+        Path,
+        typer.Option(
+            "--root",
+            envvar=device_env("files-root"),
+            help="Folder fdo.download writes to and fdo.upload reads from.",
+        ),
     ] = DEFAULT_ROOT,
     no_command: Annotated[bool, typer.Option("--no-command", help="Do not offer fdo.command.")] = False,
     max_attempts: Annotated[
-        int, typer.Option("--max-attempts", min=0, help="Rounds over the directives (0: no limit).")
+        int,
+        typer.Option(
+            "--max-attempts",
+            min=0,
+            envvar=device_env("max-attempts"),
+            help="Rounds over the directives (0: no limit).",
+        ),
     ] = 5,
     deadline: Annotated[
         float | None, typer.Option("--deadline", min=0, help="Give up after this many seconds.")
@@ -140,10 +98,20 @@ def onboard(
     as_json: JsonOpt = False,
     dry_run: Annotated[
         Path | None,
-        typer.Option("--dry-run", help="Write the bootc apply plan to this JSON file instead of applying."),
+        typer.Option(
+            "--dry-run",
+            help="Onboard for real (TO2 replaces the credential; the owner sees the device onboarded) "
+            "and store the assignment in --state-dir, but write the apply plan to this JSON file "
+            "instead of applying it; fdo device apply applies it later.",
+        ),
     ] = None,
     apply_root: Annotated[
-        Path, typer.Option("--apply-root", help="Root folder the bootc assignment is applied under.")
+        Path,
+        typer.Option(
+            "--apply-root",
+            envvar=device_env("apply-root"),
+            help="Root folder the bootc assignment is applied under.",
+        ),
     ] = APPLY_ROOT,
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
     bootc: BootcOpt = "bootc",
@@ -153,6 +121,7 @@ def onboard(
         str | None,
         typer.Option(
             "--serial",
+            envvar=device_env("serial"),
             help="Serial number to send as devmod sn and keep in the credential "
             "(default: the one kept at DI; for credentials written before it was kept, or by other tools).",
         ),
@@ -165,8 +134,21 @@ def onboard(
             "fdo.upload, com.fdo-bootc.bootc; empty: none), e.g. to see what a stock client gets.",
         ),
     ] = None,
+    onboarded_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--onboarded-file",
+            envvar=device_env("onboarded-file"),
+            help="Create this file once onboarding (and applying, unless a dry run) succeeded: "
+            "the first-boot unit's stamp.",
+        ),
+    ] = None,
 ) -> None:
-    """Find the owner (TO1), onboard (TO2), write the credential, then apply the bootc assignment."""
+    """Find the owner (TO1), onboard (TO2), write the credential, then apply the bootc assignment.
+
+    A dry run (--dry-run PLAN.json) onboards too: the credential is replaced and the
+    assignment stored; only applying it is left to fdo device apply.
+    """
     from device.apply import bootc_device
     from device.modules import run_command, standard_modules
     from device.onboard import OnboardError, onboard
@@ -178,10 +160,10 @@ def onboard(
     if serial is not None and not (0 < len(serial) <= 255 and "\x00" not in serial):
         raise die("--serial must be 1 to 255 characters, without NUL (as DI accepts)")
     wanted = None if only is None else _module_names(only)
-    cred = _load(credential)
+    cred = load_credential(credential)
     if serial:
         cred = dataclasses.replace(cred, serial=serial)
-    verify = _verify(ca_bundle)
+    verify = tls_verify(ca_bundle)
     run = None if no_command or (wanted is not None and "fdo.command" not in wanted) else run_command
     made: list[BootcDevice] = []
 
@@ -209,11 +191,15 @@ def onboard(
         raise die(exc.reason if exc.attempts else str(exc)) from None
     except FdoError as exc:  # e.g. a devmod this machine cannot describe
         raise die(f"onboarding failed: {exc.message}") from None
-    _save(credential, result.credential)
+    save_credential(credential, result.credential)
     assignment = made[-1].assignment if made else None
     applied = None
     if assignment is not None:
+        if dry_run is not None:
+            _store(assignment, state_dir)
         applied = _apply(assignment, dry_run, apply_root, state_dir, bootc, systemctl, quiet=as_json)
+    if onboarded_file is not None:
+        _stamp(onboarded_file)
     if as_json:
         out = {
             "previous_guid": result.previous_guid,
@@ -224,6 +210,7 @@ def onboard(
             "rounds": result.rounds,
             "active_modules": sorted(result.active_modules),
             "assignment": assignment is not None,
+            "dry_run": dry_run is not None,
             "applied": applied,
             "attempts": [
                 {"round": a.round, "phase": a.phase, "url": a.url, "error": a.error} for a in result.attempts
@@ -237,6 +224,28 @@ def onboard(
         typer.echo(f"credential reused: GUID {result.credential.guid}")
     else:
         typer.echo(f"GUID {result.previous_guid} -> {result.credential.guid}; credential updated")
+    if dry_run is not None:
+        stored = f"assignment stored in {state_dir}" if assignment else "no bootc assignment received"
+        typer.echo(f"dry run: the device is onboarded (credential replaced), {stored}, nothing applied")
+        if assignment is not None:
+            typer.echo(f"apply it with: fdo device apply --state-dir {state_dir}")
+
+
+def _store(assignment: Assignment, state_dir: Path) -> None:
+    from device.apply import save_assignment
+
+    try:
+        save_assignment(assignment, state_dir)
+    except OSError as exc:
+        raise die(f"cannot store the assignment in {state_dir}: {exc.strerror or exc}") from None
+
+
+def _stamp(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        raise die(f"onboarded, but cannot create {path}: {exc.strerror or exc}") from None
 
 
 #: The ServiceInfo modules ``fdo device onboard`` can offer.
@@ -287,7 +296,9 @@ def _apply(
 @app.command("apply")
 def apply_cmd(
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
-    root: Annotated[Path, typer.Option("--root", help="Root folder to apply under.")] = APPLY_ROOT,
+    root: Annotated[
+        Path, typer.Option("--root", envvar=device_env("apply-root"), help="Root folder to apply under.")
+    ] = APPLY_ROOT,
     dry_run: Annotated[
         Path | None, typer.Option("--dry-run", help="Write the plan to this JSON file instead.")
     ] = None,
@@ -309,9 +320,7 @@ def report_cmd(
     bootc: BootcOpt = "bootc",
     unhealthy: Annotated[bool, typer.Option("--unhealthy", help="Report a failed health check.")] = False,
     detail: Annotated[str, typer.Option("--detail", help="Free text for the owner (no secrets).")] = "",
-    ca_bundle: Annotated[
-        Path | None, typer.Option("--ca-bundle", help="CA bundle to verify the owner's HTTPS.")
-    ] = None,
+    ca_bundle: CaBundleOpt = None,
 ) -> None:
     """Report the booted image digest and health to the owner (run after the reboot)."""
     import httpx

@@ -221,7 +221,13 @@ def test_expected_files_exist() -> None:
     assert (DEPLOY / "kubernetes" / "migrate.yaml").is_file()
     for name in ("fdo.network", "fdo-postgres.volume", "fdo-postgres.container"):
         assert (DEPLOY / "quadlet" / name).is_file()
-    for name in ("fdo-device-onboard.service", "fdo-device-report.service", "Containerfile"):
+    for name in (
+        "fdo-device-di.service",
+        "fdo-device-onboard.service",
+        "fdo-device-report.service",
+        "device.env",
+        "Containerfile",
+    ):
         assert (DEPLOY / "device" / name).is_file()
     assert DOC.is_file()
 
@@ -254,6 +260,7 @@ def test_commands_are_found() -> None:
         "owner serve",
         *(f"{service} db upgrade" for service in SERVICES),
         *(f"{service} db current" for service in SERVICES),
+        "device di",
         "device onboard",
         "device report",
     ):
@@ -453,15 +460,26 @@ def test_device_units() -> None:
     report = DEPLOY / "device" / "fdo-device-report.service"
     assert "!/var/lib/fdo/onboarded" in unit_values(onboard, "Unit", "ConditionPathExists")
     assert unit_values(onboard, "Service", "Restart") == ["on-failure"]
-    assert "/usr/bin/touch /var/lib/fdo/onboarded" in unit_values(onboard, "Service", "ExecStartPost")
+    # Boot does not wait for onboarding; fdo itself writes the stamp once it succeeded.
+    assert unit_values(onboard, "Service", "Type") == ["exec"]
+    [start] = [shlex.split(v) for v in unit_values(onboard, "Service", "ExecStart")]
+    assert start[start.index("--onboarded-file") + 1] == "/var/lib/fdo/onboarded"
     assert "fdo-device-onboard.service" in unit_values(report, "Unit", "After")[0]
+    di = DEPLOY / "device" / "fdo-device-di.service"
+    assert unit_values(di, "Unit", "Before") == ["fdo-device-onboard.service"]
+    assert "!/etc/fdo/device.cred" in unit_values(di, "Unit", "ConditionPathExists")
+    for path in (di, onboard, report):
+        assert unit_values(path, "Service", "EnvironmentFile") == ["-/etc/fdo/device.env"]
     from device.apply import ASSIGNMENT_FILE
 
     state_dirs = [shlex.split(v) for v in unit_values(report, "Service", "ExecStart")]
     state_dir = state_dirs[0][state_dirs[0].index("--state-dir") + 1]
     assert f"{state_dir}/{ASSIGNMENT_FILE}" in unit_values(report, "Unit", "ConditionPathExists")
     bootc = (DEPLOY / "device" / "Containerfile").read_text()
-    assert "systemctl enable fdo-device-onboard.service fdo-device-report.service" in bootc
+    assert (
+        "systemctl enable fdo-device-di.service fdo-device-onboard.service fdo-device-report.service" in bootc
+    )
+    assert "COPY deploy/device/device.env /etc/fdo/device.env" in bootc
 
 
 # ------------------------------------------------------------------ external validators

@@ -10,9 +10,12 @@ harness boots the units the example Containerfile enables, with the fake ``bootc
    (no new TO2, credential untouched) and the report unit reports once: applied;
 3. boot 3 starts nothing.
 
-A second test crashes the onboarding process while the owner has not registered yet:
-the unit restarts (Restart=on-failure), retries TO1 in-process (``--max-attempts 0``)
-and onboards once the voucher reaches the owner.
+A second test starts from a device with no credential: the DI unit runs DI with the
+serial and model of a fake DMI folder and the manufacturer URL of ``/etc/fdo/device.env``.
+The owner has not registered yet, so onboarding cannot complete: boot goes on while it
+retries in the background (one journal line per attempt); the power is cut mid-way; on
+the next boot it retries again, survives a crash (Restart=on-failure), and onboards
+once the voucher reaches the owner; the boot after reports; the last starts nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +51,11 @@ IMAGES = {
 
 def units() -> list[UnitFile]:
     names = enabled_by_containerfile(DEVICE / "Containerfile")
-    assert sorted(names) == ["fdo-device-onboard.service", "fdo-device-report.service"]
+    assert sorted(names) == [
+        "fdo-device-di.service",
+        "fdo-device-onboard.service",
+        "fdo-device-report.service",
+    ]
     return [UnitFile.load(DEVICE / name) for name in names]
 
 
@@ -107,7 +113,9 @@ def test_onboard_once_report_after_the_reboot_then_nothing(stack: Stack, tmp_pat
 
     # Boot 1: onboarding, bootc switch; the switch reboots unless it is only staged.
     boot1 = host.boot(units())
-    onboard, report = boot1.units["fdo-device-onboard.service"], boot1.units["fdo-device-report.service"]
+    assert boot1.units["fdo-device-di.service"].result == "skipped"  # the factory made the credential
+    onboard = host.wait("fdo-device-onboard.service", 60)
+    report = boot1.units["fdo-device-report.service"]
     assert onboard.starts == 1 and onboard.restarts == 0
     [fdo_onboard] = onboard.ran("onboard")
     switches = [c for c in host.bootc_calls() if c[:1] == ["switch"]]
@@ -123,16 +131,18 @@ def test_onboard_once_report_after_the_reboot_then_nothing(stack: Stack, tmp_pat
         assert boot1.reboot_requested_by is None
         # Still the base image: reporting now would tell the owner the switch failed.
         assert report.result == "skipped" and not report.processes, report
-        assert report.reason == "condition failed: ConditionPathExists=!/run/fdo/onboarding"
+        # It started while onboarding ran in the background (no assignment yet); had the
+        # assignment been stored first, /run/fdo/onboarding would keep it skipped.
+        assert report.reason.startswith("condition failed: ConditionPathExists="), report.reason
         assert record["status"] == "onboarded"
     else:
         expected = "bootc switch --apply" if mode == "switch" else "systemctl reboot"
         assert boot1.reboot_requested_by == expected
-        # The reboot stops the unit: ExecStartPost never runs.
+        # The reboot stops the unit before fdo writes the stamp.
         assert onboard.result == "stopped" and fdo_onboard.returncode == -signal.SIGTERM
         assert [p.key for p in onboard.processes][-1] == "ExecStart"
         assert not host.path("/var/lib/fdo/onboarded").exists()
-        assert report.result == "not started"
+        assert report.result == "skipped" and not report.processes  # it ran before the reboot
     credential = host.path(CRED).read_bytes()
 
     # Boot 2: the assigned image; no second onboarding, one report.
@@ -159,50 +169,79 @@ def test_onboard_once_report_after_the_reboot_then_nothing(stack: Stack, tmp_pat
     assert {u.result for u in boot3.units.values()} == {"skipped"}
     assert kinds(owner_record(stack, guid)) == kinds(record)
     assert host.reboot_requests() == ([] if mode == "stage" else [expected])
+    host.power_off()
 
 
-def test_onboard_unit_restarts_and_retries_until_the_owner_registers(stack: Stack, tmp_path: Path) -> None:
+def test_di_at_first_boot_then_onboarding_in_the_background_across_a_power_cut(
+    stack: Stack, tmp_path: Path
+) -> None:
     host = make_host(tmp_path)
-    guid = factory_di(stack, host, "kiosk-stage", "UNITS-RETRY")
-    result: dict[str, Any] = {}
+    dmi = host.path("/sys/class/dmi/id")
+    dmi.mkdir(parents=True)
+    (dmi / "product_serial").write_text("UNITS-DMI-0001\n")
+    (dmi / "product_name").write_text("kiosk-stage\n")
+    env_file = host.path("/etc/fdo/device.env")
+    env_file.parent.mkdir(parents=True)
+    shipped = (DEVICE / "device.env").read_text()
+    url = stack.url("manufacturer")
+    env_file.write_text(
+        shipped.replace("FDO_DEVICE_MANUFACTURER_URL=\n", f"FDO_DEVICE_MANUFACTURER_URL={url}\n")
+    )
 
-    def boot() -> None:
-        try:
-            result["boot"] = host.boot(units())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=boot)
+    # Boot 1: DI from DMI, then onboarding starts; the owner has no voucher yet, so TO1
+    # finds no registration. Boot goes on: the start job is done while fdo retries.
     started = time.monotonic()
-    thread.start()
-    # The first onboarding process: TO1 finds no registration (the voucher is still at
-    # the manufacturer) and the process waits to retry. It crashes (SIGKILL, as the
-    # OOM killer would): Restart=on-failure starts it again.
-    deadline = time.monotonic() + 20
-    while "onboard" not in host.current_argv:
-        assert time.monotonic() < deadline and thread.is_alive(), result
-        time.sleep(0.05)
+    boot1 = host.boot(units())
+    assert time.monotonic() - started < 20
+    di = boot1.units["fdo-device-di.service"]
+    assert di.result == "success", di.processes
+    assert "serial 'UNITS-DMI-0001' from" in di.ran("di")[0].output
+    cred = read_credential(host.path(CRED))
+    assert (cred.serial, cred.device_info) == ("UNITS-DMI-0001", "kiosk-stage")
+    guid = str(cred.guid)
+    onboard, report = boot1.units["fdo-device-onboard.service"], boot1.units["fdo-device-report.service"]
+    assert onboard.result == "running"
+    assert report.result == "skipped"  # not while onboarding
+    time.sleep(2.0)  # the first round fails at once; the next waits about 5 s
+    host.power_off()  # a power cut mid-way
+    assert onboard.result == "killed"
+    [cut] = onboard.ran("onboard")
+    assert cut.returncode == -signal.SIGKILL
+    assert f"round 1: TO1 {stack.url('rendezvous')}" in cut.output  # one line per failed attempt
+    assert not host.path("/var/lib/fdo/onboarded").exists()
+
+    # Boot 2: DI is not repeated; onboarding retries again in the background. Its process
+    # crashes (SIGKILL, as the OOM killer would): Restart=on-failure starts it again. Then
+    # the owner gets the voucher and registers, and the retry onboards.
+    boot2 = host.boot(units())
+    assert boot2.units["fdo-device-di.service"].result == "skipped"
+    onboard = boot2.units["fdo-device-onboard.service"]
+    assert onboard.result == "running" and onboard.main is not None
     time.sleep(1.0)
-    crashed = host.current
-    assert crashed is not None and "onboard" in host.current_argv
-    crashed.send_signal(signal.SIGKILL)
-    # Now the owner gets the voucher and registers with the rendezvous server.
+    onboard.main.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not (onboard.starts == 2 and onboard.main is not None):
+        assert time.monotonic() < deadline, onboard
+        time.sleep(0.05)
     stack.hand_off(guid, "ec256")
     stack.wait_for_to0(guid)
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    if "error" in result:
-        raise result["error"]
-    elapsed = time.monotonic() - started
-    onboard = result["boot"].units["fdo-device-onboard.service"]
+    onboard = host.wait("fdo-device-onboard.service", 60)
     assert onboard.result == "success", onboard.processes
-    assert onboard.starts == 2 and onboard.restart_delays == [60.0]
+    assert onboard.restart_delays == [60.0]
     runs = onboard.ran("onboard")
     assert [p.returncode for p in runs] == [-signal.SIGKILL, 0]
+    assert "round 1 failed; retrying in" in runs[0].output  # one line per attempt, then the wait
     assert "--max-attempts" in runs[0].argv and runs[0].argv[runs[0].argv.index("--max-attempts") + 1] == "0"
     assert kinds(owner_record(stack, guid)).count("onboarded") == 1
     assert host.path("/var/lib/fdo/onboarded").exists()
-    assert elapsed < 30
+
+    # Boot 3: the staged image boots and is reported; boot 4 starts nothing.
+    boot3 = host.boot(units())
+    assert boot3.ran() == ["fdo-device-report.service"]
+    assert "reported: applied" in boot3.units["fdo-device-report.service"].ran("report")[0].output
+    boot4 = host.boot(units())
+    assert boot4.ran() == []
+    assert kinds(owner_record(stack, guid)).count("onboarded") == 1
 
 
 def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:

@@ -45,14 +45,52 @@ def test_the_device_units_parse_and_the_containerfile_enables_them() -> None:
     names = enabled_by_containerfile(DEVICE / "Containerfile")
     assert sorted(names) == sorted(p.name for p in DEVICE.glob("*.service"))
     order = [u.name for u in boot_order([UnitFile.load(DEVICE / n) for n in names])]
-    assert order == ["fdo-device-onboard.service", "fdo-device-report.service"]
+    assert order == ["fdo-device-di.service", "fdo-device-onboard.service", "fdo-device-report.service"]
+
+
+def test_exec_units_run_in_the_background_with_their_environment(tmp_path: Path) -> None:
+    h = host(tmp_path)
+    env_file = h.path("/etc/t.env")
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text("# comment\nB='from file'\nP=/var/x\n")
+    bg = unit(
+        tmp_path,
+        "bg.service",
+        service(
+            "Environment=A=1 B=unit\nEnvironmentFile=/etc/t.env\nEnvironmentFile=-/etc/missing.env\n"
+            "ExecStart=:/usr/bin/sh -c 'echo $A $B $P; while [ ! -e go ]; do sleep 0.05; done; exit 3'\n"
+            "Restart=on-failure\nRestartSec=5",
+            "ConditionPathExists=!/done",
+        ).replace("oneshot", "exec"),
+    )
+    after = unit(tmp_path, "after.service", service("ExecStart=/usr/bin/touch /after", "After=bg.service"))
+    record = h.boot([bg, after])
+    # The boot went on past the running unit: the unit after it ran already.
+    assert record.units["after.service"].result == "success" and h.path("/after").exists()
+    assert record.units["bg.service"].result == "running"
+    h.path("/go").touch()
+    h.path("/done").touch()  # the restart finds its condition failing
+    run = h.wait("bg.service", 10)
+    assert run.result == "skipped" and run.restart_delays == [5.0] and run.starts == 1
+    assert run.processes[0].returncode == 3
+    assert run.processes[0].output.strip() == f"1 from file {h.path('/var/x')}"
+    # A new boot cuts the power of what still runs.
+    h.path("/done").unlink()
+    h.path("/go").unlink()
+    h.boot([bg, after])
+    h.power_off()
+    killed = h.boots[-1].units["bg.service"]
+    assert killed.result == "killed" and killed.processes[-1].returncode == -9
 
 
 @pytest.mark.parametrize(
     "text",
     [
         service("ExecStart=/usr/bin/true\nUser=fdo"),
-        service("ExecStart=/usr/bin/true\nEnvironment=A=1"),
+        service("ExecStart=/usr/bin/true\nPassEnvironment=A"),
+        service("ExecStart=/usr/bin/true\nEnvironment=$A"),
+        service("ExecStart=/usr/bin/true\nExecStart=/usr/bin/true").replace("oneshot", "exec"),
+        service("ExecStart=/usr/bin/true\nExecStartPost=/usr/bin/true").replace("oneshot", "exec"),
         service("ExecStart=/usr/bin/true", "Requires=other.service"),
         service("ExecStart=/usr/bin/true", "ConditionUser=root"),
         service("ExecStart=/usr/bin/true\nRestart=always"),

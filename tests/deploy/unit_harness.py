@@ -13,13 +13,22 @@ directives the device units use, with systemd's semantics:
   included; a unit whose conditions fail is skipped (it is not a failure).
 * ``ExecStartPre=``, ``ExecStart=`` (several, for ``Type=oneshot``) and
   ``ExecStartPost=`` run in order as real processes, each in its own process group, with
-  systemd's clean environment (only ``PATH`` and ``LANG``) and ``/`` (the fake root) as
-  working directory. The prefixes ``-`` (failure ignored), ``@`` (argv[0] given), ``:``
-  (no ``$`` expansion), ``+``, ``!`` and ``!!`` (privileges; the harness runs everything
-  as itself) are understood. ``$VAR`` and ``%`` specifiers other than ``%%`` are not
-  implemented and raise.
-* Every absolute path, in a condition or an Exec argument (also after ``--opt=``), is
-  mapped into the fake root; executables map through :attr:`Host.executables`.
+  systemd's clean environment (only ``PATH`` and ``LANG``) plus ``Environment=`` and
+  then ``EnvironmentFile=`` (read at each start; ``-``: optional; later assignments
+  win), and ``/`` (the fake root) as working directory. The prefixes ``-`` (failure
+  ignored), ``@`` (argv[0] given), ``:`` (no ``$`` expansion), ``+``, ``!`` and ``!!``
+  (privileges; the harness runs everything as itself) are understood. ``$VAR`` and
+  ``%`` specifiers other than ``%%`` are not implemented and raise.
+* ``Type=exec``: ``ExecStartPre=`` lines run first, then the ``ExecStart=`` process is
+  started and the start job is done: the boot goes on to the next unit (units
+  ``After=`` it start now, not when it exits) while the process runs in the background.
+  When it exits, ``Restart=on-failure`` starts the unit again (conditions, start limit
+  and ``ExecStartPre=`` again), in the background. :meth:`Host.wait` waits for a
+  background unit to finish; the next :meth:`Host.boot` (or :meth:`Host.power_off`)
+  kills what still runs, as a power cut would (``ExecStartPost=`` is not implemented
+  for ``Type=exec``: systemd runs it right after the start, not after the exit).
+* Every absolute path, in a condition, an Exec argument (also after ``--opt=``) or an
+  environment value, is mapped into the fake root; executables map through :attr:`Host.executables`.
   ``/run`` is a tmpfs: it is emptied at every boot.
 * ``Restart=no|on-failure`` with ``RestartSec=`` (slept for ``RestartSec * time_scale``
   but recorded unscaled), ``TimeoutStartSec=``, and the start rate limit
@@ -47,6 +56,7 @@ hand it anything that writes outside the fake root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -55,6 +65,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,12 +76,17 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KNOWN_TARGETS = frozenset({"network-online.target", "network.target", "multi-user.target"})
 CONDITIONS = ("ConditionPathExists", "ConditionPathIsDirectory", "ConditionFileNotEmpty")
 EXEC_KEYS = ("ExecStartPre", "ExecStart", "ExecStartPost")
-LIST_KEYS = frozenset({"After", "Before", "Wants", "WantedBy", "Documentation", *CONDITIONS, *EXEC_KEYS})
+ENV_KEYS = ("Environment", "EnvironmentFile")
+LIST_KEYS = frozenset(
+    {"After", "Before", "Wants", "WantedBy", "Documentation", *CONDITIONS, *EXEC_KEYS, *ENV_KEYS}
+)
 
 #: Directives the harness implements, and ones that cannot change what runs.
 IMPLEMENTED: Mapping[str, frozenset[str]] = {
     "Unit": frozenset({"After", "Before", "StartLimitIntervalSec", "StartLimitBurst", *CONDITIONS}),
-    "Service": frozenset({"Type", "RemainAfterExit", "Restart", "RestartSec", "TimeoutStartSec", *EXEC_KEYS}),
+    "Service": frozenset(
+        {"Type", "RemainAfterExit", "Restart", "RestartSec", "TimeoutStartSec", *EXEC_KEYS, *ENV_KEYS}
+    ),
     "Install": frozenset({"WantedBy"}),
 }
 HARMLESS: Mapping[str, frozenset[str]] = {
@@ -286,9 +302,35 @@ class UnitFile:
     def commands(self, key: str) -> list[ExecCommand]:
         return [ExecCommand.parse(v, f"{self.name} {key}") for v in self.values("Service", key)]
 
+    def environment(self) -> list[tuple[str, str]]:
+        """``Environment=`` assignments in order (quotes as systemd splits them)."""
+        out = []
+        for value in self.values("Service", "Environment"):
+            for word in shlex.split(_specifiers(value, f"{self.name} Environment"), posix=True):
+                key, eq, val = word.partition("=")
+                if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                    raise HarnessError(f"{self.name}: bad Environment= assignment {word!r}")
+                out.append((key, val))
+        return out
+
+    def environment_files(self) -> list[tuple[str, bool]]:
+        """``EnvironmentFile=`` paths in order, with whether the file is optional (``-``)."""
+        out = []
+        for value in self.values("Service", "EnvironmentFile"):
+            optional = value.startswith("-")
+            path = _specifiers(value[1:] if optional else value, f"{self.name} EnvironmentFile")
+            if not path.startswith("/"):
+                raise HarnessError(f"{self.name}: EnvironmentFile= needs an absolute path, got {path!r}")
+            out.append((path, optional))
+        return out
+
     def validate(self) -> None:
-        if self.type != "oneshot":
-            raise HarnessError(f"{self.name}: Type={self.type} is not implemented (only oneshot)")
+        if self.type not in ("oneshot", "exec"):
+            raise HarnessError(f"{self.name}: Type={self.type} is not implemented (only oneshot and exec)")
+        if self.type == "exec" and len(self.values("Service", "ExecStart")) != 1:
+            raise HarnessError(f"{self.name}: Type=exec needs exactly one ExecStart=")
+        if self.type == "exec" and self.values("Service", "ExecStartPost"):
+            raise HarnessError(f"{self.name}: ExecStartPost= with Type=exec is not implemented")
         if self.restart not in ("no", "on-failure"):
             raise HarnessError(f"{self.name}: Restart={self.restart} is not implemented")
         if not self.values("Service", "ExecStart"):
@@ -296,7 +338,28 @@ class UnitFile:
         for key in EXEC_KEYS:
             self.commands(key)
         self.conditions()
+        self.environment()
+        self.environment_files()
         _ = (self.restart_sec, self.timeout_start, self.start_limit, self.remain_after_exit)
+
+
+def read_env_file(path: Path) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` lines as systemd reads an ``EnvironmentFile=`` (comments, quotes)."""
+    out = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, eq, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise HarnessError(f"{path}:{number}: not an assignment: {raw!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif value[:1] in ("'", '"') or "$" in value or "\\" in value:
+            raise HarnessError(f"{path}:{number}: quoting or expansion the harness does not implement")
+        out.append((key, value))
+    return out
 
 
 def enabled_by_containerfile(containerfile: Path) -> list[str]:
@@ -355,6 +418,10 @@ class UnitRun:
     starts: int = 0
     restart_delays: list[float] = field(default_factory=list)  # unscaled RestartSec per restart
     processes: list[ProcessRun] = field(default_factory=list)
+    #: Type=exec: the main process while it runs, and the thread supervising the unit.
+    main: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    thread: threading.Thread | None = field(default=None, repr=False)
+    error: BaseException | None = field(default=None, repr=False)
 
     @property
     def restarts(self) -> int:
@@ -370,6 +437,7 @@ class BootRecord:
     number: int
     units: dict[str, UnitRun] = field(default_factory=dict)
     reboot_requested_by: str | None = None
+    powered_off: bool = False
 
     def ran(self) -> list[str]:
         """Units that started at least one process."""
@@ -480,6 +548,19 @@ class Host:
     def env(self) -> dict[str, str]:
         return {"PATH": f"{self.bin}:{SYSTEM_PATH}", "LANG": "C.UTF-8"}
 
+    def unit_env(self, unit: UnitFile) -> dict[str, str]:
+        """The environment of the unit's processes, read now (as at each start)."""
+        env = self.env
+        assignments = unit.environment()
+        for path, optional in unit.environment_files():
+            target = self.path(path)
+            if optional and not target.exists():
+                continue
+            assignments += read_env_file(target)
+        for key, value in assignments:
+            env[key] = str(self.path(value)) if value.startswith("/") else value
+        return env
+
     # ------------------------------------------------------------------ bootc
 
     def bootc(self, *args: str) -> str:
@@ -509,8 +590,34 @@ class Host:
 
     # ------------------------------------------------------------------ boot
 
+    def power_off(self) -> None:
+        """Cut the power: kill what still runs in the background (SIGKILL), wait for it."""
+        if not self.boots:
+            return
+        record = self.boots[-1]
+        record.powered_off = True
+        for run in record.units.values():
+            main = run.main
+            if main is not None and main.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(main.pid, signal.SIGKILL)
+            if run.thread is not None:
+                run.thread.join(timeout=self.process_timeout)
+
+    def wait(self, name: str, timeout: float) -> UnitRun:
+        """Wait until the background unit ``name`` of the current boot is done; its run."""
+        run = self.boots[-1].units[name]
+        if run.thread is not None:
+            run.thread.join(timeout=timeout)
+            if run.thread.is_alive():
+                raise HarnessError(f"{name} still runs after {timeout:g}s")
+        if run.error is not None:
+            raise run.error
+        return run
+
     def boot(self, units: Iterable[UnitFile]) -> BootRecord:
         """Power on: boot the staged deployment, empty /run, start the units in order."""
+        self.power_off()
         self.bootc("fake-reboot")
         shutil.rmtree(self.path("/run"), ignore_errors=True)
         self.path("/run").mkdir()
@@ -527,15 +634,41 @@ class Host:
             if record.reboot_requested_by is not None:
                 run.result, run.reason = "not started", "shutting down"
                 continue
-            self._start(unit, run, record)
+            if unit.type == "exec":
+                self._start_in_background(unit, run, record)
+            else:
+                self._start(unit, run, record)
         return record
 
-    def _start(self, unit: UnitFile, run: UnitRun, record: BootRecord) -> None:
+    def _start_in_background(self, unit: UnitFile, run: UnitRun, record: BootRecord) -> None:
+        """Start a Type=exec unit; return once its start job is done (main process running)."""
+        job_done = threading.Event()
+
+        def supervise() -> None:
+            try:
+                self._start(unit, run, record, job_done)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test by wait()
+                run.error = exc
+            finally:
+                job_done.set()
+
+        run.thread = threading.Thread(target=supervise, name=unit.name, daemon=True)
+        run.thread.start()
+        job_done.wait()
+        if run.error is not None:
+            raise run.error
+
+    def _start(
+        self, unit: UnitFile, run: UnitRun, record: BootRecord, job_done: threading.Event | None = None
+    ) -> None:
         interval, burst = unit.start_limit
         virtual = 0.0
         start_times: list[float] = []
         real_start = time.monotonic()
         while True:
+            if record.powered_off:
+                run.result, run.reason = "killed", "power cut"
+                return
             failed = [c for c in unit.conditions() if not c.trigger and not c.holds(self.path)]
             triggers = [c for c in unit.conditions() if c.trigger]
             if not failed and triggers and not any(c.holds(self.path) for c in triggers):
@@ -552,7 +685,10 @@ class Host:
             run.starts += 1
             if run.starts > self.max_starts:
                 raise HarnessError(f"{unit.name}: more than {self.max_starts} starts (test guard)")
-            outcome = self._attempt(unit, run, record)
+            outcome = self._attempt(unit, run, record, job_done)
+            if record.powered_off:
+                run.result, run.reason = "killed", "power cut"
+                return
             if outcome == "success" or outcome == "stopped":
                 run.result = outcome
                 return
@@ -563,14 +699,21 @@ class Host:
             virtual += unit.restart_sec
             time.sleep(unit.restart_sec * self.time_scale)
 
-    def _attempt(self, unit: UnitFile, run: UnitRun, record: BootRecord) -> str:
+    def _attempt(
+        self, unit: UnitFile, run: UnitRun, record: BootRecord, job_done: threading.Event | None
+    ) -> str:
         """One start: success, stopped (reboot), failed or clean-signal."""
         timeout = unit.timeout_start
         deadline = None if timeout is None else time.monotonic() + timeout
+        env = self.unit_env(unit)
         for key in EXEC_KEYS:
             for cmd in unit.commands(key):
                 reboots = len(self.reboot_requests())
-                code, output, timed_out = self._exec(cmd, deadline)
+                if key == "ExecStart" and job_done is not None:
+                    code, output = self._exec_main(cmd, env, run, job_done)
+                    timed_out = False
+                else:
+                    code, output, timed_out = self._exec(cmd, deadline, env)
                 run.processes.append(ProcessRun(key, cmd.words, tuple(self._argv(cmd)), code, output))
                 new = self.reboot_requests()[reboots:]
                 if new:
@@ -587,7 +730,10 @@ class Host:
                     return "failed"
         return "success"
 
-    def _exec(self, cmd: ExecCommand, deadline: float | None) -> tuple[int, str, bool]:
+    def _exec_main(
+        self, cmd: ExecCommand, env: dict[str, str], run: UnitRun, job_done: threading.Event
+    ) -> tuple[int, str]:
+        """Type=exec: start the main process, finish the start job, wait for the exit."""
         argv = self._argv(cmd)
         executable = argv[0]
         if cmd.argv0 is not None:
@@ -596,7 +742,29 @@ class Host:
             argv,
             executable=executable,
             cwd=self.root,
-            env=self.env,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        run.main = proc
+        run.result = "running"
+        job_done.set()
+        out, _ = proc.communicate()
+        run.main = None
+        return proc.returncode, out.decode(errors="replace")
+
+    def _exec(self, cmd: ExecCommand, deadline: float | None, env: dict[str, str]) -> tuple[int, str, bool]:
+        argv = self._argv(cmd)
+        executable = argv[0]
+        if cmd.argv0 is not None:
+            argv[0] = cmd.argv0
+        proc = subprocess.Popen(  # noqa: S603 - the unit's own command, paths mapped
+            argv,
+            executable=executable,
+            cwd=self.root,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -631,6 +799,7 @@ __all__ = [
     "UnitFile",
     "UnitRun",
     "boot_order",
+    "read_env_file",
     "enabled_by_containerfile",
     "parse_timespan",
 ]

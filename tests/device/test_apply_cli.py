@@ -86,7 +86,37 @@ def test_onboard_dry_run_writes_the_groups_plan(world: World, tmp_path: Path, mo
     assert [a["action"] for a in actions] == ["write-file"] * len(group.files) + ["bootc-switch"]
     assert [a["path"] for a in actions[:-1]] == [f.path for f in group.files]
     assert actions[-1]["digest"] == group.image.digest
-    assert not (tmp_path / "state").exists()  # a dry run applies nothing
+    # A dry run onboards: it says so, and keeps the assignment for a later real apply.
+    assert "dry run: the device is onboarded (credential replaced)" in out.output
+    assert f"assignment stored in {tmp_path / 'state'}, nothing applied" in out.output
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["assignment.cbor"]
+
+
+def test_dry_run_then_apply_switches_the_image(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_BOOTC_STATE", str(tmp_path / "bootc"))
+    cred, state, root = tmp_path / "cred.bin", tmp_path / "state", tmp_path / "root"
+    root.mkdir()
+    di(world, cred, "kiosk-v1")
+    before = cred.read_bytes()
+    common = ["--state-dir", str(state), "--bootc", str(FAKE_BOOTC)]
+    dry = ["device", "onboard", "--credential", str(cred), "--root", str(tmp_path / "dl")]
+    out = runner.invoke(app, [*dry, "--dry-run", str(tmp_path / "plan.json"), *common])
+    assert out.exit_code == 0, out.output
+    assert cred.read_bytes() != before  # the credential was replaced: a dry run onboards
+    assert not (tmp_path / "bootc" / "state.json").exists()  # but nothing was applied
+    assert not (root / "etc").exists()
+
+    out = runner.invoke(app, ["device", "apply", "--root", str(root), *common])
+    assert out.exit_code == 0, out.output
+    assert "assignment applied: 2 action(s), 0 already done" in out.output
+    group = GROUPS["kiosk-v1"]
+    assert group.image is not None
+    status = json.loads((tmp_path / "bootc" / "state.json").read_text())
+    assert status["staged"]["image"] == group.image.ref
+    assert status["staged"]["digest"] == group.image.digest
+    assert (root / "etc" / "kiosk" / "v1.toml").read_bytes() == b"v = 1\n"
 
 
 def test_onboard_applies_with_the_real_executor(
