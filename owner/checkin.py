@@ -107,7 +107,14 @@ _WRITE = DirectStatement(update(_DEVICES).where(_GUARD).values(**_OBSERVED))
 _WRITE_STATUS = DirectStatement(
     update(_DEVICES).where(_GUARD).values(**_OBSERVED, status=bindparam("status"), updated_at=bindparam("at"))
 )
-_EVENT = DirectStatement(_EVENTS.insert())
+_EVENT = DirectStatement(
+    _EVENTS.insert().values(
+        device_id=bindparam("device_id"),
+        at=bindparam("at"),
+        kind=bindparam("kind"),
+        detail=bindparam("detail"),
+    )
+)
 _ISSUE = DirectStatement(
     update(_DEVICES)
     .where(_D.id == bindparam("d"))
