@@ -18,7 +18,7 @@ secret file paths only.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
@@ -31,6 +31,7 @@ from fdo_server.auth import AdminToken, Role, create_token, hash_token
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
 from owner.audit import audit
+from owner.checkin import checkin_json
 from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
@@ -87,7 +88,20 @@ def group_json(row: Group, db: Session) -> dict[str, Any]:
     }
 
 
-def device_json(row: Device, db: Session, *, events: bool = False) -> dict[str, Any]:
+def overdue_after(request: Request) -> timedelta:
+    """How long without a check-in makes a device ``overdue`` (settings)."""
+    settings = request.app.state.settings
+    return timedelta(seconds=settings.checkin_interval_seconds * settings.checkin_overdue_intervals)
+
+
+def device_json(
+    row: Device,
+    db: Session,
+    *,
+    events: bool = False,
+    now: datetime | None = None,
+    overdue_after: timedelta | None = None,
+) -> dict[str, Any]:
     group = None if row.group_id is None else db.get(Group, row.group_id)
 
     def number(revision_id: int | None) -> int | None:
@@ -105,6 +119,7 @@ def device_json(row: Device, db: Session, *, events: bool = False) -> dict[str, 
         "revision": number(row.revision_id),
         "status": row.status,
         "delivery": row.delivery,
+        **checkin_json(row, number, now=now, overdue_after=overdue_after),
         "created_at": _iso(row.created_at),
         "updated_at": _iso(row.updated_at),
     }
@@ -179,6 +194,7 @@ def _devices() -> APIRouter:
 
     @router.get("/devices")
     def list_devices(
+        request: Request,
         db: SessionDep,
         _: Viewer,
         offset: Offset = 0,
@@ -196,15 +212,20 @@ def _devices() -> APIRouter:
             query = query.where(Device.status == status)
         count = select(func.count()).select_from(query.subquery())
         rows = db.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)).all()
-        return {"total": db.exec(count).one(), "offset": offset, "items": [device_json(r, db) for r in rows]}
+        now, after = now_of(request), overdue_after(request)
+        return {
+            "total": db.exec(count).one(),
+            "offset": offset,
+            "items": [device_json(r, db, now=now, overdue_after=after) for r in rows],
+        }
 
     @router.get("/devices/{guid}")
-    def show_device(guid: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+    def show_device(guid: str, request: Request, db: SessionDep, _: Viewer) -> dict[str, Any]:
         """A device by any GUID it has had, with its devmod facts and timeline."""
         row = find_device(db, _guid(guid))
         if row is None:
             raise HTTPException(404, "no such device")
-        return device_json(row, db, events=True)
+        return device_json(row, db, events=True, now=now_of(request), overdue_after=overdue_after(request))
 
     @router.put("/devices/{guid}/labels")
     def set_labels(guid: str, body: LabelsIn, request: Request, who: Operator) -> dict[str, Any]:

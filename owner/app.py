@@ -38,10 +38,11 @@ from fdo_server.db import (
 from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
 from owner.admin_api import admin_router
+from owner.admin_checkin import checkin_admin_router
 from owner.admin_groups import groups_router
 from owner.delivery import delivery_of
 from owner.groups_tables import Revision
-from owner.report_api import report_router
+from owner.report_api import device_router, report_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
@@ -192,7 +193,9 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.state.metrics.add_collector(observability.To0Gauges(engine, now))
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
+    app.include_router(checkin_admin_router(), prefix="/api/v1")
     app.include_router(report_router(), prefix="/api/v1")
+    app.include_router(device_router(), prefix="/device/v1")
     app.include_router(web_router())
     return app
 

@@ -14,10 +14,13 @@ revision into a :class:`fdo.serviceinfo.bootc.Assignment` and picks how to deliv
 When TO2 completes, :mod:`owner.delivery` works out what the device got (``full``,
 ``partial`` with what is missing and why, ``none``) for the device record.
 
-Every assignment carries a per-device report token and the status URL; only the
-token's SHA-256 is stored. After its reboot the device posts its booted digest with
-that token (``fdo device report``); a digest other than the assigned one marks the
-device failed, never done.
+Every assignment carries the per-device check-in secret (:mod:`owner.checkin`), the
+status URL and the check-in URL; only the secret's SHA-256 is stored. After its reboot
+the device posts its booted digest with that secret (``fdo device report``) or checks
+in (``fdo device check-in``, ``fdo device agent``); a digest other than the assigned
+one marks the device failed, never done. Report tokens issued before check-in existed
+(``owner_report_token``) still authenticate the report until the next TO2 or a
+revocation.
 """
 
 from __future__ import annotations
@@ -45,10 +48,14 @@ from fdo.serviceinfo.bootc import (
 )
 from fdo.serviceinfo.owner import Restore, module_restorer
 from fdo.types import Guid
-from owner import groups
+from owner import checkin, groups
 from owner.groups_tables import APPLIED, FAILED, Device, DeviceReportToken, Revision
 
-REPORT_PATH = "/api/v1/report"
+#: Device-facing paths (the same listener as TO2, docs/checkin.md).
+REPORT_PATH = "/device/v1/report"
+CHECKIN_PATH = "/device/v1/checkin"
+#: Where devices onboarded before check-in existed post their report (deprecated).
+LEGACY_REPORT_PATH = "/api/v1/report"
 
 SIGSTORE_DIR = "/etc/pki/containers"
 
@@ -142,8 +149,13 @@ def modules_for(
         return []
     report = None
     device = groups.find_device(db, guid)
-    if status_base_url and device is not None:
-        report = Report(status_base_url.rstrip("/") + REPORT_PATH, issue_report_token(db, device))
+    if status_base_url and device is not None and device.id is not None:
+        # The per-device check-in secret (owner.checkin) authenticates check-ins and the
+        # report; it travels only inside the encrypted ServiceInfo channel.
+        base = status_base_url.rstrip("/")
+        secret = checkin.issue_secret(db.connection(), device.id)
+        db.expire(device)
+        report = Report(base + REPORT_PATH, secret, base + CHECKIN_PATH)
     bootc = to_bootc(assignment, report)
     if BOOTC_MODULE in devmod.modules:
         return [BootcOwner(bootc)]

@@ -118,7 +118,32 @@ def devices_list(
         typer.echo(
             f"{d['guid']}  {d['status']:11}  {d['serial'] or '-'}  {d['model'] or '-'}  "
             f"group={d['group'] or '-'} revision={revision} delivery={delivery_text(d.get('delivery'))}"
+            f"{checkin_text(d)}"
         )
+
+
+def checkin_text(d: dict[str, Any]) -> str:
+    """The check-in part of a list line: desired/applied, booted and staged digests,
+    health, last check-in, overdue, rolled back and the last error."""
+    if d.get("desired_revision") is None and d.get("last_checkin_at") is None:
+        return ""
+
+    def short(digest: str | None) -> str:
+        return "-" if not digest else digest.removeprefix("sha256:")[:12]
+
+    out = (
+        f" desired={d.get('desired_revision') or '-'} applied={d.get('applied_revision') or '-'}"
+        f" booted={short(d.get('booted_digest'))} staged={short(d.get('staged_digest'))}"
+        f" health={d.get('health') or '-'} checked-in={d.get('last_checkin_at') or 'never'}"
+    )
+    if d.get("overdue"):
+        out += " OVERDUE"
+    if d.get("rolled_back"):
+        out += " ROLLED-BACK"
+    error = d.get("last_error")
+    if error:
+        out += f" error[{error.get('step')}]={error.get('text')!r}"
+    return out
 
 
 def delivery_text(delivery: dict[str, Any] | None) -> str:
@@ -158,6 +183,27 @@ def devices_show(
 ) -> None:
     """Show a device record with its timeline (JSON)."""
     _echo_json(call("GET", url, token, f"/devices/{guid}"))
+
+
+@devices_app.command("revoke-checkin")
+def devices_revoke_checkin(
+    guid: Annotated[str, typer.Argument(help="Any GUID the device has had.")], url: UrlOpt, token: TokenOpt
+) -> None:
+    """Refuse the device's check-ins and reports from now on (a new TO2 issues a new secret)."""
+    body = call("POST", url, token, f"/devices/{guid}/revoke-checkin")
+    typer.echo(f"check-in credential of {body['guid']} revoked")
+
+
+@devices_app.command("redeliver")
+def devices_redeliver(
+    guid: Annotated[str, typer.Argument(help="Any GUID the device has had.")],
+    url: UrlOpt,
+    token: TokenOpt,
+    revision: Annotated[int | None, typer.Option("--revision", min=1, help="Revision of its group.")] = None,
+) -> None:
+    """Send the device its desired revision (or --revision N) again at its next check-in."""
+    body = call("POST", url, token, f"/devices/{guid}/redeliver", json={"revision": revision})
+    typer.echo(f"{body['guid']}: revision {body['desired_revision']} at its next check-in")
 
 
 @labels_app.command("set")

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Table, bindparam, func, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -223,6 +223,9 @@ _SET_ONBOARDED = DirectStatement(
         revision_id=bindparam("revision"),
         status=bindparam("status"),
         delivery=bindparam("delivery"),
+        # The revision handed out is the one the device should run (owner.desired).
+        desired_revision_id=func.coalesce(bindparam("desired"), _D.desired_revision_id),
+        desired_generation=func.coalesce(bindparam("generation"), _D.desired_generation),
         updated_at=bindparam("at"),
     )
 )
@@ -499,6 +502,8 @@ def record_onboarding(
             "revision": revision_id,
             "status": status,
             "delivery": None if revision is None or delivery is None else dict(delivery),
+            "desired": None if revision is None else revision.id,
+            "generation": None if revision is None else 0,
             "at": at,
         },
     )

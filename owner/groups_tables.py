@@ -20,7 +20,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 # Device statuses: known from a voucher or a label; TO2 running; TO2 done and the
@@ -149,6 +163,49 @@ class Device(SQLModel, table=True):
     #: when it had nothing to deliver.
     delivery: dict[str, Any] | None = Field(
         default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
+    # --- desired state and check-in (owner.checkin, docs/checkin.md) ---------------
+    #: The revision the device should run: set by onboarding, later by a rollout or an
+    #: operator's redelivery (:func:`owner.desired.set_desired`).
+    desired_revision_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("owner_revision.id", name="fk_owner_device_desired_revision"), nullable=True
+        ),
+    )
+    #: Bumped by every set_desired after onboarding, so a redelivery of the same
+    #: revision reaches the device again (onboarding resets it to 0).
+    desired_generation: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
+    #: SHA-256 (hex) of the check-in secret in use, and of the next one the owner handed
+    #: out (valid too until it is first used, then it replaces the current one).
+    checkin_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    checkin_next_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    #: The highest check-in sequence number accepted (a request must carry a higher one).
+    checkin_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
+    checkin_revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    # What the device said at its latest check-in.
+    last_checkin_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    booted_image: str | None = Field(default=None, sa_column=Column(String(1024), nullable=True))
+    booted_digest: str | None = Field(default=None, sa_column=Column(String(80), nullable=True))
+    staged_image: str | None = Field(default=None, sa_column=Column(String(1024), nullable=True))
+    staged_digest: str | None = Field(default=None, sa_column=Column(String(80), nullable=True))
+    applied_revision: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    #: ``none``, ``applying``, ``staged``, ``applied``, ``failed``, ``rolled-back``.
+    apply_state: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    #: ``healthy``, ``unhealthy`` or ``unknown`` (greenboot where installed).
+    health: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    last_error_step: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    last_error: str | None = Field(default=None, sa_column=Column(String(2000), nullable=True))
+    rolled_back: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
 
 

@@ -1,21 +1,40 @@
-"""The device status report: ``POST /api/v1/report`` (``fdo device report``).
+"""The device-facing JSON routes: ``POST /device/v1/checkin`` and ``/device/v1/report``.
 
-After rebooting into its assigned image the device reports the booted digest, the
-revision it applied and a health result, authenticated by the per-device token it
-received in ServiceInfo (not an admin token). A digest other than the assigned one,
-or an unhealthy report, marks the device failed, never done. A report also confirms the
-device's current credential (:func:`owner.lifecycle.confirm_guid`).
+Both sit on the device plane (the same address as TO2, docs/deploy.md) and are
+authenticated by the per-device check-in secret the device received in TO2
+(:mod:`owner.checkin`), sent as ``Authorization: Bearer``; an admin token is never
+accepted (it is not a check-in secret). Every refusal is 401 and records nothing.
+
+* **Check-in** (``fdo device check-in``, ``fdo device agent``): the device says what
+  it runs; the owner stores it, rotates the secret (``next_secret``), and answers the
+  desired revision with its assignment when it differs from what the device holds,
+  otherwise ``"action": "none"`` with the interval.
+* **Report** (``fdo device report``, after the reboot): the booted digest, the revision
+  and a health result; a digest other than the assigned one, or an unhealthy report,
+  marks the device failed, never done. ``POST /api/v1/report`` is kept as a deprecated
+  alias for devices onboarded before the move (their report tokens still work).
+
+Both confirm the device's current credential (:func:`owner.lifecycle.confirm_guid`).
 """
 
 from __future__ import annotations
+
+import base64
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
 from fdo_server.db import unit_of_work
+from owner import checkin
 from owner.assign import device_for_token, record_report
+from owner.desired import assignment_of
+from owner.groups_tables import Device
 from owner.lifecycle import confirm_guid
+
+_DIGEST = r"^sha256:[0-9a-f]{64}$"
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 class ReportIn(BaseModel):
@@ -23,7 +42,7 @@ class ReportIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    booted_digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    booted_digest: str | None = Field(default=None, pattern=_DIGEST)
     revision: int | None = Field(default=None, ge=0)
     healthy: bool = True
     detail: str = Field(default="", max_length=4000)
@@ -33,30 +52,128 @@ class ReportOut(BaseModel):
     status: str
 
 
-def report_router() -> APIRouter:
-    router = APIRouter(tags=["device report"])
+class CheckinIn(BaseModel):
+    """What the device sends at a check-in (``device.checkin.build_request``).
+
+    Fields a newer device adds are ignored, so devices can be updated before owners.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: int = Field(ge=1, le=2**62)
+    booted_image: str | None = Field(default=None, max_length=1024)
+    booted_digest: str | None = Field(default=None, pattern=_DIGEST)
+    staged_image: str | None = Field(default=None, max_length=1024)
+    staged_digest: str | None = Field(default=None, pattern=_DIGEST)
+    revision: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    generation: int = Field(default=0, ge=0, le=2**31 - 1)
+    applied_revision: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    state: Literal["none", "applying", "staged", "applied", "failed", "rolled-back"] = "none"
+    health: Literal["healthy", "unhealthy", "unknown"] = "unknown"
+    error_step: str | None = Field(default=None, max_length=256)
+    error: str | None = Field(default=None, max_length=2000)
+    rolled_back: bool = False
+
+
+class DesiredOut(BaseModel):
+    revision: int
+    generation: int
+    image: str
+    #: The bootc assignment (``fdo.serviceinfo.bootc.Assignment.encode``), base64.
+    assignment: str
+
+
+class CheckinOut(BaseModel):
+    action: Literal["none", "apply"]
+    interval: int
+    next_secret: str
+    desired: DesiredOut | None = None
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "missing device credential", headers=_UNAUTHORIZED)
+    return token.strip()
+
+
+def _refused() -> HTTPException:
+    return HTTPException(401, "device credential refused", headers=_UNAUTHORIZED)
+
+
+def _report(body: ReportIn, request: Request) -> ReportOut:
+    token = _bearer(request)
+    engine: Engine = request.app.state.engine
+    with unit_of_work(engine) as db:
+        row = checkin.authenticate(db.connection(), token)
+        device = db.get(Device, row["id"]) if row is not None else None
+        if device is None and checkin.device_id_of(token) is None:
+            device = device_for_token(db, token)  # a report token from before check-in
+        if device is None:
+            raise _refused()
+        # The secret came with the TO2 that gave the device its current GUID, so a
+        # report proves the device holds that credential (owner.lifecycle).
+        confirm_guid(db.connection(), device.guid, now=request.app.state.clock())
+        status = record_report(
+            db,
+            device,
+            booted_digest=body.booted_digest,
+            revision=body.revision,
+            healthy=body.healthy,
+            detail=body.detail,
+        )
+    return ReportOut(status=status)
+
+
+def device_router() -> APIRouter:
+    """The routes under ``/device/v1``."""
+    router = APIRouter(tags=["device"])
+
+    @router.post("/checkin", response_model=CheckinOut, response_model_exclude_none=True)
+    def checkin_route(body: CheckinIn, request: Request) -> CheckinOut:
+        """A device says what it runs and learns what it should run."""
+        token = _bearer(request)
+        obs = checkin.Observation(**body.model_dump())
+        engine: Engine = request.app.state.engine
+        interval = int(request.app.state.settings.checkin_interval_seconds)
+        with unit_of_work(engine) as db:
+            outcome = checkin.record(db.connection(), token, obs, now=request.app.state.clock())
+            if outcome is None:
+                raise _refused()
+            desired = None
+            if outcome.desired_revision_id is not None:
+                revision, assignment = assignment_of(db, outcome.desired_revision_id)
+                desired = DesiredOut(
+                    revision=revision.number,
+                    generation=outcome.desired_generation,
+                    image=revision.image,
+                    assignment=base64.b64encode(assignment.encode()).decode(),
+                )
+        return CheckinOut(
+            action="none" if desired is None else "apply",
+            interval=interval,
+            next_secret=outcome.next_secret,
+            desired=desired,
+        )
 
     @router.post("/report", response_model=ReportOut)
     def report(body: ReportIn, request: Request) -> ReportOut:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing device token", headers={"WWW-Authenticate": "Bearer"})
-        engine: Engine = request.app.state.engine
-        with unit_of_work(engine) as db:
-            device = device_for_token(db, token.strip())
-            if device is None:
-                raise HTTPException(401, "unknown device token", headers={"WWW-Authenticate": "Bearer"})
-            # The token came with the TO2 that gave the device its current GUID, so a
-            # report proves the device holds that credential (owner.lifecycle).
-            confirm_guid(db.connection(), device.guid, now=request.app.state.clock())
-            status = record_report(
-                db,
-                device,
-                booted_digest=body.booted_digest,
-                revision=body.revision,
-                healthy=body.healthy,
-                detail=body.detail,
-            )
-        return ReportOut(status=status)
+        """The device's report after its reboot."""
+        return _report(body, request)
 
     return router
+
+
+def report_router() -> APIRouter:
+    """``POST /api/v1/report``: the deprecated alias of ``/device/v1/report``."""
+    router = APIRouter(tags=["device"])
+
+    @router.post("/report", response_model=ReportOut, deprecated=True)
+    def report(body: ReportIn, request: Request) -> ReportOut:
+        """Deprecated: use ``POST /device/v1/report``."""
+        return _report(body, request)
+
+    return router
+
+
+__all__: list[Any] = ["CheckinIn", "CheckinOut", "ReportIn", "device_router", "report_router"]

@@ -72,6 +72,10 @@ class OwnerSettings(ServiceSettings):
     #: device that is reset or re-imaged, or runs FDO again, finds its owner. Off: devices
     #: onboard once; a later TO1 with the new GUID finds no owner.
     to0_replacements: bool = True
+    #: How often devices check in (``fdo device agent``; the answer tells them).
+    checkin_interval_seconds: int = Field(default=300, ge=5, le=7 * 24 * 3600)
+    #: A device is ``overdue`` after this many intervals without a check-in.
+    checkin_overdue_intervals: int = Field(default=3, ge=1, le=1000)
     #: TOML/JSON file of ServiceInfo actions for every device.
     service_info: Path | None = None
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the

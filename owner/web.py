@@ -37,7 +37,7 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.auth import AdminToken, lookup_token
 from owner.admin_api import status_summary
-from owner.admin_groups import device_json, find_live_group, group_json
+from owner.admin_groups import device_json, find_live_group, group_json, overdue_after
 from owner.deps import engine_of, now_of
 from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
@@ -259,8 +259,21 @@ def _device(d: dict[str, Any]) -> str:
         ["model", _text(d["model"])],
         ["group", _text(d["group"])],
         ["assigned revision", _text(d["assigned_revision"])],
-        ["applied revision", _text(d["revision"])],
+        ["revision of the latest TO2", _text(d["revision"])],
         ["delivery", _delivery(d["delivery"])],
+        ["desired revision", _text(d["desired_revision"])],
+        ["applied revision", _text(d["applied_revision"])],
+        ["apply state", _text(d["apply_state"])],
+        ["booted digest", _text(d["booted_digest"])],
+        ["staged digest", _text(d["staged_digest"])],
+        ["health", _text(d["health"])],
+        ["rolled back", "yes" if d["rolled_back"] else "no"],
+        ["last check-in", _text(d["last_checkin_at"]) + (" (overdue)" if d["overdue"] else "")],
+        [
+            "last error",
+            "-" if not d["last_error"] else _text(f"{d['last_error']['step']}: {d['last_error']['text']}"),
+        ],
+        ["check-in credential", _text(d["checkin"])],
         ["labels", _text(d["labels"] or None)],
         ["devmod", _text(d["devmod"] or None)],
         ["created", _text(d["created_at"])],
@@ -389,7 +402,10 @@ def web_router() -> APIRouter:
                     status=404,
                     who=who,
                 )
-            return _page(f"device {wanted}", _device(device_json(row, db, events=True)), who=who)
+            view = device_json(
+                row, db, events=True, now=now_of(request), overdue_after=overdue_after(request)
+            )
+            return _page(f"device {wanted}", _device(view), who=who)
 
     @router.post("/ui/login")
     async def login(request: Request) -> Response:

@@ -128,6 +128,8 @@ class Report:
 
     url: str
     token: str = field(repr=False)
+    #: Where the device checks in (``POST``, docs/checkin.md); None from older owners.
+    checkin: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,7 +215,10 @@ def items(a: Assignment) -> list[Item]:
         content = "".join(k + "\n" for k in a.ssh_keys.keys).encode()
         out.append(Item(ItemKind.SSH_KEYS, {"user": a.ssh_keys.user}, content))
     if a.report is not None:
-        out.append(Item(ItemKind.REPORT, {"url": a.report.url, "token": a.report.token}, b""))
+        report: dict[str, CborValue] = {"url": a.report.url, "token": a.report.token}
+        if a.report.checkin is not None:
+            report["checkin"] = a.report.checkin
+        out.append(Item(ItemKind.REPORT, report, b""))
     if a.image is not None:
         img = a.image
         meta = {
@@ -295,7 +300,7 @@ class ItemBuilder:
             keys = tuple(line for line in text.splitlines() if line.strip())
             self.ssh_keys = SSHKeys(s("user"), keys)
         elif kind == ItemKind.REPORT:
-            self.report = Report(s("url"), s("token"))
+            self.report = Report(s("url"), s("token"), s("checkin") if "checkin" in meta else None)
         else:
             revision = meta.get("revision")
             if isinstance(revision, bool) or not isinstance(revision, int | str):

@@ -1,0 +1,79 @@
+"""Admin routes about a device's check-in and desired state (under ``/api/v1``).
+
+* ``POST /devices/{guid}/revoke-checkin`` (operator): the device's check-in secret
+  (and legacy report token) stop working at once; a new TO2 issues a new one.
+* ``POST /devices/{guid}/redeliver`` (operator), body ``{"revision": N}`` or empty:
+  re-send the device its desired revision (or revision N of its group) at its next
+  check-in (:func:`owner.desired.set_desired`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from fdo.types import Guid
+from fdo_server.db import unit_of_work
+from owner import checkin
+from owner.admin_groups import _guid, device_json
+from owner.audit import audit
+from owner.deps import Operator, engine_of, now_of
+from owner.desired import DesiredError, set_desired
+from owner.groups import find_device
+
+
+class RedeliverIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+
+def checkin_admin_router() -> APIRouter:
+    router = APIRouter(tags=["devices"])
+
+    @router.post("/devices/{guid}/revoke-checkin")
+    def revoke_checkin(guid: str, request: Request, who: Operator) -> dict[str, Any]:
+        """Refuse every further check-in and report of this device."""
+        now = now_of(request)
+        with unit_of_work(engine_of(request)) as db:
+            row = find_device(db, _guid(guid))
+            if row is None or row.id is None:
+                raise HTTPException(404, "no such device")
+            checkin.revoke(db.connection(), row.id, now=now)
+            db.expire(row)
+            audit(db, who.name, "device.revoke-checkin", str(Guid(row.guid)), {}, now=now)
+            db.flush()
+            return device_json(row, db)
+
+    @router.post("/devices/{guid}/redeliver")
+    def redeliver(
+        guid: str,
+        request: Request,
+        who: Operator,
+        body: Annotated[RedeliverIn | None, Body()] = None,
+    ) -> dict[str, Any]:
+        """Send the device its desired revision (or revision N) again at its next check-in."""
+        now = now_of(request)
+        number = None if body is None else body.revision
+        with unit_of_work(engine_of(request)) as db:
+            row = find_device(db, _guid(guid))
+            if row is None:
+                raise HTTPException(404, "no such device")
+            try:
+                revision = set_desired(db, row, number, now=now, who=who.name)
+            except DesiredError as exc:
+                raise HTTPException(409, str(exc)) from None
+            audit(
+                db,
+                who.name,
+                "device.redeliver",
+                str(Guid(row.guid)),
+                {"revision": revision.number, "generation": row.desired_generation},
+                now=now,
+            )
+            db.flush()
+            return device_json(row, db)
+
+    return router

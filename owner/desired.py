@@ -1,0 +1,73 @@
+"""The revision a device should run (``owner_device.desired_revision_id``).
+
+Onboarding sets it to the revision TO2 handed out (:func:`owner.groups.record_onboarding`);
+:func:`set_desired` changes it afterwards — an operator's redelivery
+(``POST /api/v1/devices/{guid}/redeliver``) today, a rollout batch later. Each call
+bumps ``desired_generation``, so re-sending the revision a device already holds (after
+fixing what failed, say) reaches it at its next check-in too. :func:`assignment_of`
+builds what the check-in answer carries, as TO2 does (:func:`owner.assign.to_bootc`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from fdo.serviceinfo.bootc import Assignment as BootcAssignment
+from owner import groups
+from owner.assign import to_bootc
+from owner.groups_tables import Device, Group, Revision, RevisionSecret
+
+
+class DesiredError(Exception):
+    """The desired revision cannot be set (the message says why)."""
+
+
+def set_desired(
+    db: Session, device: Device, number: int | None = None, *, now: datetime, who: str = ""
+) -> Revision:
+    """Make revision ``number`` of the device's group (default: the one it should run
+    now, else the group's newest) the device's desired revision; returns it."""
+    if device.group_id is None:
+        raise DesiredError("the device has no group")
+    if number is None and device.desired_revision_id is not None:
+        revision = db.get(Revision, device.desired_revision_id)
+    elif number is None:
+        group = db.get(Group, device.group_id)
+        revision = None if group is None else groups.current_revision(db, group)
+    else:
+        revision = db.exec(
+            select(Revision).where(Revision.group_id == device.group_id, Revision.number == number)
+        ).first()
+    if revision is None or revision.id is None:
+        raise DesiredError("no such revision in the device's group")
+    device.desired_revision_id = revision.id
+    device.desired_generation = device.desired_generation + 1
+    device.updated_at = now
+    db.add(device)
+    groups.add_event(
+        db,
+        device,
+        "desired",
+        {"revision": revision.number, "generation": device.desired_generation, "by": who},
+        now=now,
+    )
+    return revision
+
+
+def assignment_of(db: Session, revision_id: int) -> tuple[Revision, BootcAssignment]:
+    """The revision and what a device gets to apply it (secrets included, no report
+    item: the device keeps its own check-in state)."""
+    revision = db.get(Revision, revision_id)
+    group = None if revision is None else db.get(Group, revision.group_id)
+    if revision is None or group is None:
+        raise DesiredError("the desired revision is gone")
+    secret = db.exec(select(RevisionSecret).where(RevisionSecret.revision_id == revision.id)).first()
+    assignment = groups.Assignment(
+        group=group,
+        revision=revision,
+        registry_auth=None if secret is None else secret.registry_auth,
+        secret_files=[] if secret is None else list(secret.files),
+    )
+    return revision, to_bootc(assignment, None)
