@@ -23,6 +23,7 @@ from fdo.crypto import key_kind
 from fdo.errors import FdoError
 from fdo.rvinfo import RendezvousDirective
 from fdo_cli.common import die
+from fdo_cli.device_checkin import agent_cmd, check_in_cmd
 from fdo_cli.device_common import (
     APPLY_ROOT,
     DEFAULT_ROOT,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="Device client: DI, onboarding (TO1/TO2), credential.")
 app.command()(di)
+app.command("check-in")(check_in_cmd)
+app.command("agent")(agent_cmd)
 
 
 class KexName(StrEnum):
@@ -355,84 +358,6 @@ def report_cmd(
     if resp.status_code != 200:
         raise die(f"the owner refused the report: HTTP {resp.status_code}")
     typer.echo(f"reported: {resp.json().get('status')}")
-
-
-# ---------------------------------------------------------------------------- check-in
-
-HealthFileOpt = Annotated[
-    Path,
-    typer.Option("--health-file", help="greenboot's boot status file (health is unknown without it)."),
-]
-GREENBOOT_STATUS = Path("/run/motd.d/boot-status")
-
-
-@app.command("check-in")
-def check_in_cmd(
-    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
-    apply_root: Annotated[
-        Path, typer.Option("--apply-root", help="Root folder a new revision is applied under.")
-    ] = APPLY_ROOT,
-    bootc: BootcOpt = "bootc",
-    systemctl: SystemctlOpt = "systemctl",
-    health_file: HealthFileOpt = GREENBOOT_STATUS,
-    ca_bundle: Annotated[
-        Path | None, typer.Option("--ca-bundle", help="CA bundle for the owner's HTTPS.")
-    ] = None,
-) -> None:
-    """Check in with the owner once; apply a new desired revision it sends, then check in again."""
-    from device.agent import CheckinError, Host, check_in, describe
-
-    host = Host(root=apply_root, bootc=bootc, systemctl=systemctl, health_file=health_file)
-    try:
-        outcome = check_in(state_dir, host, verify=_verify(ca_bundle))
-    except CheckinError as exc:
-        raise die(str(exc)) from None
-    typer.echo(describe(outcome))
-    if outcome.applied not in (None, "ok"):
-        raise typer.Exit(1)
-
-
-@app.command("agent")
-def agent_cmd(
-    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
-    apply_root: Annotated[
-        Path, typer.Option("--apply-root", help="Root folder new revisions are applied under.")
-    ] = APPLY_ROOT,
-    bootc: BootcOpt = "bootc",
-    systemctl: SystemctlOpt = "systemctl",
-    health_file: HealthFileOpt = GREENBOOT_STATUS,
-    ca_bundle: Annotated[
-        Path | None, typer.Option("--ca-bundle", help="CA bundle for the owner's HTTPS.")
-    ] = None,
-    interval: Annotated[
-        int | None,
-        typer.Option("--interval", min=1, help="Seconds between check-ins (default: the owner's)."),
-    ] = None,
-) -> None:
-    """Check in with the owner until stopped (SIGTERM/SIGINT), applying new desired revisions."""
-    import signal
-    import threading
-
-    from device.agent import Host, run_agent
-
-    verify = _verify(ca_bundle)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        typer.echo(f"stopping on {signal.Signals(signum).name}", err=True)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    host = Host(root=apply_root, bootc=bootc, systemctl=systemctl, health_file=health_file)
-    run_agent(
-        state_dir,
-        host,
-        verify=verify,
-        stop=stop,
-        log=lambda line: typer.echo(line, err=True),
-        interval=interval,
-    )
 
 
 # ---------------------------------------------------------------------------- show
