@@ -52,6 +52,7 @@ IMAGES = {
 def units() -> list[UnitFile]:
     names = enabled_by_containerfile(DEVICE / "Containerfile")
     assert sorted(names) == [
+        "fdo-device-agent.service",
         "fdo-device-di.service",
         "fdo-device-onboard.service",
         "fdo-device-report.service",
@@ -95,6 +96,15 @@ def owner_record(stack: Stack, guid: str) -> dict[str, Any]:
         resp = owner.get(f"/api/v1/devices/{guid}")
     assert resp.status_code == 200, resp.text
     record: dict[str, Any] = resp.json()
+    return record
+
+
+def wait_for_checkin(stack: Stack, guid: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The device record once the agent has checked in."""
+    deadline = time.monotonic() + timeout
+    while (record := owner_record(stack, guid))["last_checkin_at"] is None:
+        assert time.monotonic() < deadline, record
+        time.sleep(0.2)
     return record
 
 
@@ -162,11 +172,18 @@ def test_onboard_once_report_after_the_reboot_then_nothing(stack: Stack, tmp_pat
     assert kinds(record).count("onboarded") == 1 and kinds(record).count("applied") == 1
     assert boot2.reboot_requested_by is None
     assert [c for c in host.bootc_calls() if c[:1] == ["switch"]] == switches
+    # From this boot on the agent checks in: the owner sees what runs, nothing to apply.
+    assert boot1.units["fdo-device-agent.service"].result == "skipped"  # not while onboarding
+    agent = boot2.units["fdo-device-agent.service"]
+    assert agent.result == "running" and agent.main is not None
+    checked = wait_for_checkin(stack, guid)
+    assert checked["booted_digest"] == digest and checked["applied_revision"] == 1
+    assert checked["last_error"] is None and checked["checkin"] == "active"
 
-    # Boot 3: nothing left to do.
+    # Boot 3: nothing left to do but checking in.
     boot3 = host.boot(units())
-    assert boot3.ran() == []
-    assert {u.result for u in boot3.units.values()} == {"skipped"}
+    assert boot3.ran() == [] and boot3.units["fdo-device-agent.service"].result == "running"
+    assert {u.result for n, u in boot3.units.items() if n != "fdo-device-agent.service"} == {"skipped"}
     assert kinds(owner_record(stack, guid)) == kinds(record)
     assert host.reboot_requests() == ([] if mode == "stage" else [expected])
     host.power_off()
@@ -235,12 +252,15 @@ def test_di_at_first_boot_then_onboarding_in_the_background_across_a_power_cut(
     assert kinds(owner_record(stack, guid)).count("onboarded") == 1
     assert host.path("/var/lib/fdo/onboarded").exists()
 
-    # Boot 3: the staged image boots and is reported; boot 4 starts nothing.
+    # Boot 3: the staged image boots and is reported, and the agent starts checking in;
+    # boot 4 starts nothing else.
     boot3 = host.boot(units())
     assert boot3.ran() == ["fdo-device-report.service"]
+    assert boot3.units["fdo-device-agent.service"].result == "running"
     assert "reported: applied" in boot3.units["fdo-device-report.service"].ran("report")[0].output
+    assert wait_for_checkin(stack, guid)["apply_state"] == "applied"
     boot4 = host.boot(units())
-    assert boot4.ran() == []
+    assert boot4.ran() == [] and boot4.units["fdo-device-agent.service"].result == "running"
     assert kinds(owner_record(stack, guid)).count("onboarded") == 1
 
 

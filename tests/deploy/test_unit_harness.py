@@ -45,7 +45,12 @@ def test_the_device_units_parse_and_the_containerfile_enables_them() -> None:
     names = enabled_by_containerfile(DEVICE / "Containerfile")
     assert sorted(names) == sorted(p.name for p in DEVICE.glob("*.service"))
     order = [u.name for u in boot_order([UnitFile.load(DEVICE / n) for n in names])]
-    assert order == ["fdo-device-di.service", "fdo-device-onboard.service", "fdo-device-report.service"]
+    assert order == [
+        "fdo-device-di.service",
+        "fdo-device-onboard.service",
+        "fdo-device-report.service",
+        "fdo-device-agent.service",
+    ]
 
 
 def test_exec_units_run_in_the_background_with_their_environment(tmp_path: Path) -> None:
