@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from fdo.serviceinfo import OwnerModule
 from fdo.serviceinfo.bootc import BOOTC, BootcOwner, Sent, Shortfall, items, stock_plan
@@ -34,7 +34,7 @@ from fdo.serviceinfo.devmod import Devmod
 from fdo.serviceinfo.owner import ModuleStatus
 from owner import groups
 from owner.assign import to_bootc
-from owner.groups_tables import Group, Revision, RevisionSecret
+from owner.groups_tables import Group, Revision
 
 FULL = "full"
 PARTIAL = "partial"
@@ -71,13 +71,7 @@ def _stock(
 ) -> tuple[list[Sent], list[Shortfall]]:
     group = db.get(Group, revision.group_id)
     assert group is not None  # noqa: S101 - a revision's group is only ever marked deleted
-    secret = db.exec(select(RevisionSecret).where(RevisionSecret.revision_id == revision.id)).first()
-    assignment = groups.Assignment(
-        group=group,
-        revision=revision,
-        registry_auth=None if secret is None else secret.registry_auth,
-        secret_files=[] if secret is None else list(secret.files),
-    )
+    assignment = groups.revision_assignment(db, group, revision)
     plan = stock_plan(to_bootc(assignment, None), devmod.modules)
     skipped = {m.name for m, status in modules if status == ModuleStatus.SKIPPED}
     sent = [s for s in plan.sent if s.via not in skipped]

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from fdo.serviceinfo.bootc import Assignment as BootcAssignment
 from owner import groups
 from owner.assign import to_bootc
-from owner.groups_tables import Device, Group, Revision, RevisionSecret
+from owner.groups_tables import Device, Group, Revision
 
 
 class DesiredError(Exception):
@@ -63,11 +63,4 @@ def assignment_of(db: Session, revision_id: int) -> tuple[Revision, BootcAssignm
     group = None if revision is None else db.get(Group, revision.group_id)
     if revision is None or group is None:
         raise DesiredError("the desired revision is gone")
-    secret = db.exec(select(RevisionSecret).where(RevisionSecret.revision_id == revision.id)).first()
-    assignment = groups.Assignment(
-        group=group,
-        revision=revision,
-        registry_auth=None if secret is None else secret.registry_auth,
-        secret_files=[] if secret is None else list(secret.files),
-    )
-    return revision, to_bootc(assignment, None)
+    return revision, to_bootc(groups.revision_assignment(db, group, revision), None)

@@ -367,8 +367,11 @@ def current_revision(db: Session, group: Group) -> Revision | None:
 def current_assignment(db: Session, group: Group) -> Assignment | None:
     """``group``'s newest revision with its secrets; None before the first publish."""
     revision = current_revision(db, group)
-    if revision is None:
-        return None
+    return None if revision is None else revision_assignment(db, group, revision)
+
+
+def revision_assignment(db: Session, group: Group, revision: Revision) -> Assignment:
+    """``revision`` of ``group`` with its write-only secrets."""
     secret = db.exec(select(RevisionSecret).where(RevisionSecret.revision_id == revision.id)).first()
     return Assignment(
         group=group,
