@@ -27,7 +27,7 @@ CASES = [
     ("rsa2048", KexSuite.ASYMKEX2048, CipherSuite.A128GCM),
     ("rsa2048", KexSuite.DHKEXid14, CipherSuite.A256GCM),
     ("rsa3072", KexSuite.ASYMKEX3072, CipherSuite.A256GCM),
-    # An RSA device may use any suite at least as strong as its RSA-2048 owner key.
+    # A device may use any suite at least as strong as its owner key (RSA-2048 here).
     ("rsa2048", KexSuite.DHKEXid15, CipherSuite.A128GCM),
     ("rsa2048", KexSuite.ECDH256, CipherSuite.A256GCM),
 ]
