@@ -1,4 +1,4 @@
-"""``make bench``: throughput, latency and server CPU of DI, TO0, TO1 and onboarding.
+"""``make bench``: throughput, latency and server CPU of DI, TO0, TO1, onboarding and check-in.
 
 For each database backend (SQLite; PostgreSQL when a server answers on 127.0.0.1:5432)
 a :class:`fdo_server.stack.Stack` is started with two uvicorn workers per service, on
@@ -10,6 +10,10 @@ loopback. ``--devices`` simulated devices then go through the phases below, driv
 * TO1          TO1 only, to1d handed out                        (rendezvous CPU)
 * onboarding   TO1 then TO2 with P-256 / ECDH256 / A128GCM and  (rendezvous + owner CPU)
                the demo's ServiceInfo (fdo.download, fdo.command)
+* check-in     ``--checkin-rounds`` check-ins per device with     (owner CPU)
+               nothing to change, by new devices onboarded
+               (unmeasured) with the bootc module against a
+               group with a revision (bench/checkin_load.py)
 
 TO0 is driven by the benchmark itself: the owner's TO0 scheduler is switched off
 (``FDO_OWNER_TO0_ENABLED=false``) and each voucher is registered with
