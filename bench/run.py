@@ -1,4 +1,4 @@
-"""``make bench``: throughput, latency and server CPU of DI, TO0, TO1 and onboarding.
+"""``make bench``: throughput, latency and server CPU of DI, TO0, TO1, onboarding and check-in.
 
 For each database backend (SQLite; PostgreSQL when a server answers on 127.0.0.1:5432)
 a :class:`fdo_server.stack.Stack` is started with two uvicorn workers per service, on
@@ -10,6 +10,10 @@ loopback. ``--devices`` simulated devices then go through the phases below, driv
 * TO1          TO1 only, to1d handed out                        (rendezvous CPU)
 * onboarding   TO1 then TO2 with P-256 / ECDH256 / A128GCM and  (rendezvous + owner CPU)
                the demo's ServiceInfo (fdo.download, fdo.command)
+* check-in     ``--checkin-rounds`` check-ins per device with     (owner CPU)
+               nothing to change, by new devices onboarded
+               (unmeasured) with the bootc module against a
+               group with a revision (bench/checkin_load.py)
 
 TO0 is driven by the benchmark itself: the owner's TO0 scheduler is switched off
 (``FDO_OWNER_TO0_ENABLED=false``) and each voucher is registered with
@@ -45,12 +49,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from checkin_load import IMAGE, MODEL, CheckinDevice, bootc_module
+
 from device.modules import standard_modules
 from device.onboard import onboard, run_di
 from fdo.cipher import CipherSuite
 from fdo.credential import DeviceCredential
 from fdo.kex import KexSuite
 from fdo.rvinfo import RVTO2Addr
+from fdo.serviceinfo import DeviceModule
+from fdo.serviceinfo.bootc import BootcDevice
 from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
@@ -63,6 +71,11 @@ T = TypeVar("T")
 
 POSTGRES_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_MS = 15.0
+#: Owner CPU per check-in with nothing to change (issue 12).
+CHECKIN_TARGET_MS = 1.0
+#: 100,000 devices checking in every 5 minutes.
+FLEET_RATE = 100_000 / 300
+FLEET_CORES = 2
 
 
 @dataclass
@@ -206,6 +219,7 @@ def bench_backend(
     warmup: int,
     concurrency: int,
     workers: int,
+    checkin_rounds: int,
     spy: Path | None = None,
 ) -> list[PhaseResult]:
     workdir = Path(tempfile.mkdtemp(prefix=f"fdo-bench-{backend}-"))
@@ -217,7 +231,15 @@ def bench_backend(
     )
     stack.start()
     try:
-        return _phases(stack, workdir, devices=devices, warmup=warmup, concurrency=concurrency, spy=spy)
+        return _phases(
+            stack,
+            workdir,
+            devices=devices,
+            warmup=warmup,
+            concurrency=concurrency,
+            checkin_rounds=checkin_rounds,
+            spy=spy,
+        )
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -260,7 +282,14 @@ def _stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _phases(
-    stack: Stack, workdir: Path, *, devices: int, warmup: int, concurrency: int, spy: Path | None = None
+    stack: Stack,
+    workdir: Path,
+    *,
+    devices: int,
+    warmup: int,
+    concurrency: int,
+    checkin_rounds: int,
+    spy: Path | None = None,
 ) -> list[PhaseResult]:
     mfr_url, rv_url, owner_url = (stack.url(s) for s in SERVICES)
     owner_key = stack.owner_keys["ec256"]
@@ -270,9 +299,11 @@ def _phases(
     warm_ids, ids = ids[:warmup], ids[warmup:]
     creds: dict[int, DeviceCredential] = {}
     vouchers: dict[int, OwnershipVoucher] = {}
+    checkin_devices: dict[int, CheckinDevice] = {}
 
     def di(i: int) -> None:
-        creds[i] = run_di(mfr_url, key_type="ec256", serial=f"BENCH-{i:06d}", model="bench")
+        model = "bench" if i >= 0 else MODEL
+        creds[i] = run_di(mfr_url, key_type="ec256", serial=f"BENCH-{i:06d}", model=model)
 
     def hand_off(i: int) -> None:
         pem = stack.hand_off(str(creds[i].guid), "ec256")
@@ -298,13 +329,18 @@ def _phases(
     def onboarding(i: int) -> None:
         root = workdir / "devices" / str(i)
         root.mkdir(parents=True, exist_ok=True)
-        onboard(
-            creds[i],
-            kex=KexSuite.ECDH256,
-            cipher=CipherSuite.A128GCM,
-            modules=lambda: standard_modules(root, run=no_command),
-            max_attempts=1,
-        )
+        made: list[BootcDevice] = []
+
+        def modules() -> list[DeviceModule]:
+            mods = standard_modules(root, run=no_command)
+            if i < 0:  # a check-in device: offers our bootc module too
+                made.append(bootc_module())
+                mods.append(made[-1])
+            return mods
+
+        onboard(creds[i], kex=KexSuite.ECDH256, cipher=CipherSuite.A128GCM, modules=modules, max_attempts=1)
+        if i < 0:
+            checkin_devices[i] = CheckinDevice.from_assignment(made[-1].assignment)
 
     phases: list[tuple[str, tuple[str, ...], Callable[[int], None], bool]] = [
         ("DI", ("manufacturer",), di, True),
@@ -323,6 +359,28 @@ def _phases(
             print(f"    {name:<10} {result.ops_per_s:7.1f} ops/s", flush=True)
         else:
             warm(ids, op, concurrency)
+
+    # Check-in: the devices have model MODEL (negative ids) and a group with a published
+    # revision; onboarding them (unmeasured) gives each its check-in secret. A first
+    # round (unmeasured) records "applied"; the measured rounds have nothing to change.
+    with stack.admin("owner") as admin:
+        admin.post("/api/v1/groups", json={"name": "bench", "model": MODEL}).raise_for_status()
+        revision = {"image": IMAGE, "apply_mode": "switch", "config": {"files": []}}
+        admin.post("/api/v1/groups/bench/revisions", json=revision).raise_for_status()
+    fleet = [-1 - i for i in range(warmup + devices)]
+    for name, _, op, _ in phases:
+        if name != "TO1":  # TO1+TO2 runs TO1 anyway
+            warm(fleet, op, concurrency)
+    warm_fleet, fleet = fleet[:warmup], fleet[warmup:]
+
+    def check_in(i: int) -> None:
+        checkin_devices[i].check_in()
+
+    warm([i for _ in range(2) for i in warm_fleet] + fleet, check_in, concurrency)
+    rounds = [i for _ in range(checkin_rounds) for i in fleet]
+    result = run_phase(stack, "check-in", ("owner",), rounds, check_in, concurrency)
+    results.append(result)
+    print(f"    {'check-in':<10} {result.ops_per_s:7.1f} ops/s", flush=True)
     return results
 
 
@@ -352,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=16, help="unmeasured devices run first")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers per service")
+    parser.add_argument(
+        "--checkin-rounds", type=int, default=3, help="measured check-ins per device (check-in phase)"
+    )
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--spy", type=Path, help="py-spy the onboarding phase into this folder")
     args = parser.parse_args(argv)
@@ -366,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "concurrency": args.concurrency,
             "workers": args.workers,
+            "checkin_rounds": args.checkin_rounds,
             "spy": None if args.spy is None else args.spy / backend,
         }
         if backend == "sqlite":
@@ -396,7 +458,32 @@ def main(argv: list[str] | None = None) -> int:
                 f"{backend}: the database server's own processes on this machine used a further "
                 f"{full.database_cpu / full.ops * 1000:.2f} ms CPU per onboarding (not counted above)"
             )
+        print_checkin(backend, next(r for r in results if r.name == "check-in"), args.workers)
     return 0
+
+
+def print_checkin(backend: str, r: PhaseResult, workers: int) -> None:
+    """The check-in figures beside their targets and the fleet verdict."""
+    met = r.server_ms < CHECKIN_TARGET_MS
+    print(
+        f"{backend}: owner CPU per check-in with nothing to change {r.server_ms:.2f} ms, "
+        f"target < {CHECKIN_TARGET_MS:.0f} ms: {'MET' if met else 'NOT MET'}; "
+        f"{r.ops_per_s:.1f} check-ins/s (p50 {r.pct(0.5):.1f} ms, p99 {r.pct(0.99):.1f} ms) with "
+        f"{workers} owner workers and the load generator ({r.client_ms:.1f} ms CPU per check-in) "
+        "on this machine"
+    )
+    ceiling = FLEET_CORES / (r.server_cpu["owner"] / r.ops)
+    line = (
+        f"{backend}: fleet of 100,000 devices every 5 min = {FLEET_RATE:.0f} check-ins/s; "
+        f"CPU-bound ceiling of the owner on {FLEET_CORES} cores {ceiling:.0f}/s"
+    )
+    fits = ceiling >= FLEET_RATE
+    if r.database_cpu > 0:
+        db_ms = r.database_cpu / r.ops * 1000
+        ceiling = FLEET_CORES / ((r.server_cpu["owner"] + r.database_cpu) / r.ops)
+        line += f", with PostgreSQL on the same cores (+{db_ms:.2f} ms per check-in) {ceiling:.0f}/s"
+        fits = ceiling >= FLEET_RATE
+    print(f"{line}: {'FITS' if fits else 'DOES NOT FIT'} on one {FLEET_CORES}-core machine")
 
 
 if __name__ == "__main__":
