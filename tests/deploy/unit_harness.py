@@ -730,15 +730,13 @@ class Host:
                     return "failed"
         return "success"
 
-    def _exec_main(
-        self, cmd: ExecCommand, env: dict[str, str], run: UnitRun, job_done: threading.Event
-    ) -> tuple[int, str]:
-        """Type=exec: start the main process, finish the start job, wait for the exit."""
+    def _spawn(self, cmd: ExecCommand, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start one Exec line's process (output captured, in a session of its own)."""
         argv = self._argv(cmd)
         executable = argv[0]
         if cmd.argv0 is not None:
             argv[0] = cmd.argv0
-        proc = subprocess.Popen(  # noqa: S603 - the unit's own command, paths mapped
+        return subprocess.Popen(  # noqa: S603 - the unit's own command, paths mapped
             argv,
             executable=executable,
             cwd=self.root,
@@ -748,6 +746,12 @@ class Host:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _exec_main(
+        self, cmd: ExecCommand, env: dict[str, str], run: UnitRun, job_done: threading.Event
+    ) -> tuple[int, str]:
+        """Type=exec: start the main process, finish the start job, wait for the exit."""
+        proc = self._spawn(cmd, env)
         run.main = proc
         run.result = "running"
         job_done.set()
@@ -756,20 +760,7 @@ class Host:
         return proc.returncode, out.decode(errors="replace")
 
     def _exec(self, cmd: ExecCommand, deadline: float | None, env: dict[str, str]) -> tuple[int, str, bool]:
-        argv = self._argv(cmd)
-        executable = argv[0]
-        if cmd.argv0 is not None:
-            argv[0] = cmd.argv0
-        proc = subprocess.Popen(  # noqa: S603 - the unit's own command, paths mapped
-            argv,
-            executable=executable,
-            cwd=self.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = self._spawn(cmd, env)
         self.current, self.current_argv = proc, cmd.words
         guard = time.monotonic() + self.process_timeout
         limit = guard if deadline is None else min(deadline, guard)

@@ -43,8 +43,9 @@ GROUPS = {
 }
 
 
-@pytest.fixture
-def world(key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> World:
+def bootc_world(key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> World:
+    """A device world whose owner hands every device its model's GROUPS assignment
+    through the bootc module (no sleeping between onboarding rounds)."""
     w = make_world(key_pool)
     monkeypatch.setattr(device.onboard, "default_client_factory", lambda **kw: w.factory)
     monkeypatch.setattr("device.onboard.time.sleep", lambda s: None)
@@ -56,6 +57,11 @@ def world(key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> World:
     w.owner.modules = modules
     w.owner.restore = module_restorer(BootcOwner, CommandOwner, DownloadOwner, UploadOwner)
     return w
+
+
+@pytest.fixture
+def world(key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> World:
+    return bootc_world(key_pool, monkeypatch)
 
 
 def di(world: World, path: Path, model: str) -> None:

@@ -11,23 +11,17 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-import device.onboard
 from device.credfile import read_credential
-from fdo.serviceinfo import CommandOwner, DownloadOwner, OwnerModule, UploadOwner, module_restorer
-from fdo.serviceinfo.bootc import BootcOwner
-from fdo.serviceinfo.devmod import Devmod
-from fdo.types import Guid
 from fdo_cli.main import app
 from tests.conftest import KeyPool
 from tests.device.test_apply import FAKE_BOOTC, FAKE_SYSTEMCTL
-from tests.device.test_apply_cli import GROUPS
-from tests.device.world import MFR_URL, World, make_world
+from tests.device.test_apply_cli import GROUPS, bootc_world
+from tests.device.world import MFR_URL, World
 
 runner = CliRunner()
 
@@ -57,17 +51,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def world(key_pool: KeyPool, monkeypatch: pytest.MonkeyPatch) -> World:
-    w = make_world(key_pool)
-    monkeypatch.setattr(device.onboard, "default_client_factory", lambda **kw: w.factory)
-    monkeypatch.setattr("device.onboard.time.sleep", lambda s: None)
-
-    def modules(guid: Guid, devmod: Devmod) -> Sequence[OwnerModule]:
-        return [BootcOwner(GROUPS[devmod.device])]
-
-    assert w.owner is not None
-    w.owner.modules = modules
-    w.owner.restore = module_restorer(BootcOwner, CommandOwner, DownloadOwner, UploadOwner)
-    return w
+    return bootc_world(key_pool, monkeypatch)
 
 
 @pytest.mark.parametrize("command", list(HELP))
