@@ -271,7 +271,7 @@ def _device(d: dict[str, Any]) -> str:
         ["last check-in", _text(d["last_checkin_at"]) + (" (overdue)" if d["overdue"] else "")],
         [
             "last error",
-            "-" if not d["last_error"] else _text(f"{d['last_error']['step']}: {d['last_error']['text']}"),
+            _text(None if not d["last_error"] else f"{d['last_error']['step']}: {d['last_error']['text']}"),
         ],
         ["check-in credential", _text(d["checkin"])],
         ["labels", _text(d["labels"] or None)],
