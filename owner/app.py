@@ -34,12 +34,14 @@ from fdo_server.db import (
     bound,
     current_connection,
     current_session,
+    inline_messages,
 )
 from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
 from owner.admin_api import admin_router
 from owner.admin_checkin import checkin_admin_router
 from owner.admin_groups import groups_router
+from owner.checkin_endpoint import CheckinEndpoint
 from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.report_api import device_router, report_router
@@ -197,6 +199,13 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.include_router(report_router(), prefix="/api/v1")
     app.include_router(device_router(), prefix="/device/v1")
     app.include_router(web_router())
+    app.add_middleware(
+        CheckinEndpoint,
+        engine=engine,
+        clock=now,
+        interval=int(settings.checkin_interval_seconds),
+        inline=inline_messages(settings.database_url),
+    )
     return app
 
 

@@ -18,9 +18,10 @@ TO2 hands out a new secret.
 A check-in with nothing to change costs one read (the device row with its desired
 revision's number and image, by primary key) and one small conditional UPDATE of that
 row (guarded by the sequence number and the hash the read saw, so two concurrent
-requests cannot both pass). Status changes (``applied``, ``failed``) add a timeline
-event; the device's first check-in with a credential confirms its voucher
-(:func:`owner.lifecycle.confirm_guid`).
+requests cannot both pass); in a :func:`fdo_server.db.message_scope` on PostgreSQL
+that is two round trips, the update committing on its own. Status changes (``applied``,
+``failed``) add a timeline event; the device's first check-in with a credential
+confirms its voucher (:func:`owner.lifecycle.confirm_guid`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +40,7 @@ from sqlalchemy import Table, and_, bindparam, delete, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 
-from fdo_server.db import DirectStatement
+from fdo_server.db import DirectStatement, last_write
 from owner.groups_tables import (
     APPLIED,
     FAILED,
@@ -261,8 +263,12 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
     changed = status != row["status"]
     if changed:
         params["status"] = status
-    if (_WRITE_STATUS if changed else _WRITE).rowcount(conn, params) != 1:
-        return None  # a concurrent check-in with this credential won
+    first = int(row["checkin_seq"]) == 0
+    # With nothing else to write, the update is the scope's only write: on PostgreSQL it
+    # then runs on its own, without BEGIN and COMMIT round trips (fdo_server.db.last_write).
+    with nullcontext(conn) if changed or first else last_write() as writer:
+        if (_WRITE_STATUS if changed else _WRITE).rowcount(writer, params) != 1:
+            return None  # a concurrent check-in with this credential won
     if changed:
         detail = {
             "via": "check-in",
@@ -276,7 +282,7 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
         if obs.rolled_back:
             detail["rolled_back"] = True
         _EVENT.rowcount(conn, {"device_id": device_id, "at": now, "kind": status, "detail": detail})
-    if int(row["checkin_seq"]) == 0:
+    if first:
         # The first use of the secret TO2 gave proves the device holds its new credential.
         confirm_guid(conn, row["guid"], now=now)
     number = row["desired_number"]

@@ -20,13 +20,14 @@ Both confirm the device's current credential (:func:`owner.lifecycle.confirm_gui
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from fdo_server.db import unit_of_work
+from fdo_server.db import current_session, message_scope, unit_of_work
 from owner import checkin
 from owner.assign import device_for_token, record_report
 from owner.desired import assignment_of
@@ -101,6 +102,33 @@ def _refused() -> HTTPException:
     return HTTPException(401, "device credential refused", headers=_UNAUTHORIZED)
 
 
+def answer_checkin(
+    engine: Engine, token: str, body: CheckinIn, *, now: datetime, interval: int
+) -> CheckinOut | None:
+    """Record a check-in and build its answer; None when the credential is refused
+    (nothing recorded)."""
+    obs = checkin.Observation(**body.model_dump())
+    with message_scope(engine) as conn:
+        outcome = checkin.record(conn, token, obs, now=now)
+        if outcome is None:
+            return None
+        desired = None
+        if outcome.desired_revision_id is not None:
+            revision, assignment = assignment_of(current_session(), outcome.desired_revision_id)
+            desired = DesiredOut(
+                revision=revision.number,
+                generation=outcome.desired_generation,
+                image=revision.image,
+                assignment=base64.b64encode(assignment.encode()).decode(),
+            )
+    return CheckinOut(
+        action="none" if desired is None else "apply",
+        interval=interval,
+        next_secret=outcome.next_secret,
+        desired=desired,
+    )
+
+
 def _report(body: ReportIn, request: Request) -> ReportOut:
     token = _bearer(request)
     engine: Engine = request.app.state.engine
@@ -131,30 +159,22 @@ def device_router() -> APIRouter:
 
     @router.post("/checkin", response_model=CheckinOut, response_model_exclude_none=True)
     def checkin_route(body: CheckinIn, request: Request) -> CheckinOut:
-        """A device says what it runs and learns what it should run."""
-        token = _bearer(request)
-        obs = checkin.Observation(**body.model_dump())
-        engine: Engine = request.app.state.engine
-        interval = int(request.app.state.settings.checkin_interval_seconds)
-        with unit_of_work(engine) as db:
-            outcome = checkin.record(db.connection(), token, obs, now=request.app.state.clock())
-            if outcome is None:
-                raise _refused()
-            desired = None
-            if outcome.desired_revision_id is not None:
-                revision, assignment = assignment_of(db, outcome.desired_revision_id)
-                desired = DesiredOut(
-                    revision=revision.number,
-                    generation=outcome.desired_generation,
-                    image=revision.image,
-                    assignment=base64.b64encode(assignment.encode()).decode(),
-                )
-        return CheckinOut(
-            action="none" if desired is None else "apply",
-            interval=interval,
-            next_secret=outcome.next_secret,
-            desired=desired,
+        """A device says what it runs and learns what it should run.
+
+        Served by :class:`owner.checkin_endpoint.CheckinEndpoint` in front of the app's
+        routing; this route documents it (and serves it where the endpoint is not mounted).
+        """
+        state = request.app.state
+        answer = answer_checkin(
+            state.engine,
+            _bearer(request),
+            body,
+            now=state.clock(),
+            interval=int(state.settings.checkin_interval_seconds),
         )
+        if answer is None:
+            raise _refused()
+        return answer
 
     @router.post("/report", response_model=ReportOut)
     def report(body: ReportIn, request: Request) -> ReportOut:

@@ -219,7 +219,7 @@ def test_di_at_first_boot_then_onboarding_in_the_background_across_a_power_cut(
     onboard, report = boot1.units["fdo-device-onboard.service"], boot1.units["fdo-device-report.service"]
     assert onboard.result == "running"
     assert report.result == "skipped"  # not while onboarding
-    time.sleep(2.0)  # the first round fails at once; the next waits about 5 s
+    onboard.wait_output("round 1 failed; retrying in")  # the next round waits about 5 s
     host.power_off()  # a power cut mid-way
     assert onboard.result == "killed"
     [cut] = onboard.ran("onboard")
@@ -234,7 +234,7 @@ def test_di_at_first_boot_then_onboarding_in_the_background_across_a_power_cut(
     assert boot2.units["fdo-device-di.service"].result == "skipped"
     onboard = boot2.units["fdo-device-onboard.service"]
     assert onboard.result == "running" and onboard.main is not None
-    time.sleep(1.0)
+    onboard.wait_output("round 1 failed; retrying in")
     onboard.main.send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 20
     while not (onboard.starts == 2 and onboard.main is not None):

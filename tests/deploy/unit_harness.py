@@ -70,6 +70,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 FAKE_BOOTC = Path(__file__).resolve().parents[1] / "fakes" / "bootc"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -420,6 +421,8 @@ class UnitRun:
     processes: list[ProcessRun] = field(default_factory=list)
     #: Type=exec: the main process while it runs, and the thread supervising the unit.
     main: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: Type=exec: the file the main process writes its output to, readable while it runs.
+    main_log: Path | None = field(default=None, repr=False)
     thread: threading.Thread | None = field(default=None, repr=False)
     error: BaseException | None = field(default=None, repr=False)
 
@@ -430,6 +433,17 @@ class UnitRun:
     def ran(self, word: str) -> list[ProcessRun]:
         """The processes whose argv contains ``word``."""
         return [p for p in self.processes if word in p.argv]
+
+    def wait_output(self, text: str, timeout: float = 60.0) -> None:
+        """Wait until the running main process (Type=exec) has printed ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.main_log
+            if log is not None and log.exists() and text in log.read_text(errors="replace"):
+                return
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{self.name}: {text!r} not printed within {timeout:g}s")
+            time.sleep(0.05)
 
 
 @dataclass
@@ -506,6 +520,7 @@ class Host:
         #: The process running now, and its unit's argv (for tests that crash it).
         self.current: subprocess.Popen[bytes] | None = None
         self.current_argv: tuple[str, ...] = ()
+        self._logs = 0
         for folder in (self.root, self.bin, self.bootc_state):
             folder.mkdir(parents=True, exist_ok=True)
         self.reboots.touch()
@@ -730,8 +745,11 @@ class Host:
                     return "failed"
         return "success"
 
-    def _spawn(self, cmd: ExecCommand, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        """Start one Exec line's process (output captured, in a session of its own)."""
+    def _spawn(
+        self, cmd: ExecCommand, env: dict[str, str], output: IO[bytes] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start one Exec line's process (output captured, or written to ``output``, in a
+        session of its own)."""
         argv = self._argv(cmd)
         executable = argv[0]
         if cmd.argv0 is not None:
@@ -742,7 +760,7 @@ class Host:
             cwd=self.root,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if output is None else output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -750,14 +768,18 @@ class Host:
     def _exec_main(
         self, cmd: ExecCommand, env: dict[str, str], run: UnitRun, job_done: threading.Event
     ) -> tuple[int, str]:
-        """Type=exec: start the main process, finish the start job, wait for the exit."""
-        proc = self._spawn(cmd, env)
-        run.main = proc
-        run.result = "running"
-        job_done.set()
-        out, _ = proc.communicate()
+        """Type=exec: start the main process, finish the start job, wait for the exit. Its
+        output goes to a file (:meth:`UnitRun.wait_output` reads it while it runs)."""
+        self._logs += 1
+        log = self.harness / f"main-{self._logs}.log"
+        with log.open("wb") as output:
+            proc = self._spawn(cmd, env, output)
+            run.main, run.main_log = proc, log
+            run.result = "running"
+            job_done.set()
+            proc.wait()
         run.main = None
-        return proc.returncode, out.decode(errors="replace")
+        return proc.returncode, log.read_text(errors="replace")
 
     def _exec(self, cmd: ExecCommand, deadline: float | None, env: dict[str, str]) -> tuple[int, str, bool]:
         proc = self._spawn(cmd, env)
