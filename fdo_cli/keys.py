@@ -69,3 +69,30 @@ def generate(
     if public_out is not None:
         typer.echo(f"public key written to {public_out}")
     typer.echo(f"public key SHA-256: {fingerprint}")
+
+
+@app.command("public")
+def public(
+    key: Annotated[Path, typer.Argument(help="Private key, public key or certificate (PEM or DER).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the public key (PEM) here instead of printing it.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Print (or write) the public key of a key or certificate file, e.g. the owner key a
+    manufacturer extends vouchers to: ``fdo keys public owner-ec256.key --out owner-ec256.pub``."""
+    from fdo_cli.common import die, read_public_key
+
+    pem = public_key_to_pem(read_public_key(key))
+    if out is None:
+        typer.echo(pem.decode(), nl=False)
+        return
+    if out.exists() and not force:
+        raise die(f"{out} exists; use --force to overwrite it")
+    try:
+        write_new_file(out, pem, mode=0o644, force=force)
+    except OSError as exc:
+        raise die(f"cannot write {out}: {exc.strerror}") from None
+    fingerprint = Hash.compute(HashType.SHA256, spki_der(read_public_key(out))).value.hex()
+    typer.echo(f"public key written to {out}")
+    typer.echo(f"public key SHA-256: {fingerprint}")

@@ -79,6 +79,32 @@ def test_keys_generate_refuses_overwrite(tmp_path: Path) -> None:
     assert key_kind(load_private_key(out.read_bytes())) == "ec384"
 
 
+@pytest.mark.parametrize("kind", ["ec256", "rsa2048"])
+def test_keys_public_prints_or_writes_the_public_key(tmp_path: Path, kind: str) -> None:
+    key = tmp_path / "owner.key"
+    assert runner.invoke(app, ["keys", "generate", "--type", kind, "--out", str(key)]).exit_code == 0
+    want = serialization.load_pem_private_key(key.read_bytes(), None).public_key()
+    printed = runner.invoke(app, ["keys", "public", str(key)])
+    assert printed.exit_code == 0, printed.output
+    got = serialization.load_pem_public_key(printed.stdout.encode())
+    assert got.public_numbers() == want.public_numbers()  # type: ignore[union-attr]
+    out = tmp_path / "owner.pub"
+    written = runner.invoke(app, ["keys", "public", str(key), "--out", str(out)])
+    assert written.exit_code == 0 and f"public key written to {out}" in written.output
+    assert out.read_text() == printed.stdout
+    # From the public key itself too; an existing --out needs --force.
+    assert runner.invoke(app, ["keys", "public", str(out)]).stdout == printed.stdout
+    again = runner.invoke(app, ["keys", "public", str(key), "--out", str(out)])
+    assert again.exit_code == 1 and "exists; use --force" in again.output
+    missing = runner.invoke(app, ["keys", "public", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and missing.output.strip().startswith("error: cannot read")
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("fdo-bootc ")
+
+
 def test_keys_generate_bad_arguments(tmp_path: Path) -> None:
     out = tmp_path / "key.pem"
     assert runner.invoke(app, ["keys", "generate", "--type", "dsa", "--out", str(out)]).exit_code == 2
