@@ -16,12 +16,13 @@ Every problem is raised as one :class:`ConfigError` line naming the file or the 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsError
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -118,10 +119,26 @@ def load_settings(cls: type[S], config: Path | None = None) -> S:
         settings = target()
     except ValidationError as exc:
         raise ConfigError(format_validation_error(cls, exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(_unparsable(cls, exc)) from None
     if type(settings) is cls:
         return settings
     values = {name: getattr(settings, name) for name in cls.model_fields}
     return cls.model_construct(_fields_set=settings.model_fields_set, **values)
+
+
+def _unparsable(cls: type[BaseSettings], exc: SettingsError) -> str:
+    """One line for a list or map setting whose environment value is not JSON (pydantic
+    settings parses those as JSON before validating)."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    if found is None:
+        return f"bad setting: {str(exc).splitlines()[0]}"
+    field = found.group(1)
+    name = f"{env_prefix(cls)}{field.upper()}"
+    info = cls.model_fields.get(field)
+    shown = str(info.annotation) if info is not None else ""
+    example = '{"KEY": "VALUE"}' if "dict" in shown or "Mapping" in shown else '["VALUE", "VALUE"]'
+    return f"{name}: not valid JSON; this setting is written as JSON, e.g. {name}='{example}'"
 
 
 def check_database_url(value: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, NoDecode
 from typer.testing import CliRunner
 
 from fdo.crypto import generate_key, make_ca, private_key_to_pem
@@ -306,3 +306,37 @@ def test_docs_mention_the_other_options() -> None:
         assert word in doc
     for service in SERVICES:
         assert f"FDO_{service.upper()}_" in doc
+
+
+# ------------------------------------------------------------------ list and map settings
+
+
+def _complex_fields() -> list[tuple[str, str]]:
+    """(service, field) of every list, set or map setting that pydantic settings reads
+    from the environment as JSON (those marked ``NoDecode`` take plain text too)."""
+    out = []
+    for service, cls in CLASSES.items():
+        for name, info in cls.model_fields.items():
+            shown = str(info.annotation)
+            if any(isinstance(m, NoDecode) or m is NoDecode for m in info.metadata):
+                continue
+            if any(kind in shown for kind in ("list[", "dict[", "set[", "Mapping[", "Sequence[")):
+                out.append((service, name))
+    return out
+
+
+@pytest.mark.parametrize(("service", "field"), _complex_fields())
+def test_a_list_or_map_setting_written_as_plain_text_is_one_line_and_exit_2(
+    service: str, field: str, tmp_path: Path
+) -> None:
+    name = f"{env_prefix(CLASSES[service])}{field.upper()}"
+    env = _clean_env(service, **{name: "http://plain.example"})
+    result = runner.invoke(app, [service, "db", "current"], env=env)
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: {name}: not valid JSON") and "e.g." in line
+    assert "Traceback" not in result.output
+
+
+def test_every_service_has_list_or_map_settings_to_check() -> None:
+    assert {service for service, _ in _complex_fields()} == set(SERVICES)
