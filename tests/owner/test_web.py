@@ -20,9 +20,9 @@ from fdo_server.db import unit_of_work
 from owner.app import create_app
 from owner.groups import assignment_for, record_onboarding
 from owner.tables import OwnerVoucher, To0Work
-from owner.web import COOKIE
+from owner.web_session import COOKIE, SIGN_IN_COOKIE
 from tests.conftest import KeyPool
-from tests.owner.helpers import World, make_world, token
+from tests.owner.helpers import World, form_csrf, make_world, token, ui_sign_in
 
 IMAGE = "quay.io/acme/os@sha256:" + "ab" * 32
 EVIL = '<script>alert("x")</script>'
@@ -40,44 +40,37 @@ def app(world: World, database_url: str) -> FastAPI:
 
 def signed_in(app: FastAPI, role: Role = Role.VIEWER) -> TestClient:
     http = TestClient(app, base_url="https://testserver")
-    value = token(app, role)["Authorization"].removeprefix("Bearer ")
-    response = http.post("/ui/login", data={"token": value}, follow_redirects=False)
-    assert response.status_code == 303 and response.headers["location"] == "/ui"
+    ui_sign_in(http, token(app, role)["Authorization"].removeprefix("Bearer "))
     return http
 
 
-def test_sign_in_needs_a_live_token_and_sets_a_strict_cookie(app: FastAPI) -> None:
+def test_sign_in_needs_a_live_token_and_sets_a_strict_session_cookie(app: FastAPI) -> None:
     http = TestClient(app, base_url="https://testserver")
     page = http.get("/ui")
     assert page.status_code == 200 and 'name="token"' in page.text and "Summary" not in page.text
-    wrong = http.post("/ui/login", data={"token": "fdo_not-a-token"}, follow_redirects=False)
+    csrf = form_csrf(page.text)
+    assert http.cookies[SIGN_IN_COOKIE] == csrf  # the signed double-submit token
+    wrong = http.post("/ui/login", data={"token": "fdo_not-a-token", "csrf": csrf}, follow_redirects=False)
     assert wrong.status_code == 401 and "Unknown or revoked token" in wrong.text
-    assert COOKIE not in wrong.headers.get("set-cookie", "")
+    assert f"{COOKIE}=" not in wrong.headers.get("set-cookie", "")
     assert http.post("/ui/login", content=b"token=" + b"x" * 5000).status_code == 413
 
     value = token(app, Role.VIEWER)["Authorization"].removeprefix("Bearer ")
-    response = http.post("/ui/login", data={"token": value}, follow_redirects=False)
-    cookie = response.headers["set-cookie"]
-    assert response.status_code == 303 and cookie.startswith(f"{COOKIE}={value};")
+    response = http.post("/ui/login", data={"token": value, "csrf": csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    session = http.cookies[COOKIE]
+    assert session and session != value and value not in response.headers["set-cookie"]
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}="))
     for attribute in ("HttpOnly", "Path=/ui", "SameSite=strict", "Secure"):
         assert attribute.lower() in cookie.lower(), cookie
-    assert "Summary" in http.get("/ui").text
+    home = http.get("/ui").text
+    assert "Summary" in home and "test-viewer (viewer)" in home
 
-    out = http.post("/ui/logout", follow_redirects=False)
+    out = http.post("/ui/logout", data={"csrf": form_csrf(home)}, follow_redirects=False)
     assert out.status_code == 303 and f'{COOKIE}=""' in out.headers["set-cookie"]
-    http.cookies.clear()
-    assert "Summary" not in http.get("/ui").text
-
-
-def test_a_revoked_token_signs_the_browser_out(app: FastAPI) -> None:
-    http = signed_in(app)
-    admin = token(app, Role.ADMIN)
-    viewer_id = next(
-        t["id"] for t in http.get("/api/v1/tokens", headers=admin).json()["items"] if t["role"] == "viewer"
-    )
-    assert http.delete(f"/api/v1/tokens/{viewer_id}", headers=admin).status_code == 200
-    page = http.get("/ui")
-    assert 'name="token"' in page.text and "Summary" not in page.text
+    http.cookies.set(COOKIE, session, domain="testserver.local", path="/ui")  # keep the old cookie
+    again = http.get("/ui").text
+    assert "Summary" not in again and "Your session has ended" in again
 
 
 def test_every_page_forbids_scripts_framing_and_caching(app: FastAPI) -> None:
