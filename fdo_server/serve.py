@@ -50,7 +50,7 @@ def serve(
 
     uvicorn's proxy headers are off: it would believe ``X-Forwarded-For`` and
     ``X-Forwarded-Proto`` from any local peer; :mod:`fdo_server.proxies` believes them
-    only from the networks a service's ``trusted_proxies`` setting lists.
+    only from the networks the owner's ``trusted_proxies`` setting lists.
     """
     log_config = uvicorn_log_config(factory.partition(".")[0])
     made: str | None = None

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -143,25 +143,11 @@ BAD_CSRF = (
 )
 
 
-async def _read_form(request: Request) -> dict[str, str] | None:
-    """The url-encoded form of ``request`` (first value of each field); None when the body
-    is longer than :data:`MAX_FORM` (reading stops there)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM:
-            return None
-        chunks.append(chunk)
-    fields = parse_qs(b"".join(chunks).decode("utf-8", "replace"), keep_blank_values=True)
-    return {name: values[0] for name, values in fields.items()}
-
-
 async def authorized_form(request: Request, needed: Role) -> tuple[Visitor, dict[str, str]] | Response:
     """The form of a state-changing request and who sent it, or the response refusing it:
     413 (too long), the sign-in form with 401 (no live session), 403 (CSRF token missing
     or wrong, or a role below ``needed``)."""
-    form = await _read_form(request)
+    form = await web_session.read_form(request, MAX_FORM)
     if form is None:
         return _page("too long", "<p>That form is too long.</p>", status=413)
     who = await run_in_threadpool(_visitor, request)
@@ -473,7 +459,7 @@ def web_router() -> APIRouter:
 
     @router.post("/ui/login")
     async def login(request: Request) -> Response:
-        form = await _read_form(request)
+        form = await web_session.read_form(request, MAX_FORM)
         if form is None:
             return _login(request, "That is not a token.", status=413)
         if not web_session.sign_in_form_ok(request, form):

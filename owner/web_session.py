@@ -37,6 +37,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import parse_qs
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -109,6 +110,20 @@ def same_token(expected: str, submitted: str) -> bool:
 def submitted_csrf(request: Request, form: Mapping[str, str]) -> str:
     """The CSRF token a request carries: the form field, else the ``X-CSRF-Token`` header."""
     return form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER, "")
+
+
+async def read_form(request: Request, limit: int) -> dict[str, str] | None:
+    """The url-encoded form of ``request`` (the first value of each field); None when the
+    body is longer than ``limit`` bytes (reading stops there)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    fields = parse_qs(b"".join(chunks).decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
 
 
 def _settings(request: Request) -> OwnerSettings:
