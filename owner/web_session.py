@@ -24,7 +24,7 @@ form field :data:`CSRF_FIELD` or the header ``X-CSRF-Token``:
 
 Cookies are HttpOnly, SameSite=Strict, limited to ``/ui``, and ``Secure`` whenever the
 browser reached us over HTTPS, directly or through a proxy in ``trusted_proxies``
-(:mod:`fdo_server.proxies`).
+(:mod:`fdo_server.proxies`). :func:`read_form` reads a posted form up to a size limit.
 """
 
 from __future__ import annotations
