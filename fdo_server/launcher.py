@@ -95,6 +95,7 @@ class ServiceProcess:
             "--log-level",
             "warning",
             "--no-access-log",
+            "--no-proxy-headers",  # as `serve`: forwarded headers only from trusted proxies
             "--http",
             HTTP_PROTOCOL,
         ]

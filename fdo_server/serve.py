@@ -47,6 +47,10 @@ def serve(
 
     uvicorn's own log lines, access lines included, are JSON like the services' own, with
     query strings cut off (:func:`fdo_server.logs.uvicorn_log_config`).
+
+    uvicorn's proxy headers are off: it would believe ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` from any local peer; :mod:`fdo_server.proxies` believes them
+    only from the networks the owner's ``trusted_proxies`` setting lists.
     """
     log_config = uvicorn_log_config(factory.partition(".")[0])
     made: str | None = None
@@ -64,6 +68,9 @@ def serve(
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             http=HTTP_PROTOCOL,
+            # The client's address and scheme are the connection's own; the services
+            # believe forwarded headers only from their trusted proxies (fdo_server.proxies).
+            proxy_headers=False,
             log_config=LOGGING_CONFIG if log_config is None else log_config,
         )
     finally:

@@ -50,6 +50,7 @@ from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
 from owner.web import web_router
+from owner.web_session import derive_secret
 from transport.server import AnyServerMachine, ProtocolHandler
 
 
@@ -192,6 +193,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     )
     app.state.config = config
     app.state.clock = now
+    app.state.ui_secret = derive_secret(config.keys)
     app.state.metrics.add_collector(observability.To0Gauges(engine, now))
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")

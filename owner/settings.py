@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork
 from pydantic_settings import SettingsConfigDict
 
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
@@ -81,6 +81,13 @@ class OwnerSettings(ServiceSettings):
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
     #: system CAs, or the file named by the standard ``SSL_CERT_FILE`` variable.
     tls_ca: Path | None = None
+    #: Status page (``/ui``) sign-in sessions: they end this long after sign-in, or after
+    #: this long without a page read, whichever comes first.
+    ui_session_seconds: int = Field(default=12 * 3600, ge=1, le=30 * 24 * 3600)
+    ui_idle_seconds: int = Field(default=30 * 60, ge=1, le=30 * 24 * 3600)
+    #: Networks of the reverse proxies whose ``X-Forwarded-Proto`` is believed (a JSON
+    #: list: ``["10.0.0.0/8", "127.0.0.1"]``); from any other peer the header is ignored.
+    trusted_proxies: list[IPvAnyNetwork] = []
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@
 * :class:`To0Work` — one TO0 registration to keep alive per voucher; the scheduler
   claims rows (``claimed_by`` until ``claim_expires_at``) so replicas never both run it.
 * :class:`DeviceOnboarding` — one row per completed TO2: devmod and module results.
+* :class:`UiSession` — a browser signed in to the status page (:mod:`owner.web_session`):
+  the hash of its random id, the token and role it signed in with, its times.
 
 Datetimes are stored as UTC (SQLite hands them back naive: see :func:`utc`).
 """
@@ -107,6 +109,23 @@ class DeviceOnboarding(SQLModel, table=True):
     )
 
 
+class UiSession(SQLModel, table=True):
+    """A status page sign-in: only the hash of the session id (the cookie) is kept."""
+
+    __tablename__ = "owner_ui_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_hash: str = Field(max_length=64, unique=True, index=True)
+    token_id: int = Field(foreign_key="admin_token.id", index=True)
+    #: The token's role at sign-in: the session ends if the token's role is not this.
+    role: str = Field(max_length=16)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: The last page read, written at most once a minute (:mod:`owner.web_session`).
+    last_seen_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: The absolute end, however active the session is.
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), index=True, nullable=False))
+
+
 TABLES: list[type[SQLModel]] = [
     FdoSession,
     AdminToken,
@@ -114,4 +133,5 @@ TABLES: list[type[SQLModel]] = [
     To0Work,
     DeviceOnboarding,
     *GROUP_TABLES,
+    UiSession,
 ]

@@ -4,11 +4,14 @@ Server-rendered HTML without JavaScript, read-only, over the same rows as the ad
 (changes go through the API and ``fdo owner ...``, which audit them). It refreshes
 itself every 30 seconds.
 
-Sign-in takes an admin API token (a viewer token is enough) from a form and keeps it in
-a cookie that is HttpOnly, SameSite=Strict, limited to ``/ui`` and Secure over HTTPS.
-Every page looks the token up again, so a revoked token signs the browser out. Every
-value is HTML-escaped: serials, models, labels and devmod facts come from devices. Each
-response forbids scripts, framing and caching, and sends no referrer.
+Sign-in takes an admin API token (a viewer token is enough) from a form and opens a
+server-side session (:mod:`owner.web_session`): the cookie holds a random session id,
+never the token. Every page looks the session and its token up again, so signing out,
+the session's expiry or idle timeout, and revoking the token all send the browser back
+to sign-in. Every form that changes state (sign-in and sign-out included) carries a CSRF
+token; a missing or wrong one is answered 403. Every value is HTML-escaped: serials,
+models, labels and devmod facts come from devices. Each response forbids scripts,
+framing and caching, and sends no referrer.
 
 * ``GET /ui``: counts by device status, vouchers active and handed on, TO0
   registrations pending and expiring, groups with their current revision, the newest
@@ -16,7 +19,10 @@ response forbids scripts, framing and caching, and sends no referrer.
 * ``GET /ui/devices`` (``?status=``, ``?group=``, ``?page=``): the devices, newest change
   first, 100 a page
 * ``GET /ui/devices/{guid}`` (any GUID the device has had): facts, labels, timeline
-* ``POST /ui/login`` (form field ``token``), ``POST /ui/logout``
+* ``POST /ui/login`` (form fields ``token`` and ``csrf``), ``POST /ui/logout`` (``csrf``)
+
+A new state-changing route reads its form with :func:`authorized_form`, which checks
+the session, the CSRF token and the role.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,7 +41,8 @@ from starlette.concurrency import run_in_threadpool
 
 from fdo.errors import FdoError
 from fdo.types import Guid
-from fdo_server.auth import AdminToken, lookup_token
+from fdo_server.auth import AdminToken, Role, lookup_token
+from owner import web_session
 from owner.admin_api import status_summary
 from owner.admin_groups import device_json, find_live_group, group_json, overdue_after
 from owner.deps import engine_of, now_of
@@ -43,8 +50,8 @@ from owner.groups import find_device
 from owner.groups_tables import STATUSES, AuditEntry, Device, Group
 from owner.tables import ACTIVE, HANDED_ON, REPLACING, USABLE, OwnerVoucher, To0Work
 from owner.to0 import EXPIRING_WINDOW
+from owner.web_session import COOKIE, CSRF_FIELD, Visitor
 
-COOKIE = "fdo_owner_ui"
 #: The newest devices and audit entries the overview lists.
 NEWEST = 50
 #: Devices per page of ``/ui/devices``.
@@ -76,17 +83,22 @@ form.inline { display: inline; }
 """
 
 
-def _token(request: Request, db: Session) -> AdminToken | None:
-    value = request.cookies.get(COOKIE, "")
-    return lookup_token(db, value) if value else None
+def _visitor(request: Request) -> Visitor | None:
+    """The signed-in browser making ``request`` (None: show the sign-in form)."""
+    return web_session.visitor(request)
 
 
-def _page(title: str, body: str, *, status: int = 200, who: AdminToken | None = None) -> HTMLResponse:
+def _csrf_input(value: str) -> str:
+    return f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(value)}">'
+
+
+def _page(title: str, body: str, *, status: int = 200, who: Visitor | None = None) -> HTMLResponse:
     user = ""
     if who is not None:
         user = (
             f'<span class="muted">{escape(who.name)} ({escape(who.role)})</span> '
-            '<form class="inline" method="post" action="/ui/logout"><button>Sign out</button></form>'
+            '<form class="inline" method="post" action="/ui/logout">'
+            f"{_csrf_input(who.csrf)}<button>Sign out</button></form>"
         )
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if who is not None else ""
     html = (
@@ -99,15 +111,53 @@ def _page(title: str, body: str, *, status: int = 200, who: AdminToken | None = 
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
-def _login(message: str = "", status: int = 200) -> HTMLResponse:
+def _login(request: Request, message: str = "", status: int = 200) -> HTMLResponse:
+    """The sign-in form with a fresh (or the browser's still valid) sign-in CSRF token; a
+    session cookie that no longer names a live session is cleared."""
+    if not message and request.cookies.get(COOKIE):
+        message = "Your session has ended (signed out, expired, idle or its token revoked): sign in again."
     note = f'<p class="bad">{escape(message)}</p>' if message else ""
+    form_token = web_session.sign_in_token(request)
     body = (
         f"{note}<p>Sign in with an admin API token (any role; a viewer token is enough).</p>"
         '<form method="post" action="/ui/login">'
+        f"{_csrf_input(form_token)}"
         '<label>Token <input type="password" name="token" autocomplete="off" required></label> '
         "<button>Sign in</button></form>"
     )
-    return _page("sign in", body, status=status)
+    response = _page("sign in", body, status=status)
+    web_session.set_sign_in_cookie(response, request, form_token)
+    if request.cookies.get(COOKIE):
+        web_session.clear_session_cookie(response, request)
+    return response
+
+
+def _forbidden(reason: str, who: Visitor | None = None) -> HTMLResponse:
+    body = f'<p class="bad">{escape(reason)}</p><p><a href="/ui">Back to the status page</a></p>'
+    return _page("forbidden", body, status=403, who=who)
+
+
+BAD_CSRF = (
+    "This form did not come from this status page in this browser, or it is too old "
+    "(its CSRF token is missing or wrong): nothing was done. Reload the page and try again."
+)
+
+
+async def authorized_form(request: Request, needed: Role) -> tuple[Visitor, dict[str, str]] | Response:
+    """The form of a state-changing request and who sent it, or the response refusing it:
+    413 (too long), the sign-in form with 401 (no live session), 403 (CSRF token missing
+    or wrong, or a role below ``needed``)."""
+    form = await web_session.read_form(request, MAX_FORM)
+    if form is None:
+        return _page("too long", "<p>That form is too long.</p>", status=413)
+    who = await run_in_threadpool(_visitor, request)
+    if who is None:
+        return _login(request, "" if request.cookies.get(COOKIE) else "Sign in first.", status=401)
+    if not web_session.same_token(who.csrf, web_session.submitted_csrf(request, form)):
+        return _forbidden(BAD_CSRF, who)
+    if not who.allows(needed):
+        return _forbidden(f"This needs the {needed} role; you signed in as {who.role}.", who)
+    return who, form
 
 
 def _table(headings: list[str], rows: list[list[str]], empty: str) -> str:
@@ -357,20 +407,20 @@ def web_router() -> APIRouter:
 
     @router.get("/ui")
     def overview(request: Request) -> Response:
+        who = _visitor(request)
+        if who is None:
+            return _login(request)
         with Session(engine_of(request)) as db:
-            who = _token(request, db)
-            if who is None:
-                return _login()
             return _page("status", _overview(db, now_of(request)), who=who)
 
     @router.get("/ui/devices")
     def devices(
         request: Request, status: str | None = None, group: str | None = None, page: str = "1"
     ) -> Response:
+        who = _visitor(request)
+        if who is None:
+            return _login(request)
         with Session(engine_of(request)) as db:
-            who = _token(request, db)
-            if who is None:
-                return _login()
             wanted = status or None
             if wanted is not None and wanted not in STATUSES:
                 return _page("devices", f"<p>No status {escape(wanted[:32])}.</p>", status=400, who=who)
@@ -386,10 +436,10 @@ def web_router() -> APIRouter:
 
     @router.get("/ui/devices/{guid}")
     def device(guid: str, request: Request) -> Response:
+        who = _visitor(request)
+        if who is None:
+            return _login(request)
         with Session(engine_of(request)) as db:
-            who = _token(request, db)
-            if who is None:
-                return _login()
             try:
                 wanted = Guid.parse(guid)
             except (FdoError, ValueError):
@@ -409,10 +459,12 @@ def web_router() -> APIRouter:
 
     @router.post("/ui/login")
     async def login(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_FORM:
-            return _login("That is not a token.", status=413)
-        token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+        form = await web_session.read_form(request, MAX_FORM)
+        if form is None:
+            return _login(request, "That is not a token.", status=413)
+        if not web_session.sign_in_form_ok(request, form):
+            return _forbidden(BAD_CSRF)
+        token = form.get("token", "").strip()
 
         def check() -> AdminToken | None:
             with Session(engine_of(request)) as db:
@@ -420,22 +472,20 @@ def web_router() -> APIRouter:
 
         who = await run_in_threadpool(check)
         if who is None:
-            return _login("Unknown or revoked token.", status=401)
+            return _login(request, "Unknown or revoked token.", status=401)
+        session_id = await run_in_threadpool(web_session.sign_in, request, who)
         response = RedirectResponse("/ui", status_code=303, headers=HEADERS)
-        response.set_cookie(
-            COOKIE,
-            token,
-            path="/ui",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        web_session.set_session_cookie(response, request, session_id)
         return response
 
     @router.post("/ui/logout")
-    def logout() -> Response:
+    async def logout(request: Request) -> Response:
+        got = await authorized_form(request, Role.VIEWER)
+        if isinstance(got, Response):
+            return got
+        await run_in_threadpool(web_session.end_session, engine_of(request), request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/ui", status_code=303, headers=HEADERS)
-        response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+        web_session.clear_session_cookie(response, request)
         return response
 
     return router

@@ -37,6 +37,7 @@ def _serve_recording(monkeypatch: pytest.MonkeyPatch, workers: int, *, fail: boo
     def fake_run(*_a: Any, **kw: Any) -> None:
         folder = os.environ.get(MULTIPROC_ENV)
         seen["workers"] = kw["workers"]
+        seen["proxy_headers"] = kw.get("proxy_headers", True)
         seen["dir"] = folder
         if folder is not None:
             path = Path(folder)
@@ -80,6 +81,8 @@ def test_one_worker_needs_no_metrics_folder(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     seen = _serve_recording(monkeypatch, 1)
     assert seen["dir"] is None
+    # uvicorn believes no forwarded headers (it would from any local peer).
+    assert seen["proxy_headers"] is False
     assert MULTIPROC_ENV not in os.environ
 
 

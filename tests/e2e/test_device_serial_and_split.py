@@ -25,8 +25,8 @@ from device.modules import default_devmod
 from fdo.credential import DeviceCredential
 from fdo_cli.main import app
 from fdo_server.stack import Stack
-from owner.web import COOKIE
 from tests.conftest import database_backends, open_database
+from tests.owner.helpers import ui_sign_in
 
 _n = itertools.count(1)
 
@@ -86,7 +86,7 @@ def test_serial_given_at_di_is_on_the_owners_device_record(stack: Stack) -> None
     with stack.admin("owner") as owner:
         items = owner.get("/api/v1/devices", params={"limit": 500}).json()["items"]
         assert [d["serial"] for d in items if d["guid"] == str(new.guid)] == [serial]
-        owner.cookies.set(COOKIE, stack.tokens["owner"])
+        ui_sign_in(owner, stack.tokens["owner"])
         page = owner.get("/ui/devices").text
         assert serial in page
         detail = owner.get(f"/ui/devices/{new.guid}").text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -68,6 +70,24 @@ def token(app: FastAPI, role: Role) -> dict[str, str]:
     with unit_of_work(app.state.engine) as db:
         value = create_token(db, f"test-{role}", role)
     return {"Authorization": f"Bearer {value}"}
+
+
+def form_csrf(page: str) -> str:
+    """The CSRF token of the first form on a status page."""
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None, page
+    return found.group(1)
+
+
+def ui_sign_in(http: httpx.Client, token: str) -> str:
+    """Sign ``http`` in to the owner's status page with admin ``token``, as a browser does
+    (the sign-in form, its CSRF token); the status page it lands on."""
+    csrf = form_csrf(http.get("/ui").text)
+    response = http.post("/ui/login", data={"token": token, "csrf": csrf}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/ui", response.text
+    page = http.get("/ui")
+    assert page.status_code == 200 and "Summary" in page.text, page.text
+    return page.text
 
 
 @dataclass

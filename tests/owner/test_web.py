@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
@@ -19,10 +20,11 @@ from fdo_server.auth import Role
 from fdo_server.db import unit_of_work
 from owner.app import create_app
 from owner.groups import assignment_for, record_onboarding
-from owner.tables import OwnerVoucher, To0Work
-from owner.web import COOKIE
+from owner.tables import OwnerVoucher, To0Work, UiSession
+from owner.web import authorized_form
+from owner.web_session import COOKIE, SIGN_IN_COOKIE
 from tests.conftest import KeyPool
-from tests.owner.helpers import World, make_world, token
+from tests.owner.helpers import World, form_csrf, make_world, token, ui_sign_in
 
 IMAGE = "quay.io/acme/os@sha256:" + "ab" * 32
 EVIL = '<script>alert("x")</script>'
@@ -40,44 +42,37 @@ def app(world: World, database_url: str) -> FastAPI:
 
 def signed_in(app: FastAPI, role: Role = Role.VIEWER) -> TestClient:
     http = TestClient(app, base_url="https://testserver")
-    value = token(app, role)["Authorization"].removeprefix("Bearer ")
-    response = http.post("/ui/login", data={"token": value}, follow_redirects=False)
-    assert response.status_code == 303 and response.headers["location"] == "/ui"
+    ui_sign_in(http, token(app, role)["Authorization"].removeprefix("Bearer "))
     return http
 
 
-def test_sign_in_needs_a_live_token_and_sets_a_strict_cookie(app: FastAPI) -> None:
+def test_sign_in_needs_a_live_token_and_sets_a_strict_session_cookie(app: FastAPI) -> None:
     http = TestClient(app, base_url="https://testserver")
     page = http.get("/ui")
     assert page.status_code == 200 and 'name="token"' in page.text and "Summary" not in page.text
-    wrong = http.post("/ui/login", data={"token": "fdo_not-a-token"}, follow_redirects=False)
+    csrf = form_csrf(page.text)
+    assert http.cookies[SIGN_IN_COOKIE] == csrf  # the signed double-submit token
+    wrong = http.post("/ui/login", data={"token": "fdo_not-a-token", "csrf": csrf}, follow_redirects=False)
     assert wrong.status_code == 401 and "Unknown or revoked token" in wrong.text
-    assert COOKIE not in wrong.headers.get("set-cookie", "")
+    assert f"{COOKIE}=" not in wrong.headers.get("set-cookie", "")
     assert http.post("/ui/login", content=b"token=" + b"x" * 5000).status_code == 413
 
     value = token(app, Role.VIEWER)["Authorization"].removeprefix("Bearer ")
-    response = http.post("/ui/login", data={"token": value}, follow_redirects=False)
-    cookie = response.headers["set-cookie"]
-    assert response.status_code == 303 and cookie.startswith(f"{COOKIE}={value};")
+    response = http.post("/ui/login", data={"token": value, "csrf": csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    session = http.cookies[COOKIE]
+    assert session and session != value and value not in response.headers["set-cookie"]
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}="))
     for attribute in ("HttpOnly", "Path=/ui", "SameSite=strict", "Secure"):
         assert attribute.lower() in cookie.lower(), cookie
-    assert "Summary" in http.get("/ui").text
+    home = http.get("/ui").text
+    assert "Summary" in home and "test-viewer (viewer)" in home
 
-    out = http.post("/ui/logout", follow_redirects=False)
+    out = http.post("/ui/logout", data={"csrf": form_csrf(home)}, follow_redirects=False)
     assert out.status_code == 303 and f'{COOKIE}=""' in out.headers["set-cookie"]
-    http.cookies.clear()
-    assert "Summary" not in http.get("/ui").text
-
-
-def test_a_revoked_token_signs_the_browser_out(app: FastAPI) -> None:
-    http = signed_in(app)
-    admin = token(app, Role.ADMIN)
-    viewer_id = next(
-        t["id"] for t in http.get("/api/v1/tokens", headers=admin).json()["items"] if t["role"] == "viewer"
-    )
-    assert http.delete(f"/api/v1/tokens/{viewer_id}", headers=admin).status_code == 200
-    page = http.get("/ui")
-    assert 'name="token"' in page.text and "Summary" not in page.text
+    http.cookies.set(COOKIE, session, domain="testserver.local", path="/ui")  # keep the old cookie
+    again = http.get("/ui").text
+    assert "Summary" not in again and "Your session has ended" in again
 
 
 def test_every_page_forbids_scripts_framing_and_caching(app: FastAPI) -> None:
@@ -214,3 +209,98 @@ def test_the_device_pages_show_the_delivery_escaped(app: FastAPI, world: World) 
     assert "<h2>Delivery of revision 1</h2>" in page and "<td>file:/etc/a</td>" in page
     record = api.get(f"/api/v1/devices/{voucher.guid}", headers=operator).json()
     assert record["delivery"] == delivery and record["status"] == "onboarded" and record["revision"] == 1
+
+
+class MovableClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_sessions_follow_the_clock_and_last_seen_is_written_at_most_once_a_minute(
+    world: World, database_url: str
+) -> None:
+    clock = MovableClock(datetime(2026, 1, 1, tzinfo=UTC))
+    app = create_app(world.settings(database_url), clock=clock)
+
+    def last_seen() -> datetime:
+        with unit_of_work(app.state.engine) as db:
+            (row,) = db.exec(select(UiSession)).all()
+            return row.last_seen_at.replace(tzinfo=UTC)
+
+    def signed_in_now(http: TestClient) -> bool:
+        page = http.get("/ui").text
+        assert "Summary" in page or 'name="token"' in page
+        return "Summary" in page
+
+    http = signed_in(app)
+    start = clock.now
+    assert last_seen() == start
+    clock.now = start + timedelta(seconds=30)
+    assert signed_in_now(http) and last_seen() == start  # no write within the minute
+    clock.now = start + timedelta(seconds=61)
+    assert signed_in_now(http) and last_seen() == clock.now
+    seen = clock.now
+    clock.now = seen + timedelta(minutes=29, seconds=59)
+    assert signed_in_now(http)
+    clock.now += timedelta(minutes=30)  # 30 minutes without a read
+    assert not signed_in_now(http)
+    with unit_of_work(app.state.engine) as db:
+        assert db.exec(select(UiSession)).all() == []  # the ended session's row is gone
+
+    # However active, a session ends 12 hours after sign-in.
+    http = signed_in(app)
+    start = clock.now
+    while clock.now + timedelta(minutes=29) < start + timedelta(hours=12):
+        clock.now += timedelta(minutes=29)
+        assert signed_in_now(http), clock.now - start
+    clock.now = start + timedelta(hours=12)
+    assert not signed_in_now(http)
+
+    # A sign-in form is good for an hour.
+    form = http.get("/ui").text
+    clock.now += timedelta(hours=1, seconds=1)
+    value = token(app, Role.VIEWER)["Authorization"].removeprefix("Bearer ")
+    stale = http.post("/ui/login", data={"token": value, "csrf": form_csrf(form)}, follow_redirects=False)
+    assert stale.status_code == 403 and COOKIE not in stale.headers.get("set-cookie", "")
+    fresh = form_csrf(http.get("/ui").text)
+    assert fresh != form_csrf(form)
+    assert (
+        http.post("/ui/login", data={"token": value, "csrf": fresh}, follow_redirects=False).status_code
+        == 303
+    )
+
+
+def test_state_changing_forms_need_the_csrf_token_and_the_role(app: FastAPI) -> None:
+    @app.post("/ui/test-operator-action")
+    async def action(request: Request) -> Response:
+        got = await authorized_form(request, Role.OPERATOR)
+        if isinstance(got, Response):
+            return got
+        who, form = got
+        return PlainTextResponse(f"done by {who.role}: {form.get('thing')}")
+
+    anonymous = TestClient(app, base_url="https://testserver")
+    refused = anonymous.post("/ui/test-operator-action", data={"thing": "x"})
+    assert refused.status_code == 401 and 'name="token"' in refused.text
+
+    viewer = signed_in(app, Role.VIEWER)
+    csrf = form_csrf(viewer.get("/ui").text)
+    denied = viewer.post("/ui/test-operator-action", data={"thing": "x", "csrf": csrf})
+    assert (
+        denied.status_code == 403 and "This needs the operator role; you signed in as viewer." in denied.text
+    )
+
+    operator = signed_in(app, Role.OPERATOR)
+    csrf = form_csrf(operator.get("/ui").text)
+    assert operator.post("/ui/test-operator-action", data={"thing": "x"}).status_code == 403
+    assert (
+        operator.post("/ui/test-operator-action", data={"thing": "x", "csrf": csrf + "x"}).status_code == 403
+    )
+    done = operator.post("/ui/test-operator-action", data={"thing": "x", "csrf": csrf})
+    assert done.status_code == 200 and done.text == "done by operator: x"
+    by_header = operator.post("/ui/test-operator-action", data={"thing": "y"}, headers={"X-CSRF-Token": csrf})
+    assert by_header.text == "done by operator: y"
+    assert operator.post("/ui/test-operator-action", content=b"thing=" + b"y" * 5000).status_code == 413

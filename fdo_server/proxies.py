@@ -1,0 +1,53 @@
+"""What a request says about the original client, believed only from trusted proxies.
+
+A reverse proxy that ends TLS tells the service the scheme the browser used in
+``X-Forwarded-Proto``. Anybody can send that header, so it counts only when the peer of
+the TCP connection (``request.client``) is in one of the configured trusted networks;
+from any other peer the connection's own scheme is the answer.
+
+The services run uvicorn with its own proxy-header handling off (``serve`` and
+:mod:`fdo_server.launcher`), so ``request.client`` and ``request.url.scheme`` are the
+connection's own and the trusted-network setting is the only place proxies are trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+
+from starlette.requests import HTTPConnection
+
+Network = IPv4Network | IPv6Network
+
+
+def peer_is_trusted(request: HTTPConnection, trusted: Sequence[Network]) -> bool:
+    """The connection's peer address is in one of the ``trusted`` networks."""
+    if not trusted or request.client is None:
+        return False
+    try:
+        peer = ip_address(request.client.host)
+    except ValueError:  # a Unix socket or a test client's made-up name
+        return False
+    if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:  # ::ffff:a.b.c.d
+        peer = peer.ipv4_mapped
+    return any(peer.version == net.version and peer in net for net in trusted)
+
+
+def original_scheme(request: HTTPConnection, trusted: Sequence[Network]) -> str:
+    """``https`` or ``http``: how the client reached us.
+
+    The connection's scheme, unless the peer is a trusted proxy that sent
+    ``X-Forwarded-Proto``; of a comma-separated list the last value counts (the one the
+    trusted proxy added itself).
+    """
+    scheme = "https" if request.url.scheme in ("https", "wss") else "http"
+    if scheme == "https" or not peer_is_trusted(request, trusted):
+        return scheme
+    forwarded = request.headers.get("x-forwarded-proto", "")
+    last = forwarded.rsplit(",", 1)[-1].strip().lower()
+    return "https" if last == "https" else scheme
+
+
+def is_https(request: HTTPConnection, trusted: Sequence[Network]) -> bool:
+    """The client reached us over HTTPS, directly or through a trusted proxy."""
+    return original_scheme(request, trusted) == "https"
