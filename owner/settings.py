@@ -33,7 +33,7 @@ from pydantic_settings import SettingsConfigDict
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
 from fdo.errors import FdoError
 from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry
-from fdo_server.config import ServiceSettings
+from fdo_server.config import ServiceSettings, body_limit_field
 
 PREFIX = "FDO_OWNER_"
 
@@ -81,6 +81,13 @@ class OwnerSettings(ServiceSettings):
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
     #: system CAs, or the file named by the standard ``SSL_CERT_FILE`` variable.
     tls_ca: Path | None = None
+    #: Largest body of ``POST /api/v1/vouchers`` (voucher import: PEM, many vouchers).
+    max_voucher_import_body: int = body_limit_field(16 * 1024 * 1024)
+    #: Largest body of ``POST /api/v1/vouchers/extend`` (a batch of GUIDs and a key).
+    max_voucher_extend_body: int = body_limit_field(4 * 1024 * 1024)
+    #: Largest body of ``POST /api/v1/groups/{name}/revisions`` (a revision with its
+    #: files, each up to 1 MiB).
+    max_revision_body: int = body_limit_field(16 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
