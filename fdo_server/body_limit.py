@@ -7,10 +7,14 @@ request gets the limit of its route (:class:`RouteLimit`), or the default:
 
 * a ``Content-Length`` above the limit is answered 413 at once, nothing of the body
   read (a client that sent ``Expect: 100-continue`` is never told to go on);
-* a chunked body is read here, counted as it arrives, and answered 413 as soon as it
+* a chunked body (any ``Transfer-Encoding``, which frames the body even where a
+  ``Content-Length`` is given too) is read here, counted as it arrives, and answered 413 as soon as it
   passes the limit; only a body within the limit reaches the app, replayed from memory
   (up to ``memory`` bytes) or from a temporary file (a larger route limit), so a body
   being refused never holds more than ``memory`` bytes of the process.
+
+The temporary file is written on the event loop (small writes to the page cache); only
+routes with a limit above ``memory`` use it.
 
 Reading a chunked body before the app runs means the limit holds before authentication
 and parsing, on every route, including routes that answer without reading the body.
@@ -169,16 +173,15 @@ class BodyLimit:
             return
         limit = self.limit_for(scope["method"], scope["path"])
         length, chunked = _framing(scope)
-        if length is not None:
-            if not length.isdigit():
+        if not chunked:  # a Transfer-Encoding frames the body even beside a Content-Length
+            if length is None:  # HTTP/1.1 without either header: no body
+                await self.app(scope, receive, send)
+            elif not length.isdigit():
                 await _answer(send, 400, "Content-Length is not a number")
             elif int(length) > limit:
                 await _answer(send, 413, too_large_detail(limit))
             else:
                 await self.app(scope, receive, send)
-            return
-        if not chunked:  # HTTP/1.1 without either header: no body
-            await self.app(scope, receive, send)
             return
         spool = _Spool(min(self.memory, limit))
         try:

@@ -43,11 +43,17 @@ class Echo:
 
 
 def run(
-    middleware: BodyLimit, path: str, chunks: list[bytes], *, length: int | None = None, method: str = "POST"
+    middleware: BodyLimit,
+    path: str,
+    chunks: list[bytes],
+    *,
+    length: int | None = None,
+    chunked: bool = False,
+    method: str = "POST",
 ) -> tuple[int, dict[bytes, bytes], bytes, int]:
     """``(status, headers, body, chunks read)`` of one request through ``middleware``."""
     headers = [(b"content-length", str(length).encode())] if length is not None else []
-    if length is None:
+    if length is None or chunked:
         headers.append((b"transfer-encoding", b"chunked"))
     scope: Scope = {"type": "http", "method": method, "path": path, "headers": headers}
     feed: Iterator[bytes] = iter(chunks)
@@ -120,6 +126,11 @@ def test_an_announced_oversize_body_is_refused_without_reading(middleware: BodyL
     assert (status, read) == (200, 1)
     status, _, _, read = run(middleware, "/small", [b"x"], length=None)
     assert status == 200
+
+
+def test_a_transfer_encoding_beside_a_content_length_is_counted_as_read(middleware: BodyLimit) -> None:
+    status, _, _, read = run(middleware, "/small", chunks_of(1024 * KiB), length=10, chunked=True)
+    assert (status, read) == (413, 5)
 
 
 def test_a_content_length_that_is_not_a_number_is_refused(middleware: BodyLimit) -> None:
