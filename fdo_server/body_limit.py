@@ -8,10 +8,10 @@ request gets the limit of its route (:class:`RouteLimit`), or the default:
 * a ``Content-Length`` above the limit is answered 413 at once, nothing of the body
   read (a client that sent ``Expect: 100-continue`` is never told to go on);
 * a chunked body (any ``Transfer-Encoding``, which frames the body even where a
-  ``Content-Length`` is given too) is read here, counted as it arrives, and answered 413 as soon as it
-  passes the limit; only a body within the limit reaches the app, replayed from memory
-  (up to ``memory`` bytes) or from a temporary file (a larger route limit), so a body
-  being refused never holds more than ``memory`` bytes of the process.
+  ``Content-Length`` is given too) is read here, counted as it arrives, and answered
+  413 as soon as it passes the limit; only a body within the limit reaches the app,
+  replayed from memory (up to ``memory`` bytes) or from a temporary file (a larger
+  route limit), so a body being refused never holds more than ``memory`` bytes.
 
 The temporary file is written on the event loop (small writes to the page cache); only
 routes with a limit above ``memory`` use it.
