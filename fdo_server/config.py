@@ -7,7 +7,7 @@ file, which overrides the defaults. The TOML keys are the setting names
 (``database_url = "..."``, ``[keys]`` ``ec256 = "/path"``); an unknown key is an error.
 
 :class:`ServiceSettings` holds the settings every service has (database URL, largest
-request body, session lifetime) with the same bounds in each.
+FDO and other request bodies, session lifetime) with the same bounds in each.
 
 Every problem is raised as one :class:`ConfigError` line naming the file or the setting
 (``FDO_OWNER_MAX_BODY: Input should be a valid integer``).
@@ -164,6 +164,15 @@ def check_database_url(value: str) -> str:
 #: FDO message comes near 16 MiB (go and rs stop at 64 KiB and 16 KiB).
 MIN_BODY = 1024
 MAX_BODY = 16 * 1024 * 1024
+#: Default and upper bound of the body limits of the other routes (admin API, ``/ui``,
+#: device check-in and reports; :mod:`fdo_server.body_limit`).
+DEFAULT_REQUEST_BODY = 1024 * 1024
+MAX_REQUEST_BODY = 1024 * 1024 * 1024
+
+
+def body_limit_field(default: int) -> Any:
+    """A pydantic field for a request body limit in bytes (1024 bytes to 1 GiB)."""
+    return Field(default=default, ge=MIN_BODY, le=MAX_REQUEST_BODY)
 
 
 class ServiceSettings(BaseSettings):
@@ -176,6 +185,9 @@ class ServiceSettings(BaseSettings):
     port: int = Field(ge=1, le=65535)
     #: Largest FDO request body in bytes.
     max_body: int = Field(default=65535, ge=MIN_BODY, le=MAX_BODY)
+    #: Largest body of any other request (admin API, ``/ui``, device check-in and
+    #: reports) unless its route has a setting of its own; enforced while reading.
+    max_request_body: int = body_limit_field(DEFAULT_REQUEST_BODY)
     #: Lifetime of a protocol session (DI, TO0, TO1, TO2) between two messages.
     session_ttl_seconds: int = Field(default=600, ge=10, le=86400)
 

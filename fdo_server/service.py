@@ -3,7 +3,9 @@
 * :func:`open_engine`: the service's database, refused unless its schema is at head;
 * :func:`service_app`: the FastAPI app around the FDO router: one unit of work per
   message, sessions in the database, metrics, ``/health``, ``/ready`` and ``/metrics``,
-  a 422 for a value the database refuses, and the engine disposed at shutdown (after
+  a 422 for a value the database refuses, a 503 with ``Retry-After`` while the
+  database is unreachable, request bodies limited (:mod:`fdo_server.body_limit`),
+  and the engine disposed at shutdown (after
   the service's own background work stops);
 * :func:`app_from_env`: the uvicorn factory body: JSON logs, settings from the
   environment and ``--config``, the start-up heap frozen.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -26,10 +28,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 
 from fdo_server import metrics as observability
+from fdo_server.body_limit import BodyLimit, RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.config import ServiceSettings, load_settings
 from fdo_server.db import inline_messages, make_engine, message_scope
@@ -63,12 +67,15 @@ def service_app(
     clock: Clock = utc_now,
     keys_loaded: Callable[[], bool] = lambda: True,
     background: Callable[[], AbstractContextManager[object]] = nullcontext,
+    body_limits: Iterable[RouteLimit] = (),
 ) -> FastAPI:
     """The FastAPI app of ``service`` serving ``handlers`` (keyed by first message type).
 
     ``clock`` (aware UTC) decides session expiry. ``background`` is entered when the app
     starts and left when it stops, before the engine is disposed (the owner's TO0
-    scheduler). ``keys_loaded`` is part of ``/ready``. ``app.state`` holds ``settings``,
+    scheduler). ``keys_loaded`` is part of ``/ready``. Every request but an FDO message
+    has its body limited to ``settings.max_request_body``, or to its route's limit in
+    ``body_limits`` (:mod:`fdo_server.body_limit`). ``app.state`` holds ``settings``,
     ``engine`` and ``metrics``; the caller adds its admin routers.
     """
 
@@ -84,6 +91,9 @@ def service_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics = observability.ServiceMetrics(service)
+    # Added before mount_fdo, so FdoFastPath stays outermost: FDO messages keep their own
+    # limit (max_body, answered with an ErrorMessage) and never pass through BodyLimit.
+    app.add_middleware(BodyLimit, default=settings.max_request_body, routes=tuple(body_limits))
     mount_fdo(
         app,
         fdo_router(
@@ -99,6 +109,8 @@ def service_app(
     )
     observability.install(app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded)
     app.add_exception_handler(DataError, _unstorable)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid)
     return app
 
@@ -124,6 +136,33 @@ async def _unstorable(request: Request, exc: Exception) -> Response:
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, reason)
     return JSONResponse({"detail": f"a value cannot be stored: {reason}"}, status_code=422)
+
+
+#: What SQLAlchemy raises when the database cannot be reached or lost the connection (a
+#: refused or timed-out connect, a connection the server or network dropped, an
+#: exhausted pool, SQLite's "database is locked"): answered 503, to retry.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
+#: ``Retry-After`` (seconds) of the 503 while the database is unavailable.
+RETRY_AFTER_SECONDS = 5
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    """A request that met an unreachable database: 503 with a JSON body and ``Retry-After``
+    (the unit of work rolled back; ``/ready`` says not ready until the database is back)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+    log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, reason)
+    return JSONResponse(
+        {"detail": "the database is unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def app_from_env(service: str, settings_class: type[S], create: Callable[[S], FastAPI]) -> FastAPI:

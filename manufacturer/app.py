@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import service
+from fdo_server.body_limit import RouteLimit
 from fdo_server.db import current_session
 from fdo_server.service import open_engine, service_app
 from manufacturer import admin_api
@@ -62,7 +63,12 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
     material = load_material(settings)
     engine = open_engine("manufacturer", settings.database_url)
     app = service_app(
-        "manufacturer", settings, engine, {10: di_handler(material)}, keys_loaded=lambda: bool(material.keys)
+        "manufacturer",
+        settings,
+        engine,
+        {10: di_handler(material)},
+        keys_loaded=lambda: bool(material.keys),
+        body_limits=(RouteLimit("POST", "/api/v1/vouchers/extend", settings.max_voucher_extend_body),),
     )
     app.state.material = material
     app.include_router(admin_api.router, prefix="/api/v1")

@@ -42,7 +42,7 @@ from fdo.crypto import (
 from fdo.di.messages import MfgInfo
 from fdo.errors import FdoError, UnsupportedError
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo
-from fdo_server.config import ServiceSettings
+from fdo_server.config import ServiceSettings, body_limit_field
 
 ENV_PREFIX = "FDO_MANUFACTURER_"
 
@@ -65,6 +65,8 @@ class ManufacturerSettings(ServiceSettings):
     device_ca_cert: Path | None = None
     #: Rendezvous URLs written into every credential, e.g. ``http://rv.example:8041``.
     rendezvous: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Largest body of ``POST /api/v1/vouchers/extend`` (a batch of GUIDs and a key).
+    max_voucher_extend_body: int = body_limit_field(4 * 1024 * 1024)
 
     @field_validator("rendezvous", mode="before")
     @classmethod

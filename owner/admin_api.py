@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fdo.errors import FdoError
 from fdo.types import Guid
+from fdo_server.body_limit import too_large_detail
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
 from fdo_server.vouchers import fingerprint
@@ -39,8 +40,6 @@ from owner.importer import IMPORTED, import_pem
 from owner.settings import OwnerConfig
 from owner.tables import STATES, DeviceOnboarding, OwnerVoucher, To0Work, utc
 from owner.to0 import EXPIRING_WINDOW, to0_counts
-
-MAX_IMPORT = 16 * 1024 * 1024
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -108,8 +107,9 @@ def admin_router() -> APIRouter:
     @router.post("/vouchers")
     async def import_vouchers(request: Request, token: Operator) -> JSONResponse:
         body = await request.body()
-        if len(body) > MAX_IMPORT:
-            raise HTTPException(413, "voucher upload too large")
+        limit = request.app.state.settings.max_voucher_import_body  # also BodyLimit's
+        if len(body) > limit:
+            raise HTTPException(413, too_large_detail(limit))
         config: OwnerConfig = request.app.state.config
         now = now_of(request)
 

@@ -28,6 +28,7 @@ from fdo.to2.owner import TO2Owner, TO2OwnerStore
 from fdo.voucher import OwnershipVoucher
 from fdo_server import metrics as observability
 from fdo_server import service
+from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.db import (
     DirectStatement,
@@ -155,6 +156,15 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
     )
 
 
+def body_limits(settings: OwnerSettings) -> tuple[RouteLimit, ...]:
+    """The routes whose bodies may be larger than ``max_request_body``."""
+    return (
+        RouteLimit("POST", "/api/v1/vouchers", settings.max_voucher_import_body),
+        RouteLimit("POST", "/api/v1/vouchers/extend", settings.max_voucher_extend_body),
+        RouteLimit("POST", "/api/v1/groups/{name}/revisions", settings.max_revision_body),
+    )
+
+
 def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
     """The owner app; raises :class:`owner.settings.SettingsError` on a bad setting."""
     settings = settings or OwnerSettings()
@@ -190,6 +200,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
         clock=now,
         keys_loaded=lambda: bool(config.keys),
         background=to0_scheduler,
+        body_limits=body_limits(settings),
     )
     app.state.config = config
     app.state.clock = now

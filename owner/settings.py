@@ -33,7 +33,7 @@ from pydantic_settings import SettingsConfigDict
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
 from fdo.errors import FdoError
 from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry
-from fdo_server.config import ServiceSettings
+from fdo_server.config import ServiceSettings, body_limit_field
 
 PREFIX = "FDO_OWNER_"
 
@@ -88,6 +88,13 @@ class OwnerSettings(ServiceSettings):
     #: Networks of the reverse proxies whose ``X-Forwarded-Proto`` is believed (a JSON
     #: list: ``["10.0.0.0/8", "127.0.0.1"]``); from any other peer the header is ignored.
     trusted_proxies: list[IPvAnyNetwork] = []
+    #: Largest body of ``POST /api/v1/vouchers`` (voucher import: PEM, many vouchers).
+    max_voucher_import_body: int = body_limit_field(16 * 1024 * 1024)
+    #: Largest body of ``POST /api/v1/vouchers/extend`` (a batch of GUIDs and a key).
+    max_voucher_extend_body: int = body_limit_field(4 * 1024 * 1024)
+    #: Largest body of ``POST /api/v1/groups/{name}/revisions`` (a revision with its
+    #: files, each up to 1 MiB).
+    max_revision_body: int = body_limit_field(16 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
