@@ -109,7 +109,9 @@ class CheckinEndpoint:
         except _Gone:
             return
         except _TooLarge:
-            await _send(send, 413, {"detail": f"a check-in is at most {MAX_BODY} bytes"})
+            # As fdo_server.body_limit does: close, so the rest of the body is not read.
+            detail = {"detail": f"request body larger than {MAX_BODY} bytes"}
+            await _send(send, 413, detail, [(b"connection", b"close")])
             return
         token = _bearer(scope)
         if token is None:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from fdo_server.stack import SERVICES, Stack
 from tests.conftest import POSTGRES_URL
+from tests.owner.helpers import form_csrf
 
 pytestmark = pytest.mark.skipif(
     POSTGRES_URL is None, reason="FDO_TEST_POSTGRES_URL is not set (this test needs PostgreSQL)"
@@ -202,7 +203,9 @@ def test_admin_routes_answer_503_while_the_database_is_away_and_recover(
         group: Json = {"name": "outage", "model": "m1"}
         created = call(stack, "owner", "POST", "/api/v1/groups", group)  # a change: refused
         assert created.status_code == 503 and created.headers["retry-after"]
-        login = httpx.post(stack.url("owner") + "/ui/login", data={"token": "fdo_x"}, timeout=PROMPT)
+        with httpx.Client(base_url=stack.url("owner"), timeout=PROMPT) as browser:
+            form = browser.get("/ui")  # signed out: the sign-in form, which needs no database
+            login = browser.post("/ui/login", data={"token": "fdo_x", "csrf": form_csrf(form.text)})
         assert login.status_code == 503 and login.json()["detail"].startswith("the database is unavailable")
 
         proxy.start()  # the same port: the database is back
