@@ -14,8 +14,13 @@ an admin port the service warns at start that both planes share the device port.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,8 +229,6 @@ def test_serve_refuses_a_shared_or_busy_admin_port(monkeypatch: pytest.MonkeyPat
     assert same.output.strip().endswith(
         f"the admin port {device} is the device port too; give it a port of its own"
     )
-    import socket
-
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", busy))
         holder.listen()
@@ -236,3 +239,39 @@ def test_serve_refuses_a_shared_or_busy_admin_port(monkeypatch: pytest.MonkeyPat
     assert taken.exit_code == 2
     assert taken.output.strip().endswith(f"cannot listen on 127.0.0.1:{busy}: Address already in use")
     assert os.environ.get("FDO_RENDEZVOUS_ADMIN_PORT") is None
+
+
+def test_fdo_serve_opens_the_admin_listener_its_settings_name(tmp_path: Path) -> None:
+    """`fdo rendezvous serve` with FDO_RENDEZVOUS_ADMIN_PORT in its environment (not on
+    its command line) serves the planes apart and says where, in its JSON log."""
+
+    device, admin = free_ports(2)
+    env = {
+        **os.environ,
+        "FDO_RENDEZVOUS_DATABASE_URL": migrated(sqlite_url(tmp_path / "rv.db"), "rendezvous"),
+        "FDO_RENDEZVOUS_ADMIN_PORT": str(admin),
+        "FDO_LOG_FORMAT": "json",
+    }
+    fdo = str(Path(sys.executable).parent / "fdo")
+    argv = [fdo, "rendezvous", "serve", "--host", "127.0.0.1", "--port", str(device)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: S603
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{admin}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the service did not start"
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{device}/api/v1/registrations").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{admin}/api/v1/registrations").status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{device}/health").status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    messages = [json.loads(line)["message"] for line in out.decode().splitlines() if line.strip()]
+    assert f"serving the device plane on http://127.0.0.1:{device}" in messages
+    assert f"serving the admin plane on http://127.0.0.1:{admin}" in messages
+    assert not [m for m in messages if "shares the device listener" in m]
