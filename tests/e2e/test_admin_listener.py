@@ -7,8 +7,9 @@ plane (admin API, ``/ui``, ``/docs``, ``/redoc``, ``/openapi.json``, ``/metrics`
 an admin route is 404 on the device listener, even with a valid admin token, and
 answered on the admin listener; a device route answers on the device listener and is
 404 on the admin one; ``/health`` and ``/ready`` answer on both. A device onboards
-through the device listeners while the operator steps use the admin listeners. Without
-an admin port the service warns at start that both planes share the device port.
+through the device listeners while the operator steps use the admin listeners. With
+TLS both listeners serve HTTPS only. Without an admin port the service warns at start
+that both planes share the device port.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -35,6 +37,7 @@ from fdo_server.config import ConfigError, load_settings
 from fdo_server.db import sqlite_url
 from fdo_server.launcher import ServiceProcess, free_ports
 from fdo_server.stack import SERVICES, Stack
+from fdo_server.tls import write_test_tls
 from rendezvous.settings import RendezvousSettings
 from tests.conftest import migrated
 
@@ -199,6 +202,31 @@ def test_without_an_admin_port_both_planes_share_the_port_and_it_warns(tmp_path:
     log = (tmp_path / "rv.log").read_text()
     assert "the admin plane (admin API, /ui, /docs, /metrics) shares the device listener" in log
     assert "FDO_RENDEZVOUS_ADMIN_PORT" in log
+
+
+def test_both_listeners_serve_https_with_the_services_certificate(tmp_path: Path) -> None:
+    tls = write_test_tls(tmp_path / "tls")
+    device, admin = free_ports(2)
+    proc = ServiceProcess(
+        name="rendezvous",
+        factory="rendezvous.app:app_from_env",
+        env={"FDO_RENDEZVOUS_DATABASE_URL": migrated(sqlite_url(tmp_path / "rv.db"), "rendezvous")},
+        port=device,
+        admin_port=admin,
+        log_path=tmp_path / "rv.log",
+        tls_cert=tls.cert,
+        tls_key=tls.key,
+        tls_ca=tls.ca,
+    )
+    with proc, httpx.Client(verify=ssl.create_default_context(cafile=str(tls.ca)), timeout=30) as client:
+        assert (proc.url, proc.admin_url) == (f"https://127.0.0.1:{device}", f"https://127.0.0.1:{admin}")
+        assert client.get(proc.admin_url + "/api/v1/registrations").status_code == 401
+        assert client.get(proc.url + "/api/v1/registrations").status_code == 404
+        answer = client.post(proc.url + "/fdo/101/msg/30", content=b"\xa0")
+        assert answer.status_code == 500 and answer.headers["Message-Type"] == "255"
+        for port in (device, admin):  # no plain HTTP on either
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
 # ------------------------------------------------------------------ settings and serve
