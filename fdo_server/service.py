@@ -87,7 +87,7 @@ def service_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics = observability.ServiceMetrics(service)
-    planes.device_paths(app)  # the FDO routes are the device plane by their prefix
+    planes.device_paths(app)  # none yet: the FDO routes are the device plane by their prefix
     mount_fdo(
         app,
         fdo_router(
