@@ -26,15 +26,19 @@ def start(
     host: str | None,
     port: int | None,
     workers: int,
+    admin_host: str | None = None,
+    admin_port: int | None = None,
     tls_cert: Path | None,
     tls_key: Path | None,
     config: Path | None,
 ) -> None:
     """Serve ``service``. ``check`` loads its settings, exiting 2 with one line if they are
-    unusable; their database must be at head. ``host`` and ``port`` left None come from
-    the settings (``FDO_<SERVICE>_HOST``, ``FDO_<SERVICE>_PORT``)."""
+    unusable; their database must be at head. ``host``, ``port``, ``admin_host`` and
+    ``admin_port`` left None come from the settings (``FDO_<SERVICE>_HOST``, ``..._PORT``,
+    ``..._ADMIN_HOST``, ``..._ADMIN_PORT``); without an admin port both planes share the
+    device listener."""
     from fdo_server.config import use_config_file
-    from fdo_server.serve import check_tls_files, serve
+    from fdo_server.serve import ServeError, check_tls_files, serve
 
     use_config_file(f"FDO_{service.upper()}_CONFIG", config)  # the uvicorn workers read it too
     problem = check_tls_files(tls_cert, tls_key)
@@ -42,11 +46,16 @@ def start(
         raise die(problem, 2)
     settings = check()  # fail here, once, rather than in each worker
     require_current(service, settings.database_url)
-    serve(
-        f"{service}.app:app_from_env",
-        host=host if host is not None else settings.host,
-        port=port if port is not None else settings.port,
-        workers=workers,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-    )
+    try:
+        serve(
+            f"{service}.app:app_from_env",
+            host=host if host is not None else settings.host,
+            port=port if port is not None else settings.port,
+            admin_host=admin_host if admin_host is not None else settings.admin_host,
+            admin_port=admin_port if admin_port is not None else settings.admin_port,
+            workers=workers,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    except ServeError as exc:
+        raise die(str(exc), 2) from None

@@ -7,7 +7,7 @@ file, which overrides the defaults. The TOML keys are the setting names
 (``database_url = "..."``, ``[keys]`` ``ec256 = "/path"``); an unknown key is an error.
 
 :class:`ServiceSettings` holds the settings every service has (database URL, largest
-FDO and other request bodies, session lifetime) with the same bounds in each.
+FDO and other request bodies, session lifetime, listen addresses) with the same bounds in each.
 
 Every problem is raised as one :class:`ConfigError` line naming the file or the setting
 (``FDO_OWNER_MAX_BODY: Input should be a valid integer``).
@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsError
 
 S = TypeVar("S", bound=BaseSettings)
@@ -183,6 +183,11 @@ class ServiceSettings(BaseSettings):
     #: Listen address and port of ``serve`` (``--host`` and ``--port`` override them).
     host: str = "0.0.0.0"  # noqa: S104 - a network service listens on all interfaces by default
     port: int = Field(ge=1, le=65535)
+    #: Listen address and port of the admin plane (admin API, ``/ui``, ``/docs``,
+    #: ``/metrics``; :mod:`fdo_server.planes`); ``--admin-host`` and ``--admin-port``
+    #: override them. No port: the admin plane shares the device listener.
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = Field(default=None, ge=1, le=65535)
     #: Largest FDO request body in bytes.
     max_body: int = Field(default=65535, ge=MIN_BODY, le=MAX_BODY)
     #: Largest body of any other request (admin API, ``/ui``, device check-in and
@@ -195,6 +200,13 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _database_url(cls, value: str) -> str:
         return check_database_url(value)
+
+    @field_validator("admin_port")
+    @classmethod
+    def _admin_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value == info.data.get("port"):
+            raise ValueError(f"{value} is the device port too; the admin listener needs a port of its own")
+        return value
 
 
 def use_config_file(variable: str, path: Path | None) -> None:

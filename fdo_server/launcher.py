@@ -10,6 +10,10 @@ With several workers each service gets its own fresh, empty ``PROMETHEUS_MULTIPR
 (made before the workers start, removed at :meth:`ServiceProcess.stop`), so ``/metrics``
 adds up every worker's counters instead of showing whichever worker answered; a folder
 already set in the environment (``env`` or ``os.environ``) is used as it is.
+
+With :attr:`ServiceProcess.admin_port` the service runs as ``serve --admin-port`` runs it
+(``python -m fdo_server.serve``): the admin plane on a listener of its own
+(:attr:`ServiceProcess.admin_url`), the device plane alone on :attr:`ServiceProcess.url`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports that are free on 127.0.0.1 right now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def stat_cpu_seconds(stat: str) -> float:
     """User + system CPU seconds of a process, from the text of its ``/proc/PID/stat``."""
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -67,42 +80,34 @@ class ServiceProcess:
     tls_ca: Path | None = None
     #: The Prometheus multiprocess folder this object made (and removes at stop), if any.
     metrics_dir: Path | None = None
+    #: Serve the admin plane on this port of its own (:mod:`fdo_server.planes`); None: it
+    #: shares :attr:`port` with the device plane.
+    admin_port: int | None = None
 
     @property
     def url(self) -> str:
+        """The device listener (both planes without :attr:`admin_port`)."""
+        return self._url(self.port)
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener: :attr:`url` unless the admin plane has a port of its own."""
+        return self._url(self.port if self.admin_port is None else self.admin_port)
+
+    def _url(self, port: int) -> str:
         scheme = "https" if self.tls_cert is not None else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://127.0.0.1:{port}"
 
     def start(self, *, timeout: float = 30.0) -> None:
-        """Start the server and wait until ``/health`` answers."""
+        """Start the server and wait until ``/health`` answers on every listener."""
         self.spawn()
         self.wait_healthy(timeout=timeout)
 
     def spawn(self) -> None:
         """Start the server process without waiting for it."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            self.factory,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(self.workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--no-proxy-headers",  # as `serve`: forwarded headers only from trusted proxies
-            "--http",
-            HTTP_PROTOCOL,
-        ]
-        if self.tls_cert is not None:
-            if self.tls_key is None:
-                raise ValueError(f"{self.name}: tls_cert needs tls_key")
-            cmd += ["--ssl-certfile", str(self.tls_cert), "--ssl-keyfile", str(self.tls_key)]
+        if self.tls_cert is not None and self.tls_key is None:
+            raise ValueError(f"{self.name}: tls_cert needs tls_key")
+        cmd = self._split_command() if self.admin_port is not None else self._uvicorn_command()
         env = {**os.environ, **self.env}
         if self.workers > 1 and not env.get(MULTIPROC_ENV):
             self._remove_metrics_dir()
@@ -113,8 +118,31 @@ class ServiceProcess:
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
+    def _uvicorn_command(self) -> list[str]:
+        cmd = [
+            *(sys.executable, "-m", "uvicorn", "--factory", self.factory),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)),
+            *("--log-level", "warning", "--no-access-log", "--http", HTTP_PROTOCOL),
+            "--no-proxy-headers",  # as `serve`: forwarded headers only from trusted proxies
+        ]
+        if self.tls_cert is not None:
+            cmd += ["--ssl-certfile", str(self.tls_cert), "--ssl-keyfile", str(self.tls_key)]
+        return cmd
+
+    def _split_command(self) -> list[str]:
+        cmd = [
+            *(sys.executable, "-m", "fdo_server.serve", self.factory),
+            *("--host", "127.0.0.1", "--port", str(self.port)),
+            *("--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)),
+            *("--workers", str(self.workers), "--log-level", "warning", "--no-access-log"),
+        ]
+        if self.tls_cert is not None:
+            cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
+        return cmd
+
     def wait_healthy(self, *, timeout: float = 30.0) -> None:
-        """Wait until ``/health`` answers (raises with the log tail if the server died)."""
+        """Wait until ``/health`` answers on every listener (raises with the log tail if the
+        server died)."""
         if self.process is None:
             raise RuntimeError(f"{self.name}: spawn() first")
         deadline = time.monotonic() + timeout
@@ -126,15 +154,19 @@ class ServiceProcess:
                 raise RuntimeError(
                     f"{self.name} exited with code {self.process.returncode}{self._log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2, context=context) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if all(self._healthy(url, context) for url in {self.url, self.admin_url}):
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} did not become healthy in {timeout:.0f} s{self._log_tail()}")
+
+    @staticmethod
+    def _healthy(url: str, context: ssl.SSLContext | None) -> bool:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2, context=context) as resp:  # noqa: S310
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
     def _log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -8,7 +8,8 @@
   and the engine disposed at shutdown (after
   the service's own background work stops);
 * :func:`app_from_env`: the uvicorn factory body: JSON logs, settings from the
-  environment and ``--config``, the start-up heap frozen.
+  environment and ``--config``, the app split into its device and admin planes when an
+  admin listener is set (:mod:`fdo_server.planes`), the start-up heap frozen.
 
 The settings every service has are :class:`fdo_server.config.ServiceSettings`. Each
 service's ``app.py`` keeps only what is its own: its protocol handlers, what a
@@ -31,8 +32,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
+from starlette.types import ASGIApp
 
 from fdo_server import metrics as observability
+from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.config import ServiceSettings, load_settings
@@ -94,6 +97,7 @@ def service_app(
     # Added before mount_fdo, so FdoFastPath stays outermost: FDO messages keep their own
     # limit (max_body, answered with an ErrorMessage) and never pass through BodyLimit.
     app.add_middleware(BodyLimit, default=settings.max_request_body, routes=tuple(body_limits))
+    planes.device_paths(app)  # none yet: the FDO routes are the device plane by their prefix
     mount_fdo(
         app,
         fdo_router(
@@ -165,10 +169,27 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
-def app_from_env(service: str, settings_class: type[S], create: Callable[[S], FastAPI]) -> FastAPI:
+def app_from_env(service: str, settings_class: type[S], create: Callable[[S], FastAPI]) -> ASGIApp:
     """What each service's uvicorn factory does: JSON logs, ``create`` on the settings from
-    ``FDO_<SERVICE>_...`` and ``--config``, then freeze the start-up heap."""
+    ``FDO_<SERVICE>_...`` and ``--config``, then freeze the start-up heap.
+
+    With ``admin_port`` set the app is served through :class:`~fdo_server.planes.PlaneSplit`
+    (``serve`` listens on that port too); without it, as it is, with a warning that the
+    admin plane shares the device listener.
+    """
     configure_json_logging(service)
-    app = create(load_settings(settings_class))
+    settings = load_settings(settings_class)
+    app = create(settings)
+    served: ASGIApp = app
+    if settings.admin_port is not None:
+        served = planes.PlaneSplit(app, settings.admin_port)
+    else:
+        variable = f"FDO_{service.upper()}_ADMIN_PORT"
+        log.warning(
+            "the admin plane (admin API, /ui, /docs, /metrics) shares the device listener: "
+            "anyone who reaches the device port reaches it too; set %s (or serve --admin-port) "
+            "to serve it on a listener of its own",
+            variable,
+        )
     freeze_startup_heap()
-    return app
+    return served

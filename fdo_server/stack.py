@@ -6,6 +6,10 @@ admin tokens, starts the three services under uvicorn on free local ports, and o
 the operator steps the demo, the end-to-end tests and the benchmark share: DI for a
 device, the hand-off (the manufacturer extends the voucher to the owner's key, the owner
 imports it), waiting for the owner's TO0, and onboarding (TO1 then TO2) with the real device client.
+
+With ``split_admin`` each service serves its admin plane on a listener of its own
+(:mod:`fdo_server.planes`): :meth:`Stack.url` is then the device listener only and
+:meth:`Stack.admin_url` the admin one; :meth:`Stack.admin` always uses the latter.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from fdo.kex import CipherSuite, KexSuite
 from fdo.serviceinfo import Devmod
 from fdo_server.auth import Role, create_token
 from fdo_server.db import make_engine, sqlite_url
-from fdo_server.launcher import ServiceProcess, free_port
+from fdo_server.launcher import ServiceProcess, free_ports
 from fdo_server.migrate import upgrade
 from fdo_server.tls import TlsFiles, write_test_tls
 
@@ -71,13 +75,17 @@ class Stack:
     #: the credential then carries https rendezvous and TO2 addresses.
     tls_ca: bool = False
     tls: TlsFiles | None = None
+    #: Serve each service's admin plane on a port of its own (``serve --admin-port``).
+    split_admin: bool = False
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> Stack:
         """Generate material, create tokens and start the three servers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in SERVICES}
+        free = iter(free_ports(2 * len(SERVICES)))
+        ports = {name: next(free) for name in SERVICES}
+        admin_ports = {name: next(free) for name in SERVICES}
         if self.tls_ca:
             self.tls = write_test_tls(self.workdir / "tls")
         scheme = "https" if self.tls else "http"
@@ -133,6 +141,7 @@ class Stack:
                 tls_cert=self.tls.cert if self.tls else None,
                 tls_key=self.tls.key if self.tls else None,
                 tls_ca=self.tls.ca if self.tls else None,
+                admin_port=admin_ports[name] if self.split_admin else None,
             )
             self.services[name] = proc
         try:
@@ -165,7 +174,12 @@ class Stack:
         return paths
 
     def url(self, service: str) -> str:
+        """The service's device listener (both planes unless ``split_admin``)."""
         return self.services[service].url
+
+    def admin_url(self, service: str) -> str:
+        """The service's admin listener (:meth:`url` unless ``split_admin``)."""
+        return self.services[service].admin_url
 
     @property
     def verify(self) -> bool | str:
@@ -178,7 +192,7 @@ class Stack:
         if self.tls:
             verify = ssl.create_default_context(cafile=str(self.tls.ca))
         return httpx.Client(
-            base_url=self.url(service),
+            base_url=self.admin_url(service),
             headers={"Authorization": f"Bearer {self.tokens[service]}"},
             timeout=30,
             verify=verify,

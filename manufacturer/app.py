@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
@@ -75,6 +76,6 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment."""
     return service.app_from_env("manufacturer", ManufacturerSettings, create_app)

@@ -68,6 +68,22 @@ def serve(
     port: Annotated[
         int | None, typer.Option("--port", help="Listen port (default: FDO_MANUFACTURER_PORT, 8038).")
     ] = None,
+    admin_host: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-host", help="Admin listener address (default: FDO_MANUFACTURER_ADMIN_HOST, 127.0.0.1)."
+        ),
+    ] = None,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(
+            "--admin-port",
+            min=1,
+            max=65535,
+            help="Serve the admin API, /ui, /docs and /metrics on this port only (default: "
+            "FDO_MANUFACTURER_ADMIN_PORT; unset: they share the device port).",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
     tls_cert: Annotated[
         Path | None,
@@ -98,6 +114,8 @@ def serve(
         check=_settings_or_die,
         host=host,
         port=port,
+        admin_host=admin_host,
+        admin_port=admin_port,
         workers=workers,
         tls_cert=tls_cert,
         tls_key=tls_key,

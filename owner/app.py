@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Table
 from sqlalchemy import insert as sa_insert
+from starlette.types import ASGIApp
 
 from fdo.errors import InternalError
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
@@ -37,6 +38,7 @@ from fdo_server.db import (
     current_session,
     inline_messages,
 )
+from fdo_server.planes import include_device_router
 from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
 from owner.admin_api import admin_router
@@ -209,8 +211,8 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
     app.include_router(checkin_admin_router(), prefix="/api/v1")
-    app.include_router(report_router(), prefix="/api/v1")
-    app.include_router(device_router(), prefix="/device/v1")
+    include_device_router(app, report_router(), prefix="/api/v1")
+    include_device_router(app, device_router(), prefix="/device/v1")
     app.include_router(web_router())
     app.add_middleware(
         CheckinEndpoint,
@@ -222,6 +224,6 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> ASGIApp:
     """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
     return service.app_from_env("owner", OwnerSettings, create_app)

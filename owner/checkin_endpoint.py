@@ -110,8 +110,8 @@ class CheckinEndpoint:
             return
         except _TooLarge:
             # As fdo_server.body_limit does: close, so the rest of the body is not read.
-            detail = {"detail": f"request body larger than {MAX_BODY} bytes"}
-            await _send(send, 413, detail, [(b"connection", b"close")])
+            too_large = {"detail": f"request body larger than {MAX_BODY} bytes"}
+            await _send(send, 413, too_large, [(b"connection", b"close")])
             return
         token = _bearer(scope)
         if token is None:

@@ -13,6 +13,7 @@ Settings and the engine are made in :func:`create_app`, never at import time;
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
@@ -60,6 +61,6 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> ASGIApp:
     """The uvicorn factory: settings from ``FDO_RENDEZVOUS_*``."""
     return service.app_from_env("rendezvous", RendezvousSettings, create_app)

@@ -57,6 +57,22 @@ def serve(
     port: Annotated[
         int | None, typer.Option("--port", help="Listen port (default: FDO_RENDEZVOUS_PORT, 8041).")
     ] = None,
+    admin_host: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-host", help="Admin listener address (default: FDO_RENDEZVOUS_ADMIN_HOST, 127.0.0.1)."
+        ),
+    ] = None,
+    admin_port: Annotated[
+        int | None,
+        typer.Option(
+            "--admin-port",
+            min=1,
+            max=65535,
+            help="Serve the admin API, /ui, /docs and /metrics on this port only (default: "
+            "FDO_RENDEZVOUS_ADMIN_PORT; unset: they share the device port).",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
     tls_cert: Annotated[
         Path | None,
@@ -87,6 +103,8 @@ def serve(
         check=lambda: _settings(None),
         host=host,
         port=port,
+        admin_host=admin_host,
+        admin_port=admin_port,
         workers=workers,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -37,6 +37,8 @@ DEPLOY = ROOT / "deploy"
 DOC = ROOT / "docs" / "deploy.md"
 SERVICES = ("manufacturer", "rendezvous", "owner")
 PORTS = {"manufacturer": 8038, "rendezvous": 8041, "owner": 8043}
+#: The admin plane's listener in every deployment (``serve --admin-port``).
+ADMIN_PORTS = {"manufacturer": 9038, "rendezvous": 9041, "owner": 9043}
 SETTINGS: dict[str, type[Any]] = {
     "MANUFACTURER": ManufacturerSettings,
     "RENDEZVOUS": RendezvousSettings,
@@ -374,26 +376,55 @@ def test_configmaps_load_into_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------ ports and paths
 
 
+def _serves_split(argv: list[str], service: str) -> bool:
+    """``argv`` (after ``fdo``) serves ``service`` with the device plane on its port and
+    the admin plane on its admin port, listening on every address in the container."""
+    options = dict(zip(argv[2::2], argv[3::2], strict=False))
+    return (
+        argv[:2] == [service, "serve"]
+        and options.get("--port") == str(PORTS[service])
+        and options.get("--admin-port") == str(ADMIN_PORTS[service])
+        and options.get("--admin-host") == "0.0.0.0"  # noqa: S104 - inside the container
+    )
+
+
 def test_ports_match_cli_defaults() -> None:
+    """Each service listens on its default port for devices and on its admin port for
+    operators: the image exposes both; the quadlet publishes the device port and the admin
+    port on the host's loopback only; Kubernetes has a device Service and an internal
+    admin Service, and probes the device port."""
     for service in SERVICES:
         assert serve_port_default(service) == PORTS[service]
-        port = PORTS[service]
+        port, admin = PORTS[service], ADMIN_PORTS[service]
         instr = containerfile_instructions(DEPLOY / "containers" / f"Containerfile.{service}")
-        assert [rest for w, rest in instr if w == "EXPOSE"] == [str(port)]
+        assert [rest for w, rest in instr if w == "EXPOSE"] == [f"{port} {admin}"]
+        assert [_serves_split(exec_form(rest), service) for w, rest in instr if w == "CMD"][-1]
         healthcheck = " ".join(rest for w, rest in instr if w == "HEALTHCHECK")
         assert f"127.0.0.1:{port}/health" in healthcheck
         quadlet = DEPLOY / "quadlet" / f"fdo-{service}.container"
-        assert unit_values(quadlet, "Container", "PublishPort") == [f"{port}:{port}"]
+        published = unit_values(quadlet, "Container", "PublishPort")
+        assert published == [f"{port}:{port}", f"127.0.0.1:{admin}:{admin}"]
+        assert [
+            _serves_split(shlex.split(v), service) for v in unit_values(quadlet, "Container", "Exec")
+        ] == [True]
         assert f"127.0.0.1:{port}/health" in unit_values(quadlet, "Container", "HealthCmd")[0]
+    services: dict[str, dict[str, Any]] = {}
     for path, doc in manifest_docs():
         name = doc.get("metadata", {}).get("name", "").removeprefix("fdo-")
-        if name not in SERVICES:
-            continue
-        if doc["kind"] == "Deployment":
-            (container,) = doc["spec"]["template"]["spec"]["containers"]
-            assert [p["containerPort"] for p in container["ports"]] == [PORTS[name]], path
         if doc["kind"] == "Service":
-            assert [p["port"] for p in doc["spec"]["ports"]] == [PORTS[name]], path
+            services[name] = doc
+        if doc["kind"] == "Deployment" and name in SERVICES:
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            ports = [(p["name"], p["containerPort"]) for p in container["ports"]]
+            assert ports == [("device", PORTS[name]), ("admin", ADMIN_PORTS[name])], path
+            assert _serves_split(container["command"][1:], name), path
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert container[probe]["httpGet"]["port"] == "device", (path, probe)
+    for service in SERVICES:
+        device, admin = services[service]["spec"], services[f"{service}-admin"]["spec"]
+        assert [(p["port"], p["targetPort"]) for p in device["ports"]] == [(PORTS[service], "device")]
+        assert [(p["port"], p["targetPort"]) for p in admin["ports"]] == [(ADMIN_PORTS[service], "admin")]
+        assert admin.get("type", "ClusterIP") == "ClusterIP"  # never reachable from outside the cluster
 
 
 def routes(service: str) -> set[str]:

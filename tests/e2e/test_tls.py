@@ -144,6 +144,8 @@ def test_serve_needs_both_tls_files(service: str, tmp_path: Path, monkeypatch: p
 class _FakeSettings:
     host = "127.0.0.1"
     port = 8041
+    admin_host = "127.0.0.1"
+    admin_port = None
     database_url = "sqlite://"  # in memory: serve's schema check migrates it on the spot
 
     @property
