@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,20 +41,52 @@ from fdo_server.metrics import MULTIPROC_ENV
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+#: ``LOW-HIGH``: take free ports only from this range (set per process by test runners
+#: that start servers from several processes at once, so two never pick the same port
+#: between its check and its use). Unset: any port the kernel hands out.
+PORT_RANGE_ENV = "FDO_FREE_PORT_RANGE"
+
+
+def _port_range() -> tuple[int, int] | None:
+    value = os.environ.get(PORT_RANGE_ENV, "").strip()
+    if not value:
+        return None
+    low, _, high = value.partition("-")
+    return int(low), int(high)
+
+
+def _bind_free(sock: socket.socket, taken: set[int]) -> int:
+    span = _port_range()
+    if span is None:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+    low, high = span
+    for _ in range(1000):
+        port = random.randint(low, high)  # noqa: S311 - not a secret
+        if port in taken:
+            continue
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port in {PORT_RANGE_ENV}={low}-{high}")
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        return _bind_free(sock, set())
 
 
 def free_ports(count: int) -> list[int]:
     """``count`` different TCP ports that are free on 127.0.0.1 right now."""
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            ports.append(_bind_free(sock, set(ports)))
+        return ports
 
 
 def stat_cpu_seconds(stat: str) -> float:

@@ -21,6 +21,19 @@ NOW = datetime(2025, 1, 1, tzinfo=UTC)
 """A fixed "now" for certificates made in tests."""
 
 
+def _port_range_per_worker() -> None:
+    """Under pytest-xdist each worker takes the services' ports from a range of its own
+    (below the kernel's ephemeral range), so two workers never start servers on one port
+    (fdo_server.launcher.free_port checks a port, then a server binds it later)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        low = 20000 + 1500 * int(worker[2:])
+        os.environ.setdefault("FDO_FREE_PORT_RANGE", f"{low}-{low + 1499}")
+
+
+_port_range_per_worker()
+
+
 def vectors_path() -> Path:
     """The vectors folder (it may not exist)."""
     env = os.environ.get("FDO_VECTORS_DIR")
