@@ -22,6 +22,7 @@ from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import service
 from fdo_server.clock import Clock, utc_now
+from fdo_server.db import require_durable
 from fdo_server.service import open_engine, service_app
 from rendezvous.admin_api import admin_router
 from rendezvous.pins import RefusalReporter, enforce_pin
@@ -51,6 +52,7 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
         if not isinstance(machine, TO0Rendezvous) or machine.registration is None:
             raise TypeError("TO0 finished without a registration")
         now = clock()
+        require_durable()  # the owner acts on TO0.AcceptOwner: the registration must last
         enforce_pin(machine.registration, now)  # PinRefusedError rolls the message back
         save_registration(machine.registration, now)
 
