@@ -126,6 +126,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 #: Connection-record key: the connection's open transaction runs with synchronous=FULL.
 _DURABLE = "fdo_durable"
+#: Non-empty once the process warned about ``synchronous_commit=off`` (warned once, then debug).
+_warned_sync_off: list[bool] = []
 
 
 def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
@@ -133,8 +135,9 @@ def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
 
     ``synchronous_commit=off`` (set for the server, the database or the role) would
     acknowledge commits that a crash of the server can lose; it is raised to ``on`` for
-    this connection, with a warning. Any other value (``on``, ``local``, ``remote_write``,
-    ``remote_apply``) flushes locally and is kept. One round trip per new connection.
+    this connection, with a warning (the first time in the process). Any other value
+    (``on``, ``local``, ``remote_write``, ``remote_apply``) flushes locally and is kept.
+    One round trip per new connection.
     """
     autocommit = dbapi_conn.autocommit
     dbapi_conn.autocommit = True  # the SET must not ride in a transaction rolled back later
@@ -144,11 +147,12 @@ def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
             row = cursor.fetchone()
             if row is not None and str(row[0]).lower() == "off":
                 cursor.execute("SET synchronous_commit = on")
-                log.warning(
+                (log.debug if _warned_sync_off else log.warning)(
                     "PostgreSQL has synchronous_commit=off for this database or role; "
                     "the service's connections use synchronous_commit=on (commits that "
                     "devices act on must be durable)"
                 )
+                _warned_sync_off.append(True)
     finally:
         dbapi_conn.autocommit = autocommit
 

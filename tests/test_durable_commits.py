@@ -134,7 +134,7 @@ def test_postgresql_commits_are_synchronous_even_when_the_server_says_off(
         raw.dispose()
     engine = make_engine(weakened)
     try:
-        with caplog.at_level(logging.WARNING, logger="fdo_server.db"), engine.connect() as conn:
+        with caplog.at_level(logging.DEBUG, logger="fdo_server.db"), engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
             conn.rollback()  # the SET was not part of a transaction a rollback undoes
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
