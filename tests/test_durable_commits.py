@@ -4,7 +4,7 @@ On SQLite the commit of a unit of work that called :func:`require_durable` runs 
 ``synchronous=FULL`` (an fsync of the WAL) and every other commit with NORMAL; the three
 services call it for DI done, TO0 accepted and TO2.Done, and for nothing else. On
 PostgreSQL every connection commits with ``synchronous_commit`` on, even when the
-database or role turned it off.
+database or role turned it off (with a warning, once per process).
 """
 
 from __future__ import annotations
