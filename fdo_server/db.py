@@ -7,11 +7,23 @@ router opens a :func:`message_scope` around it (admin requests and background wo
 :func:`current_connection` (Core statements) or :func:`current_session` (ORM), both
 context variables, so lookups deep in a store need no plumbing. Schemas are made and
 changed by migrations only (:mod:`fdo_server.migrate`).
+
+**Durable commits.** A commit that precedes a reply the device acts on (DI done, TO0
+accepted, TO2.Done answered by Done2) must survive a power cut, or the device would hold
+a credential or a registration its server forgot. The code that makes such a commit calls
+:func:`require_durable` first. On SQLite (WAL, ``synchronous=NORMAL``, which syncs only
+at checkpoints) that transaction runs with ``synchronous=FULL``: its commit waits for an
+fsync of the WAL, which also makes every earlier commit durable. Other SQLite commits
+(session rows, admin changes) stay at NORMAL: a power cut may lose the last of them, a
+process crash none. On PostgreSQL every commit is durable: :func:`make_engine` makes
+each connection run with ``synchronous_commit`` on, raising it (with a warning) when the
+server, database or role set it ``off``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +43,7 @@ from sqlmodel import Session, create_engine
 from transport.server import InlineWhileFast
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 _connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)
@@ -74,6 +87,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        @event.listens_for(engine, "checkin")
+        def _back_to_normal(dbapi_conn: Any, record: Any) -> None:
+            # After a transaction require_durable() raised to FULL (rolled back or
+            # committed by now): the connection's next transactions are ordinary again.
+            if record.info.pop(_DURABLE, False) and dbapi_conn is not None:
+                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
         return engine
     # No pool_pre_ping: it costs a round trip on every checkout, i.e. every FDO message;
     # connections are recycled instead. A connection the server dropped (restart,
@@ -99,8 +119,62 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         },
     )
     event.listen(engine, "before_cursor_execute", _begin_before_write)
+    event.listen(engine, "connect", _durable_commits)
     _DEFERRING.add(engine)
     return engine
+
+
+#: Connection-record key: the connection's open transaction runs with synchronous=FULL.
+_DURABLE = "fdo_durable"
+#: Non-empty once the process warned about ``synchronous_commit=off`` (warned once, then debug).
+_warned_sync_off: list[bool] = []
+
+
+def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
+    """``connect`` of a PostgreSQL engine: every commit waits for its WAL flush.
+
+    ``synchronous_commit=off`` (set for the server, the database or the role) would
+    acknowledge commits that a crash of the server can lose; it is raised to ``on`` for
+    this connection, with a warning (the first time in the process). Any other value
+    (``on``, ``local``, ``remote_write``, ``remote_apply``) flushes locally and is kept.
+    One round trip per new connection.
+    """
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True  # the SET must not ride in a transaction rolled back later
+    try:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            row = cursor.fetchone()
+            if row is not None and str(row[0]).lower() == "off":
+                cursor.execute("SET synchronous_commit = on")
+                (log.debug if _warned_sync_off else log.warning)(
+                    "PostgreSQL has synchronous_commit=off for this database or role; "
+                    "the service's connections use synchronous_commit=on (commits that "
+                    "devices act on must be durable)"
+                )
+                _warned_sync_off.append(True)
+    finally:
+        dbapi_conn.autocommit = autocommit
+
+
+def require_durable() -> None:
+    """Make the commit of the open unit of work durable (module docstring).
+
+    Call it before the unit of work's first write: SQLite cannot change ``synchronous``
+    inside a transaction (``RuntimeError`` if one is open). On PostgreSQL every commit is
+    durable already.
+    """
+    conn = current_connection()
+    if conn.dialect.name != "sqlite":
+        return
+    proxied = conn.connection
+    raw: Any = proxied.dbapi_connection
+    if raw is None:
+        return
+    if raw.in_transaction:
+        raise RuntimeError("require_durable() after the unit of work's first write")
+    raw.execute("PRAGMA synchronous=FULL")
+    proxied.info[_DURABLE] = True
 
 
 @contextlib.contextmanager

@@ -22,6 +22,9 @@ Metrics (label ``service`` is ``manufacturer``, ``rendezvous`` or ``owner``):
 * ``fdo_protocol_duration_seconds{service,protocol}`` — histogram, first message to
   completion of a session (the start time travels in the session state, so it holds
   when messages land on different workers);
+* rendezvous only: ``fdo_to0_refused_total{service,reason}`` — TO0 registrations refused
+  because their GUID is pinned to another manufacturer key or owner key chain
+  (``rendezvous/pins.py``);
 * owner only, computed from the database at scrape time: ``fdo_to0_pending`` (TO0
   registrations not live yet) and ``fdo_to0_expiring`` (live ones expiring within
   ``expiring_window``).
@@ -93,6 +96,16 @@ class ServiceMetrics:
             registry=own,
         )
         self._extra: list[Collector] = []
+        self._listeners: list[Callable[[MessageEvent], None]] = []
+
+    def counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
+        """A service's own counter, kept where this object keeps its others (its
+        registry, or the multiprocess files)."""
+        return Counter(name, documentation, labels, registry=None if self.multiprocess else self.registry)
+
+    def add_listener(self, listener: Callable[[MessageEvent], None]) -> None:
+        """Call ``listener`` with every message event after it is counted (it must not raise)."""
+        self._listeners.append(listener)
 
     def add_collector(self, collector: Collector) -> None:
         """A scrape-time collector (e.g. gauges read from the database)."""
@@ -134,6 +147,8 @@ class ServiceMetrics:
             "ok" if ok else f"error {event.error_code}",
             extra={FIELDS: fields},
         )
+        for listener in self._listeners:
+            listener(event)
 
     def exposition(self) -> bytes:
         if not self.multiprocess:

@@ -18,7 +18,7 @@ from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import service
 from fdo_server.body_limit import RouteLimit
-from fdo_server.db import current_session
+from fdo_server.db import current_session, require_durable
 from fdo_server.service import open_engine, service_app
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
@@ -35,6 +35,7 @@ def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
     def store_voucher(machine: AnyServerMachine) -> None:
         if not isinstance(machine, DIManufacturer) or machine.voucher is None:
             raise TypeError("DI finished without a voucher")
+        require_durable()  # the device keeps the credential DI.Done confirms: so must we the voucher
         voucher, info = machine.voucher, machine.mfg_info
         serial = (info.serial if info is not None else None) or voucher.header.device_info
         current_session().add(

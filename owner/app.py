@@ -37,6 +37,7 @@ from fdo_server.db import (
     current_connection,
     current_session,
     inline_messages,
+    require_durable,
 )
 from fdo_server.planes import include_device_router
 from fdo_server.service import open_engine, service_app
@@ -128,6 +129,7 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
     """``on_done`` of TO2: store the replacement voucher (:func:`owner.lifecycle.record_replacement`,
     which refuses a Done another session of the device beat) and the onboarding record."""
     assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
+    require_durable()  # the device takes the new credential on TO2.Done2: the voucher must last
     conn = current_connection()
     now = clock()
     new = None if machine.new_voucher is None else held_by_owner(machine.new_voucher, machine.store)

@@ -1,4 +1,5 @@
-"""The rendezvous admin JSON API: list and delete registrations (bearer tokens, roles).
+"""The rendezvous admin JSON API: list and delete registrations, clear a GUID's pin
+(bearer tokens, roles).
 
 Responses show the GUID in UUID text form, the lifetime and the expiry; never the
 ``to1d`` bytes or keys (the owner's address is the owner's business).
@@ -20,6 +21,7 @@ from fdo.types import Guid
 from fdo_server.auth import AdminToken, Role, require
 from fdo_server.clock import Clock
 from fdo_server.params import Limit, Offset
+from rendezvous.pins import delete_pin, log_unpin
 from rendezvous.store import as_utc, delete_registration, list_registrations
 from rendezvous.tables import Registration
 
@@ -94,6 +96,15 @@ def admin_router(clock: Clock) -> APIRouter:
     def remove_registration(guid: str, db: SessionDep, _token: AdminDep) -> Response:
         if not delete_registration(db, _guid(guid)):
             raise HTTPException(404, "no registration for this GUID")
+        return Response(status_code=204)
+
+    @router.delete("/pins/{guid}", status_code=204)
+    def remove_pin(guid: str, db: SessionDep, token: AdminDep) -> Response:
+        """Clear the GUID's pin (``rendezvous/pins.py``); logged with the token's name."""
+        parsed = _guid(guid)
+        if not delete_pin(db.connection(), parsed):
+            raise HTTPException(404, "this GUID is not pinned")
+        log_unpin(parsed, f"token {token.name!r}")
         return Response(status_code=204)
 
     return router

@@ -3,14 +3,18 @@
 ``POST /fdo/101/msg/{20..23,30..33}`` serves TO0 and TO1 through
 :func:`transport.server.fdo_router`: each message runs in one database transaction
 (:func:`fdo_server.db.message_scope`), sessions are rows (:class:`SQLSessionStore`), so
-any replica can serve any message. A finished TO0 upserts the registration; TO1 hands
-out the live one. ``/health`` and an admin JSON API sit alongside.
+any replica can serve any message. A finished TO0 is checked against its GUID's pin
+(:mod:`rendezvous.pins`: nobody takes over a device's entry) and upserts the
+registration; TO1 hands out the live one. ``/health`` and an admin JSON API sit
+alongside. Empty trust lists (any manufacturer, any owner) get a warning at start.
 
 Settings and the engine are made in :func:`create_app`, never at import time;
 :func:`app_from_env` is the factory uvicorn calls in each worker.
 """
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -19,11 +23,15 @@ from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import service
 from fdo_server.clock import Clock, utc_now
+from fdo_server.db import require_durable
 from fdo_server.service import open_engine, service_app
 from rendezvous.admin_api import admin_router
+from rendezvous.pins import RefusalReporter, enforce_pin
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
 from transport.server import AnyServerMachine, ProtocolHandler
+
+log = logging.getLogger("rendezvous")
 
 
 def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc_now) -> FastAPI:
@@ -38,12 +46,16 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
         owner_keys=settings.owner_key_spkis(),
         manufacturer_keys=settings.manufacturer_key_spkis(),
     )
+    warn_if_untrusting(settings)
     lookup = RegistrationLookup(clock)
 
     def register(machine: AnyServerMachine) -> None:
         if not isinstance(machine, TO0Rendezvous) or machine.registration is None:
             raise TypeError("TO0 finished without a registration")
-        save_registration(machine.registration, clock())
+        now = clock()
+        require_durable()  # the owner acts on TO0.AcceptOwner: the registration must last
+        enforce_pin(machine.registration, now)  # PinRefusedError rolls the message back
+        save_registration(machine.registration, now)
 
     handlers = {
         20: ProtocolHandler(
@@ -57,8 +69,28 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
         ),
     }
     app = service_app("rendezvous", settings, engine, handlers, clock=clock)
+    app.state.metrics.add_listener(RefusalReporter(app.state.metrics))
     app.include_router(admin_router(clock))
     return app
+
+
+def warn_if_untrusting(settings: RendezvousSettings) -> None:
+    """Log one warning when a trust list is empty (the production setting lists keys)."""
+    empty = [
+        (setting, who)
+        for setting, who, paths in (
+            ("FDO_RENDEZVOUS_TRUSTED_MANUFACTURER_KEYS", "manufacturer", settings.trusted_manufacturer_keys),
+            ("FDO_RENDEZVOUS_TRUSTED_OWNER_KEYS", "owner", settings.trusted_owner_keys),
+        )
+        if not paths
+    ]
+    if empty:
+        log.warning(
+            "%s empty: vouchers of any %s may register devices here (each GUID stays pinned to its "
+            "first registration); list the keys you trust in production (docs/deploy.md)",
+            " and ".join(s for s, _ in empty) + (" are" if len(empty) > 1 else " is"),
+            " or ".join(w for _, w in empty),
+        )
 
 
 def app_from_env() -> ASGIApp:

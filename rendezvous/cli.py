@@ -145,3 +145,34 @@ def purge(database_url: DatabaseOpt = None) -> None:
         registrations = purge_expired_registrations(db, utc_now())
         sessions = SQLSessionStore().purge_expired()
     typer.echo(f"deleted {registrations} expired registration(s) and {sessions} session(s)")
+
+
+@app.command()
+def unpin(
+    guid: Annotated[str, typer.Argument(help="The device GUID whose pin to clear.")],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Clear a GUID's pin (manufacturer key and owner key chain) so that its next valid
+    registration pins it anew: for a device whose voucher was legitimately re-issued."""
+    import getpass
+
+    from fdo.errors import MessageBodyError
+    from fdo.types import Guid
+    from fdo_server.db import unit_of_work
+    from rendezvous.pins import delete_pin, log_unpin
+
+    try:
+        parsed = Guid.parse(guid)
+    except MessageBodyError:
+        typer.echo(f"error: not a GUID: {guid}", err=True)
+        raise typer.Exit(2) from None
+    with (
+        local_engine("rendezvous", _settings(database_url).database_url) as engine,
+        unit_of_work(engine) as db,
+    ):
+        found = delete_pin(db.connection(), parsed)
+    if not found:
+        typer.echo(f"error: GUID {parsed} is not pinned", err=True)
+        raise typer.Exit(1)
+    log_unpin(parsed, f"{getpass.getuser()} (fdo rendezvous unpin)")
+    typer.echo(f"cleared the pin of GUID {parsed}: its next valid registration pins it anew")

@@ -7,10 +7,15 @@ names a host, RVIP or RVDNS (4); to1d is signed by the voucher's final owner key
 the service's policy accepts the owner or manufacturer key (2). go-fdo's rendezvous skips
 the to1d signature; checking it is what stops a third party from redirecting devices.
 The accepted lifetime is the owner's request capped by :attr:`TO0Policy.max_wait_seconds`.
+
+The registration carries what the service pins per GUID (``rendezvous/pins.py``): the
+manufacturer key and the chain of owner keys, each as the SHA-256 of its
+SubjectPublicKeyInfo, so a later registration can be checked to continue the first one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +59,18 @@ class TO0Registration:
     device_key_spki: bytes
     owner_key_spki: bytes
     manufacturer_key_spki: bytes
+    #: SHA-256 of each voucher entry's owner key SPKI, entry 0 first (the owner chain).
+    owner_chain: tuple[bytes, ...] = ()
+
+    @property
+    def manufacturer_key_hash(self) -> bytes:
+        """SHA-256 of the voucher header's public key SPKI."""
+        return hashlib.sha256(self.manufacturer_key_spki).digest()
+
+
+def owner_chain(voucher: OwnershipVoucher) -> tuple[bytes, ...]:
+    """SHA-256 of each entry's owner public key (SPKI DER), in entry order."""
+    return tuple(hashlib.sha256(spki_der(e.payload.public_key.key)).digest() for e in voucher.entries)
 
 
 class TO0State(Enum):
@@ -119,6 +136,7 @@ class TO0Rendezvous(ServerMachine[TO0State]):
             device_key_spki=spki_der(device_key),
             owner_key_spki=spki_der(owner_key.key),
             manufacturer_key_spki=spki_der(voucher.header.public_key.key),
+            owner_chain=owner_chain(voucher),
         )
         self.state = TO0State.DONE
         return MsgType.TO0_ACCEPT_OWNER, TO0AcceptOwner(wait_seconds=wait).encode()

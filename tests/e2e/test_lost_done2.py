@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,15 @@ SERVICES = ("manufacturer", "rendezvous", "owner")
 
 class Proxy:
     """Forwards FDO requests to the owner; swallows the next ``lose`` TO2.Done2 replies
-    (the owner handled TO2.Done; the device sees the connection close without a reply)."""
+    (the owner handled TO2.Done; the device sees the connection close without a reply).
+    ``after_done2`` (optional) is called right after a TO2.Done2 reply (Message-Type 71)
+    was passed on to the device (the crash test kills the owner there)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.target = ""
         self.lose = 0
+        self.after_done2: Callable[[], None] | None = None
         self.forwarded: list[str] = []
         proxy = self
 
@@ -62,6 +65,9 @@ class Proxy:
                 self.send_header("Content-Length", str(len(reply.content)))
                 self.end_headers()
                 self.wfile.write(reply.content)
+                self.wfile.flush()
+                if reply.headers.get("Message-Type") == "71" and proxy.after_done2 is not None:
+                    proxy.after_done2()
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
                 pass
