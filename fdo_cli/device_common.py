@@ -73,6 +73,21 @@ def save_credential(path: Path, credential: DeviceCredential) -> None:
         raise die(str(exc)) from None
 
 
+def check_writable(path: Path) -> None:
+    """Exit with one line unless a credential can be written to ``path`` (its folder
+    exists and takes a new file), checked before anything is asked of a server."""
+    import tempfile
+
+    folder = path.parent
+    if path.is_dir():
+        raise die(f"{path} is a folder, not a credential file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fdo-write-check-"):
+            pass
+    except OSError as exc:
+        raise die(f"cannot write the credential to {path}: {exc.strerror or exc}") from None
+
+
 def tls_verify(ca_bundle: Path | None) -> bool | str:
     if ca_bundle is None:
         return True

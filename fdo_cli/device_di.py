@@ -11,7 +11,14 @@ import typer
 
 from device import dmi
 from fdo_cli.common import die
-from fdo_cli.device_common import CaBundleOpt, CredentialOpt, device_env, save_credential, tls_verify
+from fdo_cli.device_common import (
+    CaBundleOpt,
+    CredentialOpt,
+    check_writable,
+    device_env,
+    save_credential,
+    tls_verify,
+)
 from fdo_cli.keys import KeyType
 
 
@@ -87,6 +94,7 @@ def di(
         raise die(f"a manufacturer URL is needed: --url or {device_env('manufacturer-url')}")
     if credential.exists() and not force:
         raise die(f"{credential} exists; use --force to replace it")
+    check_writable(credential)  # before the manufacturer makes a voucher for a lost credential
     platform_model = f"{platform.system()}-{platform.machine()}".strip("-") or "device"
     try:
         cred = run_di(

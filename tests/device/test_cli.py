@@ -90,6 +90,26 @@ def test_di_then_onboard(world: World, tmp_path: Path) -> None:
     assert read_credential(path).serial == "SN-9"
 
 
+@pytest.mark.parametrize("where", ["missing-folder", "parent-is-a-file", "a-folder"])
+def test_di_checks_the_credential_path_before_asking_the_manufacturer(
+    world: World, tmp_path: Path, where: str
+) -> None:
+    made = len(world.vouchers)
+    if where == "missing-folder":
+        path = tmp_path / "nope" / "cred.bin"
+    elif where == "a-folder":
+        path = tmp_path / "cred.bin"
+        path.mkdir()
+    else:  # (tests run as root here, so a read-only folder would not stop a write)
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "cred.bin"
+    out = runner.invoke(app, ["device", "di", "--url", MFR_URL, "--credential", str(path)])
+    assert out.exit_code == 1, out.output
+    [line] = out.output.strip().splitlines()
+    assert line.startswith("error: ") and str(path) in line
+    assert len(world.vouchers) == made  # the manufacturer made no voucher
+
+
 def test_onboard_serial_option_for_a_credential_without_one(world: World, tmp_path: Path) -> None:
     path = tmp_path / "cred.bin"
     out = runner.invoke(
