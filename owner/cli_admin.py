@@ -54,10 +54,22 @@ def call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
         body = None
     if response.status_code >= 400:
         detail = body.get("detail") if isinstance(body, dict) else response.text[:500]
-        raise die(
-            f"HTTP {response.status_code}: {json.dumps(detail) if not isinstance(detail, str) else detail}"
-        )
+        raise die(f"HTTP {response.status_code}: {error_text(detail)}")
     return body
+
+
+def error_text(detail: Any) -> str:
+    """An error answer's ``detail`` for people: a string as it is; validation errors
+    (FastAPI's list of ``{"loc", "msg"}``) one line per field, ``body.image: ...``."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and all(isinstance(e, dict) and "msg" in e for e in detail):
+        lines = []
+        for error in detail:
+            where = ".".join(str(part) for part in error.get("loc") or []) or "request"
+            lines.append(f"  {where}: {error['msg']}")
+        return "the request is invalid:\n" + "\n".join(lines)
+    return json.dumps(detail)
 
 
 def _echo_json(body: Any) -> None:

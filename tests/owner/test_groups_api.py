@@ -260,7 +260,9 @@ def test_cli_over_http(
     assert SECRET_FILE not in run("groups", "show", "edge")
     assert "edge  priority=3  revision=1" in run("groups", "list")
     assert "rest (default)" in run("groups", "list")
-    assert "HTTP 422" in run("revisions", "publish", "edge", "--image", "bad", code=1)
+    invalid = run("revisions", "publish", "edge", "--image", "bad", code=1)
+    assert invalid.startswith("error: HTTP 422: the request is invalid:\n  image: ")
+    assert "{" not in invalid  # one line per field, not the JSON of the answer
     assert "HTTP 403" in run("tokens", "list", code=1)
     run("groups", "delete", "rest")
     assert run("devices", "list") == ""
