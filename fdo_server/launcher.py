@@ -97,6 +97,7 @@ class ServiceProcess:
             "--no-access-log",
             "--http",
             HTTP_PROTOCOL,
+            "--no-proxy-headers",  # as fdo_server.serve: trusted_proxies decides
         ]
         if self.tls_cert is not None:
             if self.tls_key is None:

@@ -47,6 +47,10 @@ def serve(
 
     uvicorn's own log lines, access lines included, are JSON like the services' own, with
     query strings cut off (:func:`fdo_server.logs.uvicorn_log_config`).
+
+    uvicorn's proxy-header handling is off (it believes ``X-Forwarded-For`` from
+    127.0.0.1 by default): the services' ``trusted_proxies`` setting decides whom to
+    believe (:mod:`fdo_server.ratelimit`).
     """
     log_config = uvicorn_log_config(factory.partition(".")[0])
     made: str | None = None
@@ -64,6 +68,7 @@ def serve(
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             http=HTTP_PROTOCOL,
+            proxy_headers=False,
             log_config=LOGGING_CONFIG if log_config is None else log_config,
         )
     finally:

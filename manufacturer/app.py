@@ -62,7 +62,12 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
     material = load_material(settings)
     engine = open_engine("manufacturer", settings.database_url)
     app = service_app(
-        "manufacturer", settings, engine, {10: di_handler(material)}, keys_loaded=lambda: bool(material.keys)
+        "manufacturer",
+        settings,
+        engine,
+        {10: di_handler(material)},
+        keys_loaded=lambda: bool(material.keys),
+        networks={10: settings.di_networks},
     )
     app.state.material = material
     app.include_router(admin_api.router, prefix="/api/v1")

@@ -42,7 +42,7 @@ from fdo.crypto import (
 from fdo.di.messages import MfgInfo
 from fdo.errors import FdoError, UnsupportedError
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo
-from fdo_server.config import ServiceSettings
+from fdo_server.config import IPNetwork, Networks, ServiceSettings, parse_networks
 
 ENV_PREFIX = "FDO_MANUFACTURER_"
 
@@ -65,6 +65,13 @@ class ManufacturerSettings(ServiceSettings):
     device_ca_cert: Path | None = None
     #: Rendezvous URLs written into every credential, e.g. ``http://rv.example:8041``.
     rendezvous: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: The only client networks that may run DI (``10.20.0.0/16, 192.0.2.7``); empty: any.
+    di_networks: Networks = Field(default_factory=list)
+
+    @field_validator("di_networks", mode="before")
+    @classmethod
+    def _di_networks(cls, value: Any) -> list[IPNetwork]:
+        return parse_networks(value)
 
     @field_validator("rendezvous", mode="before")
     @classmethod

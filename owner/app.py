@@ -36,6 +36,7 @@ from fdo_server.db import (
     current_session,
     inline_messages,
 )
+from fdo_server.ratelimit import GuardedRoute, http_refusal
 from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
 from owner.admin_api import admin_router
@@ -189,6 +190,16 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
         clock=now,
         keys_loaded=lambda: bool(config.keys),
         background=to0_scheduler,
+        guarded=[
+            GuardedRoute(
+                "ui/login",
+                "POST",
+                "/ui/login",
+                http_refusal,
+                rate=settings.login_rate,
+                burst=settings.login_burst,
+            )
+        ],
     )
     app.state.config = config
     app.state.clock = now

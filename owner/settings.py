@@ -76,6 +76,10 @@ class OwnerSettings(ServiceSettings):
     checkin_interval_seconds: int = Field(default=300, ge=5, le=7 * 24 * 3600)
     #: A device is ``overdue`` after this many intervals without a check-in.
     checkin_overdue_intervals: int = Field(default=3, ge=1, le=1000)
+    #: Sign-in attempts (``POST /ui/login``) one client address may make per second, per
+    #: worker, after a burst of ``login_burst``; 0: no limit. Over it: 429 and Retry-After.
+    login_rate: float = Field(default=0.2, ge=0, le=1000)
+    login_burst: int = Field(default=10, ge=1, le=10_000)
     #: TOML/JSON file of ServiceInfo actions for every device.
     service_info: Path | None = None
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
