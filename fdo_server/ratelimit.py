@@ -34,7 +34,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from fdo.errors import ErrorCode, FdoError
@@ -151,7 +151,6 @@ class GuardedRoute:
     burst: int = 1
     #: Client addresses allowed to use the route at all; None: any.
     networks: Sequence[IPNetwork] | None = None
-    buckets: TokenBuckets | None = field(default=None, init=False, repr=False)
 
 
 def first_message_routes(
@@ -231,20 +230,22 @@ class EdgeGuard:
         self.service = service
         self.trusted = list(trusted_proxies)
         self.metrics = metrics
-        self.routes: dict[tuple[str, str], GuardedRoute] = {}
+        #: (method, path) -> the route and its buckets (None: no rate limit).
+        self.routes: dict[tuple[str, str], tuple[GuardedRoute, TokenBuckets | None]] = {}
         #: At most one "not in an allowed network" line per address and minute.
         self._network_log = TokenBuckets(1 / 60, 1, max_keys=max_addresses, clock=clock)
         for route in routes:
+            buckets = None
             if route.rate > 0:
-                route.buckets = TokenBuckets(route.rate, route.burst, max_keys=max_addresses, clock=clock)
-            if route.buckets is not None or route.networks:
-                self.routes[(route.method, route.path)] = route
+                buckets = TokenBuckets(route.rate, route.burst, max_keys=max_addresses, clock=clock)
+            if buckets is not None or route.networks:
+                self.routes[(route.method, route.path)] = (route, buckets)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.routes:
-            route = self.routes.get((scope["method"], scope["path"]))
-            if route is not None:
-                refused = self._check(route, scope)
+            guarded = self.routes.get((scope["method"], scope["path"]))
+            if guarded is not None:
+                refused = self._check(*guarded, scope)
                 if refused is not None:
                     status, headers, body = refused
                     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -252,20 +253,20 @@ class EdgeGuard:
                     return
         await self.app(scope, receive, send)
 
-    def _check(self, route: GuardedRoute, scope: Scope) -> Answer | None:
+    def _check(self, route: GuardedRoute, buckets: TokenBuckets | None, scope: Scope) -> Answer | None:
         address = client_address(scope, self.trusted)
         if route.networks and not _in(_parse(address), route.networks):
             self.metrics.network_refused.labels(self.service, route.name).inc()
             if not self._network_log.take(address):
                 self._log("not in an allowed network", route, address, network=True)
             return route.refuse(f"{route.name} is not offered to {address}", 0)
-        if route.buckets is None:
+        if buckets is None:
             return None
-        wait = route.buckets.take(address)
+        wait = buckets.take(address)
         if not wait:
             return None
         self.metrics.rate_limited.labels(self.service, route.name).inc()
-        if route.buckets.first_refusal(address):
+        if buckets.first_refusal(address):
             self._log("over the rate limit", route, address, network=False)
         retry_after = max(1, math.ceil(wait))
         return route.refuse(f"too many requests from {address}; retry in {retry_after} s", retry_after)
