@@ -1,7 +1,8 @@
 """Unauthenticated work is bounded, over real HTTP against the three services as server
 processes (issue 13, item 2):
 
-* each service sweeps its expired protocol sessions by itself (a short interval here);
+* each service sweeps its expired protocol sessions by itself (a short interval here;
+  two manufacturer workers sweep the same table, each row is deleted and counted once);
 * a flood of TO1.HelloRV from one client address is refused after the limit with an
   FDO ErrorMessage and ``Retry-After``, counted in ``/metrics``, while another address
   (through a trusted proxy's ``X-Forwarded-For``: every test request comes from
@@ -25,15 +26,19 @@ from fdo.errors import ErrorCode
 from fdo.messages import ErrorMessage
 from fdo.to1.messages import TO1HelloRV
 from fdo.types import Guid, SgType, SigInfo
-from fdo_server.db import make_engine, sqlite_url
+from fdo_server.db import make_engine
 from fdo_server.sessions import FdoSession
-from fdo_server.stack import Stack
+from fdo_server.stack import SERVICES, Stack
+from tests.conftest import database_backends, open_database
 
 BURST = 4
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=database_backends())
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The three services; the manufacturer with two workers that both sweep."""
+    workdir = tmp_path_factory.mktemp(f"edge-{request.param}")
+    dbs = {name: open_database(request.param, workdir, name) for name in SERVICES}
     env = {
         "manufacturer": {
             "FDO_MANUFACTURER_TRUSTED_PROXIES": "127.0.0.1",
@@ -51,8 +56,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "FDO_OWNER_LOGIN_BURST": "2",
         },
     }
-    with Stack(tmp_path_factory.mktemp("edge"), env=env) as running:
-        yield running
+    urls = {name: db.__enter__() for name, db in dbs.items()}
+    try:
+        with Stack(workdir, database_urls=urls, workers={"manufacturer": 2}, env=env) as running:
+            yield running
+    finally:
+        for db in dbs.values():
+            db.__exit__()
 
 
 def metric(stack: Stack, of: str, name: str, **labels: str) -> float:
@@ -81,7 +91,7 @@ def hello_rv() -> bytes:
 
 
 def test_expired_sessions_are_swept_by_the_service(stack: Stack) -> None:
-    engine = make_engine(sqlite_url(stack.workdir / "manufacturer.db"))
+    engine = make_engine(stack.database_urls["manufacturer"])
     table = FdoSession.__table__  # type: ignore[attr-defined]
     now = datetime.now(UTC)
     row = {"protocol": "DI", "state": b"s", "version": 0}
