@@ -112,10 +112,6 @@ def configure(limits: EdgeLimits) -> None:
     _limits = limits
 
 
-def current_limits() -> EdgeLimits:
-    return _limits
-
-
 class OneWriteHTTPProtocol(_Base):
     """uvicorn's HTTP protocol over :class:`GatheredWrites`, with :class:`EdgeLimits`."""
 
@@ -186,6 +182,6 @@ class OneWriteHTTPProtocol(_Base):
     def _expired(self, why: str) -> None:
         if self.transport.is_closing():
             return
-        client = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031 - uvicorn's form
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.info("closing the connection of %s: %s", client, why)
         self.transport.close()
