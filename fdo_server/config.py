@@ -7,7 +7,8 @@ file, which overrides the defaults. The TOML keys are the setting names
 (``database_url = "..."``, ``[keys]`` ``ec256 = "/path"``); an unknown key is an error.
 
 :class:`ServiceSettings` holds the settings every service has (database URL, largest
-FDO and other request bodies, session lifetime, listen addresses) with the same bounds in each.
+FDO and other request bodies, session lifetime and sweep, listen addresses, trusted
+proxies, first-message rate limits, connection limits and timeouts) with the same bounds in each.
 
 Every problem is raised as one :class:`ConfigError` line naming the file or the setting
 (``FDO_OWNER_MAX_BODY: Input should be a valid integer``).
@@ -15,14 +16,16 @@ Every problem is raised as one :class:`ConfigError` line naming the file or the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsError
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -175,6 +178,34 @@ def body_limit_field(default: int) -> Any:
     return Field(default=default, ge=MIN_BODY, le=MAX_REQUEST_BODY)
 
 
+IPNetwork = IPv4Network | IPv6Network
+
+
+def parse_networks(value: Any) -> list[IPNetwork]:
+    """A pydantic ``before`` validator body: networks from a JSON list, a comma or space
+    separated string (``10.0.0.0/8, 2001:db8::/32``) or a TOML list; a bare address is a
+    one-address network."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else text.replace(",", " ").split()
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of networks (e.g. 10.0.0.0/8, 2001:db8::/32)")
+    networks: list[IPNetwork] = []
+    for item in value:
+        if isinstance(item, IPv4Network | IPv6Network):
+            networks.append(item)
+            continue
+        try:
+            networks.append(ip_network(str(item).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (e.g. 10.0.0.0/8 or 192.0.2.7)") from None
+    return networks
+
+
+#: A settings field holding networks (see :func:`parse_networks`).
+Networks = Annotated[list[IPNetwork], NoDecode]
+
+
 class ServiceSettings(BaseSettings):
     """Settings every service reads; each subclass sets its prefix, its database default
     and its port (``port: int = Field(default=..., ge=1, le=65535)``)."""
@@ -195,6 +226,27 @@ class ServiceSettings(BaseSettings):
     max_request_body: int = body_limit_field(DEFAULT_REQUEST_BODY)
     #: Lifetime of a protocol session (DI, TO0, TO1, TO2) between two messages.
     session_ttl_seconds: int = Field(default=600, ge=10, le=86400)
+    #: Seconds between two sweeps of expired protocol sessions by each worker; 0: never
+    #: (then run ``fdo <service> sessions sweep`` from a timer).
+    session_sweep_seconds: float = Field(default=300, ge=0, le=86400)
+    #: Proxies whose ``X-Forwarded-For`` (and ``X-Forwarded-Proto``) are believed: a
+    #: request from one of these networks is from the first address, from the right of
+    #: ``X-Forwarded-For``, that is not in them. Empty: the peer address, always.
+    trusted_proxies: Networks = Field(default_factory=list)
+    #: First messages of a protocol (DI.AppStart, TO0.Hello, TO1.HelloRV, TO2.HelloDevice)
+    #: one client address may send per second, per worker; 0: no limit.
+    first_message_rate: float = Field(default=20, ge=0, le=1_000_000)
+    #: How many first messages one client address may send at once before the rate applies.
+    first_message_burst: int = Field(default=100, ge=1, le=1_000_000)
+    #: Client addresses whose rate each worker tracks (the least recently seen is forgotten).
+    rate_limit_addresses: int = Field(default=10_000, ge=100, le=10_000_000)
+    #: Open connections per worker; one more is answered 503 and closed. 0: no limit.
+    max_connections: int = Field(default=1000, ge=0, le=1_000_000)
+    #: Seconds a client has to send a complete request head (from connecting, or from the
+    #: first byte of the next request on a kept-alive connection); 0: no limit.
+    header_timeout_seconds: float = Field(default=10, ge=0, le=3600)
+    #: Seconds a client has to send a complete request body once its head arrived; 0: no limit.
+    body_timeout_seconds: float = Field(default=30, ge=0, le=3600)
 
     @field_validator("database_url")
     @classmethod
@@ -207,6 +259,11 @@ class ServiceSettings(BaseSettings):
         if value is not None and value == info.data.get("port"):
             raise ValueError(f"{value} is the device port too; the admin listener needs a port of its own")
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> list[IPNetwork]:
+        return parse_networks(value)
 
 
 def use_config_file(variable: str, path: Path | None) -> None:

@@ -25,6 +25,11 @@ Metrics (label ``service`` is ``manufacturer``, ``rendezvous`` or ``owner``):
 * rendezvous only: ``fdo_to0_refused_total{service,reason}`` — TO0 registrations refused
   because their GUID is pinned to another manufacturer key or owner key chain
   (``rendezvous/pins.py``);
+* ``fdo_sessions_swept_total{service}`` — expired protocol sessions the service's own
+  sweep deleted (:mod:`fdo_server.sweep`);
+* ``fdo_rate_limited_total{service,route}`` and ``fdo_network_refused_total{service,route}``
+  — requests refused by :mod:`fdo_server.ratelimit` (too many from one address; DI from
+  a network not listed); ``route`` is e.g. ``fdo/30`` or ``ui/login``;
 * owner only, computed from the database at scrape time: ``fdo_to0_pending`` (TO0
   registrations not live yet) and ``fdo_to0_expiring`` (live ones expiring within
   ``expiring_window``).
@@ -93,6 +98,21 @@ class ServiceMetrics:
             "Protocol session duration, first message to completion",
             ["service", "protocol"],
             buckets=DURATION_BUCKETS,
+            registry=own,
+        )
+        self.swept = Counter(
+            "fdo_sessions_swept", "Expired protocol sessions deleted by the sweep", ["service"], registry=own
+        )
+        self.rate_limited = Counter(
+            "fdo_rate_limited",
+            "Requests refused because their client address sent too many",
+            ["service", "route"],
+            registry=own,
+        )
+        self.network_refused = Counter(
+            "fdo_network_refused",
+            "Requests refused because their client address is not in an allowed network",
+            ["service", "route"],
             registry=own,
         )
         self._extra: list[Collector] = []

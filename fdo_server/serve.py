@@ -81,9 +81,9 @@ def serve(
     uvicorn's own log lines, access lines included, are JSON like the services' own, with
     query strings cut off (:func:`fdo_server.logs.uvicorn_log_config`).
 
-    uvicorn's proxy headers are off: it would believe ``X-Forwarded-For`` and
-    ``X-Forwarded-Proto`` from any local peer; :mod:`fdo_server.proxies` believes them
-    only from the networks the owner's ``trusted_proxies`` setting lists.
+    uvicorn's proxy-header handling is off (it would believe ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` from any local peer): the services' ``trusted_proxies`` setting
+    decides whom to believe (:mod:`fdo_server.proxies`, :mod:`fdo_server.ratelimit`).
     """
     service = factory.partition(".")[0].partition(":")[0]
     log_config = uvicorn_log_config(service)

@@ -8,8 +8,15 @@
   and the engine disposed at shutdown (after
   the service's own background work stops);
 * :func:`app_from_env`: the uvicorn factory body: JSON logs, settings from the
-  environment and ``--config``, the app split into its device and admin planes when an
-  admin listener is set (:mod:`fdo_server.planes`), the start-up heap frozen.
+  environment and ``--config``, the connection limits and timeouts of this worker
+  (:func:`fdo_server.http_protocol.configure`), the app split into its device and admin
+  planes when an admin listener is set (:mod:`fdo_server.planes`), the start-up heap
+  frozen.
+
+Every app also sweeps its expired protocol sessions (:mod:`fdo_server.sweep`) and
+bounds per client address what strangers may ask of it (:mod:`fdo_server.ratelimit`):
+the first message of each of its protocols, plus what the caller adds in
+``guarded``.
 
 The settings every service has are :class:`fdo_server.config.ServiceSettings`. Each
 service's ``app.py`` keeps only what is its own: its protocol handlers, what a
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -38,12 +45,15 @@ from fdo_server import metrics as observability
 from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
 from fdo_server.clock import Clock, utc_now
-from fdo_server.config import ServiceSettings, load_settings
+from fdo_server.config import IPNetwork, ServiceSettings, load_settings
 from fdo_server.db import inline_messages, make_engine, message_scope
 from fdo_server.heap import freeze_startup_heap
+from fdo_server.http_protocol import EdgeLimits, configure
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
+from fdo_server.ratelimit import EdgeGuard, GuardedRoute, first_message_routes
 from fdo_server.sessions import SQLSessionStore
+from fdo_server.sweep import SessionSweeper
 from transport.server import NO_TELEMETRY, ProtocolHandler, fdo_router, mount_fdo
 
 log = logging.getLogger(__name__)
@@ -71,22 +81,28 @@ def service_app(
     keys_loaded: Callable[[], bool] = lambda: True,
     background: Callable[[], AbstractContextManager[object]] = nullcontext,
     body_limits: Iterable[RouteLimit] = (),
+    networks: Mapping[int, Sequence[IPNetwork]] | None = None,
+    guarded: Sequence[GuardedRoute] = (),
 ) -> FastAPI:
     """The FastAPI app of ``service`` serving ``handlers`` (keyed by first message type).
 
     ``clock`` (aware UTC) decides session expiry. ``background`` is entered when the app
     starts and left when it stops, before the engine is disposed (the owner's TO0
-    scheduler). ``keys_loaded`` is part of ``/ready``. Every request but an FDO message
-    has its body limited to ``settings.max_request_body``, or to its route's limit in
-    ``body_limits`` (:mod:`fdo_server.body_limit`). ``app.state`` holds ``settings``,
+    scheduler); the session sweep runs beside it. ``keys_loaded`` is part of ``/ready``.
+    Every request but an FDO message has its body limited to ``settings.max_request_body``,
+    or to its route's limit in ``body_limits`` (:mod:`fdo_server.body_limit`). Each first
+    message is rate limited per client address (``first_message_rate`` and ``_burst``)
+    and, when ``networks`` lists some for its type, refused to addresses outside them;
+    ``guarded`` adds other routes (a sign-in form). ``app.state`` holds ``settings``,
     ``engine`` and ``metrics``; the caller adds its admin routers.
     """
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
-            with background():
-                yield
+            async with SessionSweeper(engine, metrics, settings.session_sweep_seconds, clock):
+                with background():
+                    yield
         finally:
             engine.dispose()
 
@@ -112,6 +128,23 @@ def service_app(
         ),
     )
     observability.install(app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded)
+    # Added after mount_fdo, so it wraps FdoFastPath: it sees every request first.
+    app.add_middleware(
+        EdgeGuard,
+        service=service,
+        routes=[
+            *first_message_routes(
+                handlers,
+                rate=settings.first_message_rate,
+                burst=settings.first_message_burst,
+                networks=dict(networks or {}),
+            ),
+            *guarded,
+        ],
+        trusted_proxies=settings.trusted_proxies,
+        metrics=metrics,
+        max_addresses=settings.rate_limit_addresses,
+    )
     app.add_exception_handler(DataError, _unstorable)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)
@@ -171,7 +204,8 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 
 def app_from_env(service: str, settings_class: type[S], create: Callable[[S], FastAPI]) -> ASGIApp:
     """What each service's uvicorn factory does: JSON logs, ``create`` on the settings from
-    ``FDO_<SERVICE>_...`` and ``--config``, then freeze the start-up heap.
+    ``FDO_<SERVICE>_...`` and ``--config``, this worker's connection limits, then freeze
+    the start-up heap.
 
     With ``admin_port`` set the app is served through :class:`~fdo_server.planes.PlaneSplit`
     (``serve`` listens on that port too); without it, as it is, with a warning that the
@@ -180,6 +214,13 @@ def app_from_env(service: str, settings_class: type[S], create: Callable[[S], Fa
     configure_json_logging(service)
     settings = load_settings(settings_class)
     app = create(settings)
+    configure(
+        EdgeLimits(
+            max_connections=settings.max_connections,
+            head_timeout=settings.header_timeout_seconds,
+            body_timeout=settings.body_timeout_seconds,
+        )
+    )
     served: ASGIApp = app
     if settings.admin_port is not None:
         served = planes.PlaneSplit(app, settings.admin_port)

@@ -68,6 +68,8 @@ class Stack:
     database_urls: Mapping[str, str] = field(default_factory=dict)
     workers: Mapping[str, int] = field(default_factory=dict)
     owner_env: Mapping[str, str] = field(default_factory=dict)
+    #: More environment of each service by name (applied last, over ``owner_env`` too).
+    env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     owner_keys: dict[str, PrivateKeyT] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -128,6 +130,8 @@ class Stack:
                 **self.owner_env,
             },
         }
+        for name, extra in self.env.items():
+            envs[name].update(extra)
         for name in SERVICES:
             self.tokens[name] = _bootstrap_token(name, db[name])
         for name in SERVICES:

@@ -71,6 +71,7 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
         {10: di_handler(material)},
         keys_loaded=lambda: bool(material.keys),
         body_limits=(RouteLimit("POST", "/api/v1/vouchers/extend", settings.max_voucher_extend_body),),
+        networks={10: settings.di_networks},
     )
     app.state.material = material
     app.include_router(admin_api.router, prefix="/api/v1")

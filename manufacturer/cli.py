@@ -18,6 +18,7 @@ import typer
 
 from fdo_cli.common import die, read_public_key
 from fdo_cli.db import db_app, local_engine
+from fdo_cli.sessions import sessions_app
 
 if TYPE_CHECKING:
     from manufacturer.client import AdminClient
@@ -29,6 +30,7 @@ vouchers_app = typer.Typer(no_args_is_help=True, help="Vouchers, through the adm
 app.add_typer(token_app, name="token")
 app.add_typer(vouchers_app, name="vouchers")
 app.add_typer(db_app("manufacturer"), name="db")
+app.add_typer(sessions_app("manufacturer"), name="sessions")
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_MANUFACTURER_URL", help="Manufacturer base URL.")]
 TokenOpt = Annotated[

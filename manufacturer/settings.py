@@ -42,7 +42,7 @@ from fdo.crypto import (
 from fdo.di.messages import MfgInfo
 from fdo.errors import FdoError, UnsupportedError
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo
-from fdo_server.config import ServiceSettings, body_limit_field
+from fdo_server.config import IPNetwork, Networks, ServiceSettings, body_limit_field, parse_networks
 
 ENV_PREFIX = "FDO_MANUFACTURER_"
 
@@ -67,6 +67,13 @@ class ManufacturerSettings(ServiceSettings):
     rendezvous: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Largest body of ``POST /api/v1/vouchers/extend`` (a batch of GUIDs and a key).
     max_voucher_extend_body: int = body_limit_field(4 * 1024 * 1024)
+    #: The only client networks that may run DI (``10.20.0.0/16, 192.0.2.7``); empty: any.
+    di_networks: Networks = Field(default_factory=list)
+
+    @field_validator("di_networks", mode="before")
+    @classmethod
+    def _di_networks(cls, value: Any) -> list[IPNetwork]:
+        return parse_networks(value)
 
     @field_validator("rendezvous", mode="before")
     @classmethod

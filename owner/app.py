@@ -40,6 +40,7 @@ from fdo_server.db import (
     require_durable,
 )
 from fdo_server.planes import include_device_router
+from fdo_server.ratelimit import GuardedRoute, http_refusal
 from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
 from owner.admin_api import admin_router
@@ -205,6 +206,16 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
         keys_loaded=lambda: bool(config.keys),
         background=to0_scheduler,
         body_limits=body_limits(settings),
+        guarded=[
+            GuardedRoute(
+                "ui/login",
+                "POST",
+                "/ui/login",
+                http_refusal,
+                rate=settings.login_rate,
+                burst=settings.login_burst,
+            )
+        ],
     )
     app.state.config = config
     app.state.clock = now

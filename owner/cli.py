@@ -16,6 +16,7 @@ import typer
 from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem, public_key_to_pem
 from fdo_cli.common import die, read_bytes, read_public_key
 from fdo_cli.db import db_app, local_engine
+from fdo_cli.sessions import sessions_app
 from owner.cli_admin import APPS as ADMIN_APPS
 from owner.cli_admin import call, status
 
@@ -27,6 +28,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(vouchers_app, name="vouchers")
 app.add_typer(to0_app, name="to0")
 app.add_typer(db_app("owner"), name="db")
+app.add_typer(sessions_app("owner"), name="sessions")
 for _name, _sub in ADMIN_APPS:
     app.add_typer(_sub, name=_name)
 app.command("status")(status)

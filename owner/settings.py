@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, IPvAnyNetwork
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
@@ -76,6 +76,10 @@ class OwnerSettings(ServiceSettings):
     checkin_interval_seconds: int = Field(default=300, ge=5, le=7 * 24 * 3600)
     #: A device is ``overdue`` after this many intervals without a check-in.
     checkin_overdue_intervals: int = Field(default=3, ge=1, le=1000)
+    #: Sign-in attempts (``POST /ui/login``) one client address may make per second, per
+    #: worker, after a burst of ``login_burst``; 0: no limit. Over it: 429 and Retry-After.
+    login_rate: float = Field(default=0.2, ge=0, le=1000)
+    login_burst: int = Field(default=10, ge=1, le=10_000)
     #: TOML/JSON file of ServiceInfo actions for every device.
     service_info: Path | None = None
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
@@ -85,9 +89,7 @@ class OwnerSettings(ServiceSettings):
     #: this long without a page read, whichever comes first.
     ui_session_seconds: int = Field(default=12 * 3600, ge=1, le=30 * 24 * 3600)
     ui_idle_seconds: int = Field(default=30 * 60, ge=1, le=30 * 24 * 3600)
-    #: Networks of the reverse proxies whose ``X-Forwarded-Proto`` is believed (a JSON
-    #: list: ``["10.0.0.0/8", "127.0.0.1"]``); from any other peer the header is ignored.
-    trusted_proxies: list[IPvAnyNetwork] = []
+    # trusted_proxies (X-Forwarded-Proto for the /ui cookies): the shared ServiceSettings one.
     #: Largest body of ``POST /api/v1/vouchers`` (voucher import: PEM, many vouchers).
     max_voucher_import_body: int = body_limit_field(16 * 1024 * 1024)
     #: Largest body of ``POST /api/v1/vouchers/extend`` (a batch of GUIDs and a key).

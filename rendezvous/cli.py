@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fdo_cli.db import db_app, local_engine
+from fdo_cli.sessions import sessions_app
 
 if TYPE_CHECKING:
     from rendezvous.settings import RendezvousSettings
@@ -21,6 +22,7 @@ app = typer.Typer(no_args_is_help=True, help="The rendezvous service (TO0 and TO
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app("rendezvous"), name="db")
+app.add_typer(sessions_app("rendezvous"), name="sessions")
 
 DatabaseOpt = Annotated[
     str | None,

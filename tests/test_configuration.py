@@ -225,8 +225,8 @@ def test_good_database_urls() -> None:
         ("manufacturer", "MAX_BODY", "1"),
         ("owner", "TO0_RENEW_FRACTION", "2"),
         ("owner", "UI_IDLE_SECONDS", "0"),
-        ("owner", "TRUSTED_PROXIES", '["10.0.0.1/8"]'),
         ("owner", "TRUSTED_PROXIES", '["proxy.example"]'),
+        ("rendezvous", "TRUSTED_PROXIES", "10.0.0.0/33"),
     ],
 )
 def test_bad_value_names_the_setting(service: str, name: str, value: str, tmp_path: Path) -> None:

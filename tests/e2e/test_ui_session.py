@@ -87,6 +87,8 @@ def serve_owner(workdir: Path, database_url: str, pool: KeyPool, **env: str) -> 
             "FDO_OWNER_TO2_URLS": json.dumps([f"http://127.0.0.1:{port}"]),
             "FDO_OWNER_TO0_ENABLED": "false",
             "FDO_OWNER_TRUSTED_PROXIES": json.dumps([f"{PROXY}/32"]),
+            # This test signs in far more often than a person: no sign-in rate limit.
+            "FDO_OWNER_LOGIN_RATE": "0",
             **env,
         },
         port=port,
