@@ -37,7 +37,8 @@ from fdo_server.heap import freeze_startup_heap
 from fdo_server.logs import configure_json_logging
 from fdo_server.migrate import require_current
 from fdo_server.sessions import SQLSessionStore
-from transport.server import NO_TELEMETRY, ProtocolHandler, fdo_router, mount_fdo
+from transport.dispatch import ProtocolHandler
+from transport.server import NO_TELEMETRY, fdo_router, mount_fdo
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=ServiceSettings)

@@ -48,7 +48,7 @@ from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
 from owner.web import web_router
-from transport.server import AnyServerMachine, ProtocolHandler
+from transport.dispatch import AnyServerMachine, ProtocolHandler
 
 
 def worker_name() -> str:

@@ -22,7 +22,7 @@ from fdo_server.service import open_engine, service_app
 from rendezvous.admin_api import admin_router
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
-from transport.server import AnyServerMachine, ProtocolHandler
+from transport.dispatch import AnyServerMachine, ProtocolHandler
 
 
 def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc_now) -> FastAPI:
