@@ -43,8 +43,9 @@ from transport.sessions import (
     StoredSession,
 )
 
-#: Names that moved to :mod:`transport.dispatch` and :mod:`transport.sessions`, still
-#: importable from here for code written against the single module.
+#: This module's names, and those that moved to :mod:`transport.dispatch` and
+#: :mod:`transport.sessions` when it was split, still importable from here (the tests,
+#: and code written against the single module, import them so).
 __all__ = [
     "NO_TELEMETRY",
     "AnyServerMachine",
@@ -265,7 +266,7 @@ def fdo_router(
         machine_cache=machine_cache,
     )
     router = APIRouter()
-    endpoint = FdoEndpoint(dispatcher, max_body, inline=inline)
+    endpoint = FdoEndpoint(dispatcher.handle, max_body, inline=inline)
     # A Starlette Route whose endpoint is an ASGI app gets the raw scope, receive and send.
     router.routes.append(Route(MSG_PATH + "{msg_type}", endpoint, methods=["POST"], include_in_schema=False))
     return router

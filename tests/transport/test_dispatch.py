@@ -85,7 +85,7 @@ class World:
         headers = {"content-type": "application/cbor"}
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
-        r = self.dispatcher(str(msg_type), headers, BODY)
+        r = self.dispatcher.handle(str(msg_type), headers, BODY)
         auth = r.headers.get("authorization")
         return r.status_code, int(r.headers["message-type"]), None if auth is None else auth.split()[1]
 
@@ -99,7 +99,7 @@ class World:
 
 def _error_code(world: World, msg_type: int, token: str) -> int:
     headers = {"content-type": "application/cbor", "authorization": f"Bearer {token}"}
-    r = world.dispatcher(str(msg_type), headers, BODY)
+    r = world.dispatcher.handle(str(msg_type), headers, BODY)
     assert r.status_code == 500 and r.headers["message-type"] == "255"
     return ErrorMessage.decode(bytes(r.body)).code
 
