@@ -56,7 +56,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from fdo_server.logs import FIELDS
-from transport.server import MessageEvent
+from transport.dispatch import MessageEvent
 
 log = logging.getLogger("fdo.message")
 
@@ -134,7 +134,7 @@ class ServiceMetrics:
             self.registry.register(collector)
 
     def observe(self, event: MessageEvent) -> None:
-        """:data:`transport.server.MessageObserver`: count the message and log it."""
+        """:data:`transport.dispatch.MessageObserver`: count the message and log it."""
         msg_type = str(event.msg_type) if 0 <= event.msg_type <= 255 else "invalid"
         ok = event.error_code is None
         self.messages.labels(self.service, msg_type, "ok" if ok else "error").inc()

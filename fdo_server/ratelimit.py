@@ -41,7 +41,8 @@ from fdo.errors import ErrorCode, FdoError
 from fdo_server.config import IPNetwork
 from fdo_server.logs import FIELDS
 from fdo_server.metrics import ServiceMetrics
-from transport.server import MSG_PATH, ASGIApp, Receive, Scope, Send, error_response
+from transport.dispatch import error_response
+from transport.server import MSG_PATH, ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("fdo.edge")
 

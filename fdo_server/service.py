@@ -54,7 +54,8 @@ from fdo_server.migrate import require_current
 from fdo_server.ratelimit import EdgeGuard, GuardedRoute, first_message_routes
 from fdo_server.sessions import SQLSessionStore
 from fdo_server.sweep import SessionSweeper
-from transport.server import NO_TELEMETRY, ProtocolHandler, fdo_router, mount_fdo
+from transport.dispatch import ProtocolHandler
+from transport.server import NO_TELEMETRY, fdo_router, mount_fdo
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=ServiceSettings)

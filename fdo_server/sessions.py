@@ -1,4 +1,4 @@
-"""Protocol sessions in the service's database (:class:`transport.server.SessionStore`).
+"""Protocol sessions in the service's database (:class:`transport.sessions.SessionStore`).
 
 A row per session, keyed by its bearer token, with the serialised server machine, a
 version for optimistic concurrency and an expiry. A replayed or concurrent message loses
@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlmodel import Field, SQLModel
 
 from fdo_server.db import DirectStatement, current_connection, current_session, last_write
-from transport.server import StaleSessionError, StoredSession
+from transport.sessions import StaleSessionError, StoredSession
 
 
 class FdoSession(SQLModel, table=True):

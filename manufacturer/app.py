@@ -23,7 +23,7 @@ from fdo_server.service import open_engine, service_app
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from manufacturer.tables import Voucher
-from transport.server import AnyServerMachine, ProtocolHandler
+from transport.dispatch import AnyServerMachine, ProtocolHandler
 
 
 def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:

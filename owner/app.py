@@ -56,7 +56,7 @@ from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
 from owner.web import web_router
 from owner.web_session import derive_secret
-from transport.server import AnyServerMachine, ProtocolHandler
+from transport.dispatch import AnyServerMachine, ProtocolHandler
 
 
 def worker_name() -> str:

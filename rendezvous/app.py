@@ -29,7 +29,7 @@ from rendezvous.admin_api import admin_router
 from rendezvous.pins import RefusalReporter, enforce_pin
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
-from transport.server import AnyServerMachine, ProtocolHandler
+from transport.dispatch import AnyServerMachine, ProtocolHandler
 
 log = logging.getLogger("rendezvous")
 

@@ -43,7 +43,7 @@ from fdo_server.db import current_connection
 from fdo_server.logs import FIELDS
 from fdo_server.metrics import ServiceMetrics
 from rendezvous.tables import RegistrationPin
-from transport.server import MessageEvent
+from transport.dispatch import MessageEvent
 
 log = logging.getLogger("rendezvous.pins")
 audit = logging.getLogger("rendezvous.audit")

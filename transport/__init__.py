@@ -2,5 +2,7 @@
 
 :mod:`transport.client` drives a core :class:`~fdo.machine.ClientMachine` with httpx;
 :mod:`transport.server` serves core :class:`~fdo.machine.ServerMachine` sessions from a
-FastAPI router. The core (``fdo``) never imports this package.
+FastAPI router: :mod:`transport.dispatch` handles one message in named steps, and
+:mod:`transport.sessions` keeps sessions between messages. The core (``fdo``) never
+imports this package.
 """
