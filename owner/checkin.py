@@ -97,6 +97,9 @@ _OBSERVED: dict[str, Any] = dict(
     last_error_step=bindparam("error_step"),
     last_error=bindparam("error"),
     rolled_back=bindparam("rolled_back"),
+    held_revision=bindparam("revision"),
+    held_generation=bindparam("generation"),
+    utc_offset=bindparam("utc_offset"),
 )
 _GUARD = and_(
     _D.id == bindparam("d"),
@@ -199,6 +202,8 @@ class Observation:
     error_step: str | None = None
     error: str | None = None
     rolled_back: bool = False
+    #: The device's UTC offset in seconds (update windows in device-local time).
+    utc_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,9 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
         "error_step": obs.error_step,
         "error": obs.error,
         "rolled_back": obs.rolled_back,
+        "revision": obs.revision,
+        "generation": obs.generation,
+        "utc_offset": obs.utc_offset,
     }
     changed = status != row["status"]
     if changed:

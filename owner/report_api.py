@@ -73,6 +73,8 @@ class CheckinIn(BaseModel):
     error_step: str | None = Field(default=None, max_length=256)
     error: str | None = Field(default=None, max_length=2000)
     rolled_back: bool = False
+    #: Seconds east of UTC (update windows in device-local time, docs/rollouts.md).
+    utc_offset: int | None = Field(default=None, ge=-14 * 3600, le=14 * 3600)
 
 
 class DesiredOut(BaseModel):

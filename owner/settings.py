@@ -76,6 +76,8 @@ class OwnerSettings(ServiceSettings):
     checkin_interval_seconds: int = Field(default=300, ge=5, le=7 * 24 * 3600)
     #: A device is ``overdue`` after this many intervals without a check-in.
     checkin_overdue_intervals: int = Field(default=3, ge=1, le=1000)
+    #: How often a running rollout is advanced (docs/rollouts.md); idle, every 12 ticks.
+    rollout_tick_seconds: float = Field(default=5.0, gt=0, le=3600)
     #: TOML/JSON file of ServiceInfo actions for every device.
     service_info: Path | None = None
     #: CA bundle (PEM) the TO0 client verifies https rendezvous servers with. Unset: the
