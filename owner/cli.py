@@ -18,6 +18,7 @@ from fdo_cli.common import die, read_bytes, read_public_key
 from fdo_cli.db import db_app, local_engine
 from owner.cli_admin import APPS as ADMIN_APPS
 from owner.cli_admin import call, status
+from owner.cli_rollouts import rollouts_app
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
@@ -29,6 +30,7 @@ app.add_typer(to0_app, name="to0")
 app.add_typer(db_app("owner"), name="db")
 for _name, _sub in ADMIN_APPS:
     app.add_typer(_sub, name=_name)
+app.add_typer(rollouts_app, name="rollouts")
 app.command("status")(status)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owner service base URL.")]
