@@ -101,7 +101,10 @@ def test_groups_revisions_roles_audit_and_secrets(
     # the target moved to the new revision and nothing stays behind.
     first = r.json()
     assert {k: first.pop(k) for k in ("target_revision", "rollout", "behind", "hint")} == {
-        "target_revision": 1, "rollout": None, "behind": 0, "hint": None
+        "target_revision": 1,
+        "rollout": None,
+        "behind": 0,
+        "hint": None,
     }
     assert first["number"] == 1 and first["has_registry_auth"] is True
     assert first["secret_files"] == ["/etc/pki/key.pem"] and first["published_by"] == "test-operator"
