@@ -75,6 +75,9 @@ _READ = DirectStatement(
         _D.checkin_seq,
         _D.desired_revision_id,
         _D.desired_generation,
+        _D.apply_state,
+        _D.held_revision,
+        _D.held_generation,
         _R.number.label("desired_number"),
         _R.image.label("desired_image"),
     )
@@ -217,6 +220,8 @@ class Outcome:
     desired_revision_id: int | None
     desired_number: int | None
     desired_generation: int
+    #: The device newly says it applied or failed a revision: a rollout may move on.
+    settled: bool = False
 
 
 def _digest(image: str | None) -> str | None:
@@ -299,6 +304,9 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
         desired_revision_id=row["desired_revision_id"] if differs else None,
         desired_number=number,
         desired_generation=generation,
+        settled=obs.state in ("applied", "failed", "rolled-back")
+        and (obs.state, obs.revision, obs.generation)
+        != (row["apply_state"], row["held_revision"], row["held_generation"]),
     )
 
 

@@ -151,6 +151,10 @@ def device_router() -> APIRouter:
                     image=revision.image,
                     assignment=base64.b64encode(assignment.encode()).decode(),
                 )
+        if outcome.settled:  # applied or failed: a rollout may move on now
+            runner = getattr(request.app.state, "rollouts", None)
+            if runner is not None:
+                runner.wake()
         return CheckinOut(
             action="none" if desired is None else "apply",
             interval=interval,
