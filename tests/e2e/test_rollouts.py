@@ -25,8 +25,9 @@ from typer.testing import CliRunner
 
 from device.agent import Host, run_agent
 from device.apply import RealExecutor, apply, bootc_device, save_assignment
-from device.modules import DeviceModule, run_command, standard_modules
+from device.modules import run_command, standard_modules
 from device.onboard import onboard
+from fdo.serviceinfo import DeviceModule
 from fdo_cli.main import app
 from fdo_server.stack import Stack
 from tests.conftest import POSTGRES_URL, open_database
@@ -218,8 +219,8 @@ def test_rollout_pauses_on_failures_resumes_after_hold_and_rolls_back(
         )
         assert published.status_code == 201 and published.json()["behind"] == DEVICES
     started = cli(
-        stack, "rollouts", "start", "fleet", "--revision", "2", "--batch-size", "5", "--success-threshold", "80",
-        "--report-timeout", "2m", "--hold", "hold=yes",
+        stack, "rollouts", "start", "fleet", "--revision", "2", "--batch-size", "5",
+        "--success-threshold", "80", "--report-timeout", "2m", "--hold", "hold=yes",
     )  # fmt: skip
     rid = int(started.split()[1])
     assert "1 -> 2, 5 batch(es)" in started
