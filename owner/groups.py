@@ -10,8 +10,7 @@ Resolution (:func:`resolve_group`), first rule that yields a group wins:
 
 Within rule 1 or 2, the highest ``priority`` wins and a tie goes to the oldest group
 (lowest id). Deleted groups never match. A group's assignment is its target revision
-(:func:`current_assignment`; the newest when none is set): docs/rollouts.md says how
-publishing and rollouts move it.
+(:func:`current_assignment`; the newest when unset; publishing and rollouts: docs/rollouts.md).
 
 The TO2 store calls :func:`assignment_for` while ServiceInfo is chosen and
 :func:`record_onboarding` when TO2 completes, both inside its unit of work.
@@ -359,13 +358,10 @@ def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
 
 def current_revision(db: Session, group: Group) -> Revision | None:
     """``group``'s target revision (docs/rollouts.md), else its newest."""
-    target = None if group.target_revision_id is None else db.get(Revision, group.target_revision_id)
-    return (
-        target
-        or db.exec(
-            select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number).desc())
-        ).first()
-    )
+    if group.target_revision_id is not None and (found := db.get(Revision, group.target_revision_id)):
+        return found
+    newest = select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number).desc())
+    return db.exec(newest).first()
 
 
 def current_assignment(db: Session, group: Group) -> Assignment | None:

@@ -210,6 +210,7 @@ def _advance_once(db: Session, rollout_id: int, now: datetime) -> bool:
                 error=d.last_error,
             ),
             name=_name(d),
+            excluded=d.group_id != rollout.group_id,
         )
         for r, d in pairs
     ]

@@ -304,6 +304,8 @@ class DeviceRow:
     error: str | None = None
     observed: Observed = field(default_factory=Observed)
     name: str = ""
+    #: The device left the rollout's group: held like a device with a hold label.
+    excluded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +354,7 @@ def step(
         changed[row.device_id] = row
 
     for row in rows:  # holds (a label added since), releases, results
-        if row.state not in (SUCCEEDED, ROLLED_BACK) and holds(policy, row.labels):
+        if row.state not in (SUCCEEDED, ROLLED_BACK) and (row.excluded or holds(policy, row.labels)):
             if row.state != HELD:
                 put(replace(row, state=HELD))
             continue

@@ -179,6 +179,12 @@ def test_hold_by_label_reevaluated_at_every_advance() -> None:
     devices[1] = replace(devices[1], labels={})
     released = run(policy, devices, batch=2)
     assert released.devices[2].state == UPDATING and 2 in released.start
+    # A device that left the group is held for good (no label to remove).
+    devices = apply_step(devices, released)
+    devices[4] = replace(devices[4], excluded=True)
+    gone = run(policy, devices, batch=2)
+    assert gone.devices[5].state == HELD and 5 not in gone.start
+    assert 5 not in run(policy, apply_step(devices, gone), batch=2).devices
 
 
 # ---------------------------------------------------------------------------- results
