@@ -13,7 +13,10 @@ process's runner (:class:`owner.rollout_engine.RolloutRunner`).
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, HTTPException, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from fdo_server.db import unit_of_work
@@ -27,6 +30,8 @@ from owner.rollout_engine import RolloutError
 from owner.rollouts_schemas import PolicyIn, PolicyOut, RolloutListOut, RolloutOut, StartIn
 from owner.rollouts_tables import ROLLOUT_STATES, Rollout
 from owner.rollouts_views import rollout_view
+
+log = logging.getLogger("owner.rollouts")
 
 
 def _fail(exc: RolloutError) -> HTTPException:
@@ -42,8 +47,12 @@ def _show(request: Request, rollout_id: int) -> RolloutOut:
 
 
 def _kick(request: Request, rollout_id: int) -> None:
-    """Advance now, in this request, and wake this process's runner."""
-    engine_ops.advance(engine_of(request), rollout_id, now_of(request))
+    """Advance now, in this request, and wake this process's runner (which retries
+    what this attempt could not do: the change itself is committed already)."""
+    try:
+        engine_ops.advance(engine_of(request), rollout_id, now_of(request))
+    except SQLAlchemyError:
+        log.warning("rollout %s: advancing in the request failed; the runner retries", rollout_id)
     runner = getattr(request.app.state, "rollouts", None)
     if runner is not None:
         runner.wake()
