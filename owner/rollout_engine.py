@@ -402,15 +402,20 @@ class RolloutRunner:
         self.engine, self.tick, self.clock = engine, tick, clock
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fdo-owner-rollouts", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the thread (again, after :meth:`stop`: an app's lifespan may be re-entered)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="fdo-owner-rollouts", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
 
     def wake(self) -> None:
         self._wake.set()
