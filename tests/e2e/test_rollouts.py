@@ -38,7 +38,7 @@ IMAGE_1 = "registry.example/fleet@sha256:" + "e1" * 32
 IMAGE_2 = "registry.example/fleet@sha256:" + "e2" * 32
 DEVICES = 22
 FAILING = (5, 7)  # positions (by device id) in batch 2
-INTERVAL = 2  # agent check-in interval, seconds
+INTERVAL = 1  # agent check-in interval, seconds
 
 
 def digest(image: str) -> str:
