@@ -115,8 +115,9 @@ def start(
     """Start a rollout of ``revision`` to ``group``'s onboarded devices (in ``db``'s
     transaction): batches computed now, the group's target moved to ``revision``."""
     assert group.id is not None and revision.id is not None  # noqa: S101 - stored rows
-    if active_rollout(db, group.id) is not None:
-        raise RolloutError(f"group {group.name!r} has an active rollout; pause is not enough: abort it first")
+    active = active_rollout(db, group.id)
+    if active is not None:
+        raise RolloutError(f"group {group.name!r} has an active rollout ({active.id}): abort it first")
     before = target_revision(db, group)
     devices = db.exec(
         select(Device)
