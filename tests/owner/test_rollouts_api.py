@@ -289,3 +289,38 @@ def test_two_engines_racing_on_postgresql_apply_each_transition_once(database_ur
     assert rollout.version == applied[0] + applied[1] and sum(applied) > 6
     for e in engines:
         e.dispose()
+
+
+def test_migration_sets_each_groups_target_to_its_newest_revision(database_url: str) -> None:
+    from sqlalchemy import text
+
+    from fdo_server import migrate
+
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine, "owner", "2026_12_03_device_checkin")  # before rollouts
+        with engine.begin() as conn:
+            for gid, name in ((1, "a"), (2, "b")):
+                conn.execute(
+                    text(
+                        "INSERT INTO owner_group (id, name, description, priority, labels, members,"
+                        " is_default, created_at, created_by) VALUES (:id, :name, '', 0, '{}', '[]',"
+                        " false, :at, 'x')"
+                    ),
+                    {"id": gid, "name": name, "at": NOW},
+                )
+            for rid, number in ((10, 1), (11, 2), (12, 3)):
+                conn.execute(
+                    text(
+                        "INSERT INTO owner_revision (id, group_id, number, image, transport, apply_mode,"
+                        " config, has_registry_auth, secret_paths, published_at, published_by)"
+                        " VALUES (:id, 1, :n, :img, 'registry', 'switch', '{}', false, '[]', :at, 'x')"
+                    ),
+                    {"id": rid, "n": number, "img": IMAGE1, "at": NOW},
+                )
+        migrate.upgrade(engine, "owner")
+        with engine.connect() as conn:
+            targets = dict(conn.execute(text("SELECT name, target_revision_id FROM owner_group")).all())
+        assert targets == {"a": 12, "b": None}
+    finally:
+        engine.dispose()

@@ -23,12 +23,16 @@ def upgrade() -> None:
     inspector = sa.inspect(op.get_bind())
     if "owner_rollout" in inspector.get_table_names():
         return
-    with op.batch_alter_table("owner_group", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("target_revision_id", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("rollout_policy", sa.JSON(none_as_null=True), nullable=True))
-        batch_op.create_foreign_key(
-            "fk_owner_group_target_revision", "owner_revision", ["target_revision_id"], ["id"]
+    # Plain ADD COLUMN (the reference inline on SQLite): a batch copy of owner_group would
+    # drop a table its revisions point at, which SQLite's foreign keys refuse.
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute(
+            "ALTER TABLE owner_group ADD COLUMN target_revision_id INTEGER REFERENCES owner_revision (id)"
         )
+    else:
+        target = sa.ForeignKey("owner_revision.id", name="fk_owner_group_target_revision")
+        op.add_column("owner_group", sa.Column("target_revision_id", sa.Integer(), target, nullable=True))
+    op.add_column("owner_group", sa.Column("rollout_policy", sa.JSON(none_as_null=True), nullable=True))
     # Each group's target is what onboarding handed out so far: its newest revision.
     op.execute(
         "UPDATE owner_group SET target_revision_id = (SELECT r.id FROM owner_revision r"
@@ -100,6 +104,7 @@ def downgrade() -> None:
         for name in reversed(_DEVICE_COLUMNS):
             batch_op.drop_column(name)
     with op.batch_alter_table("owner_group", schema=None) as batch_op:
-        batch_op.drop_constraint("fk_owner_group_target_revision", type_="foreignkey")
+        if op.get_bind().dialect.name != "sqlite":
+            batch_op.drop_constraint("fk_owner_group_target_revision", type_="foreignkey")
         batch_op.drop_column("rollout_policy")
         batch_op.drop_column("target_revision_id")
