@@ -320,7 +320,8 @@ def test_migration_sets_each_groups_target_to_its_newest_revision(database_url: 
                 )
         migrate.upgrade(engine, "owner")
         with engine.connect() as conn:
-            targets = dict(conn.execute(text("SELECT name, target_revision_id FROM owner_group")).all())
+            rows = conn.execute(text("SELECT name, target_revision_id FROM owner_group")).all()
+        targets: dict[str, int | None] = {str(name): target for name, target in rows}
         assert targets == {"a": 12, "b": None}
     finally:
         engine.dispose()
