@@ -135,6 +135,11 @@ def _error(state_dir: Path, assignment: Assignment) -> tuple[str, str] | None:
     return None
 
 
+def _utc_offset() -> int:
+    """This host's current UTC offset in seconds (its local time zone)."""
+    return int(time.localtime().tm_gmtoff)
+
+
 def _complete(state_dir: Path, assignment: Assignment) -> bool:
     raw = _read_json(state_dir / PROGRESS_FILE)
     return isinstance(raw, dict) and raw.get("assignment") == _key(assignment) and raw.get("complete") is True
@@ -201,6 +206,7 @@ def _once(state_dir: Path, host: Host, verify: bool | str) -> Outcome:
         complete=_complete(state_dir, assignment),
         error=_error(state_dir, assignment),
         health=_health(host),
+        utc_offset=_utc_offset(),
     )
     _save_state(state_dir, after)  # never reuse a sequence number
     answer = _post(state.url, state.secret, body, verify)

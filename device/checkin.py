@@ -167,8 +167,10 @@ def build_request(
     complete: bool,
     error: tuple[str, str] | None,
     health: str,
+    utc_offset: int | None = None,
 ) -> tuple[dict[str, Any], CheckinState]:
-    """The check-in body with sequence number ``seq`` and the state to keep after it."""
+    """The check-in body with sequence number ``seq`` and the state to keep after it;
+    ``utc_offset`` (seconds east of UTC) lets update windows use device-local time."""
     image = None if assignment is None else assignment.image
     revision = image.revision if image is not None and isinstance(image.revision, int) else None
     state_name, rolled_back = apply_state(
@@ -190,6 +192,8 @@ def build_request(
         "error": None if error is None else error[1][:2000],
         "rolled_back": rolled_back,
     }
+    if utc_offset is not None:
+        body["utc_offset"] = utc_offset
     return body, replace(state, seq=seq, applied_revision=applied)
 
 

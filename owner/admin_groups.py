@@ -36,6 +36,8 @@ from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
 from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
+from owner.rollout_engine import on_publish
+from owner.rollouts_views import device_rollouts
 from owner.tables import OwnerVoucher, utc
 
 
@@ -84,6 +86,7 @@ def group_json(row: Group, db: Session) -> dict[str, Any]:
         "created_at": _iso(row.created_at),
         "created_by": row.created_by,
         "current_revision": None if revision is None else revision.number,
+        "rollout_policy": row.rollout_policy,
         "devices": devices,
     }
 
@@ -129,6 +132,7 @@ def device_json(
             select(DeviceEvent).where(DeviceEvent.device_id == row.id).order_by(col(DeviceEvent.id))
         ).all()
         out["events"] = [{"at": _iso(e.at), "kind": e.kind, "detail": e.detail} for e in rows]
+        out["rollouts"] = device_rollouts(db, row.id)
     return out
 
 
@@ -269,6 +273,9 @@ def _groups() -> APIRouter:
                 if body.is_default and db.exec(live.where(col(Group.is_default))).first() is not None:
                     raise HTTPException(409, "there is a default group already")
                 row = _as_group(body)
+                row.rollout_policy = (
+                    None if body.rollout_policy is None else body.rollout_policy.policy().to_json()
+                )
                 row.created_at, row.created_by = now, who.name
                 db.add(row)
                 audit(db, who.name, "group.create", body.name, body.model_dump(), now=now)
@@ -305,14 +312,19 @@ def _groups() -> APIRouter:
     def publish_revision(
         name: str, request: Request, who: Operator, payload: Annotated[Any, Body()]
     ) -> dict[str, Any]:
-        """Publish the group's next revision (a ``RevisionIn`` body). Devices that
-        onboard from now on receive it; it can never be changed."""
+        """Publish the group's next revision (a ``RevisionIn`` body; it can never be
+        changed). Its target moves, a rollout starts, or the answer says how many
+        onboarded devices stay behind (docs/rollouts.md)."""
         body = parse(RevisionIn, payload)
         now = now_of(request)
         try:
             with unit_of_work(engine_of(request)) as db:
                 group = _live_group(db, name)
-                latest = current_revision(db, group)
+                latest = db.exec(
+                    select(Revision)
+                    .where(Revision.group_id == group.id)
+                    .order_by(col(Revision.number).desc())
+                ).first()
                 assert group.id is not None  # noqa: S101 - a stored row
                 row = Revision(
                     group_id=group.id,
@@ -336,7 +348,7 @@ def _groups() -> APIRouter:
                 view = revision_json(row, group)
                 detail = {k: view[k] for k in ("number", "image", "apply_mode", "has_registry_auth")}
                 audit(db, who.name, "revision.publish", name, detail, now=now)
-                return view
+                return view | on_publish(db, group, row, who=who.name, now=now)
         except IntegrityError:
             raise HTTPException(409, "another revision was published at the same time; retry") from None
 

@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` checks the settings (:func:`owner.settings.load_config`), opens
 the database and checks its schema is current; the lifespan starts the TO0 scheduler thread
-(unless ``to0_enabled`` is off) and stops it at shutdown. ``POST /fdo/101/msg/{60..71}``
+(unless ``to0_enabled`` is off) and the rollout runner (:mod:`owner.rollout_engine`) and
+stops them at shutdown. ``POST /fdo/101/msg/{60..71}``
 serves TO2 with sessions in the database; when a TO2 completes, :func:`record_done`
 stores the replacement voucher (:mod:`owner.lifecycle`) and an onboarding record in the
 same transaction.
@@ -50,11 +51,14 @@ from owner.checkin_endpoint import CheckinEndpoint
 from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.report_api import device_router, report_router
+from owner.rollout_engine import RolloutRunner
+from owner.rollouts_api import rollouts_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
 from owner.web import web_router
+from owner.web_rollouts import web_rollouts_router
 from owner.web_session import derive_secret
 from transport.dispatch import AnyServerMachine, ProtocolHandler
 
@@ -178,17 +182,21 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     engine = open_engine("owner", settings.database_url)  # SchemaError unless at head
     store = OwnerStore(config, clock=now)
 
+    rollouts = RolloutRunner(engine, tick=settings.rollout_tick_seconds, clock=now)
+
     @contextmanager
-    def to0_scheduler() -> Iterator[None]:
-        if not settings.to0_enabled:
-            yield
-            return
-        thread = To0Thread(engine, config, worker_id=worker_name(), clock=now)
-        thread.start()
+    def background() -> Iterator[None]:
+        thread = None
+        if settings.to0_enabled:
+            thread = To0Thread(engine, config, worker_id=worker_name(), clock=now)
+            thread.start()
+        rollouts.start()
         try:
             yield
         finally:
-            thread.stop()
+            rollouts.stop()
+            if thread is not None:
+                thread.stop()
 
     handlers = {
         60: ProtocolHandler(
@@ -204,7 +212,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
         handlers,
         clock=now,
         keys_loaded=lambda: bool(config.keys),
-        background=to0_scheduler,
+        background=background,
         body_limits=body_limits(settings),
         guarded=[
             GuardedRoute(
@@ -220,19 +228,23 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.state.config = config
     app.state.clock = now
     app.state.ui_secret = derive_secret(config.keys)
+    app.state.rollouts = rollouts
     app.state.metrics.add_collector(observability.To0Gauges(engine, now))
     app.include_router(admin_router(), prefix="/api/v1")
     app.include_router(groups_router(), prefix="/api/v1")
     app.include_router(checkin_admin_router(), prefix="/api/v1")
+    app.include_router(rollouts_router(), prefix="/api/v1")
     include_device_router(app, report_router(), prefix="/api/v1")
     include_device_router(app, device_router(), prefix="/device/v1")
     app.include_router(web_router())
+    app.include_router(web_rollouts_router())
     app.add_middleware(
         CheckinEndpoint,
         engine=engine,
         clock=now,
         interval=int(settings.checkin_interval_seconds),
         inline=inline_messages(settings.database_url),
+        wake=rollouts.wake,
     )
     return app
 

@@ -77,6 +77,9 @@ _READ = DirectStatement(
         _D.checkin_seq,
         _D.desired_revision_id,
         _D.desired_generation,
+        _D.apply_state,
+        _D.held_revision,
+        _D.held_generation,
         _R.number.label("desired_number"),
         _R.image.label("desired_image"),
     )
@@ -99,6 +102,9 @@ _OBSERVED: dict[str, Any] = dict(
     last_error_step=bindparam("error_step"),
     last_error=bindparam("error"),
     rolled_back=bindparam("rolled_back"),
+    held_revision=bindparam("revision"),
+    held_generation=bindparam("generation"),
+    utc_offset=bindparam("utc_offset"),
 )
 _GUARD = and_(
     _D.id == bindparam("d"),
@@ -201,6 +207,8 @@ class Observation:
     error_step: str | None = None
     error: str | None = None
     rolled_back: bool = False
+    #: The device's UTC offset in seconds (update windows in device-local time).
+    utc_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +222,8 @@ class Outcome:
     desired_revision_id: int | None
     desired_number: int | None
     desired_generation: int
+    #: The device newly says it applied or failed a revision: a rollout may move on.
+    settled: bool = False
 
 
 def _digest(image: str | None) -> str | None:
@@ -259,6 +269,9 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
         "error_step": obs.error_step,
         "error": obs.error,
         "rolled_back": obs.rolled_back,
+        "revision": obs.revision,
+        "generation": obs.generation,
+        "utc_offset": obs.utc_offset,
     }
     changed = status != row["status"]
     if changed:
@@ -297,6 +310,9 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
         desired_revision_id=row["desired_revision_id"] if differs else None,
         desired_number=number,
         desired_generation=generation,
+        settled=obs.state in ("applied", "failed", "rolled-back")
+        and (obs.state, obs.revision, obs.generation)
+        != (row["apply_state"], row["held_revision"], row["held_generation"]),
     )
 
 

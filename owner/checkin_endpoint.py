@@ -93,12 +93,14 @@ class CheckinEndpoint:
         clock: Callable[[], datetime],
         interval: int,
         inline: bool | InlineWhileFast,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.engine = engine
         self.clock = clock
         self.interval = interval
         self.inline = inline
+        self.wake = wake
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
@@ -138,7 +140,9 @@ class CheckinEndpoint:
 
     async def _answer(self, token: str, body: CheckinIn) -> CheckinOut | None:
         def run() -> CheckinOut | None:
-            return answer_checkin(self.engine, token, body, now=self.clock(), interval=self.interval)
+            return answer_checkin(
+                self.engine, token, body, now=self.clock(), interval=self.interval, wake=self.wake
+            )
 
         policy = self.inline
         if policy is True:

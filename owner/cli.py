@@ -19,6 +19,7 @@ from fdo_cli.db import db_app, local_engine
 from fdo_cli.sessions import sessions_app
 from owner.cli_admin import APPS as ADMIN_APPS
 from owner.cli_admin import call, status
+from owner.cli_rollouts import rollouts_app
 
 app = typer.Typer(no_args_is_help=True, help="The owner service: TO0, TO2, vouchers.")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
@@ -31,6 +32,7 @@ app.add_typer(db_app("owner"), name="db")
 app.add_typer(sessions_app("owner"), name="sessions")
 for _name, _sub in ADMIN_APPS:
     app.add_typer(_sub, name=_name)
+app.add_typer(rollouts_app, name="rollouts")
 app.command("status")(status)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owner service base URL.")]

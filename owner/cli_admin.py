@@ -309,7 +309,7 @@ def revisions_publish(
         list[str] | None, typer.Option(help="DEVICE_PATH=LOCAL_FILE sent write-only, mode 0600.")
     ] = None,
 ) -> None:
-    """Publish the group's next revision; devices onboarding from now on receive it."""
+    """Publish the group's next revision (what it does to onboarded devices: docs/rollouts.md)."""
     payload: dict[str, Any] = {"image": image, "transport": transport, "apply_mode": apply_mode}
     try:
         if config is not None:
@@ -324,6 +324,10 @@ def revisions_publish(
         raise die(f"cannot read an input file: {exc.__class__.__name__}") from None
     body = call("POST", url, token, f"/groups/{group}/revisions", json=payload)
     typer.echo(f"group {group}: revision {body['number']} published ({body['image']})")
+    if body.get("rollout") is not None:
+        typer.echo(f"rollout {body['rollout']} started (the group's rollout policy)")
+    elif body.get("hint"):
+        typer.echo(body["hint"])
 
 
 @revisions_app.command("list")

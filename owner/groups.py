@@ -9,9 +9,8 @@ Resolution (:func:`resolve_group`), first rule that yields a group wins:
 3. **Default.** The live default group, if there is one.
 
 Within rule 1 or 2, the highest ``priority`` wins and a tie goes to the oldest group
-(lowest id). Deleted groups never match. A group's assignment is its newest revision
-(:func:`current_assignment`): publishing a revision changes what the *next* TO2 hands
-out, while devices keep the revision recorded at their own TO2.
+(lowest id). Deleted groups never match. A group's assignment is its target revision
+(:func:`current_assignment`; the newest when unset; publishing and rollouts: docs/rollouts.md).
 
 The TO2 store calls :func:`assignment_for` while ServiceInfo is chosen and
 :func:`record_onboarding` when TO2 completes, both inside its unit of work.
@@ -358,14 +357,15 @@ def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
 
 
 def current_revision(db: Session, group: Group) -> Revision | None:
-    """The newest revision of ``group``."""
-    return db.exec(
-        select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number).desc())
-    ).first()
+    """``group``'s target revision (docs/rollouts.md), else its newest."""
+    if group.target_revision_id is not None and (found := db.get(Revision, group.target_revision_id)):
+        return found
+    newest = select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number).desc())
+    return db.exec(newest).first()
 
 
 def current_assignment(db: Session, group: Group) -> Assignment | None:
-    """``group``'s newest revision with its secrets; None before the first publish."""
+    """``group``'s target revision with its secrets; None before the first publish."""
     revision = current_revision(db, group)
     return None if revision is None else revision_assignment(db, group, revision)
 

@@ -13,6 +13,8 @@ from typing import Any, Literal, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from owner.rollouts_schemas import RolloutOptions
+
 IMAGE_REF = re.compile(
     r"^[a-z0-9][a-z0-9._\-/:]*(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?@sha256:[0-9a-f]{64}$"
 )
@@ -48,6 +50,8 @@ class GroupIn(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     members: list[str] = Field(default_factory=list, max_length=100_000)
     is_default: bool = False
+    #: Rollout options a publish starts a rollout with (docs/rollouts.md).
+    rollout_policy: RolloutOptions | None = None
 
     _check_labels = field_validator("labels")(_labels)
 

@@ -102,6 +102,21 @@ class Group(SQLModel, table=True):
     deleted_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    #: The revision devices of the group should run and onboarding hands out
+    #: (docs/rollouts.md); None: the newest.
+    target_revision_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer,
+            ForeignKey("owner_revision.id", name="fk_owner_group_target_revision", use_alter=True),
+            nullable=True,
+        ),
+    )
+    #: Rollout options (``owner.rollouts.Policy``) a publish starts a rollout with; None:
+    #: publishing starts none.
+    rollout_policy: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
 
 
 class Revision(SQLModel, table=True):
@@ -207,6 +222,11 @@ class Device(SQLModel, table=True):
     rolled_back: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
+    #: The revision and generation the device said it holds at its latest check-in.
+    held_revision: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    held_generation: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    #: The device's UTC offset in seconds (its latest check-in; None: never sent, UTC).
+    utc_offset: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 class DeviceGuid(SQLModel, table=True):

@@ -20,6 +20,7 @@ Both confirm the device's current credential (:func:`owner.lifecycle.confirm_gui
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -74,6 +75,8 @@ class CheckinIn(BaseModel):
     error_step: str | None = Field(default=None, max_length=256)
     error: str | None = Field(default=None, max_length=2000)
     rolled_back: bool = False
+    #: Seconds east of UTC (update windows in device-local time, docs/rollouts.md).
+    utc_offset: int | None = Field(default=None, ge=-14 * 3600, le=14 * 3600)
 
 
 class DesiredOut(BaseModel):
@@ -103,10 +106,17 @@ def _refused() -> HTTPException:
 
 
 def answer_checkin(
-    engine: Engine, token: str, body: CheckinIn, *, now: datetime, interval: int
+    engine: Engine,
+    token: str,
+    body: CheckinIn,
+    *,
+    now: datetime,
+    interval: int,
+    wake: Callable[[], None] | None = None,
 ) -> CheckinOut | None:
     """Record a check-in and build its answer; None when the credential is refused
-    (nothing recorded)."""
+    (nothing recorded). ``wake`` (the rollout runner's) is called after the commit when
+    the device newly says it applied or failed a revision: a rollout may move on now."""
     obs = checkin.Observation(**body.model_dump())
     with message_scope(engine) as conn:
         outcome = checkin.record(conn, token, obs, now=now)
@@ -121,6 +131,8 @@ def answer_checkin(
                 image=revision.image,
                 assignment=base64.b64encode(assignment.encode()).decode(),
             )
+    if outcome.settled and wake is not None:
+        wake()
     return CheckinOut(
         action="none" if desired is None else "apply",
         interval=interval,
@@ -171,6 +183,7 @@ def device_router() -> APIRouter:
             body,
             now=state.clock(),
             interval=int(state.settings.checkin_interval_seconds),
+            wake=state.rollouts.wake if getattr(state, "rollouts", None) else None,
         )
         if answer is None:
             raise _refused()

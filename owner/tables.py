@@ -25,6 +25,7 @@ from sqlmodel import Field, SQLModel
 from fdo_server.auth import AdminToken
 from fdo_server.sessions import FdoSession
 from owner.groups_tables import GROUP_TABLES
+from owner.rollouts_tables import ROLLOUT_TABLES
 
 # A voucher row's state (``docs/vouchers.md``, "Replacement and lost replies"):
 #: The voucher of the device's current credential: usable in TO2, kept registered by TO0.
@@ -134,4 +135,5 @@ TABLES: list[type[SQLModel]] = [
     DeviceOnboarding,
     *GROUP_TABLES,
     UiSession,
+    *ROLLOUT_TABLES,
 ]

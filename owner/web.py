@@ -18,7 +18,8 @@ framing and caching, and sends no referrer.
   devices, TO0 registrations failing (with the last error), the newest audit entries
 * ``GET /ui/devices`` (``?status=``, ``?group=``, ``?page=``): the devices, newest change
   first, 100 a page
-* ``GET /ui/devices/{guid}`` (any GUID the device has had): facts, labels, timeline
+* ``GET /ui/devices/{guid}`` (any GUID the device has had): facts, labels, rollouts, timeline
+* ``/ui/rollouts[/{id}]``: :mod:`owner.web_rollouts`
 * ``POST /ui/login`` (form fields ``token`` and ``csrf``), ``POST /ui/logout`` (``csrf``)
 
 A new state-changing route reads its form with :func:`authorized_form`, which checks
@@ -293,7 +294,7 @@ def _overview(db: Session, now: datetime) -> str:
         )
         + f"<h2>Devices (newest {NEWEST})</h2>"
         + _table(DEVICE_HEADINGS, device_rows, "No devices yet.")
-        + f"<p>{_list_link('All devices')}</p>"
+        + f'<p>{_list_link("All devices")} · <a href="/ui/rollouts">Rollouts</a></p>'
         + "<h2>TO0 registrations failing</h2>"
         + _table(["voucher GUID", "attempts", "next attempt", "last error"], to0_rows, "None.")
         + f"<h2>Audit log (newest {NEWEST})</h2>"
@@ -324,6 +325,16 @@ def _device(d: dict[str, Any]) -> str:
             _text(None if not d["last_error"] else f"{d['last_error']['step']}: {d['last_error']['text']}"),
         ],
         ["check-in credential", _text(d["checkin"])],
+        [
+            "rollouts",
+            "<br>".join(
+                f'<a href="/ui/rollouts/{r["rollout"]}">rollout {r["rollout"]}</a> (revision {r["revision"]},'
+                f" {_text(r['rollout_state'])}): batch {r['batch']}, {_text(r['state'])}"
+                + ("" if not r["error"] else f" {_text(r['error']['step'])}: {_text(r['error']['text'])}")
+                for r in d.get("rollouts") or []
+            )
+            or _text(None),
+        ],
         ["labels", _text(d["labels"] or None)],
         ["devmod", _text(d["devmod"] or None)],
         ["created", _text(d["created_at"])],

@@ -197,6 +197,13 @@ def test_new_revision_reaches_the_next_device_only(stack: Stack, tmp_path: Path)
         before = owner.get(f"/api/v1/devices/{first_guid}").json()
         resp = owner.post("/api/v1/groups/kiosk/revisions", json={"image": IMAGE_A2, "apply_mode": "switch"})
         assert resp.status_code < 300, resp.text
+        # Onboarded devices and no rollout policy: the target stays until a rollout
+        # of the new revision starts (docs/rollouts.md); from then on the next
+        # onboarding device gets it.
+        published = resp.json()
+        assert published["behind"] >= 1 and published["target_revision"] == before["desired_revision"]
+        started = owner.post("/api/v1/groups/kiosk/rollouts", json={"revision": published["number"]})
+        assert started.status_code == 201, started.text
 
     second = device_with_credential(stack, tmp_path, "kiosk-v2", "REV-0002")
     plan2 = tmp_path / "plan2.json"

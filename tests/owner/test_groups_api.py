@@ -97,7 +97,15 @@ def test_groups_revisions_roles_audit_and_secrets(
     r = api("POST", "/groups/lab/revisions", operator, json=revision_body())
     assert r.status_code == 201, r.text
     changes.append("revision.publish")
+    # The publish answer adds what publishing did (docs/rollouts.md): no device yet, so
+    # the target moved to the new revision and nothing stays behind.
     first = r.json()
+    assert {k: first.pop(k) for k in ("target_revision", "rollout", "behind", "hint")} == {
+        "target_revision": 1,
+        "rollout": None,
+        "behind": 0,
+        "hint": None,
+    }
     assert first["number"] == 1 and first["has_registry_auth"] is True
     assert first["secret_files"] == ["/etc/pki/key.pem"] and first["published_by"] == "test-operator"
     assert api("PUT", "/groups/lab/revisions/1", operator, json=revision_body(IMAGE2)).status_code == 405
@@ -150,9 +158,16 @@ def test_groups_revisions_roles_audit_and_secrets(
     onboarded = api("GET", "/devices", viewer, params={"status": "onboarded"}).json()["items"]
     assert [d["guid"] for d in onboarded] == [str(new_guid)]
     assert api("GET", "/devices", viewer, params={"status": "happy"}).status_code == 422
-    # A new revision: the next device gets it, the onboarded one keeps revision 2.
-    assert api("POST", "/groups/lab/revisions", operator, json=revision_body()).json()["number"] == 3
+    # A new revision of a group with an onboarded device and no rollout policy: the
+    # target stays (the answer says who stays behind and how to roll it out) ...
+    published = api("POST", "/groups/lab/revisions", operator, json=revision_body()).json()
+    assert published["number"] == 3 and published["target_revision"] == 2 and published["rollout"] is None
+    assert published["behind"] == 1 and "fdo owner rollouts start lab --revision 3" in published["hint"]
     changes.append("revision.publish")
+    # ... until a rollout of it starts: from then on the next device gets it.
+    r = api("POST", "/groups/lab/rollouts", operator, json={"revision": 3})
+    assert r.status_code == 201, r.text
+    changes.append("rollout.start")
     r = api("PUT", f"/devices/{voucher2.header.guid}/labels", operator, json={"labels": {"site": "lab"}})
     assert r.status_code == 200
     changes.append("device.labels")

@@ -1,0 +1,168 @@
+"""Admin API of rollouts (under ``/api/v1``; docs/rollouts.md).
+
+Operators change, viewers read; every change writes an audit entry in its transaction.
+
+* ``POST /groups/{name}/rollouts`` — start a rollout (409 while the group has an active one)
+* ``PUT /groups/{name}/rollout-policy`` — the options a publish starts a rollout with
+* ``GET /rollouts`` (``?group=``, ``?state=``), ``GET /rollouts/{id}``
+* ``POST /rollouts/{id}/pause|resume|abort|rollback``
+
+Starting and resuming advance the rollout at once in the request and wake this
+process's runner (:class:`owner.rollout_engine.RolloutRunner`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, HTTPException, Request
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from fdo_server.db import unit_of_work
+from fdo_server.params import Limit, Offset, RowNumber
+from owner import rollout_engine as engine_ops
+from owner.admin_groups import find_live_group
+from owner.audit import audit
+from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
+from owner.groups_tables import Revision
+from owner.rollout_engine import RolloutError
+from owner.rollouts_schemas import PolicyIn, PolicyOut, RolloutListOut, RolloutOut, StartIn
+from owner.rollouts_tables import ROLLOUT_STATES, Rollout
+from owner.rollouts_views import rollout_view
+
+log = logging.getLogger("owner.rollouts")
+
+
+def _fail(exc: RolloutError) -> HTTPException:
+    return HTTPException(exc.status, str(exc))
+
+
+def _show(request: Request, rollout_id: int) -> RolloutOut:
+    with Session(engine_of(request)) as db:
+        rollout = db.get(Rollout, rollout_id)
+        if rollout is None:
+            raise HTTPException(404, f"no rollout {rollout_id}")
+        return rollout_view(db, rollout)
+
+
+def _kick(request: Request, rollout_id: int) -> None:
+    """Advance now, in this request, and wake this process's runner (which retries
+    what this attempt could not do: the change itself is committed already)."""
+    try:
+        engine_ops.advance(engine_of(request), rollout_id, now_of(request))
+    except SQLAlchemyError:
+        log.warning("rollout %s: advancing in the request failed; the runner retries", rollout_id)
+    runner = getattr(request.app.state, "rollouts", None)
+    if runner is not None:
+        runner.wake()
+
+
+def rollouts_router() -> APIRouter:
+    router = APIRouter(tags=["rollouts"])
+
+    @router.post("/groups/{name}/rollouts", status_code=201)
+    def start_rollout(name: str, body: StartIn, request: Request, who: Operator) -> RolloutOut:
+        """Start a rollout of revision ``revision`` to the group's onboarded devices."""
+        now = now_of(request)
+        try:
+            with unit_of_work(engine_of(request)) as db:
+                group = find_live_group(db, name)
+                if group is None:
+                    raise HTTPException(404, f"no group {name!r}")
+                revision = db.exec(
+                    select(Revision).where(Revision.group_id == group.id, Revision.number == body.revision)
+                ).first()
+                if revision is None:
+                    raise HTTPException(404, f"group {name!r} has no revision {body.revision}")
+                rollout = engine_ops.start(db, group, revision, body.policy(), who=who.name, now=now)
+                assert rollout.id is not None  # noqa: S101 - flushed
+                rollout_id = rollout.id
+                detail = {"group": name, "revision": body.revision, **body.policy().to_json()}
+                audit(db, who.name, "rollout.start", f"rollout:{rollout_id}", detail, now=now)
+        except RolloutError as exc:
+            raise _fail(exc) from None
+        _kick(request, rollout_id)
+        return _show(request, rollout_id)
+
+    @router.put("/groups/{name}/rollout-policy")
+    def set_policy(name: str, body: PolicyIn, request: Request, who: Operator) -> PolicyOut:
+        """The options a publish starts a rollout with (null: publishing starts none)."""
+        now = now_of(request)
+        with unit_of_work(engine_of(request)) as db:
+            group = find_live_group(db, name)
+            if group is None:
+                raise HTTPException(404, f"no group {name!r}")
+            policy = None if body.rollout_policy is None else body.rollout_policy.policy().to_json()
+            group.rollout_policy = policy
+            db.add(group)
+            audit(db, who.name, "group.rollout-policy", name, {"rollout_policy": policy}, now=now)
+            return PolicyOut(group=name, rollout_policy=policy)
+
+    @router.get("/rollouts")
+    def list_rollouts(
+        db: SessionDep,
+        _: Viewer,
+        offset: Offset = 0,
+        limit: Limit = 100,
+        group: str | None = None,
+        state: str | None = None,
+    ) -> RolloutListOut:
+        """Rollouts, newest first, with counts by device state (no device rows)."""
+        query = select(Rollout)
+        if group is not None:
+            found = find_live_group(db, group)
+            if found is None:
+                raise HTTPException(404, f"no group {group!r}")
+            query = query.where(Rollout.group_id == found.id)
+        if state is not None:
+            if state not in ROLLOUT_STATES:
+                raise HTTPException(422, f"unknown state {state!r}; one of {', '.join(ROLLOUT_STATES)}")
+            query = query.where(Rollout.state == state)
+        rows = db.exec(query.order_by(col(Rollout.id).desc()).offset(offset).limit(limit)).all()
+        return RolloutListOut(items=[rollout_view(db, r, devices=False) for r in rows])
+
+    @router.get("/rollouts/{rollout_id}")
+    def show_rollout(rollout_id: RowNumber, request: Request, _: Viewer) -> RolloutOut:
+        """A rollout: options, state, reason, batches with counts, and its devices."""
+        return _show(request, rollout_id)
+
+    @router.post("/rollouts/{rollout_id}/pause")
+    def pause(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
+        try:
+            engine_ops.pause(engine_of(request), rollout_id, who=who.name, now=now_of(request))
+        except RolloutError as exc:
+            raise _fail(exc) from None
+        return _show(request, rollout_id)
+
+    @router.post("/rollouts/{rollout_id}/resume")
+    def resume(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
+        """Resume: the current batch is evaluated again (held devices no longer count)."""
+        try:
+            engine_ops.resume(engine_of(request), rollout_id, who=who.name, now=now_of(request))
+        except RolloutError as exc:
+            raise _fail(exc) from None
+        _kick(request, rollout_id)
+        return _show(request, rollout_id)
+
+    @router.post("/rollouts/{rollout_id}/abort")
+    def abort(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
+        """Abort: no device starts any more; the group's target returns to the
+        revision the rollout started from."""
+        try:
+            engine_ops.abort(engine_of(request), rollout_id, who=who.name, now=now_of(request))
+        except RolloutError as exc:
+            raise _fail(exc) from None
+        return _show(request, rollout_id)
+
+    @router.post("/rollouts/{rollout_id}/rollback", status_code=201)
+    def rollback(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
+        """Start a rollout of this rollout's from-revision with the same options."""
+        try:
+            new_id = engine_ops.rollback(engine_of(request), rollout_id, who=who.name, now=now_of(request))
+        except RolloutError as exc:
+            raise _fail(exc) from None
+        _kick(request, new_id)
+        return _show(request, new_id)
+
+    return router
