@@ -25,8 +25,9 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
-## The whole journey of one device over real HTTP: three services on SQLite, DI,
-## hand-off, TO0, TO1 and TO2. Prints a summary and exits 0.
+## One kiosk's story over real HTTP with the real fdo commands: three services on
+## SQLite, DI, hand-off, TO0, a group and revision, TO1 and TO2 with the bootc module,
+## check-in, then a second revision rolled out to it. Prints a summary and exits 0.
 demo: $(STAMP)
 	$(BIN)/python -m fdo_server.demo
 
