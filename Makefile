@@ -6,6 +6,15 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: test lint typecheck pytest demo bench clean
 
+# The demo needs only the services and the device client, not the test tools.
+DEMO_STAMP = $(VENV)/.demo-installed
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[device,server]'
+	touch $(DEMO_STAMP)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -28,7 +37,7 @@ pytest: $(STAMP)
 ## One kiosk's story over real HTTP with the real fdo commands: three services on
 ## SQLite, DI, hand-off, TO0, a group and revision, TO1 and TO2 with the bootc module,
 ## check-in, then a second revision rolled out to it. Prints a summary and exits 0.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m fdo_server.demo
 
 ## Throughput, p50/p99 latency and server CPU per operation of DI, TO0, TO1 and a full
