@@ -145,6 +145,10 @@ def _complete(state_dir: Path, assignment: Assignment) -> bool:
     return isinstance(raw, dict) and raw.get("assignment") == _key(assignment) and raw.get("complete") is True
 
 
+class CredentialRefused(CheckinError):
+    """The owner answered 401: the secret is revoked, replaced or replayed."""
+
+
 def _post(url: str, secret: str, body: dict[str, Any], verify: bool | str) -> Answer:
     try:
         resp = httpx.post(
@@ -153,7 +157,7 @@ def _post(url: str, secret: str, body: dict[str, Any], verify: bool | str) -> An
     except httpx.HTTPError as exc:
         raise CheckinError(f"cannot reach the owner at {url}: {type(exc).__name__}") from None
     if resp.status_code == 401:
-        raise CheckinError("the owner refused the check-in credential (revoked, replaced or replayed)")
+        raise CredentialRefused("the owner refused the check-in credential (revoked, replaced or replayed)")
     if resp.status_code != 200:
         raise CheckinError(f"the owner answered HTTP {resp.status_code}")
     try:
@@ -209,8 +213,20 @@ def _once(state_dir: Path, host: Host, verify: bool | str) -> Outcome:
         utc_offset=_utc_offset(),
     )
     _save_state(state_dir, after)  # never reuse a sequence number
-    answer = _post(state.url, state.secret, body, verify)
-    after = dataclasses.replace(after, secret=answer.next_secret)
+    try:
+        answer = _post(state.url, state.secret, body, verify)
+        used = state.secret
+    except CredentialRefused:
+        if not state.previous or state.previous == state.secret:
+            raise
+        # The owner may have lost the commit that made this secret its current one (a
+        # power cut before its commit reached the disk): the one before still works.
+        after = dataclasses.replace(after, seq=after.seq + 1)
+        body["seq"] = after.seq
+        _save_state(state_dir, after)
+        answer = _post(state.url, state.previous, body, verify)
+        used = state.previous
+    after = dataclasses.replace(after, secret=answer.next_secret, previous=used)
     _save_state(state_dir, after)
     if answer.desired is None:
         return Outcome(str(body["state"]), answer.interval, None, None)

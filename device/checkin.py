@@ -46,6 +46,9 @@ class CheckinState:
 
     ``origin`` is the hash of the secret TO2 delivered: a new TO2 (a new secret in the
     stored assignment) starts a fresh state. ``seq`` is the last sequence number used.
+    ``previous`` is the secret used before ``secret`` (the owner's previous answer
+    rotated it): should the owner have lost the commit that made ``secret`` its current
+    one (a power cut), the previous one still works once.
     """
 
     url: str
@@ -54,6 +57,7 @@ class CheckinState:
     origin: str
     generation: int = 0
     applied_revision: int | None = None
+    previous: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +76,7 @@ class CheckinState:
                 applied_revision=None
                 if obj.get("applied_revision") is None
                 else int(obj["applied_revision"]),
+                previous=None if obj.get("previous") is None else str(obj["previous"]),
             )
         except (KeyError, TypeError, ValueError):
             raise CheckinProtocolError("the check-in state is incomplete") from None

@@ -261,3 +261,39 @@ def test_refused_credentials_record_nothing_and_a_lost_answer_does_not_lock_out(
     assert device.record()["checkin"] == "revoked"
     out = device.check_in()
     assert out.exit_code == 1 and "refused" in out.output
+
+
+def test_an_owner_that_lost_its_last_check_in_commit_still_knows_the_device(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A power cut can take the owner's last check-in commit (the one that made the
+    device's current secret current) while the device kept the answer: the device then
+    checks in with the secret before it, which the owner still holds."""
+    from sqlalchemy import create_engine, text
+
+    device = Device(stack, tmp_path, "FLEET-POWERCUT")
+    device.onboard()
+    assert device.check_in().exit_code == 0
+    engine = create_engine(stack.database_urls["owner"])
+    read = text(
+        "SELECT checkin_hash, checkin_next_hash, checkin_seq, last_checkin_at "
+        "FROM owner_device WHERE serial = :serial"
+    )
+    try:
+        with engine.begin() as db:
+            before = db.execute(read, {"serial": "FLEET-POWERCUT"}).one()
+        assert device.check_in().exit_code == 0  # rotated: the device holds the next secret
+        with engine.begin() as db:  # ... and the owner loses that commit
+            db.execute(
+                text(
+                    "UPDATE owner_device SET checkin_hash = :h, checkin_next_hash = :n, "
+                    "checkin_seq = :s, last_checkin_at = :at WHERE serial = :serial"
+                ),
+                {"h": before[0], "n": before[1], "s": before[2], "at": before[3], "serial": "FLEET-POWERCUT"},
+            )
+        out = device.check_in()
+        assert out.exit_code == 0, out.output
+        assert device.record()["last_checkin_at"] != before[3]
+        assert device.check_in().exit_code == 0  # and on with the secret that answer gave
+    finally:
+        engine.dispose()
