@@ -31,8 +31,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# One test process per core (pytest-xdist); each test module stays in one process, so
+# its shared fixtures (a started stack) are made once. PYTEST_WORKERS=0: no workers.
+PYTEST_WORKERS ?= auto
+
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 ## One kiosk's story over real HTTP with the real fdo commands: three services on
 ## SQLite, DI, hand-off, TO0, a group and revision, TO1 and TO2 with the bootc module,
