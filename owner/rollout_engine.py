@@ -175,6 +175,18 @@ def start(
 # ---------------------------------------------------------------------------- advance
 
 
+def _generation(sent: int | None, device: Device, revision_id: int) -> int | None:
+    """The generation a device's check-in must hold for the rollout to count it.
+
+    The one the rollout sent, unless the device has onboarded again since (a new TO2
+    hands out the group's target, the rollout's revision, and counts generations from 0
+    again): then what that TO2 gave it, so it is not failed on the report timeout.
+    """
+    if sent is not None and device.desired_revision_id == revision_id:
+        return min(sent, device.desired_generation)
+    return sent
+
+
 def _name(device: Device) -> str:
     return device.serial or str(Guid(device.guid))
 
@@ -199,7 +211,7 @@ def _advance_once(db: Session, rollout_id: int, now: datetime) -> bool:
             labels=d.labels,
             utc_offset=d.utc_offset,
             started_at=None if r.started_at is None else utc(r.started_at),
-            generation=r.generation,
+            generation=_generation(r.generation, d, rollout.revision_id),
             error_step=r.error_step,
             error=r.error,
             observed=Observed(

@@ -203,6 +203,30 @@ def test_failures_pause_with_reason_and_errors_shown(app: FastAPI) -> None:
     assert errors == [{"step": "000-bootc-switch", "text": "manifest unknown"}] * 2
 
 
+def test_a_device_that_onboards_again_during_the_rollout_counts_once_it_applies(app: FastAPI) -> None:
+    client = TestClient(app)
+    operator = token(app, Role.OPERATOR)
+    engine = app.state.engine
+    client.post("/api/v1/groups", headers=operator, json={"name": "lab"})
+    publish(client, operator, IMAGE1)
+    ids = onboarded_devices(engine, "lab", 1, 2)
+    publish(client, operator, IMAGE2)
+    body = {"revision": 2, "batch_size": 2, "report_timeout": 3600}
+    rid = client.post("/api/v1/groups/lab/rollouts", headers=operator, json=body).json()["id"]
+    with unit_of_work(engine) as db:  # the rollout told both: generation 1
+        assert {d.desired_generation for d in db.exec(select(Device)).all()} == {1}
+        # One does a new TO2 meanwhile: it gets the target (revision 2), generation 0.
+        again = db.get(Device, ids[0])
+        assert again is not None
+        again.desired_generation = 0
+        db.add(again)
+    report(engine, ids, 2, IMAGE2)
+    assert rollout_engine.advance(engine, rid, NOW)
+    shown = client.get(f"/api/v1/rollouts/{rid}", headers=operator).json()
+    assert shown["state"] == "completed", shown
+    assert {d["state"] for d in shown["devices"]} == {"succeeded"}
+
+
 def _guid(engine: Any, device_id: int) -> str:
     with Session(engine) as db:
         device = db.get(Device, device_id)
