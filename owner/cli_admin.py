@@ -72,6 +72,27 @@ def error_text(detail: Any) -> str:
     return json.dumps(detail)
 
 
+def read_text_file(path: Path, option: str) -> str:
+    """A text file an option names; exits with one line naming the file if unreadable."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise die(f"{option} {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise die(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
+
+
+def read_json_file(path: Path, option: str) -> Any:
+    """A JSON file an option names; exits with one line naming the file and, when it is
+    not JSON, the line and column where that shows."""
+    text = read_text_file(path, option)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise die(f"{option} {path}: not valid JSON at {where}: {exc.msg}") from None
+
+
 def _echo_json(body: Any) -> None:
     typer.echo(json.dumps(body, indent=2))
 
@@ -311,17 +332,14 @@ def revisions_publish(
 ) -> None:
     """Publish the group's next revision (what it does to onboarded devices: docs/rollouts.md)."""
     payload: dict[str, Any] = {"image": image, "transport": transport, "apply_mode": apply_mode}
-    try:
-        if config is not None:
-            payload["config"] = json.loads(config.read_text())
-        if registry_auth is not None:
-            payload["registry_auth"] = json.loads(registry_auth.read_text())
-        payload["secret_files"] = [
-            {"path": path, "mode": "0600", "content": Path(local).read_text()}
-            for path, local in _pairs(secret_file, "secret file").items()
-        ]
-    except (OSError, ValueError) as exc:
-        raise die(f"cannot read an input file: {exc.__class__.__name__}") from None
+    if config is not None:
+        payload["config"] = read_json_file(config, "--config")
+    if registry_auth is not None:
+        payload["registry_auth"] = read_json_file(registry_auth, "--registry-auth")
+    payload["secret_files"] = [
+        {"path": path, "mode": "0600", "content": read_text_file(Path(local), "--secret-file")}
+        for path, local in _pairs(secret_file, "secret file").items()
+    ]
     body = call("POST", url, token, f"/groups/{group}/revisions", json=payload)
     typer.echo(f"group {group}: revision {body['number']} published ({body['image']})")
     if body.get("rollout") is not None:

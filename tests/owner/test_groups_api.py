@@ -275,6 +275,15 @@ def test_cli_over_http(
     assert SECRET_FILE not in run("groups", "show", "edge")
     assert "edge  priority=3  revision=1" in run("groups", "list")
     assert "rest (default)" in run("groups", "list")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"files": [\n  {"path": "/etc/x",}\n]}')
+    bad_file = run("revisions", "publish", "edge", "--image", IMAGE, "--config", str(broken), code=1)
+    assert bad_file.startswith(f"error: --config {broken}: not valid JSON at line 2 column 21: Expecting")
+    assert bad_file.count("\n") == 1
+    missing = run(
+        "revisions", "publish", "edge", "--image", IMAGE, "--config", str(tmp_path / "nope.json"), code=1
+    )
+    assert missing.startswith(f"error: --config {tmp_path / 'nope.json'}: cannot read it: ")
     invalid = run("revisions", "publish", "edge", "--image", "bad", code=1)
     assert invalid.startswith("error: HTTP 422: the request is invalid:\n  image: ")
     assert "{" not in invalid  # one line per field, not the JSON of the answer
