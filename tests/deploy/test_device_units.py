@@ -60,11 +60,25 @@ def units() -> list[UnitFile]:
     return [UnitFile.load(DEVICE / name) for name in names]
 
 
+_HOSTS: list[Host] = []
+
+
 def make_host(tmp_path: Path) -> Host:
     assert "ln -s /usr/lib/fdo-bootc/bin/fdo /usr/bin/fdo" in (DEVICE / "Containerfile").read_text()
     tools = {name: shutil.which(name) for name in ("mkdir", "touch")}
     executables = {"/usr/bin/fdo": FDO, **{f"/usr/bin/{k}": str(v) for k, v in tools.items() if v}}
-    return Host(tmp_path, executables, time_scale=0.0)
+    host = Host(tmp_path, executables, time_scale=0.0)
+    _HOSTS.append(host)
+    return host
+
+
+@pytest.fixture(autouse=True)
+def _power_off_hosts() -> Iterator[None]:
+    """After each test, cut every host's power: the agent (a long-running unit) and any
+    retrying onboarding must not outlive the test."""
+    yield
+    while _HOSTS:
+        _HOSTS.pop().power_off()
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,13 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     urls = {name: db.__enter__() for name, db in zip(SERVICES, dbs, strict=True)}
     try:
         with Proxy() as proxy:
-            owner_env = {"FDO_OWNER_TO2_URLS": f'["{proxy.url}"]', "FDO_LOG_FORMAT": "json"}
+            owner_env = {
+                "FDO_OWNER_TO2_URLS": f'["{proxy.url}"]',
+                "FDO_LOG_FORMAT": "json",
+                # A killed owner may hold the claim on a new GUID's TO0 work (it registers
+                # right after Done): the restarted one takes it over once the claim ends.
+                "FDO_OWNER_TO0_CLAIM_SECONDS": "5",
+            }
             with Stack(workdir, database_urls=urls, owner_env=owner_env) as stack:
                 # The owner Stack started is replaced by `fdo owner serve` on its port.
                 served = stack.services["owner"]
