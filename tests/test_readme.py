@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -140,6 +141,10 @@ def _owner_state(home: Path, ports: dict[str, int]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
+    if not (Path(sys.executable).parent / "fdo").exists():
+        pytest.skip("the fdo script is not installed next to this interpreter")
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (the README's journey waits with it)")
     blocks = readme_blocks(README.read_text())
     work = tmp_path_factory.mktemp("readme")
     home = work / "fdo-home"
