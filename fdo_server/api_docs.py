@@ -25,7 +25,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
@@ -169,13 +169,13 @@ def document(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def _csp(html: str) -> str:
     """Only this service's scripts (and the page's own inline script, by hash)."""
-    hashes = " ".join(
+    scripts = ["'self'"] + [
         "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
         for script in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
-    )
+    ]
     return (
         "default-src 'none'; "
-        f"script-src 'self' {hashes}; "
+        f"script-src {' '.join(scripts)}; "
         "style-src 'self' 'unsafe-inline'; "  # both UIs set styles from their scripts
         "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
         "worker-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -198,7 +198,6 @@ def install_docs(app: FastAPI) -> None:
     """``/docs``, ``/redoc`` and their assets on ``app`` (made with ``docs_url=None`` and
     ``redoc_url=None``); the assets are read once, at the first request for each."""
     openapi_url = app.openapi_url or "/openapi.json"
-    cache: dict[str, bytes] = {}
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
@@ -225,18 +224,24 @@ def install_docs(app: FastAPI) -> None:
             )
         )
 
-    @app.get(ASSETS + "/{name}", include_in_schema=False)
-    def asset(name: str) -> Response:
-        media_type = ASSET_TYPES.get(name)
-        if media_type is None:
-            raise HTTPException(404, "Not Found")
-        if name not in cache:
-            cache[name] = resources.files("fastapi_offline").joinpath("static", name).read_bytes()
+    for name, media_type in ASSET_TYPES.items():
+        app.add_api_route(ASSETS + "/" + name, _asset(name, media_type), include_in_schema=False)
+
+
+def _asset(name: str, media_type: str) -> Callable[[], Response]:
+    """The route serving asset ``name`` (read at its first request, then kept)."""
+    body: list[bytes] = []
+
+    def asset() -> Response:
+        if not body:
+            body.append(resources.files("fastapi_offline").joinpath("static", name).read_bytes())
         return Response(
-            cache[name],
+            body[0],
             media_type=media_type,
             headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
         )
+
+    return asset
 
 
 def pem_answer(media_type: str) -> dict[int | str, dict[str, Any]]:

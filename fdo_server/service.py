@@ -109,7 +109,7 @@ def service_app(
 
     app = FastAPI(
         title=f"FDO {service}",
-        description=f"The FDO {service} service's admin API (``/api/v1``); docs/api.md.",
+        description=f"The FDO {service} service's admin API (``/api/v1``); docs/deploy.md.",
         lifespan=lifespan,
         telemetry=NO_TELEMETRY,
         docs_url=None,

@@ -10,14 +10,21 @@ the admin bearer scheme naming its role, and a typed request body where it takes
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fdo_server.api_docs import ADMIN_SCHEME, ASSETS
+from fdo_server.launcher import free_port
 from fdo_server.planes import PlaneSplit, device_paths
 from tests.conftest import KeyPool
 from tests.test_admin_api_fuzz import make_app
@@ -202,3 +209,52 @@ def test_docs_and_their_assets_are_on_the_admin_plane(apps: dict[str, FastAPI]) 
         with TestClient(split, base_url="http://testserver:80") as device:
             answer = device.get(path)
             assert answer.status_code == 404 and answer.json() == {"detail": "Not Found"}, path
+
+
+def test_device_routes_declare_the_device_credential(apps: dict[str, FastAPI]) -> None:
+    app = apps["owner"]
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["DeviceCredential"]["scheme"] == "bearer"
+    device = device_paths(app)
+    assert {"/device/v1/checkin", "/device/v1/report", "/api/v1/report"} <= device
+    for path in device:
+        operation = schema["paths"][path]["post"]
+        assert operation["security"] == [{"DeviceCredential": []}], path
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}
+        assert typed(operation["responses"]["200"]["content"]["application/json"]["schema"]), path
+        assert typed(operation["requestBody"]["content"]["application/json"]["schema"]), path
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium on this machine (apt-get install chromium)")
+def test_docs_render_in_a_browser_under_their_csp(apps: dict[str, FastAPI]) -> None:
+    """Swagger UI lists the operations and ReDoc renders, with only the service's files."""
+    assert BROWSER is not None
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(apps["owner"], host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "the owner did not start"
+            time.sleep(0.05)
+        operations = len(admin_operations(apps["owner"]))
+        for page, marker in (("/docs", "opblock-summary-path"), ("/redoc", "api-content")):
+            dom = subprocess.run(  # noqa: S603 - the browser found on PATH, fixed arguments
+                [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+                + ["--dump-dom", f"http://127.0.0.1:{port}{page}"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout
+            assert marker in dom, page
+            if page == "/docs":
+                assert dom.count('class="opblock-summary-path"') >= operations
+        assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
