@@ -339,7 +339,9 @@ def _groups() -> APIRouter:
         name: str,
         request: Request,
         who: Operator,
-        payload: Annotated[Any, Body(include_in_schema=False)],
+        # Validated by parse(), whose 422 never echoes the input (secrets); OpenAPI shows
+        # it as RevisionIn (openapi_extra above).
+        payload: Annotated[Any, Body()],
     ) -> dict[str, Any]:
         """Publish the group's next revision (a ``RevisionIn`` body; it can never be
         changed). Its target moves, a rollout starts, or the answer says how many
