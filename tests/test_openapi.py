@@ -57,11 +57,21 @@ def admin_operations(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def typed(schema: dict[str, Any]) -> bool:
-    """A schema that says something: a reference, a type, or a union of typed schemas."""
-    if "$ref" in schema or "type" in schema:
+    """A schema that says something: a reference, a scalar type, an array of typed items,
+    an object with properties or typed values, or a union of typed schemas (never ``{}``,
+    nor a free-form object such as a bare ``dict[str, Any]`` gives)."""
+    if "$ref" in schema:
         return True
-    options = schema.get("anyOf") or schema.get("oneOf") or schema.get("allOf") or []
-    return bool(options) and all(typed(option) for option in options)
+    options = schema.get("anyOf") or schema.get("oneOf") or schema.get("allOf")
+    if options:
+        return all(typed(option) for option in options)
+    kind = schema.get("type")
+    if kind == "object":
+        values = schema.get("additionalProperties")
+        return bool(schema.get("properties")) or (isinstance(values, dict) and typed(values))
+    if kind == "array":
+        return typed(schema.get("items", {}))
+    return kind is not None
 
 
 def content_typed(response: dict[str, Any]) -> bool:
