@@ -16,11 +16,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
 TOKEN_PREFIX = "fdo_"  # noqa: S105 - a prefix, not a secret
+
+#: The admin token as OpenAPI declares it (``/docs`` shows the lock on every admin
+#: route). It never refuses a request itself: :func:`require` does, with its own answers.
+BEARER = HTTPBearer(
+    scheme_name="AdminToken",
+    bearerFormat="fdo_<random>",
+    description="An admin API token (made by the service's `token create` command, or "
+    "`POST /api/v1/tokens` on the owner); each operation's requirement names the least role it needs.",
+    auto_error=False,
+)
 
 
 class Role(StrEnum):
@@ -67,9 +78,17 @@ def lookup_token(db: Session, token: str) -> AdminToken | None:
 
 
 def require(engine_of: Callable[[Request], Engine], role: Role) -> Callable[[Request], AdminToken]:
-    """A FastAPI dependency admitting bearer tokens with at least ``role``."""
+    """A FastAPI dependency admitting bearer tokens with at least ``role``.
 
-    def dependency(request: Request) -> AdminToken:
+    OpenAPI shows it as the :data:`BEARER` scheme with the role as the requirement's
+    one entry (OpenAPI 3.1 lets a non-OAuth requirement list role names), and
+    :func:`fdo_server.api_docs.document` adds its 401 (and 403) answers.
+    """
+
+    def dependency(
+        request: Request,
+        _declared: HTTPAuthorizationCredentials | None = Security(BEARER, scopes=[str(role)]),  # noqa: B008
+    ) -> AdminToken:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:

@@ -6,7 +6,8 @@ Every service answers two kinds of client:
   the device check-in routes (``/device/v1/checkin``, ``/device/v1/report`` and the
   deprecated ``/api/v1/report``), which devices reach over the network;
 * the **admin plane**: the admin API (``/api/v1/...``), the owner's status page
-  (``/ui``), the API documentation (``/docs``, ``/redoc``, ``/openapi.json``) and
+  (``/ui``), the API documentation (``/docs``, ``/redoc``, their files under
+  ``/docs/assets/``, ``/openapi.json``: :mod:`fdo_server.api_docs`) and
   ``/metrics``, which only operators and their tools need.
 
 ``/health`` and ``/ready`` belong to both, so probes and load balancers can ask either.

@@ -41,8 +41,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp
 
+from fdo_server import api_docs, planes
 from fdo_server import metrics as observability
-from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.config import IPNetwork, ServiceSettings, load_settings
@@ -107,7 +107,16 @@ def service_app(
         finally:
             engine.dispose()
 
-    app = FastAPI(title=f"FDO {service}", lifespan=lifespan, telemetry=NO_TELEMETRY)
+    app = FastAPI(
+        title=f"FDO {service}",
+        description=f"The FDO {service} service's admin API (``/api/v1``); docs/deploy.md.",
+        lifespan=lifespan,
+        telemetry=NO_TELEMETRY,
+        docs_url=None,
+        redoc_url=None,
+    )
+    api_docs.install_docs(app)
+    app.openapi = api_docs.document(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics = observability.ServiceMetrics(service)

@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 from fdo.crypto import PublicKeyT, spki_der
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, to_pem
+from fdo_server.api_docs import errors, pem_answer
 from fdo_server.auth import AdminToken, Role, require
 from fdo_server.clock import utc_now
 from fdo_server.db import unit_of_work
@@ -176,7 +177,7 @@ def extend_row(db: Session, material: ManufacturerMaterial, row: Voucher, owner:
 # ---------------------------------------------------------------------------- routes
 
 
-@router.get("/vouchers", response_model=VoucherPage)
+@router.get("/vouchers", response_model=VoucherPage, responses=errors(400, 422))
 def list_vouchers(
     engine: EngineDep,
     _token: Viewer,
@@ -213,7 +214,7 @@ def list_vouchers(
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
-@router.get("/vouchers/{guid}", response_model=VoucherDetail)
+@router.get("/vouchers/{guid}", response_model=VoucherDetail, responses=errors(400, 404))
 def get_voucher(guid: str, engine: EngineDep, _token: Viewer) -> dict[str, Any]:
     """One voucher and its hand-offs."""
     with unit_of_work(engine) as db:
@@ -230,7 +231,9 @@ def get_voucher(guid: str, engine: EngineDep, _token: Viewer) -> dict[str, Any]:
         }
 
 
-@router.get("/vouchers/{guid}/pem")
+@router.get(
+    "/vouchers/{guid}/pem", response_class=Response, responses=pem_answer(PEM_TYPE) | errors(400, 404)
+)
 def export_voucher(guid: str, engine: EngineDep, _token: Viewer) -> Response:
     """The voucher as it stands (extended once handed off), as PEM."""
     with unit_of_work(engine) as db:
@@ -244,7 +247,7 @@ def export_voucher(guid: str, engine: EngineDep, _token: Viewer) -> Response:
     )
 
 
-@router.post("/vouchers/extend", response_model=BatchExtended)
+@router.post("/vouchers/extend", response_model=BatchExtended, responses=errors(400, 404, 409, 413, 422))
 def extend_batch(
     body: BatchExtendRequest, engine: EngineDep, material: MaterialDep, token: Operator
 ) -> dict[str, Any]:
@@ -260,7 +263,7 @@ def extend_batch(
     return {"vouchers": out, "pem": "".join(v["pem"] for v in out)}
 
 
-@router.post("/vouchers/{guid}/extend", response_model=Extended)
+@router.post("/vouchers/{guid}/extend", response_model=Extended, responses=errors(400, 404, 409, 422))
 def extend_one(
     guid: str, body: ExtendRequest, engine: EngineDep, material: MaterialDep, token: Operator
 ) -> dict[str, str]:

@@ -28,10 +28,12 @@ from starlette.concurrency import run_in_threadpool
 
 from fdo.errors import FdoError
 from fdo.types import Guid
+from fdo_server.api_docs import errors
 from fdo_server.body_limit import too_large_detail
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
 from fdo_server.vouchers import fingerprint
+from owner.api_schemas import ImportOut, OnboardingPage, SummaryOut, VoucherOut, VoucherPage
 from owner.audit import audit
 from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups_tables import STATUSES, Device
@@ -100,12 +102,35 @@ def _parse_guid(text: str) -> Guid:
         raise HTTPException(400, f"not a GUID: {text!r}") from None
 
 
+#: ``POST /vouchers``: the body it reads itself (its size limit is a setting).
+IMPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One or more ownership vouchers as PEM text (``-----BEGIN OWNERSHIP "
+        "VOUCHER-----`` blocks, as the manufacturer exports them), or one voucher as raw CBOR. "
+        "The Content-Type is not checked.",
+        "content": {
+            "application/x-pem-file": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
 def admin_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(tags=["vouchers"])
     router.include_router(handon_router())
 
-    @router.post("/vouchers")
+    @router.post(
+        "/vouchers",
+        response_model=ImportOut,
+        responses=errors(413)
+        | {422: {"model": ImportOut, "description": "A voucher was refused (see results)."}},
+        openapi_extra=IMPORT_BODY,
+    )
     async def import_vouchers(request: Request, token: Operator) -> JSONResponse:
+        """Import vouchers this owner's keys own; each is then registered with the rendezvous (TO0)."""
         body = await request.body()
         limit = request.app.state.settings.max_voucher_import_body  # also BodyLimit's
         if len(body) > limit:
@@ -125,7 +150,7 @@ def admin_router() -> APIRouter:
         ok = all(r["status"] == IMPORTED for r in results)
         return JSONResponse({"results": results}, status_code=200 if ok else 422)
 
-    @router.get("/vouchers")
+    @router.get("/vouchers", response_model=VoucherPage, responses=errors(422))
     def list_vouchers(
         db: SessionDep,
         _: Viewer,
@@ -133,6 +158,7 @@ def admin_router() -> APIRouter:
         limit: Limit = 100,
         state: str | None = None,
     ) -> dict[str, Any]:
+        """Vouchers in import order, with state, owner key fingerprint and TO0 status (``?state=``)."""
         query = select(OwnerVoucher, To0Work).join(
             To0Work, col(To0Work.voucher_id) == col(OwnerVoucher.id), isouter=True
         )
@@ -147,8 +173,9 @@ def admin_router() -> APIRouter:
             "items": [voucher_json(v, w, db) for v, w in rows],
         }
 
-    @router.get("/vouchers/{guid}")
+    @router.get("/vouchers/{guid}", response_model=VoucherOut, responses=errors(400, 404))
     def get_voucher(guid: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        """One voucher by its GUID."""
         wanted = _parse_guid(guid)
         row = db.exec(select(OwnerVoucher).where(OwnerVoucher.guid == wanted.value)).first()
         if row is None:
@@ -156,11 +183,12 @@ def admin_router() -> APIRouter:
         work = db.exec(select(To0Work).where(To0Work.voucher_id == row.id)).first()
         return voucher_json(row, work, db)
 
-    @router.get("/summary")
+    @router.get("/summary", response_model=SummaryOut, tags=["status"])
     def summary(request: Request, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        """Devices by status, vouchers by state, TO0 registrations pending, expiring and failing."""
         return status_summary(db, now_of(request))
 
-    @router.get("/onboardings")
+    @router.get("/onboardings", response_model=OnboardingPage, tags=["devices"], responses=errors(400, 422))
     def list_onboardings(
         db: SessionDep,
         _: Viewer,
@@ -168,6 +196,7 @@ def admin_router() -> APIRouter:
         limit: Limit = 100,
         guid: str | None = None,
     ) -> dict[str, Any]:
+        """Completed TO2s, oldest first, with devmod facts and module results (``?guid=``: either GUID)."""
         query = select(DeviceOnboarding)
         if guid is not None:
             wanted = _parse_guid(guid).value

@@ -15,9 +15,11 @@ from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fdo.types import Guid
+from fdo_server.api_docs import errors
 from fdo_server.db import unit_of_work
 from owner import checkin
 from owner.admin_groups import _guid, device_json
+from owner.api_schemas import DeviceOut
 from owner.audit import audit
 from owner.deps import Operator, engine_of, now_of
 from owner.desired import DesiredError, set_desired
@@ -25,6 +27,9 @@ from owner.groups import find_device
 
 
 class RedeliverIn(BaseModel):
+    """Which revision to send again: ``revision`` N of the device's group, or (null, or no
+    body) its desired revision."""
+
     model_config = ConfigDict(extra="forbid")
 
     revision: int | None = Field(default=None, ge=1, le=2**31 - 1)
@@ -33,7 +38,7 @@ class RedeliverIn(BaseModel):
 def checkin_admin_router() -> APIRouter:
     router = APIRouter(tags=["devices"])
 
-    @router.post("/devices/{guid}/revoke-checkin")
+    @router.post("/devices/{guid}/revoke-checkin", response_model=DeviceOut, responses=errors(400, 404))
     def revoke_checkin(guid: str, request: Request, who: Operator) -> dict[str, Any]:
         """Refuse every further check-in and report of this device."""
         now = now_of(request)
@@ -47,7 +52,7 @@ def checkin_admin_router() -> APIRouter:
             db.flush()
             return device_json(row, db)
 
-    @router.post("/devices/{guid}/redeliver")
+    @router.post("/devices/{guid}/redeliver", response_model=DeviceOut, responses=errors(400, 404, 409, 422))
     def redeliver(
         guid: str,
         request: Request,

@@ -27,9 +27,26 @@ from sqlmodel import Session, col, func, select
 
 from fdo.errors import FdoError
 from fdo.types import Guid
+from fdo_server.api_docs import errors, json_body
 from fdo_server.auth import AdminToken, Role, create_token, hash_token
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
+from owner.api_schemas import (
+    AuditPage,
+    DeletedOut,
+    DeviceDetail,
+    DeviceOut,
+    DevicePage,
+    GroupDetail,
+    GroupList,
+    GroupOut,
+    NewTokenOut,
+    PublishedOut,
+    RevisionList,
+    RevisionOut,
+    TokenList,
+    TokenOut,
+)
 from owner.audit import audit
 from owner.checkin import checkin_json
 from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of
@@ -168,7 +185,7 @@ def groups_router() -> APIRouter:
     router.include_router(_groups())
     router.include_router(_tokens())
 
-    @router.get("/audit", tags=["audit"])
+    @router.get("/audit", tags=["audit"], response_model=AuditPage, responses=errors(422))
     def list_audit(
         db: SessionDep,
         _: Viewer,
@@ -177,7 +194,7 @@ def groups_router() -> APIRouter:
         action: str | None = None,
         who: str | None = None,
     ) -> dict[str, Any]:
-        """Audit entries, newest first."""
+        """Audit entries, newest first (``?action=``, ``?who=``)."""
         query = select(AuditEntry)
         if action is not None:
             query = query.where(AuditEntry.action == action)
@@ -196,7 +213,7 @@ def groups_router() -> APIRouter:
 def _devices() -> APIRouter:
     router = APIRouter(tags=["devices"])
 
-    @router.get("/devices")
+    @router.get("/devices", response_model=DevicePage, responses=errors(404, 422))
     def list_devices(
         request: Request,
         db: SessionDep,
@@ -206,7 +223,8 @@ def _devices() -> APIRouter:
         group: str | None = None,
         status: str | None = None,
     ) -> dict[str, Any]:
-        """Device records (one per device, across GUID changes), oldest first."""
+        """Device records (one per device, across GUID changes), oldest first
+        (``?group=``, 404 if there is no such group; ``?status=``)."""
         query = select(Device)
         if group is not None:
             query = query.where(Device.group_id == _live_group(db, group).id)
@@ -223,7 +241,7 @@ def _devices() -> APIRouter:
             "items": [device_json(r, db, now=now, overdue_after=after) for r in rows],
         }
 
-    @router.get("/devices/{guid}")
+    @router.get("/devices/{guid}", response_model=DeviceDetail, responses=errors(400, 404))
     def show_device(guid: str, request: Request, db: SessionDep, _: Viewer) -> dict[str, Any]:
         """A device by any GUID it has had, with its devmod facts and timeline."""
         row = find_device(db, _guid(guid))
@@ -231,7 +249,7 @@ def _devices() -> APIRouter:
             raise HTTPException(404, "no such device")
         return device_json(row, db, events=True, now=now_of(request), overdue_after=overdue_after(request))
 
-    @router.put("/devices/{guid}/labels")
+    @router.put("/devices/{guid}/labels", response_model=DeviceOut, responses=errors(400, 404, 422))
     def set_labels(guid: str, body: LabelsIn, request: Request, who: Operator) -> dict[str, Any]:
         """Replace a device's labels; a device known only by its voucher gets a record."""
         wanted = _guid(guid)
@@ -259,7 +277,7 @@ def _devices() -> APIRouter:
 def _groups() -> APIRouter:
     router = APIRouter(tags=["groups"])
 
-    @router.post("/groups", status_code=201)
+    @router.post("/groups", status_code=201, response_model=GroupOut, responses=errors(409, 422))
     def create_group(body: GroupIn, request: Request, who: Operator) -> dict[str, Any]:
         """Create a group (409 if the name is taken or a default group exists)."""
         if body.is_default and (has_selectors(_as_group(body)) or body.members):
@@ -284,20 +302,22 @@ def _groups() -> APIRouter:
         except IntegrityError:
             raise HTTPException(409, "conflicting group (name or default)") from None
 
-    @router.get("/groups")
+    @router.get("/groups", response_model=GroupList)
     def list_groups(db: SessionDep, _: Viewer) -> dict[str, Any]:
+        """The groups (deleted ones left out), oldest first."""
         rows = db.exec(select(Group).where(col(Group.deleted_at).is_(None)).order_by(col(Group.id))).all()
         return {"items": [group_json(r, db) for r in rows]}
 
-    @router.get("/groups/{name}")
+    @router.get("/groups/{name}", response_model=GroupDetail, responses=errors(404))
     def show_group(name: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        """A group with its current revision."""
         row = _live_group(db, name)
         out = group_json(row, db)
         revision = current_revision(db, row)
         out["revision"] = None if revision is None else revision_json(revision, row)
         return out
 
-    @router.delete("/groups/{name}")
+    @router.delete("/groups/{name}", response_model=DeletedOut, responses=errors(404))
     def delete_group(name: str, request: Request, who: Operator) -> dict[str, Any]:
         """Delete a group: it stops matching; its revisions stay for the devices' records."""
         now = now_of(request)
@@ -308,9 +328,20 @@ def _groups() -> APIRouter:
             audit(db, who.name, "group.delete", name, now=now)
         return {"deleted": name}
 
-    @router.post("/groups/{name}/revisions", status_code=201)
+    @router.post(
+        "/groups/{name}/revisions",
+        status_code=201,
+        response_model=PublishedOut,
+        responses=errors(404, 409, 413, 422),
+        openapi_extra=json_body(RevisionIn, "The revision (secrets are write-only)."),
+    )
     def publish_revision(
-        name: str, request: Request, who: Operator, payload: Annotated[Any, Body()]
+        name: str,
+        request: Request,
+        who: Operator,
+        # Validated by parse(), whose 422 never echoes the input (secrets); OpenAPI shows
+        # it as RevisionIn (openapi_extra above).
+        payload: Annotated[Any, Body()],
     ) -> dict[str, Any]:
         """Publish the group's next revision (a ``RevisionIn`` body; it can never be
         changed). Its target moves, a rollout starts, or the answer says how many
@@ -352,16 +383,18 @@ def _groups() -> APIRouter:
         except IntegrityError:
             raise HTTPException(409, "another revision was published at the same time; retry") from None
 
-    @router.get("/groups/{name}/revisions")
+    @router.get("/groups/{name}/revisions", response_model=RevisionList, responses=errors(404))
     def list_revisions(name: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        """The group's revisions, oldest first (secrets only as flags and paths)."""
         group = _live_group(db, name)
         rows = db.exec(
             select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number))
         ).all()
         return {"items": [revision_json(r, group) for r in rows]}
 
-    @router.get("/groups/{name}/revisions/{number}")
+    @router.get("/groups/{name}/revisions/{number}", response_model=RevisionOut, responses=errors(404, 422))
     def show_revision(name: str, number: RowNumber, db: SessionDep, _: Viewer) -> dict[str, Any]:
+        """One revision of the group."""
         group = _live_group(db, name)
         row = db.exec(
             select(Revision).where(Revision.group_id == group.id, Revision.number == number)
@@ -389,7 +422,7 @@ def _as_group(body: GroupIn) -> Group:
 def _tokens() -> APIRouter:
     router = APIRouter(tags=["tokens"])
 
-    @router.post("/tokens", status_code=201)
+    @router.post("/tokens", status_code=201, response_model=NewTokenOut, responses=errors(422))
     def create_admin_token(body: TokenIn, request: Request, who: Admin) -> dict[str, Any]:
         """Create a token; its plaintext is in this response only (stored hashed)."""
         now = now_of(request)
@@ -407,13 +440,15 @@ def _tokens() -> APIRouter:
             )
             return {**token_json(row), "token": token}
 
-    @router.get("/tokens")
+    @router.get("/tokens", response_model=TokenList)
     def list_tokens(db: SessionDep, _: Admin) -> dict[str, Any]:
+        """Every token, revoked ones too (never the tokens themselves)."""
         rows = db.exec(select(AdminToken).order_by(col(AdminToken.id))).all()
         return {"items": [token_json(r) for r in rows]}
 
-    @router.delete("/tokens/{token_id}")
+    @router.delete("/tokens/{token_id}", response_model=TokenOut, responses=errors(404, 422))
     def revoke_token(token_id: RowNumber, request: Request, who: Admin) -> dict[str, Any]:
+        """Revoke a token (at once; revoking it again changes nothing)."""
         now = now_of(request)
         with unit_of_work(engine_of(request)) as db:
             row = db.get(AdminToken, token_id)

@@ -34,6 +34,7 @@ from sqlmodel import Session, col, select
 from fdo.crypto import PrivateKeyT, PublicKeyT, spki_der
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, to_pem
+from fdo_server.api_docs import errors, pem_answer
 from fdo_server.db import unit_of_work
 from fdo_server.vouchers import (
     BatchExtended,
@@ -129,7 +130,7 @@ def handon_router() -> APIRouter:
     """The hand-on routes (mounted under ``/api/v1`` with the other admin routes)."""
     router = APIRouter(tags=["vouchers"])
 
-    @router.post("/vouchers/extend", response_model=BatchExtended)
+    @router.post("/vouchers/extend", response_model=BatchExtended, responses=errors(400, 404, 409, 413, 422))
     def extend_batch(
         body: BatchExtendRequest, request: Request, config: ConfigDep, token: Operator
     ) -> BatchExtended:
@@ -142,7 +143,7 @@ def handon_router() -> APIRouter:
                 out.append(hand_on(db, config, _get(db, guid), next_owner, by=token.name, now=now))
         return BatchExtended(vouchers=out, pem="".join(v.pem for v in out))
 
-    @router.post("/vouchers/{guid}/extend", response_model=Extended)
+    @router.post("/vouchers/{guid}/extend", response_model=Extended, responses=errors(400, 404, 409, 422))
     def extend_one(
         guid: str, body: ExtendRequest, request: Request, config: ConfigDep, token: Operator
     ) -> Extended:
@@ -151,7 +152,9 @@ def handon_router() -> APIRouter:
         with unit_of_work(engine_of(request)) as db:
             return hand_on(db, config, _get(db, guid), next_owner, by=token.name, now=now_of(request))
 
-    @router.get("/vouchers/{guid}/pem")
+    @router.get(
+        "/vouchers/{guid}/pem", response_class=Response, responses=pem_answer(PEM_TYPE) | errors(400, 404)
+    )
     def export_voucher(guid: str, request: Request, _: Viewer) -> Response:
         """The voucher as held (for a handed-on one, as extended to the next owner), as PEM."""
         with unit_of_work(engine_of(request)) as db:

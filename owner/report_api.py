@@ -24,10 +24,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Security
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
+from fdo_server.api_docs import errors
 from fdo_server.db import current_session, message_scope, unit_of_work
 from owner import checkin
 from owner.assign import device_for_token, record_report
@@ -37,6 +39,18 @@ from owner.lifecycle import confirm_guid
 
 _DIGEST = r"^sha256:[0-9a-f]{64}$"
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+#: The device's check-in secret as OpenAPI declares it; the routes check it themselves.
+DEVICE_CREDENTIAL = HTTPBearer(
+    scheme_name="DeviceCredential",
+    bearerFormat="fdc1.<device id>.<secret>",
+    description="The check-in secret the device received in TO2 (docs/checkin.md); never an admin token.",
+    auto_error=False,
+)
+#: What every device route declares: its credential, and the answers to a refused one.
+_DEVICE_ROUTE: dict[str, Any] = {
+    "dependencies": [Security(DEVICE_CREDENTIAL)],
+    "responses": errors(401, 422),
+}
 
 
 class ReportIn(BaseModel):
@@ -167,7 +181,7 @@ def _report(body: ReportIn, request: Request) -> ReportOut:
 
 def device_router() -> APIRouter:
     """The routes under ``/device/v1``."""
-    router = APIRouter(tags=["device"])
+    router = APIRouter(tags=["device"], **_DEVICE_ROUTE)
 
     @router.post("/checkin", response_model=CheckinOut, response_model_exclude_none=True)
     def checkin_route(body: CheckinIn, request: Request) -> CheckinOut:
@@ -199,7 +213,7 @@ def device_router() -> APIRouter:
 
 def report_router() -> APIRouter:
     """``POST /api/v1/report``: the deprecated alias of ``/device/v1/report``."""
-    router = APIRouter(tags=["device"])
+    router = APIRouter(tags=["device"], **_DEVICE_ROUTE)
 
     @router.post("/report", response_model=ReportOut, deprecated=True)
     def report(body: ReportIn, request: Request) -> ReportOut:

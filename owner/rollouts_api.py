@@ -19,6 +19,7 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from fdo_server.api_docs import errors
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
 from owner import rollout_engine as engine_ops
@@ -61,7 +62,7 @@ def _kick(request: Request, rollout_id: int) -> None:
 def rollouts_router() -> APIRouter:
     router = APIRouter(tags=["rollouts"])
 
-    @router.post("/groups/{name}/rollouts", status_code=201)
+    @router.post("/groups/{name}/rollouts", status_code=201, responses=errors(404, 409, 422))
     def start_rollout(name: str, body: StartIn, request: Request, who: Operator) -> RolloutOut:
         """Start a rollout of revision ``revision`` to the group's onboarded devices."""
         now = now_of(request)
@@ -85,7 +86,7 @@ def rollouts_router() -> APIRouter:
         _kick(request, rollout_id)
         return _show(request, rollout_id)
 
-    @router.put("/groups/{name}/rollout-policy")
+    @router.put("/groups/{name}/rollout-policy", responses=errors(404, 422))
     def set_policy(name: str, body: PolicyIn, request: Request, who: Operator) -> PolicyOut:
         """The options a publish starts a rollout with (null: publishing starts none)."""
         now = now_of(request)
@@ -99,7 +100,7 @@ def rollouts_router() -> APIRouter:
             audit(db, who.name, "group.rollout-policy", name, {"rollout_policy": policy}, now=now)
             return PolicyOut(group=name, rollout_policy=policy)
 
-    @router.get("/rollouts")
+    @router.get("/rollouts", responses=errors(404, 422))
     def list_rollouts(
         db: SessionDep,
         _: Viewer,
@@ -122,20 +123,21 @@ def rollouts_router() -> APIRouter:
         rows = db.exec(query.order_by(col(Rollout.id).desc()).offset(offset).limit(limit)).all()
         return RolloutListOut(items=[rollout_view(db, r, devices=False) for r in rows])
 
-    @router.get("/rollouts/{rollout_id}")
+    @router.get("/rollouts/{rollout_id}", responses=errors(404, 422))
     def show_rollout(rollout_id: RowNumber, request: Request, _: Viewer) -> RolloutOut:
         """A rollout: options, state, reason, batches with counts, and its devices."""
         return _show(request, rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/pause")
+    @router.post("/rollouts/{rollout_id}/pause", responses=errors(404, 409, 422))
     def pause(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
+        """Pause a running rollout: no device starts until it is resumed."""
         try:
             engine_ops.pause(engine_of(request), rollout_id, who=who.name, now=now_of(request))
         except RolloutError as exc:
             raise _fail(exc) from None
         return _show(request, rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/resume")
+    @router.post("/rollouts/{rollout_id}/resume", responses=errors(404, 409, 422))
     def resume(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
         """Resume: the current batch is evaluated again (held devices no longer count)."""
         try:
@@ -145,7 +147,7 @@ def rollouts_router() -> APIRouter:
         _kick(request, rollout_id)
         return _show(request, rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/abort")
+    @router.post("/rollouts/{rollout_id}/abort", responses=errors(404, 409, 422))
     def abort(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
         """Abort: no device starts any more; the group's target returns to the
         revision the rollout started from."""
@@ -155,7 +157,7 @@ def rollouts_router() -> APIRouter:
             raise _fail(exc) from None
         return _show(request, rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/rollback", status_code=201)
+    @router.post("/rollouts/{rollout_id}/rollback", status_code=201, responses=errors(404, 409, 422))
     def rollback(rollout_id: RowNumber, request: Request, who: Operator) -> RolloutOut:
         """Start a rollout of this rollout's from-revision with the same options."""
         try:

@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from fdo.errors import MessageBodyError
 from fdo.types import Guid
+from fdo_server.api_docs import errors
 from fdo_server.auth import AdminToken, Role, require
 from fdo_server.clock import Clock
 from fdo_server.params import Limit, Offset
@@ -81,24 +82,36 @@ def _guid(text: str) -> Guid:
 def admin_router(clock: Clock) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["admin"])
 
-    @router.get("/registrations")
+    @router.get("/registrations", responses=errors(422))
     def get_registrations(
         db: SessionDep,
         _token: ViewerDep,
         offset: Offset = 0,
         limit: Limit = 100,
     ) -> RegistrationPage:
+        """Registrations (live and expired ones not yet swept), paged; never their ``to1d``."""
         total, rows = list_registrations(db, offset=offset, limit=limit)
         now = clock()
         return RegistrationPage(items=[_out(r, now) for r in rows], total=total, offset=offset, limit=limit)
 
-    @router.delete("/registrations/{guid}", status_code=204)
+    @router.delete(
+        "/registrations/{guid}",
+        status_code=204,
+        response_class=Response,
+        responses=errors(404, 422) | {204: {"description": "Deleted."}},
+    )
     def remove_registration(guid: str, db: SessionDep, _token: AdminDep) -> Response:
+        """Delete a GUID's registration: TO1 finds no owner for it until its owner registers again."""
         if not delete_registration(db, _guid(guid)):
             raise HTTPException(404, "no registration for this GUID")
         return Response(status_code=204)
 
-    @router.delete("/pins/{guid}", status_code=204)
+    @router.delete(
+        "/pins/{guid}",
+        status_code=204,
+        response_class=Response,
+        responses=errors(404, 422) | {204: {"description": "The pin is cleared."}},
+    )
     def remove_pin(guid: str, db: SessionDep, token: AdminDep) -> Response:
         """Clear the GUID's pin (``rendezvous/pins.py``); logged with the token's name."""
         parsed = _guid(guid)
