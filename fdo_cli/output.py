@@ -13,8 +13,10 @@ contents, so no cell is wrapped or cut.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 #: The API's largest page (``fdo_server.params.MAX_LIMIT``).
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
 
 
 class Format(StrEnum):
@@ -104,7 +107,22 @@ def text(value: Any) -> str:
         return " ".join(f"{k}={text(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
         return ", ".join(text(v) for v in value)
+    if isinstance(value, str):
+        if _TIMESTAMP.match(value):
+            return local_time(value)
+        return value.replace("\r", "\\r").replace("\n", "\\n")
     return str(value)
+
+
+def local_time(value: str) -> str:
+    """An ISO timestamp in local time, to the second: ``2026-05-01T14:03:07+02:00``."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone().isoformat(timespec="seconds")
 
 
 def table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], *, title: str | None = None) -> Table:
@@ -140,13 +158,26 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> Table:
 
 
 def render(*parts: RenderableType | str) -> None:
-    """Print tables and lines on stdout, a blank line between parts."""
+    """Print tables and lines on stdout, a blank line between parts.
+
+    On a terminal rich fits them to its width (with colour unless NO_COLOR is set);
+    otherwise they are as wide as their contents, without trailing spaces.
+    """
     from rich.console import Console
 
-    console = Console(highlight=False, soft_wrap=False)
-    if not console.is_terminal:
-        widest = max((_width(console, part) for part in parts), default=80)
-        console = Console(highlight=False, width=max(widest, 20), soft_wrap=False, no_color=True)
+    console = Console(highlight=False)
+    if console.is_terminal:
+        _print(console, parts)
+        return
+    widest = max((_width(console, part) for part in parts), default=80)
+    plain = Console(highlight=False, width=max(widest, 20), no_color=True, color_system=None)
+    with plain.capture() as captured:
+        _print(plain, parts)
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    typer.echo("\n".join(lines))
+
+
+def _print(console: Any, parts: Sequence[RenderableType | str]) -> None:
     for index, part in enumerate(parts):
         if index:
             console.print()
