@@ -114,7 +114,7 @@ DEVICE_COLUMNS = (
     col("MODEL", "model"),
     col("GROUP", "group"),
     col("STATUS", "status"),
-    col("REV", "revision", "right"),
+    col("ONBOARD REV", "revision", "right"),
     Column("DELIVERY", lambda d: delivery_text(d.get("delivery"))),
     col("DESIRED", "desired_revision", "right"),
     col("APPLIED", "applied_revision", "right"),

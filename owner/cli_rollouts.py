@@ -26,6 +26,7 @@ from fdo_cli.output import (
     emit_data,
     fetch,
     fields,
+    local_time,
     render,
     show_page,
     table,
@@ -241,7 +242,7 @@ def show(
         ("revision", f"{r['from_revision'] or '-'} -> {r['revision']}"),
         ("state", r["state"] + (f" ({r['reason']})" if r["reason"] else "")),
         ("batch", f"{r['batch']} of {r['batches']}"),
-        ("started", f"{r['created_at']} by {r['created_by']}"),
+        ("started", f"{local_time(r['created_at'])} by {r['created_by']}"),
     ]
     if r["rollback_of"]:
         about.append(("rolls back", f"rollout {r['rollback_of']}"))
