@@ -295,6 +295,11 @@ def test_cli_over_http(
     )
     assert json.loads(run("groups", "show", "edge", "-o", "json"))["revision"]["number"] == 1
     assert "disagree" in run("groups", "list", "--json", "-o", "yaml", code=2)
+    assert run("groups", "list", "-o", "table") == run("groups", "list")
+    assert (
+        yaml.safe_load(run("groups", "show", "edge", "-o", "yaml"))["revision"]["has_registry_auth"] is True
+    )
+    assert set(json.loads(run("status", "-o", "json"))) >= {"devices", "vouchers", "to0"}
     broken = tmp_path / "broken.json"
     broken.write_text('{"files": [\n  {"path": "/etc/x",}\n]}')
     bad_file = run("revisions", "publish", "edge", "--image", IMAGE, "--config", str(broken), code=1)
