@@ -128,32 +128,34 @@ def local_time(value: str) -> str:
 def table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], *, title: str | None = None) -> Table:
     """A table with a header row and one row per item."""
     from rich.table import Table
+    from rich.text import Text
 
     out = Table(
         box=None,
         show_edge=False,
         pad_edge=False,
         header_style="bold",
-        title=title,
+        title=None if title is None else Text(title),
         title_justify="left",
         title_style="bold",
     )
     for column in columns:
-        out.add_column(column.header, justify=column.justify, overflow="fold")
+        out.add_column(Text(column.header), justify=column.justify, overflow="fold")
     for row in rows:
-        out.add_row(*(text(column.cell(row)) for column in columns))
+        out.add_row(*(Text(text(column.cell(row))) for column in columns))  # never markup
     return out
 
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> Table:
     """A two-column ``name  value`` listing (the table form of one object)."""
     from rich.table import Table
+    from rich.text import Text
 
     out = Table.grid(padding=(0, 2))
     out.add_column(style="bold", no_wrap=True)
     out.add_column(overflow="fold")
     for name, value in pairs:
-        out.add_row(name, text(value))
+        out.add_row(Text(name), Text(text(value)))
     return out
 
 
