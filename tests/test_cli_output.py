@@ -78,7 +78,10 @@ def test_the_commands_and_options_docs_cli_names_exist() -> None:
 def test_cells_are_text_not_markup_and_lines_have_no_trailing_spaces(capsys: Any) -> None:
     from fdo_cli.output import col, render, table
 
-    rows = [{"step": "error[bootc-switch]: [bold]x", "n": 1}, {"step": "two\nlines", "n": None}]
+    rows: list[dict[str, Any]] = [
+        {"step": "error[bootc-switch]: [bold]x", "n": 1},
+        {"step": "two\nlines", "n": None},
+    ]
     render(table(rows, [col("STEP", "step"), col("N", "n", "right")], title="failing [red]"), "3 of 9")
     out = capsys.readouterr().out
     assert out.splitlines() == [
