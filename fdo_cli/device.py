@@ -40,6 +40,7 @@ from fdo_cli.device_common import (
     tls_verify,
 )
 from fdo_cli.device_di import di
+from fdo_cli.output import Format, OutputOpt, chosen, emit_data
 
 if TYPE_CHECKING:
     from fdo.serviceinfo.bootc import Assignment
@@ -399,15 +400,16 @@ def credential_summary(cred: DeviceCredential, fmt: str) -> dict[str, object]:
 
 
 @app.command()
-def show(credential: CredentialOpt, as_json: JsonOpt = False) -> None:
+def show(credential: CredentialOpt, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Show the credential: GUID, device info, rendezvous directives (no secrets)."""
+    shown = chosen(output, as_json)
     try:
         cred, fmt = read_credential_with_format(credential)
     except CredentialFileError as exc:
         raise die(str(exc)) from None
     summary = credential_summary(cred, fmt.value)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+    if shown is not Format.TABLE:
+        emit_data(summary, shown)
         return
     typer.echo(f"GUID         {summary['guid']}")
     typer.echo(f"active       {'yes' if cred.active else 'no'}")

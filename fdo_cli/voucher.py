@@ -15,11 +15,11 @@ from fdo.rvinfo import RendezvousDirective, RendezvousInstr, RVProtocol, RVVaria
 from fdo.types import Hash, HashType
 from fdo.voucher import OwnershipVoucher, split_pem
 from fdo_cli.common import die, read_bytes, read_certificates, read_public_key
+from fdo_cli.output import Format, JsonOpt, OutputOpt, chosen, emit_data
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and verify ownership vouchers.")
 
 FileArg = Annotated[Path, typer.Argument(help="Voucher file: PEM (several blocks allowed) or raw CBOR.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 # --------------------------------------------------------------------------- description
@@ -165,8 +165,9 @@ def _decode_blocks(path: Path) -> list[bytes]:
 
 
 @app.command()
-def show(file: FileArg, as_json: JsonOpt = False) -> None:
+def show(file: FileArg, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Show each voucher in FILE: GUID, device info, rendezvous, keys, chain and entries."""
+    fmt = chosen(output, as_json)
     out: list[dict[str, Any]] = []
     failed = False
     for index, block in enumerate(_decode_blocks(file), 1):
@@ -174,17 +175,17 @@ def show(file: FileArg, as_json: JsonOpt = False) -> None:
             voucher = OwnershipVoucher.decode(block)
         except FdoError as exc:
             failed = True
-            if as_json:
+            if fmt is not Format.TABLE:
                 out.append({"index": index, "error": exc.message})
             else:
                 typer.echo(f"Voucher {index}: cannot read: {exc.message}", err=True)
             continue
-        if as_json:
+        if fmt is not Format.TABLE:
             out.append({"index": index, **describe(voucher)})
         else:
             _print_text(index, voucher)
-    if as_json:
-        typer.echo(json.dumps(out, indent=2))
+    if fmt is not Format.TABLE:
+        emit_data(out, fmt)
     if failed:
         raise typer.Exit(1)
 
@@ -210,7 +211,7 @@ def verify(
             help="Refuse the legacy CBOR-framed cert-chain hash of old rs and SHA-1 device certificates.",
         ),
     ] = False,
-    as_json: JsonOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Verify each voucher in FILE; exit 0 when all are valid, 1 naming the failing check otherwise."""
     secret: bytes | None = None

@@ -18,6 +18,18 @@ import typer
 
 from fdo_cli.common import die, read_public_key
 from fdo_cli.db import db_app, local_engine
+from fdo_cli.output import (
+    AllOpt,
+    Column,
+    JsonOpt,
+    LimitOpt,
+    OffsetOpt,
+    OutputOpt,
+    chosen,
+    col,
+    fetch,
+    show_page,
+)
 from fdo_cli.sessions import sessions_app
 
 if TYPE_CHECKING:
@@ -193,6 +205,16 @@ def _client(url: str, token: str) -> AdminClient:
     return client.open_client(url, token)
 
 
+VOUCHER_COLUMNS = (
+    col("GUID", "guid"),
+    col("SERIAL", "serial"),
+    col("MODEL", "model"),
+    col("KEY", "key_kind"),
+    col("CREATED", "created_at"),
+    Column("OWNER KEY", lambda v: (v.get("owner_key_fingerprint") or "")[:16] or None),
+)
+
+
 @vouchers_app.command("list")
 def vouchers_list(
     url: UrlOpt,
@@ -200,30 +222,27 @@ def vouchers_list(
     serial: Annotated[str | None, typer.Option(help="Serial number (* wildcard).")] = None,
     model: Annotated[str | None, typer.Option(help="Model / device info (* wildcard).")] = None,
     guid: Annotated[str | None, typer.Option(help="GUID.")] = None,
-    limit: Annotated[int, typer.Option(help="Page size.")] = 100,
-    offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List vouchers, newest first."""
     from manufacturer.client import AdminAPIError
 
+    fmt = chosen(output, as_json)
+    client = _client(url, token)
     try:
-        page = _client(url, token).list_vouchers(
-            serial=serial, model=model, guid=guid, limit=limit, offset=offset
+        page = fetch(
+            lambda params: client.list_vouchers(serial=serial, model=model, guid=guid, **params),
+            limit=limit,
+            offset=offset,
+            every=every,
         )
     except AdminAPIError as exc:
         raise die(str(exc)) from None
-    if as_json:
-        typer.echo(json.dumps(page, indent=2))
-        return
-    for item in page["items"]:
-        owner = (item["owner_key_fingerprint"] or "-")[:16]
-        typer.echo(
-            f"{item['guid']}  {item['serial']:<20} {item['model']:<16} {item['key_kind']:<8} "
-            f"{item['created_at']}  owner:{owner}"
-        )
-    shown = len(page["items"])
-    typer.echo(f"# {shown} of {page['total']} (offset {page['offset']})", err=True)
+    show_page(page, fmt, VOUCHER_COLUMNS, "vouchers")
 
 
 @vouchers_app.command("export")

@@ -200,12 +200,13 @@ def groups_router() -> APIRouter:
             query = query.where(AuditEntry.action == action)
         if who is not None:
             query = query.where(AuditEntry.who == who)
+        total = db.exec(select(func.count()).select_from(query.subquery())).one()
         rows = db.exec(query.order_by(col(AuditEntry.id).desc()).offset(offset).limit(limit)).all()
         items = [
             {"at": _iso(r.at), "who": r.who, "action": r.action, "target": r.target, "detail": r.detail}
             for r in rows
         ]
-        return {"offset": offset, "items": items}
+        return {"total": total, "offset": offset, "items": items}
 
     return router
 

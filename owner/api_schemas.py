@@ -239,5 +239,6 @@ class AuditOut(Out):
 
 
 class AuditPage(Out):
+    total: int
     offset: int
     items: list[AuditOut]

@@ -16,6 +16,19 @@ import typer
 from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem, public_key_to_pem
 from fdo_cli.common import die, read_bytes, read_public_key
 from fdo_cli.db import db_app, local_engine
+from fdo_cli.output import (
+    AllOpt,
+    Column,
+    JsonOpt,
+    LimitOpt,
+    OffsetOpt,
+    OutputOpt,
+    chosen,
+    col,
+    fetch,
+    show_object,
+    show_page,
+)
 from fdo_cli.sessions import sessions_app
 from owner.cli_admin import APPS as ADMIN_APPS
 from owner.cli_admin import call, status
@@ -200,30 +213,50 @@ def vouchers_import(
         raise typer.Exit(1)
 
 
+VOUCHER_COLUMNS = (
+    col("GUID", "guid"),
+    col("STATE", "state"),
+    col("DEVICE INFO", "device_info"),
+    col("ENTRIES", "entries", "right"),
+    Column("TO0", lambda v: (v.get("to0") or {}).get("registered_until") or "not registered"),
+    Column("TO0 ERROR", lambda v: (v.get("to0") or {}).get("last_error")),
+    col("IMPORTED", "imported_at"),
+)
+
+
 @vouchers_app.command("list")
 def vouchers_list(
     url: UrlOpt,
     token: TokenOpt,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    state: Annotated[str | None, typer.Option(help="Only this state (active, handed_on, ...).")] = None,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """List the vouchers the owner holds, with their TO0 status."""
-    _, body = _request("GET", url.rstrip("/") + "/api/v1/vouchers", token, params={"limit": 500})
-    if as_json:
-        typer.echo(json.dumps(body, indent=2))
-        return
-    for item in body.get("items", []):
-        to0 = item.get("to0") or {}
-        until = to0.get("registered_until") or "not registered"
-        error = f" ({to0['last_error']})" if to0.get("last_error") else ""
-        typer.echo(f"{item['guid']}  {item['state']:9}  {item['device_info']}  TO0: {until}{error}")
+    """List the vouchers the owner holds, with their TO0 status (oldest first)."""
+    fmt = chosen(output, as_json)
+    filters = {"state": state} if state else {}
+    page = fetch(
+        lambda params: call("GET", url, token, "/vouchers", params={**filters, **params}),
+        limit=limit,
+        offset=offset,
+        every=every,
+    )
+    show_page(page, fmt, VOUCHER_COLUMNS, "vouchers")
 
 
 @vouchers_app.command("show")
 def vouchers_show(
-    guid: Annotated[str, typer.Argument(help="Voucher GUID.")], url: UrlOpt, token: TokenOpt
+    guid: Annotated[str, typer.Argument(help="Voucher GUID.")],
+    url: UrlOpt,
+    token: TokenOpt,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show one voucher: state, entries, final owner key fingerprint, TO0 status (JSON)."""
-    typer.echo(json.dumps(call("GET", url, token, f"/vouchers/{guid}"), indent=2))
+    """Show one voucher: state, entries, final owner key fingerprint, TO0 status."""
+    show_object(call("GET", url, token, f"/vouchers/{guid}"), chosen(output, as_json))
 
 
 @vouchers_app.command("extend")

@@ -13,7 +13,23 @@ from typing import Annotated, Any
 
 import typer
 
+from fdo_cli.admin_http import call, error_text
 from fdo_cli.common import die
+from fdo_cli.output import (
+    AllOpt,
+    Column,
+    Format,
+    JsonOpt,
+    LimitOpt,
+    OffsetOpt,
+    OutputOpt,
+    chosen,
+    col,
+    emit_data,
+    fetch,
+    show_object,
+    show_page,
+)
 
 devices_app = typer.Typer(no_args_is_help=True, help="Device records (over the admin API).")
 groups_app = typer.Typer(no_args_is_help=True, help="Device groups (over the admin API).")
@@ -34,42 +50,8 @@ APPS = (
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_OWNER_URL", help="Owner service base URL.")]
 TokenOpt = Annotated[str, typer.Option("--token", envvar="FDO_OWNER_TOKEN", help="Admin API bearer token.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
-
-def call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
-    """``method`` ``/api/v1{path}``; exits with the server's message on an error status."""
-    import httpx
-
-    target = url.rstrip("/") + "/api/v1" + path
-    try:
-        response = httpx.request(
-            method, target, headers={"Authorization": f"Bearer {token}"}, timeout=60.0, **kwargs
-        )
-    except httpx.HTTPError as exc:
-        raise die(f"{target}: {exc}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400:
-        detail = body.get("detail") if isinstance(body, dict) else response.text[:500]
-        raise die(f"HTTP {response.status_code}: {error_text(detail)}")
-    return body
-
-
-def error_text(detail: Any) -> str:
-    """An error answer's ``detail`` for people: a string as it is; validation errors
-    (FastAPI's list of ``{"loc", "msg"}``) one line per field, ``body.image: ...``."""
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list) and all(isinstance(e, dict) and "msg" in e for e in detail):
-        lines = []
-        for error in detail:
-            where = ".".join(str(part) for part in error.get("loc") or []) or "request"
-            lines.append(f"  {where}: {error['msg']}")
-        return "the request is invalid:\n" + "\n".join(lines)
-    return json.dumps(detail)
+__all__ = ["call", "error_text", "JsonOpt", "OutputOpt", "TokenOpt", "UrlOpt"]
 
 
 def read_text_file(path: Path, option: str) -> str:
@@ -93,10 +75,6 @@ def read_json_file(path: Path, option: str) -> Any:
         raise die(f"{option} {path}: not valid JSON at {where}: {exc.msg}") from None
 
 
-def _echo_json(body: Any) -> None:
-    typer.echo(json.dumps(body, indent=2))
-
-
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in values or []:
@@ -110,11 +88,12 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------- status
 
 
-def status(url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
+def status(url: UrlOpt, token: TokenOpt, output: OutputOpt = None, as_json: JsonOpt = False) -> None:
     """Devices by status, vouchers by state, TO0 registrations pending, expiring and failing."""
+    fmt = chosen(output, as_json)
     body = call("GET", url, token, "/summary")
-    if as_json:
-        return _echo_json(body)
+    if fmt is not Format.TABLE:
+        return emit_data(body, fmt)
     devices = "  ".join(f"{k}={v}" for k, v in body["devices"].items())
     vouchers = "  ".join(f"{k}={v}" for k, v in body["vouchers"].items())
     to0 = body["to0"]
@@ -129,54 +108,64 @@ def status(url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
 # ---------------------------------------------------------------------------- devices
 
 
+DEVICE_COLUMNS = (
+    col("GUID", "guid"),
+    col("SERIAL", "serial"),
+    col("MODEL", "model"),
+    col("GROUP", "group"),
+    col("STATUS", "status"),
+    col("ONBOARD REV", "revision", "right"),
+    Column("DELIVERY", lambda d: delivery_text(d.get("delivery"))),
+    col("DESIRED", "desired_revision", "right"),
+    col("APPLIED", "applied_revision", "right"),
+    Column("BOOTED", lambda d: short_digest(d.get("booted_digest"))),
+    Column("STAGED", lambda d: short_digest(d.get("staged_digest"))),
+    col("HEALTH", "health"),
+    col("LAST CHECK-IN", "last_checkin_at"),
+    Column("NOTES", lambda d: notes_text(d)),
+)
+
+
 @devices_app.command("list")
 def devices_list(
     url: UrlOpt,
     token: TokenOpt,
     group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
     status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List device records."""
-    params: dict[str, Any] = {"limit": 500}
-    if group:
-        params["group"] = group
-    if status:
-        params["status"] = status
-    body = call("GET", url, token, "/devices", params=params)
-    if as_json:
-        return _echo_json(body)
-    for d in body["items"]:
-        revision = "-" if d["revision"] is None else d["revision"]
-        typer.echo(
-            f"{d['guid']}  {d['status']:11}  {d['serial'] or '-'}  {d['model'] or '-'}  "
-            f"group={d['group'] or '-'} revision={revision} delivery={delivery_text(d.get('delivery'))}"
-            f"{checkin_text(d)}"
-        )
-
-
-def checkin_text(d: dict[str, Any]) -> str:
-    """The check-in part of a list line: desired/applied, booted and staged digests,
-    health, last check-in, overdue, rolled back and the last error."""
-    if d.get("desired_revision") is None and d.get("last_checkin_at") is None:
-        return ""
-
-    def short(digest: str | None) -> str:
-        return "-" if not digest else digest.removeprefix("sha256:")[:12]
-
-    out = (
-        f" desired={d.get('desired_revision') or '-'} applied={d.get('applied_revision') or '-'}"
-        f" booted={short(d.get('booted_digest'))} staged={short(d.get('staged_digest'))}"
-        f" health={d.get('health') or '-'} checked-in={d.get('last_checkin_at') or 'never'}"
+    """List device records, oldest first."""
+    fmt = chosen(output, as_json)
+    filters = {k: v for k, v in (("group", group), ("status", status)) if v}
+    page = fetch(
+        lambda params: call("GET", url, token, "/devices", params={**filters, **params}),
+        limit=limit,
+        offset=offset,
+        every=every,
     )
+    show_page(page, fmt, DEVICE_COLUMNS, "devices")
+
+
+def short_digest(digest: str | None) -> str | None:
+    """The first 12 hex digits of a ``sha256:`` digest."""
+    return None if not digest else digest.removeprefix("sha256:")[:12]
+
+
+def notes_text(d: dict[str, Any]) -> str | None:
+    """What needs a look: overdue, rolled back, the last error (step and text)."""
+    notes = []
     if d.get("overdue"):
-        out += " OVERDUE"
+        notes.append("OVERDUE")
     if d.get("rolled_back"):
-        out += " ROLLED-BACK"
+        notes.append("ROLLED-BACK")
     error = d.get("last_error")
     if error:
-        out += f" error[{error.get('step')}]={error.get('text')!r}"
-    return out
+        notes.append(f"error[{error.get('step')}]: {error.get('text')}")
+    return "; ".join(notes) or None
 
 
 def delivery_text(delivery: dict[str, Any] | None) -> str:
@@ -188,34 +177,59 @@ def delivery_text(delivery: dict[str, Any] | None) -> str:
     return f"{result}({missing} missing)" if result == "partial" else result
 
 
+def modules_text(o: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{m.get('module', '?')}={'ok' if m.get('ok', True) else 'failed'}" for m in o["modules"]
+    )
+
+
 @devices_app.command("onboardings")
 def devices_onboardings(
     url: UrlOpt,
     token: TokenOpt,
     guid: Annotated[str | None, typer.Option(help="Only those of this GUID (old or new).")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (oldest first).")] = 100,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List completed TO2s: the GUID before and after, and what each ServiceInfo module did."""
-    params: dict[str, Any] = {"limit": limit}
-    if guid:
-        params["guid"] = guid
-    body = call("GET", url, token, "/onboardings", params=params)
-    if as_json:
-        return _echo_json(body)
-    for o in body["items"]:
-        modules = ", ".join(
-            f"{m.get('module', '?')}={'ok' if m.get('ok', True) else 'failed'}" for m in o["modules"]
-        )
-        typer.echo(f"{o['completed_at']}  {o['guid']} -> {o['new_guid'] or '(same)'}  {modules or '-'}")
+    """List completed TO2s, oldest first: the GUID before and after, and what each ServiceInfo module did."""
+    fmt = chosen(output, as_json)
+    filters = {"guid": guid} if guid else {}
+    page = fetch(
+        lambda params: call("GET", url, token, "/onboardings", params={**filters, **params}),
+        limit=limit,
+        offset=offset,
+        every=every,
+    )
+    columns = (
+        col("COMPLETED", "completed_at"),
+        col("GUID", "guid"),
+        Column("NEW GUID", lambda o: o.get("new_guid") or "(same)"),
+        Column("MODULES", modules_text),
+    )
+    show_page(page, fmt, columns, "onboardings")
 
 
 @devices_app.command("show")
 def devices_show(
-    guid: Annotated[str, typer.Argument(help="Any GUID the device has had.")], url: UrlOpt, token: TokenOpt
+    guid: Annotated[str, typer.Argument(help="Any GUID the device has had.")],
+    url: UrlOpt,
+    token: TokenOpt,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show a device record with its timeline (JSON)."""
-    _echo_json(call("GET", url, token, f"/devices/{guid}"))
+    """Show a device record: identity, facts, revisions, check-in, timeline."""
+    body = call("GET", url, token, f"/devices/{guid}")
+    show_object(
+        body,
+        chosen(output, as_json),
+        tables={
+            "rollouts": None,
+            "events": (col("AT", "at"), col("EVENT", "kind"), col("DETAIL", "detail")),
+        },
+    )
 
 
 @devices_app.command("revoke-checkin")
@@ -284,24 +298,43 @@ def groups_create(
     typer.echo(f"group {body['name']} created")
 
 
+GROUP_COLUMNS = (
+    col("NAME", "name"),
+    col("DEFAULT", "is_default"),
+    col("PRIORITY", "priority", "right"),
+    col("REVISION", "current_revision", "right"),
+    col("DEVICES", "devices", "right"),
+    col("MODEL", "model"),
+    col("SERIAL", "serial_pattern"),
+    col("LABELS", "labels"),
+    Column("ROLLOUT POLICY", lambda g: "yes" if g.get("rollout_policy") else "no"),
+)
+
+
 @groups_app.command("list")
-def groups_list(url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
+def groups_list(
+    url: UrlOpt,
+    token: TokenOpt,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List groups."""
-    body = call("GET", url, token, "/groups")
-    if as_json:
-        return _echo_json(body)
-    for g in body["items"]:
-        flags = " (default)" if g["is_default"] else ""
-        revision = "-" if g["current_revision"] is None else g["current_revision"]
-        typer.echo(
-            f"{g['name']}{flags}  priority={g['priority']}  revision={revision}  devices={g['devices']}"
-        )
+    fmt = chosen(output, as_json)
+    page = fetch(
+        lambda p: call("GET", url, token, "/groups", params=p), limit=limit, offset=offset, every=every
+    )
+    show_page(page, fmt, GROUP_COLUMNS, "groups")
 
 
 @groups_app.command("show")
-def groups_show(name: str, url: UrlOpt, token: TokenOpt) -> None:
-    """Show a group and its current revision (JSON)."""
-    _echo_json(call("GET", url, token, f"/groups/{name}"))
+def groups_show(
+    name: str, url: UrlOpt, token: TokenOpt, output: OutputOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show a group and its current revision."""
+    show_object(call("GET", url, token, f"/groups/{name}"), chosen(output, as_json))
 
 
 @groups_app.command("delete")
@@ -349,17 +382,35 @@ def revisions_publish(
 
 
 @revisions_app.command("list")
-def revisions_list(group: str, url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
-    """List a group's revisions."""
-    body = call("GET", url, token, f"/groups/{group}/revisions")
-    if as_json:
-        return _echo_json(body)
-    for r in body["items"]:
-        auth = " registry-auth" if r["has_registry_auth"] else ""
-        typer.echo(
-            f"{r['number']}  {r['image']}  {r['apply_mode']}  "
-            f"{r['published_at']} by {r['published_by']}{auth}"
-        )
+def revisions_list(
+    group: str,
+    url: UrlOpt,
+    token: TokenOpt,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a group's revisions, oldest first."""
+    fmt = chosen(output, as_json)
+    page = fetch(
+        lambda p: call("GET", url, token, f"/groups/{group}/revisions", params=p),
+        limit=limit,
+        offset=offset,
+        every=every,
+    )
+    columns = (
+        col("REV", "number", "right"),
+        col("IMAGE", "image"),
+        col("TRANSPORT", "transport"),
+        col("APPLY", "apply_mode"),
+        Column("CONFIG", lambda r: ", ".join(sorted((r.get("config") or {}).keys())) or None),
+        Column("REGISTRY AUTH", lambda r: "registry-auth" if r.get("has_registry_auth") else None),
+        col("PUBLISHED", "published_at"),
+        col("BY", "published_by"),
+    )
+    show_page(page, fmt, columns, "revisions")
 
 
 # ---------------------------------------------------------------------------- tokens, audit
@@ -378,11 +429,28 @@ def tokens_create(
 
 
 @tokens_app.command("list")
-def tokens_list(url: UrlOpt, token: TokenOpt) -> None:
+def tokens_list(
+    url: UrlOpt,
+    token: TokenOpt,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List tokens (never their values)."""
-    for t in call("GET", url, token, "/tokens")["items"]:
-        state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "active"
-        typer.echo(f"{t['id']}  {t['name']}  {t['role']}  {state}")
+    fmt = chosen(output, as_json)
+    page = fetch(
+        lambda p: call("GET", url, token, "/tokens", params=p), limit=limit, offset=offset, every=every
+    )
+    columns = (
+        col("ID", "id", "right"),
+        col("NAME", "name"),
+        col("ROLE", "role"),
+        Column("STATE", lambda t: f"revoked {t['revoked_at']}" if t.get("revoked_at") else "active"),
+        col("CREATED", "created_at"),
+    )
+    show_page(page, fmt, columns, "tokens")
 
 
 @tokens_app.command("revoke")
@@ -399,15 +467,27 @@ def audit_list(
     url: UrlOpt,
     token: TokenOpt,
     action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 100,
+    who: Annotated[str | None, typer.Option(help="Only entries of this token name.")] = None,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List audit entries, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if action:
-        params["action"] = action
-    body = call("GET", url, token, "/audit", params=params)
-    if as_json:
-        return _echo_json(body)
-    for e in body["items"]:
-        typer.echo(f"{e['at']}  {e['who']}  {e['action']}  {e['target']}")
+    fmt = chosen(output, as_json)
+    filters = {k: v for k, v in (("action", action), ("who", who)) if v}
+    page = fetch(
+        lambda params: call("GET", url, token, "/audit", params={**filters, **params}),
+        limit=limit,
+        offset=offset,
+        every=every,
+    )
+    columns = (
+        col("AT", "at"),
+        col("WHO", "who"),
+        col("ACTION", "action"),
+        col("TARGET", "target"),
+        Column("DETAIL", lambda e: json.dumps(e["detail"], sort_keys=True) if e.get("detail") else None),
+    )
+    show_page(page, fmt, columns, "audit entries")

@@ -7,14 +7,31 @@ Like :mod:`owner.cli_admin`: ``--url``/``--token`` (or ``FDO_OWNER_URL``,
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any
 
 import typer
 
 from fdo_cli.common import die
-from owner.cli_admin import JsonOpt, TokenOpt, UrlOpt, call, groups_app
+from fdo_cli.output import (
+    AllOpt,
+    Column,
+    Format,
+    JsonOpt,
+    LimitOpt,
+    OffsetOpt,
+    OutputOpt,
+    chosen,
+    col,
+    emit_data,
+    fetch,
+    fields,
+    local_time,
+    render,
+    show_page,
+    table,
+)
+from owner.cli_admin import TokenOpt, UrlOpt, call, groups_app
 
 rollouts_app = typer.Typer(no_args_is_help=True, help="Rollouts of a revision to a group's devices.")
 
@@ -170,25 +187,40 @@ def counts_text(counts: dict[str, int]) -> str:
     return " ".join(f"{s}={counts[s]}" for s in DEVICE_STATES if counts.get(s)) or "-"
 
 
+ROLLOUT_COLUMNS = (
+    col("ID", "id", "right"),
+    col("GROUP", "group"),
+    Column("REVISION", lambda r: f"{r['from_revision'] or '-'}->{r['revision']}"),
+    col("STATE", "state"),
+    Column("BATCH", lambda r: f"{r['batch']}/{r['batches']}"),
+    Column("DEVICES", lambda r: counts_text(r["counts"])),
+    col("STARTED", "created_at"),
+    col("REASON", "reason"),
+)
+
+
 @rollouts_app.command("list")
 def list_rollouts(
     url: UrlOpt,
     token: TokenOpt,
     group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
     state: Annotated[str | None, typer.Option(help="running, paused, completed or aborted.")] = None,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List rollouts, newest first."""
-    params = {k: v for k, v in (("group", group), ("state", state)) if v}
-    body = call("GET", url, token, "/rollouts", params=params)
-    if as_json:
-        return typer.echo(json.dumps(body, indent=2))
-    for r in body["items"]:
-        typer.echo(
-            f"{r['id']}  {r['group']}  {r['from_revision'] or '-'}->{r['revision']}  {r['state']:9}"
-            f"  batch {r['batch']}/{r['batches']}  {counts_text(r['counts'])}"
-            + (f"  ({r['reason']})" if r["reason"] else "")
-        )
+    fmt = chosen(output, as_json)
+    filters = {k: v for k, v in (("group", group), ("state", state)) if v}
+    page = fetch(
+        lambda params: call("GET", url, token, "/rollouts", params={**filters, **params}),
+        limit=limit,
+        offset=offset,
+        every=every,
+    )
+    show_page(page, fmt, ROLLOUT_COLUMNS, "rollouts")
 
 
 @rollouts_app.command("show")
@@ -196,40 +228,46 @@ def show(
     rollout_id: RolloutId,
     url: UrlOpt,
     token: TokenOpt,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a rollout: state and reason, batches with counts by state, failing devices."""
+    fmt = chosen(output, as_json)
     r = call("GET", url, token, f"/rollouts/{rollout_id}")
-    if as_json:
-        return typer.echo(json.dumps(r, indent=2))
-    typer.echo(
-        f"rollout {r['id']}: group {r['group']}, revision {r['from_revision'] or '-'} -> {r['revision']}"
-    )
-    typer.echo(f"state     {r['state']}" + (f" ({r['reason']})" if r["reason"] else ""))
-    typer.echo(f"batch     {r['batch']} of {r['batches']}")
-    typer.echo(f"started   {r['created_at']} by {r['created_by']}")
-    if r["rollback_of"]:
-        typer.echo(f"rolls back rollout {r['rollback_of']}")
+    if fmt is not Format.TABLE:
+        return emit_data(r, fmt)
     shown = {k: v for k, v in r["options"].items() if v not in (None, [])}
-    typer.echo("options   " + " ".join(f"{k}={v}" for k, v in shown.items()))
-    typer.echo("")
-    typer.echo(f"{'batch':>5}  {'devices':>7}  " + "  ".join(f"{s:>11}" for s in DEVICE_STATES))
-    for b in r["batch_counts"]:
-        mark = "*" if b["batch"] == r["batch"] else " "
-        typer.echo(
-            f"{b['batch']:>4}{mark}  {b['devices']:>7}  "
-            + "  ".join(f"{b['counts'].get(s, 0):>11}" for s in DEVICE_STATES)
-        )
+    about = [
+        ("group", r["group"]),
+        ("revision", f"{r['from_revision'] or '-'} -> {r['revision']}"),
+        ("state", r["state"] + (f" ({r['reason']})" if r["reason"] else "")),
+        ("batch", f"{r['batch']} of {r['batches']}"),
+        ("started", f"{local_time(r['created_at'])} by {r['created_by']}"),
+    ]
+    if r["rollback_of"]:
+        about.append(("rolls back", f"rollout {r['rollback_of']}"))
+    about.append(("options", " ".join(f"{k}={v}" for k, v in shown.items())))
+    batch_columns = [
+        Column("BATCH", lambda b: f"{b['batch']}{'*' if b['batch'] == r['batch'] else ''}", "right"),
+        col("DEVICES", "devices", "right"),
+        *(
+            Column(s.upper(), lambda b, s=s: b["counts"].get(s, 0), "right")  # type: ignore[misc]
+            for s in DEVICE_STATES
+        ),
+    ]
+    parts: list[Any] = [f"rollout {r['id']}", fields(about), table(r["batch_counts"], batch_columns)]
     failing = [d for d in r["devices"] or [] if d["state"] in ("failed", "rolled-back")]
     if failing:
-        typer.echo("")
-        typer.echo("failing devices:")
-        for d in failing:
-            error = d["error"] or {}
-            typer.echo(
-                f"  {d['guid']}  {d['serial'] or '-'}  batch {d['batch']}  {d['state']}"
-                f"  step={error.get('step') or '-'}  error={error.get('text') or '-'}"
-            )
+        device_columns = (
+            col("GUID", "guid"),
+            col("SERIAL", "serial"),
+            col("BATCH", "batch", "right"),
+            col("STATE", "state"),
+            Column("STEP", lambda d: (d["error"] or {}).get("step")),
+            Column("ERROR", lambda d: (d["error"] or {}).get("text")),
+        )
+        parts.append(table(failing, device_columns, title="failing devices"))
+    render(*parts)
 
 
 def _action(action: str, rollout_id: int, url: str, token: str) -> dict[str, Any]:

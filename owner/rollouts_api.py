@@ -17,7 +17,7 @@ import logging
 
 from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from fdo_server.api_docs import errors
 from fdo_server.db import unit_of_work
@@ -120,8 +120,11 @@ def rollouts_router() -> APIRouter:
             if state not in ROLLOUT_STATES:
                 raise HTTPException(422, f"unknown state {state!r}; one of {', '.join(ROLLOUT_STATES)}")
             query = query.where(Rollout.state == state)
+        total = db.exec(select(func.count()).select_from(query.subquery())).one()
         rows = db.exec(query.order_by(col(Rollout.id).desc()).offset(offset).limit(limit)).all()
-        return RolloutListOut(items=[rollout_view(db, r, devices=False) for r in rows])
+        return RolloutListOut(
+            items=[rollout_view(db, r, devices=False) for r in rows], total=total, offset=offset
+        )
 
     @router.get("/rollouts/{rollout_id}", responses=errors(404, 422))
     def show_rollout(rollout_id: RowNumber, request: Request, _: Viewer) -> RolloutOut:

@@ -102,6 +102,8 @@ class RolloutOut(BaseModel):
 
 class RolloutListOut(BaseModel):
     items: list[RolloutOut]
+    total: int
+    offset: int
 
 
 class PolicyOut(BaseModel):

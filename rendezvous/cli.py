@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from fdo_cli.admin_http import call
 from fdo_cli.db import db_app, local_engine
+from fdo_cli.output import (
+    AllOpt,
+    JsonOpt,
+    LimitOpt,
+    OffsetOpt,
+    OutputOpt,
+    chosen,
+    col,
+    fetch,
+    show_page,
+)
 from fdo_cli.sessions import sessions_app
 
 if TYPE_CHECKING:
@@ -20,13 +32,20 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="The rendezvous service (TO0 and TO1).")
 token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens.")
+registrations_app = typer.Typer(no_args_is_help=True, help="TO0 registrations (over the admin API).")
 app.add_typer(token_app, name="token")
+app.add_typer(registrations_app, name="registrations")
 app.add_typer(db_app("rendezvous"), name="db")
 app.add_typer(sessions_app("rendezvous"), name="sessions")
 
 DatabaseOpt = Annotated[
     str | None,
     typer.Option("--database-url", help="Database URL (default: FDO_RENDEZVOUS_DATABASE_URL)."),
+]
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="FDO_RENDEZVOUS_URL", help="Rendezvous base URL.")]
+TokenOpt = Annotated[
+    str, typer.Option("--token", envvar="FDO_RENDEZVOUS_TOKEN", help="Admin API bearer token.")
 ]
 
 
@@ -178,3 +197,31 @@ def unpin(
         raise typer.Exit(1)
     log_unpin(parsed, f"{getpass.getuser()} (fdo rendezvous unpin)")
     typer.echo(f"cleared the pin of GUID {parsed}: its next valid registration pins it anew")
+
+
+@registrations_app.command("list")
+def registrations_list(
+    url: UrlOpt,
+    token: TokenOpt,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    every: AllOpt = False,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the TO0 registrations (GUID, wait, registered, expires, live); never owner addresses."""
+    fmt = chosen(output, as_json)
+    page = fetch(
+        lambda params: call("GET", url, token, "/registrations", params=params),
+        limit=limit,
+        offset=offset,
+        every=every,
+    )
+    columns = (
+        col("GUID", "guid"),
+        col("WAIT S", "wait_seconds", "right"),
+        col("REGISTERED", "registered_at"),
+        col("EXPIRES", "expires_at"),
+        col("LIVE", "live"),
+    )
+    show_page(page, fmt, columns, "registrations")

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import device.onboard
@@ -35,6 +36,11 @@ def test_show_text_and_json_without_secrets(tmp_path: Path, key_pool: KeyPool) -
     assert data["guid"] == str(cred.guid) and data["device_info"] == "kiosk-v2"
     assert data["format"] == "fdo-bootc" and data["key_type"] == "ec256"
     assert data["rendezvous"][0]["urls"] == ["http://rv.example:8041"]
+    as_yaml = runner.invoke(app, ["device", "show", "--credential", str(path), "-o", "yaml"])
+    assert as_yaml.exit_code == 0 and yaml.safe_load(as_yaml.output) == data
+    assert (
+        runner.invoke(app, ["device", "show", "--credential", str(path), "-o", "table"]).output == text.output
+    )
     for output in (text.output, out.output):
         assert cred.hmac_secret.hex() not in output and "PRIVATE" not in output
 

@@ -25,6 +25,7 @@ from device.modules import default_devmod
 from fdo.credential import DeviceCredential
 from fdo_cli.main import app
 from fdo_server.stack import Stack
+from tests.cli_tables import parse_table
 from tests.conftest import database_backends, open_database
 from tests.owner.helpers import ui_sign_in
 
@@ -95,8 +96,8 @@ def test_serial_given_at_di_is_on_the_owners_device_record(stack: Stack) -> None
         app, ["owner", "devices", "list", "--url", stack.url("owner"), "--token", stack.tokens["owner"]]
     )
     assert out.exit_code == 0, out.output
-    (line,) = [ln for ln in out.output.splitlines() if ln.startswith(str(new.guid))]
-    assert f"  {serial}  kiosk-v2  " in line
+    (row,) = [r for r in parse_table(out.output)[0] if r["GUID"] == str(new.guid)]
+    assert (row["SERIAL"], row["MODEL"]) == (serial, "kiosk-v2")
 
 
 def test_group_rules_by_serial_select_our_own_devices(stack: Stack) -> None:

@@ -36,6 +36,7 @@ from fdo_server.db import make_engine, unit_of_work
 from fdo_server.launcher import ServiceProcess, free_port
 from fdo_server.migrate import upgrade
 from fdo_server.stack import Stack
+from tests.cli_tables import parse_table
 from tests.conftest import database_backends, open_database
 from tests.fdo.flow import sample_devmod
 from transport.client import FdoHttpClient
@@ -204,8 +205,9 @@ def test_device_is_handed_on_to_a_second_owner(
     assert result.exit_code == 1 and "HTTP 409" in result.output and "handed_on" in result.output
     assert not again.exists()
     result = runner.invoke(fdo_app, ["owner", "vouchers", "list", *a_args])
-    assert result.exit_code == 0 and f"{current}  handed_on" in result.output
-    result = runner.invoke(fdo_app, ["owner", "vouchers", "show", current, *a_args])
+    assert result.exit_code == 0, result.output
+    assert [r["STATE"] for r in parse_table(result.output)[0] if r["GUID"] == current] == ["handed_on"]
+    result = runner.invoke(fdo_app, ["owner", "vouchers", "show", current, "-o", "json", *a_args])
     assert result.exit_code == 0 and json.loads(result.output)["state"] == "handed_on"
 
     # B imports the voucher and registers it with the rendezvous by TO0.

@@ -12,6 +12,7 @@ PostgreSQL database (skipped without ``FDO_TEST_POSTGRES_URL``).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from device.onboard import onboard
 from fdo.serviceinfo import DeviceModule
 from fdo_cli.main import app
 from fdo_server.stack import Stack
+from tests.cli_tables import parse_table
 from tests.conftest import POSTGRES_URL, open_database
 from tests.device.test_apply import FAKE_BOOTC, FAKE_SYSTEMCTL
 
@@ -234,13 +236,13 @@ def test_rollout_pauses_on_failures_resumes_after_hold_and_rolls_back(
     for agent in bad:
         line = next(x for x in shown.splitlines() if agent.guid in x)
         assert "failed" in line and "bootc-switch" in line and "manifest unknown" in line
-    assert "state     paused" in shown
+    assert re.search(r"^ *state +paused", shown, re.M)
     views = devices(stack)
     for agent in bad:
         view = views[agent.guid]
         assert view["status"] == "failed" and "manifest unknown" in view["last_error"]["text"]
         assert "bootc-switch" in view["last_error"]["step"] and view["booted_digest"] == digest(IMAGE_1)
-        device_show = json.loads(cli(stack, "devices", "show", agent.guid))
+        device_show = json.loads(cli(stack, "devices", "show", agent.guid, "-o", "json"))
         assert device_show["rollouts"][0] == {
             "rollout": rid, "revision": 2, "rollout_state": "paused", "batch": 2, "state": "failed",
             "error": device_show["rollouts"][0]["error"],
@@ -276,6 +278,10 @@ def test_rollout_pauses_on_failures_resumes_after_hold_and_rolls_back(
         assert agent.booted() == digest(IMAGE_1)
     aborted = cli(stack, "rollouts", "abort", str(back_id))
     assert "aborted" in aborted
-    listed = cli(stack, "rollouts", "list", "--group", "fleet")
-    assert f"{back_id}  fleet  2->1  aborted" in listed and f"{rid}  fleet  1->2  completed" in listed
+    listed, footer = parse_table(cli(stack, "rollouts", "list", "--group", "fleet"))
+    assert [(r["ID"], r["GROUP"], r["REVISION"], r["STATE"]) for r in listed] == [
+        (str(back_id), "fleet", "2->1", "aborted"),
+        (str(rid), "fleet", "1->2", "completed"),
+    ]
+    assert footer == "2 of 2 rollouts"
     assert not any("Traceback" in line for a in agents for line in a.log)

@@ -29,6 +29,7 @@ from fdo.credential import DeviceCredential
 from fdo.serviceinfo import CommandDevice, DeviceModule, DownloadDevice
 from fdo_cli.main import app
 from fdo_server.stack import Stack
+from tests.cli_tables import parse_table
 from tests.device.test_apply import FAKE_BOOTC
 
 runner = CliRunner()
@@ -111,14 +112,14 @@ def sent_by_owner(stack: Stack, guid: str) -> list[dict[str, Any]]:
 
 def shown(stack: Stack, guid: str) -> dict[str, Any]:
     auth = ["--url", stack.url("owner"), "--token", stack.tokens["owner"]]
-    out = runner.invoke(app, ["owner", "devices", "show", guid, *auth])
+    out = runner.invoke(app, ["owner", "devices", "show", guid, "-o", "json", *auth])
     assert out.exit_code == 0, out.output
     listed = runner.invoke(app, ["owner", "devices", "list", *auth])
     assert listed.exit_code == 0, listed.output
     body: dict[str, Any] = json.loads(out.output)
-    line = [row for row in listed.output.splitlines() if row.startswith(guid)]
-    assert len(line) == 1
-    body["list_line"] = line[0]
+    rows = [row for row in parse_table(listed.output)[0] if row["GUID"] == guid]
+    assert len(rows) == 1
+    body["list_row"] = rows[0]
     return body
 
 
@@ -163,7 +164,7 @@ def test_download_only_gets_the_readable_files_and_no_command(stack: Stack) -> N
     assert all(m["reason"] for m in delivery["missing"])
     cli = shown(stack, guid)
     assert cli["delivery"] == delivery
-    assert "revision=1 delivery=partial(6 missing)" in cli["list_line"]
+    assert (cli["list_row"]["ONBOARD REV"], cli["list_row"]["DELIVERY"]) == ("1", "partial(6 missing)")
 
 
 def test_command_only_gets_the_switch_and_no_command_about_undelivered_files(stack: Stack) -> None:
@@ -193,7 +194,7 @@ def test_command_only_gets_the_switch_and_no_command_about_undelivered_files(sta
     ]
     cli = shown(stack, guid)
     assert cli["delivery"] == delivery and cli["status"] == "onboarded"
-    assert "delivery=partial(4 missing)" in cli["list_line"]
+    assert cli["list_row"]["DELIVERY"] == "partial(4 missing)"
 
 
 def test_neither_module_gets_nothing_and_is_not_recorded_onboarded_with_the_revision(
@@ -216,7 +217,8 @@ def test_neither_module_gets_nothing_and_is_not_recorded_onboarded_with_the_revi
     assert onboarded[0]["detail"]["delivery"] == "none" and onboarded[0]["detail"]["assigned_revision"] == 1
     cli = shown(stack, guid)
     assert cli["status"] == "undelivered" and cli["delivery"] == delivery
-    assert "undelivered" in cli["list_line"] and "revision=- delivery=none" in cli["list_line"]
+    row = cli["list_row"]
+    assert (row["STATUS"], row["ONBOARD REV"], row["DELIVERY"]) == ("undelivered", "-", "none")
 
 
 def test_stock_client_with_both_modules_gets_everything(stack: Stack) -> None:

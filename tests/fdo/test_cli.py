@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
@@ -194,6 +195,8 @@ def test_voucher_show_json(files: Files) -> None:
     assert first["prot_ver"] == 101 and first["device_info"] == "cli-device"
     assert first["rendezvous"][0][0] == {"ip_address": "192.0.2.7"}
     assert first["header_hmac_alg"] == "HMAC_SHA256"
+    as_yaml = runner.invoke(app, ["voucher", "show", str(files.vouchers), "--output", "yaml"])
+    assert as_yaml.exit_code == 0 and yaml.safe_load(as_yaml.output) == data
     assert [c["subject"] for c in first["cert_chain"]] == ["CN=dev", "CN=CLI Test CA"]
     assert len(first["entries"]) == 2
     assert first["entries"][0]["extra"] is not None and first["entries"][1]["extra"] is None

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.testclient import TestClient
@@ -35,6 +36,7 @@ from manufacturer import client as client_mod
 from manufacturer.app import create_app
 from manufacturer.settings import ManufacturerSettings, SettingsError, load_material
 from manufacturer.tables import HandOff, Voucher
+from tests.cli_tables import parse_table
 from tests.conftest import KeyPool, migrated
 from transport.client import FdoHttpClient
 
@@ -338,6 +340,29 @@ def test_cli_vouchers(mfr: Mfr, key_pool: KeyPool, tmp_path: Path, monkeypatch: 
     listed = runner.invoke(app, ["manufacturer", "vouchers", "list", *common, "--serial", "SN-CLI", "--json"])
     assert listed.exit_code == 0, listed.output
     assert guid in listed.stdout
+    for index in (13, 14):
+        mfr.di(key_pool.get("ec256", index), serial=f"SN-CLI-{index}")
+    table = runner.invoke(
+        app, ["manufacturer", "vouchers", "list", *common, "--serial", "SN-CLI*", "--limit", "2"]
+    )
+    rows, footer = parse_table(table.stdout)
+    assert list(rows[0]) == ["GUID", "SERIAL", "MODEL", "KEY", "CREATED", "OWNER KEY"]
+    assert [r["SERIAL"] for r in rows] == ["SN-CLI-14", "SN-CLI-13"]  # newest first
+    assert footer == "2 of 3 vouchers (offset 0; --all or --offset 2 for more)"
+    every = runner.invoke(
+        app, ["manufacturer", "vouchers", "list", *common, "--serial", "SN-CLI*", "--all", "--limit", "2"]
+    )
+    rows, footer = parse_table(every.stdout)
+    assert [r["SERIAL"] for r in rows] == ["SN-CLI-14", "SN-CLI-13", "SN-CLI"] and footer == "3 of 3 vouchers"
+    assert rows[2]["GUID"] == guid and rows[2]["OWNER KEY"] == "-" and rows[2]["KEY"] == "ec256"
+    as_yaml = runner.invoke(
+        app, ["manufacturer", "vouchers", "list", *common, "--serial", "SN-CLI*", "-o", "yaml", "--all"]
+    )
+    assert [v["serial"] for v in yaml.safe_load(as_yaml.stdout)["items"]] == [
+        "SN-CLI-14",
+        "SN-CLI-13",
+        "SN-CLI",
+    ]
     out = tmp_path / "v.pem"
     exported = runner.invoke(app, ["manufacturer", "vouchers", "export", guid, *common, "--out", str(out)])
     assert exported.exit_code == 0, exported.output

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -22,6 +24,7 @@ from fdo_server.auth import Role
 from fdo_server.db import unit_of_work
 from owner.app import create_app
 from owner.groups import assignment_for, record_onboarding
+from tests.cli_tables import parse_table
 from tests.conftest import KeyPool
 from tests.owner.helpers import make_world, token
 
@@ -241,8 +244,11 @@ def test_cli_over_http(
     admin = token(app, Role.ADMIN)["Authorization"].split()[1]
     http = TestClient(app, base_url="http://owner.test")
 
+    requests: list[tuple[str, dict[str, Any]]] = []
+
     def fake_request(method: str, url: str, **kwargs: Any) -> httpx.Response:
         kwargs.pop("timeout", None)
+        requests.append((url, dict(kwargs.get("params") or {})))
         response: httpx.Response = http.request(method, url, **kwargs)
         return response
 
@@ -273,8 +279,27 @@ def test_cli_over_http(
     assert "revision 1 published" in out
     assert "registry-auth" in run("revisions", "list", "edge")
     assert SECRET_FILE not in run("groups", "show", "edge")
-    assert "edge  priority=3  revision=1" in run("groups", "list")
-    assert "rest (default)" in run("groups", "list")
+    groups, footer = parse_table(run("groups", "list"))
+    assert footer == "2 of 2 groups"
+    edge, rest = groups
+    assert (edge["NAME"], edge["PRIORITY"], edge["REVISION"], edge["DEFAULT"]) == ("edge", "3", "1", "no")
+    assert (edge["MODEL"], edge["LABELS"]) == ("box-*", "site=lab")
+    assert (rest["NAME"], rest["DEFAULT"], rest["REVISION"]) == ("rest", "yes", "-")
+    assert yaml.safe_load(run("groups", "list", "-o", "yaml")) == json.loads(run("groups", "list", "--json"))
+    assert [g["name"] for g in json.loads(run("groups", "list", "-o", "json", "--offset", "1"))["items"]] == [
+        "rest"
+    ]
+    shown = run("groups", "show", "edge")
+    assert re.search(r"^name +edge$", shown, re.M) and re.search(
+        r"^revision\.image +" + re.escape(IMAGE), shown, re.M
+    )
+    assert json.loads(run("groups", "show", "edge", "-o", "json"))["revision"]["number"] == 1
+    assert "disagree" in run("groups", "list", "--json", "-o", "yaml", code=2)
+    assert run("groups", "list", "-o", "table") == run("groups", "list")
+    assert (
+        yaml.safe_load(run("groups", "show", "edge", "-o", "yaml"))["revision"]["has_registry_auth"] is True
+    )
+    assert set(json.loads(run("status", "-o", "json"))) >= {"devices", "vouchers", "to0"}
     broken = tmp_path / "broken.json"
     broken.write_text('{"files": [\n  {"path": "/etc/x",}\n]}')
     bad_file = run("revisions", "publish", "edge", "--image", IMAGE, "--config", str(broken), code=1)
@@ -289,15 +314,16 @@ def test_cli_over_http(
     assert "{" not in invalid  # one line per field, not the JSON of the answer
     assert "HTTP 403" in run("tokens", "list", code=1)
     run("groups", "delete", "rest")
-    assert run("devices", "list") == ""
+    assert run("devices", "list") == "0 of 0 devices\n"
     assert "HTTP 404" in run("labels", "set", str(Guid(os.urandom(16))), "a=b", code=1)
     assert "HTTP 404" in run("devices", "show", str(Guid(os.urandom(16))), code=1)
     assert "group.delete" in run("audit", "list")
     monkeypatch.setenv("FDO_OWNER_TOKEN", admin)
     listed = run("tokens", "list")
-    ops_id = next(line.split()[0] for line in listed.splitlines() if " ops " in line)
+    ops_id = next(row["ID"] for row in parse_table(listed)[0] if row["NAME"] == "ops")
     assert "revoked" in run("tokens", "revoke", ops_id)
-    assert "revoked" in run("tokens", "list")
+    tokens = {row["NAME"]: row for row in parse_table(run("tokens", "list"))[0]}
+    assert tokens["ops"]["STATE"].startswith("revoked ") and tokens["ops"]["ROLE"] == "operator"
     actions = [e["action"] for e in json.loads(run("audit", "list", "--json"))["items"]]
     assert actions == [
         "token.revoke",
@@ -307,3 +333,27 @@ def test_cli_over_http(
         "group.create",
         "token.create",
     ]
+
+    # Pages: N of M, --limit/--offset, and --all fetching page after page.
+    rows, footer = parse_table(run("audit", "list", "--limit", "2"))
+    assert [r["ACTION"] for r in rows] == actions[:2]
+    assert footer == "2 of 6 audit entries (offset 0; --all or --offset 2 for more)"
+    rows, footer = parse_table(run("audit", "list", "--limit", "2", "--offset", "4"))
+    assert [r["ACTION"] for r in rows] == actions[4:] and footer == "2 of 6 audit entries (offset 4)"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", rows[0]["AT"])
+    requests.clear()
+    rows, footer = parse_table(run("audit", "list", "--all", "--limit", "2"))
+    assert [r["ACTION"] for r in rows] == actions and footer == "6 of 6 audit entries"
+    assert [(u.rsplit("/", 1)[1], p["offset"], p["limit"]) for u, p in requests] == [
+        ("audit", 0, 2),
+        ("audit", 2, 2),
+        ("audit", 4, 2),
+    ]
+    every = json.loads(run("audit", "list", "--all", "--limit", "4", "--offset", "1", "-o", "json"))
+    assert [e["action"] for e in every["items"]] == actions[1:]
+    assert (every["total"], every["offset"]) == (6, 1)
+    assert (
+        yaml.safe_load(run("audit", "list", "--all", "--limit", "5", "-o", "yaml"))["items"]
+        == json.loads(run("audit", "list", "-o", "json"))["items"]
+    )
+    assert "--limit" in run("audit", "list", "--limit", "1001", code=2)

@@ -20,6 +20,7 @@ from fdo.voucher import OwnershipVoucher, vouchers_to_pem
 from fdo_cli.main import app as fdo_app
 from fdo_server.auth import Role
 from owner.app import create_app
+from tests.cli_tables import parse_table
 from tests.conftest import KeyPool
 from tests.fdo.flow import sample_devmod
 from tests.owner.helpers import BASE, World, make_world, token
@@ -115,7 +116,11 @@ def test_to2_replaces_credential_and_links_vouchers(
     argv = ["owner", "devices", "onboardings", "--url", BASE, "--token", token, "--guid", str(new.guid)]
     result = CliRunner().invoke(fdo_app, argv)
     assert result.exit_code == 0, result.output
-    assert f"{voucher.guid} -> {new.guid}  fdo.download=ok, fdo.command=ok" in result.output
+    rows, footer = parse_table(result.output)
+    assert [(r["GUID"], r["NEW GUID"], r["MODULES"]) for r in rows] == [
+        (str(voucher.guid), str(new.guid), "fdo.download=ok, fdo.command=ok")
+    ]
+    assert footer == "1 of 1 onboardings"
     result = CliRunner().invoke(fdo_app, ["owner", "status", "--url", BASE, "--token", token])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
