@@ -86,6 +86,8 @@ def digest(value: object) -> Markup:
     text = str(value)
     head, sep, hexpart = text.rpartition("sha256:")
     if not sep:
+        if len(text) > 24 and all(c in "0123456789abcdef" for c in text):
+            return Markup('<code class="digest" title="{0}">{1}…</code>').format(text, text[:12])
         return Markup('<code title="{0}">{0}</code>').format(text)
     return Markup('<code class="digest" title="{0}">{1}sha256:{2}…</code>').format(text, head, hexpart[:12])
 
