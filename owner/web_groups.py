@@ -47,13 +47,13 @@ def errors_of(exc: ValidationError) -> str:
 
 def config_summary(config: dict[str, Any]) -> str:
     """What a revision's config sets, in a few words."""
-    if not config:
-        return "no config"
     parts = []
     for key, value in sorted(config.items()):
+        if value in (None, [], {}, ""):
+            continue
         count = len(value) if isinstance(value, list | dict) else None
         parts.append(f"{key} ({count})" if count is not None else key)
-    return ", ".join(parts)
+    return ", ".join(parts) or "no config"
 
 
 def _group_page(db: Session, name: str) -> dict[str, Any] | None:
