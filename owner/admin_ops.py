@@ -23,6 +23,7 @@ from fdo_server.auth import AdminToken, Role, create_token, hash_token
 from fdo_server.db import unit_of_work
 from owner import rollout_engine as engine_ops
 from owner.audit import audit
+from owner.desired import DesiredError, set_desired
 from owner.groups import ensure_device, find_device
 from owner.groups_schemas import RevisionIn
 from owner.groups_tables import Group, Revision, RevisionSecret
@@ -112,6 +113,21 @@ def start_rollout(engine: Engine, name: str, body: StartIn, *, who: str, now: da
             return rollout.id
     except RolloutError as exc:
         raise HTTPException(exc.status, str(exc)) from None
+
+
+def redeliver(engine: Engine, guid: Guid, number: int | None, *, who: str, now: datetime) -> None:
+    """Send the device its desired revision (or revision ``number``) again at its next
+    check-in; 404 for an unknown device, 409 when there is nothing to send."""
+    with unit_of_work(engine) as db:
+        row = find_device(db, guid)
+        if row is None:
+            raise HTTPException(404, "no such device")
+        try:
+            revision = set_desired(db, row, number, now=now, who=who)
+        except DesiredError as exc:
+            raise HTTPException(409, str(exc)) from None
+        detail = {"revision": revision.number, "generation": row.desired_generation}
+        audit(db, who, "device.redeliver", str(Guid(row.guid)), detail, now=now)
 
 
 def import_vouchers(

@@ -23,13 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.auth import Role
-from fdo_server.db import unit_of_work
 from owner import admin_ops
 from owner.admin_api import status_summary
 from owner.admin_groups import device_json, find_live_group, overdue_after
-from owner.audit import audit
 from owner.deps import engine_of, now_of
-from owner.desired import DesiredError, set_desired
 from owner.groups import find_device
 from owner.groups_schemas import LabelsIn
 from owner.groups_tables import STATUSES, Device, Group, Revision
@@ -272,24 +269,15 @@ def devices_router() -> APIRouter:
         if isinstance(got, Response):
             return got
         who, _ = got
-        now = now_of(request)
-
-        def work() -> str | None:
-            with unit_of_work(engine_of(request)) as db:
-                row = _find(db, guid)
-                if isinstance(row, str):
-                    return row
-                try:
-                    revision = set_desired(db, row, None, now=now, who=who.name)
-                except DesiredError as exc:
-                    return str(exc)
-                detail = {"revision": revision.number, "generation": row.desired_generation}
-                audit(db, who.name, "device.redeliver", str(Guid(row.guid)), detail, now=now)
-                return None
-
-        error = await run_in_threadpool(work)
-        if error is not None:
-            return await _again(request, guid, who, error, 409)
+        try:
+            wanted = Guid.parse(guid)
+            await run_in_threadpool(
+                admin_ops.redeliver, engine_of(request), wanted, None, who=who.name, now=now_of(request)
+            )
+        except (FdoError, ValueError):
+            return message(request, who, "No such device", f"Not a GUID: {guid[:64]}", 400)
+        except HTTPException as exc:
+            return await _again(request, guid, who, str(exc.detail), exc.status_code)
         return done(f"/ui/devices/{guid}?ok=redeliver")
 
     return router
