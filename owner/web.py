@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -72,9 +72,14 @@ def when(value: object) -> Markup:
     """A timestamp as ``<time>``: UTC to the second without JavaScript, local time with."""
     if not value:
         return Markup('<span class="muted">–</span>')
-    if isinstance(value, datetime):
-        value = value.isoformat()
-    text = str(value)
+    if not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(str(value))
+        except ValueError:
+            return Markup("<span>{0}</span>").format(value)
+    if value.tzinfo is None:  # SQLite hands back naive datetimes: they are UTC
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(UTC).isoformat()
     shown = text[:19].replace("T", " ") + " UTC"
     return Markup('<time datetime="{0}" title="{0}">{1}</time>').format(text, shown)
 
