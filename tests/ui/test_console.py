@@ -15,7 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, FilePayload, Page, expect
+
+pytest.importorskip("playwright.sync_api", reason="the console's browser tests need the playwright package")
+
+from playwright.sync_api import Browser, FilePayload, Page, expect  # noqa: E402
 
 from fdo.voucher import vouchers_to_pem
 from fdo_server.auth import Role
@@ -63,7 +66,7 @@ def audit_entry(page: Page, action: str) -> str:
 
 
 def test_an_operator_does_the_job_and_every_change_is_audited(
-    owner: SeededOwner, voucher_pem: tuple[bytes, object], browser: Browser, pages: list[Page]
+    browser: Browser, owner: SeededOwner, voucher_pem: tuple[bytes, object], pages: list[Page]
 ) -> None:
     page = new_page(browser, pages)
     sign_in(page, owner, Role.OPERATOR)
@@ -143,7 +146,7 @@ def test_an_operator_does_the_job_and_every_change_is_audited(
 
 
 def test_a_viewer_sees_no_actions_and_a_forged_post_is_refused(
-    owner: SeededOwner, browser: Browser, pages: list[Page]
+    browser: Browser, owner: SeededOwner, pages: list[Page]
 ) -> None:
     page = new_page(browser, pages)
     sign_in(page, owner, Role.VIEWER)
@@ -174,7 +177,7 @@ def test_a_viewer_sees_no_actions_and_a_forged_post_is_refused(
     assert "owned" not in device["labels"]
 
 
-def test_an_admin_makes_and_revokes_a_token(owner: SeededOwner, browser: Browser, pages: list[Page]) -> None:
+def test_an_admin_makes_and_revokes_a_token(browser: Browser, owner: SeededOwner, pages: list[Page]) -> None:
     page = new_page(browser, pages)
     sign_in(page, owner, Role.ADMIN)
     page.click('nav >> text="Tokens"')
