@@ -30,15 +30,14 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.api_docs import errors
 from fdo_server.body_limit import too_large_detail
-from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset
 from fdo_server.vouchers import fingerprint
+from owner import admin_ops
 from owner.api_schemas import ImportOut, OnboardingPage, SummaryOut, VoucherOut, VoucherPage
-from owner.audit import audit
 from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups_tables import STATUSES, Device
 from owner.handon import handon_router
-from owner.importer import IMPORTED, import_pem
+from owner.importer import IMPORTED
 from owner.settings import OwnerConfig
 from owner.tables import STATES, DeviceOnboarding, OwnerVoucher, To0Work, utc
 from owner.to0 import EXPIRING_WINDOW, to0_counts
@@ -139,12 +138,8 @@ def admin_router() -> APIRouter:
         now = now_of(request)
 
         def work() -> list[dict[str, object]]:
-            with unit_of_work(engine_of(request)) as db:
-                results = import_pem(body, list(config.keys.values()), now=now)
-                for result in results:
-                    if result.status == IMPORTED:
-                        audit(db, token.name, "voucher.import", result.guid or "", now=now)
-            return [r.as_dict() for r in results]
+            keys = list(config.keys.values())
+            return admin_ops.import_vouchers(engine_of(request), body, keys, who=token.name, now=now)
 
         results = await run_in_threadpool(work)
         ok = all(r["status"] == IMPORTED for r in results)

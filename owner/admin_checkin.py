@@ -13,16 +13,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session
 
 from fdo.types import Guid
 from fdo_server.api_docs import errors
 from fdo_server.db import unit_of_work
-from owner import checkin
+from owner import admin_ops, checkin
 from owner.admin_groups import _guid, device_json
 from owner.api_schemas import DeviceOut
 from owner.audit import audit
 from owner.deps import Operator, engine_of, now_of
-from owner.desired import DesiredError, set_desired
 from owner.groups import find_device
 
 
@@ -60,25 +60,12 @@ def checkin_admin_router() -> APIRouter:
         body: Annotated[RedeliverIn | None, Body()] = None,
     ) -> dict[str, Any]:
         """Send the device its desired revision (or revision N) again at its next check-in."""
-        now = now_of(request)
         number = None if body is None else body.revision
-        with unit_of_work(engine_of(request)) as db:
-            row = find_device(db, _guid(guid))
-            if row is None:
-                raise HTTPException(404, "no such device")
-            try:
-                revision = set_desired(db, row, number, now=now, who=who.name)
-            except DesiredError as exc:
-                raise HTTPException(409, str(exc)) from None
-            audit(
-                db,
-                who.name,
-                "device.redeliver",
-                str(Guid(row.guid)),
-                {"revision": revision.number, "generation": row.desired_generation},
-                now=now,
-            )
-            db.flush()
+        wanted = _guid(guid)
+        admin_ops.redeliver(engine_of(request), wanted, number, who=who.name, now=now_of(request))
+        with Session(engine_of(request)) as db:
+            row = find_device(db, wanted)
+            assert row is not None  # noqa: S101 - redeliver found it
             return device_json(row, db)
 
     return router

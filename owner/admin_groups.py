@@ -17,7 +17,6 @@ secret file paths only.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -28,9 +27,10 @@ from sqlmodel import Session, col, func, select
 from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.api_docs import errors, json_body
-from fdo_server.auth import AdminToken, Role, create_token, hash_token
+from fdo_server.auth import AdminToken, Role
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
+from owner import admin_ops
 from owner.api_schemas import (
     AuditPage,
     DeletedOut,
@@ -50,12 +50,11 @@ from owner.api_schemas import (
 from owner.audit import audit
 from owner.checkin import checkin_json
 from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of
-from owner.groups import current_revision, device_guids, ensure_device, find_device, has_selectors
+from owner.groups import current_revision, device_guids, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
-from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision, RevisionSecret
-from owner.rollout_engine import on_publish
+from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision
 from owner.rollouts_views import device_rollouts
-from owner.tables import OwnerVoucher, utc
+from owner.tables import utc
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -254,22 +253,10 @@ def _devices() -> APIRouter:
     def set_labels(guid: str, body: LabelsIn, request: Request, who: Operator) -> dict[str, Any]:
         """Replace a device's labels; a device known only by its voucher gets a record."""
         wanted = _guid(guid)
-        now = now_of(request)
-        with unit_of_work(engine_of(request)) as db:
+        admin_ops.set_labels(engine_of(request), wanted, dict(body.labels), who=who.name, now=now_of(request))
+        with Session(engine_of(request)) as db:
             row = find_device(db, wanted)
-            if row is None:
-                voucher = db.exec(select(OwnerVoucher).where(OwnerVoucher.guid == wanted.value)).first()
-                if voucher is None:
-                    raise HTTPException(404, "no such device")
-                row = ensure_device(db, wanted, now=now)
-            old = dict(row.labels)
-            row.labels = dict(body.labels)
-            row.updated_at = now
-            db.add(row)
-            audit(
-                db, who.name, "device.labels", str(Guid(row.guid)), {"old": old, "new": body.labels}, now=now
-            )
-            db.flush()
+            assert row is not None  # noqa: S101 - set_labels made it
             return device_json(row, db)
 
     return router
@@ -348,41 +335,9 @@ def _groups() -> APIRouter:
         changed). Its target moves, a rollout starts, or the answer says how many
         onboarded devices stay behind (docs/rollouts.md)."""
         body = parse(RevisionIn, payload)
-        now = now_of(request)
-        try:
-            with unit_of_work(engine_of(request)) as db:
-                group = _live_group(db, name)
-                latest = db.exec(
-                    select(Revision)
-                    .where(Revision.group_id == group.id)
-                    .order_by(col(Revision.number).desc())
-                ).first()
-                assert group.id is not None  # noqa: S101 - a stored row
-                row = Revision(
-                    group_id=group.id,
-                    number=1 if latest is None else latest.number + 1,
-                    image=body.image,
-                    transport=body.transport,
-                    apply_mode=body.apply_mode,
-                    config=body.config.model_dump(exclude_none=True),
-                    has_registry_auth=body.registry_auth is not None,
-                    secret_paths=[f.path for f in body.secret_files],
-                    published_at=now,
-                    published_by=who.name,
-                )
-                db.add(row)
-                db.flush()
-                assert row.id is not None  # noqa: S101 - flushed
-                if body.registry_auth is not None or body.secret_files:
-                    auth = None if body.registry_auth is None else json.dumps(body.registry_auth).encode()
-                    files = [f.model_dump() for f in body.secret_files]
-                    db.add(RevisionSecret(revision_id=row.id, registry_auth=auth, files=files))
-                view = revision_json(row, group)
-                detail = {k: view[k] for k in ("number", "image", "apply_mode", "has_registry_auth")}
-                audit(db, who.name, "revision.publish", name, detail, now=now)
-                return view | on_publish(db, group, row, who=who.name, now=now)
-        except IntegrityError:
-            raise HTTPException(409, "another revision was published at the same time; retry") from None
+        return admin_ops.publish_revision(
+            engine_of(request), name, body, who=who.name, now=now_of(request), view=revision_json
+        )
 
     @router.get("/groups/{name}/revisions", response_model=RevisionList, responses=errors(404))
     def list_revisions(name: str, db: SessionDep, _: Viewer) -> dict[str, Any]:
@@ -426,20 +381,10 @@ def _tokens() -> APIRouter:
     @router.post("/tokens", status_code=201, response_model=NewTokenOut, responses=errors(422))
     def create_admin_token(body: TokenIn, request: Request, who: Admin) -> dict[str, Any]:
         """Create a token; its plaintext is in this response only (stored hashed)."""
-        now = now_of(request)
-        with unit_of_work(engine_of(request)) as db:
-            token = create_token(db, body.name, Role(body.role))
-            db.flush()
-            row = db.exec(select(AdminToken).where(AdminToken.token_hash == hash_token(token))).one()
-            audit(
-                db,
-                who.name,
-                "token.create",
-                f"token:{row.id}",
-                {"name": body.name, "role": body.role},
-                now=now,
-            )
-            return {**token_json(row), "token": token}
+        row, token = admin_ops.new_token(
+            engine_of(request), body.name, Role(body.role), who=who.name, now=now_of(request)
+        )
+        return {**token_json(row), "token": token}
 
     @router.get("/tokens", response_model=TokenList)
     def list_tokens(db: SessionDep, _: Admin) -> dict[str, Any]:
@@ -449,16 +394,8 @@ def _tokens() -> APIRouter:
 
     @router.delete("/tokens/{token_id}", response_model=TokenOut, responses=errors(404, 422))
     def revoke_token(token_id: RowNumber, request: Request, who: Admin) -> dict[str, Any]:
-        """Revoke a token (at once; revoking it again changes nothing)."""
-        now = now_of(request)
-        with unit_of_work(engine_of(request)) as db:
-            row = db.get(AdminToken, token_id)
-            if row is None:
-                raise HTTPException(404, "no such token")
-            if row.revoked_at is None:
-                row.revoked_at = now
-                db.add(row)
-                audit(db, who.name, "token.revoke", f"token:{token_id}", {"name": row.name}, now=now)
-            return token_json(row)
+        return token_json(
+            admin_ops.revoke_token(engine_of(request), token_id, who=who.name, now=now_of(request))
+        )
 
     return router

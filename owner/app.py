@@ -57,7 +57,10 @@ from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
-from owner.web import web_router
+from owner.web import core_router
+from owner.web_admin import admin_pages_router
+from owner.web_devices import devices_router
+from owner.web_groups import groups_router as web_groups_router
 from owner.web_rollouts import web_rollouts_router
 from owner.web_session import derive_secret
 from transport.dispatch import AnyServerMachine, ProtocolHandler
@@ -171,6 +174,8 @@ def body_limits(settings: OwnerSettings) -> tuple[RouteLimit, ...]:
         RouteLimit("POST", "/api/v1/vouchers", settings.max_voucher_import_body),
         RouteLimit("POST", "/api/v1/vouchers/extend", settings.max_voucher_extend_body),
         RouteLimit("POST", "/api/v1/groups/{name}/revisions", settings.max_revision_body),
+        RouteLimit("POST", "/ui/vouchers", settings.max_voucher_import_body),
+        RouteLimit("POST", "/ui/groups/{name}/revisions", settings.max_revision_body),
     )
 
 
@@ -236,8 +241,11 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.include_router(rollouts_router(), prefix="/api/v1")
     include_device_router(app, report_router(), prefix="/api/v1")
     include_device_router(app, device_router(), prefix="/device/v1")
-    app.include_router(web_router())
+    app.include_router(core_router())
+    app.include_router(devices_router())
+    app.include_router(web_groups_router())
     app.include_router(web_rollouts_router())
+    app.include_router(admin_pages_router())
     app.add_middleware(
         CheckinEndpoint,
         engine=engine,

@@ -22,11 +22,11 @@ from sqlmodel import Session, col, func, select
 from fdo_server.api_docs import errors
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
+from owner import admin_ops
 from owner import rollout_engine as engine_ops
 from owner.admin_groups import find_live_group
 from owner.audit import audit
 from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
-from owner.groups_tables import Revision
 from owner.rollout_engine import RolloutError
 from owner.rollouts_schemas import PolicyIn, PolicyOut, RolloutListOut, RolloutOut, StartIn
 from owner.rollouts_tables import ROLLOUT_STATES, Rollout
@@ -65,24 +65,9 @@ def rollouts_router() -> APIRouter:
     @router.post("/groups/{name}/rollouts", status_code=201, responses=errors(404, 409, 422))
     def start_rollout(name: str, body: StartIn, request: Request, who: Operator) -> RolloutOut:
         """Start a rollout of revision ``revision`` to the group's onboarded devices."""
-        now = now_of(request)
-        try:
-            with unit_of_work(engine_of(request)) as db:
-                group = find_live_group(db, name)
-                if group is None:
-                    raise HTTPException(404, f"no group {name!r}")
-                revision = db.exec(
-                    select(Revision).where(Revision.group_id == group.id, Revision.number == body.revision)
-                ).first()
-                if revision is None:
-                    raise HTTPException(404, f"group {name!r} has no revision {body.revision}")
-                rollout = engine_ops.start(db, group, revision, body.policy(), who=who.name, now=now)
-                assert rollout.id is not None  # noqa: S101 - flushed
-                rollout_id = rollout.id
-                detail = {"group": name, "revision": body.revision, **body.policy().to_json()}
-                audit(db, who.name, "rollout.start", f"rollout:{rollout_id}", detail, now=now)
-        except RolloutError as exc:
-            raise _fail(exc) from None
+        rollout_id = admin_ops.start_rollout(
+            engine_of(request), name, body, who=who.name, now=now_of(request)
+        )
         _kick(request, rollout_id)
         return _show(request, rollout_id)
 

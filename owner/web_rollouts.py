@@ -1,101 +1,47 @@
-"""Rollout pages of the owner's status page (docs/rollouts.md); same data as the API.
+"""Console pages of rollouts (:mod:`owner.web`; docs/rollouts.md); same data as the API.
 
-* ``GET /ui/rollouts``: rollouts, newest first, with counts by device state
-* ``GET /ui/rollouts/{id}``: options, state and reason, batches with counts by state,
-  failing devices with their step and error, and every device of the rollout
-
-Read-only, signed in as for the rest of ``/ui`` (:mod:`owner.web`).
+* ``GET /ui/rollouts``: rollouts, newest first, with progress
+* ``GET /ui/rollouts/{id}``: options, state and reason, progress by batch, failing
+  devices with their step and error, every device of the rollout; the buttons pause,
+  resume, abort and roll back (operators) as the state allows
+* ``POST /ui/rollouts/{id}/pause|resume|abort|rollback`` (operator): the engine's
+  functions (:mod:`owner.rollout_engine`), as ``POST /api/v1/rollouts/{id}/...`` calls them
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
-from owner.deps import engine_of
+from fdo_server.auth import Role
+from owner import rollout_engine as engine_ops
+from owner.deps import engine_of, now_of
+from owner.rollout_engine import RolloutError
 from owner.rollouts import DEVICE_STATES, FAILED, ROLLED_BACK
-from owner.rollouts_schemas import RolloutOut
+from owner.rollouts_api import _kick
 from owner.rollouts_tables import Rollout
 from owner.rollouts_views import rollout_view
-from owner.web import _device_link, _login, _page, _table, _text, _visitor
+from owner.web import authorized_form, done, message, parse_int, render, signed_in
+from owner.web_session import Visitor
 
 NEWEST = 100
-
-
-def _state(state: str) -> str:
-    kind = {"completed": "good", "succeeded": "good", "aborted": "bad", "paused": "bad"}.get(state, "")
-    kind = "bad" if state in (FAILED, ROLLED_BACK) else kind
-    return f'<span class="{kind}">{_text(state)}</span>' if kind else _text(state)
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return _text(" ".join(f"{s}={counts[s]}" for s in DEVICE_STATES if counts.get(s)) or None)
-
-
-def _link(rollout_id: int) -> str:
-    return f'<a href="/ui/rollouts/{rollout_id}">{rollout_id}</a>'
-
-
-def _list(views: list[RolloutOut]) -> str:
-    rows = [
-        [
-            _link(v.id),
-            _text(v.group),
-            _text(v.revision),
-            _text(v.from_revision),
-            _state(v.state),
-            _text(f"{v.batch}/{v.batches}"),
-            _counts(v.counts),
-            _text(v.reason),
-            _text(v.created_at),
-        ]
-        for v in views
-    ]
-    headings = ["id", "group", "revision", "from", "state", "batch", "devices", "reason", "started"]
-    return _table(headings, rows, "No rollouts yet.")
-
-
-def _rollout(v: RolloutOut) -> str:
-    facts = [
-        ["group", _text(v.group)],
-        ["revision", _text(v.revision)],
-        ["from revision", _text(v.from_revision)],
-        ["state", _state(v.state)],
-        ["reason", _text(v.reason)],
-        ["batch", _text(f"{v.batch} of {v.batches}")],
-        ["rolls back", _link(v.rollback_of) if v.rollback_of else _text(None)],
-        ["options", _text({k: o for k, o in v.options.items() if o not in (None, [])})],
-        ["started", _text(f"{v.created_at} by {v.created_by}")],
-        ["updated", _text(v.updated_at)],
-    ]
-    batches = [
-        [_text(b.batch) + (" (current)" if b.batch == v.batch else ""), _text(b.devices), _counts(b.counts)]
-        for b in v.batch_counts
-    ]
-    devices = v.devices or []
-    failing = [
-        [_device_link(d.guid), _text(d.serial), _text(d.batch), _state(d.state),
-         _text(None if d.error is None else d.error.step), _text(None if d.error is None else d.error.text)]
-        for d in devices
-        if d.state in (FAILED, ROLLED_BACK)
-    ]  # fmt: skip
-    members = [
-        [_device_link(d.guid), _text(d.serial), _text(d.batch), _state(d.state), _text(d.from_revision),
-         _text(d.started_at), _text(d.finished_at)]
-        for d in devices
-    ]  # fmt: skip
-    return (
-        _table(["", ""], facts, "")
-        + "<h2>Batches</h2>"
-        + _table(["batch", "devices", "by state"], batches, "No devices.")
-        + "<h2>Failing devices</h2>"
-        + _table(["device", "serial", "batch", "state", "step", "error"], failing, "None.")
-        + "<h2>Devices</h2>"
-        + _table(
-            ["device", "serial", "batch", "state", "from revision", "started", "finished"], members, "None."
-        )
-    )
+OK = {
+    "started": "Rollout started.",
+    "pause": "Rollout paused.",
+    "resume": "Rollout resumed.",
+    "abort": "Rollout aborted.",
+    "rollback": "Rollback started.",
+}
+ACTIONS: dict[str, Callable[..., object]] = {
+    "pause": engine_ops.pause,
+    "resume": engine_ops.resume,
+    "abort": engine_ops.abort,
+    "rollback": engine_ops.rollback,
+}
 
 
 def web_rollouts_router() -> APIRouter:
@@ -103,23 +49,62 @@ def web_rollouts_router() -> APIRouter:
 
     @router.get("/ui/rollouts")
     def rollouts(request: Request) -> Response:
-        who = _visitor(request)
-        if who is None:
-            return _login(request)
+        who = signed_in(request)
+        if isinstance(who, Response):
+            return who
         with Session(engine_of(request)) as db:
             rows = db.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(NEWEST)).all()
-            return _page("rollouts", _list([rollout_view(db, r, devices=False) for r in rows]), who=who)
+            views = [rollout_view(db, r, devices=False) for r in rows]
+        return render(request, "rollouts.html", who, title="Rollouts", rollouts=views)
+
+    def page(request: Request, who: Visitor, number: int, *, status: int = 200, **extra: object) -> Response:
+        with Session(engine_of(request)) as db:
+            found = db.get(Rollout, number)
+            view = None if found is None else rollout_view(db, found)
+        if view is None:
+            return message(request, who, "No such rollout", f"No rollout {number}.", 404)
+        failing = [d for d in view.devices or [] if d.state in (FAILED, ROLLED_BACK)]
+        return render(
+            request,
+            "rollout.html",
+            who,
+            status=status,
+            title=f"Rollout #{number}",
+            r=view,
+            failing=failing,
+            states=DEVICE_STATES,
+            **extra,
+        )
 
     @router.get("/ui/rollouts/{rollout_id}")
     def rollout(rollout_id: str, request: Request) -> Response:
-        who = _visitor(request)
-        if who is None:
-            return _login(request)
-        with Session(engine_of(request)) as db:
-            number = int(rollout_id) if rollout_id.isdigit() and len(rollout_id) < 10 else 0
-            found = db.get(Rollout, number) if number else None
-            if found is None:
-                return _page("no such rollout", "<p>No such rollout.</p>", status=404, who=who)
-            return _page(f"rollout {number}", _rollout(rollout_view(db, found)), who=who)
+        who = signed_in(request)
+        if isinstance(who, Response):
+            return who
+        number = parse_int(rollout_id, 0)
+        if not number:
+            return message(request, who, "No such rollout", "Rollouts are numbered from 1.", 404)
+        return page(request, who, number, ok=OK.get(request.query_params.get("ok", "")))
+
+    @router.post("/ui/rollouts/{rollout_id}/{action}")
+    async def act(rollout_id: str, action: str, request: Request) -> Response:
+        got = await authorized_form(request, Role.OPERATOR)
+        if isinstance(got, Response):
+            return got
+        who, _ = got
+        number = parse_int(rollout_id, 0)
+        if action not in ACTIONS or not number:
+            return message(request, who, "Not found", "No such rollout action.", 404)
+        try:
+            result = await run_in_threadpool(
+                lambda: ACTIONS[action](engine_of(request), number, who=who.name, now=now_of(request))
+            )
+        except RolloutError as exc:
+            error, code = str(exc), exc.status
+            return await run_in_threadpool(lambda: page(request, who, number, error=error, status=code))
+        target = result if action == "rollback" and isinstance(result, int) else number
+        if action in ("resume", "rollback"):
+            await run_in_threadpool(_kick, request, target)
+        return done(f"/ui/rollouts/{target}?ok={action}")
 
     return router

@@ -141,7 +141,10 @@ def test_the_cookie_is_a_session_id_and_signing_out_revokes_it(owner: Owner) -> 
         ]
         assert row.role == "viewer"
         home = browser.get("/ui").text
-        assert "Summary" in home and "ui-viewer (viewer)" in home
+        assert (
+            "Devices by status" in home
+            and '<span class="who">ui-viewer</span> <span class="role">viewer</span>' in home
+        )
 
         out = browser.post("/ui/logout", data={"csrf": form_csrf(home)}, follow_redirects=False)
         assert out.status_code == 303 and set_cookies(out)[COOKIE].startswith(f'{COOKIE}="";')
@@ -150,11 +153,11 @@ def test_the_cookie_is_a_session_id_and_signing_out_revokes_it(owner: Owner) -> 
     # The old cookie, replayed, signs nobody in; the token itself still works for the API.
     with owner.browser() as replay:
         page = replay.get("/ui", headers={"Cookie": f"{COOKIE}={session_id}"})
-        assert "Summary" not in page.text and SESSION_ENDED in page.text
+        assert "Devices by status" not in page.text and SESSION_ENDED in page.text
         assert set_cookies(page)[COOKIE].startswith(f'{COOKIE}="";')
         assert replay.get("/api/v1/summary", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         # The token is not a session id either.
-        assert "Summary" not in replay.get("/ui", headers={"Cookie": f"{COOKIE}={token}"}).text
+        assert "Devices by status" not in replay.get("/ui", headers={"Cookie": f"{COOKIE}={token}"}).text
 
 
 def test_revoking_the_token_ends_its_sessions(owner: Owner) -> None:
@@ -166,7 +169,11 @@ def test_revoking_the_token_ends_its_sessions(owner: Owner) -> None:
             assert api.delete(f"/api/v1/tokens/{token_id}").status_code == 200
         for browser in (first, second):
             page = browser.get("/ui/devices")
-            assert "Summary" not in page.text and SESSION_ENDED in page.text and 'name="token"' in page.text
+            assert (
+                "Devices by status" not in page.text
+                and SESSION_ENDED in page.text
+                and 'name="token"' in page.text
+            )
         assert not [s for s in owner.sessions() if s.token_id == token_id]
         # Signing in again with the revoked token is refused.
         again = first.post(
@@ -181,8 +188,12 @@ def test_the_session_keeps_the_role_it_signed_in_with(owner: Owner) -> None:
     viewer_id, viewer = owner.new_token(Role.VIEWER)
     _, admin = owner.new_token(Role.ADMIN)
     with owner.browser() as as_viewer, owner.browser() as as_admin:
-        assert "ui-viewer (viewer)" in ui_sign_in(as_viewer, viewer)
-        assert "ui-admin (admin)" in ui_sign_in(as_admin, admin)
+        assert '<span class="who">ui-viewer</span> <span class="role">viewer</span>' in ui_sign_in(
+            as_viewer, viewer
+        )
+        assert '<span class="who">ui-admin</span> <span class="role">admin</span>' in ui_sign_in(
+            as_admin, admin
+        )
         assert {s.token_id: s.role for s in owner.sessions()}[viewer_id] == "viewer"
         # The token's role changes under the session (no API does this): the session ends.
         engine = make_engine(owner.database_url)
@@ -192,7 +203,7 @@ def test_the_session_keeps_the_role_it_signed_in_with(owner: Owner) -> None:
         finally:
             engine.dispose()
         assert SESSION_ENDED in as_viewer.get("/ui").text
-        assert "ui-admin (admin)" in as_admin.get("/ui").text
+        assert '<span class="who">ui-admin</span> <span class="role">admin</span>' in as_admin.get("/ui").text
 
 
 def test_forms_without_the_right_csrf_token_are_refused(owner: Owner) -> None:
@@ -223,11 +234,11 @@ def test_forms_without_the_right_csrf_token_are_refused(owner: Owner) -> None:
         for fields in ({}, {"csrf": "nope"}, {"csrf": good}):
             refused = browser.post("/ui/logout", data=fields, follow_redirects=False)
             assert refused.status_code == 403 and CSRF_REFUSED in refused.text, fields
-            assert "Summary" in browser.get("/ui").text
+            assert "Devices by status" in browser.get("/ui").text
         # The header is accepted instead of the field (for scripts such as htmx).
         out = browser.post("/ui/logout", headers={"X-CSRF-Token": session_csrf}, follow_redirects=False)
         assert out.status_code == 303
-        assert "Summary" not in browser.get("/ui").text
+        assert "Devices by status" not in browser.get("/ui").text
 
 
 def test_cookies_are_secure_when_the_trusted_proxy_says_https(owner: Owner) -> None:
@@ -301,7 +312,9 @@ def test_sessions_end_when_idle_or_expired_and_ended_ones_are_swept(
             page = http.get("/ui", headers=active).text
             answered = time.monotonic()
             if answered < signing_in + lifetime:
-                assert "Summary" in page, f"signed out {answered - signing_in:.1f} s after signing in"
+                assert "Devices by status" in page, (
+                    f"signed out {answered - signing_in:.1f} s after signing in"
+                )
                 kept_past_idle |= sent > signing_in + idle + 0.5
             if not idler_ended and sent > idle_from + idle + 0.5:
                 assert SESSION_ENDED in http.get("/ui", headers=idler).text

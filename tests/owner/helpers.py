@@ -73,7 +73,7 @@ def token(app: FastAPI, role: Role) -> dict[str, str]:
 
 
 def form_csrf(page: str) -> str:
-    """The CSRF token of the first form on a status page."""
+    """The CSRF token of the first form on a console page."""
     found = re.search(r'name="csrf" value="([^"]+)"', page)
     assert found is not None, page
     return found.group(1)
@@ -86,7 +86,7 @@ def ui_sign_in(http: httpx.Client, token: str) -> str:
     response = http.post("/ui/login", data={"token": token, "csrf": csrf}, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/ui", response.text
     page = http.get("/ui")
-    assert page.status_code == 200 and "Summary" in page.text, page.text
+    assert page.status_code == 200 and "Devices by status" in page.text, page.text
     return page.text
 
 

@@ -179,10 +179,13 @@ def test_rollout_api_start_conflict_pause_resume_abort_rollback_roles_audit(app:
     ui_sign_in(client, viewer["Authorization"].split()[1])
     page = client.get("/ui/rollouts")
     assert page.status_code == 200 and f'href="/ui/rollouts/{rid}"' in page.text and "aborted" in page.text
+    assert '<span class="badge">succeeded 3</span>' in page.text
     detail = client.get(f"/ui/rollouts/{rid}")
-    assert detail.status_code == 200 and "succeeded=3" in detail.text and "SN-01" in detail.text
+    assert (
+        detail.status_code == 200 and "<h2>Progress by batch</h2>" in detail.text and "SN-01" in detail.text
+    )
     assert client.get("/ui/rollouts/12345").status_code == 404
-    assert f"rollout {rid}" in client.get(f"/ui/devices/{_guid(engine, ids[0])}").text
+    assert f'href="/ui/rollouts/{rid}"' in client.get(f"/ui/devices/{_guid(engine, ids[0])}").text
 
 
 def test_failures_pause_with_reason_and_errors_shown(app: FastAPI) -> None:
