@@ -394,6 +394,7 @@ def _tokens() -> APIRouter:
 
     @router.delete("/tokens/{token_id}", response_model=TokenOut, responses=errors(404, 422))
     def revoke_token(token_id: RowNumber, request: Request, who: Admin) -> dict[str, Any]:
+        """Revoke a token (at once; revoking it again changes nothing)."""
         return token_json(
             admin_ops.revoke_token(engine_of(request), token_id, who=who.name, now=now_of(request))
         )
