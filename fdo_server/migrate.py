@@ -27,18 +27,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, Table, inspect, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+if TYPE_CHECKING:  # Alembic (10 MB, 50 modules) is imported only where it is used:
+    # a service that starts on a database at head never needs it (require_current).
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 SERVICES = ("manufacturer", "rendezvous", "owner")
 #: Width of Alembic's ``version_num`` column: the longest revision id a database can record.
@@ -130,6 +134,8 @@ def service_metadata(service: str) -> MetaData:
 
 def alembic_config(service: str, connection: Connection | None = None) -> Config:
     """An Alembic Config for ``service``; ``connection`` is the one its env.py migrates."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(script_location(service)))
     config.set_main_option("path_separator", "os")
@@ -139,8 +145,22 @@ def alembic_config(service: str, connection: Connection | None = None) -> Config
     return config
 
 
+def forget_scripts() -> None:
+    """Read the migration scripts afresh (after a revision was added or the folder moved)."""
+    _scripts.cache_clear()
+    script_head.cache_clear()
+
+
+def _alembic_command() -> ModuleType:
+    import alembic.command
+
+    return alembic.command
+
+
 @functools.cache
 def _scripts(service: str) -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config(service))
 
 
@@ -173,6 +193,8 @@ def _engine(engine_or_url: Engine | str) -> Iterator[Engine]:
 
 
 def _current(connection: Connection, service: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": version_table(service)})
     return context.get_current_revision()
 
@@ -248,8 +270,45 @@ def require_current(engine_or_url: Engine | str, service: str) -> None:
     with _engine(engine_or_url) as engine:
         if _is_memory(engine):
             upgrade(engine, service)
-        else:
+        elif not _at_head_quickly(engine, service):
             check_current(engine, service)
+
+
+_ASSIGNED = re.compile(r'^(revision|down_revision)\s*(?::[^=]*)?=\s*(?:"([^"]*)"|None)\s*$', re.M)
+
+
+@functools.cache
+def script_head(service: str) -> str | None:
+    """The head revision read from the migration files themselves, without Alembic: the
+    one revision no other names as its ``down_revision``; None when the files do not say
+    it plainly (then Alembic decides). ``tests/test_migrations.py`` keeps it equal to
+    :func:`head_revision`."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (script_location(service) / "versions").glob("[!_]*.py"):
+        found = dict((m.group(1), m.group(2)) for m in _ASSIGNED.finditer(path.read_text()))
+        if not found.get("revision"):
+            return None
+        revisions.add(str(found["revision"]))
+        if found.get("down_revision"):
+            parents.add(str(found["down_revision"]))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head_quickly(engine: Engine, service: str) -> bool:
+    """The database is at head, checked with one SELECT and no Alembic import; False
+    when that cannot be shown (the full check then says what is wrong)."""
+    head = script_head(service)
+    if head is None or _missing_sqlite_file(engine):
+        return False
+    try:
+        with engine.connect() as connection:
+            query = text(f"SELECT version_num FROM {version_table(service)}")  # noqa: S608 - a known name
+            rows = connection.execute(query).all()
+    except SQLAlchemyError:
+        return False  # no version table yet, or the database cannot be read: the full check
+    return [row[0] for row in rows] == [head]
 
 
 @contextlib.contextmanager
@@ -283,7 +342,7 @@ def upgrade(engine_or_url: Engine | str, service: str, revision: str = "head") -
         elif not _known(service, current):
             raise SchemaError(_unknown(SchemaStatus(service, current, head_revision(service))))
         with _alembic_errors(service):
-            command.upgrade(alembic_config(service, connection), revision)
+            _alembic_command().upgrade(alembic_config(service, connection), revision)
         return SchemaStatus(service, _current(connection, service), head_revision(service))
 
 
@@ -292,14 +351,14 @@ def downgrade(engine_or_url: Engine | str, service: str, revision: str) -> Schem
     with _engine(engine_or_url) as engine, engine.begin() as connection:
         _lock(connection, service)
         with _alembic_errors(service):
-            command.downgrade(alembic_config(service, connection), revision)
+            _alembic_command().downgrade(alembic_config(service, connection), revision)
         return SchemaStatus(service, _current(connection, service), head_revision(service))
 
 
 def stamp(engine_or_url: Engine | str, service: str, revision: str) -> None:
     """Record ``revision`` in the version table without running any migration."""
     with _engine(engine_or_url) as engine, engine.begin() as connection, _alembic_errors(service):
-        command.stamp(alembic_config(service, connection), revision)
+        _alembic_command().stamp(alembic_config(service, connection), revision)
 
 
 def _adopt_legacy(connection: Connection, service: str) -> None:
@@ -314,7 +373,7 @@ def _adopt_legacy(connection: Connection, service: str) -> None:
             f"the {service} database has some of its tables but no {version_table(service)} "
             f"(missing: {missing}); it was not made by fdo-bootc, or only in part"
         )
-    command.stamp(alembic_config(service, connection), base_revision(service))
+    _alembic_command().stamp(alembic_config(service, connection), base_revision(service))
 
 
 def new_revision(engine_or_url: Engine | str, service: str, message: str) -> Path:
@@ -334,8 +393,8 @@ def new_revision(engine_or_url: Engine | str, service: str, message: str) -> Pat
     with _engine(engine_or_url) as engine, engine.begin() as connection, _alembic_errors(service):
         config = alembic_config(service, connection)
         config.set_main_option("file_template", "%%(rev)s")
-        script = command.revision(config, message=message, autogenerate=True, rev_id=rev_id)
-    _scripts.cache_clear()
+        script = _alembic_command().revision(config, message=message, autogenerate=True, rev_id=rev_id)
+    forget_scripts()
     if script is None or isinstance(script, list):  # pragma: no cover - one head, one script
         raise SchemaError(f"{service}: no revision written")
     return Path(script.path)
@@ -378,6 +437,7 @@ def _include_name(service: str) -> Callable[[str | None, str, Any], bool]:
 def compare(engine_or_url: Engine | str, service: str) -> list[object]:
     """The differences between the database and the service's models (empty: they match)."""
     from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
 
     metadata = service_metadata(service)
     with _engine(engine_or_url) as engine, engine.connect() as connection:

@@ -1,4 +1,5 @@
-"""The protocol core and the device CLI import without the server stack.
+"""The protocol core and the device CLI import without the server stack; a service
+that starts on a database at head imports no schema tools.
 
 Each check runs in a fresh interpreter, so modules other tests imported do not hide a
 stray import.
@@ -9,6 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -50,3 +54,51 @@ def test_device_cli_imports_without_server_stack() -> None:
     out = _probe(["fdo_cli.main"], walk=False)
     assert out["imported"] == ["fdo_cli.main"]
     assert out["loaded"] == []
+
+
+_SERVICE_PROBE = """
+import json, os, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from cryptography.hazmat.primitives.serialization import Encoding
+from fdo.crypto import generate_key, make_ca, private_key_to_pem
+from fdo_server.db import sqlite_url
+
+service, work = sys.argv[1], Path(sys.argv[2])
+url = sqlite_url(work / (service + ".db"))
+key = work / "key.pem"
+key.write_bytes(private_key_to_pem(generate_key("ec256")))
+env = {{f"FDO_{{service.upper()}}_DATABASE_URL": url}}
+if service == "owner":
+    env.update(FDO_OWNER_KEYS=json.dumps({{"ec256": str(key)}}), FDO_OWNER_TO2_URLS='["http://owner:8043"]')
+if service == "manufacturer":
+    ca = generate_key("ec384")
+    (work / "ca.key").write_bytes(private_key_to_pem(ca))
+    (work / "ca.pem").write_bytes(make_ca(ca, "test CA", datetime.now(UTC)).public_bytes(Encoding.PEM))
+    env.update(
+        FDO_MANUFACTURER_KEYS=json.dumps({{"ec256": str(key)}}),
+        FDO_MANUFACTURER_DEVICE_CA_KEY=str(work / "ca.key"),
+        FDO_MANUFACTURER_DEVICE_CA_CERT=str(work / "ca.pem"),
+        FDO_MANUFACTURER_RENDEZVOUS="http://rv:8041",
+    )
+os.environ.update(env)
+__import__(service + ".app").app.app_from_env()
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {{"alembic", "mako"}})))
+"""
+
+
+@pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
+def test_a_service_on_a_database_at_head_never_imports_the_schema_tools(service: str, tmp_path: Path) -> None:
+    """Alembic (10 MB, 50 modules) is for migrating; a worker that starts on a database at
+    head checks it with one SELECT (fdo_server.migrate.require_current)."""
+    from fdo_server.db import sqlite_url
+    from fdo_server.migrate import upgrade
+
+    upgrade(sqlite_url(tmp_path / f"{service}.db"), service)  # here, as `fdo ... db upgrade` would
+    code = _SERVICE_PROBE.format()
+    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
+        [sys.executable, "-c", code, service, str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -119,6 +119,14 @@ def test_migrated_schema_is_the_models_schema(database_factory: Callable[[str], 
         by_migrations.dispose()
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_head_read_from_the_files_is_alembics(service: str) -> None:
+    """require_current's quick check reads the head from the migration files; it must be
+    the head Alembic computes (a new migration that breaks the simple form would make
+    every start take the full, Alembic-importing check, not a wrong answer)."""
+    assert migrate.script_head(service) == migrate.head_revision(service)
+
+
 def test_service_metadata_holds_every_table_the_service_uses() -> None:
     from fdo_server.auth import AdminToken
     from fdo_server.sessions import FdoSession
@@ -172,9 +180,9 @@ def owner_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     shutil.copytree(migrate.script_location("owner"), scripts, ignore=shutil.ignore_patterns("__pycache__"))
     real = migrate.script_location
     monkeypatch.setattr(migrate, "script_location", lambda s: scripts if s == "owner" else real(s))
-    migrate._scripts.cache_clear()
+    migrate.forget_scripts()
     yield scripts
-    migrate._scripts.cache_clear()
+    migrate.forget_scripts()
 
 
 @pytest.fixture
@@ -192,7 +200,7 @@ def second_revision(owner_scripts: Path) -> str:
         '    with op.batch_alter_table("owner_device") as batch:\n'
         '        batch.drop_column("note")\n'
     )
-    migrate._scripts.cache_clear()
+    migrate.forget_scripts()
     return "2099_01_01_device_note"
 
 
