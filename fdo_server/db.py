@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psycopg
 from sqlalchemy import BindParameter, bindparam, event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
@@ -203,8 +202,16 @@ class _Deferred:
 
 
 _deferred: ContextVar[_Deferred | None] = ContextVar("fdo_db_deferred", default=None)
-#: Driver errors after which a connection is not to be used again.
-_DISCONNECTS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def _is_disconnect(exc: Exception) -> bool:
+    """A driver error after which a connection is not to be used again. (psycopg is
+    imported here, not at the top: on SQLite a service never loads it, 9 MB.)"""
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
 #: Engines (from :func:`make_engine`) whose message scopes defer BEGIN: they have the listener.
 _DEFERRING: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -393,7 +400,7 @@ class DirectStatement:
                 cursor.execute(compiled.sql, params)
                 return read(cursor)
         except Exception as exc:
-            if raw.closed or isinstance(exc, _DISCONNECTS):
+            if raw.closed or _is_disconnect(exc):
                 conn.invalidate(exc)
             raise
 
