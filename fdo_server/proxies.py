@@ -20,17 +20,22 @@ from starlette.requests import HTTPConnection
 Network = IPv4Network | IPv6Network
 
 
+def in_networks(address: str, networks: Sequence[Network]) -> bool:
+    """``address`` (text, IPv6 possibly in brackets; an IPv4-mapped IPv6 address counts as
+    its IPv4 address) is in one of ``networks``; False for anything that is not an address
+    (a Unix socket, a test client's made-up name)."""
+    try:
+        parsed = ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(parsed, IPv6Address) and parsed.ipv4_mapped is not None:  # ::ffff:a.b.c.d
+        parsed = parsed.ipv4_mapped
+    return any(parsed.version == net.version and parsed in net for net in networks)
+
+
 def peer_is_trusted(request: HTTPConnection, trusted: Sequence[Network]) -> bool:
     """The connection's peer address is in one of the ``trusted`` networks."""
-    if not trusted or request.client is None:
-        return False
-    try:
-        peer = ip_address(request.client.host)
-    except ValueError:  # a Unix socket or a test client's made-up name
-        return False
-    if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:  # ::ffff:a.b.c.d
-        peer = peer.ipv4_mapped
-    return any(peer.version == net.version and peer in net for net in trusted)
+    return bool(trusted) and request.client is not None and in_networks(request.client.host, trusted)
 
 
 def original_scheme(request: HTTPConnection, trusted: Sequence[Network]) -> str:

@@ -35,18 +35,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from fdo.errors import ErrorCode, FdoError
 from fdo_server.config import IPNetwork
 from fdo_server.logs import FIELDS
 from fdo_server.metrics import ServiceMetrics
+from fdo_server.proxies import in_networks
 from transport.dispatch import error_response
 from transport.server import MSG_PATH, ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("fdo.edge")
-
-IPAddress = IPv4Address | IPv6Address
 
 
 class _Bucket:
@@ -181,35 +179,16 @@ def client_address(scope: Scope, trusted_proxies: Sequence[IPNetwork]) -> str:
     """The client address of a request (see the module docstring); ``"unknown"`` without one."""
     client = scope.get("client")
     peer = str(client[0]) if client else "unknown"
-    if not trusted_proxies or not _trusted(peer, trusted_proxies):
+    if not trusted_proxies or not in_networks(peer, trusted_proxies):
         return peer
     forwarded = [
         value.decode("latin-1") for name, value in scope.get("headers", ()) if name == b"x-forwarded-for"
     ]
     hops = [hop.strip() for hop in ",".join(forwarded).split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted_proxies):
+        if not in_networks(hop, trusted_proxies):
             return hop
     return hops[0] if hops else peer
-
-
-def _parse(address: str) -> IPAddress | None:
-    try:
-        return ip_address(address.strip("[]"))
-    except ValueError:
-        return None
-
-
-def _trusted(address: str, networks: Sequence[IPNetwork]) -> bool:
-    return _in(_parse(address), networks)
-
-
-def _in(address: IPAddress | None, networks: Sequence[IPNetwork]) -> bool:
-    if address is None:
-        return False
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 class EdgeGuard:
@@ -256,7 +235,7 @@ class EdgeGuard:
 
     def _check(self, route: GuardedRoute, buckets: TokenBuckets | None, scope: Scope) -> Answer | None:
         address = client_address(scope, self.trusted)
-        if route.networks and not _in(_parse(address), route.networks):
+        if route.networks and not in_networks(address, route.networks):
             self.metrics.network_refused.labels(self.service, route.name).inc()
             if not self._network_log.take(address):
                 self._log("not in an allowed network", route, address, network=True)
