@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from owner.report_api import CheckinIn, CheckinOut, answer_checkin
-from transport.server import InlineWhileFast
+from transport.server import Disconnected, InlineWhileFast, read_body, request_headers
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +47,9 @@ def _json(body: object) -> bytes:
     return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode()
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class _Gone(Exception):
-    pass
-
-
-async def _read(scope: Scope, receive: Receive) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY:
-            raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Gone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 class CheckinEndpoint:
@@ -106,16 +76,17 @@ class CheckinEndpoint:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        headers = request_headers(scope)
         try:
-            data = await _read(scope, receive)
-        except _Gone:
+            data = await read_body(headers, receive, MAX_BODY)
+        except Disconnected:
             return
-        except _TooLarge:
+        if data is None:
             # As fdo_server.body_limit does: close, so the rest of the body is not read.
             too_large = {"detail": f"request body larger than {MAX_BODY} bytes"}
             await _send(send, 413, too_large, [(b"connection", b"close")])
             return
-        token = _bearer(scope)
+        token = _bearer(headers)
         if token is None:
             await _send(send, 401, {"detail": "missing device credential"}, _CHALLENGE)
             return
@@ -130,8 +101,8 @@ class CheckinEndpoint:
             answer = await self._answer(token, body)
         except DBAPIError as exc:
             log.warning("check-in: the database cannot be reached: %s", type(exc.orig or exc).__name__)
-            headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
-            await _send(send, 503, {"detail": "the owner's database is unavailable; retry later"}, headers)
+            retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+            await _send(send, 503, {"detail": "the owner's database is unavailable; retry later"}, retry)
             return
         if answer is None:
             await _send(send, 401, {"detail": "device credential refused"}, _CHALLENGE)

@@ -79,11 +79,11 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _Disconnected(Exception):
+class Disconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def request_headers(scope: Scope) -> dict[str, str]:
     """The request headers by lower-case name (the first of repeated ones)."""
     out: dict[str, str] = {}
     for name, value in scope["headers"]:
@@ -91,7 +91,7 @@ def _headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-async def _read_body(headers: Mapping[str, str], receive: Receive, max_body: int) -> bytes | None:
+async def read_body(headers: Mapping[str, str], receive: Receive, max_body: int) -> bytes | None:
     """The request body, or None when it is over ``max_body`` (by header or while reading)."""
     length = headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > max_body):
@@ -101,7 +101,7 @@ async def _read_body(headers: Mapping[str, str], receive: Receive, max_body: int
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _Disconnected
+            raise Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_body:
@@ -175,10 +175,10 @@ class FdoEndpoint:
         self.inline = inline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = _headers(scope)
+        headers = request_headers(scope)
         try:
-            data = await _read_body(headers, receive, self.max_body)
-        except _Disconnected:
+            data = await read_body(headers, receive, self.max_body)
+        except Disconnected:
             return
         msg_type = scope["path"][len(MSG_PATH) :]
         policy = self.inline
