@@ -122,7 +122,7 @@ def _databases(backend: str) -> Iterator[dict[str, str]]:
 
 def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fdo-profile-"))
-    stack = Stack(workdir, database_urls=urls, owner_env={"FDO_OWNER_TO0_INTERVAL_SECONDS": "0.2"}).start()
+    stack = Stack(workdir, database_urls=urls).start()
     try:
         creds = []
         for i in range(args.devices + 2):

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 _connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)
+_after: ContextVar[list[Callable[[], None]] | None] = ContextVar("fdo_db_after_commit", default=None)
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -176,11 +177,33 @@ def require_durable() -> None:
     proxied.info[_DURABLE] = True
 
 
+def after_commit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the open unit of work (:func:`unit_of_work`,
+    :func:`message_scope`) has committed, and not at all if it rolls back; with none open,
+    at once. For telling another thread about rows it can only see after the commit (the
+    owner's TO0 scheduler). A callback that raises is logged and does not undo anything."""
+    pending = _after.get()
+    if pending is None:
+        _run_after([callback])
+    else:
+        pending.append(callback)
+
+
+def _run_after(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed")
+
+
 @contextlib.contextmanager
 def unit_of_work(engine: Engine) -> Iterator[Session]:
     """One transaction: committed on normal exit, rolled back on an exception."""
     with Session(engine, expire_on_commit=False) as session:
         token = _current.set(session)
+        callbacks: list[Callable[[], None]] = []
+        after_token = _after.set(callbacks)
         try:
             yield session
             session.commit()
@@ -188,7 +211,9 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
             session.rollback()
             raise
         finally:
+            _after.reset(after_token)
             _current.reset(token)
+        _run_after(callbacks)
 
 
 @dataclass(eq=False)
@@ -281,9 +306,11 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
     the last one, or an ORM session, make it one transaction again, committed or rolled
     back here.
     """
+    callbacks: list[Callable[[], None]] = []
     with engine.connect() as conn:
         conn_token = _connection.set(conn)
         session_token = _current.set(None)
+        after_token = _after.set(callbacks)
         deferred = _Deferred(conn) if engine in _DEFERRING else None
         try:
             if deferred is None:
@@ -320,6 +347,8 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
                 session.close()
             _current.reset(session_token)
             _connection.reset(conn_token)
+            _after.reset(after_token)
+    _run_after(callbacks)  # reached only when the scope committed
 
 
 def bound(*names: str) -> dict[str, BindParameter[Any]]:

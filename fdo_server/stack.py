@@ -123,7 +123,6 @@ class Stack:
                 "FDO_OWNER_DATABASE_URL": db["owner"],
                 "FDO_OWNER_KEYS": json.dumps(owner_key_files),
                 "FDO_OWNER_TO2_URLS": json.dumps([urls["owner"]]),
-                "FDO_OWNER_TO0_INTERVAL_SECONDS": "0.3",
                 "FDO_OWNER_TO0_RETRY_SECONDS": "1",
                 "FDO_OWNER_SERVICE_INFO": str(self.workdir / "service-info.toml"),
                 **({"FDO_OWNER_TLS_CA": str(self.tls.ca)} if self.tls else {}),

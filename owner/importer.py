@@ -4,7 +4,8 @@ Each block is judged on its own, so one bad voucher does not block the rest. A v
 is refused when it cannot be read, when its chain does not verify or has no entries,
 when its final owner key is not one of the owner's keys (``owner key mismatch``), or
 when a voucher with its GUID is already held (``duplicate``). An accepted voucher gets
-a :class:`~owner.tables.To0Work` row due now.
+a :class:`~owner.tables.To0Work` row due now, and the TO0 schedulers of this process are
+woken once the import has committed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from sqlmodel import select
 from fdo.crypto import PrivateKeyT, PublicKeyT, spki_der
 from fdo.errors import FdoError, InvalidVoucherError, MessageBodyError
 from fdo.voucher import OwnershipVoucher, split_pem
-from fdo_server.db import current_session
+from fdo_server.db import after_commit, current_session
 from owner.tables import ACTIVE, OwnerVoucher, To0Work
+from owner.to0 import wake_schedulers
 
 IMPORTED = "imported"
 REFUSED = "refused"
@@ -71,7 +73,10 @@ def import_pem(data: str | bytes, keys: Sequence[PrivateKeyT], *, now: datetime)
     except FdoError as exc:
         return [ImportResult(0, REFUSED, reason=f"unreadable: {exc.message}")]
     ours = [k.public_key() for k in keys]
-    return [_import_one(i, block, ours, now) for i, block in enumerate(blocks)]
+    results = [_import_one(i, block, ours, now) for i, block in enumerate(blocks)]
+    if any(r.status == IMPORTED for r in results):
+        after_commit(wake_schedulers)
+    return results
 
 
 def _import_one(index: int, block: bytes, ours: Sequence[PublicKeyT], now: datetime) -> ImportResult:

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 from fdo.codec import CborValue
 from fdo.errors import InvalidTokenError
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import DirectStatement, bound
+from fdo_server.db import DirectStatement, after_commit, bound
 from owner.importer import voucher_values
 from owner.tables import (
     ACTIVE,
@@ -55,6 +55,7 @@ from owner.tables import (
     OwnerVoucher,
     To0Work,
 )
+from owner.to0 import wake_schedulers
 
 _VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
 _V = _VOUCHERS.c
@@ -203,9 +204,11 @@ def record_replacement(
     if seen is not None:
         if _SUPERSEDE.rowcount(conn, {"v": seen}) != 1:  # handed on meanwhile
             raise InvalidTokenError(f"the voucher's replacement changed during this session: {_AGAIN}")
-        _TO0_DUE_NOW.rowcount(conn, {"v": seen, "now": now})
+        if _TO0_DUE_NOW.rowcount(conn, {"v": seen, "now": now}):
+            after_commit(wake_schedulers)  # retire its registration now
     if new_id is None:
         return old_id
     if register_to0:
         _ADD_TO0_WORK.rowcount(conn, {"voucher_id": new_id, "next_attempt_at": now, "attempts": 0})
+        after_commit(wake_schedulers)
     return new_id

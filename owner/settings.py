@@ -57,8 +57,13 @@ class OwnerSettings(ServiceSettings):
     to0_wait_seconds: int = 30 * 24 * 3600
     #: Renew when this fraction of the granted lifetime is left.
     to0_renew_fraction: float = 0.2
-    #: How often the scheduler looks for due work.
-    to0_interval_seconds: float = 30.0
+    #: The longest the scheduler sleeps without being woken (0: no limit). It sleeps
+    #: until the next due time it reads from the database, and imports and TO2s in this
+    #: process wake it; this bounds how late it notices work no one told it about
+    #: (another replica's imports that replica could not finish).
+    to0_interval_seconds: float = 300.0
+    #: How many registrations the scheduler runs at once (threads, per process).
+    to0_concurrency: int = Field(default=8, ge=1, le=256)
     #: First retry delay after a failure; doubled per failure up to the maximum.
     to0_retry_seconds: int = 60
     to0_max_backoff_seconds: int = 3600
@@ -215,8 +220,8 @@ def load_config(settings: OwnerSettings) -> OwnerConfig:
         raise SettingsError(f"{_name('to0_wait_seconds')} must fit in 32 bits")
     if not 0 < settings.to0_renew_fraction < 1:
         raise SettingsError(f"{_name('to0_renew_fraction')} must be between 0 and 1")
-    if settings.to0_interval_seconds <= 0:
-        raise SettingsError(f"{_name('to0_interval_seconds')} must be positive")
+    if settings.to0_interval_seconds < 0:
+        raise SettingsError(f"{_name('to0_interval_seconds')} must be 0 (no limit) or positive")
     if settings.tls_ca is not None and not settings.tls_ca.is_file():
         raise SettingsError(f"{_name('tls_ca')}: {settings.tls_ca}: no such file")
     downloads: tuple[DownloadAction, ...] = ()

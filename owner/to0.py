@@ -1,10 +1,13 @@
 """The TO0 scheduler (spec §5.3): keep every voucher registered with its rendezvous servers.
 
-Work lives in :class:`~owner.tables.To0Work`. :func:`run_due` claims due rows one at a
-time with a conditional UPDATE (``WHERE claimed_by IS NULL OR claim_expires_at < now``)
-and checks the row count, which is atomic on SQLite and PostgreSQL alike, so two
-replicas (or threads) never both take a row. The claim is committed before any network
-call and no transaction is held across one. A work row whose voucher has left the usable
+Work lives in :class:`~owner.tables.To0Work`. :func:`run_due` claims due rows in batches
+with one conditional ``UPDATE ... RETURNING`` (``WHERE claimed_by IS NULL OR
+claim_expires_at <= now``; on PostgreSQL its row choice skips rows another replica has
+locked), which is atomic on SQLite and PostgreSQL alike, so two replicas (or threads)
+never both take a row. The claim is committed before any network call and no transaction
+is held across one. Claimed rows are registered ``to0_concurrency`` at a time on a
+thread pool (network only: the pool threads never touch the database), and results are
+written back in batches as they come in. A work row whose voucher has left the usable
 states (:mod:`owner.lifecycle`: replaced, superseded) is *retired*: registered once more
 for :data:`RETIRE_WAIT_SECONDS`, so the rendezvous stops sending devices to a voucher
 that is gone, then deleted. Per voucher, every owner-usable directive
@@ -12,25 +15,33 @@ of its RendezvousInfo is tried (each URL until one works); registration succeeds
 at least one rendezvous accepted it. Success schedules a renewal when
 ``to0_renew_fraction`` of the granted lifetime is left; failure retries with an
 exponential back-off capped at ``to0_max_backoff_seconds``.
+
+:class:`To0Thread` does not poll: after each pass it reads the next due time from the
+database (:func:`next_due`: the earliest retry, back-off or renewal, or the expiry of
+another worker's claim) and sleeps until then, or until :func:`wake_schedulers` wakes it
+(called after the commit of a voucher import or a TO2 that adds or re-schedules work in
+this process), or at most ``to0_interval_seconds`` (0: no limit), which bounds how late
+it notices work that another replica added and did not finish.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import col, select
 
 from fdo.crypto import PrivateKeyT, spki_der
 from fdo.errors import FdoError
 from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import unit_of_work
 from owner.settings import OwnerConfig
 from owner.tables import REPLACED, SUPERSEDED, USABLE, OwnerVoucher, To0Work, utc
 from transport.client import FdoHttpClient, TransportError
@@ -40,7 +51,10 @@ log = logging.getLogger(__name__)
 HttpFactory = Callable[[str], FdoHttpClient]
 """Builds the FDO HTTP client for a rendezvous base URL."""
 
-BATCH = 50
+Clock = Callable[[], datetime]
+
+_WORK: Any = To0Work.__table__  # type: ignore[attr-defined]
+_VOUCHERS: Any = OwnerVoucher.__table__  # type: ignore[attr-defined]
 
 
 def default_http_factory(url: str) -> FdoHttpClient:
@@ -80,37 +94,58 @@ class _Claimed:
     registered_until: datetime | None
 
 
-def _candidates(engine: Engine, now: datetime) -> list[int]:
-    with unit_of_work(engine) as db:
-        query = (
-            select(To0Work.id)
-            .join(OwnerVoucher, col(OwnerVoucher.id) == col(To0Work.voucher_id))
-            .where(col(OwnerVoucher.state).in_(TO0_STATES))
-            .where(col(To0Work.next_attempt_at) <= now)
-            .where(or_(col(To0Work.claimed_by).is_(None), col(To0Work.claim_expires_at) < now))
-            .order_by(col(To0Work.next_attempt_at))
-            .limit(BATCH)
-        )
-        return [i for i in db.exec(query).all() if i is not None]
+@dataclass(frozen=True, slots=True)
+class _Result:
+    claimed: _Claimed
+    at: datetime
+    granted: int | None
+    errors: list[str]
+    #: Nothing to register (a retired voucher with no live registration): delete the row.
+    drop: bool = False
 
 
-def _claim(engine: Engine, work_id: int, worker_id: str, now: datetime, hold: timedelta) -> _Claimed | None:
-    with unit_of_work(engine) as db:
-        result = db.execute(
-            update(To0Work)
-            .where(col(To0Work.id) == work_id)
-            .where(col(To0Work.next_attempt_at) <= now)
-            .where(or_(col(To0Work.claimed_by).is_(None), col(To0Work.claim_expires_at) < now))
-            .values(claimed_by=worker_id, claim_expires_at=now + hold)
+def _claimable(now: datetime) -> Any:
+    return and_(
+        _WORK.c.next_attempt_at <= now,
+        or_(_WORK.c.claimed_by.is_(None), _WORK.c.claim_expires_at <= now),
+    )
+
+
+def _claim_batch(
+    engine: Engine, worker_id: str, now: datetime, hold: timedelta, limit: int
+) -> list[_Claimed]:
+    """Claim up to ``limit`` due rows (oldest due first) in one transaction."""
+    with engine.begin() as conn:
+        chosen = (
+            select(_WORK.c.id)
+            .join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id)
+            .where(_VOUCHERS.c.state.in_(TO0_STATES), _claimable(now))
+            .order_by(_WORK.c.next_attempt_at)
+            .limit(limit)
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        work = db.get(To0Work, work_id)
-        voucher = db.get(OwnerVoucher, work.voucher_id) if work is not None else None
-        if work is None or voucher is None:
-            return None
-        until = None if work.registered_until is None else utc(work.registered_until)
-        return _Claimed(work_id, voucher.raw, voucher.state not in USABLE, until)
+        if conn.dialect.name == "postgresql":
+            # Another replica's claim in flight keeps its rows locked: take others.
+            chosen = chosen.with_for_update(skip_locked=True, of=_WORK)
+        ids = list(
+            conn.execute(
+                update(_WORK)
+                .where(_WORK.c.id.in_(chosen), _claimable(now))  # re-checked on the locked row
+                .values(claimed_by=worker_id, claim_expires_at=now + hold)
+                .returning(_WORK.c.id)
+            ).scalars()
+        )
+        if not ids:
+            return []
+        rows = conn.execute(
+            select(_WORK.c.id, _VOUCHERS.c.raw, _VOUCHERS.c.state, _WORK.c.registered_until)
+            .join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id)
+            .where(_WORK.c.id.in_(ids))
+            .order_by(_WORK.c.next_attempt_at, _WORK.c.id)
+        ).all()
+    return [
+        _Claimed(wid, raw, state not in USABLE, None if until is None else utc(until))
+        for wid, raw, state, until in rows
+    ]
 
 
 def register(
@@ -119,10 +154,12 @@ def register(
     http_factory: HttpFactory,
     *,
     wait_seconds: int | None = None,
+    reuse: _Clients | None = None,
 ) -> tuple[int | None, list[str]]:
     """Run TO0 with each rendezvous; returns (shortest granted lifetime or None, errors).
 
-    ``wait_seconds`` is the lifetime asked for (default ``to0_wait_seconds``)."""
+    ``wait_seconds`` is the lifetime asked for (default ``to0_wait_seconds``). With
+    ``reuse`` the clients (and their connections) are kept for the next voucher."""
     if config.to2_addr is None:
         return None, ["FDO_OWNER_TO2_URLS is empty: nowhere to tell devices to go"]
     key: PrivateKeyT | None = None
@@ -145,18 +182,65 @@ def register(
                 rv_to2_addr=config.to2_addr,
                 wait_seconds=config.settings.to0_wait_seconds if wait_seconds is None else wait_seconds,
             )
-            client = http_factory(url)
+            client = http_factory(url) if reuse is None else reuse.get(url)
+            failed = True
             try:
                 client.run(machine)
+                failed = False
             except (FdoError, TransportError) as exc:
                 errors.append(f"{url}: {exc}")
                 continue
             finally:
-                client.close()
+                if reuse is None:
+                    client.close()
+                elif failed:
+                    reuse.discard(url)  # a fresh connection for the next voucher
             if machine.accepted_wait_seconds is not None:
                 granted.append(machine.accepted_wait_seconds)
                 break  # this directive's rendezvous has it; the next directive is another one
     return (min(granted) if granted else None), errors
+
+
+class _Clients:
+    """One FDO HTTP client per rendezvous URL and pool thread, kept for a pass so that
+    its connection serves many registrations; closed at the end of the pass."""
+
+    def __init__(self, factory: HttpFactory) -> None:
+        self.factory = factory
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.opened: list[FdoHttpClient] = []
+
+    def _mine(self) -> dict[str, FdoHttpClient]:
+        mine: dict[str, FdoHttpClient] | None = getattr(self.local, "clients", None)
+        if mine is None:
+            mine = self.local.clients = {}
+        return mine
+
+    def get(self, url: str) -> FdoHttpClient:
+        mine = self._mine()
+        client = mine.get(url)
+        if client is None:
+            client = mine[url] = self.factory(url)
+            with self.lock:
+                self.opened.append(client)
+        return client
+
+    def discard(self, url: str) -> None:
+        client = self._mine().pop(url, None)
+        if client is not None:
+            with self.lock:
+                self.opened.remove(client)
+            client.close()
+
+    def close(self) -> None:
+        with self.lock:
+            opened, self.opened = self.opened, []
+        for client in opened:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the pass's outcome
+                log.debug("closing a TO0 client failed", exc_info=True)
 
 
 def backoff(config: OwnerConfig, attempts: int) -> timedelta:
@@ -166,42 +250,94 @@ def backoff(config: OwnerConfig, attempts: int) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _finish(
-    engine: Engine,
-    claimed: _Claimed,
-    worker_id: str,
-    now: datetime,
-    granted: int | None,
-    errors: list[str],
-    config: OwnerConfig,
-) -> None:
-    with unit_of_work(engine) as db:
-        work = db.get(To0Work, claimed.work_id)
-        if work is None or work.claimed_by != worker_id:
-            return  # our claim expired and someone else has it now
-        if claimed.retire and granted is not None:
-            db.delete(work)  # the rendezvous forgets the GUID within RETIRE_WAIT_SECONDS
-            return
-        voucher = db.get(OwnerVoucher, work.voucher_id)
-        if granted is not None and (voucher is None or voucher.state not in USABLE):
-            # Left the usable states while we registered it: retire it next pass.
-            work.registered_until = now + timedelta(seconds=granted)
-            work.next_attempt_at = now
-            work.attempts = 0
-            work.last_error = None
-        elif granted is not None:
-            work.registered_until = now + timedelta(seconds=granted)
-            keep = timedelta(seconds=granted * (1 - config.settings.to0_renew_fraction))
-            work.next_attempt_at = now + max(keep, timedelta(seconds=1))
-            work.attempts = 0
-            work.last_error = "; ".join(errors)[:2000] or None
-        else:
-            work.attempts += 1
-            work.next_attempt_at = now + backoff(config, work.attempts)
-            work.last_error = ("; ".join(errors) or "registration failed")[:2000]
-        work.claimed_by = None
-        work.claim_expires_at = None
-        db.add(work)
+_FINISH = (
+    update(_WORK)
+    .where(_WORK.c.id == bindparam("w_id"), _WORK.c.claimed_by == bindparam("w_by"))
+    .values(
+        registered_until=bindparam("w_until"),
+        next_attempt_at=bindparam("w_next"),
+        attempts=bindparam("w_attempts"),
+        last_error=bindparam("w_error"),
+        claimed_by=None,
+        claim_expires_at=None,
+    )
+)
+_DELETE = delete(_WORK).where(_WORK.c.id == bindparam("w_id"), _WORK.c.claimed_by == bindparam("w_by"))
+
+
+def _finish_batch(engine: Engine, results: Sequence[_Result], worker_id: str, config: OwnerConfig) -> None:
+    """Write the outcome of finished registrations (and release their claims) in one
+    transaction. A row whose claim is no longer ours (it expired and another worker took
+    it) is left to that worker."""
+    ids = [r.claimed.work_id for r in results]
+    with engine.begin() as conn:
+        current = {
+            wid: (by, attempts, state)
+            for wid, by, attempts, state in conn.execute(
+                select(_WORK.c.id, _WORK.c.claimed_by, _WORK.c.attempts, _VOUCHERS.c.state)
+                .join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id, isouter=True)
+                .where(_WORK.c.id.in_(ids))
+            )
+        }
+        deletes: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for r in results:
+            row = current.get(r.claimed.work_id)
+            if row is None or row[0] != worker_id:
+                continue  # our claim expired and someone else has it now
+            _, attempts, state = row
+            key = {"w_id": r.claimed.work_id, "w_by": worker_id}
+            granted, now = r.granted, r.at
+            if r.drop or (r.claimed.retire and granted is not None):
+                deletes.append(key)  # the rendezvous forgets the GUID within RETIRE_WAIT_SECONDS
+            elif granted is not None and state not in USABLE:
+                # Left the usable states while we registered it: retire it next pass.
+                until = now + timedelta(seconds=granted)
+                updates.append(key | {"w_until": until, "w_next": now, "w_attempts": 0, "w_error": None})
+            elif granted is not None:
+                keep = timedelta(seconds=granted * (1 - config.settings.to0_renew_fraction))
+                updates.append(
+                    key
+                    | {
+                        "w_until": now + timedelta(seconds=granted),
+                        "w_next": now + max(keep, timedelta(seconds=1)),
+                        "w_attempts": 0,
+                        "w_error": "; ".join(r.errors)[:2000] or None,
+                    }
+                )
+            else:
+                attempts += 1
+                updates.append(
+                    key
+                    | {
+                        "w_until": r.claimed.registered_until,
+                        "w_next": now + backoff(config, attempts),
+                        "w_attempts": attempts,
+                        "w_error": ("; ".join(r.errors) or "registration failed")[:2000],
+                    }
+                )
+        if deletes:
+            conn.execute(_DELETE, deletes)
+        if updates:
+            conn.execute(_FINISH, updates)
+
+
+def _register_one(claimed: _Claimed, config: OwnerConfig, clients: _Clients, clock: Clock) -> _Result:
+    """One registration (runs on a pool thread: network, no database)."""
+    try:
+        voucher = OwnershipVoucher.decode(claimed.raw)
+        wait_for = RETIRE_WAIT_SECONDS if claimed.retire else None
+        granted, errors = register(voucher, config, clients.factory, wait_seconds=wait_for, reuse=clients)
+    except Exception as exc:  # one bad row must not stop the others
+        log.exception("TO0 for work item %d failed", claimed.work_id)
+        granted, errors = None, [f"internal error: {type(exc).__name__}"]
+    if granted is None:
+        log.warning("TO0 for %s failed: %s", voucher_guid(claimed.raw), "; ".join(errors))
+    elif claimed.retire:
+        log.info("TO0 registration of %s retired (voucher no longer usable)", voucher_guid(claimed.raw))
+    else:
+        log.info("TO0 for %s registered for %d s", voucher_guid(claimed.raw), granted)
+    return _Result(claimed, utc(clock()), granted, errors)
 
 
 def run_due(
@@ -209,44 +345,78 @@ def run_due(
     config: OwnerConfig,
     *,
     now: datetime | None = None,
+    clock: Clock | None = None,
     worker_id: str,
     http_factory: HttpFactory | None = None,
 ) -> int:
-    """Register every due voucher this worker manages to claim; returns how many it ran."""
-    now = utc(now or datetime.now(UTC))
-    factory = http_factory or http_factory_for(config)
+    """Register every due voucher this worker manages to claim; returns how many it ran.
+
+    Claims are taken in batches while fewer than twice ``to0_concurrency`` are in
+    flight, so a claim is never held long before its registration starts, and the pass
+    ends when no due row is left to claim. ``now`` fixes the time of the whole pass
+    (tests); otherwise ``clock`` (default: the system clock) is read at each claim and
+    each result."""
+    if now is not None:
+        fixed = utc(now)
+        clock = lambda: fixed  # noqa: E731
+    read = clock or (lambda: datetime.now(UTC))
     hold = timedelta(seconds=config.settings.to0_claim_seconds)
+    concurrency = config.settings.to0_concurrency
+    clients = _Clients(http_factory or http_factory_for(config))
     done = 0
-    for work_id in _candidates(engine, now):
-        claimed = _claim(engine, work_id, worker_id, now, hold)
-        if claimed is None:
-            continue
-        done += 1
-        if claimed.retire and (claimed.registered_until is None or claimed.registered_until <= now):
-            _drop(engine, claimed, worker_id)  # no live registration to retire
-            continue
-        try:
-            voucher = OwnershipVoucher.decode(claimed.raw)
-            wait = RETIRE_WAIT_SECONDS if claimed.retire else None
-            granted, errors = register(voucher, config, factory, wait_seconds=wait)
-        except Exception as exc:  # one bad row must not stop the others
-            log.exception("TO0 for work item %d failed", work_id)
-            granted, errors = None, [f"internal error: {type(exc).__name__}"]
-        _finish(engine, claimed, worker_id, now, granted, errors, config)
-        if granted is None:
-            log.warning("TO0 for %s failed: %s", voucher_guid(claimed.raw), "; ".join(errors))
-        elif claimed.retire:
-            log.info("TO0 registration of %s retired (voucher no longer usable)", voucher_guid(claimed.raw))
-        else:
-            log.info("TO0 for %s registered for %d s", voucher_guid(claimed.raw), granted)
-    return done
+    in_flight: set[Future[_Result]] = set()
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fdo-owner-to0")
+    try:
+        more = True
+        while True:
+            finished: list[_Result] = []
+            if more and len(in_flight) <= concurrency:
+                want = 2 * concurrency - len(in_flight)
+                claimed = _claim_batch(engine, worker_id, utc(read()), hold, want)
+                more = len(claimed) == want
+                done += len(claimed)
+                at = utc(read())
+                for item in claimed:
+                    if item.retire and (item.registered_until is None or item.registered_until <= at):
+                        finished.append(_Result(item, at, None, [], drop=True))  # nothing live to retire
+                    else:
+                        in_flight.add(pool.submit(_register_one, item, config, clients, read))
+            if in_flight and not finished:
+                ready, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                in_flight -= ready
+                finished.extend(f.result() for f in ready)
+            if finished:
+                _finish_batch(engine, finished, worker_id, config)
+            if not in_flight and not more:
+                return done
+    finally:
+        # An exception (the database went away): let the registrations in flight end
+        # and their claims expire; they are retried at the claims' expiry.
+        pool.shutdown(wait=True, cancel_futures=True)
+        clients.close()
 
 
-def _drop(engine: Engine, claimed: _Claimed, worker_id: str) -> None:
-    with unit_of_work(engine) as db:
-        work = db.get(To0Work, claimed.work_id)
-        if work is not None and work.claimed_by == worker_id:
-            db.delete(work)
+def next_due(engine: Engine) -> datetime | None:
+    """The earliest time a work row becomes claimable (its next attempt, or the expiry of
+    the claim on it if that is later), or None when there is no work at all."""
+    at = case(
+        (
+            and_(_WORK.c.claimed_by.is_not(None), _WORK.c.claim_expires_at > _WORK.c.next_attempt_at),
+            _WORK.c.claim_expires_at,
+        ),
+        else_=_WORK.c.next_attempt_at,
+    )
+    with engine.connect() as conn:
+        due = conn.execute(
+            select(func.min(at))
+            .select_from(_WORK.join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id))
+            .where(_VOUCHERS.c.state.in_(TO0_STATES))
+        ).scalar()
+    if due is None:
+        return None
+    if isinstance(due, str):  # SQLite gives a computed timestamp back as text
+        due = datetime.fromisoformat(due)
+    return utc(due)
 
 
 def voucher_guid(raw: bytes) -> str:
@@ -256,8 +426,33 @@ def voucher_guid(raw: bytes) -> str:
         return "?"
 
 
+_RUNNING: weakref.WeakSet[To0Thread] = weakref.WeakSet()
+_RUNNING_LOCK = threading.Lock()
+
+
+def wake_schedulers() -> None:
+    """Wake the TO0 schedulers running in this process: work was added or made due.
+
+    Call it after the commit that did so (:func:`fdo_server.db.after_commit`), or a
+    scheduler may look before the rows are visible and sleep past them."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for thread in running:
+        thread.wake()
+
+
+Waiter = Callable[[threading.Event, float | None], object]
+"""Sleeps until the event is set or the timeout (seconds; None: no limit) has passed."""
+
+
+def _event_wait(event: threading.Event, timeout: float | None) -> object:
+    return event.wait(timeout)
+
+
 class To0Thread:
-    """Runs :func:`run_due` every ``to0_interval_seconds`` until stopped."""
+    """Runs :func:`run_due`, then sleeps until the next due time (:meth:`run_pass`), until
+    stopped. ``wait`` (default :meth:`threading.Event.wait`) does the sleeping; tests give
+    their own to see the timeouts asked for."""
 
     def __init__(
         self,
@@ -265,35 +460,71 @@ class To0Thread:
         config: OwnerConfig,
         *,
         worker_id: str,
-        clock: Callable[[], datetime] | None = None,
+        clock: Clock | None = None,
         http_factory: HttpFactory | None = None,
+        wait: Waiter = _event_wait,
     ) -> None:
         self.engine, self.config, self.worker_id = engine, config, worker_id
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.http_factory = http_factory
+        self.wait = wait
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fdo-owner-to0", daemon=True)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="fdo-owner-to0", daemon=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
         self._thread.start()
 
     def stop(self) -> None:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(self)
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        """Run a pass now (or right after the one running)."""
+        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                run_due(
-                    self.engine,
-                    self.config,
-                    now=self.clock(),
-                    worker_id=self.worker_id,
-                    http_factory=self.http_factory,
-                )
-            except Exception:
-                log.exception("TO0 scheduler pass failed")
-            self._stop.wait(self.config.settings.to0_interval_seconds)
+            self._wake.clear()  # before the pass: a wake during it means "look again"
+            timeout = self.run_pass()
+            if self._stop.is_set():
+                return
+            self.wait(self._wake, timeout)
+
+    def run_pass(self) -> float | None:
+        """One pass; the seconds to sleep until the next due time (0: due already), at
+        most ``to0_interval_seconds``; None: sleep until woken."""
+        cap = self.config.settings.to0_interval_seconds or None
+        try:
+            run_due(
+                self.engine,
+                self.config,
+                clock=self.clock,
+                worker_id=self.worker_id,
+                http_factory=self.http_factory,
+            )
+            due = next_due(self.engine)
+        except Exception:
+            log.exception("TO0 scheduler pass failed")
+            retry = float(self.config.settings.to0_retry_seconds)
+            return retry if cap is None else min(retry, cap)
+        return sleep_for(due, utc(self.clock()), cap)
+
+
+def sleep_for(due: datetime | None, now: datetime, cap: float | None) -> float | None:
+    """Seconds from ``now`` until ``due`` (0 if past), at most ``cap``; None: no due time and no cap."""
+    if due is None:
+        return cap
+    seconds = max(0.0, (due - now).total_seconds())
+    return seconds if cap is None else min(seconds, cap)
 
 
 #: How far ahead a live registration counts as expiring (``fdo_to0_expiring``, ``/ui``).

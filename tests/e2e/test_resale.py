@@ -80,7 +80,6 @@ class SecondOwner:
                 "FDO_OWNER_DATABASE_URL": self.database_url,
                 "FDO_OWNER_KEYS": json.dumps(files),
                 "FDO_OWNER_TO2_URLS": json.dumps([f"http://127.0.0.1:{port}"]),
-                "FDO_OWNER_TO0_INTERVAL_SECONDS": "0.3",
                 "FDO_OWNER_TO0_RETRY_SECONDS": "1",
                 **self.env,
             },

@@ -112,7 +112,7 @@ def test_settings_errors_name_the_setting(world: World, tmp_path: Path) -> None:
 
 
 def test_lifespan_starts_and_stops_to0_thread(world: World, database_url: str) -> None:
-    app = create_app(world.settings(database_url, to0_enabled=True, to0_interval_seconds=0.05))
+    app = create_app(world.settings(database_url, to0_enabled=True))
     with TestClient(app, base_url=BASE) as http:
         assert http.get("/health").status_code == 200
 
