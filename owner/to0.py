@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -155,18 +155,16 @@ def register(
     *,
     wait_seconds: int | None = None,
     reuse: _Clients | None = None,
+    keys: Mapping[bytes, PrivateKeyT] | None = None,
 ) -> tuple[int | None, list[str]]:
     """Run TO0 with each rendezvous; returns (shortest granted lifetime or None, errors).
 
     ``wait_seconds`` is the lifetime asked for (default ``to0_wait_seconds``). With
-    ``reuse`` the clients (and their connections) are kept for the next voucher."""
+    ``reuse`` the clients (and their connections) are kept for the next voucher;
+    ``keys`` is :func:`keys_by_spki` of the config, made once for many vouchers."""
     if config.to2_addr is None:
         return None, ["FDO_OWNER_TO2_URLS is empty: nowhere to tell devices to go"]
-    key: PrivateKeyT | None = None
-    wanted = spki_der(voucher.owner_public_key.key)
-    for candidate in config.keys.values():
-        if spki_der(candidate.public_key()) == wanted:
-            key = candidate
+    key = (keys if keys is not None else keys_by_spki(config)).get(spki_der(voucher.owner_public_key.key))
     if key is None:
         return None, ["the owner no longer holds this voucher's owner key"]
     granted: list[int] = []
@@ -201,12 +199,18 @@ def register(
     return (min(granted) if granted else None), errors
 
 
+def keys_by_spki(config: OwnerConfig) -> dict[bytes, PrivateKeyT]:
+    """The owner's private keys by the DER SubjectPublicKeyInfo of their public halves."""
+    return {spki_der(key.public_key()): key for key in config.keys.values()}
+
+
 class _Clients:
     """One FDO HTTP client per rendezvous URL and pool thread, kept for a pass so that
     its connection serves many registrations; closed at the end of the pass."""
 
-    def __init__(self, factory: HttpFactory) -> None:
+    def __init__(self, factory: HttpFactory, config: OwnerConfig) -> None:
         self.factory = factory
+        self.keys = keys_by_spki(config)
         self.local = threading.local()
         self.lock = threading.Lock()
         self.opened: list[FdoHttpClient] = []
@@ -324,19 +328,23 @@ def _finish_batch(engine: Engine, results: Sequence[_Result], worker_id: str, co
 
 def _register_one(claimed: _Claimed, config: OwnerConfig, clients: _Clients, clock: Clock) -> _Result:
     """One registration (runs on a pool thread: network, no database)."""
+    guid = "?"
     try:
         voucher = OwnershipVoucher.decode(claimed.raw)
+        guid = str(voucher.guid)
         wait_for = RETIRE_WAIT_SECONDS if claimed.retire else None
-        granted, errors = register(voucher, config, clients.factory, wait_seconds=wait_for, reuse=clients)
+        granted, errors = register(
+            voucher, config, clients.factory, wait_seconds=wait_for, reuse=clients, keys=clients.keys
+        )
     except Exception as exc:  # one bad row must not stop the others
         log.exception("TO0 for work item %d failed", claimed.work_id)
         granted, errors = None, [f"internal error: {type(exc).__name__}"]
     if granted is None:
-        log.warning("TO0 for %s failed: %s", voucher_guid(claimed.raw), "; ".join(errors))
+        log.warning("TO0 for %s failed: %s", guid, "; ".join(errors))
     elif claimed.retire:
-        log.info("TO0 registration of %s retired (voucher no longer usable)", voucher_guid(claimed.raw))
+        log.info("TO0 registration of %s retired (voucher no longer usable)", guid)
     else:
-        log.info("TO0 for %s registered for %d s", voucher_guid(claimed.raw), granted)
+        log.info("TO0 for %s registered for %d s", guid, granted)
     return _Result(claimed, utc(clock()), granted, errors)
 
 
@@ -362,15 +370,18 @@ def run_due(
     read = clock or (lambda: datetime.now(UTC))
     hold = timedelta(seconds=config.settings.to0_claim_seconds)
     concurrency = config.settings.to0_concurrency
-    clients = _Clients(http_factory or http_factory_for(config))
+    clients = _Clients(http_factory or http_factory_for(config), config)
     done = 0
     in_flight: set[Future[_Result]] = set()
     pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fdo-owner-to0")
     try:
         more = True
+        results: list[_Result] = []
         while True:
-            finished: list[_Result] = []
             if more and len(in_flight) <= concurrency:
+                if results:  # written before claiming more: two short transactions a round
+                    _finish_batch(engine, results, worker_id, config)
+                    results = []
                 want = 2 * concurrency - len(in_flight)
                 claimed = _claim_batch(engine, worker_id, utc(read()), hold, want)
                 more = len(claimed) == want
@@ -378,15 +389,16 @@ def run_due(
                 at = utc(read())
                 for item in claimed:
                     if item.retire and (item.registered_until is None or item.registered_until <= at):
-                        finished.append(_Result(item, at, None, [], drop=True))  # nothing live to retire
+                        results.append(_Result(item, at, None, [], drop=True))  # nothing live to retire
                     else:
                         in_flight.add(pool.submit(_register_one, item, config, clients, read))
-            if in_flight and not finished:
+            if in_flight:
                 ready, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 in_flight -= ready
-                finished.extend(f.result() for f in ready)
-            if finished:
-                _finish_batch(engine, finished, worker_id, config)
+                results.extend(f.result() for f in ready)
+            if results and (len(results) >= concurrency or not more):
+                _finish_batch(engine, results, worker_id, config)
+                results = []
             if not in_flight and not more:
                 return done
     finally:
