@@ -205,3 +205,22 @@ def test_postgres_direct_statement_refuses_an_expanding_in(engine: Engine) -> No
     statement = fdb.DirectStatement(sa_select(table.c.token).where(table.c.protocol.in_(("TO1", "TO2"))))
     with pytest.raises(ValueError, match="expanding parameters"), message_scope(engine) as conn:
         statement.first(conn, {})
+
+
+@pytest.mark.parametrize("scope", ["message_scope", "unit_of_work"])
+def test_after_commit_runs_once_committed_and_never_on_rollback(engine: Engine, scope: str) -> None:
+    open_scope = message_scope if scope == "message_scope" else unit_of_work
+    seen: list[set[str]] = []
+    store = SQLSessionStore()
+    with open_scope(engine):
+        token = store.create("TO1", b"x", LATER)
+        fdb.after_commit(lambda: seen.append(_tokens(engine)))  # another connection's view
+        assert seen == []
+    assert seen == [{token}]  # called after the commit: the row was visible to it
+    with pytest.raises(RuntimeError, match="boom"), open_scope(engine):
+        store.create("TO1", b"y", LATER)
+        fdb.after_commit(lambda: seen.append(set()))
+        raise RuntimeError("boom")
+    assert seen == [{token}]
+    fdb.after_commit(lambda: seen.append(set()))  # outside any unit of work: at once
+    assert seen == [{token}, set()]

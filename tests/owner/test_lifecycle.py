@@ -7,6 +7,8 @@ TO2 runs over HTTP against the owner app (TestClient), on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +31,7 @@ from fdo_server.db import make_engine, unit_of_work
 from owner.app import create_app
 from owner.settings import load_config
 from owner.tables import OwnerVoucher, To0Work
-from owner.to0 import RETIRE_WAIT_SECONDS, run_due
+from owner.to0 import RETIRE_WAIT_SECONDS, To0Thread, run_due
 from tests.conftest import KeyPool
 from tests.fdo.flow import sample_devmod
 from tests.owner.helpers import BASE, RendezvousStub, World, make_world, token
@@ -222,3 +224,34 @@ def test_to0_retires_the_registration_of_a_voucher_that_is_gone(world: World, da
     retired = [r for g, r in stub.rv.registrations.items() if str(g) == g0]
     assert [r.wait_seconds for r in retired] == [RETIRE_WAIT_SECONDS] and waits == [3600]
     assert set(to0_rows(database_url)) == {g2}
+
+
+def test_a_to2_wakes_the_to0_scheduler_after_its_commit(world: World, database_url: str) -> None:
+    """TO2.Done adds the replacement's work row: the sleeping scheduler registers it then."""
+    http, headers = owner_with(world, database_url)
+    credential, g0 = imported(world, http, headers)
+    config = load_config(world.settings(database_url, migrate=False, to0_interval_seconds=0))
+    stub = RendezvousStub()
+    timeouts: queue.Queue[float | None] = queue.Queue()
+
+    def waiter(event: threading.Event, timeout: float | None) -> None:
+        timeouts.put(timeout)
+        event.wait()  # only a wake (or stop) ends the sleep
+
+    thread = To0Thread(
+        make_engine(database_url),
+        config,
+        worker_id="w",
+        http_factory=lambda url: FdoHttpClient(url, client=stub.client()),
+        wait=waiter,
+    )
+    thread.start()
+    try:
+        assert timeouts.get(timeout=30) is not None  # g0 registered; asleep until its renewal
+        assert set(stub.count) == {g0}
+        machine = run_to2(http, credential)
+        assert machine.new_credential is not None
+        timeouts.get(timeout=30)  # woken by the TO2's commit
+        assert set(stub.count) == {g0, str(machine.new_credential.guid)}
+    finally:
+        thread.stop()

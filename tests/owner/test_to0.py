@@ -1,10 +1,13 @@
-"""The TO0 scheduler against an in-memory rendezvous: register, renew, back off, claim once."""
+"""The TO0 scheduler against an in-memory rendezvous: register, renew, back off, claim
+once; and the thread sleeps exactly until the next due time, or until an import wakes it."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from fdo_server.db import make_engine, unit_of_work
 from owner.importer import import_pem
 from owner.settings import OwnerConfig, load_config
 from owner.tables import To0Work, utc
-from owner.to0 import run_due
+from owner.to0 import To0Thread, run_due
 from tests.conftest import KeyPool
 from tests.fdo.flow import NOW
 from tests.owner.helpers import RendezvousStub, World, make_world
@@ -38,9 +41,10 @@ def setup(world: World, database_url: str, count: int = 1) -> tuple[Engine, Owne
     )
     engine = make_engine(database_url)  # migrated by world.settings
     vouchers = [world.device()[1] for _ in range(count)]
-    with unit_of_work(engine):
-        results = import_pem(vouchers_to_pem(vouchers), list(config.keys.values()), now=NOW)
-    assert all(r.status == "imported" for r in results)
+    if vouchers:
+        with unit_of_work(engine):
+            results = import_pem(vouchers_to_pem(vouchers), list(config.keys.values()), now=NOW)
+        assert all(r.status == "imported" for r in results)
     return engine, config, [str(v.guid) for v in vouchers]
 
 
@@ -154,3 +158,125 @@ def test_expired_claim_is_taken_over(world: World, database_url: str) -> None:
     assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=factory) == 0
     assert run_due(engine, config, now=NOW + timedelta(seconds=61), worker_id="w1", http_factory=factory) == 1
     assert stub.count == {guids[0]: 1}
+
+
+# ------------------------------------------------------------ sleeping until due (no polling)
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def stub_factory(stub: RendezvousStub) -> Callable[[str], FdoHttpClient]:
+    return lambda url: FdoHttpClient(url, client=stub.client())
+
+
+def uncapped(world: World, database_url: str, **extra: object) -> OwnerConfig:
+    return load_config(
+        world.settings(
+            database_url,
+            migrate=False,
+            to0_retry_seconds=60,
+            to0_max_backoff_seconds=300,
+            to0_renew_fraction=0.25,
+            **{"to0_interval_seconds": 0, **extra},
+        )
+    )
+
+
+def test_each_pass_sleeps_exactly_until_the_next_due_time(world: World, database_url: str) -> None:
+    engine, _, _ = setup(world, database_url, count=2)
+    config = uncapped(world, database_url)
+    clock = FakeClock(NOW)
+    stub = RendezvousStub()
+    thread = To0Thread(engine, config, worker_id="w1", clock=clock, http_factory=stub_factory(stub))
+    # Both registered; the next due time is their renewal (3600 s granted, renew at 25 % left).
+    assert thread.run_pass() == 2700
+    assert len(stub.count) == 2
+    clock.now = NOW + timedelta(seconds=1000)
+    assert thread.run_pass() == 1700  # woken early (an import elsewhere): still the same due time
+    # The cap bounds the sleep, and only the cap is waited for when nothing is due at all.
+    assert (
+        To0Thread(
+            engine, uncapped(world, database_url, to0_interval_seconds=600), worker_id="w1", clock=clock
+        ).run_pass()
+        == 600
+    )
+    with unit_of_work(engine) as db:
+        for work in db.exec(select(To0Work)).all():
+            db.delete(work)
+    assert thread.run_pass() is None
+    assert (
+        To0Thread(
+            engine, uncapped(world, database_url, to0_interval_seconds=600), worker_id="w1", clock=clock
+        ).run_pass()
+        == 600
+    )
+
+
+def test_back_off_and_expiring_claims_are_due_times(world: World, database_url: str) -> None:
+    engine, _, guids = setup(world, database_url, count=2)
+    config = uncapped(world, database_url)
+    clock = FakeClock(NOW)
+    broken = TestClient(FastAPI())  # every POST is a 404
+    failing = To0Thread(
+        engine, config, worker_id="w1", clock=clock, http_factory=lambda u: FdoHttpClient(u, client=broken)
+    )
+    first, second = work_rows(engine)
+    with unit_of_work(engine) as db:  # another worker holds the second row, until NOW + 90 s
+        row = db.get(To0Work, second.id)
+        assert row is not None
+        row.claimed_by, row.claim_expires_at = "dead", NOW + timedelta(seconds=90)
+        db.add(row)
+    assert failing.run_pass() == 60  # the first row's retry, before the dead claim expires
+    clock.now = NOW + timedelta(seconds=60)
+    assert failing.run_pass() == 30  # retried and failed again (due at +180); the claim expires at +90
+    stub = RendezvousStub()
+    working = To0Thread(engine, config, worker_id="w1", clock=clock, http_factory=stub_factory(stub))
+    clock.now = NOW + timedelta(seconds=90)
+    assert working.run_pass() == 90  # took over the expired claim; the back-off of the first is next
+    assert stub.count == {guids[1]: 1}
+    clock.now = NOW + timedelta(seconds=180)
+    assert working.run_pass() == 2610  # both registered: the second's renewal (at 90 + 2700) is next
+    assert stub.count == {guids[0]: 1, guids[1]: 1}
+
+
+def test_the_thread_sleeps_until_an_import_wakes_it(world: World, database_url: str) -> None:
+    engine, _, _ = setup(world, database_url, count=0)
+    config = uncapped(world, database_url)
+    stub = RendezvousStub()
+    timeouts: queue.Queue[float | None] = queue.Queue()
+
+    def waiter(event: threading.Event, timeout: float | None) -> None:
+        timeouts.put(timeout)
+        event.wait()  # only a wake (or stop) ends the sleep: nothing here depends on time
+
+    thread = To0Thread(
+        engine, config, worker_id="w1", clock=FakeClock(NOW), http_factory=stub_factory(stub), wait=waiter
+    )
+    thread.start()
+    try:
+        assert timeouts.get(timeout=30) is None  # nothing to do: no timer at all
+        _, voucher = world.device()
+        with unit_of_work(engine):
+            import_pem(vouchers_to_pem([voucher]), list(config.keys.values()), now=NOW)
+        assert timeouts.get(timeout=30) == 2700  # woken by the commit; registered; sleeps until renewal
+        assert stub.count == {str(voucher.guid): 1}
+    finally:
+        thread.stop()
+    assert timeouts.empty()  # stop ended the sleep without another pass
+
+
+def test_many_vouchers_in_one_pass(world: World, database_url: str) -> None:
+    """More vouchers than one claim batch (2 x to0_concurrency): one pass registers all."""
+    engine, _, guids = setup(world, database_url, count=7)
+    config = uncapped(world, database_url, to0_concurrency=2)
+    stub = RendezvousStub()
+    assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=stub_factory(stub)) == 7
+    assert stub.count == dict.fromkeys(guids, 1)
+    rows = work_rows(engine)
+    assert all(r.claimed_by is None and r.registered_until is not None for r in rows)
