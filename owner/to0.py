@@ -107,8 +107,18 @@ class _Result:
 def _claimable(now: datetime) -> Any:
     return and_(
         _WORK.c.next_attempt_at <= now,
-        or_(_WORK.c.claimed_by.is_(None), _WORK.c.claim_expires_at <= now),
+        or_(
+            _WORK.c.claimed_by.is_(None), _WORK.c.claim_expires_at.is_(None), _WORK.c.claim_expires_at <= now
+        ),
     )
+
+
+#: The work row's voucher is one the scheduler works on.
+_IN_TO0_STATE = (
+    select(_VOUCHERS.c.id)
+    .where(_VOUCHERS.c.id == _WORK.c.voucher_id, _VOUCHERS.c.state.in_(TO0_STATES))
+    .exists()
+)
 
 
 def _claim_batch(
@@ -116,10 +126,11 @@ def _claim_batch(
 ) -> list[_Claimed]:
     """Claim up to ``limit`` due rows (oldest due first) in one transaction."""
     with engine.begin() as conn:
+        # Rows in due order, each checked against its voucher: the plan walks the
+        # next_attempt_at index and stops after ``limit`` (a join would scan them all).
         chosen = (
             select(_WORK.c.id)
-            .join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id)
-            .where(_VOUCHERS.c.state.in_(TO0_STATES), _claimable(now))
+            .where(_claimable(now), _IN_TO0_STATE)
             .order_by(_WORK.c.next_attempt_at)
             .limit(limit)
         )
@@ -411,24 +422,21 @@ def run_due(
 def next_due(engine: Engine) -> datetime | None:
     """The earliest time a work row becomes claimable (its next attempt, or the expiry of
     the claim on it if that is later), or None when there is no work at all."""
-    at = case(
-        (
-            and_(_WORK.c.claimed_by.is_not(None), _WORK.c.claim_expires_at > _WORK.c.next_attempt_at),
-            _WORK.c.claim_expires_at,
-        ),
+    unclaimed = (
+        select(_WORK.c.next_attempt_at)
+        .where(_WORK.c.claimed_by.is_(None), _IN_TO0_STATE)
+        .order_by(_WORK.c.next_attempt_at)
+        .limit(1)
+    )
+    later = case(
+        (_WORK.c.claim_expires_at > _WORK.c.next_attempt_at, _WORK.c.claim_expires_at),
         else_=_WORK.c.next_attempt_at,
     )
+    claimed = select(func.min(later)).where(_WORK.c.claimed_by.is_not(None), _IN_TO0_STATE)
     with engine.connect() as conn:
-        due = conn.execute(
-            select(func.min(at))
-            .select_from(_WORK.join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id))
-            .where(_VOUCHERS.c.state.in_(TO0_STATES))
-        ).scalar()
-    if due is None:
-        return None
-    if isinstance(due, str):  # SQLite gives a computed timestamp back as text
-        due = datetime.fromisoformat(due)
-    return utc(due)
+        found = [conn.execute(unclaimed).scalar(), conn.execute(claimed).scalar()]
+    times = [utc(datetime.fromisoformat(t) if isinstance(t, str) else t) for t in found if t is not None]
+    return min(times, default=None)  # SQLite gives the computed one back as text
 
 
 def voucher_guid(raw: bytes) -> str:
@@ -516,7 +524,7 @@ class To0Thread:
         most ``to0_interval_seconds``; None: sleep until woken."""
         cap = self.config.settings.to0_interval_seconds or None
         try:
-            run_due(
+            ran = run_due(
                 self.engine,
                 self.config,
                 clock=self.clock,
@@ -528,7 +536,12 @@ class To0Thread:
             log.exception("TO0 scheduler pass failed")
             retry = float(self.config.settings.to0_retry_seconds)
             return retry if cap is None else min(retry, cap)
-        return sleep_for(due, utc(self.clock()), cap)
+        seconds = sleep_for(due, utc(self.clock()), cap)
+        if seconds == 0 and ran == 0:
+            # Due already, yet nothing was claimable (it became due just now, or a row
+            # is in a state no pass takes): look again in a second, never in a loop.
+            return 1.0 if cap is None else min(1.0, cap)
+        return seconds
 
 
 def sleep_for(due: datetime | None, now: datetime, cap: float | None) -> float | None:
