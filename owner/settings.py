@@ -63,7 +63,7 @@ class OwnerSettings(ServiceSettings):
     #: (another replica's imports that replica could not finish).
     to0_interval_seconds: float = 300.0
     #: How many registrations the scheduler runs at once (threads, per process).
-    to0_concurrency: int = Field(default=8, ge=1, le=256)
+    to0_concurrency: int = Field(default=16, ge=1, le=256)
     #: First retry delay after a failure; doubled per failure up to the maximum.
     to0_retry_seconds: int = 60
     to0_max_backoff_seconds: int = 3600
