@@ -367,8 +367,10 @@ def run_due(
     clock: Clock | None = None,
     worker_id: str,
     http_factory: HttpFactory | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Register every due voucher this worker manages to claim; returns how many it ran.
+    Once ``stop`` is set it claims no more and returns when those in flight are done.
 
     Claims are taken in batches while fewer than twice ``to0_concurrency`` are in
     flight, so a claim is never held long before its registration starts, and the pass
@@ -389,6 +391,8 @@ def run_due(
         more = True
         results: list[_Result] = []
         while True:
+            if stop is not None and stop.is_set():
+                more = False
             if more and len(in_flight) <= concurrency:
                 if results:  # written before claiming more: two short transactions a round
                     _finish_batch(engine, results, worker_id, config)
@@ -437,13 +441,6 @@ def next_due(engine: Engine) -> datetime | None:
         found = [conn.execute(unclaimed).scalar(), conn.execute(claimed).scalar()]
     times = [utc(datetime.fromisoformat(t) if isinstance(t, str) else t) for t in found if t is not None]
     return min(times, default=None)  # SQLite gives the computed one back as text
-
-
-def voucher_guid(raw: bytes) -> str:
-    try:
-        return str(OwnershipVoucher.decode(raw).guid)
-    except FdoError:
-        return "?"
 
 
 _RUNNING: weakref.WeakSet[To0Thread] = weakref.WeakSet()
@@ -530,6 +527,7 @@ class To0Thread:
                 clock=self.clock,
                 worker_id=self.worker_id,
                 http_factory=self.http_factory,
+                stop=self._stop,
             )
             due = next_due(self.engine)
         except Exception:
