@@ -115,15 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=TARGET_COUNT)
     parser.add_argument("--chunk", type=int, default=1000, help="vouchers per import request")
-    parser.add_argument("--postgres", metavar="URL", help="run every service on this PostgreSQL database")
     parser.add_argument("--owner-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="fdo-to0-bulk-"))
-    urls = {name: args.postgres for name in ("manufacturer", "rendezvous", "owner")} if args.postgres else {}
     owner_env = dict(item.split("=", 1) for item in args.owner_env)
     stack = Stack(
         workdir,
-        database_urls=urls,
         owner_env=owner_env,
         env={"rendezvous": {"FDO_RENDEZVOUS_FIRST_MESSAGE_RATE": "0", "FDO_RENDEZVOUS_MAX_CONNECTIONS": "0"}},
     )
