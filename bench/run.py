@@ -253,14 +253,15 @@ def run_phase(
 
     cpu_before = {s: stack.services[s].cpu_seconds() for s in services}
     client_before = process_cpu()
-    database_before = postgres_cpu()
+    on_postgres = any(url.startswith("postgresql") for url in stack.database_urls.values())
+    database_before = postgres_cpu() if on_postgres else 0.0
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for _ in pool.map(timed, items):
             pass
     wall = time.perf_counter() - start
     client = process_cpu() - client_before
-    database = postgres_cpu() - database_before
+    database = postgres_cpu() - database_before if on_postgres else 0.0
     cpu = {s: stack.services[s].cpu_seconds() - cpu_before[s] for s in services}
     return PhaseResult(name, services, len(items), wall, latencies, cpu, client, database)
 
@@ -873,6 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for backend in backends:
         print(f"  {backend} ...", flush=True)
+        began = time.monotonic()
         spy = None if args.spy is None else args.spy / backend
         if backend == "sqlite":
             result = all_results[backend] = bench_backend(backend, {}, spy=spy, **kw)
@@ -886,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench_to0_bulk(backend, urls, result, **bulk)
         else:
             print("    PostgreSQL: no server answers on 127.0.0.1:5432, skipped")
+            continue
+        print(f"  {backend}: {time.monotonic() - began:.0f} s", flush=True)
 
     for backend, result in all_results.items():
         print_table(backend, result.phases, args.concurrency, args.workers)

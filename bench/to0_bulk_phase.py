@@ -125,7 +125,7 @@ def measure_to0_bulk(
             break
         if time.monotonic() >= next_line:
             progress(f"      {done:,} of {count:,} registered after {elapsed:.0f} s")
-            next_line += PROGRESS_SECONDS
+            next_line = time.monotonic() + PROGRESS_SECONDS
         time.sleep(min(POLL_SECONDS, max(0.0, cap - elapsed)))
     progress(f"      {done:,} of {count:,} registered after {elapsed:.1f} s")
     return To0BulkResult(count, done, elapsed, imported, cap)
