@@ -103,7 +103,7 @@ def _register(stack: Stack, serial: str, folder: Path) -> Path:
     machine = TO0Owner(
         voucher=voucher, owner_key=stack.owner_keys["ec256"], rv_to2_addr=to2, wait_seconds=3600
     )
-    with FdoHttpClient(stack.url("rendezvous")) as client:
+    with FdoHttpClient(stack.url("rendezvous"), verify=stack.verify) as client:
         client.run(machine)
     if machine.accepted_wait_seconds is None:
         raise RuntimeError(f"TO0 of {serial} not accepted")
@@ -112,12 +112,13 @@ def _register(stack: Stack, serial: str, folder: Path) -> Path:
     return path
 
 
-def _run_client(credential: Path, folder: Path) -> ClientRun:
+def _run_client(stack: Stack, credential: Path, folder: Path) -> ClientRun:
     root = folder / (credential.stem + "-root")
     argv = [
         *fdo_command(),
         *("device", "onboard", "--credential", str(credential), "--root", str(root)),
         *("--state-dir", str(root / "state"), "--no-bootc", "--max-attempts", "1"),
+        *(("--ca-bundle", str(stack.tls.ca)) if stack.tls else ()),
     ]
     log = folder / (credential.stem + ".log")
     done = subprocess.run(  # noqa: S603 - our own interpreter and program
@@ -141,8 +142,8 @@ def measure_device_client(stack: Stack, count: int) -> DeviceClientFigures:
         folder = Path(tmp)
         tag = os.urandom(3).hex()
         credentials = [_register(stack, f"CLIENT-{tag}-{i:04d}", folder) for i in range(count + 1)]
-        _run_client(credentials[0], folder)
-        return DeviceClientFigures(tuple(_run_client(c, folder) for c in credentials[1:]))
+        _run_client(stack, credentials[0], folder)
+        return DeviceClientFigures(tuple(_run_client(stack, c, folder) for c in credentials[1:]))
 
 
 __all__ = ["ClientRun", "DeviceClientFigures", "fdo_command", "measure_device_client"]
