@@ -34,8 +34,8 @@ FIGURES = (
 )
 
 #: One worker per service, a few devices, a 1 s idle window, 20 vouchers and a 2 s cap on
-#: their registration
-#: (unless all are registered within it, the phase ends at the cap: NOT MET, no hanging).
+#: their registration (unless all are registered within it, the phase ends at the cap:
+#: NOT MET, no hanging).
 TINY = [
     *("--backend", "sqlite", "--devices", "3", "--warmup", "1", "--onboardings", "6"),
     *("--checkin-rounds", "1", "--client-runs", "1", "--idle-seconds", "1", "--settle-seconds", "0"),
