@@ -45,9 +45,14 @@ demo: $(DEMO_STAMP)
 	$(BIN)/python -m fdo_server.demo
 
 ## Throughput, p50/p99 latency and server CPU per operation of DI, TO0, TO1 and a full
-## TO1+TO2 onboarding, on SQLite and (when a server answers on 127.0.0.1:5432) PostgreSQL.
+## TO1+TO2 onboarding (P-256 and P-384), RSS per worker, idle CPU, the device client's
+## peak RSS and wall time and TO0 at scale, each against its target, on SQLite and (when a
+## server answers on 127.0.0.1:5432) PostgreSQL. Flags: `make bench BENCH_FLAGS=--quick`
+## (a smoke run), or any of `bench/run.py --help`.
+BENCH_FLAGS ?=
+
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,22 +1,41 @@
-"""``make bench``: throughput, latency and server CPU of DI, TO0, TO1, onboarding and check-in.
+"""``make bench``: throughput, latency, server CPU, memory and idle CPU of the services.
 
 For each database backend (SQLite; PostgreSQL when a server answers on 127.0.0.1:5432)
 a :class:`fdo_server.stack.Stack` is started with two uvicorn workers per service, on
-loopback. ``--devices`` simulated devices then go through the phases below, driven by
+loopback. Simulated devices then go through the phases below, driven by
 ``--concurrency`` client threads of this process (the load generator):
 
-* DI           device key, DI at the manufacturer              (manufacturer CPU)
-* TO0          one registration per voucher at the rendezvous  (rendezvous CPU)
-* TO1          TO1 only, to1d handed out                        (rendezvous CPU)
-* onboarding   TO1 then TO2 with P-256 / ECDH256 / A128GCM and  (rendezvous + owner CPU)
-               the demo's ServiceInfo (fdo.download, fdo.command)
-* check-in     ``--checkin-rounds`` check-ins per device with     (owner CPU)
-               nothing to change, by new devices onboarded
-               (unmeasured) with the bootc module against a
-               group with a revision (bench/checkin_load.py)
+* RSS at start  each service's supervisor and workers, once they     (bench/footprint.py)
+                are all up and their RSS has stopped moving
+* DI            device key, DI at the manufacturer               (manufacturer CPU)
+* TO0           one registration per voucher at the rendezvous   (rendezvous CPU)
+* TO1           TO1 only, to1d handed out                        (rendezvous CPU)
+* TO1+TO2       ``--onboardings`` devices: TO1 then TO2 with     (rendezvous + owner CPU)
+                P-256 / ECDH256 / A128GCM and the demo's
+                ServiceInfo (fdo.download, fdo.command); the
+                owner's RSS after half of them and after all
+* TO1+TO2 P-384 the same with P-384 device and owner keys,       (rendezvous + owner CPU)
+                ECDH384 / A256GCM
+* check-in      ``--checkin-rounds`` check-ins per device with     (owner CPU)
+                nothing to change, by new devices onboarded
+                (unmeasured) with the bootc module against a
+                group with a revision (bench/checkin_load.py)
+* device client ``--client-runs`` runs of the real ``fdo device   (bench/device_client_phase.py)
+                onboard``: peak RSS and wall time
+* idle          ``--idle-seconds`` with no request, after the load  (all processes of each service)
+                and ``--settle-seconds`` for pending work
+* RSS at end
+* TO0 at scale  a second stack whose owner runs its TO0 scheduler  (bench/to0_bulk_phase.py)
+                with its default settings: ``--to0-vouchers``
+                vouchers imported, time until the rendezvous holds
+                them all (at most ``--to0-cap`` seconds); then the
+                owner's idle CPU, if they all were registered
 
-TO0 is driven by the benchmark itself: the owner's TO0 scheduler is switched off
-(``FDO_OWNER_TO0_ENABLED=false``) and each voucher is registered with
+DI, TO0 and TO1 are measured over the first ``--devices`` devices (the others needed for
+the onboarding phase go through them unmeasured); the P-384 phase over ``--devices``.
+
+TO0 is driven by the benchmark itself in the main stack: the owner's TO0 scheduler is
+switched off (``FDO_OWNER_TO0_ENABLED=false``) and each voucher is registered with
 :class:`fdo.to0.owner.TO0Owner` over :class:`transport.client.FdoHttpClient` and the
 owner's own key, so the rendezvous CPU of exactly N registrations is measured (the
 owner-side signing runs in the load generator, as it would in the owner's scheduler).
@@ -26,12 +45,15 @@ Server CPU is read from ``/proc`` for each service's uvicorn process and its wor
 PostgreSQL the CPU of the database server's processes on this machine is reported
 beside it, not in it. A warm-up round of ``--warmup`` devices goes through every phase
 first, unmeasured. The device's ``fdo.command`` runner is a stub (no fork per device in
-the load generator); files are written under a per-device folder.
+the load generator); files are written under a per-device folder. The run ends with a
+table of each figure of issue 15 against its target (bench/summary.py). ``--quick`` is
+a smoke run with small counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import shutil
@@ -50,11 +72,16 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from checkin_load import IMAGE, MODEL, CheckinDevice, bootc_module
+from device_client_phase import DeviceClientFigures, measure_device_client
+from footprint import MB, ServiceRss, idle_cpu, service_rss, stack_rss, wait_settled
+from summary import Figure, print_summary
+from to0_bulk_phase import To0BulkResult, measure_to0_bulk
 
 from device.modules import standard_modules
 from device.onboard import onboard, run_di
 from fdo.cipher import CipherSuite
 from fdo.credential import DeviceCredential
+from fdo.crypto import public_key_to_pem
 from fdo.kex import KexSuite
 from fdo.rvinfo import RVTO2Addr
 from fdo.serviceinfo import DeviceModule
@@ -64,13 +91,57 @@ from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
 from fdo_server.launcher import stat_cpu_seconds
 from fdo_server.stack import SERVICES, Stack
-from owner.settings import to2_addr_entry
+from owner.settings import OwnerSettings, to2_addr_entry
 from transport.client import FdoHttpClient
 
 T = TypeVar("T")
 
+
+@dataclass(frozen=True)
+class Suite:
+    """Device key, owner key and TO2 suites of an onboarding phase."""
+
+    name: str
+    key_type: str
+    kex: KexSuite
+    cipher: CipherSuite
+
+
+P256 = Suite("P-256", "ec256", KexSuite.ECDH256, CipherSuite.A128GCM)
+P384 = Suite("P-384", "ec384", KexSuite.ECDH384, CipherSuite.A256GCM)
+#: Device numbers from here on are the P-384 phase's.
+P384_BASE = 1_000_000
+#: Vouchers per hand-off request (manufacturer batch extend, owner import).
+HAND_OFF_BATCH = 100
+
+
+def suite_of(i: int) -> Suite:
+    return P384 if i >= P384_BASE else P256
+
+
 POSTGRES_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-TARGET_MS = 15.0
+
+# Issue 15's targets.
+#: Server CPU (rendezvous + owner) per TO1+TO2, P-256 / ECDH256 / A128GCM, ms.
+TARGET_MS = 8.0
+#: The same with P-384 keys, ECDH384 / A256GCM, ms.
+P384_TARGET_MS = 10.0
+#: Rendezvous CPU per TO1 and per TO0, manufacturer CPU per DI, ms.
+TO1_TARGET_MS = 0.8
+TO0_TARGET_MS = 1.5
+DI_TARGET_MS = 2.0
+#: RSS per service worker after start, and per owner worker after all onboardings, MB.
+START_RSS_TARGET_MB = 60.0
+OWNER_RSS_TARGET_MB = 80.0
+#: The owner worker's RSS may grow by less than this from half to all onboardings, %.
+OWNER_RSS_GROWTH_PCT = 5.0
+#: CPU of an idle service (all its processes), ms per s.
+IDLE_TARGET_MS = 0.1
+#: ``fdo device onboard``: peak RSS (MB) and median wall time (s).
+CLIENT_RSS_TARGET_MB = 35.0
+CLIENT_WALL_TARGET_S = 0.3
+#: From importing the vouchers to all registered at the rendezvous, s.
+TO0_BULK_TARGET_S = 120.0
 #: Owner CPU per check-in with nothing to change (issue 12).
 CHECKIN_TARGET_MS = 1.0
 #: 100,000 devices checking in every 5 minutes.
@@ -107,6 +178,42 @@ class PhaseResult:
     @property
     def client_ms(self) -> float:
         return self.client_cpu / self.ops * 1000
+
+    def merged(self, other: PhaseResult) -> PhaseResult:
+        """This phase and ``other`` (the same operations, run after it) as one."""
+        return PhaseResult(
+            self.name,
+            self.services,
+            self.ops + other.ops,
+            self.wall + other.wall,
+            self.latencies + other.latencies,
+            {s: self.server_cpu[s] + other.server_cpu[s] for s in self.services},
+            self.client_cpu + other.client_cpu,
+            self.database_cpu + other.database_cpu,
+        )
+
+
+@dataclass
+class BackendResult:
+    """Everything measured on one backend."""
+
+    phases: list[PhaseResult]
+    #: Each service's processes by moment ("at start", "at end").
+    rss: dict[str, dict[str, ServiceRss]]
+    #: The owner's processes after so many measured P-256 onboardings.
+    owner_rss: list[tuple[int, ServiceRss]]
+    #: False when the workers' RSS had not settled when the "at start" figure was taken.
+    settled: bool = True
+    #: ms of CPU per s of each idle service after the load (None: not measured).
+    idle: dict[str, float] | None = None
+    idle_seconds: float = 0.0
+    client: DeviceClientFigures | None = None
+    to0_bulk: To0BulkResult | None = None
+    #: ms of CPU per s of the idle owner with its TO0 scheduler on, once all were registered.
+    to0_idle: float | None = None
+
+    def phase(self, name: str) -> PhaseResult:
+        return next(r for r in self.phases if r.name == name)
 
 
 def postgres_cpu() -> float:
@@ -146,14 +253,15 @@ def run_phase(
 
     cpu_before = {s: stack.services[s].cpu_seconds() for s in services}
     client_before = process_cpu()
-    database_before = postgres_cpu()
+    on_postgres = any(url.startswith("postgresql") for url in stack.database_urls.values())
+    database_before = postgres_cpu() if on_postgres else 0.0
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for _ in pool.map(timed, items):
             pass
     wall = time.perf_counter() - start
     client = process_cpu() - client_before
-    database = postgres_cpu() - database_before
+    database = postgres_cpu() - database_before if on_postgres else 0.0
     cpu = {s: stack.services[s].cpu_seconds() - cpu_before[s] for s in services}
     return PhaseResult(name, services, len(items), wall, latencies, cpu, client, database)
 
@@ -223,12 +331,16 @@ def bench_backend(
     urls: dict[str, str],
     *,
     devices: int,
+    onboardings: int,
     warmup: int,
     concurrency: int,
     workers: int,
     checkin_rounds: int,
+    client_runs: int,
+    idle_seconds: float,
+    settle_seconds: float,
     spy: Path | None = None,
-) -> list[PhaseResult]:
+) -> BackendResult:
     workdir = Path(tempfile.mkdtemp(prefix=f"fdo-bench-{backend}-"))
     stack = Stack(
         workdir,
@@ -239,15 +351,73 @@ def bench_backend(
     )
     stack.start()
     try:
-        return _phases(
+        settled = wait_settled(stack, workers)
+        result = BackendResult([], {"at start": stack_rss(stack)}, [], settled=settled)
+        _phases(
             stack,
             workdir,
+            result,
             devices=devices,
+            onboardings=onboardings,
             warmup=warmup,
             concurrency=concurrency,
             checkin_rounds=checkin_rounds,
             spy=spy,
         )
+        if client_runs > 0:
+            result.client = measure_device_client(stack, client_runs)
+            print(f"    {'client':<13} {result.client.wall_median:7.2f} s per fdo device onboard", flush=True)
+        if idle_seconds > 0:
+            time.sleep(settle_seconds)
+            result.idle = idle_cpu(stack, idle_seconds)
+            result.idle_seconds = idle_seconds
+            print(f"    {'idle':<13} {idle_seconds:7.0f} s", flush=True)
+        result.rss["at end"] = stack_rss(stack)
+        return result
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def scheduler_defaults() -> dict[str, str]:
+    """The owner's TO0 scheduler on, with its default settings (the Stack shortens the
+    interval and retry for the tests; this puts back the defaults the settings define)."""
+    env = {"FDO_OWNER_TO0_ENABLED": "true"}
+    for name in ("to0_interval_seconds", "to0_retry_seconds"):
+        field = OwnerSettings.model_fields.get(name)
+        if field is not None:
+            env[f"FDO_OWNER_{name.upper()}"] = str(field.default)
+    return env
+
+
+def bench_to0_bulk(
+    backend: str,
+    urls: dict[str, str],
+    result: BackendResult,
+    *,
+    count: int,
+    cap: float,
+    workers: int,
+    idle_seconds: float,
+    settle_seconds: float,
+) -> None:
+    """TO0 at scale on a stack of its own whose owner runs its TO0 scheduler."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"fdo-bench-to0-{backend}-"))
+    stack = Stack(
+        workdir,
+        database_urls=urls,
+        workers=dict.fromkeys(SERVICES, workers),
+        owner_env=scheduler_defaults(),
+        env={name: unlimited(name) for name in SERVICES},
+    )
+    print(f"    {'TO0 at scale':<13} {count:,} vouchers, at most {cap:.0f} s", flush=True)
+    stack.start()
+    try:
+        wait_settled(stack, workers)
+        result.to0_bulk = measure_to0_bulk(stack, count, cap=cap)
+        if result.to0_bulk.finished and idle_seconds > 0:
+            time.sleep(settle_seconds)
+            result.to0_idle = idle_cpu(stack, idle_seconds, ("owner",))["owner"]
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -292,32 +462,46 @@ def _stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
 def _phases(
     stack: Stack,
     workdir: Path,
+    out: BackendResult,
     *,
     devices: int,
+    onboardings: int,
     warmup: int,
     concurrency: int,
     checkin_rounds: int,
     spy: Path | None = None,
-) -> list[PhaseResult]:
+) -> None:
     mfr_url, rv_url, owner_url = (stack.url(s) for s in SERVICES)
-    owner_key = stack.owner_keys["ec256"]
     to2_addr = RVTO2Addr((to2_addr_entry(owner_url),))
-    results: list[PhaseResult] = []
-    ids = list(range(warmup + devices))
-    warm_ids, ids = ids[:warmup], ids[warmup:]
     creds: dict[int, DeviceCredential] = {}
     vouchers: dict[int, OwnershipVoucher] = {}
     checkin_devices: dict[int, CheckinDevice] = {}
 
     def di(i: int) -> None:
         model = "bench" if i >= 0 else MODEL
-        creds[i] = run_di(mfr_url, key_type="ec256", serial=f"BENCH-{i:06d}", model=model)
+        creds[i] = run_di(mfr_url, key_type=suite_of(i).key_type, serial=f"BENCH-{i:06d}", model=model)
 
-    def hand_off(i: int) -> None:
-        pem = stack.hand_off(str(creds[i].guid), "ec256")
-        vouchers[i] = OwnershipVoucher.from_pem(pem)[0]
+    def hand_off(batch: Sequence[int]) -> None:
+        """The manufacturer extends a batch of vouchers (one suite) to the owner's key;
+        the owner imports them."""
+        owner_key = stack.owner_keys[suite_of(batch[0]).key_type]
+        ids = {str(creds[i].guid): i for i in batch}
+        body = {"guids": list(ids), "owner_key_pem": public_key_to_pem(owner_key.public_key()).decode()}
+        with stack.admin("manufacturer") as mfr:
+            resp = mfr.post("/api/v1/vouchers/extend", json=body)
+            resp.raise_for_status()
+        extended = resp.json()
+        with stack.admin("owner") as owner:
+            resp = owner.post(
+                "/api/v1/vouchers", content=extended["pem"], headers={"Content-Type": "text/plain"}
+            )
+            if resp.status_code != 200:
+                raise RuntimeError(f"owner refused vouchers: {resp.text[:500]}")
+        for item in extended["vouchers"]:
+            vouchers[ids[item["guid"]]] = OwnershipVoucher.from_pem(item["pem"])[0]
 
     def to0(i: int) -> None:
+        owner_key = stack.owner_keys[suite_of(i).key_type]
         machine = TO0Owner(voucher=vouchers[i], owner_key=owner_key, rv_to2_addr=to2_addr, wait_seconds=3600)
         with FdoHttpClient(rv_url) as client:
             client.run(machine)
@@ -346,27 +530,56 @@ def _phases(
                 mods.append(made[-1])
             return mods
 
-        onboard(creds[i], kex=KexSuite.ECDH256, cipher=CipherSuite.A128GCM, modules=modules, max_attempts=1)
+        suite = suite_of(i)
+        onboard(creds[i], kex=suite.kex, cipher=suite.cipher, modules=modules, max_attempts=1)
         if i < 0:
             checkin_devices[i] = CheckinDevice.from_assignment(made[-1].assignment)
 
-    phases: list[tuple[str, tuple[str, ...], Callable[[int], None], bool]] = [
-        ("DI", ("manufacturer",), di, True),
-        ("hand-off", ("manufacturer", "owner"), hand_off, False),
-        ("TO0", ("rendezvous",), to0, True),
-        ("TO1", ("rendezvous",), to1, True),
-        ("TO1+TO2", ("rendezvous", "owner"), onboarding, True),
-    ]
-    for name, services, op, measured in phases:
-        warm(warm_ids, op, concurrency)
-        if measured:
-            spies = _start_spies(stack, services, spy) if spy is not None and name == "TO1+TO2" else []
-            result = run_phase(stack, name, services, ids, op, concurrency)
-            _stop_spies(spies)
-            results.append(result)
-            print(f"    {name:<10} {result.ops_per_s:7.1f} ops/s", flush=True)
-        else:
-            warm(ids, op, concurrency)
+    def hand_off_all(group: Sequence[int]) -> None:
+        batches = [group[k : k + HAND_OFF_BATCH] for k in range(0, len(group), HAND_OFF_BATCH)]
+        warm(batches, hand_off, concurrency)
+
+    def measure(
+        name: str, services: tuple[str, ...], items: Sequence[int], op: Callable[[int], None]
+    ) -> None:
+        result = run_phase(stack, name, services, items, op, concurrency)
+        out.phases.append(result)
+        print(f"    {name:<13} {result.ops_per_s:7.1f} ops/s", flush=True)
+
+    # P-256: DI, TO0 and TO1 measured over the first `devices`, TO1+TO2 over `onboardings`
+    # (the owner's RSS taken after half of them and after all).
+    ids = list(range(warmup + max(devices, onboardings)))
+    warm_ids, ids = ids[:warmup], ids[warmup:]
+    measured, rest = ids[:devices], ids[devices:]
+    warm(warm_ids, di, concurrency)
+    measure("DI", ("manufacturer",), measured, di)
+    warm(rest, di, concurrency)
+    hand_off_all(warm_ids + ids)
+    warm(warm_ids, to0, concurrency)
+    measure("TO0", ("rendezvous",), measured, to0)
+    warm(rest, to0, concurrency)
+    warm(warm_ids, to1, concurrency)
+    measure("TO1", ("rendezvous",), measured, to1)
+    warm(warm_ids, onboarding, concurrency)
+    onboard_ids = ids[:onboardings]
+    half = len(onboard_ids) // 2
+    spies = _start_spies(stack, ("rendezvous", "owner"), spy) if spy is not None else []
+    first = run_phase(stack, "TO1+TO2", ("rendezvous", "owner"), onboard_ids[:half], onboarding, concurrency)
+    out.owner_rss.append((half, service_rss("owner", stack.services["owner"])))
+    second = run_phase(stack, "TO1+TO2", ("rendezvous", "owner"), onboard_ids[half:], onboarding, concurrency)
+    out.owner_rss.append((len(onboard_ids), service_rss("owner", stack.services["owner"])))
+    _stop_spies(spies)
+    full = first.merged(second)
+    out.phases.append(full)
+    print(f"    {'TO1+TO2':<13} {full.ops_per_s:7.1f} ops/s", flush=True)
+
+    # P-384: device key ec384, owner key ec384, ECDH384, A256GCM.
+    p384 = [P384_BASE + k for k in range(warmup + devices)]
+    warm(p384, di, concurrency)
+    hand_off_all(p384)
+    warm(p384, to0, concurrency)
+    warm(p384[:warmup], onboarding, concurrency)
+    measure("TO1+TO2 P-384", ("rendezvous", "owner"), p384[warmup:], onboarding)
 
     # Check-in: the devices have model MODEL (negative ids) and a group with a published
     # revision; onboarding them (unmeasured) gives each its check-in secret. A first
@@ -376,9 +589,10 @@ def _phases(
         revision = {"image": IMAGE, "apply_mode": "switch", "config": {"files": []}}
         admin.post("/api/v1/groups/bench/revisions", json=revision).raise_for_status()
     fleet = [-1 - i for i in range(warmup + devices)]
-    for name, _, op, _ in phases:
-        if name != "TO1":  # TO1+TO2 runs TO1 anyway
-            warm(fleet, op, concurrency)
+    warm(fleet, di, concurrency)
+    hand_off_all(fleet)
+    warm(fleet, to0, concurrency)
+    warm(fleet, onboarding, concurrency)
     warm_fleet, fleet = fleet[:warmup], fleet[warmup:]
 
     def check_in(i: int) -> None:
@@ -386,10 +600,7 @@ def _phases(
 
     warm([i for _ in range(2) for i in warm_fleet] + fleet, check_in, concurrency)
     rounds = [i for _ in range(checkin_rounds) for i in fleet]
-    result = run_phase(stack, "check-in", ("owner",), rounds, check_in, concurrency)
-    results.append(result)
-    print(f"    {'check-in':<10} {result.ops_per_s:7.1f} ops/s", flush=True)
-    return results
+    measure("check-in", ("owner",), rounds, check_in)
 
 
 # ---------------------------------------------------------------------------- report
@@ -399,7 +610,7 @@ def print_table(backend: str, results: list[PhaseResult], concurrency: int, work
     print()
     print(f"{backend}: {workers} uvicorn workers per service, {concurrency} client threads")
     head = (
-        f"  {'phase':<10} {'ops':>5} {'ops/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+        f"  {'phase':<13} {'ops':>5} {'ops/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'server CPU ms/op':>17}  {'(per service)':<32} {'loadgen CPU ms/op':>17}"
     )
     print(head)
@@ -407,67 +618,311 @@ def print_table(backend: str, results: list[PhaseResult], concurrency: int, work
     for r in results:
         per = ", ".join(f"{s[:5]} {v / r.ops * 1000:.1f}" for s, v in r.server_cpu.items())
         print(
-            f"  {r.name:<10} {r.ops:>5} {r.ops_per_s:>7.1f} {r.pct(0.5):>8.1f} {r.pct(0.99):>8.1f} "
+            f"  {r.name:<13} {r.ops:>5} {r.ops_per_s:>7.1f} {r.pct(0.5):>8.1f} {r.pct(0.99):>8.1f} "
             f"{r.server_ms:>17.2f}  {per:<32} {r.client_ms:>17.2f}"
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _mb(value: float | None) -> str:
+    return "–" if value is None else f"{value / MB:.1f}"
+
+
+def print_memory(backend: str, result: BackendResult) -> None:
+    """RSS of each service's supervisor, workers and helpers at start, after the
+    onboardings (owner) and at the end."""
+    print()
+    print(f"{backend}: RSS in MB (VmRSS); workers: the largest, then each")
+    head = (
+        f"  {'when':<34} {'service':<13} {'supervisor':>10} {'worker max':>10}  "
+        f"{'workers':<20} {'helpers':>8}"
+    )
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    rows: list[tuple[str, ServiceRss]] = []
+    start = "at start" + ("" if result.settled else " (not settled)")
+    rows += [(start, r) for r in result.rss["at start"].values()]
+    rows += [(f"after {n:,} onboardings", r) for n, r in result.owner_rss]
+    rows += [("at end", r) for r in result.rss.get("at end", {}).values()]
+    for when, r in rows:
+        each = ", ".join(_mb(w) for w in r.workers)
+        helpers = ", ".join(_mb(h) for h in r.helpers) or "–"
+        print(
+            f"  {when:<34} {r.service:<13} {_mb(r.supervisor):>10} {_mb(r.max_worker):>10}  "
+            f"{each:<20} {helpers:>8}"
+        )
+
+
+def print_extras(backend: str, result: BackendResult) -> None:
+    """Idle CPU, the device client and TO0 at scale, each on a line."""
+    if result.idle is not None:
+        per = ", ".join(f"{name} {value:.3f}" for name, value in result.idle.items())
+        print(
+            f"{backend}: idle CPU over {result.idle_seconds:.0f} s after the load, ms per s "
+            f"(all processes of each service): {per}"
+        )
+    if result.client is not None:
+        c = result.client
+        print(
+            f"{backend}: fdo device onboard (TO1+TO2, {len(c.runs)} runs): peak RSS {_mb(c.peak_rss_max)} MB "
+            f"(median {_mb(c.peak_rss_median)}), wall time median {c.wall_median:.3f} s "
+            f"(max {c.wall_max:.3f} s)"
+        )
+    if result.to0_bulk is not None:
+        b = result.to0_bulk
+        line = (
+            f"{backend}: TO0 at scale, owner's scheduler with its defaults: {b.count:,} vouchers imported "
+            f"in {b.import_seconds:.1f} s; "
+        )
+        if b.finished:
+            line += f"all registered at the rendezvous {b.seconds:.1f} s after the import began"
+        else:
+            rate = b.registered / b.seconds if b.seconds > 0 else 0.0
+            line += f"{b.registered:,} registered when the cap of {b.cap:.0f} s ran out ({rate:.1f} per s"
+            line += f", all in ~{b.count / rate:.0f} s at that rate)" if rate > 0 else ")"
+        print(line)
+        if result.to0_idle is not None:
+            print(
+                f"{backend}: idle owner with its TO0 scheduler on, all registered: "
+                f"{result.to0_idle:.3f} ms per s"
+            )
+
+
+def figures(result: BackendResult) -> list[Figure]:
+    """Each figure of issue 15 (and the check-in's of issue 12) with its target."""
+    out: list[Figure] = []
+    for name, r in result.rss["at start"].items():
+        out.append(
+            Figure(
+                f"RSS per worker after start, {name}", r.max_worker / MB, START_RSS_TARGET_MB, "MB", digits=1
+            )
+        )
+    if result.owner_rss:
+        n, last = result.owner_rss[-1]
+        out.append(
+            Figure(
+                f"RSS per owner worker after {n:,} onboardings",
+                last.max_worker / MB,
+                OWNER_RSS_TARGET_MB,
+                "MB",
+                digits=1,
+            )
+        )
+        half, first = result.owner_rss[0]
+        growth = (last.max_worker - first.max_worker) / first.max_worker * 100 if first.max_worker else None
+        out.append(
+            Figure(
+                f"owner worker RSS growth, {half:,} to {n:,} onboardings",
+                growth,
+                OWNER_RSS_GROWTH_PCT,
+                "%",
+                digits=1,
+            )
+        )
+    for name in SERVICES:
+        value = None if result.idle is None else result.idle[name]
+        out.append(Figure(f"idle CPU after the load, {name}", value, IDLE_TARGET_MS, "ms/s", digits=3))
+    note, failed = "", False
+    if result.to0_bulk is not None and not result.to0_bulk.finished:
+        note, failed = "registration unfinished", True
+    out.append(
+        Figure(
+            "idle CPU, owner with TO0 scheduler on",
+            result.to0_idle,
+            IDLE_TARGET_MS,
+            "ms/s",
+            note=note,
+            failed=failed,
+            digits=3,
+        )
+    )
+    phases = {r.name: r for r in result.phases}
+    for label, name, target in (
+        ("server CPU per TO1+TO2, P-256/ECDH256/A128GCM", "TO1+TO2", TARGET_MS),
+        ("server CPU per TO1+TO2, P-384/ECDH384/A256GCM", "TO1+TO2 P-384", P384_TARGET_MS),
+        ("rendezvous CPU per TO1", "TO1", TO1_TARGET_MS),
+        ("rendezvous CPU per TO0", "TO0", TO0_TARGET_MS),
+        ("manufacturer CPU per DI", "DI", DI_TARGET_MS),
+    ):
+        out.append(Figure(label, phases[name].server_ms if name in phases else None, target, "ms"))
+    client = result.client
+    out.append(
+        Figure(
+            "fdo device onboard, peak RSS",
+            None if client is None else client.peak_rss_max / MB,
+            CLIENT_RSS_TARGET_MB,
+            "MB",
+            digits=1,
+        )
+    )
+    out.append(
+        Figure(
+            "fdo device onboard, wall time (median)",
+            None if client is None else client.wall_median,
+            CLIENT_WALL_TARGET_S,
+            "s",
+            digits=3,
+        )
+    )
+    bulk = result.to0_bulk
+    if bulk is None:
+        out.append(
+            Figure("vouchers imported to all registered (TO0)", None, TO0_BULK_TARGET_S, "s", digits=1)
+        )
+    else:
+        note = "" if bulk.finished else f"cap; {bulk.registered:,} of {bulk.count:,} registered"
+        out.append(
+            Figure(
+                f"{bulk.count:,} vouchers imported to all registered (TO0)",
+                bulk.seconds,
+                TO0_BULK_TARGET_S,
+                "s",
+                note=note,
+                failed=not bulk.finished,
+                digits=1,
+            )
+        )
+    if "check-in" in phases:
+        out.append(
+            Figure(
+                "owner CPU per check-in, nothing to change",
+                phases["check-in"].server_ms,
+                CHECKIN_TARGET_MS,
+                "ms",
+            )
+        )
+    return out
+
+
+#: ``--quick``: a smoke run (about a minute per backend); any flag given still wins.
+QUICK = {
+    "devices": 20,
+    "warmup": 4,
+    "onboardings": 40,
+    "checkin_rounds": 1,
+    "client_runs": 2,
+    "idle_seconds": 5.0,
+    "settle_seconds": 1.0,
+    "to0_vouchers": 200,
+    "to0_cap": 15.0,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--devices", type=int, default=200, help="measured devices per phase")
+    parser.add_argument("--devices", type=int, default=200, help="measured devices of DI, TO0, TO1, P-384")
+    parser.add_argument(
+        "--onboardings", type=int, default=2000, help="measured P-256 TO1+TO2 onboardings (owner RSS at half)"
+    )
     parser.add_argument("--warmup", type=int, default=16, help="unmeasured devices run first")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers per service")
     parser.add_argument(
         "--checkin-rounds", type=int, default=3, help="measured check-ins per device (check-in phase)"
     )
+    parser.add_argument(
+        "--client-runs", type=int, default=10, help="measured runs of fdo device onboard (0: skip)"
+    )
+    parser.add_argument(
+        "--idle-seconds", type=float, default=30.0, help="idle CPU window after the load (0: skip)"
+    )
+    parser.add_argument(
+        "--settle-seconds", type=float, default=5.0, help="wait after the load before the idle window"
+    )
+    parser.add_argument(
+        "--to0-vouchers", type=int, default=10_000, help="vouchers of the TO0-at-scale phase (0: skip)"
+    )
+    parser.add_argument(
+        "--to0-cap",
+        type=float,
+        default=TO0_BULK_TARGET_S,
+        help="give the TO0-at-scale phase up (NOT MET) after this many seconds (default: its target)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run with small counts")
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--spy", type=Path, help="py-spy the onboarding phase into this folder")
     args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    if args.onboardings < 2 or args.devices < 1 or args.warmup < 0:
+        parser.error("--onboardings must be at least 2, --devices at least 1")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     backends = args.backend or ["sqlite", "postgresql"]
     print(f"fdo-bootc benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, loopback HTTP")
-    all_results: dict[str, list[PhaseResult]] = {}
+    all_results: dict[str, BackendResult] = {}
+    kw: dict[str, Any] = {
+        "devices": args.devices,
+        "onboardings": args.onboardings,
+        "warmup": args.warmup,
+        "concurrency": args.concurrency,
+        "workers": args.workers,
+        "checkin_rounds": args.checkin_rounds,
+        "client_runs": args.client_runs,
+        "idle_seconds": args.idle_seconds,
+        "settle_seconds": args.settle_seconds,
+    }
+    bulk: dict[str, Any] = {
+        "count": args.to0_vouchers,
+        "cap": args.to0_cap,
+        "workers": args.workers,
+        "idle_seconds": args.idle_seconds,
+        "settle_seconds": args.settle_seconds,
+    }
     for backend in backends:
         print(f"  {backend} ...", flush=True)
-        kw: dict[str, Any] = {
-            "devices": args.devices,
-            "warmup": args.warmup,
-            "concurrency": args.concurrency,
-            "workers": args.workers,
-            "checkin_rounds": args.checkin_rounds,
-            "spy": None if args.spy is None else args.spy / backend,
-        }
+        began = time.monotonic()
+        spy = None if args.spy is None else args.spy / backend
         if backend == "sqlite":
-            all_results[backend] = bench_backend(backend, {}, **kw)
+            result = all_results[backend] = bench_backend(backend, {}, spy=spy, **kw)
+            if args.to0_vouchers > 0:
+                bench_to0_bulk(backend, {}, result, **bulk)
         elif postgres_available():
             with postgres_schemas() as urls:
-                all_results[backend] = bench_backend(backend, urls, **kw)
+                result = all_results[backend] = bench_backend(backend, urls, spy=spy, **kw)
+            if args.to0_vouchers > 0:
+                with postgres_schemas() as urls:
+                    bench_to0_bulk(backend, urls, result, **bulk)
         else:
             print("    PostgreSQL: no server answers on 127.0.0.1:5432, skipped")
+            continue
+        print(f"  {backend}: {time.monotonic() - began:.0f} s", flush=True)
 
-    for backend, results in all_results.items():
-        print_table(backend, results, args.concurrency, args.workers)
+    for backend, result in all_results.items():
+        print_table(backend, result.phases, args.concurrency, args.workers)
 
-    print()
-    ok = True
-    for backend, results in all_results.items():
-        full = next(r for r in results if r.name == "TO1+TO2")
-        met = full.server_ms < TARGET_MS
-        ok = ok and met
-        print(
-            f"{backend}: server CPU per full TO1+TO2 onboarding (rendezvous + owner) "
-            f"{full.server_ms:.2f} ms, target < {TARGET_MS:.0f} ms: {'MET' if met else 'NOT MET'}; "
-            f"{full.ops_per_s:.1f} onboardings/s with {args.workers} workers per service "
-            f"and the load generator ({full.client_ms:.1f} ms CPU per onboarding) on this machine"
-        )
-        if full.database_cpu > 0:
+    for backend, result in all_results.items():
+        print()
+        for name, suite, target in (("TO1+TO2", P256, TARGET_MS), ("TO1+TO2 P-384", P384, P384_TARGET_MS)):
+            full = result.phase(name)
             print(
-                f"{backend}: the database server's own processes on this machine used a further "
-                f"{full.database_cpu / full.ops * 1000:.2f} ms CPU per onboarding (not counted above)"
+                f"{backend}: server CPU per full TO1+TO2 onboarding, {suite.name}/{suite.kex.name}/"
+                f"{suite.cipher.name} (rendezvous + owner) {full.server_ms:.2f} ms, "
+                f"target < {target:.0f} ms: "
+                f"{'MET' if full.server_ms < target else 'NOT MET'}; "
+                f"{full.ops_per_s:.1f} onboardings/s with {args.workers} workers per service "
+                f"and the load generator ({full.client_ms:.1f} ms CPU per onboarding) on this machine"
             )
-        print_checkin(backend, next(r for r in results if r.name == "check-in"), args.workers)
+            if full.database_cpu > 0:
+                print(
+                    f"{backend}: the database server's own processes on this machine used a further "
+                    f"{full.database_cpu / full.ops * 1000:.2f} ms CPU per onboarding (not counted above)"
+                )
+        print_checkin(backend, result.phase("check-in"), args.workers)
+        print_extras(backend, result)
+    for backend, result in all_results.items():
+        print_memory(backend, result)
+    print_summary({backend: figures(result) for backend, result in all_results.items()})
     return 0
+
+
+def _ceiling(ops: int, cpu_seconds: float) -> float:
+    """Operations per second ``FLEET_CORES`` cores can do at ``cpu_seconds`` per ``ops``
+    (a run too short to register a clock tick of CPU has no ceiling to show)."""
+    return FLEET_CORES * ops / cpu_seconds if cpu_seconds > 0 else math.inf
 
 
 def print_checkin(backend: str, r: PhaseResult, workers: int) -> None:
@@ -480,7 +935,7 @@ def print_checkin(backend: str, r: PhaseResult, workers: int) -> None:
         f"{workers} owner workers and the load generator ({r.client_ms:.1f} ms CPU per check-in) "
         "on this machine"
     )
-    ceiling = FLEET_CORES / (r.server_cpu["owner"] / r.ops)
+    ceiling = _ceiling(r.ops, r.server_cpu["owner"])
     line = (
         f"{backend}: fleet of 100,000 devices every 5 min = {FLEET_RATE:.0f} check-ins/s; "
         f"CPU-bound ceiling of the owner on {FLEET_CORES} cores {ceiling:.0f}/s"
@@ -488,7 +943,7 @@ def print_checkin(backend: str, r: PhaseResult, workers: int) -> None:
     fits = ceiling >= FLEET_RATE
     if r.database_cpu > 0:
         db_ms = r.database_cpu / r.ops * 1000
-        ceiling = FLEET_CORES / ((r.server_cpu["owner"] + r.database_cpu) / r.ops)
+        ceiling = _ceiling(r.ops, r.server_cpu["owner"] + r.database_cpu)
         line += f", with PostgreSQL on the same cores (+{db_ms:.2f} ms per check-in) {ceiling:.0f}/s"
         fits = ceiling >= FLEET_RATE
     print(f"{line}: {'FITS' if fits else 'DOES NOT FIT'} on one {FLEET_CORES}-core machine")

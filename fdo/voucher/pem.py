@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -59,7 +58,8 @@ def split_pem(data: str | bytes) -> list[bytes]:
 
 def to_pem(data: bytes) -> str:
     """One PEM block of raw voucher CBOR (64-character base64 lines)."""
-    body = "\n".join(textwrap.wrap(base64.b64encode(data).decode("ascii"), 64))
+    text = base64.b64encode(data).decode("ascii")
+    body = "\n".join(text[i : i + 64] for i in range(0, len(text), 64))
     return f"-----BEGIN {PEM_LABEL}-----\n{body}\n-----END {PEM_LABEL}-----\n"
 
 

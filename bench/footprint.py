@@ -1,0 +1,172 @@
+"""Memory and idle CPU of the services' processes, for ``make bench`` (issue 15).
+
+A service started by :class:`fdo_server.launcher.ServiceProcess` with several workers is
+a process tree: uvicorn's supervisor (the first of :meth:`ServiceProcess.pids`), its
+workers, and multiprocessing's resource tracker (a small helper the spawn start method
+starts; told apart by its command line). With one worker uvicorn serves in the one
+process, which is then the worker. RSS is ``VmRSS`` of ``/proc/PID/status``.
+
+Idle CPU is far below what ``/proc/PID/stat`` resolves (clock ticks of 10 ms: 0.1 ms/s
+over 30 s is 3 ms), so it is read in nanoseconds from ``/proc/PID/task/TID/schedstat``
+(time on CPU of each thread), summed over every thread of every process of the tree at
+the end of the window less what the same threads had at its start (a thread that ends
+within the window loses what it used in it). Without ``schedstat`` it falls back to
+:meth:`ServiceProcess.cpu_seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fdo_server.launcher import ServiceProcess
+from fdo_server.stack import Stack
+
+MB = 1024 * 1024
+
+#: Command-line fragments of helper processes that are neither supervisor nor worker.
+HELPERS = (b"multiprocessing.resource_tracker", b"multiprocessing.forkserver")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of a process (``VmRSS``), or None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None  # a zombie has no VmRSS line
+
+
+def _is_helper(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(fragment in cmdline for fragment in HELPERS)
+
+
+@dataclass(frozen=True)
+class ServiceRss:
+    """One service's processes at one moment, in bytes."""
+
+    service: str
+    #: uvicorn's supervisor (None when the service runs in one process).
+    supervisor: int | None
+    workers: tuple[int, ...]
+    #: Helper processes (multiprocessing's resource tracker).
+    helpers: tuple[int, ...] = ()
+
+    @property
+    def max_worker(self) -> int:
+        return max(self.workers, default=0)
+
+    @property
+    def total(self) -> int:
+        return (self.supervisor or 0) + sum(self.workers) + sum(self.helpers)
+
+
+def service_rss(name: str, proc: ServiceProcess) -> ServiceRss:
+    """The RSS of ``proc``'s supervisor, workers and helpers right now."""
+    pids = proc.pids()
+    if not pids:
+        return ServiceRss(name, None, ())
+    if len(pids) == 1:
+        rss = rss_bytes(pids[0])
+        return ServiceRss(name, None, () if rss is None else (rss,))
+    workers: list[int] = []
+    helpers: list[int] = []
+    for pid in pids[1:]:
+        rss = rss_bytes(pid)
+        if rss is not None:
+            (helpers if _is_helper(pid) else workers).append(rss)
+    return ServiceRss(name, rss_bytes(pids[0]), tuple(workers), tuple(helpers))
+
+
+def stack_rss(stack: Stack, services: Iterable[str] | None = None) -> dict[str, ServiceRss]:
+    """:func:`service_rss` of each of ``services`` (default: all) of ``stack``."""
+    names = list(stack.services) if services is None else list(services)
+    return {name: service_rss(name, stack.services[name]) for name in names}
+
+
+def wait_settled(stack: Stack, workers: int, *, timeout: float = 30.0, interval: float = 0.5) -> bool:
+    """Wait until every service has ``workers`` workers and their RSS stopped moving.
+
+    ``/health`` answers as soon as one worker serves, while another may still be
+    importing: a figure "after start" taken then would be too low. Settled means the
+    total RSS of all services moved by less than 0.5 % over two intervals in a row.
+    Returns False if that did not happen within ``timeout`` (the figures are then
+    taken anyway).
+    """
+    deadline = time.monotonic() + timeout
+    previous = 0
+    steady = 0
+    while time.monotonic() < deadline:
+        now = stack_rss(stack)
+        complete = all(len(r.workers) >= workers for r in now.values())
+        total = sum(r.total for r in now.values())
+        steady = steady + 1 if complete and previous and abs(total - previous) < 0.005 * previous else 0
+        if steady >= 2:
+            return True
+        previous = total
+        time.sleep(interval)
+    return False
+
+
+def thread_cpu_ns(proc: ServiceProcess) -> dict[tuple[int, int], int] | None:
+    """Nanoseconds on CPU of each thread ``(pid, tid)`` of ``proc``'s processes (None
+    when this kernel has no ``schedstat``)."""
+    out: dict[tuple[int, int], int] = {}
+    for pid in proc.pids():
+        try:
+            tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue  # gone
+        for tid in tids:
+            path = Path(f"/proc/{pid}/task/{tid}/schedstat")
+            try:
+                out[pid, tid] = int(path.read_text().split()[0])
+            except FileNotFoundError:
+                if not Path(f"/proc/{pid}/task/{tid}").exists():
+                    continue  # the thread ended
+                return None
+            except OSError:
+                continue
+    return out
+
+
+def idle_cpu(stack: Stack, seconds: float, services: Iterable[str] | None = None) -> dict[str, float]:
+    """Milliseconds of CPU per second each service's processes used over ``seconds``
+    with no request from this process."""
+    names = list(stack.services) if services is None else list(services)
+    threads = {name: thread_cpu_ns(stack.services[name]) for name in names}
+    ticks = {name: stack.services[name].cpu_seconds() for name in names}
+    start = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - start
+    out = {}
+    for name in names:
+        before = threads[name]
+        after = thread_cpu_ns(stack.services[name])
+        if before is None or after is None:
+            used = stack.services[name].cpu_seconds() - ticks[name]
+        else:
+            used = sum(ns - before.get(key, 0) for key, ns in after.items()) / 1e9
+        out[name] = used / elapsed * 1000
+    return out
+
+
+__all__ = [
+    "MB",
+    "ServiceRss",
+    "idle_cpu",
+    "rss_bytes",
+    "service_rss",
+    "stack_rss",
+    "thread_cpu_ns",
+    "wait_settled",
+]
