@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import BindParameter, bindparam, event
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Select
@@ -338,45 +337,35 @@ class _Compiled:
     literals: dict[str, Any]  # bound values fixed in the statement (``state == 'active'``, LIMIT)
     binds: dict[str, Callable[[Any], Any]]  # parameter name -> bind processor
     results: tuple[Callable[[Any], Any] | None, ...]  # per result column
-    #: Parameter names in placeholder order (SQLite's ``?``); None for named (``%(name)s``).
-    positions: tuple[str, ...] | None = None
 
 
 class DirectStatement:
-    """A prebuilt Core statement that goes to the driver's cursor directly (psycopg on
-    PostgreSQL, sqlite3 on SQLite): compiled once per dialect, with SQLAlchemy's bind and
-    result processing for its types applied here, and SQLAlchemy's execution context and
-    result objects (40–60 µs a statement on the benchmark machine on PostgreSQL, about
-    30 µs on SQLite, for the statements every FDO message runs) skipped. With another
-    driver it runs through SQLAlchemy as usual.
+    """A prebuilt Core statement that, on a PostgreSQL connection, goes to the driver's
+    cursor directly: compiled once, with SQLAlchemy's bind and result processing for its
+    types applied here, and SQLAlchemy's execution context and result objects (40–60 µs
+    a statement on the benchmark machine, for the statements every FDO message runs)
+    skipped. Anywhere else (SQLite) it runs through SQLAlchemy as usual.
 
     It takes part in the :func:`message_scope` it runs in like any statement (the
-    deferred ``BEGIN``, :func:`last_write`; on SQLite the driver opens the transaction
-    before the first write, as it does for SQLAlchemy's statements); a connection error
-    invalidates the connection (PostgreSQL), as SQLAlchemy would. On SQLite the driver's
-    errors are raised as SQLAlchemy raises them (``sqlalchemy.exc.OperationalError`` for
-    a locked database, ``IntegrityError``, ...). SQLAlchemy's cursor events do not see
-    these statements.
+    deferred ``BEGIN``, :func:`last_write`); a connection error invalidates the
+    connection, as SQLAlchemy would.
     """
 
     def __init__(self, statement: Select[Any] | UpdateBase) -> None:
         self.statement = statement
-        # A SELECT's columns, or those of an INSERT/UPDATE/DELETE ... RETURNING.
-        self._columns = tuple(getattr(statement, "selected_columns", None) or statement.exported_columns)
+        self._columns = tuple(getattr(statement, "selected_columns", ()))
         self._by_dialect: dict[Dialect, _Compiled | None] = {}
 
     def _compiled(self, dialect: Dialect) -> _Compiled | None:
         if dialect in self._by_dialect:
             return self._by_dialect[dialect]
         found: _Compiled | None = None
-        direct = (dialect.name, dialect.paramstyle) in (("postgresql", "pyformat"), ("sqlite", "qmark"))
-        if direct:
+        if dialect.name == "postgresql" and dialect.paramstyle == "pyformat":
             compiled = self.statement.compile(dialect=dialect)
             expanding = [n for n, b in compiled.binds.items() if b.expanding]
             if expanding:  # IN (...) with a list: rendered per execution, not once
                 raise ValueError(f"DirectStatement: expanding parameters {expanding} (spell IN out with OR)")
-            positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-            if compiled.positional == (dialect.name == "sqlite"):  # qmark on SQLite, named on PostgreSQL
+            if not compiled.positional:
                 binds: dict[str, Callable[[Any], Any]] = {}
                 for name, bind in compiled.binds.items():
                     process = bind.type.dialect_impl(dialect).bind_processor(dialect)
@@ -390,7 +379,6 @@ class DirectStatement:
                     results=tuple(
                         c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self._columns
                     ),
-                    positions=positions,
                 )
         self._by_dialect[dialect] = found
         return found
@@ -406,8 +394,6 @@ class DirectStatement:
             if name in params:
                 params[name] = process(params[name])
         raw: Any = conn.connection.dbapi_connection
-        if compiled.positions is not None:
-            return DirectStatement._run_sqlite(conn, raw, compiled, params, read)
         try:
             with raw.cursor() as cursor:
                 _begin_before_write(conn, cursor, compiled.sql, None, None, False)
@@ -417,22 +403,6 @@ class DirectStatement:
             if raw.closed or _is_disconnect(exc):
                 conn.invalidate(exc)
             raise
-
-    @staticmethod
-    def _run_sqlite(
-        conn: Connection, raw: Any, compiled: _Compiled, params: dict[str, Any], read: Callable[[Any], T]
-    ) -> T:
-        values = tuple(params[name] for name in compiled.positions or ())
-        cursor = raw.cursor()
-        try:
-            cursor.execute(compiled.sql, values)
-            return read(cursor)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise sa_exc.DBAPIError.instance(
-                compiled.sql, values, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
-            ) from exc
-        finally:
-            cursor.close()
 
     def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run a DML statement; the number of rows it touched."""
