@@ -359,7 +359,8 @@ class DirectStatement:
 
     def __init__(self, statement: Select[Any] | UpdateBase) -> None:
         self.statement = statement
-        self._columns = tuple(getattr(statement, "selected_columns", ()))
+        # A SELECT's columns, or those an INSERT/UPDATE ... RETURNING gives back.
+        self._columns = tuple(getattr(statement, "selected_columns", None) or statement.exported_columns)
         self._by_dialect: dict[Dialect, _Compiled | None] = {}
 
     def _compiled(self, dialect: Dialect) -> _Compiled | None:
