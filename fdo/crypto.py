@@ -12,7 +12,6 @@ No files are read here: keys and certificates come in as bytes.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -136,18 +135,6 @@ def load_private_key(data: bytes) -> PrivateKeyT:
     return key
 
 
-@functools.lru_cache(maxsize=1024)
-def load_der_spki(der: bytes) -> object:
-    """``serialization.load_der_public_key`` of ``der``, remembered by its bytes.
-
-    Parsing an EC key checks its point (about 50 µs for P-256 on the benchmark machine),
-    and the servers parse the same few keys on every message: the rendezvous a device's
-    key twice per TO1, the owner and manufacturer keys of every voucher. Key objects are
-    immutable, so sharing one is safe. A failure is not remembered (raised again).
-    """
-    return serialization.load_der_public_key(der)
-
-
 def load_public_key(data: bytes) -> PublicKeyT:
     """Load a PEM or DER SubjectPublicKeyInfo, or the key of a PEM/DER certificate."""
     key: object
@@ -158,7 +145,7 @@ def load_public_key(data: bytes) -> PublicKeyT:
         elif stripped.startswith(b"-----"):
             key = serialization.load_pem_public_key(stripped)
         else:
-            key = load_der_spki(bytes(data))
+            key = serialization.load_der_public_key(data)
     except (ValueError, TypeError) as exc:
         raise MessageBodyError(f"cannot read public key: {type(exc).__name__}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
@@ -372,7 +359,7 @@ class PublicKey:
         if self.pk_enc == PkEnc.X509:
             der = codec.as_bytes(self.body, "PublicKey.X509")
             try:
-                key = load_der_spki(bytes(der))
+                key = serialization.load_der_public_key(der)
             except ValueError:
                 raise MessageBodyError("PublicKey: not a DER SubjectPublicKeyInfo") from None
             except UnsupportedAlgorithm:
