@@ -146,7 +146,7 @@ def load_public_key(data: bytes) -> PublicKeyT:
         elif stripped.startswith(b"-----"):
             key = serialization.load_pem_public_key(stripped)
         else:
-            key = serialization.load_der_public_key(data)
+            key = _der_public_key(bytes(data))  # the rendezvous loads a device key twice per TO1
     except (ValueError, TypeError) as exc:
         raise MessageBodyError(f"cannot read public key: {type(exc).__name__}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
