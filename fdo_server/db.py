@@ -462,7 +462,7 @@ class DirectStatement:
         return dict(zip((c.key for c in self._columns), row, strict=True))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """Run a SELECT; its first row, or None."""
+        """Run a SELECT (or a statement with RETURNING); its first row, or None."""
         compiled = self._direct(conn)
         if compiled is None:
             row = conn.execute(self.statement, dict(params)).first()
