@@ -115,6 +115,7 @@ class ServiceMetrics:
             ["service", "route"],
             registry=own,
         )
+        self._message_counters: dict[tuple[str, bool], Any] = {}
         self._extra: list[Collector] = []
         self._listeners: list[Callable[[MessageEvent], None]] = []
 
@@ -134,10 +135,21 @@ class ServiceMetrics:
             self.registry.register(collector)
 
     def observe(self, event: MessageEvent) -> None:
-        """:data:`transport.dispatch.MessageObserver`: count the message and log it."""
+        """:data:`transport.dispatch.MessageObserver`: count the message and log it.
+
+        Once per FDO message, so kept lean: the labelled counter of each (type, result)
+        is looked up once per process, and the log record is made and handled directly
+        (``Logger.info`` would walk the stack for the caller's file and line, which the
+        JSON line does not carry)."""
         msg_type = str(event.msg_type) if 0 <= event.msg_type <= 255 else "invalid"
         ok = event.error_code is None
-        self.messages.labels(self.service, msg_type, "ok" if ok else "error").inc()
+        key = (msg_type, ok)
+        counter = self._message_counters.get(key)
+        if counter is None:
+            counter = self._message_counters[key] = self.messages.labels(
+                self.service, msg_type, "ok" if ok else "error"
+            )
+        counter.inc()
         if not ok:
             self.errors.labels(self.service, str(event.error_code)).inc()
         protocol = event.protocol or "none"
@@ -160,13 +172,18 @@ class ServiceMetrics:
         }
         if event.completed:
             fields["completed"] = True
-        log.info(
-            "%s message %d %s",
-            event.protocol or "FDO",
-            event.msg_type,
-            "ok" if ok else f"error {event.error_code}",
-            extra={FIELDS: fields},
-        )
+        if log.isEnabledFor(logging.INFO):
+            record = log.makeRecord(
+                log.name,
+                logging.INFO,
+                __file__,
+                0,
+                "%s message %d %s",
+                (event.protocol or "FDO", event.msg_type, "ok" if ok else f"error {event.error_code}"),
+                None,
+                extra={FIELDS: fields},
+            )
+            log.handle(record)
         for listener in self._listeners:
             listener(event)
 

@@ -12,18 +12,26 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
+from sqlalchemy import Table, insert
 from starlette.types import ASGIApp
 
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import service
 from fdo_server.body_limit import RouteLimit
-from fdo_server.db import current_session, require_durable
+from fdo_server.clock import utc_now
+from fdo_server.db import DirectStatement, bound, current_connection, require_durable
 from fdo_server.service import open_engine, service_app
 from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from manufacturer.tables import Voucher
 from transport.dispatch import AnyServerMachine, ProtocolHandler
+
+_VOUCHERS: Table = Voucher.__table__  # type: ignore[attr-defined]
+#: The voucher row a finished DI stores (Core, built once: no ORM session per DI).
+_INSERT_VOUCHER = DirectStatement(
+    insert(_VOUCHERS).values(bound("guid", "serial", "model", "key_kind", "created_at", "raw", "num_entries"))
+)
 
 
 def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
@@ -38,15 +46,17 @@ def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
         require_durable()  # the device keeps the credential DI.Done confirms: so must we the voucher
         voucher, info = machine.voucher, machine.mfg_info
         serial = (info.serial if info is not None else None) or voucher.header.device_info
-        current_session().add(
-            Voucher(
-                guid=voucher.guid.value,
-                serial=serial,
-                model=voucher.header.device_info,
-                key_kind=key_kind(voucher.header.public_key.key),
-                raw=voucher.encode(),
-                num_entries=0,
-            )
+        _INSERT_VOUCHER.rowcount(
+            current_connection(),
+            {
+                "guid": voucher.guid.value,
+                "serial": serial,
+                "model": voucher.header.device_info,
+                "key_kind": key_kind(voucher.header.public_key.key),
+                "created_at": utc_now(),
+                "raw": voucher.encode(),
+                "num_entries": 0,
+            },
         )
 
     return ProtocolHandler(

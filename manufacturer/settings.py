@@ -18,12 +18,14 @@ Environment examples::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
@@ -35,12 +37,11 @@ from fdo.crypto import (
     common_name,
     issue_device_cert,
     key_kind,
-    load_csr,
     load_private_key,
     spki_der,
 )
 from fdo.di.messages import MfgInfo
-from fdo.errors import FdoError, UnsupportedError
+from fdo.errors import FdoError, MessageBodyError, UnsupportedError
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo
 from fdo_server.config import IPNetwork, Networks, ServiceSettings, body_limit_field, parse_networks
 
@@ -112,6 +113,8 @@ class ManufacturerMaterial:
     ca_key: PrivateKeyT
     ca_chain: tuple[x509.Certificate, ...]
     rv: RendezvousInfo
+    #: ``ov_public_key``'s answer per key kind, made on first use (one per DI otherwise).
+    _public_keys: dict[str, PublicKey] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     # ------------------------------------------------------------ DIManufacturerConfig
 
@@ -122,10 +125,13 @@ class ManufacturerMaterial:
         a device whose kind has no configured key is refused rather than given another.
         """
         kind = _device_kind(info)
-        key = self.keys.get(kind)
-        if key is None:
-            raise UnsupportedError(f"manufacturer has no {kind} key (configured: {', '.join(self.keys)})")
-        return PublicKey.from_key(key.public_key())
+        public = self._public_keys.get(kind)
+        if public is None:
+            key = self.keys.get(kind)
+            if key is None:
+                raise UnsupportedError(f"manufacturer has no {kind} key (configured: {', '.join(self.keys)})")
+            public = self._public_keys[kind] = PublicKey.from_key(key.public_key())
+        return public
 
     def issue_chain(self, csr: x509.CertificateSigningRequest, info: MfgInfo, now: datetime) -> list[bytes]:
         device_key = csr.public_key()
@@ -148,9 +154,18 @@ class ManufacturerMaterial:
 
 
 def _device_kind(info: MfgInfo) -> str:
+    """The kind of the key in the device's CSR. The DI machine has checked the CSR (its
+    self-signature too, :func:`fdo.crypto.load_csr`) before it asks, so the request is
+    only parsed here, not verified a second time."""
     if info.csr is None:
         raise UnsupportedError("DeviceMfgInfo carries no CSR")
-    return key_kind(load_csr(info.csr).public_key())  # type: ignore[arg-type]
+    try:
+        key = x509.load_der_x509_csr(info.csr).public_key()
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm):
+        raise MessageBodyError("CSR: not a DER PKCS#10 request with a readable key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise UnsupportedError("CSR: only EC and RSA keys are supported")
+    return key_kind(key)
 
 
 def _read(setting: str, path: Path | None) -> bytes:

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection
 from fdo.errors import ErrorCode, InvalidMessageError
 from fdo.to0.rendezvous import TO0Registration
 from fdo.types import Guid
-from fdo_server.db import current_connection
+from fdo_server.db import DirectStatement, bound, current_connection
 from fdo_server.logs import FIELDS
 from fdo_server.metrics import ServiceMetrics
 from rendezvous.tables import RegistrationPin
@@ -126,13 +126,39 @@ _PINS: Table = RegistrationPin.__table__  # type: ignore[attr-defined]
 _P = _PINS.c
 
 
+_LOAD = DirectStatement(select(_P.manufacturer_key_hash, _P.owner_chain).where(_P.guid == bindparam("g")))
+_LOAD_LOCKED = DirectStatement(
+    select(_P.manufacturer_key_hash, _P.owner_chain).where(_P.guid == bindparam("g")).with_for_update()
+)
+
+
 def load_pin(conn: Connection, guid: bytes, *, lock: bool = False) -> Pin | None:
     """The pin of ``guid`` (``lock``: row-locked until the transaction ends, PostgreSQL)."""
-    query = select(_P.manufacturer_key_hash, _P.owner_chain).where(_P.guid == guid)
-    if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    query = _LOAD_LOCKED if lock and conn.dialect.name == "postgresql" else _LOAD
+    row = query.first(conn, {"g": guid})
     return None if row is None else Pin.from_columns(row[0], row[1])
+
+
+_PIN_COLUMNS = ("guid", "manufacturer_key_hash", "owner_chain", "pinned_at", "updated_at")
+#: INSERT ... ON CONFLICT DO NOTHING RETURNING guid per dialect, built on first use (so a
+#: service on SQLite never imports the PostgreSQL dialect); None: no ON CONFLICT there.
+_INSERTS: dict[str, DirectStatement | None] = {}
+
+
+def _insert_statement(dialect: str) -> DirectStatement | None:
+    if dialect in _INSERTS:
+        return _INSERTS[dialect]
+    dialect_insert: Any = None
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    built = None
+    if dialect_insert is not None:
+        stmt = dialect_insert(_PINS).values(bound(*_PIN_COLUMNS))
+        built = DirectStatement(stmt.on_conflict_do_nothing(index_elements=["guid"]).returning(_P.guid))
+    _INSERTS[dialect] = built
+    return built
 
 
 def _insert_if_absent(conn: Connection, values: dict[str, Any]) -> bool:
@@ -142,24 +168,16 @@ def _insert_if_absent(conn: Connection, values: dict[str, Any]) -> bool:
     pins and the other is judged against that pin. (RETURNING tells whether it inserted:
     SQLAlchemy's psycopg dialect reports no rowcount for an INSERT.)
     """
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        pg_stmt = pg_insert(_PINS).values(**values).on_conflict_do_nothing(index_elements=["guid"])
-        return conn.execute(pg_stmt.returning(_P.guid)).first() is not None
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        lite_stmt = sqlite_insert(_PINS).values(**values).on_conflict_do_nothing(index_elements=["guid"])
-        return conn.execute(lite_stmt.returning(_P.guid)).first() is not None
+    statement = _insert_statement(conn.dialect.name)
+    if statement is not None:
+        return statement.first(conn, values) is not None
     if conn.execute(select(_P.guid).where(_P.guid == values["guid"])).first() is not None:
         return False
     conn.execute(insert(_PINS).values(**values))
     return True
 
 
-_EXTEND = (
+_EXTEND = DirectStatement(
     update(_PINS)
     .where(_P.guid == bindparam("g"))
     .values(owner_chain=bindparam("chain"), updated_at=bindparam("now"))
@@ -186,7 +204,7 @@ def enforce_pin(reg: TO0Registration, now: datetime) -> Verdict:
         return Verdict.PIN
     verdict = judge(load_pin(conn, guid, lock=True), offered)
     if verdict == Verdict.EXTEND:
-        conn.execute(_EXTEND, {"g": guid, "chain": offered.chain_bytes(), "now": now})
+        _EXTEND.rowcount(conn, {"g": guid, "chain": offered.chain_bytes(), "now": now})
     elif not verdict.accepted:
         _pending.set(_Refusal(reg.guid, verdict))
         raise PinRefusedError(reg.guid, verdict)

@@ -25,7 +25,7 @@ from fdo.to1.rendezvous import TO1Record
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
 from fdo_server.clock import Clock, utc_now
-from fdo_server.db import DirectStatement, current_connection, current_session
+from fdo_server.db import DirectStatement, bound, current_connection, current_session
 from rendezvous.tables import Registration
 
 
@@ -77,9 +77,48 @@ class RegistrationLookup:
         return TO1Record(device_key_spki=row[0], to1d=row[1])
 
 
+_REGISTRATION_COLUMNS = (
+    "guid",
+    "to1d",
+    "device_key_spki",
+    "owner_key_spki",
+    "manufacturer_key_spki",
+    "wait_seconds",
+    "registered_at",
+    "expires_at",
+)
+
+
+def _upsert(dialect: str) -> DirectStatement | None:
+    """The INSERT of a registration that replaces the GUID's earlier one, in one statement
+    (so two owners registering the same GUID at once cannot collide), for ``dialect``
+    (None for a database without ``ON CONFLICT``): built once, on first use (so a
+    service on SQLite never imports the PostgreSQL dialect)."""
+    if dialect in _UPSERT:
+        return _UPSERT[dialect]
+    dialect_insert: Any = None
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    built = None
+    if dialect_insert is not None:
+        stmt = dialect_insert(_REGISTRATIONS).values(bound(*_REGISTRATION_COLUMNS))
+        built = DirectStatement(
+            stmt.on_conflict_do_update(
+                index_elements=["guid"],
+                set_={name: stmt.excluded[name] for name in _REGISTRATION_COLUMNS if name != "guid"},
+            )
+        )
+    _UPSERT[dialect] = built
+    return built
+
+
+_UPSERT: dict[str, DirectStatement | None] = {}
+
+
 def save_registration(reg: TO0Registration, now: datetime) -> None:
     """Store ``reg`` in the current unit of work, replacing any earlier one for the GUID."""
-    db = current_session()
     values: dict[str, Any] = {
         "guid": reg.guid.value,
         "to1d": reg.to1d,
@@ -90,30 +129,18 @@ def save_registration(reg: TO0Registration, now: datetime) -> None:
         "registered_at": now,
         "expires_at": now + timedelta(seconds=reg.wait_seconds),
     }
-    dialect = db.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        # One statement, so two owners registering the same GUID at once cannot collide.
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            pg_stmt = pg_insert(Registration).values(**values)
-            db.execute(pg_stmt.on_conflict_do_update(index_elements=["guid"], set_=_updates(values)))
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            lite_stmt = sqlite_insert(Registration).values(**values)
-            db.execute(lite_stmt.on_conflict_do_update(index_elements=["guid"], set_=_updates(values)))
+    conn = current_connection()
+    upsert = _upsert(conn.dialect.name)
+    if upsert is not None:
+        upsert.rowcount(conn, values)
         return
+    db = current_session()
     row = db.get(Registration, reg.guid.value)
     if row is None:
         db.add(Registration(**values))
     else:
         for key, value in values.items():
             setattr(row, key, value)
-
-
-def _updates(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k != "guid"}
 
 
 # ---------------------------------------------------------------------------- admin

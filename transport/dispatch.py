@@ -194,9 +194,11 @@ class Outcome:
     error_code: int | None = None
     #: ``(token, entry)`` of a live session to cache once the transaction commits.
     keep: tuple[str, LiveMachine] | None = None
+    #: The session token the reply carries (set on success).
+    token: str | None = None
 
     def reset(self) -> None:
-        self.machine = self.session_started_at = self.error_code = self.keep = None
+        self.machine = self.session_started_at = self.error_code = self.keep = self.token = None
         self.started = self.completed = False
 
 
@@ -327,6 +329,7 @@ class MessageDispatcher:
             if token is not None:
                 self.forget(token)
             return self.fail(outcome, InternalError("internal server error"), msg_type)
+        outcome.token = result[2]
         return self.reply(*result)
 
     def run_cached(
@@ -462,7 +465,7 @@ class MessageDispatcher:
             error_code = outcome.error_code
             if error_code is None and response.status_code != 200:
                 error_code = int(InternalError.code)
-            token = _token_from(response.headers.get("authorization")) if error_code is None else None
+            token = outcome.token if error_code is None else None
             if token is None and type_num != first:
                 token = _token_from(headers.get("authorization"))
             session_seconds = None
