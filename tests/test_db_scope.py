@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import event, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from fdo_server import db as fdb
@@ -168,7 +169,7 @@ def test_direct_statements_read_what_sqlalchemy_reads(engine: Engine) -> None:
     assert loaded.expires_at == orm.expires_at == LATER and loaded.expires_at.tzinfo is not None
 
 
-def test_direct_statements_skip_sqlalchemy_on_postgres_only(engine: Engine) -> None:
+def test_direct_statements_skip_sqlalchemy(engine: Engine) -> None:
     seen: list[str] = []
 
     def count(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
@@ -180,7 +181,7 @@ def test_direct_statements_skip_sqlalchemy_on_postgres_only(engine: Engine) -> N
             SQLSessionStore().load("no-such-token")
     finally:
         event.remove(engine, "before_cursor_execute", count)
-    assert len(seen) == (0 if engine.dialect.name == "postgresql" else 1)
+    assert seen == []  # the driver's cursor directly, on SQLite and PostgreSQL alike
 
 
 def test_postgres_direct_statement_on_a_dead_connection_invalidates_it(engine: Engine) -> None:
@@ -205,3 +206,44 @@ def test_postgres_direct_statement_refuses_an_expanding_in(engine: Engine) -> No
     statement = fdb.DirectStatement(sa_select(table.c.token).where(table.c.protocol.in_(("TO1", "TO2"))))
     with pytest.raises(ValueError, match="expanding parameters"), message_scope(engine) as conn:
         statement.first(conn, {})
+
+
+def test_direct_statement_errors_are_sqlalchemy_errors(engine: Engine) -> None:
+    """A constraint violation on the driver's cursor is raised as SQLAlchemy raises it
+    (callers catch ``sqlalchemy.exc.IntegrityError``), and the scope rolls back."""
+    table = FdoSession.__table__  # type: ignore[attr-defined]
+    add = fdb.DirectStatement(insert(table))
+    row = {"token": "twice", "protocol": "TO2", "state": b"s", "version": 0, "expires_at": LATER}
+    if engine.dialect.name == "postgresql":
+        error: type[Exception] = psycopg.IntegrityError  # psycopg's own, as before
+    else:
+        error = IntegrityError
+    with pytest.raises(error), message_scope(engine) as conn:
+        add.rowcount(conn, {**row, "token": "first"})
+        add.rowcount(conn, row)
+        add.rowcount(conn, row)
+    assert _tokens(engine) == set()
+
+
+def test_sqlite_direct_statement_outside_a_transaction_goes_through_sqlalchemy(engine: Engine) -> None:
+    """On a bare SQLite connection (no transaction begun) the statement runs through
+    SQLAlchemy, whose autobegin then decides what commits: nothing, without a commit."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
+    table = FdoSession.__table__  # type: ignore[attr-defined]
+    add = fdb.DirectStatement(insert(table))
+    seen: list[str] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with engine.connect() as conn:
+            row = {"token": "bare", "protocol": "TO2", "state": b"s", "version": 0, "expires_at": LATER}
+            assert add.rowcount(conn, row) == 1
+            assert conn.in_transaction()  # SQLAlchemy's autobegin: rolled back at close
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(seen) == 1
+    assert _tokens(engine) == set()
