@@ -359,7 +359,8 @@ class DirectStatement:
 
     def __init__(self, statement: Select[Any] | UpdateBase) -> None:
         self.statement = statement
-        self._columns = tuple(getattr(statement, "selected_columns", ()))
+        # A SELECT's columns, or those an INSERT/UPDATE ... RETURNING gives back.
+        self._columns = tuple(getattr(statement, "selected_columns", None) or statement.exported_columns)
         self._by_dialect: dict[Dialect, _Compiled | None] = {}
 
     def _compiled(self, dialect: Dialect) -> _Compiled | None:
@@ -461,7 +462,7 @@ class DirectStatement:
         return dict(zip((c.key for c in self._columns), row, strict=True))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """Run a SELECT; its first row, or None."""
+        """Run a SELECT (or a statement with RETURNING); its first row, or None."""
         compiled = self._direct(conn)
         if compiled is None:
             row = conn.execute(self.statement, dict(params)).first()
@@ -472,6 +473,23 @@ class DirectStatement:
             if found is None:
                 return None
             return tuple(v if p is None else p(v) for v, p in zip(found, compiled.results, strict=True))
+
+        return self._run(conn, compiled, params, read)
+
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a SELECT; all its rows."""
+        compiled = self._direct(conn)
+        if compiled is None:
+            return [tuple(row) for row in conn.execute(self.statement, dict(params))]
+
+        def read(cursor: Any) -> list[tuple[Any, ...]]:
+            results = compiled.results
+            if not any(results):
+                return [tuple(row) for row in cursor.fetchall()]
+            return [
+                tuple(v if p is None else p(v) for v, p in zip(row, results, strict=True))
+                for row in cursor.fetchall()
+            ]
 
         return self._run(conn, compiled, params, read)
 

@@ -11,7 +11,6 @@ same transaction.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 from collections.abc import Iterator
@@ -144,7 +143,7 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
     lifecycle.record_replacement(conn, machine.replacement_basis, new, now=now, register_to0=register_to0)
     old_id = lifecycle.basis_voucher_id(machine.replacement_basis)
     new_guid = None if new is None else new.guid.value
-    devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
+    devmod = groups.devmod_dict(machine.devmod)
     if machine.devmod is not None:
         device = groups.device_row(conn, machine.guid)
         assigned = None if device is None else device["assigned_revision_id"]

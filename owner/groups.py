@@ -91,12 +91,17 @@ def _json_safe(value: object) -> object:
     return value
 
 
+_DEVMOD_FIELDS = tuple(f.name for f in dataclasses.fields(Devmod))
+
+
 def devmod_dict(devmod: DevmodLike) -> dict[str, Any]:
-    """The devmod facts as JSON-ready data."""
+    """The devmod facts as JSON-ready data (``dataclasses.asdict`` made JSON-safe: bytes as
+    hex, tuples as lists; read field by field, since asdict deep-copies every value)."""
     if devmod is None:
         return {}
-    data: Mapping[str, object] = dataclasses.asdict(devmod) if isinstance(devmod, Devmod) else devmod
-    out = _json_safe(data)
+    if isinstance(devmod, Devmod):
+        return {name: _json_safe(getattr(devmod, name)) for name in _DEVMOD_FIELDS}
+    out = _json_safe(devmod)
     assert isinstance(out, dict)  # noqa: S101 - a mapping maps to a dict
     return out
 
@@ -179,10 +184,34 @@ _GUIDS_OF_DEVICE = (
     core_select(_GUIDS.c.guid).where(_GUIDS.c.device_id == bindparam("d")).order_by(_GUIDS.c.id)
 )
 # A device record made in TO2 (message 68), unless a concurrent TO2 of the same device
-# made it first (two attempts of one device, two replicas): then that one is used.
+# made it first (two attempts of one device, two replicas): then that one is used (no
+# row comes back).
+_DEVICE_COLUMNS = (
+    "guid",
+    "serial",
+    "model",
+    "devmod",
+    "labels",
+    "group_id",
+    "assigned_revision_id",
+    "revision_id",
+    "status",
+    "created_at",
+    "updated_at",
+)
 _INSERT_DEVICE = {
-    "postgresql": postgresql_insert(_DEVICES).on_conflict_do_nothing(index_elements=[_D.guid]),
-    "sqlite": sqlite_insert(_DEVICES).on_conflict_do_nothing(index_elements=[_D.guid]),
+    "postgresql": DirectStatement(
+        postgresql_insert(_DEVICES)
+        .values(bound(*_DEVICE_COLUMNS))
+        .on_conflict_do_nothing(index_elements=[_D.guid])
+        .returning(_D.id)
+    ),
+    "sqlite": DirectStatement(
+        sqlite_insert(_DEVICES)
+        .values(bound(*_DEVICE_COLUMNS))
+        .on_conflict_do_nothing(index_elements=[_D.guid])
+        .returning(_D.id)
+    ),
 }
 _GUID_VALUES = bound("device_id", "guid", "added_at")
 _INSERT_GUID = DirectStatement(insert(_GUIDS).values(_GUID_VALUES))
@@ -274,13 +303,10 @@ def _insert_row(conn: Connection, values: Mapping[str, Any], *, status: str, at:
     """A new device record with ``values`` (its GUID among them), that GUID in its
     history and the ``created`` event; returns its id, or None when a record with that
     GUID exists already (made by a concurrent transaction that has committed since)."""
-    result = conn.execute(
-        _INSERT_DEVICE[conn.dialect.name], {**values, "status": status, "created_at": at, "updated_at": at}
-    )
-    if result.rowcount == 0:
+    row = {"revision_id": None, **values, "status": status, "created_at": at, "updated_at": at}
+    inserted = _INSERT_DEVICE[conn.dialect.name].first(conn, {name: row[name] for name in _DEVICE_COLUMNS})
+    if inserted is None:
         return None
-    inserted = result.inserted_primary_key
-    assert inserted is not None  # noqa: S101 - an INSERT that inserted has one
     device_id = int(inserted[0])
     _INSERT_GUID.rowcount(conn, {"device_id": device_id, "guid": values["guid"], "added_at": at})
     _event(conn, device_id, "created", {"guid": str(Guid(values["guid"]))}, at)
@@ -336,18 +362,32 @@ def _best(groups: Sequence[GroupRules]) -> GroupRules | None:
 
 _GROUPS: Table = Group.__table__  # type: ignore[attr-defined]
 _G = _GROUPS.c
-# Built once (Core): TO2 resolves a group once per onboarding, and usually finds none.
-_LIVE_GROUP_RULES = (
+# Built once (Core, to the driver directly): TO2 resolves a group once per onboarding,
+# and usually finds none.
+_LIVE_GROUP_RULES = DirectStatement(
     core_select(_G.id, _G.members, _G.model, _G.serial_pattern, _G.labels, _G.priority, _G.is_default)
     .where(_G.deleted_at.is_(None))
     .order_by(_G.id)
 )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rules:
+    """A live group's resolution columns (a :class:`GroupRules`)."""
+
+    id: int | None
+    members: list[str]
+    model: str | None
+    serial_pattern: str | None
+    labels: dict[str, str]
+    priority: int
+    is_default: bool
+
+
 def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
     """The group of a device with ``facts`` (module docstring: the rule)."""
     db.flush()  # the rules are read from the database directly
-    groups = [cast(GroupRules, row) for row in db.connection().execute(_LIVE_GROUP_RULES)]
+    groups = [cast(GroupRules, _Rules(*row)) for row in _LIVE_GROUP_RULES.all(db.connection(), {})]
     found = _best([g for g in groups if _lists(g, facts)])
     if found is None:
         found = _best([g for g in groups if not g.is_default and _selects(g, facts)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from owner.groups import (
     assignment_for,
     device_guids,
     device_row,
+    devmod_dict,
     find_device,
     record_onboarding,
     record_status,
@@ -236,3 +238,26 @@ def test_device_row_reads_json_and_ids(engine: Engine) -> None:
         assert row["labels"] == {} and (row["serial"], row["model"]) == ("SN-10", "box-10")
     with engine.connect() as conn:
         assert device_row(conn, Guid(os.urandom(16))) is None
+
+
+def test_devmod_dict_is_asdict_made_json_safe() -> None:
+    """Read field by field, the facts are what ``dataclasses.asdict`` gives, with bytes as
+    hex and tuples as lists (what the device record stored before)."""
+    devmod = Devmod(
+        os="Linux",
+        arch="x86_64",
+        version="6.1",
+        device="model-x",
+        sep=";",
+        bin="x86_64",
+        sn=b"\x00\xffserial",
+        modules=("devmod", "fdo.download"),
+    )
+    expected = {
+        k: v.hex() if isinstance(v, bytes) else list(v) if isinstance(v, tuple) else v
+        for k, v in dataclasses.asdict(devmod).items()
+    }
+    assert devmod_dict(devmod) == expected
+    assert devmod_dict(devmod)["modules"] == ["devmod", "fdo.download"]
+    assert devmod_dict(None) == {}
+    assert devmod_dict({"sn": b"\x01", "modules": ("a",)}) == {"sn": "01", "modules": ["a"]}
