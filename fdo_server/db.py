@@ -512,6 +512,13 @@ def current_session() -> Session:
     return session
 
 
+def open_session() -> Session | None:
+    """The ORM session of the open unit of work if code made one (:func:`current_session`),
+    else None (made on demand by a :func:`message_scope`: code that can do without one
+    need not make it)."""
+    return _current.get()
+
+
 def current_connection() -> Connection:
     """The connection (in its transaction) of the unit of work this code runs in."""
     conn = _connection.get()

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import make_engine, unit_of_work
+from fdo_server.db import current_session, make_engine, message_scope, open_session, unit_of_work
 from owner.groups import (
     DeviceFacts,
     assignment_for,
@@ -261,3 +261,25 @@ def test_devmod_dict_is_asdict_made_json_safe() -> None:
     assert devmod_dict(devmod)["modules"] == ["devmod", "fdo.download"]
     assert devmod_dict(None) == {}
     assert devmod_dict({"sn": b"\x01", "modules": ("a",)}) == {"sn": "01", "modules": ["a"]}
+
+
+def test_to2_makes_an_orm_session_only_for_a_group(engine: Engine) -> None:
+    """Given a session maker (as the TO2 store gives it), assignment_for records the
+    device with Core statements alone and makes the session only once a group matches."""
+    made: list[Session] = []
+
+    def maker() -> Session:
+        made.append(current_session())
+        return made[-1]
+
+    with message_scope(engine):
+        assert assignment_for(maker, Guid.new(), devmod("S-1", "no-group"), now=NOW) is None
+        assert open_session() is None
+    assert made == []
+    with unit_of_work(engine) as db:
+        group = add_group(db, "g", model="grouped")
+        publish(db, group, 1)
+    with message_scope(engine):
+        found = assignment_for(maker, Guid.new(), devmod("S-2", "grouped"), now=NOW)
+        assert found is not None and found.group.name == "g" and found.revision.number == 1
+    assert len(made) == 1
