@@ -12,6 +12,7 @@ No files are read here: keys and certificates come in as bytes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -331,9 +332,26 @@ def _crypto_to_cose_key(key: PublicKeyT) -> dict[int, CborValue]:
     return {1: 3, -1: _int_bytes(rnums.n), -2: _int_bytes(rnums.e)}
 
 
+# Parsed keys and certificates by their DER bytes. The same few keys (the owner's, the
+# manufacturer's, the device CA) and each device's certificates come back in every
+# message of a TO2 and in every voucher; ``cryptography`` objects are immutable, so a
+# hit is the very object those bytes parse to. Bounded: a few hundred small entries.
+_PARSED_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
+def _der_certificate(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
+def _der_public_key(der: bytes) -> object:
+    return serialization.load_der_public_key(der)
+
+
 def _load_der_cert(der: bytes, what: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
+        return _der_certificate(bytes(der))
     except ValueError:
         raise MessageBodyError(f"{what}: not a DER certificate") from None
 
@@ -359,7 +377,7 @@ class PublicKey:
         if self.pk_enc == PkEnc.X509:
             der = codec.as_bytes(self.body, "PublicKey.X509")
             try:
-                key = serialization.load_der_public_key(der)
+                key = _der_public_key(der)
             except ValueError:
                 raise MessageBodyError("PublicKey: not a DER SubjectPublicKeyInfo") from None
             except UnsupportedAlgorithm:

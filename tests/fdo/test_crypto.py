@@ -18,6 +18,7 @@ from fdo.crypto import (
     generate_key,
     hash_alg_for,
     issue_device_cert,
+    load_cert_chain,
     load_csr,
     load_private_key,
     load_public_key,
@@ -27,6 +28,7 @@ from fdo.crypto import (
     public_key_to_pem,
     sig_alg_for,
     sign,
+    spki_der,
     verify,
     verify_cert_chain,
 )
@@ -174,3 +176,23 @@ def test_common_name_fits_a_certificate(text: str, name: str) -> None:
     key, now = generate_key("ec256"), datetime.now(UTC)
     cert = issue_device_cert(key, make_ca(key, "CA", now), key.public_key(), name, now)
     assert cert.subject.rfc4514_string() == f"CN={name}"
+
+
+def test_parsed_keys_and_certificates_are_reused_by_their_bytes() -> None:
+    """A key or certificate seen before (the owner's key in every message, a device's
+    chain at ProveDevice and Done) is parsed once; bad bytes are refused every time."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = spki_der(key.public_key())
+    first = PublicKey(PkType.SECP256R1, PkEnc.X509, der)
+    again = PublicKey(PkType.SECP256R1, PkEnc.X509, bytes(bytearray(der)))  # equal, not identical
+    assert again.key is first.key
+    assert again.same_key(key.public_key())
+    cert = make_ca(key, "cache test", datetime.now(UTC))
+    cert_bytes = cert_der(cert)
+    (a,), (b,) = load_cert_chain([cert_bytes]), load_cert_chain([bytes(bytearray(cert_bytes))])
+    assert a is b and a == cert
+    for _ in range(2):
+        with pytest.raises(MessageBodyError):
+            PublicKey(PkType.SECP256R1, PkEnc.X509, der[:-1])
+        with pytest.raises(MessageBodyError):
+            load_cert_chain([cert_bytes[:-1]])
