@@ -8,9 +8,13 @@ database) of every message. What this leaves out is the HTTP layer (uvicorn, Sta
 routing and the body reader); ``make bench`` measures the whole server.
 
     .venv/bin/python bench/profile_onboarding.py [--devices 30] [--top 40] [--backend postgresql]
+        [--suite p384] [--timing | --sql]
 
 With ``--backend postgresql`` each service gets a fresh schema on the local PostgreSQL
-server (as ``make bench`` does), dropped afterwards.
+server (as ``make bench`` does), dropped afterwards. ``--suite p384`` onboards with
+P-384 keys (device and owner), ECDH384 and A256GCM instead of P-256/ECDH256/A128GCM.
+``--sql`` prints, instead of a profile, the server's SQL statements and commits per
+message type as SQLite runs them (SQLite only: PostgreSQL's are not traced).
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ import cProfile
 import os
 import pstats
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 from starlette.routing import Route
 
 from device.modules import standard_modules
@@ -58,6 +65,7 @@ class InProcessTransport(httpx.BaseTransport):
     def __init__(self, apps: dict[str, FastAPI]) -> None:
         self.cpu = 0.0  # thread CPU seconds spent in the endpoints
         self.wall: dict[str, float] = {}  # wall seconds in the endpoints, by message type
+        self.current: str | None = None  # the message type being served
         self.endpoints: dict[str, MessageHandler] = {}
         for netloc, app in apps.items():
             for route in _routes(app.router.routes):
@@ -73,7 +81,11 @@ class InProcessTransport(httpx.BaseTransport):
         headers = {k.lower(): v for k, v in request.headers.items()}
         body = request.read()
         start, t0 = time.thread_time(), time.perf_counter()
-        response = endpoint(msg_type, headers, body)
+        self.current = msg_type
+        try:
+            response = endpoint(msg_type, headers, body)
+        finally:
+            self.current = None
         self.cpu += time.thread_time() - start
         self.wall[msg_type] = self.wall.get(msg_type, 0.0) + time.perf_counter() - t0
         return httpx.Response(
@@ -86,6 +98,61 @@ def build_app(stack: Stack, name: str) -> FastAPI:
     module: Any = __import__(f"{name}.app", fromlist=["create_app"])
     app: FastAPI = module.create_app()
     return app
+
+
+#: The suites ``--suite`` picks: key type (device and owner), key exchange, cipher.
+SUITES: dict[str, tuple[str, KexSuite, CipherSuite]] = {
+    "p256": ("ec256", KexSuite.ECDH256, CipherSuite.A128GCM),
+    "p384": ("ec384", KexSuite.ECDH384, CipherSuite.A256GCM),
+}
+
+
+class SqlCounter:
+    """Statements and commits per message type: what SQLite itself runs (``sqlite3``'s
+    trace callback, installed on every pooled connection at checkout), so statements
+    sent to the driver directly (:class:`fdo_server.db.DirectStatement`) count too."""
+
+    def __init__(self, transport: InProcessTransport) -> None:
+        self.transport = transport
+        self.messages: dict[str, int] = {}
+        self.statements: dict[str, dict[str, int]] = {}
+        self.commits: dict[str, int] = {}
+        self.on = False
+        event.listen(Pool, "checkout", self._checkout)
+
+    def _checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.set_trace_callback(self._statement)
+
+    def _statement(self, statement: str) -> None:
+        msg_type = self.transport.current
+        if not self.on or msg_type is None:
+            return
+        head = " ".join(statement.split())[:100]
+        if head.upper() == "COMMIT":
+            self.commits[msg_type] = self.commits.get(msg_type, 0) + 1
+        if head.upper() in ("BEGIN", "BEGIN DEFERRED", "COMMIT", "ROLLBACK") or head.startswith("PRAGMA"):
+            return
+        by_type = self.statements.setdefault(msg_type, {})
+        by_type[head] = by_type.get(head, 0) + 1
+
+    def count(self, msg_type: str) -> None:
+        self.messages[msg_type] = self.messages.get(msg_type, 0) + 1
+
+    def report(self, onboardings: int) -> None:
+        total = 0
+        for msg_type in sorted(self.messages, key=int):
+            n = self.messages[msg_type]
+            statements = self.statements.get(msg_type, {})
+            count = sum(statements.values())
+            total += count
+            print(
+                f"message {msg_type}: {n / onboardings:.1f} per onboarding, "
+                f"{count / n:.2f} statements and {self.commits.get(msg_type, 0) / n:.2f} commits each"
+            )
+            for head, k in sorted(statements.items(), key=lambda kv: -kv[1]):
+                print(f"    {k / n:5.2f}  {head}")
+        print(f"{total / onboardings:.1f} statements per onboarding (TO1+TO2)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu", action="store_true", help="profile thread CPU time instead of wall time (no DB waits)"
     )
+    parser.add_argument("--suite", choices=sorted(SUITES), default="p256")
+    parser.add_argument("--sql", action="store_true", help="no profile: SQL statements per message type")
     args = parser.parse_args(argv)
     with _databases(args.backend) as urls:
         return _profile(args, urls)
@@ -122,12 +191,13 @@ def _databases(backend: str) -> Iterator[dict[str, str]]:
 
 def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fdo-profile-"))
+    key_type, kex, cipher = SUITES[args.suite]
     stack = Stack(workdir, database_urls=urls).start()
     try:
         creds = []
         for i in range(args.devices + 2):
-            cred = stack.manufacture(serial=f"PROF-{i:04d}", model="profile")
-            stack.hand_off(str(cred.guid), "ec256")
+            cred = stack.manufacture(key_type=key_type, serial=f"PROF-{i:04d}", model="profile")
+            stack.hand_off(str(cred.guid), key_type)
             creds.append(cred)
         for cred in creds:
             stack.wait_for_to0(str(cred.guid))
@@ -145,15 +215,38 @@ def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
         root.mkdir(parents=True, exist_ok=True)
         onboard(
             creds[i],
-            kex=KexSuite.ECDH256,
-            cipher=CipherSuite.A128GCM,
+            kex=kex,
+            cipher=cipher,
             modules=lambda: standard_modules(root, run=lambda _argv: (0, b"", b"")),
             max_attempts=1,
             http_client_factory=factory,
         )
 
+    if args.sql and args.backend != "sqlite":
+        parser_error = "--sql counts what SQLite runs: use it with --backend sqlite"
+        raise SystemExit(parser_error)
+    sql = SqlCounter(transport) if args.sql else None
+    if sql is not None:
+        endpoints = transport.endpoints
+
+        def counted(handler: MessageHandler) -> MessageHandler:
+            def handle(msg_type: str, headers: Mapping[str, str], body: bytes | None) -> Any:
+                sql.count(msg_type)
+                return handler(msg_type, headers, body)
+
+            return handle
+
+        transport.endpoints = {k: counted(v) for k, v in endpoints.items()}
     for i in range(2):  # warm-up: imports, first connections
         one(i)
+    if sql is not None:
+        sql.messages.clear()
+        sql.on = True
+        for i in range(2, args.devices + 2):
+            one(i)
+        sql.report(args.devices)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     if args.timing:
         transport.cpu = 0.0
         transport.wall.clear()
@@ -162,7 +255,8 @@ def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
             one(i)
         wall = (time.perf_counter() - start) / args.devices * 1000
         ms = transport.cpu / args.devices * 1000
-        print(f"server side, thread CPU without profiler: {ms:.2f} ms per onboarding ({args.backend})")
+        suite = f"{args.backend}, {args.suite}"
+        print(f"server side, thread CPU without profiler: {ms:.2f} ms per onboarding ({suite})")
         print(f"wall time, device and server, one thread: {wall:.2f} ms per onboarding ({args.backend})")
         done = transport.wall.get("70", 0.0) / args.devices * 1000
         others = (sum(transport.wall.values()) / args.devices * 1000) - done

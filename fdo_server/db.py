@@ -505,6 +505,23 @@ class DirectStatement:
 
         return self._run(conn, compiled, params, read)
 
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a SELECT; all its rows."""
+        compiled = self._direct(conn)
+        if compiled is None:
+            return [tuple(row) for row in conn.execute(self.statement, dict(params))]
+
+        def read(cursor: Any) -> list[tuple[Any, ...]]:
+            results = compiled.results
+            if not any(results):
+                return [tuple(row) for row in cursor.fetchall()]
+            return [
+                tuple(v if p is None else p(v) for v, p in zip(row, results, strict=True))
+                for row in cursor.fetchall()
+            ]
+
+        return self._run(conn, compiled, params, read)
+
 
 def _flush_current() -> None:
     session = _current.get()
@@ -522,6 +539,13 @@ def current_session() -> Session:
         session = Session(bind=conn, expire_on_commit=False)
         _current.set(session)
     return session
+
+
+def open_session() -> Session | None:
+    """The ORM session of the open unit of work if code made one (:func:`current_session`),
+    else None (made on demand by a :func:`message_scope`: code that can do without one
+    need not make it)."""
+    return _current.get()
 
 
 def current_connection() -> Connection:

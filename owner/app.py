@@ -11,7 +11,6 @@ same transaction.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Table
 from sqlalchemy import insert as sa_insert
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
 from starlette.types import ASGIApp
 
 from fdo.errors import InternalError
@@ -38,6 +39,7 @@ from fdo_server.db import (
     current_connection,
     current_session,
     inline_messages,
+    open_session,
     require_durable,
 )
 from fdo_server.planes import include_device_router
@@ -144,14 +146,17 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
     lifecycle.record_replacement(conn, machine.replacement_basis, new, now=now, register_to0=register_to0)
     old_id = lifecycle.basis_voucher_id(machine.replacement_basis)
     new_guid = None if new is None else new.guid.value
-    devmod = {} if machine.devmod is None else _json_safe(dataclasses.asdict(machine.devmod))
+    devmod = groups.devmod_dict(machine.devmod)
     if machine.devmod is not None:
         device = groups.device_row(conn, machine.guid)
         assigned = None if device is None else device["assigned_revision_id"]
-        db = current_session()  # the ORM only here: a TO2 without devmod needs none
-        revision = None if assigned is None else db.get(Revision, assigned)
-        modules = [] if machine.service_info is None else machine.service_info.modules
-        delivery = delivery_of(db, revision, machine.devmod, modules)
+        db: Session | Connection = open_session() or conn
+        revision = delivery = None
+        if assigned is not None:  # the ORM only here: a TO2 without an assignment needs none
+            db = current_session()
+            revision = db.get(Revision, assigned)
+            modules = [] if machine.service_info is None else machine.service_info.modules
+            delivery = delivery_of(db, revision, machine.devmod, modules)
         groups.record_onboarding(
             db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device, delivery=delivery
         )

@@ -141,12 +141,14 @@ def to_bootc(assignment: groups.Assignment, report: Report | None) -> Assignment
 
 
 def modules_for(
-    db: Session, guid: Guid, devmod: Devmod, *, status_base_url: str | None
+    db: groups.SessionSource, guid: Guid, devmod: Devmod, *, status_base_url: str | None
 ) -> Sequence[OwnerModule]:
-    """The modules delivering this device's group assignment (none without one)."""
+    """The modules delivering this device's group assignment (none without one). Given
+    a session maker, it makes the session only when the device has an assignment."""
     assignment = groups.assignment_for(db, guid, devmod)
     if assignment is None:
         return []
+    db = db if isinstance(db, Session) else db()
     report = None
     device = groups.find_device(db, guid)
     if status_base_url and device is not None and device.id is not None:

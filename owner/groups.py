@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import DirectStatement, bound
+from fdo_server.db import DirectStatement, bound, current_connection, open_session
 from owner.groups_tables import (
     NEW,
     ONBOARDED,
@@ -91,12 +91,17 @@ def _json_safe(value: object) -> object:
     return value
 
 
+_DEVMOD_FIELDS = tuple(f.name for f in dataclasses.fields(Devmod))
+
+
 def devmod_dict(devmod: DevmodLike) -> dict[str, Any]:
-    """The devmod facts as JSON-ready data."""
+    """The devmod facts as JSON-ready data (``dataclasses.asdict`` made JSON-safe: bytes as
+    hex, tuples as lists; read field by field, since asdict deep-copies every value)."""
     if devmod is None:
         return {}
-    data: Mapping[str, object] = dataclasses.asdict(devmod) if isinstance(devmod, Devmod) else devmod
-    out = _json_safe(data)
+    if isinstance(devmod, Devmod):
+        return {name: _json_safe(getattr(devmod, name)) for name in _DEVMOD_FIELDS}
+    out = _json_safe(devmod)
     assert isinstance(out, dict)  # noqa: S101 - a mapping maps to a dict
     return out
 
@@ -179,10 +184,34 @@ _GUIDS_OF_DEVICE = (
     core_select(_GUIDS.c.guid).where(_GUIDS.c.device_id == bindparam("d")).order_by(_GUIDS.c.id)
 )
 # A device record made in TO2 (message 68), unless a concurrent TO2 of the same device
-# made it first (two attempts of one device, two replicas): then that one is used.
+# made it first (two attempts of one device, two replicas): then that one is used (no
+# row comes back).
+_DEVICE_COLUMNS = (
+    "guid",
+    "serial",
+    "model",
+    "devmod",
+    "labels",
+    "group_id",
+    "assigned_revision_id",
+    "revision_id",
+    "status",
+    "created_at",
+    "updated_at",
+)
 _INSERT_DEVICE = {
-    "postgresql": postgresql_insert(_DEVICES).on_conflict_do_nothing(index_elements=[_D.guid]),
-    "sqlite": sqlite_insert(_DEVICES).on_conflict_do_nothing(index_elements=[_D.guid]),
+    "postgresql": DirectStatement(
+        postgresql_insert(_DEVICES)
+        .values(bound(*_DEVICE_COLUMNS))
+        .on_conflict_do_nothing(index_elements=[_D.guid])
+        .returning(_D.id)
+    ),
+    "sqlite": DirectStatement(
+        sqlite_insert(_DEVICES)
+        .values(bound(*_DEVICE_COLUMNS))
+        .on_conflict_do_nothing(index_elements=[_D.guid])
+        .returning(_D.id)
+    ),
 }
 _GUID_VALUES = bound("device_id", "guid", "added_at")
 _INSERT_GUID = DirectStatement(insert(_GUIDS).values(_GUID_VALUES))
@@ -274,13 +303,10 @@ def _insert_row(conn: Connection, values: Mapping[str, Any], *, status: str, at:
     """A new device record with ``values`` (its GUID among them), that GUID in its
     history and the ``created`` event; returns its id, or None when a record with that
     GUID exists already (made by a concurrent transaction that has committed since)."""
-    result = conn.execute(
-        _INSERT_DEVICE[conn.dialect.name], {**values, "status": status, "created_at": at, "updated_at": at}
-    )
-    if result.rowcount == 0:
+    row = {"revision_id": None, **values, "status": status, "created_at": at, "updated_at": at}
+    inserted = _INSERT_DEVICE[conn.dialect.name].first(conn, {name: row[name] for name in _DEVICE_COLUMNS})
+    if inserted is None:
         return None
-    inserted = result.inserted_primary_key
-    assert inserted is not None  # noqa: S101 - an INSERT that inserted has one
     device_id = int(inserted[0])
     _INSERT_GUID.rowcount(conn, {"device_id": device_id, "guid": values["guid"], "added_at": at})
     _event(conn, device_id, "created", {"guid": str(Guid(values["guid"]))}, at)
@@ -336,24 +362,44 @@ def _best(groups: Sequence[GroupRules]) -> GroupRules | None:
 
 _GROUPS: Table = Group.__table__  # type: ignore[attr-defined]
 _G = _GROUPS.c
-# Built once (Core): TO2 resolves a group once per onboarding, and usually finds none.
-_LIVE_GROUP_RULES = (
+# Built once (Core, to the driver directly): TO2 resolves a group once per onboarding,
+# and usually finds none.
+_LIVE_GROUP_RULES = DirectStatement(
     core_select(_G.id, _G.members, _G.model, _G.serial_pattern, _G.labels, _G.priority, _G.is_default)
     .where(_G.deleted_at.is_(None))
     .order_by(_G.id)
 )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rules:
+    """A live group's resolution columns (a :class:`GroupRules`)."""
+
+    id: int | None
+    members: list[str]
+    model: str | None
+    serial_pattern: str | None
+    labels: dict[str, str]
+    priority: int
+    is_default: bool
+
+
 def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
     """The group of a device with ``facts`` (module docstring: the rule)."""
     db.flush()  # the rules are read from the database directly
-    groups = [cast(GroupRules, row) for row in db.connection().execute(_LIVE_GROUP_RULES)]
+    found = _resolve_group_id(db.connection(), facts)
+    return None if found is None else db.get(Group, found)
+
+
+def _resolve_group_id(conn: Connection, facts: DeviceFacts) -> int | None:
+    """:func:`resolve_group`'s group id, from the live groups' rules."""
+    groups = [cast(GroupRules, _Rules(*row)) for row in _LIVE_GROUP_RULES.all(conn, {})]
     found = _best([g for g in groups if _lists(g, facts)])
     if found is None:
         found = _best([g for g in groups if not g.is_default and _selects(g, facts)])
     if found is None:
         found = next((g for g in groups if g.is_default), None)
-    return None if found is None else db.get(Group, found.id)
+    return None if found is None else found.id
 
 
 def current_revision(db: Session, group: Group) -> Revision | None:
@@ -384,26 +430,43 @@ def revision_assignment(db: Session, group: Group, revision: Revision) -> Assign
 # ---------------------------------------------------------------------------- TO2 hooks
 
 
+#: A session, or what makes the unit of work's session on demand
+#: (:func:`fdo_server.db.current_session`): TO2 needs no ORM unless a group matches.
+SessionSource = Session | Callable[[], Session]
+
+
+def _session_now(db: SessionSource) -> Session | None:
+    """``db`` if it is a session, else the unit of work's session if one was made."""
+    return db if isinstance(db, Session) else open_session()
+
+
 def assignment_for(
-    db: Session, guid: Guid | bytes, devmod: DevmodLike, *, now: datetime | None = None
+    db: SessionSource, guid: Guid | bytes, devmod: DevmodLike, *, now: datetime | None = None
 ) -> Assignment | None:
     """What the device ``guid`` with ``devmod`` should receive in this TO2.
 
     Creates or updates the device record (serial, model, devmod facts), resolves its
     group, and records the assigned revision (a timeline event when it changes). None
-    when no group matches or the group has no revision yet.
+    when no group matches or the group has no revision yet. Given a session maker
+    (TO2), it makes the session only when a group matches.
     """
     at = _now(now)
-    db.flush()  # the statements below go to the database directly
-    conn = db.connection()
+    session = _session_now(db)
+    if session is not None:
+        session.flush()  # the statements below go to the database directly
+    conn = current_connection() if session is None else session.connection()
     raw = _raw(guid)
     row = device_row(conn, raw)
     serial = serial_of(devmod) or (None if row is None else row["serial"])
     model = model_of(devmod) or (None if row is None else row["model"])
     guids = (raw,) if row is None else tuple(conn.execute(_GUIDS_OF_DEVICE, {"d": row["id"]}).scalars())
     labels = {} if row is None else dict(row["labels"])
-    group = resolve_group(db, DeviceFacts(guids=guids, serial=serial, model=model, labels=labels))
-    assignment = None if group is None else current_assignment(db, group)
+    group_id = _resolve_group_id(conn, DeviceFacts(guids=guids, serial=serial, model=model, labels=labels))
+    group = None
+    if group_id is not None:
+        session = session if session is not None else db() if callable(db) else db
+        group = session.get(Group, group_id)
+    assignment = None if group is None or session is None else current_assignment(session, group)
     group_id = None if group is None else group.id
     revision_id = None if assignment is None else assignment.revision.id
     devmod_facts = devmod_dict(devmod) if devmod is not None else ({} if row is None else row["devmod"])
@@ -446,12 +509,13 @@ def assignment_for(
                 "at": at,
             },
         )
-    _expire_devices(db)
+    if session is not None:
+        _expire_devices(session)
     return assignment
 
 
 def record_onboarding(
-    db: Session,
+    db: Session | Connection,
     old_guid: Guid | bytes,
     new_guid: Guid | bytes | None,
     devmod: DevmodLike,
@@ -466,10 +530,12 @@ def record_onboarding(
     :func:`device_row` of ``old_guid`` when the caller already read it. ``delivery`` is
     what the device got of ``revision`` (:func:`owner.delivery.delivery_of`): after a
     ``none`` delivery the status is ``undelivered`` and the record keeps the revision
-    it had; otherwise ``onboarded`` with ``revision``. Returns the device's id."""
+    it had; otherwise ``onboarded`` with ``revision``. Returns the device's id. ``db``
+    may be the unit of work's connection when no ORM session was made."""
     at = _now(now)
-    db.flush()  # the statements below go to the database directly
-    conn = db.connection()
+    if isinstance(db, Session):
+        db.flush()  # the statements below go to the database directly
+    conn = db.connection() if isinstance(db, Session) else db
     row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
     guid = row["guid"]
@@ -511,7 +577,8 @@ def record_onboarding(
         },
     )
     _event(conn, row["id"], "onboarded", detail, at)
-    _expire_devices(db)
+    if isinstance(db, Session):
+        _expire_devices(db)
     return int(row["id"])
 
 

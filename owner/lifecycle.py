@@ -72,7 +72,11 @@ _USABLE_ROW = DirectStatement(
     .where(_V.guid == bindparam("g"), _state_in(USABLE))
     .limit(1)
 )
-_INSERT_VOUCHER = insert(_VOUCHERS)
+# The columns of owner.importer.voucher_values.
+_VOUCHER_COLUMNS = ("guid", "raw", "device_info", "owner_key_spki", "num_entries", "state", "imported_at")
+_INSERT_VOUCHER = DirectStatement(
+    insert(_VOUCHERS).values(bound(*_VOUCHER_COLUMNS, "replaces_id")).returning(_V.id)
+)
 # Done: the replaced voucher moves on only if no other session moved it since this one's
 # basis was read.
 _REPLACE = DirectStatement(
@@ -195,7 +199,7 @@ def record_replacement(
         new_id, state = None, ACTIVE
     else:
         values = voucher_values(new, now=now, replaces_id=old_id)
-        inserted = conn.execute(_INSERT_VOUCHER, values).inserted_primary_key
+        inserted = _INSERT_VOUCHER.first(conn, values)
         assert inserted is not None  # noqa: S101 - an INSERT always has one
         new_id, state = int(inserted[0]), REPLACING
     moved = _REPLACE.rowcount(conn, {"old": old_id, "seen": seen, "new": new_id, "state": state})

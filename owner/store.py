@@ -111,7 +111,8 @@ class OwnerStore:
         modules: list[OwnerModule] = [DownloadOwner(d.path, d.data) for d in self.config.downloads]
         modules += [CommandOwner(c.command, c.args, may_fail=c.may_fail) for c in self.config.commands]
         urls = self.config.settings.to2_urls
-        modules += modules_for(current_session(), guid, devmod, status_base_url=urls[0] if urls else None)
+        # The ORM session is made only if the device has a group assignment.
+        modules += modules_for(current_session, guid, devmod, status_base_url=urls[0] if urls else None)
         return modules
 
     def restore_module(self, name: str, state: CborValue) -> OwnerModule:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,12 +14,13 @@ from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import make_engine, unit_of_work
+from fdo_server.db import current_session, make_engine, message_scope, open_session, unit_of_work
 from owner.groups import (
     DeviceFacts,
     assignment_for,
     device_guids,
     device_row,
+    devmod_dict,
     find_device,
     record_onboarding,
     record_status,
@@ -236,3 +238,48 @@ def test_device_row_reads_json_and_ids(engine: Engine) -> None:
         assert row["labels"] == {} and (row["serial"], row["model"]) == ("SN-10", "box-10")
     with engine.connect() as conn:
         assert device_row(conn, Guid(os.urandom(16))) is None
+
+
+def test_devmod_dict_is_asdict_made_json_safe() -> None:
+    """Read field by field, the facts are what ``dataclasses.asdict`` gives, with bytes as
+    hex and tuples as lists (what the device record stored before)."""
+    devmod = Devmod(
+        os="Linux",
+        arch="x86_64",
+        version="6.1",
+        device="model-x",
+        sep=";",
+        bin="x86_64",
+        sn=b"\x00\xffserial",
+        modules=("devmod", "fdo.download"),
+    )
+    expected = {
+        k: v.hex() if isinstance(v, bytes) else list(v) if isinstance(v, tuple) else v
+        for k, v in dataclasses.asdict(devmod).items()
+    }
+    assert devmod_dict(devmod) == expected
+    assert devmod_dict(devmod)["modules"] == ["devmod", "fdo.download"]
+    assert devmod_dict(None) == {}
+    assert devmod_dict({"sn": b"\x01", "modules": ("a",)}) == {"sn": "01", "modules": ["a"]}
+
+
+def test_to2_makes_an_orm_session_only_for_a_group(engine: Engine) -> None:
+    """Given a session maker (as the TO2 store gives it), assignment_for records the
+    device with Core statements alone and makes the session only once a group matches."""
+    made: list[Session] = []
+
+    def maker() -> Session:
+        made.append(current_session())
+        return made[-1]
+
+    with message_scope(engine):
+        assert assignment_for(maker, Guid.new(), devmod("S-1", "no-group"), now=NOW) is None
+        assert open_session() is None
+    assert made == []
+    with unit_of_work(engine) as db:
+        group = add_group(db, "g", model="grouped")
+        publish(db, group, 1)
+    with message_scope(engine):
+        found = assignment_for(maker, Guid.new(), devmod("S-2", "grouped"), now=NOW)
+        assert found is not None and found.group.name == "g" and found.revision.number == 1
+    assert len(made) == 1
