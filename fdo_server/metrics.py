@@ -299,8 +299,9 @@ def install(
     *,
     database_url: str,
     keys_loaded: Callable[[], bool] = lambda: True,
+    exposition: bool = True,
 ) -> None:
-    """Add ``/health``, ``/ready`` and ``/metrics`` to ``app``."""
+    """Add ``/health``, ``/ready`` and (``exposition``) ``/metrics`` to ``app``."""
     probe = readiness_probe(database_url)
 
     @app.get("/health", include_in_schema=False)
@@ -315,6 +316,9 @@ def install(
         if reason is not None:
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    if not exposition:
+        return
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

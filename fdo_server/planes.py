@@ -23,9 +23,21 @@ the FastAPI app is served as it is, both planes on one port.
 
 Which routes are the device plane is declared where they are added: the FDO routes by
 their prefix, the others with :func:`include_device_router`.
+
+With an admin listener ``serve`` also runs the two planes in different processes: the
+device listener's workers with :data:`PLANE_ENV` ``device``, the admin listener in one
+process of its own with ``admin``. A device-plane worker builds only what devices reach
+(:func:`serves_admin` is false): the services add their admin routers, the API
+documentation and ``/metrics`` only where it is true, and import them only there, so
+the admin stack (admin routers and their schemas, templates, the API documentation)
+never loads in a worker that serves devices (``tests/test_import_isolation.py``). Every
+process still answers through :class:`PlaneSplit`, so each listener answers exactly as
+when every worker served both.
 """
 
 from __future__ import annotations
+
+import os
 
 from fastapi import APIRouter, FastAPI
 from starlette.responses import JSONResponse
@@ -37,6 +49,22 @@ FDO_PREFIX = "/fdo/"
 PROBES = frozenset({"/health", "/ready"})
 #: ``app.state`` attribute holding the device-plane paths other than FDO messages.
 DEVICE_PATHS = "device_paths"
+#: Which plane this process serves: ``device``, ``admin``, or unset (both; set by ``serve``).
+PLANE_ENV = "FDO_SERVE_PLANE"
+PLANES = ("device", "admin")
+
+
+def serving_plane() -> str | None:
+    """The plane this process serves (``device`` or ``admin``), or None for both."""
+    plane = os.environ.get(PLANE_ENV) or None
+    if plane is not None and plane not in PLANES:
+        raise ValueError(f"{PLANE_ENV}={plane!r}: expected one of {', '.join(PLANES)}")
+    return plane
+
+
+def serves_admin() -> bool:
+    """Whether this process builds the admin plane (admin routers, docs, ``/metrics``)."""
+    return serving_plane() != "device"
 
 
 def include_device_router(app: FastAPI, router: APIRouter, *, prefix: str = "") -> None:

@@ -1,15 +1,18 @@
 """Start a service under uvicorn (``fdo <service> serve``, ``python -m fdo_server.serve``).
 
 With an admin listener (``admin_port``) the service listens on two sockets, the device
-listener and the admin listener, both bound here before any worker starts and served
-by every worker (uvicorn's ``Server.serve(sockets=...)`` and its multi-worker
-supervisor take a list); the app tells the two apart (:mod:`fdo_server.planes`).
-Without one, uvicorn binds the single listener itself, as ``uvicorn.run`` always did.
+listener and the admin listener, both bound here before any worker starts. The device
+listener is served by the ``workers`` (uvicorn's ``Server.serve(sockets=...)`` and its
+multi-worker supervisor), the admin listener by one process of its own; each builds
+only its plane's app (:mod:`fdo_server.planes`), so the admin stack never loads in a
+worker that serves devices. Without one, uvicorn binds the single listener itself, as
+``uvicorn.run`` always did, and every worker serves both planes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import logging
 import os
@@ -17,7 +20,8 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from uvicorn.config import LOGGING_CONFIG
 from fdo_server.http_protocol import HTTP_PROTOCOL
 from fdo_server.logs import uvicorn_log_config
 from fdo_server.metrics import MULTIPROC_ENV
+from fdo_server.planes import PLANE_ENV
 
 log = logging.getLogger("uvicorn.error")
 
@@ -74,7 +79,10 @@ def serve(
     the workers' settings, so their app serves each plane on its own listener. Raises
     :class:`ServeError` when a listener cannot be bound.
 
-    With ``workers`` > 1 and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
+    With ``admin_port`` the admin listener is served by one more process of its own
+    (:func:`_serve_split`).
+
+    With several processes and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
     private folder is made for it before the workers start (so ``/metrics`` adds up every
     worker) and removed when uvicorn returns; a folder the operator set is used as it is.
 
@@ -102,7 +110,7 @@ def serve(
     }
     if admin_port is not None and admin_port == port:
         raise ServeError(f"the admin port {admin_port} is the device port too; give it a port of its own")
-    with _metrics_folder(workers):
+    with _metrics_folder(workers if admin_port is None else workers + 1):
         if admin_port is None:
             uvicorn.run(factory, host=host, port=port, **options)
             return
@@ -113,8 +121,9 @@ def serve(
 def _serve_split(
     factory: str, device: tuple[str, int], admin: tuple[str, int], options: dict[str, Any]
 ) -> None:
-    """Serve ``factory`` on a device and an admin listener (sockets bound here, shared by
-    every worker)."""
+    """Serve ``factory`` on a device and an admin listener (sockets bound here): the
+    device listener by the workers (:data:`~fdo_server.planes.PLANE_ENV` ``device``),
+    the admin listener by a process of its own (``admin``, :class:`_AdminPlane`)."""
     config = uvicorn.Config(factory, host=device[0], port=device[1], **options)
     sockets: list[socket.socket] = []
     try:
@@ -124,16 +133,67 @@ def _serve_split(
         for plane, sock in zip(("device", "admin"), sockets, strict=True):
             bound_host, bound_port = sock.getsockname()[:2]
             log.info("serving the %s plane on %s://%s", plane, scheme, _address(bound_host, bound_port))
-        server = uvicorn.Server(config)
-        if config.workers > 1:
-            _supervise(config, server, sockets)
-        else:
-            server.run(sockets=sockets)
-            if not server.started:
-                sys.exit(STARTUP_FAILURE)
+        admin_config = uvicorn.Config(factory, host=admin[0], port=admin[1], **{**options, "workers": 1})
+        with _AdminPlane(admin_config, sockets[1]), _environ(PLANE_ENV, "device"):
+            server = uvicorn.Server(config)
+            if config.workers > 1:
+                _supervise(config, server, sockets[:1])
+            else:
+                server.run(sockets=sockets[:1])
+                if not server.started:
+                    sys.exit(STARTUP_FAILURE)
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _run_plane(plane: str, run: Callable[..., None], sockets: list[socket.socket]) -> None:
+    """In a server process: build the app of ``plane`` only, then serve ``sockets``."""
+    os.environ[PLANE_ENV] = plane
+    run(sockets=sockets)
+
+
+class _AdminPlane:
+    """The admin listener's process while inside (a spawned process, as uvicorn's
+    workers are): started on entry, restarted if it exits while serving, stopped
+    (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.process: Any = None
+        self.stopping = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, name="admin-plane", daemon=True)
+
+    def _start(self) -> None:
+        from uvicorn._subprocess import get_subprocess
+
+        target = functools.partial(_run_plane, "admin", uvicorn.Server(self.config).run)
+        self.process = get_subprocess(self.config, target=target, sockets=[self.sock])
+        self.process.start()
+
+    def _watch(self) -> None:
+        while not self.stopping.is_set():
+            self.process.join()
+            if self.stopping.wait(1.0):
+                return
+            log.error("the admin plane's process exited (code %s); starting it again", self.process.exitcode)
+            self._start()
+
+    def __enter__(self) -> _AdminPlane:
+        self._start()
+        self.watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.watcher.join(2)
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
