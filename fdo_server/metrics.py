@@ -47,7 +47,14 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -77,6 +84,11 @@ class ServiceMetrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.multiprocess = multiprocess_dir() is not None
+        if self.multiprocess:
+            # prometheus_client picks file-backed values when it is first imported; a
+            # process that imported it before the folder was set (``serve`` with one
+            # device worker and the admin plane in a process of its own) picks again.
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
         #: Where the metric objects live; in multiprocess mode they write to files
         #: and are collected by a MultiProcessCollector instead.
         self.registry = CollectorRegistry()

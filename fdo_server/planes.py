@@ -38,10 +38,11 @@ when every worker served both.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, FastAPI
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+if TYPE_CHECKING:  # this module is light: serve's supervisor imports it for PLANE_ENV
+    from fastapi import APIRouter, FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: Every FDO message path starts with it (``/fdo/101/msg/<type>``).
 FDO_PREFIX = "/fdo/"
@@ -90,9 +91,6 @@ def device_paths(app: FastAPI) -> set[str]:
     return paths
 
 
-_NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
-
-
 class PlaneSplit:
     """ASGI app serving ``app``'s admin plane on connections to ``admin_port`` and its
     device plane on every other connection; each listener answers 404 for the other
@@ -102,6 +100,9 @@ class PlaneSplit:
         self.app: ASGIApp = app
         self.admin_port = admin_port
         self.device = frozenset(device_paths(app))
+        from starlette.responses import JSONResponse
+
+        self.not_found = JSONResponse({"detail": "Not Found"}, status_code=404)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -115,6 +116,6 @@ class PlaneSplit:
         if device is not on_admin or path in PROBES:
             await self.app(scope, receive, send)
         elif kind == "http":
-            await _NOT_FOUND(scope, receive, send)
+            await self.not_found(scope, receive, send)
         else:  # a websocket: refused before it is accepted (HTTP 403)
             await send({"type": "websocket.close", "code": 1008})

@@ -15,8 +15,11 @@ import argparse
 import functools
 import inspect
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -31,8 +34,11 @@ from uvicorn.config import LOGGING_CONFIG
 
 from fdo_server.http_protocol import HTTP_PROTOCOL
 from fdo_server.logs import uvicorn_log_config
-from fdo_server.metrics import MULTIPROC_ENV
 from fdo_server.planes import PLANE_ENV
+
+#: prometheus_client's multiprocess folder (:data:`fdo_server.metrics.MULTIPROC_ENV`),
+#: named here so that the supervisor never imports the metrics and web stack.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger("uvicorn.error")
 
@@ -148,9 +154,19 @@ def _serve_split(
 
 
 def _run_plane(plane: str, run: Callable[..., None], sockets: list[socket.socket]) -> None:
-    """In a server process: build the app of ``plane`` only, then serve ``sockets``."""
+    """In a server process: build the app of ``plane`` only, then serve ``sockets``; stop
+    (as on SIGTERM) when the process that started this one is gone, however it ended."""
     os.environ[PLANE_ENV] = plane
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_stop_with, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
     run(sockets=sockets)
+
+
+def _stop_with(sentinel: int) -> None:
+    """SIGTERM this process once ``sentinel`` (the parent's) is ready: the parent exited."""
+    multiprocessing.connection.wait([sentinel])
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _AdminPlane:
