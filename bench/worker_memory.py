@@ -53,20 +53,31 @@ def rollup(pid: int) -> dict[str, float]:
 
 
 def processes(stack: Stack, service: str) -> list[tuple[int, str]]:
-    """Every process of ``service`` with what it is: the supervisor or a worker."""
+    """Every process of ``service`` with what it is: the supervisor, a worker (both planes),
+    a device-plane worker or the admin plane's process (``serve --admin-port``), or
+    multiprocessing's resource tracker."""
     proc = stack.services[service].process
     assert proc is not None  # noqa: S101 - started
     out = []
     for pid in stack.services[service].pids():
         with contextlib.suppress(OSError):
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            kind = "supervisor" if pid == proc.pid else ("tracker" if "resource_tracker" in cmd else "worker")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            single = stack.workers.get(service, 1) == 1  # the first process is the (device) worker
+            if pid == proc.pid:
+                kind = ("device" if stack.split_admin else "worker") if single else "supervisor"
+            elif "resource_tracker" in cmd:
+                kind = "tracker"
+            elif stack.split_admin:
+                kind = "device" if b"FDO_SERVE_PLANE=device" in env else "admin"
+            else:
+                kind = "worker"
             out.append((pid, kind))
     return out
 
 
 def workers(stack: Stack, service: str) -> list[int]:
-    return [pid for pid, kind in processes(stack, service) if kind == "worker"]
+    return [pid for pid, kind in processes(stack, service) if kind in {"worker", "device"}]
 
 
 def print_start(stack: Stack) -> None:
@@ -75,7 +86,7 @@ def print_start(stack: Stack) -> None:
         for pid, kind in processes(stack, service):
             m = rollup(pid)
             verdict = ""
-            if kind == "worker":
+            if kind in {"worker", "device"}:
                 verdict = f"< {START_TARGET_MB:.0f}: {'MET' if m['rss'] < START_TARGET_MB else 'NOT MET'}"
             sizes = f"{m['rss']:7.1f} {m['pss']:7.1f} {m['uss']:7.1f}"
             print(f"{service:<13} {kind:<11} {pid:>7} {sizes}  {verdict}")
@@ -120,6 +131,12 @@ def onboard_many(stack: Stack, count: int, every: int, concurrency: int) -> list
     return marks
 
 
+def unlimited(service: str) -> dict[str, str]:
+    """Every device here comes from 127.0.0.1: the per-address limits off, as in bench/run.py."""
+    prefix = f"FDO_{service.upper()}_"
+    return {f"{prefix}FIRST_MESSAGE_RATE": "0", f"{prefix}MAX_CONNECTIONS": "0"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -128,23 +145,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onboardings", type=int, default=0)
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--malloc-arena-max", type=int, help="glibc MALLOC_ARENA_MAX for the services")
     args = parser.parse_args(argv)
+    limits = {name: unlimited(name) for name in SERVICES}
+    if args.malloc_arena_max:
+        for env in limits.values():
+            env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
     workdir = Path(tempfile.mkdtemp(prefix="fdo-mem-"))
     stack = Stack(
         workdir,
         workers=dict.fromkeys(SERVICES, args.workers),
         owner_env={"FDO_OWNER_TO0_ENABLED": "false"},
-        # Every device here comes from 127.0.0.1: the per-address limits off, as in bench/run.py.
-        env={
-            name: {f"FDO_{name.upper()}_FIRST_MESSAGE_RATE": "0", f"FDO_{name.upper()}_MAX_CONNECTIONS": "0"}
-            for name in SERVICES
-        },
+        env=limits,
         split_admin=args.split_admin,
     )
     stack.start()
     try:
         time.sleep(args.settle)
-        print(f"{args.workers} workers per service, SQLite, split admin: {args.split_admin}")
+        arenas = args.malloc_arena_max or "default"
+        print(f"{args.workers} workers per service, SQLite, split admin {args.split_admin}, arenas {arenas}")
         print_start(stack)
         if args.onboardings:
             marks = onboard_many(stack, args.onboardings, args.every, args.concurrency)
