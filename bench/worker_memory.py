@@ -6,7 +6,8 @@ the benchmark and the end-to-end tests) with ``--workers`` uvicorn workers each,
 ``/proc/<pid>/smaps_rollup`` of every worker, then (``--onboardings N``) runs N devices
 through DI, hand-off, TO0 and TO1+TO2 and prints the owner's workers at each
 ``--every`` onboardings. ``--split-admin`` serves each admin plane on a listener of its
-own (``serve --admin-port``), where it runs in a process of its own.
+own (``serve --admin-port``); ``--admin-process`` also serves it from a process of its
+own (``FDO_<SERVICE>_ADMIN_PROCESS``).
 
     .venv/bin/python bench/worker_memory.py [--workers 2] [--onboardings 2000 --every 500]
 
@@ -63,15 +64,16 @@ def processes(stack: Stack, service: str) -> list[tuple[int, str]]:
         with contextlib.suppress(OSError):
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            single = stack.workers.get(service, 1) == 1  # the first process is the (device) worker
+            single = stack.workers.get(service, 1) == 1  # the first process is then the worker
+            split = any(e.endswith(b"_ADMIN_PROCESS=true") for e in env)  # serve sets the plane later
             if pid == proc.pid:
-                kind = ("device" if stack.split_admin else "worker") if single else "supervisor"
+                kind = ("device" if split else "worker") if single else "supervisor"
             elif "resource_tracker" in cmd:
                 kind = "tracker"
-            elif stack.split_admin:
-                kind = "device" if b"FDO_SERVE_PLANE=device" in env else "admin"
+            elif b"FDO_SERVE_PLANE=device" in env:
+                kind = "device"
             else:
-                kind = "worker"
+                kind = "admin" if split else "worker"
             out.append((pid, kind))
     return out
 
@@ -140,7 +142,8 @@ def unlimited(service: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--split-admin", action="store_true")
+    parser.add_argument("--split-admin", action="store_true", help="the admin plane on a listener of its own")
+    parser.add_argument("--admin-process", action="store_true", help="... and in a process of its own")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait after start")
     parser.add_argument("--onboardings", type=int, default=0)
     parser.add_argument("--every", type=int, default=500)
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malloc-arena-max", type=int, help="glibc MALLOC_ARENA_MAX for the services")
     args = parser.parse_args(argv)
     limits = {name: unlimited(name) for name in SERVICES}
+    if args.admin_process:
+        for name, env in limits.items():
+            env[f"FDO_{name.upper()}_ADMIN_PROCESS"] = "true"
     if args.malloc_arena_max:
         for env in limits.values():
             env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
@@ -157,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         workers=dict.fromkeys(SERVICES, args.workers),
         owner_env={"FDO_OWNER_TO0_ENABLED": "false"},
         env=limits,
-        split_admin=args.split_admin,
+        split_admin=args.split_admin or args.admin_process,
     )
     stack.start()
     try:
         time.sleep(args.settle)
         arenas = args.malloc_arena_max or "default"
-        print(f"{args.workers} workers per service, SQLite, split admin {args.split_admin}, arenas {arenas}")
+        split = "admin process" if args.admin_process else ("admin listener" if args.split_admin else "no")
+        print(f"{args.workers} workers per service, SQLite, split admin: {split}, arenas {arenas}")
         print_start(stack)
         if args.onboardings:
             marks = onboard_many(stack, args.onboardings, args.every, args.concurrency)

@@ -1,12 +1,14 @@
 """Start a service under uvicorn (``fdo <service> serve``, ``python -m fdo_server.serve``).
 
 With an admin listener (``admin_port``) the service listens on two sockets, the device
-listener and the admin listener, both bound here before any worker starts. The device
-listener is served by the ``workers`` (uvicorn's ``Server.serve(sockets=...)`` and its
-multi-worker supervisor), the admin listener by one process of its own; each builds
-only its plane's app (:mod:`fdo_server.planes`), so the admin stack never loads in a
-worker that serves devices. Without one, uvicorn binds the single listener itself, as
-``uvicorn.run`` always did, and every worker serves both planes.
+listener and the admin listener, both bound here before any worker starts and served
+by every worker (uvicorn's ``Server.serve(sockets=...)`` and its multi-worker
+supervisor take a list); the app tells the two apart (:mod:`fdo_server.planes`). With
+``admin_process`` too, the workers serve the device listener only and one process of
+its own the admin listener; each builds only its plane's app, so the admin stack never
+loads in a worker that serves devices (one more process: ``docs/benchmarks.md``).
+Without an admin listener, uvicorn binds the single listener itself, as ``uvicorn.run``
+always did.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def serve(
     port: int,
     admin_host: str = "127.0.0.1",
     admin_port: int | None = None,
+    admin_process: bool = False,
     workers: int = 1,
     log_level: str = "info",
     access_log: bool = True,
@@ -85,7 +88,8 @@ def serve(
     the workers' settings, so their app serves each plane on its own listener. Raises
     :class:`ServeError` when a listener cannot be bound.
 
-    With ``admin_port`` the admin listener is served by one more process of its own
+    With ``admin_process`` (needs ``admin_port``) the admin listener is served by one
+    more process of its own, the workers serve the device listener only
     (:func:`_serve_split`).
 
     With several processes and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
@@ -116,20 +120,27 @@ def serve(
     }
     if admin_port is not None and admin_port == port:
         raise ServeError(f"the admin port {admin_port} is the device port too; give it a port of its own")
-    with _metrics_folder(workers if admin_port is None else workers + 1):
+    if admin_process and admin_port is None:
+        raise ServeError("an admin process serves the admin listener: give it an admin port")
+    with _metrics_folder(workers + 1 if admin_process else workers):
         if admin_port is None:
             uvicorn.run(factory, host=host, port=port, **options)
             return
         with _environ(f"FDO_{service.upper()}_ADMIN_PORT", str(admin_port)):
-            _serve_split(factory, (host, port), (admin_host, admin_port), options)
+            _serve_split(factory, (host, port), (admin_host, admin_port), options, admin_process)
 
 
 def _serve_split(
-    factory: str, device: tuple[str, int], admin: tuple[str, int], options: dict[str, Any]
+    factory: str,
+    device: tuple[str, int],
+    admin: tuple[str, int],
+    options: dict[str, Any],
+    admin_process: bool = False,
 ) -> None:
-    """Serve ``factory`` on a device and an admin listener (sockets bound here): the
-    device listener by the workers (:data:`~fdo_server.planes.PLANE_ENV` ``device``),
-    the admin listener by a process of its own (``admin``, :class:`_AdminPlane`)."""
+    """Serve ``factory`` on a device and an admin listener (sockets bound here, shared by
+    every worker). With ``admin_process``: the device listener by the workers
+    (:data:`~fdo_server.planes.PLANE_ENV` ``device``), the admin listener by a process
+    of its own (``admin``, :class:`_AdminPlane`)."""
     config = uvicorn.Config(factory, host=device[0], port=device[1], **options)
     sockets: list[socket.socket] = []
     try:
@@ -139,18 +150,26 @@ def _serve_split(
         for plane, sock in zip(("device", "admin"), sockets, strict=True):
             bound_host, bound_port = sock.getsockname()[:2]
             log.info("serving the %s plane on %s://%s", plane, scheme, _address(bound_host, bound_port))
+        if not admin_process:
+            _run_workers(config, sockets)
+            return
         admin_config = uvicorn.Config(factory, host=admin[0], port=admin[1], **{**options, "workers": 1})
         with _AdminPlane(admin_config, sockets[1]), _environ(PLANE_ENV, "device"):
-            server = uvicorn.Server(config)
-            if config.workers > 1:
-                _supervise(config, server, sockets[:1])
-            else:
-                server.run(sockets=sockets[:1])
-                if not server.started:
-                    sys.exit(STARTUP_FAILURE)
+            _run_workers(config, sockets[:1])
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """uvicorn's server on ``sockets``: in this process, or in ``config.workers`` workers."""
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        _supervise(config, server, sockets)
+    else:
+        server.run(sockets=sockets)
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)
 
 
 def _run_plane(plane: str, run: Callable[..., None], sockets: list[socket.socket]) -> None:
@@ -282,6 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int)
+    parser.add_argument(
+        "--admin-process",
+        action="store_true",
+        default=None,
+        help="serve the admin listener from a process of its own (default: FDO_<SERVICE>_ADMIN_PROCESS)",
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--no-access-log", action="store_true")
@@ -298,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             port=args.port,
             admin_host=args.admin_host,
             admin_port=args.admin_port,
+            admin_process=_admin_process(args.factory) if args.admin_process is None else args.admin_process,
             workers=args.workers,
             log_level=args.log_level,
             access_log=not args.no_access_log,
@@ -307,6 +333,13 @@ def main(argv: list[str] | None = None) -> None:
     except ServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
+
+
+def _admin_process(factory: str) -> bool:
+    """``FDO_<SERVICE>_ADMIN_PROCESS`` of ``factory``'s service, as its settings read it."""
+    service = factory.partition(".")[0].partition(":")[0]
+    value = os.environ.get(f"FDO_{service.upper()}_ADMIN_PROCESS", "").strip().lower()
+    return value in {"1", "true", "yes", "on", "y", "t"}
 
 
 if __name__ == "__main__":
