@@ -263,13 +263,6 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"{value} is the device port too; the admin listener needs a port of its own")
         return value
 
-    @field_validator("admin_process")
-    @classmethod
-    def _admin_process(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("admin_port") is None:
-            raise ValueError("the admin process serves the admin listener: set an admin port too")
-        return value
-
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> list[IPNetwork]:
