@@ -189,9 +189,10 @@ def _stop_with(sentinel: int) -> None:
 
 
 class _AdminPlane:
-    """The admin listener's process while inside (a spawned process, as uvicorn's
-    workers are): started on entry, restarted if it exits while serving, stopped
-    (SIGTERM, then SIGKILL) on exit."""
+    """The admin listener's process while inside (a spawned process, made as uvicorn's
+    supervisor makes its workers): started on entry, started again if it dies while
+    serving (not when it was stopped by SIGTERM or SIGINT, nor when it failed to start),
+    stopped (SIGTERM, then SIGKILL) on exit."""
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
         self.config = config
@@ -210,9 +211,13 @@ class _AdminPlane:
     def _watch(self) -> None:
         while not self.stopping.is_set():
             self.process.join()
-            if self.stopping.wait(1.0):
+            code = self.process.exitcode
+            if self.stopping.wait(1.0) or code in (-signal.SIGTERM, -signal.SIGINT):
+                return  # stopped on purpose: serve is stopping (or was told to)
+            if code == STARTUP_FAILURE:  # as uvicorn's supervisor: it would fail again
+                log.error("the admin plane's process failed to start; the admin listener is down")
                 return
-            log.error("the admin plane's process exited (code %s); starting it again", self.process.exitcode)
+            log.error("the admin plane's process exited (code %s); starting it again", code)
             self._start()
 
     def __enter__(self) -> _AdminPlane:
