@@ -24,15 +24,16 @@ the FastAPI app is served as it is, both planes on one port.
 Which routes are the device plane is declared where they are added: the FDO routes by
 their prefix, the others with :func:`include_device_router`.
 
-With an admin listener ``serve`` also runs the two planes in different processes: the
-device listener's workers with :data:`PLANE_ENV` ``device``, the admin listener in one
-process of its own with ``admin``. A device-plane worker builds only what devices reach
-(:func:`serves_admin` is false): the services add their admin routers, the API
-documentation and ``/metrics`` only where it is true, and import them only there, so
-the admin stack (admin routers and their schemas, templates, the API documentation)
-never loads in a worker that serves devices (``tests/test_import_isolation.py``). Every
-process still answers through :class:`PlaneSplit`, so each listener answers exactly as
-when every worker served both.
+With an admin listener and ``admin_process`` (``FDO_<SERVICE>_ADMIN_PROCESS``) ``serve``
+also runs the two planes in different processes: the device listener's workers with
+:data:`PLANE_ENV` ``device``, the admin listener in one process of its own with
+``admin``. A device-plane worker builds only what devices reach (:func:`serves_admin`
+is false): the services add their admin routers, the API documentation and
+``/metrics`` only where it is true, and import them only there, so the admin stack
+(admin routers and their schemas, templates, the API documentation) never loads in a
+worker that serves devices (``tests/test_import_isolation.py``). Every process still
+answers through :class:`PlaneSplit`, so each listener answers exactly as when every
+worker served both.
 """
 
 from __future__ import annotations
