@@ -53,6 +53,7 @@ def start(
             port=port if port is not None else settings.port,
             admin_host=admin_host if admin_host is not None else settings.admin_host,
             admin_port=admin_port if admin_port is not None else settings.admin_port,
+            admin_process=settings.admin_process,
             workers=workers,
             tls_cert=tls_cert,
             tls_key=tls_key,

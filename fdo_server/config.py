@@ -219,6 +219,9 @@ class ServiceSettings(BaseSettings):
     #: override them. No port: the admin plane shares the device listener.
     admin_host: str = "127.0.0.1"
     admin_port: int | None = Field(default=None, ge=1, le=65535)
+    #: With ``admin_port``: serve the admin plane from a process of its own, so the
+    #: device listener's workers never load the admin stack (``serve --admin-process``).
+    admin_process: bool = False
     #: Largest FDO request body in bytes.
     max_body: int = Field(default=65535, ge=MIN_BODY, le=MAX_BODY)
     #: Largest body of any other request (admin API, ``/ui``, device check-in and

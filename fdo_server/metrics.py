@@ -47,7 +47,14 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -77,6 +84,11 @@ class ServiceMetrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.multiprocess = multiprocess_dir() is not None
+        if self.multiprocess:
+            # prometheus_client picks file-backed values when it is first imported; a
+            # process that imported it before the folder was set (``serve`` with one
+            # device worker and the admin plane in a process of its own) picks again.
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
         #: Where the metric objects live; in multiprocess mode they write to files
         #: and are collected by a MultiProcessCollector instead.
         self.registry = CollectorRegistry()
@@ -316,8 +328,9 @@ def install(
     *,
     database_url: str,
     keys_loaded: Callable[[], bool] = lambda: True,
+    exposition: bool = True,
 ) -> None:
-    """Add ``/health``, ``/ready`` and ``/metrics`` to ``app``."""
+    """Add ``/health``, ``/ready`` and (``exposition``) ``/metrics`` to ``app``."""
     probe = readiness_probe(database_url)
 
     @app.get("/health", include_in_schema=False)
@@ -332,6 +345,9 @@ def install(
         if reason is not None:
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    if not exposition:
+        return
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -23,13 +23,27 @@ the FastAPI app is served as it is, both planes on one port.
 
 Which routes are the device plane is declared where they are added: the FDO routes by
 their prefix, the others with :func:`include_device_router`.
+
+With an admin listener and ``admin_process`` (``FDO_<SERVICE>_ADMIN_PROCESS``) ``serve``
+also runs the two planes in different processes: the device listener's workers with
+:data:`PLANE_ENV` ``device``, the admin listener in one process of its own with
+``admin``. A device-plane worker builds only what devices reach (:func:`serves_admin`
+is false): the services add their admin routers, the API documentation and
+``/metrics`` only where it is true, and import them only there, so the admin stack
+(admin routers and their schemas, templates, the API documentation) never loads in a
+worker that serves devices (``tests/test_import_isolation.py``). Every process still
+answers through :class:`PlaneSplit`, so each listener answers exactly as when every
+worker served both.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # this module is light: serve's supervisor imports it for PLANE_ENV
+    from fastapi import APIRouter, FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: Every FDO message path starts with it (``/fdo/101/msg/<type>``).
 FDO_PREFIX = "/fdo/"
@@ -37,6 +51,22 @@ FDO_PREFIX = "/fdo/"
 PROBES = frozenset({"/health", "/ready"})
 #: ``app.state`` attribute holding the device-plane paths other than FDO messages.
 DEVICE_PATHS = "device_paths"
+#: Which plane this process serves: ``device``, ``admin``, or unset (both; set by ``serve``).
+PLANE_ENV = "FDO_SERVE_PLANE"
+PLANES = ("device", "admin")
+
+
+def serving_plane() -> str | None:
+    """The plane this process serves (``device`` or ``admin``), or None for both."""
+    plane = os.environ.get(PLANE_ENV) or None
+    if plane is not None and plane not in PLANES:
+        raise ValueError(f"{PLANE_ENV}={plane!r}: expected one of {', '.join(PLANES)}")
+    return plane
+
+
+def serves_admin() -> bool:
+    """Whether this process builds the admin plane (admin routers, docs, ``/metrics``)."""
+    return serving_plane() != "device"
 
 
 def include_device_router(app: FastAPI, router: APIRouter, *, prefix: str = "") -> None:
@@ -62,9 +92,6 @@ def device_paths(app: FastAPI) -> set[str]:
     return paths
 
 
-_NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
-
-
 class PlaneSplit:
     """ASGI app serving ``app``'s admin plane on connections to ``admin_port`` and its
     device plane on every other connection; each listener answers 404 for the other
@@ -74,6 +101,9 @@ class PlaneSplit:
         self.app: ASGIApp = app
         self.admin_port = admin_port
         self.device = frozenset(device_paths(app))
+        from starlette.responses import JSONResponse
+
+        self.not_found = JSONResponse({"detail": "Not Found"}, status_code=404)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -87,6 +117,6 @@ class PlaneSplit:
         if device is not on_admin or path in PROBES:
             await self.app(scope, receive, send)
         elif kind == "http":
-            await _NOT_FOUND(scope, receive, send)
+            await self.not_found(scope, receive, send)
         else:  # a websocket: refused before it is accepted (HTTP 403)
             await send({"type": "websocket.close", "code": 1008})

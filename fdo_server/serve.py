@@ -3,21 +3,30 @@
 With an admin listener (``admin_port``) the service listens on two sockets, the device
 listener and the admin listener, both bound here before any worker starts and served
 by every worker (uvicorn's ``Server.serve(sockets=...)`` and its multi-worker
-supervisor take a list); the app tells the two apart (:mod:`fdo_server.planes`).
-Without one, uvicorn binds the single listener itself, as ``uvicorn.run`` always did.
+supervisor take a list); the app tells the two apart (:mod:`fdo_server.planes`). With
+``admin_process`` too, the workers serve the device listener only and one process of
+its own the admin listener; each builds only its plane's app, so the admin stack never
+loads in a worker that serves devices (one more process: ``docs/benchmarks.md``).
+Without an admin listener, uvicorn binds the single listener itself, as ``uvicorn.run``
+always did.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +36,11 @@ from uvicorn.config import LOGGING_CONFIG
 
 from fdo_server.http_protocol import HTTP_PROTOCOL
 from fdo_server.logs import uvicorn_log_config
-from fdo_server.metrics import MULTIPROC_ENV
+from fdo_server.planes import PLANE_ENV
+
+#: prometheus_client's multiprocess folder (:data:`fdo_server.metrics.MULTIPROC_ENV`),
+#: named here so that the supervisor never imports the metrics and web stack.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger("uvicorn.error")
 
@@ -56,6 +69,7 @@ def serve(
     port: int,
     admin_host: str = "127.0.0.1",
     admin_port: int | None = None,
+    admin_process: bool = False,
     workers: int = 1,
     log_level: str = "info",
     access_log: bool = True,
@@ -74,7 +88,11 @@ def serve(
     the workers' settings, so their app serves each plane on its own listener. Raises
     :class:`ServeError` when a listener cannot be bound.
 
-    With ``workers`` > 1 and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
+    With ``admin_process`` (needs ``admin_port``) the admin listener is served by one
+    more process of its own, the workers serve the device listener only
+    (:func:`_serve_split`).
+
+    With several processes and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
     private folder is made for it before the workers start (so ``/metrics`` adds up every
     worker) and removed when uvicorn returns; a folder the operator set is used as it is.
 
@@ -102,19 +120,27 @@ def serve(
     }
     if admin_port is not None and admin_port == port:
         raise ServeError(f"the admin port {admin_port} is the device port too; give it a port of its own")
-    with _metrics_folder(workers):
+    if admin_process and admin_port is None:
+        raise ServeError("an admin process serves the admin listener: give it an admin port")
+    with _metrics_folder(workers + 1 if admin_process else workers):
         if admin_port is None:
             uvicorn.run(factory, host=host, port=port, **options)
             return
         with _environ(f"FDO_{service.upper()}_ADMIN_PORT", str(admin_port)):
-            _serve_split(factory, (host, port), (admin_host, admin_port), options)
+            _serve_split(factory, (host, port), (admin_host, admin_port), options, admin_process)
 
 
 def _serve_split(
-    factory: str, device: tuple[str, int], admin: tuple[str, int], options: dict[str, Any]
+    factory: str,
+    device: tuple[str, int],
+    admin: tuple[str, int],
+    options: dict[str, Any],
+    admin_process: bool = False,
 ) -> None:
     """Serve ``factory`` on a device and an admin listener (sockets bound here, shared by
-    every worker)."""
+    every worker). With ``admin_process``: the device listener by the workers
+    (:data:`~fdo_server.planes.PLANE_ENV` ``device``), the admin listener by a process
+    of its own (``admin``, :class:`_AdminPlane`)."""
     config = uvicorn.Config(factory, host=device[0], port=device[1], **options)
     sockets: list[socket.socket] = []
     try:
@@ -124,16 +150,90 @@ def _serve_split(
         for plane, sock in zip(("device", "admin"), sockets, strict=True):
             bound_host, bound_port = sock.getsockname()[:2]
             log.info("serving the %s plane on %s://%s", plane, scheme, _address(bound_host, bound_port))
-        server = uvicorn.Server(config)
-        if config.workers > 1:
-            _supervise(config, server, sockets)
-        else:
-            server.run(sockets=sockets)
-            if not server.started:
-                sys.exit(STARTUP_FAILURE)
+        if not admin_process:
+            _run_workers(config, sockets)
+            return
+        admin_config = uvicorn.Config(factory, host=admin[0], port=admin[1], **{**options, "workers": 1})
+        with _AdminPlane(admin_config, sockets[1]), _environ(PLANE_ENV, "device"):
+            _run_workers(config, sockets[:1])
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """uvicorn's server on ``sockets``: in this process, or in ``config.workers`` workers."""
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        _supervise(config, server, sockets)
+    else:
+        server.run(sockets=sockets)
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)
+
+
+def _run_plane(plane: str, run: Callable[..., None], sockets: list[socket.socket]) -> None:
+    """In a server process: build the app of ``plane`` only, then serve ``sockets``; stop
+    (as on SIGTERM) when the process that started this one is gone, however it ended."""
+    os.environ[PLANE_ENV] = plane
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_stop_with, args=(parent.sentinel,), name="parent-watch", daemon=True).start()
+    run(sockets=sockets)
+
+
+def _stop_with(sentinel: int) -> None:
+    """SIGTERM this process once ``sentinel`` (the parent's) is ready: the parent exited."""
+    multiprocessing.connection.wait([sentinel])
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _AdminPlane:
+    """The admin listener's process while inside (a spawned process, made as uvicorn's
+    supervisor makes its workers): started on entry, started again if it dies while
+    serving (not when it was stopped by SIGTERM or SIGINT, nor when it failed to start),
+    stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.process: Any = None
+        self.stopping = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, name="admin-plane", daemon=True)
+
+    def _start(self) -> None:
+        from uvicorn._subprocess import get_subprocess
+
+        target = functools.partial(_run_plane, "admin", uvicorn.Server(self.config).run)
+        self.process = get_subprocess(self.config, target=target, sockets=[self.sock])
+        self.process.start()
+
+    def _watch(self) -> None:
+        while not self.stopping.is_set():
+            self.process.join()
+            code = self.process.exitcode
+            if self.stopping.wait(1.0) or code in (-signal.SIGTERM, -signal.SIGINT):
+                return  # stopped on purpose: serve is stopping (or was told to)
+            if code == STARTUP_FAILURE:  # as uvicorn's supervisor: it would fail again
+                log.error("the admin plane's process failed to start; the admin listener is down")
+                return
+            log.error("the admin plane's process exited (code %s); starting it again", code)
+            self._start()
+
+    def __enter__(self) -> _AdminPlane:
+        self._start()
+        self.watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.watcher.join(2)
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -206,6 +306,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int)
+    parser.add_argument(
+        "--admin-process",
+        action="store_true",
+        default=None,
+        help="serve the admin listener from a process of its own (default: FDO_<SERVICE>_ADMIN_PROCESS)",
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--no-access-log", action="store_true")
@@ -222,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             port=args.port,
             admin_host=args.admin_host,
             admin_port=args.admin_port,
+            admin_process=_admin_process(args.factory) if args.admin_process is None else args.admin_process,
             workers=args.workers,
             log_level=args.log_level,
             access_log=not args.no_access_log,
@@ -231,6 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     except ServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
+
+
+def _admin_process(factory: str) -> bool:
+    """``FDO_<SERVICE>_ADMIN_PROCESS`` of ``factory``'s service, as its settings read it."""
+    service = factory.partition(".")[0].partition(":")[0]
+    value = os.environ.get(f"FDO_{service.upper()}_ADMIN_PROCESS", "").strip().lower()
+    return value in {"1", "true", "yes", "on", "y", "t"}
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp
 
-from fdo_server import api_docs, planes
 from fdo_server import metrics as observability
+from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.config import IPNetwork, ServiceSettings, load_settings
@@ -95,7 +95,8 @@ def service_app(
     message is rate limited per client address (``first_message_rate`` and ``_burst``)
     and, when ``networks`` lists some for its type, refused to addresses outside them;
     ``guarded`` adds other routes (a sign-in form). ``app.state`` holds ``settings``,
-    ``engine`` and ``metrics``; the caller adds its admin routers.
+    ``engine`` and ``metrics``; the caller adds its admin routers where
+    :func:`fdo_server.planes.serves_admin`, as the API documentation and ``/metrics`` are.
     """
 
     @asynccontextmanager
@@ -115,8 +116,12 @@ def service_app(
         docs_url=None,
         redoc_url=None,
     )
-    api_docs.install_docs(app)
-    app.openapi = api_docs.document(app)  # type: ignore[method-assign]
+    admin = planes.serves_admin()
+    if admin:  # a device-plane worker never loads the API documentation
+        from fdo_server import api_docs
+
+        api_docs.install_docs(app)
+        app.openapi = api_docs.document(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics = observability.ServiceMetrics(service)
@@ -137,7 +142,9 @@ def service_app(
             inline=inline_messages(settings.database_url),
         ),
     )
-    observability.install(app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded)
+    observability.install(
+        app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded, exposition=admin
+    )
     # Added after mount_fdo, so it wraps FdoFastPath: it sees every request first.
     app.add_middleware(
         EdgeGuard,

@@ -17,12 +17,11 @@ from starlette.types import ASGIApp
 
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
-from fdo_server import service
+from fdo_server import planes, service
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import utc_now
 from fdo_server.db import DirectStatement, bound, current_connection, require_durable
 from fdo_server.service import open_engine, service_app
-from manufacturer import admin_api
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from manufacturer.tables import Voucher
 from transport.dispatch import AnyServerMachine, ProtocolHandler
@@ -84,7 +83,10 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
         networks={10: settings.di_networks},
     )
     app.state.material = material
-    app.include_router(admin_api.router, prefix="/api/v1")
+    if planes.serves_admin():  # a device-plane worker never imports the admin API
+        from manufacturer import admin_api
+
+        app.include_router(admin_api.router, prefix="/api/v1")
     return app
 
 

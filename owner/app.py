@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Table
 from sqlalchemy import insert as sa_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 from starlette.types import ASGIApp
 
@@ -30,7 +30,7 @@ from fdo.serviceinfo.bootc import BootcOwner
 from fdo.to2.owner import TO2Owner, TO2OwnerStore
 from fdo.voucher import OwnershipVoucher
 from fdo_server import metrics as observability
-from fdo_server import service
+from fdo_server import planes, service
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.db import (
@@ -46,25 +46,15 @@ from fdo_server.planes import include_device_router
 from fdo_server.ratelimit import GuardedRoute, http_refusal
 from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
-from owner.admin_api import admin_router
-from owner.admin_checkin import checkin_admin_router
-from owner.admin_groups import groups_router
 from owner.checkin_endpoint import CheckinEndpoint
 from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.report_api import device_router, report_router
 from owner.rollout_engine import RolloutRunner
-from owner.rollouts_api import rollouts_router
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
-from owner.web import core_router
-from owner.web_admin import admin_pages_router
-from owner.web_devices import devices_router
-from owner.web_groups import groups_router as web_groups_router
-from owner.web_rollouts import web_rollouts_router
-from owner.web_session import derive_secret
 from transport.dispatch import AnyServerMachine, ProtocolHandler
 
 
@@ -237,20 +227,11 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     )
     app.state.config = config
     app.state.clock = now
-    app.state.ui_secret = derive_secret(config.keys)
     app.state.rollouts = rollouts
-    app.state.metrics.add_collector(observability.To0Gauges(engine, now))
-    app.include_router(admin_router(), prefix="/api/v1")
-    app.include_router(groups_router(), prefix="/api/v1")
-    app.include_router(checkin_admin_router(), prefix="/api/v1")
-    app.include_router(rollouts_router(), prefix="/api/v1")
     include_device_router(app, report_router(), prefix="/api/v1")
     include_device_router(app, device_router(), prefix="/device/v1")
-    app.include_router(core_router())
-    app.include_router(devices_router())
-    app.include_router(web_groups_router())
-    app.include_router(web_rollouts_router())
-    app.include_router(admin_pages_router())
+    if planes.serves_admin():  # a device-plane worker never imports the admin stack
+        add_admin_plane(app, config, engine, now)
     app.add_middleware(
         CheckinEndpoint,
         engine=engine,
@@ -260,6 +241,32 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
         wake=rollouts.wake,
     )
     return app
+
+
+def add_admin_plane(app: FastAPI, config: OwnerConfig, engine: Engine, now: Clock) -> None:
+    """The admin API, the status page (templates) and the TO0 gauges of ``/metrics``."""
+    from owner.admin_api import admin_router
+    from owner.admin_checkin import checkin_admin_router
+    from owner.admin_groups import groups_router
+    from owner.rollouts_api import rollouts_router
+    from owner.web import core_router
+    from owner.web_admin import admin_pages_router
+    from owner.web_devices import devices_router
+    from owner.web_groups import groups_router as web_groups_router
+    from owner.web_rollouts import web_rollouts_router
+    from owner.web_session import derive_secret
+
+    app.state.ui_secret = derive_secret(config.keys)
+    app.state.metrics.add_collector(observability.To0Gauges(engine, now))
+    app.include_router(admin_router(), prefix="/api/v1")
+    app.include_router(groups_router(), prefix="/api/v1")
+    app.include_router(checkin_admin_router(), prefix="/api/v1")
+    app.include_router(rollouts_router(), prefix="/api/v1")
+    app.include_router(core_router())
+    app.include_router(devices_router())
+    app.include_router(web_groups_router())
+    app.include_router(web_rollouts_router())
+    app.include_router(admin_pages_router())
 
 
 def app_from_env() -> ASGIApp:

@@ -21,11 +21,10 @@ from starlette.types import ASGIApp
 
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
-from fdo_server import service
+from fdo_server import planes, service
 from fdo_server.clock import Clock, utc_now
 from fdo_server.db import require_durable
 from fdo_server.service import open_engine, service_app
-from rendezvous.admin_api import admin_router
 from rendezvous.pins import RefusalReporter, enforce_pin
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
@@ -70,7 +69,10 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
     }
     app = service_app("rendezvous", settings, engine, handlers, clock=clock)
     app.state.metrics.add_listener(RefusalReporter(app.state.metrics))
-    app.include_router(admin_router(clock))
+    if planes.serves_admin():  # a device-plane worker never imports the admin API
+        from rendezvous.admin_api import admin_router
+
+        app.include_router(admin_router(clock))
     return app
 
 

@@ -1,5 +1,6 @@
 """The protocol core and the device CLI import without the server stack; a service
-that starts on a database at head imports no schema tools.
+that starts on a database at head imports no schema tools; a worker that serves only the
+device plane imports no admin stack.
 
 Each check runs in a fresh interpreter, so modules other tests imported do not hide a
 stray import.
@@ -82,9 +83,27 @@ if service == "manufacturer":
         FDO_MANUFACTURER_RENDEZVOUS="http://rv:8041",
     )
 os.environ.update(env)
+if len(sys.argv) > 3:  # the plane this process serves, as serve --admin-port runs it
+    os.environ.update({{f"FDO_{{service.upper()}}_ADMIN_PORT": "8099", "FDO_SERVE_PLANE": sys.argv[3]}})
 __import__(service + ".app").app.app_from_env()
-print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {{"alembic", "mako", "psycopg"}})))
+print(json.dumps(sorted(sys.modules)))
 """
+
+
+def _service_modules(service: str, tmp_path: Path, *plane: str) -> set[str]:
+    """Every module a ``service`` process has loaded once its app is built (``plane``: the
+    one it serves, as ``serve --admin-port`` sets it; none: both), on a SQLite database at head."""
+    from fdo_server.db import sqlite_url
+    from fdo_server.migrate import upgrade
+
+    upgrade(sqlite_url(tmp_path / f"{service}.db"), service)  # here, as `fdo ... db upgrade` would
+    code = _SERVICE_PROBE.format()
+    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
+        [sys.executable, "-c", code, service, str(tmp_path), *plane],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 @pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
@@ -94,14 +113,39 @@ def test_a_service_on_a_database_at_head_never_imports_what_it_does_not_use(
     """Alembic (10 MB, 50 modules) is for migrating; a worker that starts on a database at
     head checks it with one SELECT (fdo_server.migrate.require_current). On SQLite the
     PostgreSQL driver (9 MB) is not loaded either."""
-    from fdo_server.db import sqlite_url
-    from fdo_server.migrate import upgrade
+    loaded = _service_modules(service, tmp_path)
+    assert {m.split(".")[0] for m in loaded} & NEVER == set()
 
-    upgrade(sqlite_url(tmp_path / f"{service}.db"), service)  # here, as `fdo ... db upgrade` would
-    code = _SERVICE_PROBE.format()
-    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
-        [sys.executable, "-c", code, service, str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+#: What only the admin plane uses: the admin API routers (and their schemas), the owner's
+#: status page and its templates. A process that serves the device plane alone (``serve
+#: --admin-port`` runs the admin plane in a process of its own) never imports them.
+ADMIN_STACK = {
+    "manufacturer": {"manufacturer.admin_api"},
+    "rendezvous": {"rendezvous.admin_api"},
+    "owner": {
+        "owner.admin_api",
+        "owner.admin_groups",
+        "owner.admin_checkin",
+        "owner.rollouts_api",
+        "owner.web",
+        "owner.web_admin",
+        "owner.web_devices",
+        "owner.web_groups",
+        "owner.web_rollouts",
+        "owner.web_session",
+        "jinja2",
+    },
+}
+#: What no service process imports, whatever plane it serves: schema tools, and the
+#: PostgreSQL driver on SQLite.
+NEVER = {"alembic", "mako", "psycopg"}
+
+
+@pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
+def test_a_device_plane_worker_does_not_import_the_admin_stack(service: str, tmp_path: Path) -> None:
+    device = _service_modules(service, tmp_path, "device")
+    assert ADMIN_STACK[service] & device == set()
+    assert NEVER & {m.split(".")[0] for m in device} == set()
+    # The admin plane's process does import them: the check above is not vacuous.
+    assert ADMIN_STACK[service] <= _service_modules(service, tmp_path, "admin")

@@ -36,6 +36,7 @@ from fdo_cli.main import app as cli
 from fdo_server.config import ConfigError, load_settings
 from fdo_server.db import sqlite_url
 from fdo_server.launcher import ServiceProcess, free_ports
+from fdo_server.serve import ServeError, serve
 from fdo_server.stack import SERVICES, Stack
 from fdo_server.tls import write_test_tls
 from rendezvous.settings import RendezvousSettings
@@ -58,11 +59,18 @@ SETTINGS_CLASSES = {
 }
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["1worker", "2workers"])
+@pytest.fixture(
+    scope="module",
+    params=[(1, False), (2, False), (2, True)],
+    ids=["1worker", "2workers", "2workers-admin-process"],
+)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workers = int(request.param)
+    """Each listener answers the same whether every worker serves both planes or the
+    admin plane has a process of its own (``FDO_<SERVICE>_ADMIN_PROCESS``)."""
+    workers, admin_process = request.param
     workdir = tmp_path_factory.mktemp(f"split-{workers}")
-    with Stack(workdir, split_admin=True, workers=dict.fromkeys(SERVICES, workers)) as running:
+    env = {name: {f"FDO_{name.upper()}_ADMIN_PROCESS": str(admin_process).lower()} for name in SERVICES}
+    with Stack(workdir, split_admin=True, workers=dict.fromkeys(SERVICES, workers), env=env) as running:
         yield running
 
 
@@ -245,6 +253,16 @@ def test_the_admin_port_must_differ_from_the_device_port(monkeypatch: pytest.Mon
     monkeypatch.setenv("FDO_RENDEZVOUS_ADMIN_HOST", "0.0.0.0")  # noqa: S104 - a setting, not a bind
     settings = load_settings(RendezvousSettings)
     assert (settings.admin_host, settings.admin_port) == ("0.0.0.0", 9041)  # noqa: S104
+
+
+def test_an_admin_process_needs_an_admin_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The setting alone is accepted (``--admin-port`` may give the port); ``serve``
+    refuses an admin process without an admin listener."""
+    monkeypatch.setenv("FDO_RENDEZVOUS_DATABASE_URL", "sqlite://")
+    monkeypatch.setenv("FDO_RENDEZVOUS_ADMIN_PROCESS", "true")
+    assert load_settings(RendezvousSettings).admin_process is True
+    with pytest.raises(ServeError, match="give it an admin port"):
+        serve("rendezvous.app:app_from_env", host="127.0.0.1", port=9040, admin_process=True)
 
 
 def test_serve_refuses_a_shared_or_busy_admin_port(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
