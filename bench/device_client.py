@@ -14,7 +14,10 @@ subprocess per device and reads each run's peak RSS and CPU from ``wait4``'s rus
 the fork to the child's exit, so it includes the
 interpreter's start, the imports, TO1, TO2 (the demo's ServiceInfo: one fdo.download and
 one fdo.command ``true``) and writing the new credential. The first ``warmup`` devices run
-first, unmeasured (a cold page cache is not what the figure is about).
+first, unmeasured (a cold page cache is not what the figure is about); they also write the
+bytecode of every module, as an install has it, into a cache folder of the benchmark's own
+(``PYTHONPYCACHEPREFIX``), so no run compiles source even where ``PYTHONDONTWRITEBYTECODE``
+is set or the source tree is read-only.
 
 ``python bench/device_client.py [--devices N]`` starts a Stack of its own and prints the
 figures beside the targets; ``bench/run.py`` imports :func:`measure` for its Stack.
@@ -178,6 +181,10 @@ def measure(
         creds = prepare(stack, warmup + count, folder / "credentials")
         cmd = list(command) if command is not None else fdo_command()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FDO_DEVICE_")}
+        # Bytecode as an installed package has it (pip compiles at install), kept out of
+        # the source tree: the warm-up run writes it under the work folder.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
         if isinstance(stack.verify, str):
             env["FDO_DEVICE_CA_BUNDLE"] = stack.verify
         runs = []
