@@ -36,6 +36,7 @@ from fdo.messages import ErrorMessage
 from fdo.types import MsgType
 
 if TYPE_CHECKING:
+    import socket
     import ssl
     from http.client import HTTPConnection, HTTPResponse
 
@@ -266,16 +267,32 @@ class _StdlibCarrier:
         import http.client
 
         address = (host, port) if proxy is None else (proxy.host, proxy.port)
+        conn: HTTPConnection
         if scheme == "http":
-            return http.client.HTTPConnection(*address, timeout=self.timeout)
-        context = tls_verify(self.verify)
-        if isinstance(context, bool):  # verify=False
-            context = _no_verify_context()
-        conn = http.client.HTTPSConnection(*address, timeout=self.timeout, context=context)
-        if proxy is not None:
-            tunnel = {} if proxy.authorization is None else {"Proxy-Authorization": proxy.authorization}
-            conn.set_tunnel(host, port, headers=tunnel)
+            conn = http.client.HTTPConnection(*address, timeout=self.timeout)
+        else:
+            context = tls_verify(self.verify)
+            if isinstance(context, bool):  # verify=False
+                context = _no_verify_context()
+            conn = http.client.HTTPSConnection(*address, timeout=self.timeout, context=context)
+            if proxy is not None:
+                tunnel = {} if proxy.authorization is None else {"Proxy-Authorization": proxy.authorization}
+                conn.set_tunnel(host, port, headers=tunnel)
+        conn._create_connection = _create_connection  # type: ignore[attr-defined]
         return conn
+
+
+def _create_connection(
+    address: tuple[str, int], timeout: float | None = None, source_address: tuple[str, int] | None = None
+) -> socket.socket:
+    """:func:`socket.create_connection` with an ASCII host name passed as bytes: a str one
+    is encoded with the idna codec, which loads ``unicodedata`` and more (0.5 MB) to
+    encode what is already ASCII. http.client connects through this hook."""
+    import socket
+
+    host, port = address
+    name: str | bytes = host.encode("ascii") if host.isascii() else host
+    return socket.create_connection((name, port), timeout, source_address)  # type: ignore[arg-type]
 
 
 def _chunks(response: HTTPResponse) -> Iterable[bytes]:
