@@ -276,7 +276,9 @@ class _StdlibCarrier:
                 context = _no_verify_context()
             conn = http.client.HTTPSConnection(*address, timeout=self.timeout, context=context)
             if proxy is not None:
-                tunnel = {} if proxy.authorization is None else {"Proxy-Authorization": proxy.authorization}
+                tunnel = {"Host": f"{host}:{port}"}  # Python 3.12 adds it itself; 3.11 does not
+                if proxy.authorization is not None:
+                    tunnel["Proxy-Authorization"] = proxy.authorization
                 conn.set_tunnel(host, port, headers=tunnel)
         conn._create_connection = _create_connection  # type: ignore[attr-defined]
         return conn
