@@ -7,28 +7,30 @@ present; ``Message-Type: 255`` (any status) or a non-2xx CBOR body is an ErrorMe
 is handed to the machine, which raises :class:`~fdo.errors.PeerError`. When the machine
 itself fails, an ErrorMessage is POSTed to ``/fdo/101/msg/255`` (best effort).
 
-The HTTP is the standard library's :mod:`http.client` over one kept-alive connection per
-client (a device runs one exchange at a time): the device's process loads no HTTP
-package. What httpx did for this client before is kept: TLS verification with the
-default CAs (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, else certifi's bundle when installed,
-else the system's), a CA bundle file, or none; one timeout for connecting and for each
-read and write; redirects are not followed (a 3xx is an unexpected status); and the
-proxies of the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``,
-upper or lower case, as httpx read them: an ``http://`` proxy forwards http requests and
-tunnels https ones with CONNECT). A connection the server closed while idle is noticed
-before the next request and opened again. An ``httpx.Client`` may be given instead (the
-tests pass FastAPI's TestClient); httpx is then what carries the messages.
+The HTTP is this module's own HTTP/1.1 on a :mod:`socket` (see :class:`_StdlibCarrier`
+for what it reads), one kept-alive connection per client, as a device runs one exchange
+at a time: the device's process loads no HTTP package, not even :mod:`http.client`. What
+httpx did for this client before is kept: TLS verification with the default CAs
+(``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, else certifi's bundle when installed, else the
+system's), a CA bundle file, or none; one timeout for connecting and for each read and
+write; redirects are not followed (a 3xx is an unexpected status); and the proxies of
+the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, upper or
+lower case, as httpx read them: an ``http://`` proxy forwards http requests and tunnels
+https ones with CONNECT). A connection the server closed while idle is noticed before
+the next request and opened again. An ``httpx.Client`` may be given instead (the tests
+pass FastAPI's TestClient); httpx is then what carries the messages.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 from fdo.errors import FdoError, PeerError
 from fdo.machine import ClientMachine, Reply
@@ -38,7 +40,6 @@ from fdo.types import MsgType
 if TYPE_CHECKING:
     import socket
     import ssl
-    from http.client import HTTPConnection, HTTPResponse
 
     import httpx
 
@@ -127,6 +128,8 @@ def _tls_verify_failed(exc: BaseException) -> bool:
 def _failure(url: str, exc: BaseException) -> TransportError:
     if _tls_verify_failed(exc):
         return TransportError(f"POST {url}: TLS certificate verification failed: {exc}")
+    if isinstance(exc, _BadResponse):
+        return TransportError(f"POST {url}: {exc}")
     return TransportError(f"POST {url}: {type(exc).__name__}: {exc}")
 
 
@@ -202,115 +205,251 @@ class _Proxy:
 
 
 class _StdlibCarrier:
-    """One kept-alive :mod:`http.client` connection to the server (or its proxy)."""
+    """One kept-alive HTTP/1.1 connection to the server (or its proxy), on a socket.
+
+    HTTP/1.1 as an FDO client needs it, and no more: a POST with a Content-Length; a
+    reply with a Content-Length, chunked, or ending with the connection; interim 1xx
+    replies skipped; the connection kept unless the reply says ``Connection: close`` (or
+    is HTTP/1.0) or ends with the connection. :mod:`http.client` would do the same with
+    the :mod:`email` parser and, even for http, :mod:`ssl` (2 MB on a device); TLS here
+    is :mod:`ssl`'s, loaded for https only.
+    """
 
     def __init__(self, *, timeout: float, verify: bool | str) -> None:
         self.timeout = timeout
         self.verify = verify
         self._proxies = _environment_proxies()
-        self._conn: HTTPConnection | None = None
+        self._sock: socket.socket | None = None
+        self._reader: BinaryIO | None = None
         self._origin: tuple[str, str, int] | None = None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def post(self, url: str, body: bytes, headers: dict[str, str], max_body: int) -> _Response:
-        from http.client import HTTPException
-
         try:
-            conn, target, extra = self._connection(url)
-            sent = {**headers, "User-Agent": USER_AGENT, "Accept": "*/*", **extra}
-            conn.request("POST", target, body=body, headers=sent)
-            response = conn.getresponse()
-            data = _read_limited(response.getheader("Content-Length"), _chunks(response), max_body)
-        except (OSError, HTTPException, ValueError) as exc:
-            self.close()
-            raise _failure(url, exc) from exc
-        except BaseException:
+            scheme, host, port, target, proxy = _route(url, self._proxies)
+            origin = (scheme, host, port)
+            if self._sock is not None and (origin != self._origin or _closed_by_peer(self._sock)):
+                self.close()
+            sent = {**headers, "User-Agent": USER_AGENT, "Accept": "*/*", "Content-Length": str(len(body))}
+            if proxy is not None and scheme == "http":
+                target = url  # a forward proxy takes the absolute URL
+                if proxy.authorization:
+                    sent["Proxy-Authorization"] = proxy.authorization
+            request = _request_head("POST", target, _host_header(host, port, scheme), sent) + body
+            if self._sock is None:
+                self._connect(scheme, host, port, proxy)
+                self._origin = origin
+            assert self._sock is not None and self._reader is not None  # noqa: S101 - just connected
+            self._sock.sendall(request)
+            status, fields = _read_head(self._reader)
+            data = _read_limited(fields.get("content-length"), _body(self._reader, status, fields), max_body)
+        except (TransportError, KeyboardInterrupt, SystemExit):
             self.close()
             raise
-        if response.will_close:
+        except (OSError, ValueError, _BadResponse) as exc:
             self.close()
-        return _Response.of(response.status, response.headers, data)
-
-    def _connection(self, url: str) -> tuple[HTTPConnection, str, dict[str, str]]:
-        """The connection for ``url`` (kept from the last request when still open), the
-        request target, and headers the proxy needs."""
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise TransportError(f"POST {url}: unsupported URL scheme {parts.scheme!r}")
-        host = parts.hostname
-        if not host:
-            raise TransportError(f"POST {url}: no host in the URL")
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        proxy = _proxy_for(self._proxies, scheme, host, port, url)
-        extra: dict[str, str] = {}
-        if proxy is not None and scheme == "http":
-            target = url  # a forward proxy takes the absolute URL
-            if proxy.authorization:
-                extra["Proxy-Authorization"] = proxy.authorization
-        origin = (scheme, host, port)
-        if self._conn is not None and (origin != self._origin or _closed_by_peer(self._conn)):
+            raise _failure(url, exc) from exc
+        if not _keeps_alive(fields):
             self.close()
-        if self._conn is None:
-            self._conn = self._open(scheme, host, port, proxy)
-            self._origin = origin
-        return self._conn, target, extra
+        get = fields.get  # names in lower case
+        return _Response(status, get("message-type"), get("authorization"), get("content-type"), data)
 
-    def _open(self, scheme: str, host: str, port: int, proxy: _Proxy | None) -> HTTPConnection:
-        import http.client
+    def _connect(self, scheme: str, host: str, port: int, proxy: _Proxy | None) -> None:
+        import socket
 
         address = (host, port) if proxy is None else (proxy.host, proxy.port)
-        conn: HTTPConnection
-        if scheme == "http":
-            conn = http.client.HTTPConnection(*address, timeout=self.timeout)
-        else:
-            context = tls_verify(self.verify)
-            if isinstance(context, bool):  # verify=False
-                context = _no_verify_context()
-            conn = http.client.HTTPSConnection(*address, timeout=self.timeout, context=context)
-            if proxy is not None:
-                tunnel = {"Host": f"{host}:{port}"}  # Python 3.12 adds it itself; 3.11 does not
-                if proxy.authorization is not None:
-                    tunnel["Proxy-Authorization"] = proxy.authorization
-                conn.set_tunnel(host, port, headers=tunnel)
-        conn._create_connection = _create_connection  # type: ignore[attr-defined]
-        return conn
+        # An ASCII name as bytes: a str one goes through the idna codec (unicodedata, 0.5 MB).
+        name: str | bytes = address[0].encode("ascii") if address[0].isascii() else address[0]
+        sock = socket.create_connection((name, address[1]), self.timeout)  # type: ignore[arg-type]
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                if proxy is not None:
+                    _tunnel(sock, host, port, proxy)
+                context = tls_verify(self.verify)
+                if isinstance(context, bool):  # verify=False
+                    context = _no_verify_context()
+                sock = context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._reader = sock.makefile("rb")
 
 
-def _create_connection(
-    address: tuple[str, int], timeout: float | None = None, source_address: tuple[str, int] | None = None
-) -> socket.socket:
-    """:func:`socket.create_connection` with an ASCII host name passed as bytes: a str one
-    is encoded with the idna codec, which loads ``unicodedata`` and more (0.5 MB) to
-    encode what is already ASCII. http.client connects through this hook."""
-    import socket
-
-    host, port = address
-    name: str | bytes = host.encode("ascii") if host.isascii() else host
-    return socket.create_connection((name, port), timeout, source_address)  # type: ignore[arg-type]
+class _BadResponse(Exception):
+    """The peer's reply is not HTTP/1.1 as this client reads it (or it never came)."""
 
 
-def _chunks(response: HTTPResponse) -> Iterable[bytes]:
-    while chunk := response.read(65536):
-        yield chunk
+#: Limits as http.client's: a line, and the header lines of one reply.
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
-def _closed_by_peer(conn: HTTPConnection) -> bool:
+def _route(url: str, proxies: list[_Mount]) -> tuple[str, str, int, str, _Proxy | None]:
+    """Scheme, host, port, request target and proxy of ``url``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise TransportError(f"POST {url}: unsupported URL scheme {parts.scheme!r}")
+    host = parts.hostname
+    if not host:
+        raise TransportError(f"POST {url}: no host in the URL")
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if _BAD_TARGET.search(target):
+        raise TransportError(f"POST {url}: the path holds spaces or control characters")
+    return scheme, host, port, target, _proxy_for(proxies, scheme, host, port, url)
+
+
+def _host_header(host: str, port: int, scheme: str) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
+
+
+def _request_head(method: str, target: str, host: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ValueError(f"invalid header {name!r}")  # e.g. a token with a line break
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _line(reader: BinaryIO) -> bytes:
+    line = reader.readline(_MAX_LINE + 1)
+    if len(line) > _MAX_LINE:
+        raise _BadResponse("a reply line is too long")
+    return line
+
+
+def _read_fields(reader: BinaryIO) -> dict[str, str]:
+    """Header lines up to the empty one, by lower-case name (the first of repeated ones,
+    except Content-Length and Transfer-Encoding, whose values are joined)."""
+    fields: dict[str, str] = {}
+    last: str | None = None
+    for _ in range(_MAX_HEADERS + 1):
+        line = _line(reader)
+        if not line:
+            raise _BadResponse("the server closed the connection in the middle of a reply")
+        if line in (b"\r\n", b"\n"):
+            return fields
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t") and last is not None:  # an obsolete folded line
+            fields[last] += " " + text.strip()
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise _BadResponse(f"malformed header line {text[:80]!r}")
+        last = name.lower()
+        if last not in fields:
+            fields[last] = value.strip()
+        elif last in ("content-length", "transfer-encoding"):
+            fields[last] += ", " + value.strip()
+    raise _BadResponse(f"more than {_MAX_HEADERS} header lines")
+
+
+def _read_head(reader: BinaryIO) -> tuple[int, dict[str, str]]:
+    """The status and header fields of the final reply (interim 1xx ones skipped)."""
+    while True:
+        line = _line(reader)
+        if not line:
+            raise _BadResponse("the server closed the connection without a reply")
+        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
+        code = rest[:3]
+        if not (
+            version.startswith("HTTP/1.") and code.isdigit() and len(code) == 3 and rest[3:4] in ("", " ")
+        ):
+            raise _BadResponse(f"malformed status line {line[:80]!r}")
+        fields = _read_fields(reader)
+        fields[":version"] = version
+        if not 100 <= int(code) < 200:
+            return int(code), fields
+
+
+def _keeps_alive(fields: Mapping[str, str]) -> bool:
+    tokens = {t.strip().lower() for t in fields.get("connection", "").split(",")}
+    return fields.get(":version") == "HTTP/1.1" and "close" not in tokens and ":until-close" not in fields
+
+
+def _body(reader: BinaryIO, status: int, fields: dict[str, str]) -> Iterator[bytes]:
+    """The reply body in pieces (its length is checked by the caller as they come)."""
+    if status in (204, 304):
+        return
+    encoding = fields.get("transfer-encoding")
+    if encoding is not None:
+        if encoding.strip().lower() != "chunked":
+            raise _BadResponse(f"unsupported Transfer-Encoding {encoding!r}")
+        yield from _chunked(reader)
+        return
+    length = fields.get("content-length")
+    if length is None:  # the body ends with the connection
+        fields[":until-close"] = "1"
+        while piece := reader.read1(65536):  # type: ignore[attr-defined]
+            yield piece
+        return
+    values = {v.strip() for v in length.split(",")}
+    if len(values) != 1 or not next(iter(values)).isdigit():
+        raise _BadResponse(f"malformed Content-Length {length!r}")
+    left = int(values.pop())
+    fields["content-length"] = str(left)
+    while left:
+        piece = reader.read(min(left, 65536))
+        if not piece:
+            raise _BadResponse("the server closed the connection in the middle of the body")
+        left -= len(piece)
+        yield piece
+
+
+def _chunked(reader: BinaryIO) -> Iterator[bytes]:
+    while True:
+        size_text = _line(reader).split(b";", 1)[0].strip()
+        if not size_text or any(c not in b"0123456789abcdefABCDEF" for c in size_text):
+            raise _BadResponse(f"malformed chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            _read_fields(reader)  # trailer lines, if any
+            return
+        left = size
+        while left:
+            piece = reader.read(min(left, 65536))
+            if not piece:
+                raise _BadResponse("the server closed the connection in the middle of a chunk")
+            left -= len(piece)
+            yield piece
+        if reader.read(2) != b"\r\n":
+            raise _BadResponse("a chunk does not end with CRLF")
+
+
+def _tunnel(sock: socket.socket, host: str, port: int, proxy: _Proxy) -> None:
+    """CONNECT through the proxy to ``host:port`` (https behind an http:// proxy)."""
+    headers = {} if proxy.authorization is None else {"Proxy-Authorization": proxy.authorization}
+    authority = _host_header(host, port, "")  # always with the port
+    sock.sendall(_request_head("CONNECT", authority, authority, headers))
+    with sock.makefile("rb") as reader:
+        status, fields = _read_head(reader)
+    if status != 200:
+        raise _BadResponse(f"the proxy refused the tunnel to {authority}: HTTP status {status}")
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
     """Whether the idle kept-alive connection was closed by the server (or has data it
     should not have): it then reads as ready. No request was sent on it, so opening a new
     one changes nothing for the server."""
     import select
 
-    sock = conn.sock
-    if sock is None:
-        return False
     try:
         ready, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):

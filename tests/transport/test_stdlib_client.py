@@ -10,6 +10,7 @@ from the environment.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -255,3 +256,124 @@ def test_a_socks_proxy_is_refused(no_proxy_env: pytest.MonkeyPatch) -> None:
     no_proxy_env.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
     with FdoHttpClient("https://owner.invalid") as client, pytest.raises(TransportError, match="not an http"):
         _run(client, Messages(1))
+
+
+# ---------------------------------------------------------------------------- replies as bytes
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[[list[bytes]], tuple[str, list[bytes]]]]:
+    """A server that answers the n-th request with the n-th byte string as it is (then
+    closes the connection), on one connection; returns its URL and the requests it read."""
+    listeners: list[socket.socket] = []
+
+    def start(replies: list[bytes]) -> tuple[str, list[bytes]]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+        requests: list[bytes] = []
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as reader:
+                for reply in replies:
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = reader.readline()
+                        if not line:
+                            return
+                        head += line
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    requests.append(head + reader.read(length))
+                    conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}", requests
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+_HEAD = b"HTTP/1.1 200 OK\r\nMessage-Type: 21\r\nContent-Type: application/cbor\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "body"),
+    [
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\n" + _HEAD + b"Content-Length: 1\r\n\r\n\xa0",
+            b"\xa0",
+        ),  # interim reply
+        (
+            _HEAD + b"Transfer-Encoding: chunked\r\n\r\n1;ext=1\r\n\xa1\r\n1\r\n\x01\r\n0\r\nX-T: 1\r\n\r\n",
+            b"\xa1\x01",
+        ),
+        (_HEAD + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n\xa1\x02", b"\xa1\x02"),  # repeated, same
+        (_HEAD + b"X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n", b""),
+    ],
+    ids=["interim-100", "chunked-with-extension-and-trailer", "repeated-length", "folded-header"],
+)
+def test_replies_read_and_the_connection_kept(
+    raw: Callable[[list[bytes]], tuple[str, list[bytes]]], reply: bytes, body: bytes
+) -> None:
+    url, requests = raw([reply, reply])
+    with FdoHttpClient(url) as client:
+        machine = Messages(2)
+        _run(client, machine)
+    assert machine.got == [(21, body)] * 2 and len(requests) == 2  # both on the one connection
+    head = requests[0].split(b"\r\n\r\n")[0].decode().split("\r\n")
+    assert head[0] == "POST /fdo/101/msg/20 HTTP/1.1" and f"Host: {url.removeprefix('http://')}" in head
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.0 200 OK\r\nMessage-Type: 21\r\nContent-Length: 1\r\n\r\n\xa0",
+        _HEAD + b"Connection: close\r\nContent-Length: 1\r\n\r\n\xa0",
+        _HEAD + b"\r\n\xa0",  # no length: the body ends with the connection
+    ],
+    ids=["http-1.0", "connection-close", "until-close"],
+)
+def test_replies_that_end_the_connection(
+    raw: Callable[[list[bytes]], tuple[str, list[bytes]]], reply: bytes
+) -> None:
+    url, requests = raw([reply])
+    with FdoHttpClient(url) as client:
+        machine = Messages(1)
+        _run(client, machine)
+        assert machine.got == [(21, b"\xa0")]
+        assert client._carrier._sock is None  # type: ignore[attr-defined]  # closed, not kept
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"", "closed the connection without a reply"),
+        (b"HTTP/2 200\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed status line"),
+        (_HEAD + b"No colon here\r\n\r\n", "malformed header line"),
+        (_HEAD + b"Content-Length: 5\r\n\r\n\xa0", "in the middle of the body"),
+        (_HEAD + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n\xa0", "malformed Content-Length"),
+        (_HEAD + b"Transfer-Encoding: gzip\r\n\r\n", "unsupported Transfer-Encoding"),
+        (_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
+        (_HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\n\xa0XX", "does not end with CRLF"),
+        (_HEAD + b"X: " + b"a" * 70000 + b"\r\n\r\n", "too long"),
+        (_HEAD + b"X: 1\r\n" * 101 + b"\r\n", "more than 100 header lines"),
+    ],
+)
+def test_malformed_replies_are_transport_errors(
+    raw: Callable[[list[bytes]], tuple[str, list[bytes]]], reply: bytes, error: str
+) -> None:
+    url, _ = raw([reply])
+    with FdoHttpClient(url) as client, pytest.raises(TransportError, match=error):
+        _run(client, Messages(1))
+
+
+def test_a_token_that_would_split_the_header_is_refused(
+    raw: Callable[[list[bytes]], tuple[str, list[bytes]]],
+) -> None:
+    reply = _HEAD + b"Authorization: t\x0bx\r\nContent-Length: 1\r\n\r\n\xa0"
+    url, requests = raw([reply, reply])
+    with FdoHttpClient(url) as client, pytest.raises(TransportError, match="invalid header"):
+        _run(client, Messages(2))
+    assert len(requests) == 1  # the second message was never sent
