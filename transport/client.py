@@ -7,12 +7,13 @@ present; ``Message-Type: 255`` (any status) or a non-2xx CBOR body is an ErrorMe
 is handed to the machine, which raises :class:`~fdo.errors.PeerError`. When the machine
 itself fails, an ErrorMessage is POSTed to ``/fdo/101/msg/255`` (best effort).
 
-The HTTP is this module's own HTTP/1.1 on a :mod:`socket` (see :class:`_StdlibCarrier`
-for what it reads), one kept-alive connection per client, as a device runs one exchange
-at a time: the device's process loads no HTTP package, not even :mod:`http.client`. What
-httpx did for this client before is kept: TLS verification with the default CAs
-(``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, else certifi's bundle when installed, else the
-system's), a CA bundle file, or none; one timeout for connecting and for each read and
+The HTTP/1.1 is :mod:`h11`'s (python-hyper's sans-I/O HTTP/1.1: it writes the request,
+reads the reply and says whether the connection is kept) over a :mod:`socket` of this
+module's (see :class:`_H11Carrier`), one kept-alive connection per client, as a device
+runs one exchange at a time: the device's process loads neither httpx nor
+:mod:`http.client`. What httpx did for this client before is kept: TLS verification
+with the default CAs (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, else certifi's bundle when
+installed, else the system's), a CA bundle file, or none; one timeout for connecting and for each read and
 write; redirects are not followed (a 3xx is an unexpected status); and the proxies of
 the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, upper or
 lower case, as httpx read them: an ``http://`` proxy forwards http requests and tunnels
@@ -24,13 +25,14 @@ pass FastAPI's TestClient); httpx is then what carries the messages.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+import h11
 
 from fdo.errors import FdoError, PeerError
 from fdo.machine import ClientMachine, Reply
@@ -130,6 +132,10 @@ def _failure(url: str, exc: BaseException) -> TransportError:
         return TransportError(f"POST {url}: TLS certificate verification failed: {exc}")
     if isinstance(exc, _BadResponse):
         return TransportError(f"POST {url}: {exc}")
+    if isinstance(exc, h11.RemoteProtocolError):
+        return TransportError(f"POST {url}: malformed reply: {exc}")
+    if isinstance(exc, h11.LocalProtocolError):  # e.g. a token with a line break
+        return TransportError(f"POST {url}: invalid request: {exc}")
     return TransportError(f"POST {url}: {type(exc).__name__}: {exc}")
 
 
@@ -204,15 +210,28 @@ class _Proxy:
     authorization: str | None  # Proxy-Authorization value, from the proxy URL's user info
 
 
-class _StdlibCarrier:
+#: The most of a reply's head h11 buffers (http.client's limit for one line), its most
+#: header fields (http.client's), and how much is read from the socket at a time.
+_MAX_HEAD = 65536
+_MAX_HEADERS = 100
+_READ_SIZE = 65536
+
+
+class _BadResponse(Exception):
+    """The peer's reply is not HTTP/1.1 as h11 reads it (or it never came)."""
+
+
+class _H11Carrier:
     """One kept-alive HTTP/1.1 connection to the server (or its proxy), on a socket.
 
-    HTTP/1.1 as an FDO client needs it, and no more: a POST with a Content-Length; a
-    reply with a Content-Length, chunked, or ending with the connection; interim 1xx
-    replies skipped; the connection kept unless the reply says ``Connection: close`` (or
-    is HTTP/1.0) or ends with the connection. :mod:`http.client` would do the same with
-    the :mod:`email` parser and, even for http, :mod:`ssl` (2 MB on a device); TLS here
-    is :mod:`ssl`'s, loaded for https only.
+    :mod:`h11` does the HTTP: it writes the request (checking header names and values
+    and the target) and reads the reply (status line, header fields with their limits,
+    a body framed by Content-Length, chunked or ending with the connection, interim 1xx
+    replies) and says whether the connection may carry the next request. This class
+    does the rest: the socket, TLS (:mod:`ssl`, loaded for https only), the proxy and
+    its CONNECT tunnel, the timeout, and the body limit, read no further than
+    ``max_body``. :mod:`http.client` would load the :mod:`email` parser and, even for
+    http, :mod:`ssl` (2 MB on a device).
     """
 
     def __init__(self, *, timeout: float, verify: bool | str) -> None:
@@ -220,46 +239,53 @@ class _StdlibCarrier:
         self.verify = verify
         self._proxies = _environment_proxies()
         self._sock: socket.socket | None = None
-        self._reader: BinaryIO | None = None
+        self._conn: h11.Connection | None = None
         self._origin: tuple[str, str, int] | None = None
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._conn = None
 
     def post(self, url: str, body: bytes, headers: dict[str, str], max_body: int) -> _Response:
         try:
             scheme, host, port, target, proxy = _route(url, self._proxies)
-            origin = (scheme, host, port)
-            if self._sock is not None and (origin != self._origin or _closed_by_peer(self._sock)):
-                self.close()
-            sent = {**headers, "User-Agent": USER_AGENT, "Accept": "*/*", "Content-Length": str(len(body))}
+            fields = [("Host", _host_header(host, port, scheme)), *headers.items()]
+            fields += [("User-Agent", USER_AGENT), ("Accept", "*/*"), ("Content-Length", str(len(body)))]
             if proxy is not None and scheme == "http":
                 target = url  # a forward proxy takes the absolute URL
                 if proxy.authorization:
-                    sent["Proxy-Authorization"] = proxy.authorization
-            request = _request_head("POST", target, _host_header(host, port, scheme), sent) + body
+                    fields.append(("Proxy-Authorization", proxy.authorization))
+            request = h11.Request(method="POST", target=target, headers=fields)  # checked here
+            origin = (scheme, host, port)
+            if self._sock is not None and (origin != self._origin or _closed_by_peer(self._sock)):
+                self.close()
             if self._sock is None:
                 self._connect(scheme, host, port, proxy)
                 self._origin = origin
-            assert self._sock is not None and self._reader is not None  # noqa: S101 - just connected
-            self._sock.sendall(request)
-            status, fields = _read_head(self._reader)
-            data = _read_limited(fields.get("content-length"), _body(self._reader, status, fields), max_body)
+            sock, conn = self._sock, self._conn
+            assert sock is not None and conn is not None  # noqa: S101 - just connected
+            sock.sendall(_send(conn, request, h11.Data(data=body), h11.EndOfMessage()))
+            response = _final_response(conn, sock)
+            fields_in = {name.decode(): value.decode("latin-1") for name, value in reversed(response.headers)}
+            data = _read_body(conn, sock, fields_in.get("content-length"), max_body)
         except (TransportError, KeyboardInterrupt, SystemExit):
             self.close()
             raise
-        except (OSError, ValueError, _BadResponse) as exc:
+        except (OSError, ValueError, h11.ProtocolError, _BadResponse) as exc:
             self.close()
             raise _failure(url, exc) from exc
-        if not _keeps_alive(fields):
+        # Kept alive when the reply and HTTP/1.1 allow it, the server has not closed its
+        # side (a body that ended with the connection) and sent nothing past the reply.
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and conn.trailing_data == (b"", False):
+            conn.start_next_cycle()
+        else:
             self.close()
-        get = fields.get  # names in lower case
-        return _Response(status, get("message-type"), get("authorization"), get("content-type"), data)
+        get = fields_in.get  # names in lower case; the first of repeated ones
+        return _Response(
+            response.status_code, get("message-type"), get("authorization"), get("content-type"), data
+        )
 
     def _connect(self, scheme: str, host: str, port: int, proxy: _Proxy | None) -> None:
         import socket
@@ -281,19 +307,56 @@ class _StdlibCarrier:
             sock.close()
             raise
         self._sock = sock
-        self._reader = sock.makefile("rb")
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
 
 
-class _BadResponse(Exception):
-    """The peer's reply is not HTTP/1.1 as this client reads it (or it never came)."""
+def _send(conn: h11.Connection, *events: h11.Event) -> bytes:
+    return b"".join(conn.send(event) or b"" for event in events)  # None only for ConnectionClosed
 
 
-#: Limits as http.client's: a line, and the header lines of one reply.
-_MAX_LINE = 65536
-_MAX_HEADERS = 100
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+def _next_event(conn: h11.Connection, sock: socket.socket) -> object:
+    """h11's next event, reading from ``sock`` while h11 needs more."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = sock.recv(_READ_SIZE)
+        if not data and conn.their_state is h11.SEND_RESPONSE and not conn.trailing_data[0]:
+            raise _BadResponse("the server closed the connection without a reply")
+        conn.receive_data(data)
+
+
+def _final_response(conn: h11.Connection, sock: socket.socket) -> h11.Response:
+    """The final reply's head (interim 1xx ones skipped)."""
+    while True:
+        event = _next_event(conn, sock)
+        if isinstance(event, h11.Response):
+            # h11 bounds a head still incomplete; a whole one read at once is bounded here.
+            if len(event.headers) > _MAX_HEADERS:
+                raise _BadResponse(f"more than {_MAX_HEADERS} header lines")
+            if sum(len(name) + len(value) for name, value in event.headers) > _MAX_HEAD:
+                raise _BadResponse(f"the reply's header fields are too long (over {_MAX_HEAD} bytes)")
+            return event
+        if not isinstance(event, h11.InformationalResponse):
+            raise _BadResponse(f"unexpected {type(event).__name__} before the reply")
+
+
+def _read_body(conn: h11.Connection, sock: socket.socket, length: str | None, max_body: int) -> bytes:
+    """The reply's body, refused as soon as it is known to exceed ``max_body``."""
+    if length is not None and int(length) > max_body:  # h11 checked it is digits
+        raise TransportError(f"response body of {length} bytes exceeds the {max_body}-byte limit")
+    out: list[bytes] = []
+    size = 0
+    while True:
+        event = _next_event(conn, sock)
+        if isinstance(event, h11.EndOfMessage):
+            return b"".join(out)
+        if not isinstance(event, h11.Data):
+            raise _BadResponse(f"unexpected {type(event).__name__} in the body")
+        size += len(event.data)
+        if size > max_body:
+            raise TransportError(f"response body exceeds the {max_body}-byte limit")
+        out.append(event.data)
 
 
 def _route(url: str, proxies: list[_Mount]) -> tuple[str, str, int, str, _Proxy | None]:
@@ -309,8 +372,6 @@ def _route(url: str, proxies: list[_Mount]) -> tuple[str, str, int, str, _Proxy 
         raise TransportError(f"POST {url}: no host in the URL")
     port = parts.port or (443 if scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if _BAD_TARGET.search(target):
-        raise TransportError(f"POST {url}: the path holds spaces or control characters")
     return scheme, host, port, target, _proxy_for(proxies, scheme, host, port, url)
 
 
@@ -319,129 +380,19 @@ def _host_header(host: str, port: int, scheme: str) -> str:
     return name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
 
 
-def _request_head(method: str, target: str, host: str, headers: dict[str, str]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    for name, value in headers.items():
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-            raise ValueError(f"invalid header {name!r}")  # e.g. a token with a line break
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _line(reader: BinaryIO) -> bytes:
-    line = reader.readline(_MAX_LINE + 1)
-    if len(line) > _MAX_LINE:
-        raise _BadResponse("a reply line is too long")
-    return line
-
-
-def _read_fields(reader: BinaryIO) -> dict[str, str]:
-    """Header lines up to the empty one, by lower-case name (the first of repeated ones,
-    except Content-Length and Transfer-Encoding, whose values are joined)."""
-    fields: dict[str, str] = {}
-    last: str | None = None
-    for _ in range(_MAX_HEADERS + 1):
-        line = _line(reader)
-        if not line:
-            raise _BadResponse("the server closed the connection in the middle of a reply")
-        if line in (b"\r\n", b"\n"):
-            return fields
-        text = line.decode("latin-1").rstrip("\r\n")
-        if text[:1] in (" ", "\t") and last is not None:  # an obsolete folded line
-            fields[last] += " " + text.strip()
-            continue
-        name, colon, value = text.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise _BadResponse(f"malformed header line {text[:80]!r}")
-        last = name.lower()
-        if last not in fields:
-            fields[last] = value.strip()
-        elif last in ("content-length", "transfer-encoding"):
-            fields[last] += ", " + value.strip()
-    raise _BadResponse(f"more than {_MAX_HEADERS} header lines")
-
-
-def _read_head(reader: BinaryIO) -> tuple[int, dict[str, str]]:
-    """The status and header fields of the final reply (interim 1xx ones skipped)."""
-    while True:
-        line = _line(reader)
-        if not line:
-            raise _BadResponse("the server closed the connection without a reply")
-        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
-        code = rest[:3]
-        if not (
-            version.startswith("HTTP/1.") and code.isdigit() and len(code) == 3 and rest[3:4] in ("", " ")
-        ):
-            raise _BadResponse(f"malformed status line {line[:80]!r}")
-        fields = _read_fields(reader)
-        fields[":version"] = version
-        if not 100 <= int(code) < 200:
-            return int(code), fields
-
-
-def _keeps_alive(fields: Mapping[str, str]) -> bool:
-    tokens = {t.strip().lower() for t in fields.get("connection", "").split(",")}
-    return fields.get(":version") == "HTTP/1.1" and "close" not in tokens and ":until-close" not in fields
-
-
-def _body(reader: BinaryIO, status: int, fields: dict[str, str]) -> Iterator[bytes]:
-    """The reply body in pieces (its length is checked by the caller as they come)."""
-    if status in (204, 304):
-        return
-    encoding = fields.get("transfer-encoding")
-    if encoding is not None:
-        if encoding.strip().lower() != "chunked":
-            raise _BadResponse(f"unsupported Transfer-Encoding {encoding!r}")
-        yield from _chunked(reader)
-        return
-    length = fields.get("content-length")
-    if length is None:  # the body ends with the connection
-        fields[":until-close"] = "1"
-        while piece := reader.read1(65536):  # type: ignore[attr-defined]
-            yield piece
-        return
-    values = {v.strip() for v in length.split(",")}
-    if len(values) != 1 or not next(iter(values)).isdigit():
-        raise _BadResponse(f"malformed Content-Length {length!r}")
-    left = int(values.pop())
-    fields["content-length"] = str(left)
-    while left:
-        piece = reader.read(min(left, 65536))
-        if not piece:
-            raise _BadResponse("the server closed the connection in the middle of the body")
-        left -= len(piece)
-        yield piece
-
-
-def _chunked(reader: BinaryIO) -> Iterator[bytes]:
-    while True:
-        size_text = _line(reader).split(b";", 1)[0].strip()
-        if not size_text or any(c not in b"0123456789abcdefABCDEF" for c in size_text):
-            raise _BadResponse(f"malformed chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
-        if size == 0:
-            _read_fields(reader)  # trailer lines, if any
-            return
-        left = size
-        while left:
-            piece = reader.read(min(left, 65536))
-            if not piece:
-                raise _BadResponse("the server closed the connection in the middle of a chunk")
-            left -= len(piece)
-            yield piece
-        if reader.read(2) != b"\r\n":
-            raise _BadResponse("a chunk does not end with CRLF")
-
-
 def _tunnel(sock: socket.socket, host: str, port: int, proxy: _Proxy) -> None:
     """CONNECT through the proxy to ``host:port`` (https behind an http:// proxy)."""
-    headers = {} if proxy.authorization is None else {"Proxy-Authorization": proxy.authorization}
     authority = _host_header(host, port, "")  # always with the port
-    sock.sendall(_request_head("CONNECT", authority, authority, headers))
-    with sock.makefile("rb") as reader:
-        status, fields = _read_head(reader)
-    if status != 200:
+    fields = [("Host", authority)]
+    if proxy.authorization is not None:
+        fields.append(("Proxy-Authorization", proxy.authorization))
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+    sock.sendall(_send(conn, h11.Request(method="CONNECT", target=authority, headers=fields)))
+    status = _final_response(conn, sock).status_code
+    if not 200 <= status < 300:
         raise _BadResponse(f"the proxy refused the tunnel to {authority}: HTTP status {status}")
+    if conn.trailing_data[0]:
+        raise _BadResponse(f"the proxy sent data before the tunnel to {authority} was used")
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -572,7 +523,7 @@ class FdoHttpClient:
         self.base_url = base_url.rstrip("/")
         self.max_body = max_body
         self._carrier: _Carrier = (
-            _HttpxCarrier(client) if client is not None else _StdlibCarrier(timeout=timeout, verify=verify)
+            _HttpxCarrier(client) if client is not None else _H11Carrier(timeout=timeout, verify=verify)
         )
         self.token: str | None = None
 

@@ -3,7 +3,8 @@ interpreter, then ``sys.modules`` as it exits.
 
 A device runs the command at every boot until it is onboarded, so what it imports is
 its footprint (bench/device_client.py measures it). None of the server stack, httpx and
-its dependencies, typer, click, rich or the services' command groups may come back.
+its dependencies (h11 aside: the client speaks HTTP/1.1 with it), typer, click, rich or
+the services' command groups may come back.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ NOT_LOADED = (
     # the server stack
     "fastapi", "starlette", "uvicorn", "sqlalchemy", "sqlmodel", "alembic", "psycopg", "pydantic",
     "pydantic_core", "pydantic_settings", "prometheus_client", "jinja2",
-    # httpx and what it brings
-    "httpx", "httpcore", "h11", "anyio", "sniffio", "certifi", "idna",
+    # httpx and what it brings (but h11, which transport/client.py speaks HTTP/1.1 with)
+    "httpx", "httpcore", "anyio", "sniffio", "certifi", "idna",
     # the CLI framework and its output
     "typer", "click", "rich", "pygments", "shellingham",
     # the services and their command groups

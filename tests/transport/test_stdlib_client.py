@@ -1,11 +1,11 @@
-"""FdoHttpClient's own HTTP (http.client, no httpx) against a real socket server.
+"""FdoHttpClient's own HTTP (h11 on a socket, no httpx) against a real socket server.
 
 The server is the standard library's :mod:`http.server` speaking HTTP/1.1 with keep-alive,
 scripted per test: what it answers, whether it closes the connection after answering,
 and what it saw (request lines, headers, connections). The protocol runs end to end over
 the real services in tests/e2e; these cover what those never provoke: an idle
-connection the server closed, oversized and chunked bodies, redirects, and proxies
-from the environment.
+connection the server closed, oversized and chunked bodies, redirects, proxies from
+the environment, and replies h11 refuses (each must end as a TransportError).
 """
 
 from __future__ import annotations
@@ -349,14 +349,14 @@ def test_replies_that_end_the_connection(
     ("reply", "error"),
     [
         (b"", "closed the connection without a reply"),
-        (b"HTTP/2 200\r\n\r\n", "malformed status line"),
-        (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed status line"),
-        (_HEAD + b"No colon here\r\n\r\n", "malformed header line"),
-        (_HEAD + b"Content-Length: 5\r\n\r\n\xa0", "in the middle of the body"),
-        (_HEAD + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n\xa0", "malformed Content-Length"),
-        (_HEAD + b"Transfer-Encoding: gzip\r\n\r\n", "unsupported Transfer-Encoding"),
-        (_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
-        (_HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\n\xa0XX", "does not end with CRLF"),
+        (b"HTTP/2 200\r\n\r\n", "malformed reply: illegal status line"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "illegal status line"),
+        (_HEAD + b"No colon here\r\n\r\n", "illegal header line"),
+        (_HEAD + b"Content-Length: 5\r\n\r\n\xa0", "without sending complete message body"),
+        (_HEAD + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n\xa0", "conflicting Content-Length"),
+        (_HEAD + b"Transfer-Encoding: gzip\r\n\r\n", "Only Transfer-Encoding: chunked"),
+        (_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", "illegal chunk header"),
+        (_HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\n\xa0XX", "malformed chunk footer"),
         (_HEAD + b"X: " + b"a" * 70000 + b"\r\n\r\n", "too long"),
         (_HEAD + b"X: 1\r\n" * 101 + b"\r\n", "more than 100 header lines"),
     ],
@@ -374,6 +374,12 @@ def test_a_token_that_would_split_the_header_is_refused(
 ) -> None:
     reply = _HEAD + b"Authorization: t\x0bx\r\nContent-Length: 1\r\n\r\n\xa0"
     url, requests = raw([reply, reply])
-    with FdoHttpClient(url) as client, pytest.raises(TransportError, match="invalid header"):
+    with FdoHttpClient(url) as client, pytest.raises(TransportError, match="illegal header line"):
         _run(client, Messages(2))
     assert len(requests) == 1  # the second message was never sent
+
+
+def test_a_path_with_a_space_is_refused_before_connecting() -> None:
+    with FdoHttpClient("http://127.0.0.1:1/a b") as client, pytest.raises(TransportError) as caught:
+        _run(client, Messages(1))
+    assert "invalid request: Illegal target characters" in str(caught.value)  # not a refused connection
