@@ -71,3 +71,6 @@ def test_onboard_loads_no_server_stack_no_httpx_no_typer(stack: Stack, tmp_path:
     assert "fdo.to2.device" in modules and "fdo_cli.device_onboard" in modules  # it did run
     assert sorted({m.split(".")[0] for m in modules} & set(NOT_LOADED)) == []
     assert [m for m in modules if m.startswith("cryptography.x509")] == []
+    # The system's libcrypto comes only with TLS (hashlib and hmac would load it: 3.5 MB);
+    # http.client and its email parser never.
+    assert [m for m in modules if m in ("hashlib", "hmac", "_hashlib", "ssl", "http.client", "email")] == []
