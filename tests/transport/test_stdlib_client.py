@@ -10,17 +10,20 @@ the environment, and replies h11 refuses (each must end as a TransportError).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from fdo.machine import ClientMachine, Reply
 from fdo.types import MsgType
+from fdo_server.tls import write_test_tls
 from transport.client import FdoHttpClient, TransportError
 
 
@@ -250,6 +253,70 @@ def test_https_is_tunnelled_with_connect(
     [seen] = script.seen
     assert seen.request_line.startswith("CONNECT owner.invalid:8443 HTTP/1.")
     assert seen.headers["Host"] == "owner.invalid:8443"
+
+
+def test_https_through_the_tunnel_is_verified_and_kept_alive(
+    no_proxy_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A real CONNECT proxy (it relays bytes) in front of a TLS server with a throw-away CA."""
+    import ssl
+
+    tls = write_test_tls(tmp_path)
+    script = Script(_ok)
+    server = Server(("127.0.0.1", 0), _handler(script))
+    server.script = script
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    connects: list[bytes] = []
+    proxy = _connect_proxy(connects)
+    no_proxy_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    port = server.server_address[1]
+    try:
+        with FdoHttpClient(f"https://127.0.0.1:{port}", verify=str(tls.ca)) as client:
+            machine = Messages(2)
+            _run(client, machine)
+    finally:
+        server.shutdown()
+        server.server_close()
+        proxy.close()
+    assert machine.got == [(21, b"\xa0")] * 2
+    assert connects == [f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode()]  # one tunnel for both
+    assert [s.request_line for s in script.seen] == ["POST /fdo/101/msg/20 HTTP/1.1"] * 2
+    assert [s.connection for s in script.seen] == [1, 1]
+
+
+def _connect_proxy(connects: list[bytes]) -> socket.socket:
+    """A CONNECT-only proxy on a free port: records each request line, then relays bytes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += conn.recv(1)
+            line = head.split(b"\r\n", 1)[0]
+            connects.append(line)
+            host, port = line.split()[1].decode().rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            threading.Thread(target=pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
 
 
 def test_a_socks_proxy_is_refused(no_proxy_env: pytest.MonkeyPatch) -> None:
