@@ -39,7 +39,6 @@ exceptions never escape. MACs are checked over the bytes received, not a re-enco
 
 from __future__ import annotations
 
-import hmac
 import os
 from dataclasses import dataclass
 from enum import IntEnum
@@ -51,7 +50,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fdo.codec import Tag, as_bytes, as_int, as_list, as_map, decode, encode, encode_state
 from fdo.errors import FdoError, FdoUsageError, InternalError, InvalidMessageError, UnsupportedError
-from fdo.types import Rand
+from fdo.types import Rand, hmac_digest, hmac_matches
 
 COSE_ENCRYPT0_TAG: Final = 16
 COSE_MAC0_TAG: Final = 17
@@ -125,7 +124,7 @@ def kdf(sh_se: bytes, context_rand: bytes, length: int, hash_name: str = "sha256
     if length <= 0 or bits > 0xFFFF or rounds > 0xFF:
         raise FdoUsageError(f"KDF output length {length} out of range")
     suffix = _KDF_LABEL_CONTEXT + context_rand + bits.to_bytes(2, "big")
-    out = b"".join(hmac.digest(sh_se, bytes((i,)) + suffix, hash_name) for i in range(1, rounds + 1))
+    out = b"".join(hmac_digest(sh_se, bytes((i,)) + suffix, hash_name) for i in range(1, rounds + 1))
     return out[:length]
 
 
@@ -139,6 +138,11 @@ _AAD: Final[dict[CipherSuite, bytes]] = {
     for suite, params in _PARAMS.items()
     if not params.svk_len
 }
+
+
+def _mac0_structure(protected: bytes, payload: bytes) -> bytes:
+    """What COSE_Mac0's tag covers (RFC 9052 §6.3; no external AAD)."""
+    return encode(["MAC0", protected, b"", payload])
 
 
 class SessionCrypto:
@@ -197,7 +201,7 @@ class SessionCrypto:
         return encode(Tag(COSE_MAC0_TAG, [self._protected, {}, inner, tag]))
 
     def _mac(self, protected: bytes, payload: bytes) -> bytes:
-        return hmac.digest(self._svk, encode(["MAC0", protected, b"", payload]), self._params.prf)
+        return hmac_digest(self._svk, _mac0_structure(protected, payload), self._params.prf)
 
     # ------------------------------------------------------------------ decrypt
 
@@ -246,7 +250,7 @@ class SessionCrypto:
         payload = as_bytes(payload, "COSE_Mac0.payload")
         tag = as_bytes(tag, "COSE_Mac0.tag")
         _check_alg(protected, params.mac_alg, "COSE_Mac0")
-        if not hmac.compare_digest(self._mac(protected, payload), tag):
+        if not hmac_matches(self._svk, _mac0_structure(protected, payload), self._params.prf, tag):
             raise InvalidMessageError("COSE_Mac0: MAC does not verify")
         # Authenticated from here on: the rest is checked for shape, not forgery.
         inner_protected, inner_unprotected, ciphertext = as_list(decode(payload), "inner COSE_Encrypt0", 3)

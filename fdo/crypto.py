@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import Self, TypeAlias
+from typing import TYPE_CHECKING, Self, TypeAlias
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -27,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-from cryptography.x509.oid import NameOID
 
 from fdo import codec
 from fdo.codec import CborValue
@@ -39,6 +37,11 @@ from fdo.errors import (
     UnsupportedError,
 )
 from fdo.types import HashType, SgType
+
+if TYPE_CHECKING:
+    # Loaded where certificates are read or made: a device onboarding with X509 keys
+    # never needs it (1 MB and 20 modules).
+    from cryptography import x509
 
 PublicKeyT: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKeyT: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -142,6 +145,8 @@ def load_public_key(data: bytes) -> PublicKeyT:
     try:
         stripped = data.lstrip()
         if stripped.startswith(b"-----BEGIN CERTIFICATE"):
+            from cryptography import x509
+
             key = x509.load_pem_x509_certificate(stripped).public_key()
         elif stripped.startswith(b"-----"):
             key = serialization.load_pem_public_key(stripped)
@@ -350,6 +355,8 @@ def _der_public_key(der: bytes) -> object:
 
 
 def _load_der_cert(der: bytes, what: str) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         return _der_certificate(bytes(der))
     except ValueError:
@@ -489,6 +496,9 @@ def common_name(text: str, fallback: str = "fdo-device") -> str:
 
 def make_csr(key: PrivateKeyT, common_name: str) -> bytes:
     """A DER PKCS#10 request for ``key`` (what a device sends in DI.AppStart)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     )
@@ -499,6 +509,8 @@ def make_csr(key: PrivateKeyT, common_name: str) -> bytes:
 
 def load_csr(der: bytes) -> x509.CertificateSigningRequest:
     """Parse a DER CSR and check its self-signature."""
+    from cryptography import x509
+
     try:
         csr = x509.load_der_x509_csr(der)
     except (ValueError, x509.InvalidVersion):  # InvalidVersion: a version other than v1 (0)
@@ -520,6 +532,9 @@ def load_csr(der: bytes) -> x509.CertificateSigningRequest:
 
 def make_ca(key: PrivateKeyT, common_name: str, now: datetime, *, days: int = 3650) -> x509.Certificate:
     """A self-signed CA certificate (the manufacturer's device CA)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
         x509.CertificateBuilder()
@@ -558,6 +573,9 @@ def issue_device_cert(
     days: int = 365 * 25,
 ) -> x509.Certificate:
     """The device CA signs the device's attestation key."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

@@ -8,14 +8,16 @@ form is what :mod:`fdo.codec` encodes, and ``from_cbor_obj`` raises
 
 from __future__ import annotations
 
-import hashlib
-import hmac as _hmac
 import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Self
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
 
 from fdo import codec
 from fdo.codec import CborValue
@@ -125,6 +127,41 @@ class Nonce:
         return self.value.hex()
 
 
+#: The core hashes with cryptography's OpenSSL, not :mod:`hashlib` or :mod:`hmac` (nor
+#: cryptography's ``constant_time``, which is hmac's): they load the system's libcrypto
+#: beside it, 3.5 MB on a device onboarding over http. By the names hashlib gives them.
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+def digest(name: str, data: bytes | bytearray) -> bytes:
+    """The ``name`` (``"sha256"`` or ``"sha384"``) hash of ``data``."""
+    h = hashes.Hash(_HASHES[name]())
+    h.update(data)
+    return h.finalize()
+
+
+def hmac_digest(key: bytes, data: bytes, name: str) -> bytes:
+    """HMAC-``name`` (``"sha256"`` or ``"sha384"``) of ``data`` keyed with ``key``."""
+    mac = _hmac.HMAC(key, _HASHES[name]())
+    mac.update(data)
+    return mac.finalize()
+
+
+def hmac_matches(key: bytes, data: bytes, name: str, tag: bytes) -> bool:
+    """Whether ``tag`` is the HMAC-``name`` of ``data`` under ``key`` (compared in constant time)."""
+    mac = _hmac.HMAC(key, _HASHES[name]())
+    mac.update(data)
+    try:
+        mac.verify(tag)
+    except InvalidSignature:
+        return False
+    return True
+
+
 class HashType(IntEnum):
     """hashtype values shared by Hash and HMac (COSE algorithm ids)."""
 
@@ -171,18 +208,18 @@ class Hash:
         """Plain hash of ``data``."""
         if alg.is_hmac:
             raise UnsupportedError(f"{alg.name} is an HMAC, not a hash")
-        return cls(alg, hashlib.new(alg.hashlib_name, data).digest())
+        return cls(alg, digest(alg.hashlib_name, data))
 
     @classmethod
     def hmac(cls, alg: HashType, key: bytes, data: bytes) -> Self:
         """HMAC of ``data`` keyed with ``key``."""
         if not alg.is_hmac:
             raise UnsupportedError(f"{alg.name} is a hash, not an HMAC")
-        return cls(alg, _hmac.new(key, data, alg.hashlib_name).digest())
+        return cls(alg, hmac_digest(key, data, alg.hashlib_name))
 
     def matches(self, data: bytes) -> bool:
         """True when this (plain) hash covers ``data``."""
-        return _hmac.compare_digest(Hash.compute(self.alg, data).value, self.value)
+        return Hash.compute(self.alg, data).value == self.value  # a hash of public data: no secret to time
 
     def verify(self, data: bytes, what: str) -> None:
         """Raise :class:`HashMismatchError` unless this hash covers ``data``."""
@@ -191,7 +228,7 @@ class Hash:
 
     def verify_hmac(self, key: bytes, data: bytes, what: str) -> None:
         """Raise :class:`HashMismatchError` unless this HMAC covers ``data`` under ``key``."""
-        if not self.alg.is_hmac or not _hmac.compare_digest(Hash.hmac(self.alg, key, data).value, self.value):
+        if not self.alg.is_hmac or not hmac_matches(key, data, self.alg.hashlib_name, self.value):
             raise HashMismatchError(f"{what}: HMAC does not match")
 
     @classmethod

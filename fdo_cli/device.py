@@ -1,7 +1,9 @@
 """``fdo device``: the device client (DI, onboarding, showing the credential).
 
 The onboarding driver and the HTTP client are imported inside the commands that need
-them, so ``fdo device show`` (and every other group) loads no HTTP stack.
+them, so ``fdo device show`` (and every other group) loads no HTTP stack. ``onboard``'s
+work is :func:`fdo_cli.device_onboard.run_onboard`, which :func:`fdo_cli.main.main` also
+runs without typer when the arguments are plain.
 
 The options' types and environment variables (``FDO_DEVICE_<OPTION>``) are in
 :mod:`fdo_cli.device_common`, ``di`` in :mod:`fdo_cli.device_di`.
@@ -9,11 +11,8 @@ The options' types and environment variables (``FDO_DEVICE_<OPTION>``) are in
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -35,39 +34,15 @@ from fdo_cli.device_common import (
     StateDirOpt,
     SystemctlOpt,
     device_env,
-    load_credential,
-    save_credential,
-    tls_verify,
 )
 from fdo_cli.device_di import di
+from fdo_cli.device_onboard import CipherName, KexName, apply_assignment, run_onboard
 from fdo_cli.output import Format, OutputOpt, chosen, emit_data
-
-if TYPE_CHECKING:
-    from fdo.serviceinfo.bootc import Assignment
 
 app = typer.Typer(no_args_is_help=True, help="Device client: DI, onboarding (TO1/TO2), credential.")
 app.command()(di)
 app.command("check-in")(check_in_cmd)
 app.command("agent")(agent_cmd)
-
-
-class KexName(StrEnum):
-    ECDH256 = "ECDH256"
-    ECDH384 = "ECDH384"
-    DHKEXid14 = "DHKEXid14"
-    DHKEXid15 = "DHKEXid15"
-    ASYMKEX2048 = "ASYMKEX2048"
-    ASYMKEX3072 = "ASYMKEX3072"
-
-
-class CipherName(StrEnum):
-    A128GCM = "A128GCM"
-    A192GCM = "A192GCM"
-    A256GCM = "A256GCM"
-    COSEAES128CBC = "COSEAES128CBC"
-    COSEAES128CTR = "COSEAES128CTR"
-    COSEAES256CBC = "COSEAES256CBC"
-    COSEAES256CTR = "COSEAES256CTR"
 
 
 @app.command()
@@ -153,148 +128,31 @@ def onboard(
     A dry run (--dry-run PLAN.json) onboards too: the credential is replaced and the
     assignment stored; only applying it is left to fdo device apply.
     """
-    from device.apply import bootc_device
-    from device.modules import run_command, standard_modules
-    from device.onboard import OnboardError, onboard
-    from fdo.cipher import CipherSuite
-    from fdo.kex import KexSuite
-    from fdo.serviceinfo import DeviceModule
-    from fdo.serviceinfo.bootc import BOOTC, BootcDevice
-
-    if serial is not None and not (0 < len(serial) <= 255 and "\x00" not in serial):
-        raise die("--serial must be 1 to 255 characters, without NUL (as DI accepts)")
-    wanted = None if only is None else _module_names(only)
-    cred = load_credential(credential)
-    if serial:
-        cred = dataclasses.replace(cred, serial=serial)
-    verify = tls_verify(ca_bundle)
-    run = None if no_command or (wanted is not None and "fdo.command" not in wanted) else run_command
-    made: list[BootcDevice] = []
-
-    def modules() -> list[DeviceModule]:
-        mods = standard_modules(root, run=run)
-        if not no_bootc and (wanted is None or BOOTC in wanted):
-            made.append(bootc_device(bootc))
-            mods.append(made[-1])
-        return [m for m in mods if wanted is None or m.name in wanted]
-
-    try:
-        result = onboard(
-            cred,
-            kex=KexSuite(kex.value) if kex is not None else None,
-            cipher=CipherSuite[cipher.value],
-            modules=modules,
-            root=root,
-            verify=verify,
-            max_attempts=max_attempts or None,
-            deadline=deadline,
-            progress=lambda line: typer.echo(line, err=True),
-        )
-    except OnboardError as exc:
-        # Each failed attempt was printed as it happened: say only why it stopped.
-        raise die(exc.reason if exc.attempts else str(exc)) from None
-    except FdoError as exc:  # e.g. a devmod this machine cannot describe
-        raise die(f"onboarding failed: {exc.message}") from None
-    save_credential(credential, result.credential)
-    assignment = made[-1].assignment if made else None
-    applied = None
-    if assignment is not None:
-        if dry_run is not None:
-            _store(assignment, state_dir)
-        applied = _apply(assignment, dry_run, apply_root, state_dir, bootc, systemctl, quiet=as_json)
-    if onboarded_file is not None:
-        _stamp(onboarded_file)
-    if as_json:
-        out = {
-            "previous_guid": result.previous_guid,
-            "guid": str(result.credential.guid),
-            "reused": result.reused,
-            "owner_url": result.owner_url,
-            "rv_url": result.rv_url,
-            "rounds": result.rounds,
-            "active_modules": sorted(result.active_modules),
-            "assignment": assignment is not None,
-            "dry_run": dry_run is not None,
-            "applied": applied,
-            "attempts": [
-                {"round": a.round, "phase": a.phase, "url": a.url, "error": a.error} for a in result.attempts
-            ],
-        }
-        typer.echo(json.dumps(out, indent=2))
-        return
-    via = "bypassing TO1" if result.rv_url is None else f"via {result.rv_url}"
-    typer.echo(f"onboarded by {result.owner_url} ({via}) in {result.rounds} round(s)")
-    if result.reused:
-        typer.echo(f"credential reused: GUID {result.credential.guid}")
-    else:
-        typer.echo(f"GUID {result.previous_guid} -> {result.credential.guid}; credential updated")
-    if dry_run is not None:
-        stored = f"assignment stored in {state_dir}" if assignment else "no bootc assignment received"
-        typer.echo(f"dry run: the device is onboarded (credential replaced), {stored}, nothing applied")
-        if assignment is not None:
-            typer.echo(f"apply it with: fdo device apply --state-dir {state_dir}")
-
-
-def _store(assignment: Assignment, state_dir: Path) -> None:
-    from device.apply import save_assignment
-
-    try:
-        save_assignment(assignment, state_dir)
-    except OSError as exc:
-        raise die(f"cannot store the assignment in {state_dir}: {exc.strerror or exc}") from None
-
-
-def _stamp(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-    except OSError as exc:
-        raise die(f"onboarded, but cannot create {path}: {exc.strerror or exc}") from None
-
-
-#: The ServiceInfo modules ``fdo device onboard`` can offer.
-DEVICE_MODULES = ("fdo.command", "fdo.download", "fdo.upload", "com.fdo-bootc.bootc")
-
-
-def _module_names(text: str) -> frozenset[str]:
-    names = frozenset(n.strip() for n in text.split(",") if n.strip())
-    unknown = sorted(names - set(DEVICE_MODULES))
-    if unknown:
-        raise die(f"unknown module {unknown[0]!r} in --modules; known: {', '.join(DEVICE_MODULES)}")
-    return names
+    # fdo_cli.main runs plain invocations without typer; the options are also in
+    # fdo_cli.device_onboard.OPTIONS (a test keeps the two the same).
+    run_onboard(
+        credential=credential,
+        kex=kex,
+        cipher=cipher,
+        ca_bundle=ca_bundle,
+        root=root,
+        no_command=no_command,
+        max_attempts=max_attempts,
+        deadline=deadline,
+        as_json=as_json,
+        dry_run=dry_run,
+        apply_root=apply_root,
+        state_dir=state_dir,
+        bootc=bootc,
+        systemctl=systemctl,
+        no_bootc=no_bootc,
+        serial=serial,
+        only=only,
+        onboarded_file=onboarded_file,
+    )
 
 
 # ---------------------------------------------------------------------------- apply
-
-
-def _apply(
-    assignment: Assignment,
-    dry_run: Path | None,
-    root: Path,
-    state_dir: Path,
-    bootc: str,
-    systemctl: str,
-    *,
-    quiet: bool = False,
-) -> list[str]:
-    """Apply (or, with ``dry_run``, plan) the assignment; return the action ids performed."""
-    from device.apply import ApplyError, RealExecutor, RecordingExecutor, apply, plan
-
-    if dry_run is not None:
-        recorder = RecordingExecutor()
-        for action in plan(assignment):
-            recorder.run(action)
-        recorder.write(dry_run)
-        if not quiet:
-            typer.echo(f"plan of {len(recorder.actions)} action(s) written to {dry_run}")
-        return [a.id for a in recorder.actions]
-    try:
-        done = apply(assignment, RealExecutor(root, bootc=bootc, systemctl=systemctl), state_dir)
-    except (ApplyError, OSError) as exc:
-        raise die(f"applying the assignment failed (rerun fdo device apply to resume): {exc}") from None
-    if not quiet:
-        typer.echo(f"assignment applied: {len(done.performed)} action(s), {len(done.skipped)} already done")
-    return done.performed
 
 
 @app.command("apply")
@@ -315,7 +173,7 @@ def apply_cmd(
     assignment = load_assignment(state_dir)
     if assignment is None:
         raise die(f"no assignment stored in {state_dir}")
-    _apply(assignment, dry_run, root, state_dir, bootc, systemctl)
+    apply_assignment(assignment, dry_run, root, state_dir, bootc, systemctl)
 
 
 @app.command("report")

@@ -14,7 +14,6 @@ to the injected ``write(name, data)``; ``max_size`` bounds that memory.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Self
 
@@ -25,6 +24,7 @@ from fdo.serviceinfo.device import DeviceModule
 from fdo.serviceinfo.devmod import Devmod
 from fdo.serviceinfo.kv import ServiceInfoKV, max_bstr_data, service_info_size
 from fdo.serviceinfo.owner import OwnerModule
+from fdo.types import digest
 
 DOWNLOAD = "fdo.download"
 #: Largest data block the FSIM text allows.
@@ -73,7 +73,7 @@ class DownloadOwner(OwnerModule):
             header: list[tuple[str, CborValue]] = [
                 ("name", self.filename),
                 ("length", len(self.data)),
-                ("sha-384", hashlib.sha384(self.data).digest()),
+                ("sha-384", digest("sha384", self.data)),
             ]
             if not self.data:
                 header.append(("data", b""))
@@ -184,7 +184,7 @@ class DownloadDevice(DeviceModule):
         ok = (
             not self._failed
             and (self._length is None or self._received == self._length)
-            and (self._sha384 is None or hashlib.sha384(data).digest() == self._sha384)
+            and (self._sha384 is None or digest("sha384", data) == self._sha384)
         )
         received = self._received
         self._reset()

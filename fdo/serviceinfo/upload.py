@@ -11,7 +11,6 @@ go's ``fsim/upload_owner.go``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Self
 
@@ -20,6 +19,7 @@ from fdo.codec import CborValue
 from fdo.errors import HashMismatchError, InternalError, InvalidMessageError
 from fdo.serviceinfo.device import DeviceModule
 from fdo.serviceinfo.owner import OwnerModule
+from fdo.types import digest
 
 UPLOAD = "fdo.upload"
 #: Largest data block the FSIM text allows.
@@ -78,7 +78,7 @@ class UploadOwner(OwnerModule):
             return
         if self.need_sha and self._sha384 is None:
             return
-        if self._sha384 is not None and hashlib.sha384(self._buf).digest() != self._sha384:
+        if self._sha384 is not None and digest("sha384", self._buf) != self._sha384:
             raise HashMismatchError(f"{UPLOAD}: SHA-384 of {self.filename[:128]!r} does not match")
         self.result = bytes(self._buf)
         self.done = True
@@ -146,5 +146,5 @@ class UploadDevice(DeviceModule):
         replies: list[tuple[str, CborValue]] = [("length", len(data))]
         replies += [("data", data[i : i + size]) for i in range(0, max(len(data), 1), size)]
         if self._need_sha:
-            replies.append(("sha-384", hashlib.sha384(data).digest()))
+            replies.append(("sha-384", digest("sha384", data)))
         return replies

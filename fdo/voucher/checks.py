@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import SignatureAlgorithmOID
 
 from fdo import codec
 from fdo.crypto import PublicKey
@@ -22,6 +22,9 @@ from fdo.errors import (
 )
 from fdo.types import Hash, HashType
 from fdo.voucher.parts import OVEntry, OVHeader
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 def verify_entry(
@@ -83,11 +86,15 @@ def verify_entry(
     return entry
 
 
-_SHA1_SIGNATURES = frozenset({SignatureAlgorithmOID.RSA_WITH_SHA1, SignatureAlgorithmOID.ECDSA_WITH_SHA1})
+@cache
+def _sha1_signatures() -> frozenset[object]:
+    from cryptography.x509.oid import SignatureAlgorithmOID
+
+    return frozenset({SignatureAlgorithmOID.RSA_WITH_SHA1, SignatureAlgorithmOID.ECDSA_WITH_SHA1})
 
 
 def is_sha1_signed(cert: x509.Certificate) -> bool:
-    return cert.signature_algorithm_oid in _SHA1_SIGNATURES
+    return cert.signature_algorithm_oid in _sha1_signatures()
 
 
 def _check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> bool:

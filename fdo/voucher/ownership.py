@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from fdo import codec
@@ -45,6 +44,9 @@ from fdo.voucher.parts import (
     legacy_cert_chain_hash,
 )
 from fdo.voucher.pem import split_pem, to_pem
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 # --------------------------------------------------------------------------- voucher
 

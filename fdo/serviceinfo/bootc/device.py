@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 
 from fdo import codec
@@ -21,6 +20,7 @@ from fdo.serviceinfo.bootc.model import (
     parse_item_kind,
 )
 from fdo.serviceinfo.device import DeviceModule
+from fdo.types import digest as sha_digest
 
 # ---------------------------------------------------------------------------- device
 
@@ -102,7 +102,7 @@ class BootcDevice(DeviceModule):
         seq, kind, meta, size, digest = self._current
         content = bytes(self._buf)
         error = self._error
-        if error is None and (self._received != size or hashlib.sha384(content).digest() != digest):
+        if error is None and (self._received != size or sha_digest("sha384", content) != digest):
             error = "length or sha-384 mismatch"
         label = kind.value if kind is not None else "unknown"
         if error is None and kind is not None:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import IntEnum
@@ -32,6 +31,7 @@ from fdo.serviceinfo.devmod import Devmod
 from fdo.serviceinfo.download import DOWNLOAD, DownloadOwner
 from fdo.serviceinfo.kv import ServiceInfoKV, max_bstr_data, service_info_size
 from fdo.serviceinfo.owner import OwnerModule
+from fdo.types import digest
 
 # ---------------------------------------------------------------------------- owner
 
@@ -104,7 +104,7 @@ class BootcOwner(OwnerModule):
                     item.kind.value,
                     dict(item.meta),
                     len(item.content),
-                    hashlib.sha384(item.content).digest(),
+                    digest("sha384", item.content),
                 ]
                 msg, step = ("item", header), 1
             else:
