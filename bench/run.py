@@ -20,7 +20,7 @@ loopback. Simulated devices then go through the phases below, driven by
                 nothing to change, by new devices onboarded
                 (unmeasured) with the bootc module against a
                 group with a revision (bench/checkin_load.py)
-* device client ``--client-runs`` runs of the real ``fdo device   (bench/device_client_phase.py)
+* device client ``--client-runs`` runs of the real ``fdo device   (bench/device_client.py)
                 onboard``: peak RSS and wall time
 * idle          ``--idle-seconds`` with no request, after the load  (all processes of each service)
                 and ``--settle-seconds`` for pending work
@@ -72,7 +72,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from checkin_load import IMAGE, MODEL, CheckinDevice, bootc_module
-from device_client_phase import DeviceClientFigures, measure_device_client
+from device_client import DeviceClientFigures
+from device_client import measure as measure_device_client
 from footprint import MB, ServiceRss, idle_cpu, service_rss, stack_rss, wait_settled
 from summary import Figure, print_summary
 from to0_bulk_phase import To0BulkResult, measure_to0_bulk
@@ -663,9 +664,9 @@ def print_extras(backend: str, result: BackendResult) -> None:
     if result.client is not None:
         c = result.client
         print(
-            f"{backend}: fdo device onboard (TO1+TO2, {len(c.runs)} runs): peak RSS {_mb(c.peak_rss_max)} MB "
-            f"(median {_mb(c.peak_rss_median)}), wall time median {c.wall_median:.3f} s "
-            f"(max {c.wall_max:.3f} s)"
+            f"{backend}: fdo device onboard (TO1+TO2, {len(c.runs)} runs): peak RSS {c.peak_rss_mb:.1f} MB, "
+            f"wall time median {c.wall_median:.3f} s (min {c.wall_min:.3f} s), "
+            f"CPU median {c.cpu_median:.3f} s"
         )
     if result.to0_bulk is not None:
         b = result.to0_bulk
@@ -748,7 +749,7 @@ def figures(result: BackendResult) -> list[Figure]:
     out.append(
         Figure(
             "fdo device onboard, peak RSS",
-            None if client is None else client.peak_rss_max / MB,
+            None if client is None else client.peak_rss_mb,
             CLIENT_RSS_TARGET_MB,
             "MB",
             digits=1,

@@ -346,6 +346,8 @@ _PARSED_CACHE_SIZE = 256
 
 @functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
 def _der_certificate(der: bytes) -> x509.Certificate:
+    from cryptography import x509
+
     return x509.load_der_x509_certificate(der)
 
 
@@ -355,8 +357,6 @@ def _der_public_key(der: bytes) -> object:
 
 
 def _load_der_cert(der: bytes, what: str) -> x509.Certificate:
-    from cryptography import x509
-
     try:
         return _der_certificate(bytes(der))
     except ValueError:
