@@ -2,15 +2,17 @@
 
 With an admin listener (``admin_port``) the service listens on two sockets, the device
 listener and the admin listener, both bound here before any worker starts and served
-by every worker (uvicorn's ``Server.serve(sockets=...)`` and its multi-worker
+by every worker (uvicorn's ``Server.serve(sockets=...)`` and the multi-worker
 supervisor take a list); the app tells the two apart (:mod:`fdo_server.planes`).
-Without one, uvicorn binds the single listener itself, as ``uvicorn.run`` always did.
+Without one, the single listener is bound as ``uvicorn.run`` binds it.
+
+The server and the worker supervisor are :mod:`fdo_server.uvserver`'s (uvicorn's,
+without their idle wake-ups).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import shutil
@@ -25,6 +27,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from fdo_server import uvserver
 from fdo_server.http_protocol import HTTP_PROTOCOL
 from fdo_server.logs import uvicorn_log_config
 from fdo_server.metrics import MULTIPROC_ENV
@@ -62,7 +65,9 @@ def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
 ) -> None:
-    """Run ``factory`` (``module:function`` returning an ASGI app) with uvicorn.
+    """Run ``factory`` (``module:function`` returning an ASGI app) with uvicorn
+    (:func:`fdo_server.uvserver.run`; exits with uvicorn's startup-failure status when
+    it could not start).
 
     With several workers uvicorn imports the factory in each worker process; settings
     come from the environment (``FDO_<SERVICE>_...``), which the workers inherit. With
@@ -104,7 +109,8 @@ def serve(
         raise ServeError(f"the admin port {admin_port} is the device port too; give it a port of its own")
     with _metrics_folder(workers):
         if admin_port is None:
-            uvicorn.run(factory, host=host, port=port, **options)
+            if not uvserver.run(uvicorn.Config(factory, host=host, port=port, **options)):
+                sys.exit(STARTUP_FAILURE)
             return
         with _environ(f"FDO_{service.upper()}_ADMIN_PORT", str(admin_port)):
             _serve_split(factory, (host, port), (admin_host, admin_port), options)
@@ -124,13 +130,8 @@ def _serve_split(
         for plane, sock in zip(("device", "admin"), sockets, strict=True):
             bound_host, bound_port = sock.getsockname()[:2]
             log.info("serving the %s plane on %s://%s", plane, scheme, _address(bound_host, bound_port))
-        server = uvicorn.Server(config)
-        if config.workers > 1:
-            _supervise(config, server, sockets)
-        else:
-            server.run(sockets=sockets)
-            if not server.started:
-                sys.exit(STARTUP_FAILURE)
+        if not uvserver.run(config, sockets):
+            sys.exit(STARTUP_FAILURE)
     finally:
         for sock in sockets:
             sock.close()
@@ -153,18 +154,6 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _supervise(config: uvicorn.Config, server: uvicorn.Server, sockets: list[socket.socket]) -> None:
-    """uvicorn's multi-worker supervisor on ``sockets`` (its signature changed over releases:
-    older ones take the worker's ``target``)."""
-    from uvicorn.supervisors import Multiprocess
-
-    supervisor: Any = Multiprocess
-    if "target" in inspect.signature(Multiprocess).parameters:
-        supervisor(config, target=server.run, sockets=sockets).run()
-    else:
-        supervisor(config, sockets=sockets).run()
 
 
 @contextmanager
