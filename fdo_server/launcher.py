@@ -2,7 +2,8 @@
 
 Used by ``make demo``, the end-to-end tests and the benchmark: each service runs in its
 own process with its settings in the environment, exactly as ``fdo <service> serve``
-would run it. :meth:`ServiceProcess.cpu_seconds` reads the CPU time of the server
+runs it (``python -m fdo_server.serve``: :mod:`fdo_server.uvserver`'s server and worker
+supervisor, JSON log lines). :meth:`ServiceProcess.cpu_seconds` reads the CPU time of the server
 process and its workers from ``/proc`` so the benchmark can report server CPU per
 operation.
 
@@ -11,8 +12,8 @@ With several workers each service gets its own fresh, empty ``PROMETHEUS_MULTIPR
 adds up every worker's counters instead of showing whichever worker answered; a folder
 already set in the environment (``env`` or ``os.environ``) is used as it is.
 
-With :attr:`ServiceProcess.admin_port` the service runs as ``serve --admin-port`` runs it
-(``python -m fdo_server.serve``): the admin plane on a listener of its own
+With :attr:`ServiceProcess.admin_port` the service runs as ``serve --admin-port`` runs it:
+the admin plane on a listener of its own
 (:attr:`ServiceProcess.admin_url`), the device plane alone on :attr:`ServiceProcess.url`.
 """
 
@@ -35,7 +36,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fdo_server.http_protocol import HTTP_PROTOCOL
 from fdo_server.metrics import MULTIPROC_ENV
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -106,7 +106,7 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
-    #: Serve HTTPS with this PEM certificate and key (uvicorn ``--ssl-certfile/--ssl-keyfile``).
+    #: Serve HTTPS with this PEM certificate and key (``serve --tls-cert/--tls-key``).
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: CA bundle the health check verifies the server certificate with (default: system CAs).
@@ -140,7 +140,7 @@ class ServiceProcess:
         """Start the server process without waiting for it."""
         if self.tls_cert is not None and self.tls_key is None:
             raise ValueError(f"{self.name}: tls_cert needs tls_key")
-        cmd = self._split_command() if self.admin_port is not None else self._uvicorn_command()
+        cmd = self._command()
         env = {**os.environ, **self.env}
         if self.workers > 1 and not env.get(MULTIPROC_ENV):
             self._remove_metrics_dir()
@@ -151,24 +151,15 @@ class ServiceProcess:
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def _uvicorn_command(self) -> list[str]:
-        cmd = [
-            *(sys.executable, "-m", "uvicorn", "--factory", self.factory),
-            *("--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)),
-            *("--log-level", "warning", "--no-access-log", "--http", HTTP_PROTOCOL),
-            "--no-proxy-headers",  # as `serve`: forwarded headers only from trusted proxies
-        ]
-        if self.tls_cert is not None:
-            cmd += ["--ssl-certfile", str(self.tls_cert), "--ssl-keyfile", str(self.tls_key)]
-        return cmd
-
-    def _split_command(self) -> list[str]:
+    def _command(self) -> list[str]:
+        """``python -m fdo_server.serve``, as ``fdo <service> serve`` runs the service."""
         cmd = [
             *(sys.executable, "-m", "fdo_server.serve", self.factory),
             *("--host", "127.0.0.1", "--port", str(self.port)),
-            *("--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)),
             *("--workers", str(self.workers), "--log-level", "warning", "--no-access-log"),
         ]
+        if self.admin_port is not None:
+            cmd += ["--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)]
         if self.tls_cert is not None:
             cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         return cmd

@@ -2,20 +2,21 @@
 
 With an admin listener (``admin_port``) the service listens on two sockets, the device
 listener and the admin listener, both bound here before any worker starts and served
-by every worker (uvicorn's ``Server.serve(sockets=...)`` and its multi-worker
+by every worker (uvicorn's ``Server.serve(sockets=...)`` and the multi-worker
 supervisor take a list); the app tells the two apart (:mod:`fdo_server.planes`). With
 ``admin_process`` too, the workers serve the device listener only and one process of
 its own the admin listener; each builds only its plane's app, so the admin stack never
 loads in a worker that serves devices (one more process: ``docs/benchmarks.md``).
-Without an admin listener, uvicorn binds the single listener itself, as ``uvicorn.run``
-always did.
+Without an admin listener, the single listener is bound as ``uvicorn.run`` binds it.
+
+The server and the worker supervisor are :mod:`fdo_server.uvserver`'s (uvicorn's,
+without their idle wake-ups).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -34,6 +35,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from fdo_server import uvserver
 from fdo_server.http_protocol import HTTP_PROTOCOL
 from fdo_server.logs import uvicorn_log_config
 from fdo_server.planes import PLANE_ENV
@@ -76,7 +78,9 @@ def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
 ) -> None:
-    """Run ``factory`` (``module:function`` returning an ASGI app) with uvicorn.
+    """Run ``factory`` (``module:function`` returning an ASGI app) with uvicorn
+    (:func:`fdo_server.uvserver.run`; exits with uvicorn's startup-failure status when
+    it could not start).
 
     With several workers uvicorn imports the factory in each worker process; settings
     come from the environment (``FDO_<SERVICE>_...``), which the workers inherit. With
@@ -124,7 +128,8 @@ def serve(
         raise ServeError("an admin process serves the admin listener: give it an admin port")
     with _metrics_folder(workers + 1 if admin_process else workers):
         if admin_port is None:
-            uvicorn.run(factory, host=host, port=port, **options)
+            if not uvserver.run(uvicorn.Config(factory, host=host, port=port, **options)):
+                sys.exit(STARTUP_FAILURE)
             return
         with _environ(f"FDO_{service.upper()}_ADMIN_PORT", str(admin_port)):
             _serve_split(factory, (host, port), (admin_host, admin_port), options, admin_process)
@@ -162,14 +167,9 @@ def _serve_split(
 
 
 def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-    """uvicorn's server on ``sockets``: in this process, or in ``config.workers`` workers."""
-    server = uvicorn.Server(config)
-    if config.workers > 1:
-        _supervise(config, server, sockets)
-    else:
-        server.run(sockets=sockets)
-        if not server.started:
-            sys.exit(STARTUP_FAILURE)
+    """The server on ``sockets``: in this process, or in ``config.workers`` workers."""
+    if not uvserver.run(config, sockets):
+        sys.exit(STARTUP_FAILURE)
 
 
 def _run_plane(plane: str, run: Callable[..., None], sockets: list[socket.socket]) -> None:
@@ -204,7 +204,7 @@ class _AdminPlane:
     def _start(self) -> None:
         from uvicorn._subprocess import get_subprocess
 
-        target = functools.partial(_run_plane, "admin", uvicorn.Server(self.config).run)
+        target = functools.partial(_run_plane, "admin", uvserver.IdleServer(self.config).run)
         self.process = get_subprocess(self.config, target=target, sockets=[self.sock])
         self.process.start()
 
@@ -253,18 +253,6 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _supervise(config: uvicorn.Config, server: uvicorn.Server, sockets: list[socket.socket]) -> None:
-    """uvicorn's multi-worker supervisor on ``sockets`` (its signature changed over releases:
-    older ones take the worker's ``target``)."""
-    from uvicorn.supervisors import Multiprocess
-
-    supervisor: Any = Multiprocess
-    if "target" in inspect.signature(Multiprocess).parameters:
-        supervisor(config, target=server.run, sockets=sockets).run()
-    else:
-        supervisor(config, sockets=sockets).run()
 
 
 @contextmanager

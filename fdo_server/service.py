@@ -102,7 +102,7 @@ def service_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
-            async with SessionSweeper(engine, metrics, settings.session_sweep_seconds, clock):
+            async with sweeper:
                 with background():
                     yield
         finally:
@@ -125,6 +125,7 @@ def service_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics = observability.ServiceMetrics(service)
+    sweeper = SessionSweeper(engine, metrics, settings.session_sweep_seconds, clock)
     # Added before mount_fdo, so FdoFastPath stays outermost: FDO messages keep their own
     # limit (max_body, answered with an ErrorMessage) and never pass through BodyLimit.
     app.add_middleware(BodyLimit, default=settings.max_request_body, routes=tuple(body_limits))
@@ -133,7 +134,7 @@ def service_app(
         app,
         fdo_router(
             handlers,
-            SQLSessionStore(clock),
+            SQLSessionStore(clock, on_create=sweeper.notice),
             max_body=settings.max_body,
             session_ttl=timedelta(seconds=settings.session_ttl_seconds),
             clock=clock,

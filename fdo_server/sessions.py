@@ -57,14 +57,24 @@ _DELETE = DirectStatement(delete(_TABLE).where(_C.token == bindparam("t")))
 class SQLSessionStore:
     """Sessions in the ``fdo_session`` table."""
 
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        on_create: Callable[[datetime], None] | None = None,
+    ) -> None:
         self.clock = clock
+        #: Told each new session's expiry once it is stored (the session sweeper's
+        #: :meth:`~fdo_server.sweep.SessionSweeper.notice`).
+        self.on_create = on_create
 
     def create(self, protocol: str, state: bytes, expires_at: datetime) -> str:
         token = secrets.token_urlsafe(32)
         row = {"token": token, "protocol": protocol, "state": state, "version": 0, "expires_at": expires_at}
         with last_write() as conn:
             _INSERT.rowcount(conn, row)
+        if self.on_create is not None:
+            self.on_create(expires_at)
         return token
 
     def load(self, token: str) -> StoredSession | None:

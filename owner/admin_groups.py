@@ -49,7 +49,7 @@ from owner.api_schemas import (
 )
 from owner.audit import audit
 from owner.checkin import checkin_json
-from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of
+from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of, wake_rollouts
 from owner.groups import current_revision, device_guids, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
 from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision
@@ -254,6 +254,7 @@ def _devices() -> APIRouter:
         """Replace a device's labels; a device known only by its voucher gets a record."""
         wanted = _guid(guid)
         admin_ops.set_labels(engine_of(request), wanted, dict(body.labels), who=who.name, now=now_of(request))
+        wake_rollouts(request)  # a hold label may hold or release a device of a running rollout
         with Session(engine_of(request)) as db:
             row = find_device(db, wanted)
             assert row is not None  # noqa: S101 - set_labels made it
@@ -335,9 +336,11 @@ def _groups() -> APIRouter:
         changed). Its target moves, a rollout starts, or the answer says how many
         onboarded devices stay behind (docs/rollouts.md)."""
         body = parse(RevisionIn, payload)
-        return admin_ops.publish_revision(
+        published = admin_ops.publish_revision(
             engine_of(request), name, body, who=who.name, now=now_of(request), view=revision_json
         )
+        wake_rollouts(request)  # the group's rollout policy may have started a rollout
+        return published
 
     @router.get("/groups/{name}/revisions", response_model=RevisionList, responses=errors(404))
     def list_revisions(name: str, db: SessionDep, _: Viewer) -> dict[str, Any]:

@@ -25,6 +25,14 @@ def now_of(request: Request) -> datetime:
     return now
 
 
+def wake_rollouts(request: Request) -> None:
+    """Wake this process's rollout runner (``app.state.rollouts``): something a running
+    rollout decides on changed here (a start, resume, label, published revision)."""
+    runner = getattr(request.app.state, "rollouts", None)
+    if runner is not None:
+        runner.wake()
+
+
 def _db(request: Request) -> Iterator[Session]:
     # A plain session: FastAPI may enter and leave a generator dependency in different
     # contexts, which the context variable of unit_of_work does not allow. Changes are

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +41,7 @@ from owner.rollouts import (
     Observed,
     Policy,
     holds,
+    next_due,
     plan_batches,
     step,
 )
@@ -191,10 +193,13 @@ def _name(device: Device) -> str:
     return device.serial or str(Guid(device.guid))
 
 
-def _advance_once(db: Session, rollout_id: int, now: datetime) -> bool:
+def _advance_once(db: Session, rollout_id: int, now: datetime) -> tuple[bool, datetime | None]:
+    """Advance one rollout in ``db``'s transaction: whether something changed, and when
+    time alone would change something next (:func:`owner.rollouts.next_due`; None when
+    it is not running or only an event can move it)."""
     rollout = db.get(Rollout, rollout_id)
     if rollout is None or rollout.state != RUNNING:
-        return False
+        return False, None
     revision = db.get(Revision, rollout.revision_id)
     assert revision is not None  # noqa: S101 - a foreign key
     policy = Policy.from_json(rollout.options)
@@ -238,8 +243,12 @@ def _advance_once(db: Session, rollout_id: int, now: datetime) -> bool:
         digest=digest_of(revision.image),
         now=now,
     )
+    after = {row.device_id: row for row in rows} | result.devices
+    due = None
+    if result.state == RUNNING:
+        due = next_due(policy, list(after.values()), batch=result.batch, now=now)
     if not result.changes(rollout.state, rollout.batch, rollout.reason):
-        return False
+        return False, due
     group_id, from_revision_id, before = rollout.group_id, rollout.from_revision_id, rollout.batch
     _cas(db, rollout, state=result.state, batch=result.batch, reason=result.reason, updated_at=now)
     members = {d.id: (r, d) for r, d in pairs}
@@ -265,19 +274,23 @@ def _advance_once(db: Session, rollout_id: int, now: datetime) -> bool:
     if result.state != RUNNING or result.batch != before:
         log.info("rollout %s: %s, batch %s%s", rollout_id, result.state, result.batch,
                  f" ({result.reason})" if result.reason else "")  # fmt: skip
-    return True
+    return True, due
 
 
-def advance(engine: Engine, rollout_id: int, now: datetime) -> bool:
-    """Advance one rollout as far as it goes now; True when something changed. Safe to
-    call from any number of processes at once (compare-and-set, retried on a loss)."""
+def _advance(engine: Engine, rollout_id: int, now: datetime) -> tuple[bool, datetime | None]:
     for _ in range(8):
         try:
             with unit_of_work(engine) as db:
                 return _advance_once(db, rollout_id, now)
         except _Lost:
             continue
-    return False
+    return False, None
+
+
+def advance(engine: Engine, rollout_id: int, now: datetime) -> bool:
+    """Advance one rollout as far as it goes now; True when something changed. Safe to
+    call from any number of processes at once (compare-and-set, retried on a loss)."""
+    return _advance(engine, rollout_id, now)[0]
 
 
 def running_ids(engine: Engine) -> list[int]:
@@ -285,15 +298,28 @@ def running_ids(engine: Engine) -> list[int]:
         return [int(i) for i in db.exec(select(Rollout.id).where(Rollout.state == RUNNING)).all() if i]
 
 
-def advance_running(engine: Engine, now: datetime) -> int:
-    """Advance every running rollout; returns how many are still running."""
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """What one pass over the running rollouts found: how many still run, and the
+    earliest time one of them is due again (None: none is, time alone moves none)."""
+
+    running: int
+    due: datetime | None
+
+
+def advance_running(engine: Engine, now: datetime) -> Pass:
+    """Advance every running rollout (each in its own transaction)."""
     ids = running_ids(engine)
+    due: datetime | None = None
     for rollout_id in ids:
         try:
-            advance(engine, rollout_id, now)
+            _, at = _advance(engine, rollout_id, now)
         except Exception:
             log.exception("rollout %s: advance failed", rollout_id)
-    return len(running_ids(engine)) if ids else 0
+            continue
+        if at is not None and (due is None or at < due):
+            due = at
+    return Pass(len(running_ids(engine)) if ids else 0, due)
 
 
 # ---------------------------------------------------------------------------- operator
@@ -406,13 +432,37 @@ def on_publish(db: Session, group: Group, revision: Revision, *, who: str, now: 
 # ---------------------------------------------------------------------------- runner
 
 
-class RolloutRunner:
-    """Advances running rollouts every ``tick`` seconds while any runs; idle, it waits to
-    be woken (a start or resume in this process) and looks again every ``12 × tick``
-    for rollouts another replica started."""
+#: ``wait(event, timeout)``: block until ``event`` is set or ``timeout`` seconds pass
+#: (None: no timeout); True when it was set (``threading.Event.wait``).
+Waiter = Callable[[threading.Event, float | None], bool]
 
-    def __init__(self, engine: Engine, *, tick: float, clock: Callable[[], datetime]) -> None:
+#: The runner looks at running rollouts at least every ``SAFETY_TICKS × tick`` seconds.
+SAFETY_TICKS = 12
+
+
+class RolloutRunner:
+    """Advances running rollouts when something is due (docs/rollouts.md, "Several
+    owner replicas").
+
+    After each pass it sleeps until the earliest time one of the running rollouts is
+    due (a report timeout, an update window opening: :func:`owner.rollouts.next_due`),
+    and at most ``SAFETY_TICKS × tick`` seconds while any runs (how long a change made
+    in another process waits at most: a label set there, a worker that advanced there
+    and stopped). With no rollout running it sleeps with no timeout at all. :meth:`wake`
+    (a start, resume or rollback in this process, a check-in here that settles a device,
+    a label change or group move here) starts a pass at once.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        tick: float,
+        clock: Callable[[], datetime],
+        wait: Waiter = threading.Event.wait,
+    ) -> None:
         self.engine, self.tick, self.clock = engine, tick, clock
+        self._wait = wait
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -433,12 +483,27 @@ class RolloutRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    def timeout(self, found: Pass, now: datetime) -> float | None:
+        """How long to sleep after a pass that found ``found`` at ``now`` (None: until woken)."""
+        if not found.running:
+            return None
+        safety = SAFETY_TICKS * self.tick
+        if found.due is None:
+            return safety
+        seconds = (found.due - now).total_seconds()
+        return min(safety, seconds if seconds > 0 else self.tick)
+
+    def run_once(self) -> float | None:
+        """One pass; returns how long to sleep after it (:meth:`timeout`)."""
+        now = self.clock()
+        try:
+            found = advance_running(self.engine, now)
+        except Exception:
+            log.exception("rollout pass failed")
+            return SAFETY_TICKS * self.tick
+        return self.timeout(found, now)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            running = 0
-            try:
-                running = advance_running(self.engine, self.clock())
-            except Exception:
-                log.exception("rollout pass failed")
-            self._wake.wait(self.tick if running else self.tick * 12)
+            self._wait(self._wake, self.run_once())

@@ -13,6 +13,8 @@ is a pure function of its arguments (``now`` included), so it is unit-tested alo
 * :func:`step` — one advance: device results, holds, batch verdicts (next batch, pause,
   automatic rollback, completion) and which pending devices start, within the
   disruption budget (overall or per value of a label) and their update window.
+* :func:`next_due` — when time alone would next change what :func:`step` decides (a
+  report timeout, an update window opening): the runner sleeps until then.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ class Window:
         if start == end:
             raise PolicyError(f"window {text!r}: it starts and ends at the same time")
         return Window(days, start, end)
+
+    def next_opening(self, local: datetime) -> datetime:
+        """The first start of the window after the local time ``local`` (naive or not,
+        as given; within the next eight days)."""
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        for day in range(8):
+            opening = midnight + timedelta(days=day, minutes=self.start)
+            if opening > local and opening.weekday() in self.days:
+                return opening
+        raise AssertionError("a window has at least one day")  # pragma: no cover
 
     def contains(self, local: datetime) -> bool:
         """Whether the local time ``local`` is inside the window."""
@@ -433,3 +445,25 @@ def _starts(policy: Policy, rows: list[DeviceRow], *, batch: int, now: datetime)
         busy[key] = busy.get(key, 0) + 1
         out.append(row.device_id)
     return out
+
+
+def next_due(policy: Policy, rows: Sequence[DeviceRow], *, batch: int, now: datetime) -> datetime | None:
+    """The earliest time after ``now`` at which :func:`step` of a running rollout in
+    batch ``batch`` with ``rows`` (as the last step left them) may decide something new
+    with nothing else happening: an updating device's report timeout, or the opening of
+    the update window of a pending device that may start but is outside it. None when
+    only an event can move it (a check-in, an operator action, a label change)."""
+    due: datetime | None = None
+    timeout = timedelta(seconds=policy.report_timeout)
+    window = policy.parsed_window
+    for row in rows:
+        at: datetime | None = None
+        if row.state == UPDATING and row.started_at is not None:
+            at = row.started_at + timeout
+        elif row.state == PENDING and row.batch <= batch and window is not None:
+            if not in_window(window, policy.window_tz, now, row.utc_offset):
+                offset = timedelta(seconds=(row.utc_offset or 0) if policy.window_tz == "device" else 0)
+                at = window.next_opening(now + offset) - offset
+        if at is not None and (due is None or at < due):
+            due = at
+    return due

@@ -26,7 +26,7 @@ from owner import admin_ops
 from owner import rollout_engine as engine_ops
 from owner.admin_groups import find_live_group
 from owner.audit import audit
-from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
+from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of, wake_rollouts
 from owner.rollout_engine import RolloutError
 from owner.rollouts_schemas import PolicyIn, PolicyOut, RolloutListOut, RolloutOut, StartIn
 from owner.rollouts_tables import ROLLOUT_STATES, Rollout
@@ -54,9 +54,7 @@ def _kick(request: Request, rollout_id: int) -> None:
         engine_ops.advance(engine_of(request), rollout_id, now_of(request))
     except SQLAlchemyError:
         log.warning("rollout %s: advancing in the request failed; the runner retries", rollout_id)
-    runner = getattr(request.app.state, "rollouts", None)
-    if runner is not None:
-        runner.wake()
+    wake_rollouts(request)
 
 
 def rollouts_router() -> APIRouter:

@@ -85,7 +85,9 @@ class OwnerSettings(ServiceSettings):
     #: worker, after a burst of ``login_burst``; 0: no limit. Over it: 429 and Retry-After.
     login_rate: float = Field(default=0.2, ge=0, le=1000)
     login_burst: int = Field(default=10, ge=1, le=10_000)
-    #: How often a running rollout is advanced (docs/rollouts.md); idle, every 12 ticks.
+    #: While a rollout runs, each owner process looks at it at least every 12 ticks (its
+    #: safety interval; sooner when something is due or it is woken); with none running it
+    #: has no timer (docs/rollouts.md).
     rollout_tick_seconds: float = Field(default=5.0, gt=0, le=3600)
     #: TOML/JSON file of ServiceInfo actions for every device.
     service_info: Path | None = None

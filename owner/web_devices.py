@@ -26,7 +26,7 @@ from fdo_server.auth import Role
 from owner import admin_ops
 from owner.admin_api import status_summary
 from owner.admin_groups import device_json, find_live_group, overdue_after
-from owner.deps import engine_of, now_of
+from owner.deps import engine_of, now_of, wake_rollouts
 from owner.groups import find_device
 from owner.groups_schemas import LabelsIn
 from owner.groups_tables import STATUSES, Device, Group, Revision
@@ -257,6 +257,7 @@ def devices_router() -> APIRouter:
             await run_in_threadpool(
                 admin_ops.set_labels, engine_of(request), wanted, parsed, who=who.name, now=now_of(request)
             )
+            wake_rollouts(request)
         except (FdoError, ValueError):
             return message(request, who, "No such device", f"Not a GUID: {guid[:64]}", 400)
         except HTTPException as exc:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from fdo_server.auth import Role
 from owner import admin_ops
 from owner.admin_groups import find_live_group, group_json, revision_json
-from owner.deps import engine_of, now_of
+from owner.deps import engine_of, now_of, wake_rollouts
 from owner.groups_schemas import RevisionIn
 from owner.groups_tables import Group, Revision
 from owner.rollouts_api import _kick
@@ -155,6 +155,7 @@ def groups_router() -> APIRouter:
                     engine_of(request), name, body, who=who.name, now=now_of(request), view=revision_json
                 )
             )
+            wake_rollouts(request)
         except HTTPException as exc:
             detail, code = str(exc.detail), exc.status_code
             return await run_in_threadpool(

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,16 @@ class _database:
         with engine.begin() as conn:
             conn.execute(sqlalchemy.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
         engine.dispose()
+
+
+def config_seen(config: Any) -> dict[str, Any]:
+    """What a test of ``fdo <service> serve`` checks of the uvicorn configuration that
+    :func:`fdo_server.uvserver.run` would serve."""
+    return {
+        "host": config.host,
+        "port": config.port,
+        "workers": config.workers,
+        "ssl_certfile": config.ssl_certfile,
+        "ssl_keyfile": config.ssl_keyfile,
+        "proxy_headers": config.proxy_headers,
+    }

@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 
 from fdo.crypto import generate_key, make_ca, private_key_to_pem
 from fdo_cli.main import app
+from fdo_server import uvserver
 from fdo_server.config import ConfigError, env_prefix, load_settings
 from manufacturer.settings import ManufacturerSettings
 from owner.settings import OwnerSettings
 from rendezvous.settings import RendezvousSettings
-from tests.conftest import REPO
+from tests.conftest import REPO, config_seen
 
 runner = CliRunner()
 
@@ -65,16 +66,15 @@ def _clean_env(service: str, **extra: str | None) -> dict[str, str | None]:
 
 
 def _invoke_serve(service: str, args: list[str], env: dict[str, str | None], seen: dict[str, Any]) -> Any:
-    """Run ``fdo <service> serve``; the fake uvicorn.run records what a worker would load."""
+    """Run ``fdo <service> serve``; the fake server run records what a worker would load."""
 
-    def fake_run(*_a: Any, **kw: Any) -> None:
-        seen.update(kw)
+    def fake_run(config: Any, sockets: Any = None) -> bool:
+        seen.update(config_seen(config))
         seen["settings"] = load_settings(CLASSES[service])  # what app_from_env reads
-
-    import uvicorn
+        return True
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(uvicorn, "run", fake_run)
+    mp.setattr(uvserver, "run", fake_run)
     try:
         return runner.invoke(app, [service, "serve", *args], env=env)
     finally:

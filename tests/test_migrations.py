@@ -415,9 +415,9 @@ def table_names_of(url: str) -> set[str]:
 
 
 def test_serve_refuses_an_empty_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
+    from fdo_server import uvserver
 
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("must not start"))
+    monkeypatch.setattr(uvserver, "run", lambda *a, **kw: pytest.fail("must not start"))
     db = tmp_path / "rv.db"
     env = {"FDO_RENDEZVOUS_DATABASE_URL": f"sqlite:///{db}", "FDO_RENDEZVOUS_CONFIG": None}
     result = runner.invoke(fdo_app, ["rendezvous", "serve"], env=env)

@@ -1,6 +1,6 @@
 """``fdo <service> serve`` and the database engine: production details without a server.
 
-* With ``--workers`` > 1, :func:`fdo_server.serve.serve` gives uvicorn a fresh private
+* With ``--workers`` > 1, :func:`fdo_server.serve.serve` gives the workers a fresh private
   ``PROMETHEUS_MULTIPROC_DIR`` (removed afterwards) unless the operator set one.
 * PostgreSQL engines time out connecting after seconds, and a connection the server
   killed fails one request only: the next one gets a new connection.
@@ -22,6 +22,7 @@ import uvicorn
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
+from fdo_server import uvserver
 from fdo_server.db import make_engine
 from fdo_server.metrics import MULTIPROC_ENV
 from fdo_server.serve import serve
@@ -31,13 +32,14 @@ from tests.conftest import POSTGRES_URL
 
 
 def _serve_recording(monkeypatch: pytest.MonkeyPatch, workers: int, *, fail: bool = False) -> dict[str, Any]:
-    """Run serve() with a fake uvicorn.run that records the environment it sees."""
+    """Run serve() with a fake :func:`fdo_server.uvserver.run` that records the
+    environment and the uvicorn configuration it sees."""
     seen: dict[str, Any] = {}
 
-    def fake_run(*_a: Any, **kw: Any) -> None:
+    def fake_run(config: uvicorn.Config, sockets: Any = None) -> bool:
         folder = os.environ.get(MULTIPROC_ENV)
-        seen["workers"] = kw["workers"]
-        seen["proxy_headers"] = kw.get("proxy_headers", True)
+        seen["workers"] = config.workers
+        seen["proxy_headers"] = config.proxy_headers
         seen["dir"] = folder
         if folder is not None:
             path = Path(folder)
@@ -47,8 +49,9 @@ def _serve_recording(monkeypatch: pytest.MonkeyPatch, workers: int, *, fail: boo
             (path / "counter_123.db").write_bytes(b"x")  # what a worker would leave behind
         if fail:
             raise RuntimeError("uvicorn failed")
+        return True
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(uvserver, "run", fake_run)
     if fail:
         with pytest.raises(RuntimeError, match="uvicorn failed"):
             serve("x:y", host="127.0.0.1", port=1, workers=workers)

@@ -1,8 +1,14 @@
 """Expired protocol sessions are deleted: :func:`fdo_server.sweep.sweep_expired` in
-batches, and ``fdo <service> sessions sweep`` (on SQLite and, when configured, PostgreSQL)."""
+batches, and ``fdo <service> sessions sweep`` (on SQLite and, when configured, PostgreSQL).
+
+The service's own :class:`~fdo_server.sweep.SessionSweeper` sleeps until a session is
+due, with its waits recorded instead of timed: no timeout at all with no session, until
+the earliest expiry otherwise (from the table when it starts, from a session made in
+this process), and no sooner than ``interval`` after its last sweep."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,15 +17,16 @@ from typer.testing import CliRunner
 
 from fdo_cli.main import app as fdo
 from fdo_server.db import make_engine
+from fdo_server.metrics import ServiceMetrics
 from fdo_server.sessions import FdoSession
-from fdo_server.sweep import sweep_expired
+from fdo_server.sweep import SessionSweeper, sweep_expired
 from tests.conftest import migrated
 
 TABLE = FdoSession.__table__  # type: ignore[attr-defined]
 
 
-def add_sessions(engine: Engine, *, expired: int, live: int) -> None:
-    now = datetime.now(UTC)
+def add_sessions(engine: Engine, *, expired: int, live: int, now: datetime | None = None) -> None:
+    now = now or datetime.now(UTC)
     rows = [
         {
             "token": f"{'x' if i < expired else 'l'}{i:04d}",
@@ -74,3 +81,87 @@ def test_sessions_sweep_on_a_database_not_at_head_is_one_line(tmp_path: object) 
     result = CliRunner().invoke(fdo, ["owner", "sessions", "sweep", "--database-url", url])
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- the sweeper
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+class Clockwork:
+    """A clock the test moves, and a sweeper ``wait`` that records each timeout and
+    returns when the sweeper is woken or the test lets that time pass."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+        self.waits: list[float | None] = []
+        self.waiting = asyncio.Event()
+        self.passed = asyncio.Event()
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
+        self.waits.append(timeout)
+        self.waiting.set()
+        woken = asyncio.ensure_future(event.wait())
+        elapsed = asyncio.ensure_future(self.passed.wait())
+        done, pending = await asyncio.wait({woken, elapsed}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        self.passed.clear()
+        if woken not in done:
+            assert timeout is not None, "time passing never ends a wait with no timeout"
+            self.now += timedelta(seconds=timeout)
+        return woken in done
+
+    async def next_wait(self) -> float | None:
+        await asyncio.wait_for(self.waiting.wait(), 30)
+        self.waiting.clear()
+        return self.waits[-1]
+
+    async def let_time_pass(self) -> float | None:
+        self.passed.set()
+        return await self.next_wait()
+
+
+def test_the_sweeper_sleeps_until_a_session_is_due(database_url: str) -> None:
+    engine = make_engine(migrated(database_url, "owner"))
+    clock = Clockwork()
+    sweeper = SessionSweeper(engine, ServiceMetrics("owner"), 300, lambda: clock.now, wait=clock.wait)
+
+    async def main() -> None:
+        async with sweeper:
+            assert await clock.next_wait() is None  # no session: no timer
+            sweeper.notice(NOW + timedelta(seconds=60))  # a session made here
+            assert await clock.next_wait() == 60.0
+            sweeper.notice(NOW + timedelta(seconds=90))  # a later one: no wake
+            add_sessions(engine, expired=0, live=1, now=NOW - timedelta(hours=1) + timedelta(seconds=60))
+            assert clock.waits == [None, 60.0]
+            assert await clock.let_time_pass() is None  # swept at 60 s; none left
+            assert tokens(engine) == set()
+            add_sessions(
+                engine, expired=0, live=1, now=clock.now - timedelta(hours=1) + timedelta(seconds=10)
+            )
+            sweeper.notice(clock.now + timedelta(seconds=10))
+            assert await clock.next_wait() == 300.0  # due in 10 s, but at most a sweep per 300 s
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()
+
+
+def test_the_sweeper_starts_with_the_tables_earliest_expiry(database_url: str) -> None:
+    engine = make_engine(migrated(database_url, "rendezvous"))
+    add_sessions(engine, expired=0, live=2, now=NOW - timedelta(hours=1) + timedelta(seconds=45))
+    clock = Clockwork()
+    sweeper = SessionSweeper(engine, ServiceMetrics("rendezvous"), 300, lambda: clock.now, wait=clock.wait)
+
+    async def main() -> None:
+        async with sweeper:
+            assert await clock.next_wait() == 45.0  # left by another process
+            assert await clock.let_time_pass() is None
+            assert tokens(engine) == set()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()

@@ -22,8 +22,10 @@ from typer.testing import CliRunner
 from device.onboard import OnboardError
 from fdo.rvinfo import RVProtocol
 from fdo_cli.main import app
+from fdo_server import uvserver
 from fdo_server.stack import Stack
 from fdo_server.tls import write_test_tls
+from tests.conftest import config_seen
 
 _serial = itertools.count(1)
 
@@ -108,11 +110,11 @@ def test_serve_lists_tls_options(service: str) -> None:
 def test_serve_passes_tls_files_to_uvicorn(
     service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
-
     files = write_test_tls(tmp_path)
     seen: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(
+        uvserver, "run", lambda config, _sockets=None: seen.update(config_seen(config)) or True
+    )
     # Skip each service's settings check: this test is about the option wiring only.
     monkeypatch.setattr(f"{service}.cli._settings_or_die", _FakeSettings, raising=False)
     monkeypatch.setattr(f"{service}.cli._config", _FakeSettings, raising=False)
@@ -125,10 +127,8 @@ def test_serve_passes_tls_files_to_uvicorn(
 
 @pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
 def test_serve_needs_both_tls_files(service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-
     files = write_test_tls(tmp_path)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("must not start"))
+    monkeypatch.setattr(uvserver, "run", lambda *a, **kw: pytest.fail("must not start"))
     monkeypatch.setattr(f"{service}.cli._settings_or_die", _FakeSettings, raising=False)
     monkeypatch.setattr(f"{service}.cli._config", _FakeSettings, raising=False)
     monkeypatch.setattr(f"{service}.cli._settings", lambda _db: _FakeSettings(), raising=False)

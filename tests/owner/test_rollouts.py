@@ -1,6 +1,7 @@
 """The pure rollout decisions (owner/rollouts.py): batches, canary, hold, budget (also
 per label), update window (also device-local), thresholds, pausing and rolling back by
-itself, and the report timeout."""
+itself, and the report timeout; when a rollout is next due (:func:`owner.rollouts.next_due`,
+what the runner sleeps until): nothing changes before it, something does at it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from owner.rollouts import (
     Window,
     device_result,
     in_window,
+    next_due,
     plan_batches,
     step,
 )
@@ -257,3 +259,58 @@ def test_report_timeout_fails_a_silent_device() -> None:
     assert run(policy, devices, now=NOW + timedelta(seconds=29)).devices == {}
     late = run(policy, devices, now=NOW + timedelta(seconds=30))
     assert late.state == "paused" and late.devices[1].error == "no report within 30 s"
+
+
+# ---------------------------------------------------------------------------- next due
+
+
+def test_window_next_opening() -> None:
+    wed_noon = datetime(2026, 12, 2, 12, 0)
+    assert Window.parse("Mon-Fri 02:00-05:00").next_opening(wed_noon) == datetime(2026, 12, 3, 2, 0)
+    assert Window.parse("13:00-14:00").next_opening(wed_noon) == datetime(2026, 12, 2, 13, 0)
+    weekend = Window.parse("Sat,Sun 10:00-11:00")
+    assert weekend.next_opening(wed_noon) == datetime(2026, 12, 5, 10, 0)
+    assert weekend.next_opening(datetime(2026, 12, 5, 10, 30)) == datetime(2026, 12, 6, 10, 0)
+    night = Window.parse("Fri 22:00-04:00")
+    assert night.next_opening(datetime(2026, 12, 5, 3, 0)) == datetime(2026, 12, 11, 22, 0)
+    assert Window.parse("Wed 12:00-13:00").next_opening(wed_noon) == datetime(2026, 12, 9, 12, 0)
+
+
+def _moves(policy: Policy, devices: list[DeviceRow], at: datetime) -> bool:
+    result = run(policy, devices, now=at)
+    return result.changes("running", 1, None)
+
+
+def test_next_due_is_the_earliest_report_timeout() -> None:
+    policy = Policy(batch_size=3, report_timeout=30)
+    devices = [
+        replace(r, state=UPDATING, started_at=NOW + timedelta(seconds=10 * r.device_id)) for r in rows(3, 3)
+    ]
+    due = next_due(policy, devices, batch=1, now=NOW)
+    assert due == NOW + timedelta(seconds=40)  # device 1 started at NOW + 10 s
+    assert not _moves(policy, devices, due - timedelta(microseconds=1))
+    assert _moves(policy, devices, due)
+
+
+def test_next_due_is_the_opening_of_a_waiting_devices_window() -> None:
+    policy = Policy(batch_size=4, window="Wed 12:00-13:00", window_tz="device", report_timeout=7 * 86400)
+    offsets = (0, 3600, -7200, None)  # local 12:00, 13:00, 10:00, 12:00 (UTC) at NOW
+    devices = [replace(r, utc_offset=off) for r, off in zip(rows(4, 4), offsets, strict=True)]
+    first = run(policy, devices)
+    assert first.start == [1, 4]
+    after = apply_step(devices, first)
+    due = next_due(policy, after, batch=1, now=NOW)
+    assert due == datetime(2026, 12, 2, 14, 0, tzinfo=UTC)  # 12:00 for the device at UTC-2
+    assert not _moves(policy, after, due - timedelta(microseconds=1))
+    assert run(policy, after, now=due).start == [3]
+    utc = Policy(batch_size=1, window="Thu 01:00-02:00")
+    assert next_due(utc, rows(1, 1), batch=1, now=NOW) == datetime(2026, 12, 3, 1, 0, tzinfo=UTC)
+
+
+def test_nothing_is_due_when_only_an_event_can_move_a_rollout() -> None:
+    policy = Policy(batch_size=2, window="Thu 01:00-02:00")
+    waiting = [replace(r, state=SUCCEEDED) if r.batch == 1 else r for r in rows(4, 2)]
+    assert next_due(policy, waiting[2:], batch=1, now=NOW) is None  # pending in a later batch
+    held = [replace(r, state=HELD) for r in rows(2, 2)]
+    assert next_due(policy, held, batch=1, now=NOW) is None
+    assert next_due(Policy(batch_size=2), rows(2, 2), batch=1, now=NOW) is None  # the budget holds them
