@@ -274,6 +274,7 @@ def _register_at(
         )
         client = http_factory(url) if reuse is None else reuse.get(url)
         failed = True
+        keep = False
         try:
             client.run(machine)
             failed = False
@@ -281,13 +282,15 @@ def _register_at(
             retry_after = client.retry_after
             if pacer is None or retry_after is None:
                 return None, f"{url}: {exc}", None
-            # The rendezvous asks to be sent it later (a rate limit): no failure, try again then.
+            # The rendezvous asks to be sent it later (a rate limit): no failure, try again
+            # then, on the same connection (the refusal was an orderly answer).
             until = pacer.refused(url, retry_after, config.settings.to0_max_backoff_seconds)
             log.debug("TO0 at %s paced until %s: %s", url, until.isoformat(), exc)
+            keep = True
         finally:
             if reuse is None:
                 client.close()
-            elif failed:
+            elif failed and not keep:
                 reuse.discard(url)  # a fresh connection for the next voucher
         if not failed:
             return machine.accepted_wait_seconds, None, None
