@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fdo.errors import ErrorCode, FdoError
@@ -158,17 +158,20 @@ def first_message_routes(
     rate: float,
     burst: int,
     networks: dict[int, Sequence[IPNetwork]] | None = None,
+    rates: Mapping[int, tuple[float, int]] | None = None,
 ) -> list[GuardedRoute]:
-    """The :class:`GuardedRoute` of each protocol's first message (``POST /fdo/101/msg/<type>``)."""
+    """The :class:`GuardedRoute` of each protocol's first message (``POST /fdo/101/msg/<type>``),
+    limited to ``rate`` and ``burst``, or to the ``(rate, burst)`` its type has in ``rates``."""
     allowed = networks or {}
+    own = rates or {}
     return [
         GuardedRoute(
             f"fdo/{msg_type}",
             "POST",
             f"{MSG_PATH}{msg_type}",
             fdo_refusal(msg_type),
-            rate=rate,
-            burst=burst,
+            rate=own.get(msg_type, (rate, burst))[0],
+            burst=own.get(msg_type, (rate, burst))[1],
             networks=allowed.get(msg_type) or None,
         )
         for msg_type in msg_types

@@ -83,6 +83,7 @@ def service_app(
     background: Callable[[], AbstractContextManager[object]] = nullcontext,
     body_limits: Iterable[RouteLimit] = (),
     networks: Mapping[int, Sequence[IPNetwork]] | None = None,
+    rates: Mapping[int, tuple[float, int]] | None = None,
     guarded: Sequence[GuardedRoute] = (),
 ) -> FastAPI:
     """The FastAPI app of ``service`` serving ``handlers`` (keyed by first message type).
@@ -92,7 +93,8 @@ def service_app(
     scheduler); the session sweep runs beside it. ``keys_loaded`` is part of ``/ready``.
     Every request but an FDO message has its body limited to ``settings.max_request_body``,
     or to its route's limit in ``body_limits`` (:mod:`fdo_server.body_limit`). Each first
-    message is rate limited per client address (``first_message_rate`` and ``_burst``)
+    message is rate limited per client address (``first_message_rate`` and ``_burst``,
+    or the ``(rate, burst)`` of its type in ``rates``: the rendezvous's TO0.Hello)
     and, when ``networks`` lists some for its type, refused to addresses outside them;
     ``guarded`` adds other routes (a sign-in form). ``app.state`` holds ``settings``,
     ``engine`` and ``metrics``; the caller adds its admin routers where
@@ -156,6 +158,7 @@ def service_app(
                 rate=settings.first_message_rate,
                 burst=settings.first_message_burst,
                 networks=dict(networks or {}),
+                rates=rates,
             ),
             *guarded,
         ],

@@ -14,7 +14,12 @@ that is gone, then deleted. Per voucher, every owner-usable directive
 of its RendezvousInfo is tried (each URL until one works); registration succeeds when
 at least one rendezvous accepted it. Success schedules a renewal when
 ``to0_renew_fraction`` of the granted lifetime is left; failure retries with an
-exponential back-off capped at ``to0_max_backoff_seconds``.
+exponential back-off capped at ``to0_max_backoff_seconds``. A refusal with a
+``Retry-After`` (the rendezvous's rate limit: HTTP 500 with an ErrorMessage, or a 429 or
+503) is no failure: the scheduler paces itself (:class:`Pacer`): nothing more is sent to
+that rendezvous URL before then, and the refused voucher is tried again then, in the
+same pass, or put back due at that time when it is further off than a claimed voucher
+may wait (:func:`pace_limit`); its attempts and back-off are left as they were.
 
 :class:`To0Thread` does not poll: after each pass it reads the next due time from the
 database (:func:`next_due`: the earliest retry, back-off or renewal, or the expiry of
@@ -40,6 +45,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from fdo.crypto import PrivateKeyT, spki_der
 from fdo.errors import FdoError
+from fdo.rvinfo import RVTO2Addr
 from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
 from owner.settings import OwnerConfig
@@ -102,6 +108,9 @@ class _Result:
     errors: list[str]
     #: Nothing to register (a retired voucher with no live registration): delete the row.
     drop: bool = False
+    #: Not registered because a rendezvous asked to wait (:class:`Pacer`): due again
+    #: then, the attempt not counted.
+    paced_until: datetime | None = None
 
 
 def _claimable(now: datetime) -> Any:
@@ -173,41 +182,170 @@ def register(
     ``wait_seconds`` is the lifetime asked for (default ``to0_wait_seconds``). With
     ``reuse`` the clients (and their connections) are kept for the next voucher;
     ``keys`` is :func:`keys_by_spki` of the config, made once for many vouchers."""
+    outcome = _register(voucher, config, http_factory, wait_seconds=wait_seconds, reuse=reuse, keys=keys)
+    return outcome.granted, outcome.errors
+
+
+@dataclass(slots=True)
+class _Outcome:
+    granted: int | None
+    errors: list[str]
+    #: Not registered only because a rendezvous asked to be sent it later (its
+    #: Retry-After): the time it may be tried again. None: registered, or it failed.
+    paced_until: datetime | None = None
+
+
+def _register(
+    voucher: OwnershipVoucher,
+    config: OwnerConfig,
+    http_factory: HttpFactory,
+    *,
+    wait_seconds: int | None = None,
+    reuse: _Clients | None = None,
+    keys: Mapping[bytes, PrivateKeyT] | None = None,
+    pacer: Pacer | None = None,
+    deadline: datetime | None = None,
+) -> _Outcome:
+    """:func:`register`, paced by ``pacer`` when given: a URL whose rendezvous refused a
+    registration with a ``Retry-After`` is not sent another one before then (this
+    thread waits for it, at most until ``deadline``) and the refused voucher is tried
+    again at that time. A refusal with ``Retry-After`` is no failure: when every
+    rendezvous that did not register the voucher only asked to wait, the outcome is
+    ``paced_until`` (the latest time asked), not an error."""
     if config.to2_addr is None:
-        return None, ["FDO_OWNER_TO2_URLS is empty: nowhere to tell devices to go"]
+        return _Outcome(None, ["FDO_OWNER_TO2_URLS is empty: nowhere to tell devices to go"])
     key = (keys if keys is not None else keys_by_spki(config)).get(spki_der(voucher.owner_public_key.key))
     if key is None:
-        return None, ["the owner no longer holds this voucher's owner key"]
+        return _Outcome(None, ["the owner no longer holds this voucher's owner key"])
     granted: list[int] = []
     errors: list[str] = []
+    paced: list[datetime] = []
+    failed_outright = False
     directives = voucher.header.rv_info.for_owner()
     if not directives:
-        return None, ["the voucher names no rendezvous server usable by the owner"]
+        return _Outcome(None, ["the voucher names no rendezvous server usable by the owner"])
     for directive in directives:
         for url in directive.urls(for_owner=True):
-            machine = TO0Owner(
-                voucher=voucher,
-                owner_key=key,
-                rv_to2_addr=config.to2_addr,
-                wait_seconds=config.settings.to0_wait_seconds if wait_seconds is None else wait_seconds,
+            accepted, error, until = _register_at(
+                url, voucher, key, config.to2_addr, config, http_factory, wait_seconds, reuse, pacer, deadline
             )
-            client = http_factory(url) if reuse is None else reuse.get(url)
-            failed = True
-            try:
-                client.run(machine)
-                failed = False
-            except (FdoError, TransportError) as exc:
-                errors.append(f"{url}: {exc}")
-                continue
-            finally:
-                if reuse is None:
-                    client.close()
-                elif failed:
-                    reuse.discard(url)  # a fresh connection for the next voucher
-            if machine.accepted_wait_seconds is not None:
-                granted.append(machine.accepted_wait_seconds)
+            if accepted is not None:
+                granted.append(accepted)
                 break  # this directive's rendezvous has it; the next directive is another one
-    return (min(granted) if granted else None), errors
+            if until is not None:
+                paced.append(until)
+            else:
+                failed_outright = True
+            if error is not None:
+                errors.append(error)
+    if granted or failed_outright or not paced:
+        return _Outcome(min(granted) if granted else None, errors)
+    return _Outcome(None, errors, paced_until=max(paced))
+
+
+#: Refusals with ``Retry-After`` one voucher waits out in one pass before it is put
+#: back (due at the time asked) for a later pass.
+PACED_TRIES = 20
+
+
+def _register_at(
+    url: str,
+    voucher: OwnershipVoucher,
+    key: PrivateKeyT,
+    to2_addr: RVTO2Addr,
+    config: OwnerConfig,
+    http_factory: HttpFactory,
+    wait_seconds: int | None,
+    reuse: _Clients | None,
+    pacer: Pacer | None,
+    deadline: datetime | None,
+) -> tuple[int | None, str | None, datetime | None]:
+    """TO0 with the rendezvous at ``url``: (granted lifetime, error, paced until)."""
+    for _ in range(PACED_TRIES):
+        if pacer is not None:
+            until = pacer.wait_for(url, deadline)
+            if until is not None:
+                return None, None, until  # not before the end of this voucher's turn
+        machine = TO0Owner(
+            voucher=voucher,
+            owner_key=key,
+            rv_to2_addr=to2_addr,
+            wait_seconds=config.settings.to0_wait_seconds if wait_seconds is None else wait_seconds,
+        )
+        client = http_factory(url) if reuse is None else reuse.get(url)
+        failed = True
+        keep = False
+        try:
+            client.run(machine)
+            failed = False
+        except (FdoError, TransportError) as exc:
+            retry_after = client.retry_after
+            if pacer is None or retry_after is None:
+                return None, f"{url}: {exc}", None
+            # The rendezvous asks to be sent it later (a rate limit): no failure, try again
+            # then, on the same connection (the refusal was an orderly answer).
+            until = pacer.refused(url, retry_after, config.settings.to0_max_backoff_seconds)
+            log.debug("TO0 at %s paced until %s: %s", url, until.isoformat(), exc)
+            keep = True
+        finally:
+            if reuse is None:
+                client.close()
+            elif failed and not keep:
+                reuse.discard(url)  # a fresh connection for the next voucher
+        if not failed:
+            return machine.accepted_wait_seconds, None, None
+    assert pacer is not None  # noqa: S101 - only a paced refusal loops
+    return None, None, pacer.gate(url) or utc(pacer.clock())
+
+
+class Pacer:
+    """When each rendezvous URL may be sent the next TO0: the ``Retry-After`` of its
+    last refusal. Shared by the pool threads of a scheduler, and kept across its passes,
+    so a rendezvous that limits an owner's rate gets no more than it asks for: the
+    threads bound for it wait until then (sleeping with ``sleep``, which ``stop`` ends).
+    """
+
+    def __init__(self, clock: Clock, sleep: Waiter, stop: threading.Event | None = None) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        self.stop = stop or threading.Event()
+        self._until: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def refused(self, url: str, retry_after: int, most: int) -> datetime:
+        """Note a refusal of ``url`` asking to wait ``retry_after`` seconds (at least 1,
+        at most ``most``); returns when ``url`` may be tried again."""
+        at = utc(self.clock()) + timedelta(seconds=min(max(retry_after, 1), max(most, 1)))
+        with self._lock:
+            until = self._until.get(url)
+            if until is None or at > until:
+                self._until[url] = until = at
+            return until
+
+    def gate(self, url: str) -> datetime | None:
+        """When ``url`` may be tried again, or None when it may now."""
+        now = utc(self.clock())
+        with self._lock:
+            until = self._until.get(url)
+            if until is not None and until <= now:
+                del self._until[url]
+                until = None
+            return until
+
+    def wait_for(self, url: str, deadline: datetime | None) -> datetime | None:
+        """Wait until ``url`` may be tried (None), unless that is after ``deadline`` or
+        ``stop`` is set: then return that time at once. (So does a clock that stands
+        still while it sleeps: a pass run at a fixed ``now``.)"""
+        while True:
+            until = self.gate(url)
+            if until is None:
+                return None
+            if (deadline is not None and until > deadline) or self.stop.is_set():
+                return until
+            before = utc(self.clock())
+            self.sleep(self.stop, max(0.0, (until - before).total_seconds()))
+            if utc(self.clock()) == before and not self.stop.is_set():
+                return until
 
 
 def keys_by_spki(config: OwnerConfig) -> dict[bytes, PrivateKeyT]:
@@ -287,9 +425,11 @@ def _finish_batch(engine: Engine, results: Sequence[_Result], worker_id: str, co
     ids = [r.claimed.work_id for r in results]
     with engine.begin() as conn:
         current = {
-            wid: (by, attempts, state)
-            for wid, by, attempts, state in conn.execute(
-                select(_WORK.c.id, _WORK.c.claimed_by, _WORK.c.attempts, _VOUCHERS.c.state)
+            wid: (by, attempts, state, error)
+            for wid, by, attempts, state, error in conn.execute(
+                select(
+                    _WORK.c.id, _WORK.c.claimed_by, _WORK.c.attempts, _VOUCHERS.c.state, _WORK.c.last_error
+                )
                 .join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id, isouter=True)
                 .where(_WORK.c.id.in_(ids))
             )
@@ -300,7 +440,7 @@ def _finish_batch(engine: Engine, results: Sequence[_Result], worker_id: str, co
             row = current.get(r.claimed.work_id)
             if row is None or row[0] != worker_id:
                 continue  # our claim expired and someone else has it now
-            _, attempts, state = row
+            _, attempts, state, last_error = row
             key = {"w_id": r.claimed.work_id, "w_by": worker_id}
             granted, now = r.granted, r.at
             if r.drop or (r.claimed.retire and granted is not None):
@@ -320,6 +460,17 @@ def _finish_batch(engine: Engine, results: Sequence[_Result], worker_id: str, co
                         "w_error": "; ".join(r.errors)[:2000] or None,
                     }
                 )
+            elif r.paced_until is not None:
+                # Asked to wait: retried then, with the attempts and last error as they were.
+                updates.append(
+                    key
+                    | {
+                        "w_until": r.claimed.registered_until,
+                        "w_next": r.paced_until,
+                        "w_attempts": attempts,
+                        "w_error": last_error,
+                    }
+                )
             else:
                 attempts += 1
                 updates.append(
@@ -337,26 +488,46 @@ def _finish_batch(engine: Engine, results: Sequence[_Result], worker_id: str, co
             conn.execute(_FINISH, updates)
 
 
-def _register_one(claimed: _Claimed, config: OwnerConfig, clients: _Clients, clock: Clock) -> _Result:
+def pace_limit(config: OwnerConfig) -> timedelta:
+    """How long one claimed voucher may wait for rendezvous that asked to wait, before it
+    is put back for a later pass: a quarter of the claim, at most a minute (so a claim
+    queued behind others that wait is still held when its turn is over)."""
+    return timedelta(seconds=min(60.0, config.settings.to0_claim_seconds / 4))
+
+
+def _register_one(
+    claimed: _Claimed, config: OwnerConfig, clients: _Clients, clock: Clock, pacer: Pacer
+) -> _Result:
     """One registration (runs on a pool thread: network, no database)."""
     guid = "?"
+    paced_until: datetime | None = None
     try:
         voucher = OwnershipVoucher.decode(claimed.raw)
         guid = str(voucher.guid)
         wait_for = RETIRE_WAIT_SECONDS if claimed.retire else None
-        granted, errors = register(
-            voucher, config, clients.factory, wait_seconds=wait_for, reuse=clients, keys=clients.keys
+        outcome = _register(
+            voucher,
+            config,
+            clients.factory,
+            wait_seconds=wait_for,
+            reuse=clients,
+            keys=clients.keys,
+            pacer=pacer,
+            deadline=utc(clock()) + pace_limit(config),
         )
+        granted, errors, paced_until = outcome.granted, outcome.errors, outcome.paced_until
     except Exception as exc:  # one bad row must not stop the others
         log.exception("TO0 for work item %d failed", claimed.work_id)
         granted, errors = None, [f"internal error: {type(exc).__name__}"]
-    if granted is None:
+    if paced_until is not None:
+        log.info("TO0 for %s put back until %s: the rendezvous asked to wait", guid, paced_until.isoformat())
+    elif granted is None:
         log.warning("TO0 for %s failed: %s", guid, "; ".join(errors))
     elif claimed.retire:
         log.info("TO0 registration of %s retired (voucher no longer usable)", guid)
     else:
         log.info("TO0 for %s registered for %d s", guid, granted)
-    return _Result(claimed, utc(clock()), granted, errors)
+    return _Result(claimed, utc(clock()), granted, errors, paced_until=paced_until)
 
 
 def run_due(
@@ -368,6 +539,8 @@ def run_due(
     worker_id: str,
     http_factory: HttpFactory | None = None,
     stop: threading.Event | None = None,
+    pacer: Pacer | None = None,
+    sleep: Waiter | None = None,
 ) -> int:
     """Register every due voucher this worker manages to claim; returns how many it ran.
     Once ``stop`` is set it claims no more and returns when those in flight are done.
@@ -376,7 +549,14 @@ def run_due(
     flight, so a claim is never held long before its registration starts, and the pass
     ends when no due row is left to claim. ``now`` fixes the time of the whole pass
     (tests); otherwise ``clock`` (default: the system clock) is read at each claim and
-    each result."""
+    each result.
+
+    A rendezvous that refuses a registration with ``Retry-After`` (its rate limit) is
+    sent none before then (:class:`Pacer`; ``pacer`` is kept across passes by
+    :class:`To0Thread`, else made for this pass, sleeping with ``sleep``, default
+    :meth:`threading.Event.wait`, which ``stop`` ends): the registrations bound for it
+    wait, the refused ones are tried again then, and none of it counts as a failed
+    attempt or lengthens the back-off."""
     if now is not None:
         fixed = utc(now)
         clock = lambda: fixed  # noqa: E731
@@ -384,6 +564,8 @@ def run_due(
     hold = timedelta(seconds=config.settings.to0_claim_seconds)
     concurrency = config.settings.to0_concurrency
     clients = _Clients(http_factory or http_factory_for(config), config)
+    if pacer is None:
+        pacer = Pacer(read, sleep or _event_wait, stop)
     done = 0
     in_flight: set[Future[_Result]] = set()
     pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fdo-owner-to0")
@@ -406,7 +588,7 @@ def run_due(
                     if item.retire and (item.registered_until is None or item.registered_until <= at):
                         results.append(_Result(item, at, None, [], drop=True))  # nothing live to retire
                     else:
-                        in_flight.add(pool.submit(_register_one, item, config, clients, read))
+                        in_flight.add(pool.submit(_register_one, item, config, clients, read, pacer))
             if in_flight:
                 ready, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 in_flight -= ready
@@ -488,6 +670,8 @@ class To0Thread:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        #: What the rendezvous asked to wait for, kept from one pass to the next.
+        self.pacer = Pacer(self.clock, wait, self._stop)
 
     def start(self) -> None:
         self._stop.clear()
@@ -528,6 +712,7 @@ class To0Thread:
                 worker_id=self.worker_id,
                 http_factory=self.http_factory,
                 stop=self._stop,
+                pacer=self.pacer,
             )
             due = next_due(self.engine)
         except Exception:

@@ -67,7 +67,14 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
             restore=lambda state: TO1Rendezvous.from_state(state, lookup),
         ),
     }
-    app = service_app("rendezvous", settings, engine, handlers, clock=clock)
+    app = service_app(
+        "rendezvous",
+        settings,
+        engine,
+        handlers,
+        clock=clock,
+        rates={20: (settings.to0_rate, settings.to0_burst)},  # TO0.Hello: owners, not devices
+    )
     app.state.metrics.add_listener(RefusalReporter(app.state.metrics))
     if planes.serves_admin():  # a device-plane worker never imports the admin API
         from rendezvous.admin_api import admin_router

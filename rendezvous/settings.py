@@ -39,6 +39,12 @@ class RendezvousSettings(ServiceSettings):
     database_url: str = "sqlite:///rendezvous.db"
     port: int = Field(default=8041, ge=1, le=65535)
     max_wait_seconds: int = Field(default=THIRTY_DAYS, ge=1, le=0xFFFFFFFF)
+    #: TO0.Hello messages one client address may send per second, per worker (0: no
+    #: limit), and at once before that rate applies: an owner registers its vouchers in
+    #: bulk from one address, so TO0 has its own limit, ten times the
+    #: ``first_message_rate`` and ``_burst`` that TO1 (devices) keeps (docs/configuration.md).
+    to0_rate: float = Field(default=200, ge=0, le=1_000_000)
+    to0_burst: int = Field(default=1000, ge=1, le=1_000_000)
     #: PEM files of the owner keys allowed to register; empty allows every owner.
     trusted_owner_keys: list[Path] = Field(default_factory=list)
     #: PEM files of the manufacturer keys whose vouchers may be registered; empty allows all.

@@ -8,7 +8,7 @@ from ipaddress import ip_network
 import pytest
 
 from fdo_server.config import parse_networks
-from fdo_server.ratelimit import TokenBuckets, client_address
+from fdo_server.ratelimit import TokenBuckets, client_address, first_message_routes
 
 
 class Clock:
@@ -86,3 +86,16 @@ def test_network_lists_parse_from_text_json_and_lists() -> None:
     assert parse_networks("") == []
     with pytest.raises(ValueError, match="'10.0.0.300' is not a network"):
         parse_networks("10.0.0.300")
+
+
+def test_a_first_message_type_may_have_a_limit_of_its_own() -> None:
+    """The rendezvous's TO0.Hello (owners registering in bulk) with its own rate and
+    burst; the other first messages keep the common one."""
+    routes = {
+        r.name: (r.rate, r.burst, r.path)
+        for r in first_message_routes([20, 30], rate=20.0, burst=100, rates={20: (200.0, 1000)})
+    }
+    assert routes == {"fdo/20": (200.0, 1000, "/fdo/101/msg/20"), "fdo/30": (20.0, 100, "/fdo/101/msg/30")}
+    # 0 turns that type's limit off (the route is then not guarded at all).
+    (route,) = first_message_routes([20], rate=20.0, burst=100, rates={20: (0.0, 1)})
+    assert route.rate == 0.0

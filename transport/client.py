@@ -149,11 +149,14 @@ class _Response:
     authorization: str | None
     content_type: str | None
     body: bytes
+    retry_after: str | None = None
 
     @classmethod
     def of(cls, status: int, headers: _Headers, body: bytes) -> _Response:
         get = headers.get
-        return cls(status, get("Message-Type"), get("Authorization"), get("Content-Type"), body)
+        return cls(
+            status, get("Message-Type"), get("Authorization"), get("Content-Type"), body, get("Retry-After")
+        )
 
 
 class _Headers(Protocol):
@@ -284,7 +287,12 @@ class _H11Carrier:
             self.close()
         get = fields_in.get  # names in lower case; the first of repeated ones
         return _Response(
-            response.status_code, get("message-type"), get("authorization"), get("content-type"), data
+            response.status_code,
+            get("message-type"),
+            get("authorization"),
+            get("content-type"),
+            data,
+            get("retry-after"),
         )
 
     def _connect(self, scheme: str, host: str, port: int, proxy: _Proxy | None) -> None:
@@ -526,6 +534,9 @@ class FdoHttpClient:
             _HttpxCarrier(client) if client is not None else _H11Carrier(timeout=timeout, verify=verify)
         )
         self.token: str | None = None
+        #: ``Retry-After`` (delta-seconds) of the last reply, None without one: the
+        #: server's "try later" (a rate limit's refusal, a 503).
+        self.retry_after: int | None = None
 
     def close(self) -> None:
         self._carrier.close()
@@ -568,7 +579,9 @@ class FdoHttpClient:
 
     def _exchange(self, msg_type: int, body: bytes) -> tuple[int, bytes]:
         url = self.url(msg_type)
+        self.retry_after = None
         response = self._carrier.post(url, body, self._headers(), self.max_body)
+        self.retry_after = retry_after_seconds(response.retry_after)
         if response.authorization:
             self.token = response.authorization
         header_type = response.message_type
@@ -593,3 +606,9 @@ class FdoHttpClient:
             self._carrier.post(self.url(MsgType.ERROR), body, self._headers(), self.max_body)
         except TransportError:
             pass
+
+
+def retry_after_seconds(value: str | None) -> int | None:
+    """A ``Retry-After`` in delta-seconds; None when absent or an HTTP-date (not parsed here)."""
+    value = (value or "").strip()
+    return int(value) if value.isdigit() and len(value) <= 9 else None

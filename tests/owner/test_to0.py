@@ -18,6 +18,8 @@ from sqlmodel import select
 
 from fdo.voucher import vouchers_to_pem
 from fdo_server.db import make_engine, unit_of_work
+from fdo_server.metrics import ServiceMetrics
+from fdo_server.ratelimit import EdgeGuard, first_message_routes
 from owner.importer import import_pem
 from owner.settings import OwnerConfig, load_config
 from owner.tables import To0Work, utc
@@ -280,3 +282,128 @@ def test_many_vouchers_in_one_pass(world: World, database_url: str) -> None:
     assert stub.count == dict.fromkeys(guids, 1)
     rows = work_rows(engine)
     assert all(r.claimed_by is None and r.registered_until is not None for r in rows)
+
+
+# ------------------------------------------------------------ pacing to a rendezvous's rate limit
+
+
+class SharedTime:
+    """One fake time for the owner (aware datetimes) and the rendezvous's rate limit
+    (monotonic seconds); only the scheduler's sleeps move it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.sleeps: list[float | None] = []
+
+    def owner(self) -> datetime:
+        return NOW + timedelta(seconds=self.seconds)
+
+    def monotonic(self) -> float:
+        return 1000.0 + self.seconds
+
+    def sleep(self, event: threading.Event, timeout: float | None) -> None:
+        self.sleeps.append(timeout)
+        assert timeout is not None
+        self.seconds += timeout
+
+
+def limited_rendezvous(stub: RendezvousStub, time_: SharedTime, *, rate: float, burst: int) -> EdgeGuard:
+    """The stub behind the rendezvous's own edge guard: TO0.Hello limited per address."""
+    return EdgeGuard(
+        stub.app,
+        service="rendezvous",
+        routes=first_message_routes([20], rate=rate, burst=burst),
+        trusted_proxies=[],
+        metrics=ServiceMetrics("rendezvous"),
+        max_addresses=100,
+        clock=time_.monotonic,
+    )
+
+
+def refused(guard: EdgeGuard) -> float | None:
+    """TO0.Hello messages the rendezvous refused over its rate limit."""
+    return guard.metrics.registry.get_sample_value(
+        "fdo_rate_limited_total", {"service": "rendezvous", "route": "fdo/20"}
+    )
+
+
+def test_a_rate_limit_refusal_is_retried_at_its_retry_after(world: World, database_url: str) -> None:
+    """Refused with Retry-After (HTTP 500, ErrorMessage, Retry-After: 1): the scheduler
+    waits exactly that long and registers the voucher then, in the same pass, counting
+    no failed attempt and no back-off."""
+    engine, _, guids = setup(world, database_url, count=5)
+    config = uncapped(world, database_url, to0_concurrency=1)
+    time_ = SharedTime()
+    stub = RendezvousStub()
+    guard = limited_rendezvous(stub, time_, rate=1.0, burst=2)
+    http = TestClient(guard)
+    ran = run_due(
+        engine,
+        config,
+        clock=time_.owner,
+        worker_id="w1",
+        http_factory=lambda url: FdoHttpClient(url, client=http),
+        sleep=time_.sleep,
+    )
+    assert ran == 5
+    assert stub.count == dict.fromkeys(guids, 1)
+    # Two in the burst, then one a second: each refusal waited out once, for its Retry-After.
+    assert refused(guard) == 3
+    assert time_.sleeps == [1.0, 1.0, 1.0]
+    for work in work_rows(engine):
+        assert work.attempts == 0 and work.last_error is None and work.claimed_by is None
+        assert work.registered_until is not None
+        # Renewed from when it was registered (3600 s granted, renew at 25 % left).
+        assert utc(work.next_attempt_at) - utc(work.registered_until) == timedelta(seconds=-900)
+
+
+def test_a_long_retry_after_puts_the_voucher_back_until_then(world: World, database_url: str) -> None:
+    """A Retry-After beyond what a claimed voucher may wait: put back, due at that time,
+    with its attempts and last error as they were; no registration is sent to that
+    rendezvous before then (the thread keeps what it asked across passes)."""
+    engine, _, guids = setup(world, database_url, count=4)
+    config = uncapped(world, database_url, to0_concurrency=1)
+    first, second, third, fourth = work_rows(engine)
+    with unit_of_work(engine) as db:  # the fourth failed twice before (a back-off of 120 s, over)
+        row = db.get(To0Work, fourth.id)
+        assert row is not None
+        row.attempts, row.last_error = 2, "rv.example: connection refused"
+        db.add(row)
+    clock = FakeClock(NOW)
+    stub = RendezvousStub()
+    time_ = SharedTime()
+    guard = limited_rendezvous(stub, time_, rate=0.001, burst=2)  # then Retry-After: 1000 s
+    http = TestClient(guard)
+    sleeps: list[float | None] = []
+    thread = To0Thread(
+        engine,
+        config,
+        worker_id="w1",
+        clock=clock,
+        http_factory=lambda url: FdoHttpClient(url, client=http),
+        wait=lambda event, timeout: sleeps.append(timeout),
+    )
+    # Two registered (the burst); the third refused with Retry-After 1000, kept to the
+    # 300 s most the owner waits (to0_max_backoff_seconds), longer than a claimed voucher
+    # waits (60 s): the third and fourth are put back until then, and the thread sleeps
+    # until then.
+    assert thread.run_pass() == 300
+    assert stub.count == {guids[0]: 1, guids[1]: 1}
+    assert refused(guard) == 1  # the fourth was not sent: the rendezvous had asked to wait
+    assert sleeps == []  # the pool threads did not sleep either
+    rows = {w.id: w for w in work_rows(engine)}
+    assert rows[first.id].registered_until is not None and rows[second.id].registered_until is not None
+    for wid, attempts, error in ((third.id, 0, None), (fourth.id, 2, "rv.example: connection refused")):
+        row = rows[wid]
+        assert utc(row.next_attempt_at) == NOW + timedelta(seconds=300)
+        assert row.attempts == attempts and row.last_error == error and row.claimed_by is None
+    # Woken early (an import): nothing is due, nothing is sent.
+    clock.now = NOW + timedelta(seconds=100)
+    assert thread.run_pass() == 200
+    assert refused(guard) == 1
+    # At the time asked, with the rendezvous's limit refilled: both registered.
+    clock.now = NOW + timedelta(seconds=300)
+    time_.seconds = 2000
+    assert thread.run_pass() == 2700 - 300  # the first two's renewal is next
+    assert stub.count == dict.fromkeys(guids, 1)
+    assert all(w.attempts == 0 and w.last_error is None for w in work_rows(engine))

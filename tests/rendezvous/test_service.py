@@ -18,6 +18,8 @@ from fdo.rvinfo import RendezvousInfo, RVTO2Addr, RVTO2AddrEntry, TransportProto
 from fdo.to0.messages import TO0OwnerSign
 from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
+from fdo.to1.messages import TO1HelloRV
+from fdo.types import Guid, SgType, SigInfo
 from fdo.voucher import OwnershipVoucher
 from fdo_server.auth import Role, create_token
 from fdo_server.db import make_engine
@@ -334,3 +336,42 @@ def test_our_owner_never_signs_an_address_without_host(setup: Setup) -> None:
     for addr in (RVTO2Addr((RVTO2AddrEntry(None, None, 8043, TransportProtocol.HTTP),)), RVTO2Addr(())):
         with pytest.raises(FdoUsageError, match="needs a host"):
             TO0Owner(voucher=setup.voucher, owner_key=setup.owner_key, rv_to2_addr=addr, wait_seconds=60)
+
+
+def test_to0_and_to1_have_limits_of_their_own(database_url: str, setup: Setup) -> None:
+    """TO0.Hello (owners, in bulk) is limited by ``to0_rate``/``to0_burst``, TO1.HelloRV
+    (devices) by ``first_message_rate``/``_burst``: each refused past its own burst, the
+    FDO way (HTTP 500, ErrorMessage code 500) with ``Retry-After``."""
+    http = make_client(
+        database_url, to0_rate=0.001, to0_burst=3, first_message_rate=0.001, first_message_burst=1
+    )
+    _, hello = to0_owner(setup).start()
+    hello_rv = TO1HelloRV(guid=Guid.new(), ea_sig_info=SigInfo(SgType.ES256)).encode()
+
+    def send(msg_type: int, body: bytes) -> tuple[int, str | None, str | None]:
+        response = http.post(f"/fdo/101/msg/{msg_type}", content=body, headers=CBOR)
+        return response.status_code, response.headers.get("Message-Type"), response.headers.get("Retry-After")
+
+    assert [send(20, hello)[:2] for _ in range(3)] == [(200, "21")] * 3  # TO0.HelloAck
+    status, msg_type, retry_after = send(20, hello)
+    assert (status, msg_type) == (500, "255") and retry_after is not None and int(retry_after) > 0
+    refusal = http.post("/fdo/101/msg/20", content=hello, headers=CBOR)
+    error = ErrorMessage.decode(refusal.content)
+    assert error.code == 500 and "too many requests" in error.message
+    # TO1 has its own bucket: TO0's being empty does not touch it (an unknown GUID: 6, no Retry-After).
+    status, msg_type, retry_after = send(30, hello_rv)
+    assert (msg_type, retry_after) == ("255", None)
+    status, msg_type, retry_after = send(30, hello_rv)
+    assert (status, msg_type) == (500, "255") and retry_after is not None
+
+
+def test_to0_limit_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defaults: one owner is let through at 200 a second per worker after 1000 at once,
+    ten times what one address may send of TO1; ``FDO_RENDEZVOUS_TO0_RATE``/``_BURST``."""
+    settings = RendezvousSettings()
+    assert (settings.to0_rate, settings.to0_burst) == (200, 1000)
+    assert (settings.first_message_rate, settings.first_message_burst) == (20, 100)
+    monkeypatch.setenv("FDO_RENDEZVOUS_TO0_RATE", "0")
+    monkeypatch.setenv("FDO_RENDEZVOUS_TO0_BURST", "50")
+    settings = RendezvousSettings()
+    assert (settings.to0_rate, settings.to0_burst) == (0, 50)

@@ -190,6 +190,27 @@ def test_an_error_status_with_cbor_is_an_error_message(serve: Callable[[Script],
     assert machine.got == [(255, b"\x85")]
 
 
+def test_retry_after_of_the_last_reply_is_kept(serve: Callable[[Script], str]) -> None:
+    """A rendezvous's rate-limit refusal (500, ErrorMessage, Retry-After) and a 429: the
+    client keeps the Retry-After seconds of the last reply (the TO0 scheduler paces to
+    it); a reply without one, or with an HTTP-date, clears it."""
+    refusal = {"Content-Type": "application/cbor", "Message-Type": "255", "Retry-After": "3"}
+    replies = [(500, refusal, b"\x85"), (200, _ok(1)[1], b"\xa0"), (429, {"Retry-After": " 7 "}, b"")]
+    replies.append((503, {"Retry-After": "Fri, 04 Dec 2026 20:00:00 GMT"}, b""))
+    script = Script(lambda n: replies[n - 1])
+    with FdoHttpClient(serve(script)) as client:
+        _run(client, Messages(1))
+        assert client.retry_after == 3
+        _run(client, Messages(1))
+        assert client.retry_after is None
+        with pytest.raises(TransportError, match="HTTP status 429"):
+            _run(client, Messages(1))
+        assert client.retry_after == 7
+        with pytest.raises(TransportError, match="HTTP status 503"):
+            _run(client, Messages(1))
+        assert client.retry_after is None
+
+
 def test_redirects_are_not_followed(serve: Callable[[Script], str]) -> None:
     script = Script(lambda n: (307, {"Location": "http://127.0.0.1:1/elsewhere"}, b""))
     with FdoHttpClient(serve(script)) as client, pytest.raises(TransportError, match="HTTP status 307"):
