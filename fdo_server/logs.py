@@ -26,6 +26,10 @@ from typing import Any
 #: Attribute of a LogRecord holding the structured fields (``extra={"fdo": {...}}``).
 FIELDS = "fdo"
 
+#: ``json.dumps(..., default=str, separators=(",", ":"))`` without making an encoder per
+#: line (``json.dumps`` makes one whenever it is given options).
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
 
 class JsonFormatter(logging.Formatter):
     """Formats each record as one JSON line."""
@@ -51,7 +55,7 @@ class JsonFormatter(logging.Formatter):
             out.update(access)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        return _ENCODER.encode(out)
 
 
 ACCESS_LOGGER = "uvicorn.access"

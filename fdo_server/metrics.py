@@ -128,6 +128,8 @@ class ServiceMetrics:
             registry=own,
         )
         self._message_counters: dict[tuple[str, bool], Any] = {}
+        #: Labelled children of the per-message metrics by ``(id(metric), label)``: see :meth:`_child`.
+        self._children: dict[tuple[int, str], Any] = {}
         self._extra: list[Collector] = []
         self._listeners: list[Callable[[MessageEvent], None]] = []
 
@@ -146,13 +148,22 @@ class ServiceMetrics:
         if not self.multiprocess:
             self.registry.register(collector)
 
+    def _child(self, metric: Any, label: str) -> Any:
+        """``metric.labels(service, label)``, looked up once per process (``labels`` takes
+        a lock and builds its key on every call)."""
+        key = (id(metric), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.service, label)
+        return child
+
     def observe(self, event: MessageEvent) -> None:
         """:data:`transport.dispatch.MessageObserver`: count the message and log it.
 
         Once per FDO message, so kept lean: the labelled counter of each (type, result)
-        is looked up once per process, and the log record is made and handled directly
-        (``Logger.info`` would walk the stack for the caller's file and line, which the
-        JSON line does not carry)."""
+        and the other labelled children are looked up once per process, and the log
+        record is made and handled directly (``Logger.info`` would walk the stack for the
+        caller's file and line, which the JSON line does not carry)."""
         msg_type = str(event.msg_type) if 0 <= event.msg_type <= 255 else "invalid"
         ok = event.error_code is None
         key = (msg_type, ok)
@@ -163,14 +174,14 @@ class ServiceMetrics:
             )
         counter.inc()
         if not ok:
-            self.errors.labels(self.service, str(event.error_code)).inc()
+            self._child(self.errors, str(event.error_code)).inc()
         protocol = event.protocol or "none"
         if event.started:
-            self.started.labels(self.service, protocol).inc()
+            self._child(self.started, protocol).inc()
         if event.completed:
-            self.completed.labels(self.service, protocol).inc()
+            self._child(self.completed, protocol).inc()
             if event.session_seconds is not None:
-                self.duration.labels(self.service, protocol).observe(event.session_seconds)
+                self._child(self.duration, protocol).observe(event.session_seconds)
         fields = {
             "event": "fdo_message",
             "service": self.service,
