@@ -146,6 +146,7 @@ class _FakeSettings:
     port = 8041
     admin_host = "127.0.0.1"
     admin_port = None
+    admin_process = False
     database_url = "sqlite://"  # in memory: serve's schema check migrates it on the spot
 
     @property
