@@ -6,9 +6,11 @@ httpx is imported when a call is made, so importing a CLI module stays light.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fdo_cli.common import die
+from fdo_cli.output import Column, Format, chosen, fetch, show_page
 
 
 def call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
@@ -30,6 +32,32 @@ def call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
         detail = body.get("detail") if isinstance(body, dict) else response.text[:500]
         raise die(f"HTTP {response.status_code}: {error_text(detail)}")
     return body
+
+
+def list_page(
+    url: str,
+    token: str,
+    path: str,
+    columns: Sequence[Column],
+    noun: str,
+    *,
+    filters: Mapping[str, Any] | None = None,
+    limit: int | None,
+    offset: int,
+    every: bool,
+    output: Format | None,
+    as_json: bool,
+) -> None:
+    """A list command's work: ``GET /api/v1{path}`` with ``filters``, one page
+    (``--limit``/``--offset``) or all of them (``--all``), printed as ``-o`` says."""
+    fmt = chosen(output, as_json)
+    page = fetch(
+        lambda params: call("GET", url, token, path, params={**(filters or {}), **params}),
+        limit=limit,
+        offset=offset,
+        every=every,
+    )
+    show_page(page, fmt, columns, noun)
 
 
 def error_text(detail: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from fdo.crypto import KEY_KINDS, generate_key, private_key_to_pem, public_key_to_pem
+from fdo_cli.admin_http import list_page
 from fdo_cli.common import die, read_bytes, read_public_key
 from fdo_cli.db import db_app, local_engine
 from fdo_cli.output import (
@@ -25,9 +26,7 @@ from fdo_cli.output import (
     OutputOpt,
     chosen,
     col,
-    fetch,
     show_object,
-    show_page,
 )
 from fdo_cli.sessions import sessions_app
 from owner.cli_admin import APPS as ADMIN_APPS
@@ -236,15 +235,20 @@ def vouchers_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List the vouchers the owner holds, with their TO0 status (oldest first)."""
-    fmt = chosen(output, as_json)
     filters = {"state": state} if state else {}
-    page = fetch(
-        lambda params: call("GET", url, token, "/vouchers", params={**filters, **params}),
+    list_page(
+        url,
+        token,
+        "/vouchers",
+        VOUCHER_COLUMNS,
+        "vouchers",
+        filters=filters,
         limit=limit,
         offset=offset,
         every=every,
+        output=output,
+        as_json=as_json,
     )
-    show_page(page, fmt, VOUCHER_COLUMNS, "vouchers")
 
 
 @vouchers_app.command("show")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fdo_cli.admin_http import call, error_text
+from fdo_cli.admin_http import call, error_text, list_page
 from fdo_cli.common import die
 from fdo_cli.output import (
     AllOpt,
@@ -26,9 +26,7 @@ from fdo_cli.output import (
     chosen,
     col,
     emit_data,
-    fetch,
     show_object,
-    show_page,
 )
 
 devices_app = typer.Typer(no_args_is_help=True, help="Device records (over the admin API).")
@@ -139,15 +137,20 @@ def devices_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List device records, oldest first."""
-    fmt = chosen(output, as_json)
     filters = {k: v for k, v in (("group", group), ("status", status)) if v}
-    page = fetch(
-        lambda params: call("GET", url, token, "/devices", params={**filters, **params}),
+    list_page(
+        url,
+        token,
+        "/devices",
+        DEVICE_COLUMNS,
+        "devices",
+        filters=filters,
         limit=limit,
         offset=offset,
         every=every,
+        output=output,
+        as_json=as_json,
     )
-    show_page(page, fmt, DEVICE_COLUMNS, "devices")
 
 
 def short_digest(digest: str | None) -> str | None:
@@ -195,21 +198,26 @@ def devices_onboardings(
     as_json: JsonOpt = False,
 ) -> None:
     """List completed TO2s, oldest first: the GUID before and after, and what each ServiceInfo module did."""
-    fmt = chosen(output, as_json)
     filters = {"guid": guid} if guid else {}
-    page = fetch(
-        lambda params: call("GET", url, token, "/onboardings", params={**filters, **params}),
-        limit=limit,
-        offset=offset,
-        every=every,
-    )
     columns = (
         col("COMPLETED", "completed_at"),
         col("GUID", "guid"),
         Column("NEW GUID", lambda o: o.get("new_guid") or "(same)"),
         Column("MODULES", modules_text),
     )
-    show_page(page, fmt, columns, "onboardings")
+    list_page(
+        url,
+        token,
+        "/onboardings",
+        columns,
+        "onboardings",
+        filters=filters,
+        limit=limit,
+        offset=offset,
+        every=every,
+        output=output,
+        as_json=as_json,
+    )
 
 
 @devices_app.command("show")
@@ -322,11 +330,18 @@ def groups_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List groups."""
-    fmt = chosen(output, as_json)
-    page = fetch(
-        lambda p: call("GET", url, token, "/groups", params=p), limit=limit, offset=offset, every=every
+    list_page(
+        url,
+        token,
+        "/groups",
+        GROUP_COLUMNS,
+        "groups",
+        limit=limit,
+        offset=offset,
+        every=every,
+        output=output,
+        as_json=as_json,
     )
-    show_page(page, fmt, GROUP_COLUMNS, "groups")
 
 
 @groups_app.command("show")
@@ -393,13 +408,6 @@ def revisions_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List a group's revisions, oldest first."""
-    fmt = chosen(output, as_json)
-    page = fetch(
-        lambda p: call("GET", url, token, f"/groups/{group}/revisions", params=p),
-        limit=limit,
-        offset=offset,
-        every=every,
-    )
     columns = (
         col("REV", "number", "right"),
         col("IMAGE", "image"),
@@ -410,7 +418,18 @@ def revisions_list(
         col("PUBLISHED", "published_at"),
         col("BY", "published_by"),
     )
-    show_page(page, fmt, columns, "revisions")
+    list_page(
+        url,
+        token,
+        f"/groups/{group}/revisions",
+        columns,
+        "revisions",
+        limit=limit,
+        offset=offset,
+        every=every,
+        output=output,
+        as_json=as_json,
+    )
 
 
 # ---------------------------------------------------------------------------- tokens, audit
@@ -439,10 +458,6 @@ def tokens_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List tokens (never their values)."""
-    fmt = chosen(output, as_json)
-    page = fetch(
-        lambda p: call("GET", url, token, "/tokens", params=p), limit=limit, offset=offset, every=every
-    )
     columns = (
         col("ID", "id", "right"),
         col("NAME", "name"),
@@ -450,7 +465,18 @@ def tokens_list(
         Column("STATE", lambda t: f"revoked {t['revoked_at']}" if t.get("revoked_at") else "active"),
         col("CREATED", "created_at"),
     )
-    show_page(page, fmt, columns, "tokens")
+    list_page(
+        url,
+        token,
+        "/tokens",
+        columns,
+        "tokens",
+        limit=limit,
+        offset=offset,
+        every=every,
+        output=output,
+        as_json=as_json,
+    )
 
 
 @tokens_app.command("revoke")
@@ -475,14 +501,7 @@ def audit_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List audit entries, newest first."""
-    fmt = chosen(output, as_json)
     filters = {k: v for k, v in (("action", action), ("who", who)) if v}
-    page = fetch(
-        lambda params: call("GET", url, token, "/audit", params={**filters, **params}),
-        limit=limit,
-        offset=offset,
-        every=every,
-    )
     columns = (
         col("AT", "at"),
         col("WHO", "who"),
@@ -490,4 +509,16 @@ def audit_list(
         col("TARGET", "target"),
         Column("DETAIL", lambda e: json.dumps(e["detail"], sort_keys=True) if e.get("detail") else None),
     )
-    show_page(page, fmt, columns, "audit entries")
+    list_page(
+        url,
+        token,
+        "/audit",
+        columns,
+        "audit entries",
+        filters=filters,
+        limit=limit,
+        offset=offset,
+        every=every,
+        output=output,
+        as_json=as_json,
+    )

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fdo_cli.admin_http import list_page
 from fdo_cli.common import die
 from fdo_cli.output import (
     AllOpt,
@@ -24,11 +25,9 @@ from fdo_cli.output import (
     chosen,
     col,
     emit_data,
-    fetch,
     fields,
     local_time,
     render,
-    show_page,
     table,
 )
 from owner.cli_admin import TokenOpt, UrlOpt, call, groups_app
@@ -212,15 +211,20 @@ def list_rollouts(
     as_json: JsonOpt = False,
 ) -> None:
     """List rollouts, newest first."""
-    fmt = chosen(output, as_json)
     filters = {k: v for k, v in (("group", group), ("state", state)) if v}
-    page = fetch(
-        lambda params: call("GET", url, token, "/rollouts", params={**filters, **params}),
+    list_page(
+        url,
+        token,
+        "/rollouts",
+        ROLLOUT_COLUMNS,
+        "rollouts",
+        filters=filters,
         limit=limit,
         offset=offset,
         every=every,
+        output=output,
+        as_json=as_json,
     )
-    show_page(page, fmt, ROLLOUT_COLUMNS, "rollouts")
 
 
 @rollouts_app.command("show")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fdo_cli.admin_http import call
+from fdo_cli.admin_http import list_page
 from fdo_cli.db import db_app, local_engine
 from fdo_cli.output import (
     AllOpt,
@@ -20,10 +20,7 @@ from fdo_cli.output import (
     LimitOpt,
     OffsetOpt,
     OutputOpt,
-    chosen,
     col,
-    fetch,
-    show_page,
 )
 from fdo_cli.sessions import sessions_app
 
@@ -210,13 +207,6 @@ def registrations_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List the TO0 registrations (GUID, wait, registered, expires, live); never owner addresses."""
-    fmt = chosen(output, as_json)
-    page = fetch(
-        lambda params: call("GET", url, token, "/registrations", params=params),
-        limit=limit,
-        offset=offset,
-        every=every,
-    )
     columns = (
         col("GUID", "guid"),
         col("WAIT S", "wait_seconds", "right"),
@@ -224,4 +214,15 @@ def registrations_list(
         col("EXPIRES", "expires_at"),
         col("LIVE", "live"),
     )
-    show_page(page, fmt, columns, "registrations")
+    list_page(
+        url,
+        token,
+        "/registrations",
+        columns,
+        "registrations",
+        limit=limit,
+        offset=offset,
+        every=every,
+        output=output,
+        as_json=as_json,
+    )
