@@ -1,4 +1,5 @@
-"""Prometheus metrics, ``/health``, ``/ready`` and ``/metrics`` for the three services.
+"""Prometheus metrics of the three services (their routes, ``/health``, ``/ready`` and
+``/metrics``, are in :mod:`fdo_server.probes`).
 
 Each app gets its own :class:`ServiceMetrics` on a fresh ``CollectorRegistry`` (so
 ``create_app`` may run many times in one process). With several uvicorn workers set
@@ -8,9 +9,9 @@ there and ``/metrics`` aggregates every worker's (``MultiProcessCollector``);
 are no multiprocess ``Gauge`` objects (so no per-pid gauge series): the two owner gauges
 below are read from the database by a scrape-time collector, one series each.
 
-``/ready`` opens a fresh database connection per probe and answers within
-:data:`READY_TIMEOUT` seconds: 503 while the database is unreachable or hangs, 200 again
-once it is back, without a restart.
+This module imports neither the web framework nor SQLAlchemy: every FDO message is
+counted here (:meth:`ServiceMetrics.observe`), and the FDO path loads nothing it does not
+need (``tests/test_import_isolation.py``).
 
 Metrics (label ``service`` is ``manufacturer``, ``rendezvous`` or ``owner``):
 
@@ -38,17 +39,12 @@ Metrics (label ``service`` is ``manufacturer``, ``rendezvous`` or ``owner``):
 from __future__ import annotations
 
 import logging
-import math
 import os
-import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -58,12 +54,12 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.pool import NullPool
 
 from fdo_server.logs import FIELDS
 from transport.dispatch import MessageEvent
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("fdo.message")
 
@@ -251,115 +247,3 @@ class To0Gauges:
         )
         g.add_metric([], float(expiring))
         yield g
-
-
-#: Seconds ``/ready`` waits for the database check before answering 503.
-READY_TIMEOUT = 3.0
-
-
-class _Check:
-    """One run of a readiness check in a daemon thread (so a hung one never blocks exit)."""
-
-    def __init__(self, check: Callable[[], str | None]) -> None:
-        self.result: str | None = None
-        self.finished = threading.Event()
-        self._check = check
-        threading.Thread(target=self._run, name="fdo-ready-check", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self._check()
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            self.result = f"readiness check failed ({type(exc).__name__})"
-        finally:
-            self.finished.set()
-
-
-class _WithDeadline:
-    """``check`` with an answer within ``timeout`` seconds: a reason after that.
-
-    At most one check runs at a time: callers that arrive while one is running wait
-    for that one, so a database that hangs costs one stuck thread, not one per probe.
-    """
-
-    def __init__(self, check: Callable[[], str | None], timeout: float) -> None:
-        self._check = check
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._running: _Check | None = None
-
-    def __call__(self) -> str | None:
-        with self._lock:
-            run = self._running
-            if run is None or run.finished.is_set():
-                run = self._running = _Check(self._check)
-        if not run.finished.wait(self._timeout):
-            return f"database did not answer within {self._timeout:g} s"
-        return run.result
-
-
-def readiness_probe(url: str, *, timeout: float = READY_TIMEOUT) -> Callable[[], str | None]:
-    """A check that opens a fresh connection to ``url`` and runs ``SELECT 1``.
-
-    Returns None when reachable, else a reason. A fresh connection each time (no pool),
-    and for SQLite a read-write open that never creates a missing file, so a database
-    that went away is noticed and one that came back is used again, without a restart.
-    The answer comes within ``timeout`` seconds (PostgreSQL also gets a libpq
-    ``connect_timeout``), so a database that hangs makes the service not ready rather
-    than making ``/ready`` hang.
-    """
-    parsed = make_url(url)
-    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        path = parsed.database
-        engine = create_engine(
-            f"sqlite:///file:{path}?mode=rw&uri=true", poolclass=NullPool, connect_args={"timeout": timeout}
-        )
-        query = "SELECT 1 FROM sqlite_master LIMIT 1"
-    else:
-        connect_args: dict[str, Any] = {}
-        if parsed.drivername.startswith("postgresql"):
-            connect_args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq: whole seconds, >= 2
-        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
-        query = "SELECT 1"
-
-    def check() -> str | None:
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(query))
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            return f"database unreachable ({type(exc).__name__})"
-        return None
-
-    return _WithDeadline(check, timeout)
-
-
-def install(
-    app: FastAPI,
-    metrics: ServiceMetrics,
-    *,
-    database_url: str,
-    keys_loaded: Callable[[], bool] = lambda: True,
-    exposition: bool = True,
-) -> None:
-    """Add ``/health``, ``/ready`` and (``exposition``) ``/metrics`` to ``app``."""
-    probe = readiness_probe(database_url)
-
-    @app.get("/health", include_in_schema=False)
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", include_in_schema=False)
-    def ready() -> Response:
-        reason = probe()
-        if reason is None and not keys_loaded():
-            reason = "keys not loaded"
-        if reason is not None:
-            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ready"})
-
-    if not exposition:
-        return
-
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import TYPE_CHECKING
 
-from starlette.requests import HTTPConnection
+if TYPE_CHECKING:  # in_networks serves the FDO path, which imports no web framework
+    from starlette.requests import HTTPConnection
 
 Network = IPv4Network | IPv6Network
 

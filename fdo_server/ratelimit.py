@@ -37,9 +37,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fdo.errors import ErrorCode, FdoError
-from fdo_server.config import IPNetwork
 from fdo_server.logs import FIELDS
 from fdo_server.metrics import ServiceMetrics
+from fdo_server.proxies import Network as IPNetwork
 from fdo_server.proxies import in_networks
 from transport.dispatch import error_response
 from transport.server import MSG_PATH, ASGIApp, Receive, Scope, Send

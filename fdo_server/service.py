@@ -42,7 +42,7 @@ from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp
 
 from fdo_server import metrics as observability
-from fdo_server import planes
+from fdo_server import planes, probes
 from fdo_server.body_limit import BodyLimit, RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.config import IPNetwork, ServiceSettings, load_settings
@@ -145,7 +145,7 @@ def service_app(
             inline=inline_messages(settings.database_url),
         ),
     )
-    observability.install(
+    probes.install(
         app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded, exposition=admin
     )
     # Added after mount_fdo, so it wraps FdoFastPath: it sees every request first.

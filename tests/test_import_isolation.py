@@ -51,6 +51,28 @@ def test_fdo_core_imports_without_server_stack() -> None:
     assert out["loaded"] == []
 
 
+#: The FDO message path: the bare ASGI endpoint, the dispatcher and its responses, the
+#: per-message metrics and log line, the edge guard (rate limits, networks).
+FDO_PATH = ["transport.server", "transport.dispatch", "fdo_server.metrics", "fdo_server.ratelimit"]
+#: What it does without: the web framework and pydantic (FastAPI builds the rest of the
+#: app), SQLAlchemy (the session store and the services' data are behind the dispatcher's
+#: ``scope`` and handlers), and anyio (the thread hand-off, loaded on first use).
+NOT_ON_FDO_PATH = ("fastapi", "starlette", "pydantic", "pydantic_settings", "sqlalchemy", "sqlmodel", "anyio")
+
+
+def test_the_fdo_message_path_imports_no_web_framework_pydantic_or_sqlalchemy() -> None:
+    """A worker serving only devices needs none of them for an FDO message: the first step
+    towards a device-plane worker that loads none of them (docs/benchmarks.md, issue 15)."""
+    code = _PROBE.format(roots=FDO_PATH, walk=False, stack=NOT_ON_FDO_PATH)
+    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["imported"] == FDO_PATH
+    assert out["loaded"] == []
+
+
 def test_device_cli_imports_without_server_stack() -> None:
     out = _probe(["fdo_cli.main"], walk=False)
     assert out["imported"] == ["fdo_cli.main"]

@@ -34,6 +34,8 @@ A client-sent ErrorMessage (type 255) deletes the session its token names and is
 answered 200 with an empty body.
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import secrets
@@ -44,8 +46,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from fastapi import Response
 
 from fdo.errors import FdoError, InternalError, InvalidTokenError, MessageBodyError
 from fdo.machine import ServerMachine
@@ -170,16 +170,43 @@ def _token_from(header: str | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP answer to one FDO message: status, header fields and body.
+
+    Made here, without a web framework, so the FDO path imports none: the endpoint
+    (:class:`transport.server.FdoEndpoint`) sends :attr:`raw_headers` and :attr:`body`
+    as they are. The fields are those Starlette's ``Response`` would send for the same
+    answer, in the same order: the message's own fields, then ``content-length`` and,
+    with a body type, ``content-type``.
+    """
+
+    status_code: int
+    body: bytes
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def make(
+        cls, status_code: int, body: bytes, fields: Mapping[str, str], media_type: str | None
+    ) -> Response:
+        """The answer with ``fields`` (names sent in lower case), the body's length and type."""
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in fields.items()]
+        raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        if media_type is not None:
+            raw.append((b"content-type", media_type.encode("latin-1")))
+        return cls(status_code, body, tuple(raw))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The header fields by lower-case name."""
+        return {name.decode("latin-1"): value.decode("latin-1") for name, value in self.raw_headers}
+
+
 def error_response(error: FdoError, prev_msg_type: int) -> Response:
     """HTTP 500 carrying the ErrorMessage that reports ``error``."""
     prev = prev_msg_type if 0 <= prev_msg_type <= 255 else 0
     body = ErrorMessage.from_error(error, prev, now=int(time.time())).encode()
-    return Response(
-        content=body,
-        status_code=500,
-        media_type=CBOR,
-        headers={"Message-Type": str(int(MsgType.ERROR))},
-    )
+    return Response.make(500, body, {"Message-Type": str(int(MsgType.ERROR))}, CBOR)
 
 
 @dataclass(slots=True)
@@ -286,7 +313,7 @@ class MessageDispatcher:
         if type_num == MsgType.ERROR:
             if token is not None:
                 self.forget(token)
-            return Response(status_code=200, content=b"")
+            return Response.make(200, b"", {}, None)
         first = PROTOCOL_OF.get(type_num)
         handler = self.handlers.get(first) if first is not None else None
         if first is None or handler is None:
@@ -433,11 +460,8 @@ class MessageDispatcher:
 
     def reply(self, reply_type: int, reply: bytes, token: str) -> Response:
         """HTTP 200 with the machine's reply and the session token."""
-        return Response(
-            content=reply,
-            status_code=200,
-            media_type=CBOR,
-            headers={"Message-Type": str(int(reply_type)), "Authorization": f"Bearer {token}"},
+        return Response.make(
+            200, reply, {"Message-Type": str(int(reply_type)), "Authorization": f"Bearer {token}"}, CBOR
         )
 
     def fail(self, outcome: Outcome, error: FdoError, prev_msg_type: int) -> Response:

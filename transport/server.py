@@ -15,17 +15,14 @@ The steps of one message and the error answers are described in
 :mod:`transport.sessions`.
 """
 
+from __future__ import annotations
+
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from fastapi import APIRouter, FastAPI, Response
-from fastapi.telemetry import TelemetryConfig
-from starlette.concurrency import run_in_threadpool
-from starlette.routing import Route
+from typing import TYPE_CHECKING, Any
 
 from transport.dispatch import (
     DEFAULT_MAX_BODY,
@@ -34,6 +31,7 @@ from transport.dispatch import (
     MessageDispatcher,
     MessageObserver,
     ProtocolHandler,
+    Response,
 )
 from transport.sessions import (
     MachineCache,
@@ -62,6 +60,10 @@ __all__ = [
     "fdo_router",
     "mount_fdo",
 ]
+
+if TYPE_CHECKING:  # the FDO endpoint itself needs no web framework: only the router does
+    from fastapi import APIRouter, FastAPI
+    from fastapi.telemetry import TelemetryConfig
 
 log = logging.getLogger(__name__)
 
@@ -185,18 +187,29 @@ class FdoEndpoint:
         if policy is True:
             response = self.handle(msg_type, headers, data)
         elif policy is False:
-            response = await run_in_threadpool(self.handle, msg_type, headers, data)
+            response = await _in_thread(self.handle, msg_type, headers, data)
         else:
             start = time.perf_counter()
             if policy.inline():
                 response = self.handle(msg_type, headers, data)
             else:
-                response = await run_in_threadpool(self.handle, msg_type, headers, data)
+                response = await _in_thread(self.handle, msg_type, headers, data)
             policy.took(time.perf_counter() - start)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
         )
         await send({"type": "http.response.body", "body": response.body})
+
+
+async def _in_thread(
+    handle: MessageHandler, msg_type: str, headers: Mapping[str, str], data: bytes | None
+) -> Response:
+    """``handle(...)`` in anyio's worker threads (where Starlette's ``run_in_threadpool``
+    runs it), imported on first use: a worker that handles every message inline never
+    loads it."""
+    from anyio.to_thread import run_sync
+
+    return await run_sync(handle, msg_type, headers, data)
 
 
 class FdoFastPath:
@@ -255,6 +268,9 @@ def fdo_router(
     writers queue on one lock anyway); a networked database (PostgreSQL) takes an
     :class:`InlineWhileFast`, which falls back to the thread pool while messages are slow.
     """
+    from fastapi import APIRouter
+    from starlette.routing import Route
+
     dispatcher = MessageDispatcher(
         handlers,
         store,

@@ -8,11 +8,12 @@ import time
 from collections.abc import Mapping
 
 import pytest
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
 from fdo_server.db import inline_messages
+from transport.dispatch import Response
 from transport.server import FdoEndpoint, InlineWhileFast
 
 CBOR = {"Content-Type": "application/cbor"}
@@ -32,7 +33,7 @@ class Handler:
         except RuntimeError:  # a worker thread has no running loop
             self.on_loop.append(False)
         time.sleep(self.sleep)
-        return Response(content=b"\xa0", media_type="application/cbor")
+        return Response.make(200, b"\xa0", {}, "application/cbor")
 
 
 def client(handler: Handler, inline: bool | InlineWhileFast) -> TestClient:
