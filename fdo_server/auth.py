@@ -1,4 +1,5 @@
-"""Admin API bearer tokens with roles, stored hashed.
+"""Admin API bearer tokens with roles, stored hashed: the FastAPI side (the table and the
+token checks are in :mod:`fdo_server.tokens`, re-exported here).
 
 Tokens are 256-bit random strings (``fdo_`` prefix), so a plain SHA-256 of the token is
 enough to store them: the database never holds a usable token. Roles nest: ``admin``
@@ -9,19 +10,25 @@ device-facing FDO endpoints never use these tokens.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
-from enum import StrEnum
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Session
 
-TOKEN_PREFIX = "fdo_"  # noqa: S105 - a prefix, not a secret
+from fdo_server.tokens import TOKEN_PREFIX, AdminToken, Role, create_token, hash_token, lookup_token
+
+__all__ = [
+    "BEARER",
+    "TOKEN_PREFIX",
+    "AdminToken",
+    "Role",
+    "create_token",
+    "hash_token",
+    "lookup_token",
+    "require",
+]
 
 #: The admin token as OpenAPI declares it (``/docs`` shows the lock on every admin
 #: route). It never refuses a request itself: :func:`require` does, with its own answers.
@@ -32,49 +39,6 @@ BEARER = HTTPBearer(
     "`POST /api/v1/tokens` on the owner); each operation's requirement names the least role it needs.",
     auto_error=False,
 )
-
-
-class Role(StrEnum):
-    VIEWER = "viewer"
-    OPERATOR = "operator"
-    ADMIN = "admin"
-
-    def allows(self, needed: Role) -> bool:
-        order = [Role.VIEWER, Role.OPERATOR, Role.ADMIN]
-        return order.index(self) >= order.index(needed)
-
-
-class AdminToken(SQLModel, table=True):
-    """An admin API token (only its hash is kept)."""
-
-    __tablename__ = "admin_token"
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=128)
-    role: str = Field(max_length=16)
-    token_hash: str = Field(max_length=64, unique=True, index=True)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    revoked_at: datetime | None = None
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def create_token(db: Session, name: str, role: Role) -> str:
-    """Create a token; the plaintext is returned once and never stored."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    db.add(AdminToken(name=name, role=str(role), token_hash=hash_token(token)))
-    return token
-
-
-def lookup_token(db: Session, token: str) -> AdminToken | None:
-    """The live token row for ``token``, if any."""
-    wanted = hash_token(token)
-    row = db.exec(select(AdminToken).where(AdminToken.token_hash == wanted)).first()
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, wanted):
-        return None
-    return row
 
 
 def require(engine_of: Callable[[Request], Engine], role: Role) -> Callable[[Request], AdminToken]:

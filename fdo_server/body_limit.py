@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from transport.server import ASGIApp, Receive, Scope, Send
+
+Message = MutableMapping[str, Any]
 
 #: Bytes per message when a spooled body is replayed to the app.
 REPLAY_CHUNK = 64 * 1024
@@ -67,6 +67,8 @@ class _Spool:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self._file is None and self.size > self._memory:
+            import tempfile  # only a route with a limit above ``memory`` needs it
+
             self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
             for held in self._chunks:
                 self._file.write(held)
@@ -145,6 +147,24 @@ def too_large_detail(limit: int) -> str:
     return f"request body larger than {limit} bytes"
 
 
+_PARAMETER = re.compile(r"{([^{}]*)}")
+
+
+def route_pattern(path: str) -> re.Pattern[str]:
+    """The pattern of a route template (``/api/v1/groups/{name}/revisions``), as Starlette
+    compiles it: each ``{name}`` one path segment, everything else literal. Only plain
+    parameters: a converter (``{name:int}``) is refused (ValueError)."""
+    parts, start = ["^"], 0
+    for match in _PARAMETER.finditer(path):
+        name = match.group(1)
+        if not name.isidentifier():
+            raise ValueError(f"route {path!r}: only plain {{name}} parameters, not {{{name}}}")
+        parts += [re.escape(path[start : match.start()]), f"(?P<{name}>[^/]+)"]
+        start = match.end()
+    parts += [re.escape(path[start:]), "$"]
+    return re.compile("".join(parts))
+
+
 class BodyLimit:
     """ASGI middleware: every HTTP request's body limited to its route's limit, or
     ``default`` bytes; a chunked body is held in memory up to ``memory`` bytes (default:
@@ -157,7 +177,7 @@ class BodyLimit:
         self.default = default
         self.memory = default if memory is None else memory
         self.routes: list[tuple[str, re.Pattern[str], int]] = [
-            (route.method.upper(), compile_path(route.path)[0], route.limit) for route in routes
+            (route.method.upper(), route_pattern(route.path), route.limit) for route in routes
         ]
 
     def limit_for(self, method: str, path: str) -> int:

@@ -43,7 +43,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # this module is light: serve's supervisor imports it for PLANE_ENV
     from fastapi import APIRouter, FastAPI
-    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from fdo_server.device_app import DeviceApp
+    from transport.server import ASGIApp, Receive, Scope, Send
 
 #: Every FDO message path starts with it (``/fdo/101/msg/<type>``).
 FDO_PREFIX = "/fdo/"
@@ -83,7 +85,7 @@ def include_device_router(app: FastAPI, router: APIRouter, *, prefix: str = "") 
     device_paths(app).update(paths)
 
 
-def device_paths(app: FastAPI) -> set[str]:
+def device_paths(app: FastAPI | DeviceApp) -> set[str]:
     """The device-plane paths of ``app`` besides the FDO messages (made empty on first use)."""
     paths: set[str] | None = getattr(app.state, DEVICE_PATHS, None)
     if paths is None:
@@ -97,13 +99,10 @@ class PlaneSplit:
     device plane on every other connection; each listener answers 404 for the other
     plane's routes, both answer :data:`PROBES`. Lifespan events go to ``app``."""
 
-    def __init__(self, app: FastAPI, admin_port: int) -> None:
+    def __init__(self, app: FastAPI | DeviceApp, admin_port: int) -> None:
         self.app: ASGIApp = app
         self.admin_port = admin_port
         self.device = frozenset(device_paths(app))
-        from starlette.responses import JSONResponse
-
-        self.not_found = JSONResponse({"detail": "Not Found"}, status_code=404)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -117,6 +116,8 @@ class PlaneSplit:
         if device is not on_admin or path in PROBES:
             await self.app(scope, receive, send)
         elif kind == "http":
-            await self.not_found(scope, receive, send)
+            from fdo_server.device_app import send_json
+
+            await send_json(send, 404, {"detail": "Not Found"})
         else:  # a websocket: refused before it is accepted (HTTP 403)
             await send({"type": "websocket.close", "code": 1008})

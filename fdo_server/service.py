@@ -7,11 +7,18 @@
   database is unreachable, request bodies limited (:mod:`fdo_server.body_limit`),
   and the engine disposed at shutdown (after
   the service's own background work stops);
+* :func:`device_app`: the same service's device plane without a web framework
+  (:class:`fdo_server.device_app.DeviceApp`): what a worker that serves only devices
+  runs (``serve --admin-process``), answering every device-plane request as the FastAPI
+  app does;
 * :func:`app_from_env`: the uvicorn factory body: JSON logs, settings from the
   environment and ``--config``, the connection limits and timeouts of this worker
   (:func:`fdo_server.http_protocol.configure`), the app split into its device and admin
-  planes when an admin listener is set (:mod:`fdo_server.planes`), the start-up heap
-  frozen.
+  planes when an admin listener is set (:mod:`fdo_server.planes`), the device-plane app
+  in a process that serves only devices, the start-up heap frozen.
+
+This module imports no web framework: FastAPI is loaded by :func:`service_app` only, so
+a device-plane worker never loads it (``tests/test_import_isolation.py``).
 
 Every app also sweeps its expired protocol sessions (:mod:`fdo_server.sweep`) and
 bounds per client address what strangers may ask of it (:mod:`fdo_server.ratelimit`):
@@ -25,25 +32,18 @@ finished protocol stores, its admin routers and background work.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import FastAPI, Request, Response
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError
-from starlette.types import ASGIApp
 
 from fdo_server import metrics as observability
-from fdo_server import planes, probes
-from fdo_server.body_limit import BodyLimit, RouteLimit
+from fdo_server import planes
+from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.config import IPNetwork, ServiceSettings, load_settings
 from fdo_server.db import inline_messages, make_engine, message_scope
@@ -55,7 +55,12 @@ from fdo_server.ratelimit import EdgeGuard, GuardedRoute, first_message_routes
 from fdo_server.sessions import SQLSessionStore
 from fdo_server.sweep import SessionSweeper
 from transport.dispatch import ProtocolHandler
-from transport.server import NO_TELEMETRY, fdo_router, mount_fdo
+from transport.server import ASGIApp, FdoEndpoint, fdo_endpoint_for
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from fdo_server.device_app import DeviceApp
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=ServiceSettings)
@@ -70,6 +75,76 @@ def open_engine(service: str, database_url: str) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+@dataclass
+class _Core:
+    """What both apps of a service serve the device plane with (:func:`_core`)."""
+
+    metrics: observability.ServiceMetrics
+    sweeper: SessionSweeper
+    endpoint: FdoEndpoint
+    guard: dict[str, Any]  # EdgeGuard's options
+
+    def lifespan(
+        self, engine: Engine, background: Callable[[], AbstractContextManager[object]]
+    ) -> Callable[[], AbstractAsyncContextManager[None]]:
+        """Start the session sweep and ``background`` (the owner's TO0 scheduler) with the
+        app; at stop, stop them, then dispose of the engine."""
+
+        @asynccontextmanager
+        async def lifespan() -> AsyncIterator[None]:
+            try:
+                async with self.sweeper:
+                    with background():
+                        yield
+            finally:
+                engine.dispose()
+
+        return lifespan
+
+
+def _core(
+    service: str,
+    settings: ServiceSettings,
+    engine: Engine,
+    handlers: Mapping[int, ProtocolHandler],
+    *,
+    clock: Clock,
+    networks: Mapping[int, Sequence[IPNetwork]] | None,
+    rates: Mapping[int, tuple[float, int]] | None,
+    guarded: Sequence[GuardedRoute],
+) -> _Core:
+    """The metrics, the session sweep, the FDO endpoint and the edge guard's options."""
+    metrics = observability.ServiceMetrics(service)
+    sweeper = SessionSweeper(engine, metrics, settings.session_sweep_seconds, clock)
+    endpoint = fdo_endpoint_for(
+        handlers,
+        SQLSessionStore(clock, on_create=sweeper.notice),
+        max_body=settings.max_body,
+        session_ttl=timedelta(seconds=settings.session_ttl_seconds),
+        clock=clock,
+        scope=lambda: message_scope(engine),
+        observer=metrics.observe,
+        inline=inline_messages(settings.database_url),
+    )
+    guard = {
+        "service": service,
+        "routes": [
+            *first_message_routes(
+                handlers,
+                rate=settings.first_message_rate,
+                burst=settings.first_message_burst,
+                networks=dict(networks or {}),
+                rates=rates,
+            ),
+            *guarded,
+        ],
+        "trusted_proxies": settings.trusted_proxies,
+        "metrics": metrics,
+        "max_addresses": settings.rate_limit_addresses,
+    }
+    return _Core(metrics, sweeper, endpoint, guard)
 
 
 def service_app(
@@ -100,15 +175,21 @@ def service_app(
     ``engine`` and ``metrics``; the caller adds its admin routers where
     :func:`fdo_server.planes.serves_admin`, as the API documentation and ``/metrics`` are.
     """
+    from fastapi import FastAPI
+
+    from fdo_server import probes, web_errors
+    from fdo_server.body_limit import BodyLimit
+    from transport.server import NO_TELEMETRY, FdoFastPath
+
+    core = _core(
+        service, settings, engine, handlers, clock=clock, networks=networks, rates=rates, guarded=guarded
+    )
+    started = core.lifespan(engine, background)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        try:
-            async with sweeper:
-                with background():
-                    yield
-        finally:
-            engine.dispose()
+        async with started():
+            yield
 
     app = FastAPI(
         title=f"FDO {service}",
@@ -126,107 +207,81 @@ def service_app(
         app.openapi = api_docs.document(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.engine = engine
-    app.state.metrics = metrics = observability.ServiceMetrics(service)
-    sweeper = SessionSweeper(engine, metrics, settings.session_sweep_seconds, clock)
-    # Added before mount_fdo, so FdoFastPath stays outermost: FDO messages keep their own
+    app.state.metrics = core.metrics
+    # Added before FdoFastPath, so FdoFastPath stays outermost: FDO messages keep their own
     # limit (max_body, answered with an ErrorMessage) and never pass through BodyLimit.
     app.add_middleware(BodyLimit, default=settings.max_request_body, routes=tuple(body_limits))
     planes.device_paths(app)  # none yet: the FDO routes are the device plane by their prefix
-    mount_fdo(
-        app,
-        fdo_router(
-            handlers,
-            SQLSessionStore(clock, on_create=sweeper.notice),
-            max_body=settings.max_body,
-            session_ttl=timedelta(seconds=settings.session_ttl_seconds),
-            clock=clock,
-            scope=lambda: message_scope(engine),
-            observer=metrics.observe,
-            inline=inline_messages(settings.database_url),
-        ),
+    from starlette.routing import Route
+
+    from transport.server import MSG_PATH
+
+    # The route documents nothing (no schema) and answers what FdoFastPath does not take
+    # (a GET: 405); FdoFastPath serves every FDO message in front of the app's routing.
+    app.router.routes.append(
+        Route(MSG_PATH + "{msg_type}", core.endpoint, methods=["POST"], include_in_schema=False)
     )
+    app.add_middleware(FdoFastPath, endpoint=core.endpoint)
     probes.install(
-        app, metrics, database_url=settings.database_url, keys_loaded=keys_loaded, exposition=admin
+        app, core.metrics, database_url=settings.database_url, keys_loaded=keys_loaded, exposition=admin
     )
-    # Added after mount_fdo, so it wraps FdoFastPath: it sees every request first.
-    app.add_middleware(
-        EdgeGuard,
-        service=service,
-        routes=[
-            *first_message_routes(
-                handlers,
-                rate=settings.first_message_rate,
-                burst=settings.first_message_burst,
-                networks=dict(networks or {}),
-                rates=rates,
-            ),
-            *guarded,
-        ],
-        trusted_proxies=settings.trusted_proxies,
-        metrics=metrics,
-        max_addresses=settings.rate_limit_addresses,
-    )
-    app.add_exception_handler(DataError, _unstorable)
-    for unavailable in DATABASE_UNAVAILABLE:
-        app.add_exception_handler(unavailable, _database_unavailable)
-    app.add_exception_handler(RequestValidationError, _invalid)
+    # Added after FdoFastPath, so it wraps it: it sees every request first.
+    app.add_middleware(EdgeGuard, **core.guard)
+    web_errors.install(app)
     return app
 
 
-class _AsciiJSON(JSONResponse):
-    """JSON with every non-ASCII character escaped: a lone surrogate that came in a
-    request (``"\\ud800"`` is valid JSON) goes back out as the same escape instead of
-    failing to encode as UTF-8."""
+def device_app(
+    service: str,
+    settings: ServiceSettings,
+    engine: Engine,
+    handlers: Mapping[int, ProtocolHandler],
+    *,
+    clock: Clock = utc_now,
+    keys_loaded: Callable[[], bool] = lambda: True,
+    background: Callable[[], AbstractContextManager[object]] = nullcontext,
+    body_limits: Iterable[RouteLimit] = (),
+    networks: Mapping[int, Sequence[IPNetwork]] | None = None,
+    rates: Mapping[int, tuple[float, int]] | None = None,
+    guarded: Sequence[GuardedRoute] = (),
+) -> DeviceApp:
+    """The device plane of the app :func:`service_app` makes from the same arguments, as a
+    bare ASGI app (:class:`~fdo_server.device_app.DeviceApp`): the FDO messages behind the
+    same edge guard, ``/health`` and ``/ready``, the same body limits, the same lifespan
+    (session sweep, ``background``, the engine disposed at stop); ``state`` holds
+    ``settings``, ``engine`` and ``metrics``. The caller adds its other device routes as
+    middleware (:meth:`~fdo_server.device_app.DeviceApp.add_middleware`)."""
+    from fdo_server.device_app import DeviceApp
+    from fdo_server.readiness import readiness_probe
 
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-async def _invalid(request: Request, exc: Exception) -> Response:
-    """FastAPI's 422 for a request that does not validate (same body), safe for any input."""
-    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it
-    return _AsciiJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
-
-
-async def _unstorable(request: Request, exc: Exception) -> Response:
-    """An admin request whose values the database refuses (out of range, too long, a NUL in
-    PostgreSQL text): 422 with the database's one-line reason; the unit of work rolled back."""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, reason)
-    return JSONResponse({"detail": f"a value cannot be stored: {reason}"}, status_code=422)
-
-
-#: What SQLAlchemy raises when the database cannot be reached or lost the connection (a
-#: refused or timed-out connect, a connection the server or network dropped, an
-#: exhausted pool, SQLite's "database is locked"): answered 503, to retry.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    sa_exc.TimeoutError,
-)
-#: ``Retry-After`` (seconds) of the 503 while the database is unavailable.
-RETRY_AFTER_SECONDS = 5
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    """A request that met an unreachable database: 503 with a JSON body and ``Retry-After``
-    (the unit of work rolled back; ``/ready`` says not ready until the database is back)."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-    log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, reason)
-    return JSONResponse(
-        {"detail": "the database is unavailable; retry later"},
-        status_code=503,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    core = _core(
+        service, settings, engine, handlers, clock=clock, networks=networks, rates=rates, guarded=guarded
     )
+    app = DeviceApp(
+        endpoint=core.endpoint,
+        lifespan=core.lifespan(engine, background),
+        probe=readiness_probe(settings.database_url),
+        keys_loaded=keys_loaded,
+        max_request_body=settings.max_request_body,
+        body_limits=tuple(body_limits),
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.metrics = core.metrics
+    app.add_middleware(EdgeGuard, **core.guard)
+    return app
 
 
-def app_from_env(service: str, settings_class: type[S], create: Callable[[S], FastAPI]) -> ASGIApp:
+def app_from_env(
+    service: str,
+    settings_class: type[S],
+    create: Callable[[S], FastAPI],
+    create_device: Callable[[S], DeviceApp] | None = None,
+) -> ASGIApp:
     """What each service's uvicorn factory does: JSON logs, ``create`` on the settings from
-    ``FDO_<SERVICE>_...`` and ``--config``, this worker's connection limits, then freeze
-    the start-up heap.
+    ``FDO_<SERVICE>_...`` and ``--config`` (``create_device`` instead in a process that
+    serves only the device plane, :func:`fdo_server.planes.serving_plane`), this worker's
+    connection limits, then freeze the start-up heap.
 
     With ``admin_port`` set the app is served through :class:`~fdo_server.planes.PlaneSplit`
     (``serve`` listens on that port too); without it, as it is, with a warning that the
@@ -234,7 +289,11 @@ def app_from_env(service: str, settings_class: type[S], create: Callable[[S], Fa
     """
     configure_json_logging(service)
     settings = load_settings(settings_class)
-    app = create(settings)
+    app: FastAPI | DeviceApp
+    if create_device is not None and planes.serving_plane() == "device":
+        app = create_device(settings)
+    else:
+        app = create(settings)
     configure(
         EdgeLimits(
             max_connections=settings.max_connections,

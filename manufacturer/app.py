@@ -4,16 +4,18 @@
 message is one unit of work on the service database, and a finished DI stores the
 zero-entry voucher with the device's serial and model (``on_done``, in the same
 transaction as the last message). ``/api/v1`` is the admin API
-(:mod:`manufacturer.admin_api`). ``app_from_env`` is the uvicorn factory.
+(:mod:`manufacturer.admin_api`). ``app_from_env`` is the uvicorn factory; a worker that
+serves only devices (``serve --admin-process``) runs :func:`create_device_app`, the same
+DI without a web framework (:mod:`fdo_server.device_app`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
-from fastapi import FastAPI
 from sqlalchemy import Table, insert
-from starlette.types import ASGIApp
 
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
@@ -21,10 +23,18 @@ from fdo_server import planes, service
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import utc_now
 from fdo_server.db import DirectStatement, bound, current_connection, require_durable
-from fdo_server.service import open_engine, service_app
+from fdo_server.service import device_app, open_engine, service_app
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from manufacturer.tables import Voucher
 from transport.dispatch import AnyServerMachine, ProtocolHandler
+from transport.server import ASGIApp
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from fdo_server.device_app import DeviceApp
+
+A = TypeVar("A", "FastAPI", "DeviceApp")
 
 _VOUCHERS: Table = Voucher.__table__  # type: ignore[attr-defined]
 #: The voucher row a finished DI stores (Core, built once: no ORM session per DI).
@@ -70,10 +80,27 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
 
     Raises SettingsError if a setting is unusable, SchemaError if the database is not at head.
     """
+    app = _build(service_app, settings)
+    if planes.serves_admin():  # a device-plane worker never imports the admin API
+        from manufacturer import admin_api
+
+        app.include_router(admin_api.router, prefix="/api/v1")
+    return app
+
+
+def create_device_app(settings: ManufacturerSettings | None = None) -> DeviceApp:
+    """The device plane of :func:`create_app` without a web framework (DI, ``/health``,
+    ``/ready``): what a worker that serves only devices runs."""
+    return _build(device_app, settings)
+
+
+def _build(make: Callable[..., A], settings: ManufacturerSettings | None) -> A:
+    """DI served by ``make`` (:func:`~fdo_server.service.service_app` or
+    :func:`~fdo_server.service.device_app`), with the keys in ``state.material``."""
     settings = settings if settings is not None else ManufacturerSettings()
     material = load_material(settings)
     engine = open_engine("manufacturer", settings.database_url)
-    app = service_app(
+    app = make(
         "manufacturer",
         settings,
         engine,
@@ -83,13 +110,9 @@ def create_app(settings: ManufacturerSettings | None = None) -> FastAPI:
         networks={10: settings.di_networks},
     )
     app.state.material = material
-    if planes.serves_admin():  # a device-plane worker never imports the admin API
-        from manufacturer import admin_api
-
-        app.include_router(admin_api.router, prefix="/api/v1")
     return app
 
 
 def app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment."""
-    return service.app_from_env("manufacturer", ManufacturerSettings, create_app)
+    return service.app_from_env("manufacturer", ManufacturerSettings, create_app, create_device_app)

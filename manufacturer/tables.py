@@ -12,9 +12,9 @@ from datetime import datetime
 from sqlalchemy import DateTime, LargeBinary
 from sqlmodel import Field, SQLModel
 
-from fdo_server.auth import AdminToken
 from fdo_server.clock import utc_now
 from fdo_server.sessions import FdoSession
+from fdo_server.tokens import AdminToken
 
 
 class Voucher(SQLModel, table=True):

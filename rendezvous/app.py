@@ -9,26 +9,35 @@ registration; TO1 hands out the live one. ``/health`` and an admin JSON API sit
 alongside. Empty trust lists (any manufacturer, any owner) get a warning at start.
 
 Settings and the engine are made in :func:`create_app`, never at import time;
-:func:`app_from_env` is the factory uvicorn calls in each worker.
+:func:`app_from_env` is the factory uvicorn calls in each worker. A worker that serves
+only devices (``serve --admin-process``) runs :func:`create_device_app` instead: the same
+device plane without a web framework (:mod:`fdo_server.device_app`).
 """
 
 from __future__ import annotations
 
 import logging
-
-from fastapi import FastAPI
-from starlette.types import ASGIApp
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import planes, service
 from fdo_server.clock import Clock, utc_now
 from fdo_server.db import require_durable
-from fdo_server.service import open_engine, service_app
+from fdo_server.service import device_app, open_engine, service_app
 from rendezvous.pins import RefusalReporter, enforce_pin
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
 from transport.dispatch import AnyServerMachine, ProtocolHandler
+from transport.server import ASGIApp
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from fdo_server.device_app import DeviceApp
+
+A = TypeVar("A", "FastAPI", "DeviceApp")
 
 log = logging.getLogger("rendezvous")
 
@@ -38,6 +47,23 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
 
     ``clock`` (aware UTC) decides registration and session expiry; tests pass their own.
     """
+    app = _build(service_app, settings, clock)
+    if planes.serves_admin():  # a device-plane worker never imports the admin API
+        from rendezvous.admin_api import admin_router
+
+        app.include_router(admin_router(clock))
+    return app
+
+
+def create_device_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc_now) -> DeviceApp:
+    """The device plane of :func:`create_app` without a web framework (TO0 and TO1,
+    ``/health``, ``/ready``): what a worker that serves only devices runs."""
+    return _build(device_app, settings, clock)
+
+
+def _build(make: Callable[..., A], settings: RendezvousSettings | None, clock: Clock) -> A:
+    """The rendezvous's FDO handlers served by ``make`` (:func:`~fdo_server.service.service_app`
+    or :func:`~fdo_server.service.device_app`), refusals reported to its metrics."""
     settings = settings if settings is not None else RendezvousSettings()
     engine = open_engine("rendezvous", settings.database_url)  # SchemaError unless at head
     policy = RendezvousPolicy(
@@ -67,7 +93,7 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
             restore=lambda state: TO1Rendezvous.from_state(state, lookup),
         ),
     }
-    app = service_app(
+    app = make(
         "rendezvous",
         settings,
         engine,
@@ -76,10 +102,6 @@ def create_app(settings: RendezvousSettings | None = None, *, clock: Clock = utc
         rates={20: (settings.to0_rate, settings.to0_burst)},  # TO0.Hello: owners, not devices
     )
     app.state.metrics.add_listener(RefusalReporter(app.state.metrics))
-    if planes.serves_admin():  # a device-plane worker never imports the admin API
-        from rendezvous.admin_api import admin_router
-
-        app.include_router(admin_router(clock))
     return app
 
 
@@ -104,4 +126,4 @@ def warn_if_untrusting(settings: RendezvousSettings) -> None:
 
 def app_from_env() -> ASGIApp:
     """The uvicorn factory: settings from ``FDO_RENDEZVOUS_*``."""
-    return service.app_from_env("rendezvous", RendezvousSettings, create_app)
+    return service.app_from_env("rendezvous", RendezvousSettings, create_app, create_device_app)

@@ -16,8 +16,8 @@ from datetime import datetime
 from sqlalchemy import Column, DateTime, LargeBinary
 from sqlmodel import Field, SQLModel
 
-from fdo_server.auth import AdminToken
 from fdo_server.sessions import FdoSession
+from fdo_server.tokens import AdminToken
 
 
 class Registration(SQLModel, table=True):

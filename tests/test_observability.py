@@ -25,7 +25,7 @@ from fdo.voucher import vouchers_to_pem
 from fdo_server.auth import Role
 from fdo_server.db import sqlite_url, unit_of_work
 from fdo_server.logs import JsonFormatter
-from fdo_server.probes import readiness_probe
+from fdo_server.readiness import readiness_probe
 from owner.app import create_app as owner_app
 from owner.audit import audit
 from rendezvous.app import create_app as rendezvous_app

@@ -57,6 +57,7 @@ __all__ = [
     "StaleSessionError",
     "StoredSession",
     "fdo_endpoint",
+    "fdo_endpoint_for",
     "fdo_router",
     "mount_fdo",
 ]
@@ -245,7 +246,7 @@ def fdo_endpoint(router: APIRouter) -> FdoEndpoint:
     raise ValueError("not a router made by fdo_router")
 
 
-def fdo_router(
+def fdo_endpoint_for(
     handlers: Mapping[int, ProtocolHandler],
     store: SessionStore,
     *,
@@ -256,8 +257,10 @@ def fdo_router(
     observer: MessageObserver | None = None,
     machine_cache: MachineCache | None = None,
     inline: bool | InlineWhileFast = False,
-) -> APIRouter:
-    """A router serving ``POST /fdo/101/msg/{type}`` for the sub-protocols in ``handlers``.
+) -> FdoEndpoint:
+    """The :class:`FdoEndpoint` serving ``POST /fdo/101/msg/{type}`` for the sub-protocols
+    in ``handlers``, without a web framework (a device-plane worker serves it so:
+    :mod:`fdo_server.device_app`; :func:`fdo_router` puts it on a FastAPI router).
 
     ``handlers``, ``store``, ``max_body``, ``session_ttl``, ``clock``, ``scope``,
     ``observer`` and ``machine_cache`` configure the
@@ -268,9 +271,6 @@ def fdo_router(
     writers queue on one lock anyway); a networked database (PostgreSQL) takes an
     :class:`InlineWhileFast`, which falls back to the thread pool while messages are slow.
     """
-    from fastapi import APIRouter
-    from starlette.routing import Route
-
     dispatcher = MessageDispatcher(
         handlers,
         store,
@@ -281,8 +281,21 @@ def fdo_router(
         observer=observer,
         machine_cache=machine_cache,
     )
+    return FdoEndpoint(dispatcher.handle, max_body, inline=inline)
+
+
+def fdo_router(
+    handlers: Mapping[int, ProtocolHandler],
+    store: SessionStore,
+    **options: Any,
+) -> APIRouter:
+    """A FastAPI router serving the :class:`FdoEndpoint` of :func:`fdo_endpoint_for`
+    (``handlers``, ``store`` and ``options`` as there) on ``POST /fdo/101/msg/{type}``."""
+    from fastapi import APIRouter
+    from starlette.routing import Route
+
+    endpoint = fdo_endpoint_for(handlers, store, **options)
     router = APIRouter()
-    endpoint = FdoEndpoint(dispatcher.handle, max_body, inline=inline)
     # A Starlette Route whose endpoint is an ASGI app gets the raw scope, receive and send.
     router.routes.append(Route(MSG_PATH + "{msg_type}", endpoint, methods=["POST"], include_in_schema=False))
     return router

@@ -433,7 +433,7 @@ def routes(service: str) -> set[str]:
     pattern = re.compile(r"\.get\(\s*\"(/[^\"]*)\"")
     source = (ROOT / service / "app.py").read_text()
     found = set(pattern.findall(source))
-    if "service_app(" in source:
+    if "service_app" in source:
         found |= shared_routes()
     return found
 

@@ -46,6 +46,11 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(key_pool: KeyPool) -> Setup:
+    return make_setup(key_pool)
+
+
+def make_setup(key_pool: KeyPool) -> Setup:
+    """A device's credential and its voucher extended to an owner key."""
     mfr_keys = {"ec256": key_pool.get("ec256", 0), "ec384": key_pool.get("ec384", 0)}
     owner_key = key_pool.get("ec256", 2)
     credential, voucher = run_di(make_manufacturer(mfr_keys), key_pool.get("ec256", 1))

@@ -1,0 +1,210 @@
+"""A service's device plane as a bare ASGI app: what a worker that serves only devices runs.
+
+With ``serve --admin-process`` (``FDO_<SERVICE>_ADMIN_PROCESS``) the admin plane runs in
+a process of its own and the device listener's workers serve nothing but devices
+(:mod:`fdo_server.planes`). Such a worker needs none of FastAPI's routing, dependency
+injection, validation or documentation: the FDO messages already go to a bare endpoint
+(:class:`transport.server.FdoEndpoint`) in front of the app, and the owner's check-in
+too. :class:`DeviceApp` serves the rest of the device plane itself, answering each
+request as the FastAPI app of :func:`fdo_server.service.service_app` does
+(``tests/test_device_app.py`` sends both the same requests):
+
+* ``POST /fdo/101/msg/<type>``: the :class:`~transport.server.FdoEndpoint`;
+* ``GET /health``: ``{"status": "ok"}``; ``/ready``: the readiness
+  check (:mod:`fdo_server.readiness`) and the service's keys, 200 ``{"status": "ready"}``
+  or 503 ``{"status": "unavailable", "reason": ...}``;
+* another method on those paths (or on an FDO message path): 405
+  ``{"detail": "Method Not Allowed"}`` with ``Allow``; one of those paths with a
+  trailing slash: 307 to the path without it (Starlette's ``redirect_slashes``); any
+  other path: 404 ``{"detail": "Not Found"}``; all after the request body limit
+  (:class:`fdo_server.body_limit.BodyLimit`), as there;
+* an exception a route did not answer: 500 ``Internal Server Error`` (text), then raised
+  on for the server to log, as Starlette's ``ServerErrorMiddleware`` does;
+* the lifespan: the service's background work (the session sweep, the owner's TO0
+  scheduler) starts with the worker and stops before the engine is disposed.
+
+Middleware the service adds (:meth:`DeviceApp.add_middleware`: the edge guard, the
+owner's device endpoints) wraps what was there, the last added outermost, as Starlette
+stacks it. This module imports no web framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import traceback
+from collections.abc import Callable, MutableMapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import quote
+
+from fdo_server.body_limit import BodyLimit, RouteLimit
+from transport.server import MSG_PATH, ASGIApp, FdoEndpoint, FdoFastPath, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+#: ``Allow`` of a path's 405, by path (the FDO message path: any ``/fdo/101/msg/<type>``).
+_GET = b"GET"
+_POST = b"POST"
+
+
+def json_body(content: Any) -> bytes:
+    """``content`` as FastAPI's ``JSONResponse`` renders it."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+
+
+async def send_json(
+    send: Send, status: int, content: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer ``status`` with ``content`` as JSON (the fields FastAPI's ``JSONResponse``
+    sends: ``headers``, then ``content-length`` and ``content-type``)."""
+    body = json_body(content)
+    fields = [*headers, (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": fields})
+    await send({"type": "http.response.body", "body": body})
+
+
+class DeviceApp:
+    """The device plane of one service (see the module docstring).
+
+    ``endpoint`` serves the FDO messages; ``lifespan`` is entered when the worker starts
+    and left when it stops; ``probe`` (None when the database answers, else a reason)
+    and ``keys_loaded`` make ``/ready``; ``max_request_body`` and ``body_limits`` limit
+    the bodies of the other requests. :attr:`state` holds what the service keeps for its
+    routes (as ``app.state`` of a FastAPI app).
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: FdoEndpoint,
+        lifespan: Callable[[], AbstractAsyncContextManager[None]],
+        probe: Callable[[], str | None],
+        keys_loaded: Callable[[], bool],
+        max_request_body: int,
+        body_limits: Sequence[RouteLimit] = (),
+    ) -> None:
+        self.state = SimpleNamespace()
+        self.lifespan = lifespan
+        self.probe = probe
+        self.keys_loaded = keys_loaded
+        # As the FastAPI app stacks them: the body limit in front of the routes, the FDO
+        # endpoint in front of the body limit (FDO messages keep their own limit).
+        self.app: ASGIApp = FdoFastPath(
+            BodyLimit(self._routes, default=max_request_body, routes=body_limits), endpoint
+        )
+
+    def add_middleware(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
+        """Wrap the app in ``middleware(app, **options)`` (outermost)."""
+        self.app = middleware(self.app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if not started:
+                body = b"Internal Server Error"
+                fields = [
+                    (b"content-length", str(len(body)).encode()),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                ]
+                await send({"type": "http.response.start", "status": 500, "headers": fields})
+                await send({"type": "http.response.body", "body": body})
+            raise
+
+    async def _routes(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # no websocket route: closed, as Starlette's router does
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        allow = _allowed(path)
+        if allow is None:
+            if path != "/" and path.endswith("/") and _allowed(path[:-1]) is not None:
+                await _redirect(scope, path[:-1], send)
+            else:
+                await send_json(send, 404, {"detail": "Not Found"})
+        elif allow is _POST or method != "GET":
+            # A POST of an FDO message went to the endpoint in front: this is another method.
+            await send_json(send, 405, {"detail": "Method Not Allowed"}, [(b"allow", allow)])
+        elif path == "/health":
+            await send_json(send, 200, {"status": "ok"})
+        else:
+            await self._ready(send)
+
+    async def _ready(self, send: Send) -> None:
+        # In a thread, as FastAPI runs the route: the check may wait for a hung database.
+        reason = await asyncio.get_running_loop().run_in_executor(None, self.probe)
+        if reason is None and not self.keys_loaded():
+            reason = "keys not loaded"
+        if reason is not None:
+            await send_json(send, 503, {"status": "unavailable", "reason": reason})
+        else:
+            await send_json(send, 200, {"status": "ready"})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol around :attr:`lifespan`, as Starlette's router runs it."""
+        await receive()  # lifespan.startup
+        context = self.lifespan()
+        try:
+            await context.__aenter__()
+        except BaseException:
+            await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await context.__aexit__(None, None, None)
+        except BaseException:
+            await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _allowed(path: str) -> bytes | None:
+    """The ``Allow`` of the route at ``path``, None where there is none."""
+    if path in ("/health", "/ready"):
+        return _GET
+    if path.startswith(MSG_PATH) and path != MSG_PATH and "/" not in path[len(MSG_PATH) :]:
+        return _POST
+    return None
+
+
+async def _redirect(scope: Scope, path: str, send: Send) -> None:
+    """307 to ``path`` on the URL the request came to, as Starlette's ``RedirectResponse``."""
+    scheme: str = scope.get("scheme", "http")
+    host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
+    server = scope.get("server")
+    if host is not None:
+        url = f"{scheme}://{host}{path}"
+    elif server is None:
+        url = path
+    else:
+        name, port = server
+        default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+        url = f"{scheme}://{name}{path}" if port == default else f"{scheme}://{name}:{port}{path}"
+    query: bytes = scope.get("query_string", b"")
+    if query:
+        url += "?" + query.decode("latin-1")
+    location = quote(url, safe=":/%#?=@[]!$&'()*+,;").encode("latin-1")
+    fields = [(b"location", location), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 307, "headers": fields})
+    await send({"type": "http.response.body", "body": b""})
