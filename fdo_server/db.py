@@ -30,15 +30,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import BindParameter, bindparam, event
+from sqlalchemy import BindParameter, bindparam, create_engine, event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
-from sqlmodel import Session, create_engine
+
+if TYPE_CHECKING:  # the ORM is loaded where a session is made: the FDO path runs Core statements
+    from sqlmodel import Session
 
 from transport.server import InlineWhileFast
 
@@ -201,6 +203,8 @@ def _run_after(callbacks: list[Callable[[], None]]) -> None:
 @contextlib.contextmanager
 def unit_of_work(engine: Engine) -> Iterator[Session]:
     """One transaction: committed on normal exit, rolled back on an exception."""
+    from sqlmodel import Session
+
     with Session(engine, expire_on_commit=False) as session:
         token = _current.set(session)
         callbacks: list[Callable[[], None]] = []
@@ -536,6 +540,8 @@ def current_session() -> Session:
         conn = _connection.get()
         if conn is None:
             raise RuntimeError("no unit of work is open")
+        from sqlmodel import Session
+
         session = Session(bind=conn, expire_on_commit=False)
         _current.set(session)
     return session

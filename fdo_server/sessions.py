@@ -3,7 +3,8 @@
 A row per session, keyed by its bearer token, with the serialised server machine, a
 version for optimistic concurrency and an expiry. A replayed or concurrent message loses
 the version race and changes nothing. Rows are read and written through the unit of work
-the router opened for the request (:func:`fdo_server.db.current_session`).
+the router opened for the request (:func:`fdo_server.db.current_connection`), as Core
+statements on :data:`FDO_SESSION`: the FDO path needs no ORM.
 """
 
 from __future__ import annotations
@@ -12,23 +13,36 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
-from sqlmodel import Field, SQLModel
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 
-from fdo_server.db import DirectStatement, current_connection, current_session, last_write
+from fdo_server.db import DirectStatement, current_connection, last_write
 from transport.sessions import StaleSessionError, StoredSession
 
-
-class FdoSession(SQLModel, table=True):
-    """One protocol session (DI, TO0, TO1 or TO2) of this service."""
-
-    __tablename__ = "fdo_session"
-
-    token: str = Field(primary_key=True, max_length=64)
-    protocol: str = Field(max_length=8)
-    state: bytes
-    version: int = 0
-    expires_at: datetime = Field(index=True)
+#: The ``fdo_session`` table as the FDO path sees it (Core, no ORM): one protocol session
+#: (DI, TO0, TO1 or TO2) of this service. The SQLModel class of the same table, which
+#: migrations use, is :class:`fdo_server.session_model.FdoSession`.
+FDO_SESSION = Table(
+    "fdo_session",
+    MetaData(),
+    Column("token", String(64), primary_key=True),
+    Column("protocol", String(8), nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
 
 
 def _utc(value: datetime) -> datetime:
@@ -36,7 +50,7 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-_TABLE: Table = FdoSession.__table__  # type: ignore[attr-defined]
+_TABLE = FDO_SESSION
 _C = _TABLE.c
 
 # Built once: Core statements with bound parameters, for what is one row per message; on
@@ -105,6 +119,5 @@ class SQLSessionStore:
 
     def purge_expired(self) -> int:
         """Remove expired sessions; returns how many."""
-        db = current_session()
-        result = db.execute(delete(FdoSession).where(FdoSession.expires_at <= self.clock()))  # type: ignore[arg-type]
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        result = current_connection().execute(delete(_TABLE).where(_C.expires_at <= self.clock()))
+        return int(result.rowcount)

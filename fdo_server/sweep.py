@@ -34,14 +34,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
 from fdo_server.metrics import ServiceMetrics
-from fdo_server.sessions import FdoSession
+from fdo_server.sessions import FDO_SESSION
 
 log = logging.getLogger(__name__)
 
 #: Rows deleted per transaction.
 BATCH = 1000
 
-_TABLE = FdoSession.__table__  # type: ignore[attr-defined]
+_TABLE = FDO_SESSION
 _C = _TABLE.c
 
 

@@ -24,8 +24,8 @@ from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import utc_now
 from fdo_server.db import DirectStatement, bound, current_connection, require_durable
 from fdo_server.service import device_app, open_engine, service_app
+from manufacturer.device_tables import VOUCHERS
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
-from manufacturer.tables import Voucher
 from transport.dispatch import AnyServerMachine, ProtocolHandler
 from transport.server import ASGIApp
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 A = TypeVar("A", "FastAPI", "DeviceApp")
 
-_VOUCHERS: Table = Voucher.__table__  # type: ignore[attr-defined]
+_VOUCHERS: Table = VOUCHERS
 #: The voucher row a finished DI stores (Core, built once: no ORM session per DI).
 _INSERT_VOUCHER = DirectStatement(
     insert(_VOUCHERS).values(bound("guid", "serial", "model", "key_kind", "created_at", "raw", "num_entries"))

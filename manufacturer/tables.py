@@ -13,7 +13,7 @@ from sqlalchemy import DateTime, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from fdo_server.clock import utc_now
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from fdo_server.tokens import AdminToken
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, LargeBinary
 from sqlmodel import Field, SQLModel
 
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from fdo_server.tokens import AdminToken
 from owner.groups_tables import GROUP_TABLES
 from owner.rollouts_tables import ROLLOUT_TABLES

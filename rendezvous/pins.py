@@ -42,7 +42,7 @@ from fdo.types import Guid
 from fdo_server.db import DirectStatement, bound, current_connection
 from fdo_server.logs import FIELDS
 from fdo_server.metrics import ServiceMetrics
-from rendezvous.tables import RegistrationPin
+from rendezvous.device_tables import PINS
 from transport.dispatch import MessageEvent
 
 log = logging.getLogger("rendezvous.pins")
@@ -122,7 +122,7 @@ class PinRefusedError(InvalidMessageError):
 
 # ------------------------------------------------------------------------ database
 
-_PINS: Table = RegistrationPin.__table__  # type: ignore[attr-defined]
+_PINS: Table = PINS
 _P = _PINS.c
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, bindparam, delete, func
 from sqlalchemy import select as core_select
-from sqlmodel import Session, col, select
 
 from fdo.crypto import spki_der
 from fdo.errors import InvalidVoucherError
@@ -26,7 +25,12 @@ from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
 from fdo_server.clock import Clock, utc_now
 from fdo_server.db import DirectStatement, bound, current_connection, current_session
-from rendezvous.tables import Registration
+from rendezvous.device_tables import REGISTRATIONS
+
+if TYPE_CHECKING:  # the admin plane's: TO0 and TO1 run Core statements only
+    from sqlmodel import Session
+
+    from rendezvous.tables import Registration
 
 
 def as_utc(value: datetime) -> datetime:
@@ -55,7 +59,7 @@ class RendezvousPolicy:
             )
 
 
-_REGISTRATIONS: Table = Registration.__table__  # type: ignore[attr-defined]
+_REGISTRATIONS: Table = REGISTRATIONS
 # Built once (Core, bound parameters): TO1 reads it twice per device.
 _LIVE_OF_GUID = DirectStatement(
     core_select(_REGISTRATIONS.c.device_key_spki, _REGISTRATIONS.c.to1d).where(
@@ -134,6 +138,8 @@ def save_registration(reg: TO0Registration, now: datetime) -> None:
     if upsert is not None:
         upsert.rowcount(conn, values)
         return
+    from rendezvous.tables import Registration
+
     db = current_session()
     row = db.get(Registration, reg.guid.value)
     if row is None:
@@ -148,6 +154,10 @@ def save_registration(reg: TO0Registration, now: datetime) -> None:
 
 def list_registrations(db: Session, *, offset: int, limit: int) -> tuple[int, Sequence[Registration]]:
     """The total count and one page of registrations, soonest expiry first."""
+    from sqlmodel import col, select
+
+    from rendezvous.tables import Registration
+
     total = db.exec(select(func.count()).select_from(Registration)).one()
     rows = db.exec(
         select(Registration)
@@ -160,11 +170,19 @@ def list_registrations(db: Session, *, offset: int, limit: int) -> tuple[int, Se
 
 def delete_registration(db: Session, guid: Guid) -> bool:
     """Delete the registration of ``guid``; False when there was none."""
+    from sqlmodel import col
+
+    from rendezvous.tables import Registration
+
     result = db.execute(delete(Registration).where(col(Registration.guid) == guid.value))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def purge_expired_registrations(db: Session, now: datetime) -> int:
     """Delete registrations that expired at or before ``now``; returns how many."""
+    from sqlmodel import col
+
+    from rendezvous.tables import Registration
+
     result = db.execute(delete(Registration).where(col(Registration.expires_at) <= now))
     return int(result.rowcount)  # type: ignore[attr-defined]

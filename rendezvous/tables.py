@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Column, DateTime, LargeBinary
 from sqlmodel import Field, SQLModel
 
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from fdo_server.tokens import AdminToken
 
 

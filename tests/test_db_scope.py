@@ -23,7 +23,8 @@ from sqlmodel import select
 
 from fdo_server import db as fdb
 from fdo_server.db import current_connection, current_session, make_engine, message_scope, unit_of_work
-from fdo_server.sessions import FdoSession, SQLSessionStore
+from fdo_server.session_model import FdoSession
+from fdo_server.sessions import SQLSessionStore
 from tests.conftest import migrated
 
 LATER = datetime.now(UTC) + timedelta(hours=1)

@@ -29,7 +29,7 @@ from fdo.messages import ErrorMessage
 from fdo.to1.device import TO1Device
 from fdo_server.body_limit import route_pattern
 from fdo_server.device_app import DeviceApp
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from manufacturer.app import create_app as manufacturer_app
 from manufacturer.app import create_device_app as manufacturer_device_app
 from manufacturer.settings import ManufacturerSettings

@@ -129,7 +129,7 @@ def test_the_head_read_from_the_files_is_alembics(service: str) -> None:
 
 def test_service_metadata_holds_every_table_the_service_uses() -> None:
     from fdo_server.auth import AdminToken
-    from fdo_server.sessions import FdoSession
+    from fdo_server.session_model import FdoSession
 
     shared = {FdoSession.__tablename__, AdminToken.__tablename__}
     for service in SERVICES:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from fdo_cli.main import app as fdo
 from fdo_server.db import make_engine
 from fdo_server.metrics import ServiceMetrics
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from fdo_server.sweep import SessionSweeper, sweep_expired
 from tests.conftest import migrated
 

@@ -29,7 +29,7 @@ from fdo.messages import ErrorMessage
 from fdo.to1.messages import TO1HelloRV
 from fdo.types import Guid, SgType, SigInfo
 from fdo_server.db import make_engine
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from fdo_server.stack import SERVICES, Stack
 from tests.conftest import database_backends, open_database
 

@@ -31,7 +31,7 @@ from fdo.rvinfo import RVProtocol
 from fdo.voucher import OwnershipVoucher
 from fdo_server.auth import Role, create_token
 from fdo_server.db import unit_of_work
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from manufacturer import client as client_mod
 from manufacturer.app import create_app
 from manufacturer.settings import ManufacturerSettings, SettingsError, load_material

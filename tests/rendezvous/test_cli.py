@@ -17,7 +17,7 @@ from fdo.types import Guid
 from fdo_cli.main import app
 from fdo_server.auth import Role, lookup_token
 from fdo_server.db import make_engine
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from rendezvous.app import create_app
 from rendezvous.settings import RendezvousSettings
 from rendezvous.tables import Registration

@@ -23,7 +23,7 @@ from fdo.types import Guid, SgType, SigInfo
 from fdo.voucher import OwnershipVoucher
 from fdo_server.auth import Role, create_token
 from fdo_server.db import make_engine
-from fdo_server.sessions import FdoSession
+from fdo_server.session_model import FdoSession
 from rendezvous.app import create_app
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import as_utc

@@ -34,7 +34,8 @@ from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
 from fdo_server.db import make_engine, unit_of_work
-from fdo_server.sessions import FdoSession, SQLSessionStore
+from fdo_server.session_model import FdoSession
+from fdo_server.sessions import SQLSessionStore
 from rendezvous.app import create_app
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import as_utc

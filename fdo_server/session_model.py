@@ -1,0 +1,23 @@
+"""The protocol session table as an SQLModel class: what migrations, the services' table
+lists and the tests use. The FDO path reads and writes the same table as a Core ``Table``
+(:data:`fdo_server.sessions.FDO_SESSION`, no ORM); ``tests/test_device_tables.py``
+checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+
+class FdoSession(SQLModel, table=True):
+    """One protocol session (DI, TO0, TO1 or TO2) of this service."""
+
+    __tablename__ = "fdo_session"
+
+    token: str = Field(primary_key=True, max_length=64)
+    protocol: str = Field(max_length=8)
+    state: bytes
+    version: int = 0
+    expires_at: datetime = Field(index=True)
