@@ -32,7 +32,7 @@ test_device_endpoints.py`` compares them), in the route's order:
 
 Both answer a database error as the app's handlers do (:mod:`fdo_server.service`): 503
 with ``Retry-After`` while it cannot be reached, 422 for a value it refuses; any other
-exception goes up to the server (a 500).
+exception goes up to the app's error middleware (the plain 500 the route's would get).
 """
 
 from __future__ import annotations
@@ -117,7 +117,9 @@ def _jsonable(value: Any) -> Any:
 
 def _body_limit(status: int, detail: str) -> Response:
     """:class:`fdo_server.body_limit.BodyLimit`'s answer (its JSON, ``Connection: close``)."""
-    return Response.make(status, json.dumps({"detail": detail}).encode(), {"Connection": "close"}, _JSON)
+    body = json.dumps({"detail": detail}).encode()
+    fields = ((b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode()))
+    return Response(status, body, (*fields, (b"connection", b"close")))
 
 
 def _database_error(exc: Exception, path: str) -> Response | None:
