@@ -55,7 +55,8 @@ class Owner:
             k: v.replace("SECRET", self.secret).replace("REPORT_TOKEN", self.report_token)
             for k, v in headers.items()
         }
-        return self.http.post(path, content=body, headers=sent)
+        resp: Response = self.http.post(path, content=body, headers=sent)
+        return resp
 
     def record(self) -> tuple[str, list[str]]:
         """The device's status and its timeline events' kinds."""
@@ -77,14 +78,18 @@ def _owner(app: FastAPI) -> Owner:
     return Owner(app, TestClient(app), device_id, secret, report_token)
 
 
+def _is_endpoint(cls: object) -> bool:
+    return cls is DeviceEndpoint
+
+
 @pytest.fixture
 def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> tuple[Owner, Owner]:
     """``(served, routed)``: the app as served, and the same app without the endpoint."""
     world = make_world(key_pool, tmp_path)
     served = create_app(world.settings(database_factory("served")))
     routed = create_app(world.settings(database_factory("routed")))
-    assert served.user_middleware[0].cls is DeviceEndpoint
-    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not DeviceEndpoint]
+    assert _is_endpoint(served.user_middleware[0].cls)
+    routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
     return _owner(served), _owner(routed)
 
 
