@@ -46,7 +46,7 @@ from fdo_server.planes import include_device_router
 from fdo_server.ratelimit import GuardedRoute, http_refusal
 from fdo_server.service import open_engine, service_app
 from owner import groups, lifecycle
-from owner.checkin_endpoint import CheckinEndpoint
+from owner.checkin_endpoint import DeviceEndpoint
 from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.report_api import device_router, report_router
@@ -232,12 +232,15 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     include_device_router(app, device_router(), prefix="/device/v1")
     if planes.serves_admin():  # a device-plane worker never imports the admin stack
         add_admin_plane(app, config, engine, now)
+    # Outermost: check-in and report skip the app's middleware and routing (the routes
+    # above document them); the report keeps the body limit BodyLimit gives it.
     app.add_middleware(
-        CheckinEndpoint,
+        DeviceEndpoint,
         engine=engine,
         clock=now,
         interval=int(settings.checkin_interval_seconds),
         inline=inline_messages(settings.database_url),
+        max_request_body=settings.max_request_body,
         wake=rollouts.wake,
     )
     return app

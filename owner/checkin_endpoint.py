@@ -1,16 +1,38 @@
-"""``POST /device/v1/checkin`` as a bare ASGI app, in front of the app's routing.
+"""The owner's device routes as a bare ASGI app, in front of the app's routing.
 
-Check-in is the request a fleet sends most (100,000 devices every 5 minutes is 333 a
-second), so it takes the path FDO messages take (:class:`transport.server.FdoEndpoint`):
-no middleware stack, routing, dependency injection or response-model round trip; the
-body is read with a size limit, validated by the same model as the documented route
-(:class:`owner.report_api.CheckinIn`, through its compiled JSON validator) and recorded
-by the same :func:`owner.report_api.answer_checkin`, on the event loop while the
-database is quick (:func:`fdo_server.db.inline_messages`). Answers are those of the
-route: 200 with :class:`~owner.report_api.CheckinOut`, 401 with ``WWW-Authenticate:
-Bearer`` and nothing recorded, 413 for a body over :data:`MAX_BODY`, 422 with the
-validation errors (as FastAPI words them, without echoing the input), 503 with
-``Retry-After`` while the database cannot be reached.
+:class:`DeviceEndpoint` serves ``POST /device/v1/checkin``, ``POST /device/v1/report``
+and its deprecated alias ``POST /api/v1/report`` the way FDO messages are served
+(:class:`transport.server.FdoEndpoint`): no middleware stack, routing, dependency
+injection or response-model round trip, and no web framework imported (only pydantic
+for the models and SQLAlchemy for the database, for now: issue 15). The routes of
+:mod:`owner.report_api` stay declared for the API documentation and serve where the
+endpoint is not mounted; both call the same database work (:func:`~owner.report_api.
+answer_checkin`, :func:`~owner.report_api.answer_report`), on the event loop while the
+database is quick (:func:`fdo_server.db.inline_messages`) or in anyio's worker threads
+(:func:`transport.server.run_in_thread`).
+
+**Check-in** is the request a fleet sends most (100,000 devices every 5 minutes is 333
+a second), so its body is validated by :class:`~owner.report_api.CheckinIn`'s compiled
+JSON validator. Answers: 200 with :class:`~owner.report_api.CheckinOut`, 401 with
+``WWW-Authenticate: Bearer`` and nothing recorded, 413 for a body over :data:`MAX_BODY`,
+422 with the validation errors (as FastAPI words them, without echoing the input).
+
+**Report** answers byte for byte as the route in the app does (``tests/owner/
+test_device_endpoints.py`` compares them), in the route's order:
+
+* 400 for a ``Content-Length`` that is not a number and 413 for a body over the
+  app's ``max_request_body`` (the answers of :class:`fdo_server.body_limit.BodyLimit`,
+  whose limit applies to these routes, with ``Connection: close``);
+* 422 as FastAPI words it: the body parsed as JSON only with a JSON content type
+  (otherwise validated as raw bytes), ``json_invalid`` for malformed JSON, ``missing``
+  for an empty body, else the model's errors with their input; 400 for a JSON body
+  that is not text (``There was an error parsing the body``);
+* 401 with ``WWW-Authenticate: Bearer``: no bearer credential, or a refused one;
+* 200 with :class:`~owner.report_api.ReportOut`.
+
+Both answer a database error as the app's handlers do (:mod:`fdo_server.service`): 503
+with ``Retry-After`` while it cannot be reached, 422 for a value it refuses; any other
+exception goes up to the app's error middleware (the plain 500 the route's would get).
 """
 
 from __future__ import annotations
@@ -20,31 +42,101 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from owner.report_api import CheckinIn, CheckinOut, answer_checkin
-from transport.server import Disconnected, InlineWhileFast, read_body, request_headers
+from owner.report_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
+from transport.dispatch import Response
+from transport.server import (
+    ASGIApp,
+    Disconnected,
+    InlineWhileFast,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    request_headers,
+    run_in_thread,
+    send_response,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PATH = "/device/v1/checkin"
+#: ``POST /device/v1/report`` and its deprecated alias.
+REPORT_PATHS = frozenset({"/device/v1/report", "/api/v1/report"})
 #: A check-in is a few hundred bytes; its largest field (the error text) is 2,000
 #: characters, so 64 KiB leaves room for any device that adds fields.
 MAX_BODY = 64 * 1024
+#: ``Retry-After`` (seconds) of the 503, as :data:`fdo_server.service.RETRY_AFTER_SECONDS`.
 RETRY_AFTER_SECONDS = 5
+#: What the app answers 503 (:data:`fdo_server.service.DATABASE_UNAVAILABLE`).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
 
-_VALIDATE = TypeAdapter(CheckinIn).validate_json
-_JSON = [(b"content-type", b"application/json")]
+_VALIDATE_CHECKIN = TypeAdapter(CheckinIn).validate_json
+_VALIDATE_REPORT = TypeAdapter(ReportIn).validate_python
+_JSON = "application/json"
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_MISSING = object()
 
 
-def _json(body: object) -> bytes:
-    return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode()
+def _answer(status: int, body: Any, fields: Mapping[str, str] | None = None) -> Response:
+    """JSON as Starlette's ``JSONResponse`` renders it (UTF-8, NaN refused)."""
+    data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Response.make(status, data, fields or {}, _JSON)
+
+
+def _invalid(errors: list[dict[str, Any]]) -> Response:
+    """The app's 422 for a request that does not validate (``fdo_server.service._invalid``:
+    FastAPI's body, every non-ASCII character escaped)."""
+    detail = _jsonable(errors)
+    data = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return Response.make(422, data.encode(), {}, _JSON)
+
+
+def _jsonable(value: Any) -> Any:
+    """``fastapi.encoders.jsonable_encoder`` for what validation errors hold here (JSON
+    values, and the raw body as bytes): keys starting ``_sa`` dropped, bytes decoded."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if not (isinstance(k, str) and k.startswith("_sa"))}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def _body_limit(status: int, detail: str) -> Response:
+    """:class:`fdo_server.body_limit.BodyLimit`'s answer (its JSON, ``Connection: close``)."""
+    body = json.dumps({"detail": detail}).encode()
+    fields = ((b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode()))
+    return Response(status, body, (*fields, (b"connection", b"close")))
+
+
+def _database_error(exc: Exception, path: str) -> Response | None:
+    """The app's answer to a database error (``fdo_server.service``), or None for one it
+    does not handle (a 500)."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(exc, sa_exc.DataError):
+        reason = str(orig).strip().splitlines()[0]
+        log.warning("POST %s: the database refused a value: %s", path, reason)
+        return _answer(422, {"detail": f"a value cannot be stored: {reason}"})
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        lines = str(orig).strip().splitlines()
+        reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+        log.warning("POST %s: the database is unavailable: %s", path, reason)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return _answer(503, {"detail": "the database is unavailable; retry later"}, retry)
+    return None
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
@@ -52,8 +144,60 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-class CheckinEndpoint:
-    """Serves ``POST /device/v1/checkin``; hands every other request to ``app``."""
+_MISSING_CREDENTIAL = _answer(401, {"detail": "missing device credential"}, _CHALLENGE)
+_REFUSED = _answer(401, {"detail": "device credential refused"}, _CHALLENGE)
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of ``content_type`` as JSON (``application/json`` or
+    ``application/*+json``; no content type is not JSON)."""
+    if not content_type:
+        return False
+    if content_type == _JSON:
+        return True
+    import email.message  # loaded for other content types only
+
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
+
+
+def _report_body(headers: Mapping[str, str], data: bytes) -> ReportIn | Response:
+    """The report, or the answer to a body FastAPI would refuse (as it reads a body
+    parameter: ``fastapi.routing.get_request_handler``)."""
+    value: Any = _MISSING
+    if data:
+        if _is_json(headers.get("content-type")):
+            try:
+                value = json.loads(data)
+            except json.JSONDecodeError as exc:
+                error = {
+                    "type": "json_invalid",
+                    "loc": ["body", exc.pos],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+                return _invalid([error])
+            except Exception:  # not text (UnicodeDecodeError), too deeply nested
+                return _answer(400, {"detail": "There was an error parsing the body"})
+        else:
+            value = data
+    if value is _MISSING:
+        return _invalid([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
+    try:
+        return _VALIDATE_REPORT(value, from_attributes=True)
+    except ValidationError as exc:
+        return _invalid([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors(include_url=False)])
+
+
+class DeviceEndpoint:
+    """Serves the owner's device routes (check-in, report and its alias); hands every
+    other request to ``app``. ``max_request_body`` is the app's limit of the report
+    routes (``settings.max_request_body``); check-in has its own, :data:`MAX_BODY`."""
 
     def __init__(
         self,
@@ -63,6 +207,7 @@ class CheckinEndpoint:
         clock: Callable[[], datetime],
         interval: int,
         inline: bool | InlineWhileFast,
+        max_request_body: int,
         wake: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
@@ -70,12 +215,21 @@ class CheckinEndpoint:
         self.clock = clock
         self.interval = interval
         self.inline = inline
+        self.max_request_body = max_request_body
         self.wake = wake
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path == PATH:
+                await self._checkin(scope, receive, send)
+                return
+            if path in REPORT_PATHS:
+                await self._report(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _checkin(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
         try:
             data = await read_body(headers, receive, MAX_BODY)
@@ -84,59 +238,83 @@ class CheckinEndpoint:
         if data is None:
             # As fdo_server.body_limit does: close, so the rest of the body is not read.
             too_large = {"detail": f"request body larger than {MAX_BODY} bytes"}
-            await _send(send, 413, too_large, [(b"connection", b"close")])
+            await send_response(send, _answer(413, too_large, {"Connection": "close"}))
             return
         token = _bearer(headers)
         if token is None:
-            await _send(send, 401, {"detail": "missing device credential"}, _CHALLENGE)
+            await send_response(send, _MISSING_CREDENTIAL)
             return
         try:
-            body = _VALIDATE(data)
+            body = _VALIDATE_CHECKIN(data)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            detail = [{**e, "loc": ["body", *e["loc"]]} for e in errors]
-            await _send(send, 422, {"detail": detail})
+            await send_response(send, _invalid([{**e, "loc": ["body", *e["loc"]]} for e in errors]))
             return
-        try:
-            answer = await self._answer(token, body)
-        except DBAPIError as exc:
-            log.warning("check-in: the database cannot be reached: %s", type(exc.orig or exc).__name__)
-            retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
-            await _send(send, 503, {"detail": "the owner's database is unavailable; retry later"}, retry)
-            return
-        if answer is None:
-            await _send(send, 401, {"detail": "device credential refused"}, _CHALLENGE)
-            return
-        await _send_raw(send, 200, answer.model_dump_json(exclude_none=True).encode())
 
-    async def _answer(self, token: str, body: CheckinIn) -> CheckinOut | None:
         def run() -> CheckinOut | None:
-            return answer_checkin(
-                self.engine, token, body, now=self.clock(), interval=self.interval, wake=self.wake
-            )
+            now = self.clock()
+            return answer_checkin(self.engine, token, body, now=now, interval=self.interval, wake=self.wake)
 
-        policy = self.inline
-        if policy is True:
-            return run()
-        if policy is False:
-            return await run_in_threadpool(run)
-        start = time.perf_counter()
+        answer = await self._database(run, PATH)
+        if isinstance(answer, Response):
+            await send_response(send, answer)
+        elif answer is None:
+            await send_response(send, _REFUSED)
+        else:
+            data = answer.model_dump_json(exclude_none=True).encode()
+            await send_response(send, Response.make(200, data, {}, _JSON))
+
+    async def _report(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = request_headers(scope)
+        if "transfer-encoding" in headers:  # it frames the body, even beside a Content-Length
+            headers = {name: value for name, value in headers.items() if name != "content-length"}
+        elif not headers.get("content-length", "0").isdigit():
+            await send_response(send, _body_limit(400, "Content-Length is not a number"))
+            return
+        limit = self.max_request_body
         try:
-            return run() if policy.inline() else await run_in_threadpool(run)
-        finally:
-            policy.took(time.perf_counter() - start)
+            data = await read_body(headers, receive, limit)
+        except Disconnected:
+            return
+        if data is None:
+            await send_response(send, _body_limit(413, f"request body larger than {limit} bytes"))
+            return
+        body = _report_body(headers, data)
+        if isinstance(body, Response):
+            await send_response(send, body)
+            return
+        token = _bearer(headers)
+        if token is None:
+            await send_response(send, _MISSING_CREDENTIAL)
+            return
 
+        def run() -> ReportOut | None:
+            return answer_report(self.engine, token, body, now=self.clock())
 
-_CHALLENGE = [(b"www-authenticate", b"Bearer")]
+        answer = await self._database(run, scope["path"])
+        if isinstance(answer, Response):
+            await send_response(send, answer)
+        elif answer is None:
+            await send_response(send, _REFUSED)
+        else:
+            await send_response(send, Response.make(200, answer.model_dump_json().encode(), {}, _JSON))
 
-
-async def _send(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await _send_raw(send, status, _json(body), headers)
-
-
-async def _send_raw(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    head = [*_JSON, (b"content-length", str(len(body)).encode()), *(headers or [])]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
+    async def _database(self, run: Callable[[], T], path: str) -> T | Response:
+        """``run()`` inline or in a thread (:attr:`inline`), or the answer to its
+        database error."""
+        policy = self.inline
+        try:
+            if policy is True:
+                return run()
+            if policy is False:
+                return await run_in_thread(run)
+            start = time.perf_counter()
+            try:
+                return run() if policy.inline() else await run_in_thread(run)
+            finally:
+                policy.took(time.perf_counter() - start)
+        except sa_exc.SQLAlchemyError as exc:
+            answer = _database_error(exc, path)
+            if answer is None:
+                raise
+            return answer

@@ -15,6 +15,12 @@ accepted (it is not a check-in secret). Every refusal is 401 and records nothing
   alias for devices onboarded before the move (their report tokens still work).
 
 Both confirm the device's current credential (:func:`owner.lifecycle.confirm_guid`).
+
+The routes here are declared for the API documentation and serve where the endpoint is
+not mounted; in the owner app, :class:`owner.checkin_endpoint.DeviceEndpoint` serves
+all three in front of the app's middleware and routing, with the same answers. The
+database work of each is one function both call (:func:`answer_checkin`,
+:func:`answer_report`), which raises nothing HTTP-specific.
 """
 
 from __future__ import annotations
@@ -155,19 +161,20 @@ def answer_checkin(
     )
 
 
-def _report(body: ReportIn, request: Request) -> ReportOut:
-    token = _bearer(request)
-    engine: Engine = request.app.state.engine
+def answer_report(engine: Engine, token: str, body: ReportIn, *, now: datetime) -> ReportOut | None:
+    """Record a device's report after its reboot; None when the credential is refused
+    (nothing recorded). ``token`` is the device's check-in secret or, for a device
+    onboarded before check-in, its report token."""
     with unit_of_work(engine) as db:
         row = checkin.authenticate(db.connection(), token)
         device = db.get(Device, row["id"]) if row is not None else None
         if device is None and checkin.device_id_of(token) is None:
             device = device_for_token(db, token)  # a report token from before check-in
         if device is None:
-            raise _refused()
+            return None
         # The secret came with the TO2 that gave the device its current GUID, so a
         # report proves the device holds that credential (owner.lifecycle).
-        confirm_guid(db.connection(), device.guid, now=request.app.state.clock())
+        confirm_guid(db.connection(), device.guid, now=now)
         status = record_report(
             db,
             device,
@@ -179,6 +186,14 @@ def _report(body: ReportIn, request: Request) -> ReportOut:
     return ReportOut(status=status)
 
 
+def _report(body: ReportIn, request: Request) -> ReportOut:
+    state = request.app.state
+    answer = answer_report(state.engine, _bearer(request), body, now=state.clock())
+    if answer is None:
+        raise _refused()
+    return answer
+
+
 def device_router() -> APIRouter:
     """The routes under ``/device/v1``."""
     router = APIRouter(tags=["device"], **_DEVICE_ROUTE)
@@ -187,7 +202,7 @@ def device_router() -> APIRouter:
     def checkin_route(body: CheckinIn, request: Request) -> CheckinOut:
         """A device says what it runs and learns what it should run.
 
-        Served by :class:`owner.checkin_endpoint.CheckinEndpoint` in front of the app's
+        Served by :class:`owner.checkin_endpoint.DeviceEndpoint` in front of the app's
         routing; this route documents it (and serves it where the endpoint is not mounted).
         """
         state = request.app.state
@@ -205,7 +220,11 @@ def device_router() -> APIRouter:
 
     @router.post("/report", response_model=ReportOut)
     def report(body: ReportIn, request: Request) -> ReportOut:
-        """The device's report after its reboot."""
+        """The device's report after its reboot.
+
+        Served by :class:`owner.checkin_endpoint.DeviceEndpoint` in front of the app's
+        routing; this route documents it (and serves it where the endpoint is not mounted).
+        """
         return _report(body, request)
 
     return router
@@ -217,10 +236,22 @@ def report_router() -> APIRouter:
 
     @router.post("/report", response_model=ReportOut, deprecated=True)
     def report(body: ReportIn, request: Request) -> ReportOut:
-        """Deprecated: use ``POST /device/v1/report``."""
+        """Deprecated: use ``POST /device/v1/report``.
+
+        Served by :class:`owner.checkin_endpoint.DeviceEndpoint`, as that route is.
+        """
         return _report(body, request)
 
     return router
 
 
-__all__: list[Any] = ["CheckinIn", "CheckinOut", "ReportIn", "device_router", "report_router"]
+__all__: list[Any] = [
+    "CheckinIn",
+    "CheckinOut",
+    "ReportIn",
+    "ReportOut",
+    "answer_checkin",
+    "answer_report",
+    "device_router",
+    "report_router",
+]

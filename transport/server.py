@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
 from transport.dispatch import (
     DEFAULT_MAX_BODY,
@@ -60,6 +60,8 @@ __all__ = [
     "fdo_endpoint_for",
     "fdo_router",
     "mount_fdo",
+    "run_in_thread",
+    "send_response",
 ]
 
 if TYPE_CHECKING:  # the FDO endpoint itself needs no web framework: only the router does
@@ -67,6 +69,8 @@ if TYPE_CHECKING:  # the FDO endpoint itself needs no web framework: only the ro
     from fastapi.telemetry import TelemetryConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 #: ``FastAPI(telemetry=NO_TELEMETRY)``: the services use no OpenTelemetry, and FastAPI
 #: otherwise asks the global tracer, meter and logger providers on every request.
@@ -188,29 +192,31 @@ class FdoEndpoint:
         if policy is True:
             response = self.handle(msg_type, headers, data)
         elif policy is False:
-            response = await _in_thread(self.handle, msg_type, headers, data)
+            response = await run_in_thread(self.handle, msg_type, headers, data)
         else:
             start = time.perf_counter()
             if policy.inline():
                 response = self.handle(msg_type, headers, data)
             else:
-                response = await _in_thread(self.handle, msg_type, headers, data)
+                response = await run_in_thread(self.handle, msg_type, headers, data)
             policy.took(time.perf_counter() - start)
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        await send_response(send, response)
 
 
-async def _in_thread(
-    handle: MessageHandler, msg_type: str, headers: Mapping[str, str], data: bytes | None
-) -> Response:
-    """``handle(...)`` in anyio's worker threads (where Starlette's ``run_in_threadpool``
-    runs it), imported on first use: a worker that handles every message inline never
+async def run_in_thread(func: Callable[[Unpack[Args]], T], *args: *Args) -> T:
+    """``func(*args)`` in anyio's worker threads (where Starlette's ``run_in_threadpool``
+    runs it), imported on first use: a worker that handles every request inline never
     loads it."""
     from anyio.to_thread import run_sync
 
-    return await run_sync(handle, msg_type, headers, data)
+    return await run_sync(func, *args)
+
+
+async def send_response(send: Send, response: Response) -> None:
+    """Send ``response`` (status, header fields and body, in one body message)."""
+    start = {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+    await send(start)
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class FdoFastPath:

@@ -18,7 +18,7 @@ from fdo_server.auth import Role
 from fdo_server.db import make_engine, unit_of_work
 from owner import checkin
 from owner.app import create_app
-from owner.checkin_endpoint import MAX_BODY, CheckinEndpoint
+from owner.checkin_endpoint import MAX_BODY, DeviceEndpoint
 from owner.groups_tables import Device, DeviceEvent
 from tests.conftest import KeyPool
 from tests.owner.helpers import make_world, token
@@ -126,8 +126,13 @@ def test_other_routes_still_reach_the_app(app: FastAPI) -> None:
 
 def test_an_unreachable_database_is_503_with_retry_after() -> None:
     broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
-    endpoint = CheckinEndpoint(
-        FastAPI(), engine=broken, clock=lambda: datetime.now(UTC), interval=300, inline=True
+    endpoint = DeviceEndpoint(
+        FastAPI(),
+        engine=broken,
+        clock=lambda: datetime.now(UTC),
+        interval=300,
+        inline=True,
+        max_request_body=1024 * 1024,
     )
     try:
         resp = TestClient(endpoint).post(
