@@ -40,6 +40,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
+from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
 from transport.server import MSG_PATH, ASGIApp, FdoEndpoint, FdoFastPath, Receive, Scope, Send
 
@@ -89,6 +90,8 @@ class DeviceApp:
         body_limits: Sequence[RouteLimit] = (),
     ) -> None:
         self.state = SimpleNamespace()
+        #: ``Allow`` of each route by path (the FDO message path aside).
+        self.routes: dict[str, bytes] = {"/health": _GET, "/ready": _GET}
         self.lifespan = lifespan
         self.probe = probe
         self.keys_loaded = keys_loaded
@@ -97,6 +100,13 @@ class DeviceApp:
         self.app: ASGIApp = FdoFastPath(
             BodyLimit(self._routes, default=max_request_body, routes=body_limits), endpoint
         )
+
+    def add_route(self, path: str, method: str) -> None:
+        """Declare a device-plane route that middleware in front serves (the owner's
+        check-in): another method on it is 405, its path with a trailing slash 307, and
+        the device listener passes it on (:func:`fdo_server.planes.device_paths`)."""
+        self.routes[path] = method.encode()
+        planes.device_paths(self).add(path)
 
     def add_middleware(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
         """Wrap the app in ``middleware(app, **options)`` (outermost)."""
@@ -136,19 +146,32 @@ class DeviceApp:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        allow = _allowed(path)
+        allow = self._allowed(path)
         if allow is None:
-            if path != "/" and path.endswith("/") and _allowed(path[:-1]) is not None:
+            if path != "/" and path.endswith("/") and self._allowed(path[:-1]) is not None:
                 await _redirect(scope, path[:-1], send)
             else:
                 await send_json(send, 404, {"detail": "Not Found"})
-        elif allow is _POST or method != "GET":
-            # A POST of an FDO message went to the endpoint in front: this is another method.
+        elif method != "GET" or allow != _GET:
+            # A POST of an FDO message (or of a route added) went to the endpoint in front:
+            # this is another method.
             await send_json(send, 405, {"detail": "Method Not Allowed"}, [(b"allow", allow)])
         elif path == "/health":
             await send_json(send, 200, {"status": "ok"})
         else:
             await self._ready(send)
+
+    def _allowed(self, path: str) -> bytes | None:
+        """The ``Allow`` of the route at ``path``, None where there is none."""
+        allow = self.routes.get(path)
+        if (
+            allow is None
+            and path.startswith(MSG_PATH)
+            and path != MSG_PATH
+            and "/" not in path[len(MSG_PATH) :]
+        ):
+            return _POST
+        return allow
 
     async def _ready(self, send: Send) -> None:
         # In a thread, as FastAPI runs the route: the check may wait for a hung database.
@@ -177,15 +200,6 @@ class DeviceApp:
             await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
             raise
         await send({"type": "lifespan.shutdown.complete"})
-
-
-def _allowed(path: str) -> bytes | None:
-    """The ``Allow`` of the route at ``path``, None where there is none."""
-    if path in ("/health", "/ready"):
-        return _GET
-    if path.startswith(MSG_PATH) and path != MSG_PATH and "/" not in path[len(MSG_PATH) :]:
-        return _POST
-    return None
 
 
 async def _redirect(scope: Scope, path: str, send: Send) -> None:

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import FastAPI
 from sqlalchemy import Table
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
-from starlette.types import ASGIApp
 
 from fdo.errors import InternalError
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
@@ -44,18 +42,28 @@ from fdo_server.db import (
 )
 from fdo_server.planes import include_device_router
 from fdo_server.ratelimit import GuardedRoute, http_refusal
-from fdo_server.service import open_engine, service_app
+from fdo_server.service import device_app, open_engine, service_app
 from owner import groups, lifecycle
 from owner.checkin_endpoint import DeviceEndpoint
 from owner.delivery import delivery_of
 from owner.groups_tables import Revision
-from owner.report_api import device_router, report_router
 from owner.rollout_engine import RolloutRunner
 from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
 from transport.dispatch import AnyServerMachine, ProtocolHandler
+from transport.server import ASGIApp
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from fdo_server.device_app import DeviceApp
+
+A = TypeVar("A", "FastAPI", "DeviceApp")
+#: The owner's device routes besides the FDO messages (method POST), served by
+#: :class:`owner.checkin_endpoint.DeviceEndpoint`.
+DEVICE_ROUTES = ("/device/v1/checkin", "/device/v1/report", "/api/v1/report")
 
 
 def worker_name() -> str:
@@ -176,6 +184,47 @@ def body_limits(settings: OwnerSettings) -> tuple[RouteLimit, ...]:
 
 def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
     """The owner app; raises :class:`owner.settings.SettingsError` on a bad setting."""
+    from owner.report_api import device_router, report_router
+
+    app = _build(service_app, settings, clock)
+    include_device_router(app, report_router(), prefix="/api/v1")
+    include_device_router(app, device_router(), prefix="/device/v1")
+    if planes.serves_admin():  # a device-plane worker never imports the admin stack
+        add_admin_plane(app, app.state.config, app.state.engine, app.state.clock)
+    _serve_device_routes(app)
+    return app
+
+
+def create_device_app(settings: OwnerSettings | None = None, *, clock: Clock | None = None) -> DeviceApp:
+    """The device plane of :func:`create_app` without a web framework (TO2, check-in and
+    report, ``/health``, ``/ready``): what a worker that serves only devices runs."""
+    app = _build(device_app, settings, clock)
+    for path in DEVICE_ROUTES:
+        app.add_route(path, "POST")
+    _serve_device_routes(app)
+    return app
+
+
+def _serve_device_routes(app: FastAPI | DeviceApp) -> None:
+    """Check-in and report, outermost: they skip the app's middleware and routing (the
+    FastAPI routes document them); the report keeps the body limit BodyLimit gives it."""
+    state = app.state
+    settings: OwnerSettings = state.settings
+    app.add_middleware(
+        DeviceEndpoint,
+        engine=state.engine,
+        clock=state.clock,
+        interval=int(settings.checkin_interval_seconds),
+        inline=inline_messages(settings.database_url),
+        max_request_body=settings.max_request_body,
+        wake=state.rollouts.wake,
+    )
+
+
+def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock | None) -> A:
+    """TO2 served by ``make`` (:func:`~fdo_server.service.service_app` or
+    :func:`~fdo_server.service.device_app`), with the TO0 scheduler and the rollout
+    runner as its background work; ``state`` holds the config, the clock and the runner."""
     settings = settings or OwnerSettings()
     config: OwnerConfig = load_config(settings)
     now: Clock = clock or utc_now
@@ -205,7 +254,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
             on_done=lambda machine: record_done(machine, now, register_to0=settings.to0_replacements),
         )
     }
-    app = service_app(
+    app = make(
         "owner",
         settings,
         engine,
@@ -228,21 +277,6 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     app.state.config = config
     app.state.clock = now
     app.state.rollouts = rollouts
-    include_device_router(app, report_router(), prefix="/api/v1")
-    include_device_router(app, device_router(), prefix="/device/v1")
-    if planes.serves_admin():  # a device-plane worker never imports the admin stack
-        add_admin_plane(app, config, engine, now)
-    # Outermost: check-in and report skip the app's middleware and routing (the routes
-    # above document them); the report keeps the body limit BodyLimit gives it.
-    app.add_middleware(
-        DeviceEndpoint,
-        engine=engine,
-        clock=now,
-        interval=int(settings.checkin_interval_seconds),
-        inline=inline_messages(settings.database_url),
-        max_request_body=settings.max_request_body,
-        wake=rollouts.wake,
-    )
     return app
 
 
@@ -274,4 +308,4 @@ def add_admin_plane(app: FastAPI, config: OwnerConfig, engine: Engine, now: Cloc
 
 def app_from_env() -> ASGIApp:
     """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
-    return service.app_from_env("owner", OwnerSettings, create_app)
+    return service.app_from_env("owner", OwnerSettings, create_app, create_device_app)

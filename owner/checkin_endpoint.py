@@ -48,7 +48,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from owner.report_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
+from owner.device_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
 from transport.dispatch import Response
 from transport.server import (
     ASGIApp,

@@ -11,6 +11,7 @@ lifespan, an unanswered exception.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,17 +29,22 @@ from fdo.di.device import DIDevice
 from fdo.messages import ErrorMessage
 from fdo.to1.device import TO1Device
 from fdo_server.body_limit import route_pattern
+from fdo_server.db import unit_of_work
 from fdo_server.device_app import DeviceApp
 from fdo_server.session_model import FdoSession
 from manufacturer.app import create_app as manufacturer_app
 from manufacturer.app import create_device_app as manufacturer_device_app
 from manufacturer.settings import ManufacturerSettings
 from manufacturer.tables import Voucher
+from owner import checkin, groups
+from owner.app import create_app as owner_app
+from owner.app import create_device_app as owner_device_app
 from rendezvous.app import create_app as rendezvous_app
 from rendezvous.app import create_device_app as rendezvous_device_app
 from rendezvous.settings import RendezvousSettings
 from rendezvous.tables import Registration
 from tests.conftest import KeyPool, migrated
+from tests.owner.helpers import make_world
 from tests.rendezvous.test_service import Setup, make_setup, to0_owner
 from transport.client import FdoHttpClient
 from transport.dispatch import Response
@@ -268,3 +274,47 @@ def test_middleware_wraps_outermost_last() -> None:
     with TestClient(app) as http:
         assert http.get("/health").json() == {"status": "ok"}
     assert seen == ["second", "first"]
+
+
+@pytest.fixture
+def owner(key_pool: KeyPool, tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, TestClient]]:
+    settings = make_world(key_pool, tmp_path).settings(database_url, max_request_body=4096)
+    yield from both(lambda: owner_app(settings), lambda: owner_device_app(settings), "http://owner.test")
+
+
+#: The owner's device routes besides the FDO messages, as a device (or a stranger) sends them.
+OWNER_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("GET", "/device/v1/checkin", {}),
+    ("PUT", "/device/v1/report", {"content": b"{}"}),
+    ("GET", "/api/v1/report", {}),
+    ("POST", "/device/v1/checkin/", {"json": {}}),
+    ("POST", "/device/v1/checkin", {"json": {}}),
+    ("POST", "/device/v1/checkin", {"json": {}, "headers": {"Authorization": "Bearer fdc1.1.nope"}}),
+    ("POST", "/device/v1/report", {"content": b"{", "headers": {"Content-Type": "application/json"}}),
+    ("POST", "/device/v1/report", {"json": {"revision": 1}, "headers": {"Authorization": "Bearer x"}}),
+    ("POST", "/api/v1/report", {"content": b"x" * 5000, "headers": {"Content-Type": "application/json"}}),
+]
+
+
+def test_the_owner_device_app_answers_as_the_fastapi_app(owner: tuple[TestClient, TestClient]) -> None:
+    full, device = owner
+    same_answers(full, device)
+    for method, path, kwargs in OWNER_REQUESTS:
+        a = full.request(method, path, **kwargs)
+        b = device.request(method, path, **kwargs)
+        assert answer(b) == answer(a), (method, path)
+    assert full.get("/api/v1/devices").status_code == 401
+    assert device.get("/api/v1/devices").json() == {"detail": "Not Found"}
+
+
+def test_a_device_checks_in_through_the_owner_device_app(owner: tuple[TestClient, TestClient]) -> None:
+    full, device = owner
+    with unit_of_work(full.app.state.engine) as db:  # type: ignore[attr-defined]
+        row = groups.ensure_device(db, os.urandom(16))
+        row.status = "onboarded"
+        assert row.id is not None
+        secret = checkin.issue_secret(db.connection(), row.id)
+    body = {"seq": 1, "booted_digest": "sha256:" + "ab" * 32}
+    r = device.post("/device/v1/checkin", json=body, headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["action"] == "none" and r.json()["next_secret"] != secret

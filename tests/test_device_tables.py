@@ -26,11 +26,15 @@ PAIRS: list[tuple[Table, type[SQLModel]]] = [
 ]
 
 
+SQLITE = sqlite.dialect()
+POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
 def shape(table: Table) -> dict[str, tuple[object, ...]]:
     return {
         column.name: (
-            str(column.type.compile(dialect=sqlite.dialect())),
-            str(column.type.compile(dialect=postgresql.dialect())),
+            str(column.type.compile(dialect=SQLITE)),
+            str(column.type.compile(dialect=POSTGRESQL)),
             column.nullable,
             column.primary_key,
             bool(column.unique),
