@@ -28,6 +28,8 @@ MB = 1024 * 1024
 
 #: Command-line fragments of helper processes that are neither supervisor nor worker.
 HELPERS = (b"multiprocessing.resource_tracker", b"multiprocessing.forkserver")
+#: In the environment each device-plane worker starts with (``serve --admin-process``).
+DEVICE_PLANE = b"FDO_SERVE_PLANE=device"
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -40,6 +42,18 @@ def rss_bytes(pid: int) -> int | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return None  # a zombie has no VmRSS line
+
+
+def _is_admin(pid: int) -> bool:
+    """The admin plane's process: under an ``..._ADMIN_PROCESS=true`` supervisor, the one
+    child that does not start as a device-plane worker (``serve`` sets its plane once it
+    runs, so it is not in the environment it started with)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    split = any(entry.endswith(b"_ADMIN_PROCESS=true") for entry in environ)
+    return split and DEVICE_PLANE not in environ
 
 
 def _is_helper(pid: int) -> bool:
@@ -60,6 +74,9 @@ class ServiceRss:
     workers: tuple[int, ...]
     #: Helper processes (multiprocessing's resource tracker).
     helpers: tuple[int, ...] = ()
+    #: The admin plane's process (``serve --admin-process``): the workers then serve
+    #: only the device plane.
+    admin: int | None = None
 
     @property
     def max_worker(self) -> int:
@@ -67,7 +84,7 @@ class ServiceRss:
 
     @property
     def total(self) -> int:
-        return (self.supervisor or 0) + sum(self.workers) + sum(self.helpers)
+        return (self.supervisor or 0) + sum(self.workers) + sum(self.helpers) + (self.admin or 0)
 
 
 def service_rss(name: str, proc: ServiceProcess) -> ServiceRss:
@@ -80,11 +97,18 @@ def service_rss(name: str, proc: ServiceProcess) -> ServiceRss:
         return ServiceRss(name, None, () if rss is None else (rss,))
     workers: list[int] = []
     helpers: list[int] = []
+    admin: int | None = None
     for pid in pids[1:]:
         rss = rss_bytes(pid)
-        if rss is not None:
-            (helpers if _is_helper(pid) else workers).append(rss)
-    return ServiceRss(name, rss_bytes(pids[0]), tuple(workers), tuple(helpers))
+        if rss is None:
+            continue
+        if _is_helper(pid):
+            helpers.append(rss)
+        elif _is_admin(pid):
+            admin = rss
+        else:
+            workers.append(rss)
+    return ServiceRss(name, rss_bytes(pids[0]), tuple(workers), tuple(helpers), admin)
 
 
 def stack_rss(stack: Stack, services: Iterable[str] | None = None) -> dict[str, ServiceRss]:

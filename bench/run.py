@@ -6,7 +6,9 @@ loopback. Simulated devices then go through the phases below, driven by
 ``--concurrency`` client threads of this process (the load generator):
 
 * RSS at start  each service's supervisor and workers, once they     (bench/footprint.py)
-                are all up and their RSS has stopped moving
+                are all up and their RSS has stopped moving (with
+                ``--admin-process`` the workers serve only devices
+                and the admin plane's process is shown beside them)
 * DI            device key, DI at the manufacturer               (manufacturer CPU)
 * TO0           one registration per voucher at the rendezvous   (rendezvous CPU)
 * TO1           TO1 only, to1d handed out                        (rendezvous CPU)
@@ -341,14 +343,20 @@ def bench_backend(
     idle_seconds: float,
     settle_seconds: float,
     spy: Path | None = None,
+    admin_process: bool = False,
 ) -> BackendResult:
     workdir = Path(tempfile.mkdtemp(prefix=f"fdo-bench-{backend}-"))
+    env = {name: unlimited(name) for name in SERVICES}
+    if admin_process:  # each admin plane in a process of its own: the workers serve devices only
+        for name in SERVICES:
+            env[name][f"FDO_{name.upper()}_ADMIN_PROCESS"] = "true"
     stack = Stack(
         workdir,
         database_urls=urls,
         workers=dict.fromkeys(SERVICES, workers),
         owner_env={"FDO_OWNER_TO0_ENABLED": "false"},
-        env={name: unlimited(name) for name in SERVICES},
+        env=env,
+        split_admin=admin_process,
     )
     stack.start()
     try:
@@ -635,7 +643,7 @@ def print_memory(backend: str, result: BackendResult) -> None:
     print(f"{backend}: RSS in MB (VmRSS); workers: the largest, then each")
     head = (
         f"  {'when':<34} {'service':<13} {'supervisor':>10} {'worker max':>10}  "
-        f"{'workers':<20} {'helpers':>8}"
+        f"{'workers':<20} {'helpers':>8} {'admin':>6}"
     )
     print(head)
     print("  " + "-" * (len(head) - 2))
@@ -649,7 +657,7 @@ def print_memory(backend: str, result: BackendResult) -> None:
         helpers = ", ".join(_mb(h) for h in r.helpers) or "–"
         print(
             f"  {when:<34} {r.service:<13} {_mb(r.supervisor):>10} {_mb(r.max_worker):>10}  "
-            f"{each:<20} {helpers:>8}"
+            f"{each:<20} {helpers:>8} {_mb(r.admin):>6}"
         )
 
 
@@ -692,11 +700,9 @@ def figures(result: BackendResult) -> list[Figure]:
     """Each figure of issue 15 (and the check-in's of issue 12) with its target."""
     out: list[Figure] = []
     for name, r in result.rss["at start"].items():
-        out.append(
-            Figure(
-                f"RSS per worker after start, {name}", r.max_worker / MB, START_RSS_TARGET_MB, "MB", digits=1
-            )
-        )
+        who = "device worker" if r.admin is not None else "worker"
+        rss = r.max_worker / MB
+        out.append(Figure(f"RSS per {who} after start, {name}", rss, START_RSS_TARGET_MB, "MB", digits=1))
     if result.owner_rss:
         n, last = result.owner_rss[-1]
         out.append(
@@ -841,6 +847,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run with small counts")
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--spy", type=Path, help="py-spy the onboarding phase into this folder")
+    parser.add_argument(
+        "--admin-process",
+        action="store_true",
+        help="serve each admin plane from a process of its own (serve --admin-process): the workers "
+        "measured then serve only devices; the admin process's RSS is shown beside them",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**QUICK)
@@ -853,7 +865,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     backends = args.backend or ["sqlite", "postgresql"]
-    print(f"fdo-bootc benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, loopback HTTP")
+    mode = "admin planes in processes of their own" if args.admin_process else "both planes in every worker"
+    print(
+        f"fdo-bootc benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, loopback HTTP, "
+        f"{args.workers} workers per service, {mode}"
+    )
     all_results: dict[str, BackendResult] = {}
     kw: dict[str, Any] = {
         "devices": args.devices,
@@ -865,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
         "client_runs": args.client_runs,
         "idle_seconds": args.idle_seconds,
         "settle_seconds": args.settle_seconds,
+        "admin_process": args.admin_process,
     }
     bulk: dict[str, Any] = {
         "count": args.to0_vouchers,
