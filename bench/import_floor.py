@@ -76,6 +76,7 @@ LIBRARIES: tuple[Group, ...] = (
     Group("sqlalchemy (Core)", ("sqlalchemy",)),
     Group("sqlalchemy.orm", ("sqlalchemy.orm",)),
     Group("pydantic", ("pydantic",)),
+    Group("pydantic_settings", ("pydantic_settings",)),
     Group("sqlmodel", ("sqlmodel",)),
     Group("starlette.applications", ("starlette.applications",)),
     Group("fastapi", ("fastapi",)),

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from fdo.crypto import (
     KEY_KINDS,
@@ -42,15 +43,7 @@ from fdo.crypto import (
 from fdo.di.messages import MfgInfo
 from fdo.errors import FdoError, MessageBodyError, UnsupportedError
 from fdo.rvinfo import RendezvousDirective, RendezvousInfo
-from fdo_server.config import (
-    IPNetwork,
-    Networks,
-    NoDecode,
-    ServiceSettings,
-    SettingsConfigDict,
-    body_limit_field,
-    parse_networks,
-)
+from fdo_server.config import IPNetwork, Networks, ServiceSettings, body_limit_field, parse_networks
 
 ENV_PREFIX = "FDO_MANUFACTURER_"
 

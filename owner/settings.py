@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
 from fdo.errors import FdoError
 from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry
-from fdo_server.config import ServiceSettings, SettingsConfigDict, body_limit_field
+from fdo_server.config import ServiceSettings, body_limit_field
 
 PREFIX = "FDO_OWNER_"
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from fdo.crypto import load_public_key, spki_der
 from fdo.errors import FdoError
-from fdo_server.config import ServiceSettings, SettingsConfigDict
+from fdo_server.config import ServiceSettings
 
 THIRTY_DAYS = 30 * 24 * 3600
 

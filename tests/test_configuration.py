@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from pydantic_settings import BaseSettings, NoDecode
 from typer.testing import CliRunner
 
 from fdo.crypto import generate_key, make_ca, private_key_to_pem
 from fdo_cli.main import app
 from fdo_server import uvserver
-from fdo_server.config import ConfigError, EnvSettings, NoDecode, env_prefix, load_settings
+from fdo_server.config import ConfigError, env_prefix, load_settings
 from manufacturer.settings import ManufacturerSettings
 from owner.settings import OwnerSettings
 from rendezvous.settings import RendezvousSettings
@@ -23,7 +24,7 @@ from tests.conftest import REPO, config_seen
 
 runner = CliRunner()
 
-CLASSES: dict[str, type[EnvSettings]] = {
+CLASSES: dict[str, type[BaseSettings]] = {
     "manufacturer": ManufacturerSettings,
     "rendezvous": RendezvousSettings,
     "owner": OwnerSettings,

@@ -128,30 +128,6 @@ def _service_modules(service: str, tmp_path: Path, *plane: str) -> set[str]:
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-_SETTINGS_PROBE = """
-import json, sys
-from fdo_server.config import load_settings
-from manufacturer.settings import ManufacturerSettings
-from owner.settings import OwnerSettings
-from rendezvous.settings import RendezvousSettings
-for cls in (ManufacturerSettings, OwnerSettings, RendezvousSettings):
-    load_settings(cls)
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "pydantic_settings")))
-"""
-
-
-def test_the_services_settings_need_no_pydantic_settings(tmp_path: Path) -> None:
-    """Every service's settings, read from the environment, without the pydantic-settings
-    package (the app processes are checked with NEVER below)."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FDO_OWNER_TO2_URLS": '["http://owner:8043"]'}
-    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
-        [sys.executable, "-c", _SETTINGS_PROBE], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
-
-
 @pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
 def test_a_service_on_a_database_at_head_never_imports_what_it_does_not_use(
     service: str, tmp_path: Path
@@ -183,10 +159,9 @@ ADMIN_STACK = {
         "jinja2",
     },
 }
-#: What no service process imports, whatever plane it serves: schema tools, the
-#: PostgreSQL driver on SQLite, and pydantic-settings (fdo_server.config.EnvSettings reads
-#: the environment; 70 modules and 5 MB less per process, issue 15).
-NEVER = {"alembic", "mako", "psycopg", "pydantic_settings"}
+#: What no service process imports, whatever plane it serves: schema tools, and the
+#: PostgreSQL driver on SQLite.
+NEVER = {"alembic", "mako", "psycopg"}
 
 
 #: The web framework: a device-plane worker serves without it (fdo_server.device_app).
