@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import BindParameter, bindparam, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
@@ -46,6 +47,19 @@ from transport.server import InlineWhileFast
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+#: What SQLAlchemy raises when the database cannot be reached or lost the connection (a
+#: refused or timed-out connect, a connection the server or network dropped, an
+#: exhausted pool, SQLite's "database is locked"): answered 503, to retry
+#: (the FastAPI app's handlers, :mod:`fdo_server.web_errors`; the owner's device endpoint).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
+#: ``Retry-After`` (seconds) of the 503 while the database is unavailable.
+RETRY_AFTER_SECONDS = 5
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 _connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)

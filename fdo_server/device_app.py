@@ -10,6 +10,8 @@ request as the FastAPI app of :func:`fdo_server.service.service_app` does
 (``tests/test_device_app.py`` sends both the same requests):
 
 * ``POST /fdo/101/msg/<type>``: the :class:`~transport.server.FdoEndpoint`;
+* the routes a service declares (:meth:`DeviceApp.add_route`) and serves by middleware
+  in front: the owner's check-in and report (:class:`owner.checkin_endpoint.DeviceEndpoint`);
 * ``GET /health``: ``{"status": "ok"}``; ``/ready``: the readiness
   check (:mod:`fdo_server.readiness`) and the service's keys, 200 ``{"status": "ready"}``
   or 503 ``{"status": "unavailable", "reason": ...}``;
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import traceback
 from collections.abc import Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -44,9 +45,7 @@ from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
 from transport.server import MSG_PATH, ASGIApp, FdoEndpoint, FdoFastPath, Receive, Scope, Send
 
-log = logging.getLogger(__name__)
-
-#: ``Allow`` of a path's 405, by path (the FDO message path: any ``/fdo/101/msg/<type>``).
+#: The ``Allow`` of a 405: the probes' and the FDO message path's.
 _GET = b"GET"
 _POST = b"POST"
 

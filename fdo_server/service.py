@@ -176,10 +176,11 @@ def service_app(
     :func:`fdo_server.planes.serves_admin`, as the API documentation and ``/metrics`` are.
     """
     from fastapi import FastAPI
+    from starlette.routing import Route
 
     from fdo_server import probes, web_errors
     from fdo_server.body_limit import BodyLimit
-    from transport.server import NO_TELEMETRY, FdoFastPath
+    from transport.server import MSG_PATH, NO_TELEMETRY, FdoFastPath
 
     core = _core(
         service, settings, engine, handlers, clock=clock, networks=networks, rates=rates, guarded=guarded
@@ -212,10 +213,6 @@ def service_app(
     # limit (max_body, answered with an ErrorMessage) and never pass through BodyLimit.
     app.add_middleware(BodyLimit, default=settings.max_request_body, routes=tuple(body_limits))
     planes.device_paths(app)  # none yet: the FDO routes are the device plane by their prefix
-    from starlette.routing import Route
-
-    from transport.server import MSG_PATH
-
     # The route documents nothing (no schema) and answers what FdoFastPath does not take
     # (a GET: 405); FdoFastPath serves every FDO message in front of the app's routing.
     app.router.routes.append(

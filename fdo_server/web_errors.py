@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DataError
+
+from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 
 log = logging.getLogger("fdo_server.service")
 
@@ -50,19 +51,6 @@ async def _unstorable(request: Request, exc: Exception) -> Response:
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, reason)
     return JSONResponse({"detail": f"a value cannot be stored: {reason}"}, status_code=422)
-
-
-#: What SQLAlchemy raises when the database cannot be reached or lost the connection (a
-#: refused or timed-out connect, a connection the server or network dropped, an
-#: exhausted pool, SQLite's "database is locked"): answered 503, to retry.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    sa_exc.TimeoutError,
-)
-#: ``Retry-After`` (seconds) of the 503 while the database is unavailable.
-RETRY_AFTER_SECONDS = 5
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:

@@ -6,14 +6,14 @@ and its deprecated alias ``POST /api/v1/report`` the way FDO messages are served
 injection or response-model round trip, and no web framework imported (only pydantic
 for the models and SQLAlchemy for the database, for now: issue 15). The routes of
 :mod:`owner.report_api` stay declared for the API documentation and serve where the
-endpoint is not mounted; both call the same database work (:func:`~owner.report_api.
-answer_checkin`, :func:`~owner.report_api.answer_report`), on the event loop while the
+endpoint is not mounted; both call the same database work (:func:`~owner.device_api.
+answer_checkin`, :func:`~owner.device_api.answer_report`), on the event loop while the
 database is quick (:func:`fdo_server.db.inline_messages`) or in anyio's worker threads
 (:func:`transport.server.run_in_thread`).
 
 **Check-in** is the request a fleet sends most (100,000 devices every 5 minutes is 333
-a second), so its body is validated by :class:`~owner.report_api.CheckinIn`'s compiled
-JSON validator. Answers: 200 with :class:`~owner.report_api.CheckinOut`, 401 with
+a second), so its body is validated by :class:`~owner.device_api.CheckinIn`'s compiled
+JSON validator. Answers: 200 with :class:`~owner.device_api.CheckinOut`, 401 with
 ``WWW-Authenticate: Bearer`` and nothing recorded, 413 for a body over :data:`MAX_BODY`,
 422 with the validation errors (as FastAPI words them, without echoing the input).
 
@@ -28,9 +28,9 @@ test_device_endpoints.py`` compares them), in the route's order:
   for an empty body, else the model's errors with their input; 400 for a JSON body
   that is not text (``There was an error parsing the body``);
 * 401 with ``WWW-Authenticate: Bearer``: no bearer credential, or a refused one;
-* 200 with :class:`~owner.report_api.ReportOut`.
+* 200 with :class:`~owner.device_api.ReportOut`.
 
-Both answer a database error as the app's handlers do (:mod:`fdo_server.service`): 503
+Both answer a database error as the app's handlers do (:mod:`fdo_server.web_errors`): 503
 with ``Retry-After`` while it cannot be reached, 422 for a value it refuses; any other
 exception goes up to the app's error middleware (the plain 500 the route's would get).
 """
@@ -48,6 +48,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from owner.device_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
 from transport.dispatch import Response
 from transport.server import (
@@ -72,15 +73,6 @@ REPORT_PATHS = frozenset({"/device/v1/report", "/api/v1/report"})
 #: A check-in is a few hundred bytes; its largest field (the error text) is 2,000
 #: characters, so 64 KiB leaves room for any device that adds fields.
 MAX_BODY = 64 * 1024
-#: ``Retry-After`` (seconds) of the 503, as :data:`fdo_server.service.RETRY_AFTER_SECONDS`.
-RETRY_AFTER_SECONDS = 5
-#: What the app answers 503 (:data:`fdo_server.service.DATABASE_UNAVAILABLE`).
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    sa_exc.TimeoutError,
-)
 
 _VALIDATE_CHECKIN = TypeAdapter(CheckinIn).validate_json
 _VALIDATE_REPORT = TypeAdapter(ReportIn).validate_python
@@ -96,7 +88,7 @@ def _answer(status: int, body: Any, fields: Mapping[str, str] | None = None) -> 
 
 
 def _invalid(errors: list[dict[str, Any]]) -> Response:
-    """The app's 422 for a request that does not validate (``fdo_server.service._invalid``:
+    """The app's 422 for a request that does not validate (``fdo_server.web_errors._invalid``:
     FastAPI's body, every non-ASCII character escaped)."""
     detail = _jsonable(errors)
     data = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
@@ -123,7 +115,7 @@ def _body_limit(status: int, detail: str) -> Response:
 
 
 def _database_error(exc: Exception, path: str) -> Response | None:
-    """The app's answer to a database error (``fdo_server.service``), or None for one it
+    """The app's answer to a database error (``fdo_server.web_errors``), or None for one it
     does not handle (a 500)."""
     orig = getattr(exc, "orig", None) or exc
     if isinstance(exc, sa_exc.DataError):

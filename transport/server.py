@@ -1,14 +1,16 @@
-"""The HTTP server side: FDO messages as a bare ASGI endpoint on a FastAPI app.
+"""The HTTP server side: FDO messages as a bare ASGI endpoint.
 
-One route, ``POST /fdo/101/msg/{type}`` (reference §1.1). :func:`fdo_router` builds a
-:class:`~transport.dispatch.MessageDispatcher` over the service's
+One route, ``POST /fdo/101/msg/{type}`` (reference §1.1). :func:`fdo_endpoint_for` builds
+a :class:`~transport.dispatch.MessageDispatcher` over the service's
 :class:`~transport.dispatch.ProtocolHandler` per sub-protocol and its
 :class:`~transport.sessions.SessionStore`, and serves it through an :class:`FdoEndpoint`:
 the endpoint reads the body in the event loop, with the size limit checked on
 ``Content-Length`` before reading and then while reading, and runs the dispatcher (the
 synchronous message handler: machine and database work) in the thread pool or inline
-(:class:`InlineWhileFast`). :func:`mount_fdo` puts the endpoint in front of the app's
-middleware and routing (:class:`FdoFastPath`).
+(:class:`InlineWhileFast`). None of this needs a web framework (a worker that serves
+only devices has none: :mod:`fdo_server.device_app`); on a FastAPI app,
+:func:`fdo_router` declares the route and :func:`mount_fdo` puts the endpoint in front
+of the app's middleware and routing (:class:`FdoFastPath`).
 
 The steps of one message and the error answers are described in
 :mod:`transport.dispatch`; the session stores and the machine cache are in
