@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ REFUSED = "device credential refused"
 
 
 @pytest.fixture
-def app(key_pool: KeyPool, tmp_path: Path, database_url: str) -> FastAPI:
-    return create_app(make_world(key_pool, tmp_path).settings(database_url))
+def app(key_pool: KeyPool, tmp_path: Path, database_url: str) -> Iterator[FastAPI]:
+    built = create_app(make_world(key_pool, tmp_path).settings(database_url))
+    yield built
+    built.state.engine.dispose()  # the clients run no lifespan: close its connections here
 
 
 def _device(app: FastAPI) -> tuple[int, str]:

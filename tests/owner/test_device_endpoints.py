@@ -83,14 +83,19 @@ def _is_endpoint(cls: object) -> bool:
 
 
 @pytest.fixture
-def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> tuple[Owner, Owner]:
-    """``(served, routed)``: the app as served, and the same app without the endpoint."""
+def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> Iterator[tuple[Owner, Owner]]:
+    """``(served, routed)``: the app as served, and the same app without the endpoint (their
+    database connections closed after the test: the clients run no lifespan)."""
     world = make_world(key_pool, tmp_path)
     served = create_app(world.settings(database_factory("served")))
     routed = create_app(world.settings(database_factory("routed")))
-    assert _is_endpoint(served.user_middleware[0].cls)
-    routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
-    return _owner(served), _owner(routed)
+    try:
+        assert _is_endpoint(served.user_middleware[0].cls)
+        routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
+        yield _owner(served), _owner(routed)
+    finally:
+        served.state.engine.dispose()
+        routed.state.engine.dispose()
 
 
 def _same(served: Response, routed: Response) -> None:
@@ -220,9 +225,12 @@ def test_other_methods_still_reach_the_routes(owners: tuple[Owner, Owner]) -> No
     assert owners[0].http.put("/api/v1/report", content=_report()).status_code == 405
 
 
-def test_the_endpoint_serves_without_the_routes(key_pool: KeyPool, tmp_path: Path, database_url: str) -> None:
+def test_the_endpoint_serves_without_the_routes(
+    key_pool: KeyPool, tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+) -> None:
     """Mounted in front of an app without the routes, the endpoint answers on its own."""
     app = create_app(make_world(key_pool, tmp_path).settings(database_url))
+    request.addfinalizer(app.state.engine.dispose)
     owner = _owner(app)
     endpoint = DeviceEndpoint(
         FastAPI(),
