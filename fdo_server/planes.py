@@ -31,7 +31,8 @@ also runs the two planes in different processes: the device listener's workers w
 is false): the services add their admin routers, the API documentation and
 ``/metrics`` only where it is true, and import them only there, so the admin stack
 (admin routers and their schemas, templates, the API documentation) never loads in a
-worker that serves devices (``tests/test_import_isolation.py``). Every process still
+worker that serves devices; such a worker serves the device plane without FastAPI at all
+(:class:`fdo_server.device_app.DeviceApp`, ``tests/test_import_isolation.py``). Every process still
 answers through :class:`PlaneSplit`, so each listener answers exactly as when every
 worker served both.
 """
