@@ -88,13 +88,13 @@ class ServiceRss:
 
 
 def service_rss(name: str, proc: ServiceProcess) -> ServiceRss:
-    """The RSS of ``proc``'s supervisor, workers and helpers right now."""
+    """The RSS of ``proc``'s supervisor, workers, admin process and helpers right now.
+
+    The first process is the supervisor when workers run below it; with one worker it
+    serves itself (beside the admin process and the resource tracker, if any)."""
     pids = proc.pids()
     if not pids:
         return ServiceRss(name, None, ())
-    if len(pids) == 1:
-        rss = rss_bytes(pids[0])
-        return ServiceRss(name, None, () if rss is None else (rss,))
     workers: list[int] = []
     helpers: list[int] = []
     admin: int | None = None
@@ -108,7 +108,10 @@ def service_rss(name: str, proc: ServiceProcess) -> ServiceRss:
             admin = rss
         else:
             workers.append(rss)
-    return ServiceRss(name, rss_bytes(pids[0]), tuple(workers), tuple(helpers), admin)
+    first = rss_bytes(pids[0])
+    if not workers:  # the first process is the worker
+        return ServiceRss(name, None, () if first is None else (first,), tuple(helpers), admin)
+    return ServiceRss(name, first, tuple(workers), tuple(helpers), admin)
 
 
 def stack_rss(stack: Stack, services: Iterable[str] | None = None) -> dict[str, ServiceRss]:

@@ -56,3 +56,28 @@ def test_bench_runs_and_prints_each_figure_against_its_target() -> None:
     for table in ("phase ", "RSS in MB", "idle CPU over 1 s", "fdo device onboard (TO1+TO2, 1 runs)"):
         assert table in out, table
     assert "Traceback" not in done.stderr
+
+
+def test_bench_with_admin_processes_measures_the_device_workers_apart() -> None:
+    """``--admin-process``: each service's admin plane in a process of its own; the workers
+    measured are the device workers, and the admin process has its own column."""
+    tiny = [a for a in TINY]
+    tiny[tiny.index("--to0-vouchers") + 1] = "0"
+    tiny[tiny.index("--client-runs") + 1] = "0"
+    done = subprocess.run(  # noqa: S603 - our own script
+        [sys.executable, "bench/run.py", *tiny, "--admin-process"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "admin planes in processes of their own" in out
+    for service in ("manufacturer", "rendezvous", "owner"):
+        # supervisor (none: one worker serves itself), worker max, workers, helpers, admin
+        start = re.search(rf"^  at start +{service} +\S+ +([0-9.]+) +.+ +\S+ +([0-9.]+)$", out, re.M)
+        assert start is not None, f"{service}\n{out[-3000:]}"
+        worker, admin = float(start.group(1)), float(start.group(2))
+        assert worker < admin  # the device worker loads no admin stack
+        assert f"RSS per device worker after start, {service}" in out
