@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from sqlalchemy.engine import Engine
 
@@ -77,6 +77,36 @@ def open_engine(service: str, database_url: str) -> Engine:
     return engine
 
 
+class ServeOptions(TypedDict, total=False):
+    """What :func:`service_app` and :func:`device_app` take beside the service, its
+    settings, engine and handlers (the defaults are :class:`_Served`'s)."""
+
+    clock: Clock
+    keys_loaded: Callable[[], bool]
+    background: Callable[[], AbstractContextManager[object]]
+    body_limits: Iterable[RouteLimit]
+    networks: Mapping[int, Sequence[IPNetwork]] | None
+    rates: Mapping[int, tuple[float, int]] | None
+    guarded: Sequence[GuardedRoute]
+
+
+@dataclass(frozen=True)
+class _Served:
+    """One service's device plane as both apps serve it (see :func:`service_app`)."""
+
+    service: str
+    settings: ServiceSettings
+    engine: Engine
+    handlers: Mapping[int, ProtocolHandler]
+    clock: Clock = utc_now
+    keys_loaded: Callable[[], bool] = lambda: True
+    background: Callable[[], AbstractContextManager[object]] = nullcontext
+    body_limits: Iterable[RouteLimit] = ()
+    networks: Mapping[int, Sequence[IPNetwork]] | None = None
+    rates: Mapping[int, tuple[float, int]] | None = None
+    guarded: Sequence[GuardedRoute] = ()
+
+
 @dataclass
 class _Core:
     """What both apps of a service serve the device plane with (:func:`_core`)."""
@@ -86,9 +116,7 @@ class _Core:
     endpoint: FdoEndpoint
     guard: dict[str, Any]  # EdgeGuard's options
 
-    def lifespan(
-        self, engine: Engine, background: Callable[[], AbstractContextManager[object]]
-    ) -> Callable[[], AbstractAsyncContextManager[None]]:
+    def lifespan(self, served: _Served) -> Callable[[], AbstractAsyncContextManager[None]]:
         """Start the session sweep and ``background`` (the owner's TO0 scheduler) with the
         app; at stop, stop them, then dispose of the engine."""
 
@@ -96,49 +124,40 @@ class _Core:
         async def lifespan() -> AsyncIterator[None]:
             try:
                 async with self.sweeper:
-                    with background():
+                    with served.background():
                         yield
             finally:
-                engine.dispose()
+                served.engine.dispose()
 
         return lifespan
 
 
-def _core(
-    service: str,
-    settings: ServiceSettings,
-    engine: Engine,
-    handlers: Mapping[int, ProtocolHandler],
-    *,
-    clock: Clock,
-    networks: Mapping[int, Sequence[IPNetwork]] | None,
-    rates: Mapping[int, tuple[float, int]] | None,
-    guarded: Sequence[GuardedRoute],
-) -> _Core:
+def _core(served: _Served) -> _Core:
     """The metrics, the session sweep, the FDO endpoint and the edge guard's options."""
-    metrics = observability.ServiceMetrics(service)
-    sweeper = SessionSweeper(engine, metrics, settings.session_sweep_seconds, clock)
+    settings, clock = served.settings, served.clock
+    metrics = observability.ServiceMetrics(served.service)
+    sweeper = SessionSweeper(served.engine, metrics, settings.session_sweep_seconds, clock)
     endpoint = fdo_endpoint_for(
-        handlers,
+        served.handlers,
         SQLSessionStore(clock, on_create=sweeper.notice),
         max_body=settings.max_body,
         session_ttl=timedelta(seconds=settings.session_ttl_seconds),
         clock=clock,
-        scope=lambda: message_scope(engine),
+        scope=lambda: message_scope(served.engine),
         observer=metrics.observe,
         inline=inline_messages(settings.database_url),
     )
     guard = {
-        "service": service,
+        "service": served.service,
         "routes": [
             *first_message_routes(
-                handlers,
+                served.handlers,
                 rate=settings.first_message_rate,
                 burst=settings.first_message_burst,
-                networks=dict(networks or {}),
-                rates=rates,
+                networks=dict(served.networks or {}),
+                rates=served.rates,
             ),
-            *guarded,
+            *served.guarded,
         ],
         "trusted_proxies": settings.trusted_proxies,
         "metrics": metrics,
@@ -152,14 +171,7 @@ def service_app(
     settings: ServiceSettings,
     engine: Engine,
     handlers: Mapping[int, ProtocolHandler],
-    *,
-    clock: Clock = utc_now,
-    keys_loaded: Callable[[], bool] = lambda: True,
-    background: Callable[[], AbstractContextManager[object]] = nullcontext,
-    body_limits: Iterable[RouteLimit] = (),
-    networks: Mapping[int, Sequence[IPNetwork]] | None = None,
-    rates: Mapping[int, tuple[float, int]] | None = None,
-    guarded: Sequence[GuardedRoute] = (),
+    **options: Unpack[ServeOptions],
 ) -> FastAPI:
     """The FastAPI app of ``service`` serving ``handlers`` (keyed by first message type).
 
@@ -182,10 +194,9 @@ def service_app(
     from fdo_server.body_limit import BodyLimit
     from transport.server import MSG_PATH, NO_TELEMETRY, FdoFastPath
 
-    core = _core(
-        service, settings, engine, handlers, clock=clock, networks=networks, rates=rates, guarded=guarded
-    )
-    started = core.lifespan(engine, background)
+    served = _Served(service, settings, engine, handlers, **options)
+    core = _core(served)
+    started = core.lifespan(served)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -211,7 +222,7 @@ def service_app(
     app.state.metrics = core.metrics
     # Added before FdoFastPath, so FdoFastPath stays outermost: FDO messages keep their own
     # limit (max_body, answered with an ErrorMessage) and never pass through BodyLimit.
-    app.add_middleware(BodyLimit, default=settings.max_request_body, routes=tuple(body_limits))
+    app.add_middleware(BodyLimit, default=settings.max_request_body, routes=tuple(served.body_limits))
     planes.device_paths(app)  # none yet: the FDO routes are the device plane by their prefix
     # The route documents nothing (no schema) and answers what FdoFastPath does not take
     # (a GET: 405); FdoFastPath serves every FDO message in front of the app's routing.
@@ -220,7 +231,11 @@ def service_app(
     )
     app.add_middleware(FdoFastPath, endpoint=core.endpoint)
     probes.install(
-        app, core.metrics, database_url=settings.database_url, keys_loaded=keys_loaded, exposition=admin
+        app,
+        core.metrics,
+        database_url=settings.database_url,
+        keys_loaded=served.keys_loaded,
+        exposition=admin,
     )
     # Added after FdoFastPath, so it wraps it: it sees every request first.
     app.add_middleware(EdgeGuard, **core.guard)
@@ -233,14 +248,7 @@ def device_app(
     settings: ServiceSettings,
     engine: Engine,
     handlers: Mapping[int, ProtocolHandler],
-    *,
-    clock: Clock = utc_now,
-    keys_loaded: Callable[[], bool] = lambda: True,
-    background: Callable[[], AbstractContextManager[object]] = nullcontext,
-    body_limits: Iterable[RouteLimit] = (),
-    networks: Mapping[int, Sequence[IPNetwork]] | None = None,
-    rates: Mapping[int, tuple[float, int]] | None = None,
-    guarded: Sequence[GuardedRoute] = (),
+    **options: Unpack[ServeOptions],
 ) -> DeviceApp:
     """The device plane of the app :func:`service_app` makes from the same arguments, as a
     bare ASGI app (:class:`~fdo_server.device_app.DeviceApp`): the FDO messages behind the
@@ -251,16 +259,15 @@ def device_app(
     from fdo_server.device_app import DeviceApp
     from fdo_server.readiness import readiness_probe
 
-    core = _core(
-        service, settings, engine, handlers, clock=clock, networks=networks, rates=rates, guarded=guarded
-    )
+    served = _Served(service, settings, engine, handlers, **options)
+    core = _core(served)
     app = DeviceApp(
         endpoint=core.endpoint,
-        lifespan=core.lifespan(engine, background),
+        lifespan=core.lifespan(served),
         probe=readiness_probe(settings.database_url),
-        keys_loaded=keys_loaded,
+        keys_loaded=served.keys_loaded,
         max_request_body=settings.max_request_body,
-        body_limits=tuple(body_limits),
+        body_limits=tuple(served.body_limits),
     )
     app.state.settings = settings
     app.state.engine = engine
