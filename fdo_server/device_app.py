@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import traceback
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import SimpleNamespace
 from typing import Any
@@ -43,29 +43,24 @@ from urllib.parse import quote
 
 from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
-from transport.server import MSG_PATH, ASGIApp, FdoEndpoint, FdoFastPath, Receive, Scope, Send
+from transport.dispatch import Response
+from transport.server import MSG_PATH, ASGIApp, FdoEndpoint, FdoFastPath, Receive, Scope, Send, send_response
 
 #: The ``Allow`` of a 405: the probes' and the FDO message path's.
-_GET = b"GET"
-_POST = b"POST"
+_GET = "GET"
+_POST = "POST"
 
 
-def json_body(content: Any) -> bytes:
-    """``content`` as FastAPI's ``JSONResponse`` renders it."""
-    return json.dumps(
-        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode()
+def json_response(status: int, content: Any, fields: Mapping[str, str] | None = None) -> Response:
+    """``content`` as FastAPI's ``JSONResponse`` answers it: UTF-8 JSON (NaN refused),
+    ``fields``, then ``content-length`` and ``content-type``."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Response.make(status, body, fields or {}, "application/json")
 
 
-async def send_json(
-    send: Send, status: int, content: Any, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    """Answer ``status`` with ``content`` as JSON (the fields FastAPI's ``JSONResponse``
-    sends: ``headers``, then ``content-length`` and ``content-type``)."""
-    body = json_body(content)
-    fields = [*headers, (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": status, "headers": fields})
-    await send({"type": "http.response.body", "body": body})
+async def send_json(send: Send, status: int, content: Any, fields: Mapping[str, str] | None = None) -> None:
+    """Send :func:`json_response`'s answer."""
+    await send_response(send, json_response(status, content, fields))
 
 
 class DeviceApp:
@@ -90,7 +85,7 @@ class DeviceApp:
     ) -> None:
         self.state = SimpleNamespace()
         #: ``Allow`` of each route by path (the FDO message path aside).
-        self.routes: dict[str, bytes] = {"/health": _GET, "/ready": _GET}
+        self.routes: dict[str, str] = {"/health": _GET, "/ready": _GET}
         self.lifespan = lifespan
         self.probe = probe
         self.keys_loaded = keys_loaded
@@ -104,7 +99,7 @@ class DeviceApp:
         """Declare a device-plane route that middleware in front serves (the owner's
         check-in): another method on it is 405, its path with a trailing slash 307, and
         the device listener passes it on (:func:`fdo_server.planes.device_paths`)."""
-        self.routes[path] = method.encode()
+        self.routes[path] = method
         planes.device_paths(self).add(path)
 
     def add_middleware(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
@@ -154,13 +149,13 @@ class DeviceApp:
         elif method != "GET" or allow != _GET:
             # A POST of an FDO message (or of a route added) went to the endpoint in front:
             # this is another method.
-            await send_json(send, 405, {"detail": "Method Not Allowed"}, [(b"allow", allow)])
+            await send_json(send, 405, {"detail": "Method Not Allowed"}, {"Allow": allow})
         elif path == "/health":
             await send_json(send, 200, {"status": "ok"})
         else:
             await self._ready(send)
 
-    def _allowed(self, path: str) -> bytes | None:
+    def _allowed(self, path: str) -> str | None:
         """The ``Allow`` of the route at ``path``, None where there is none."""
         allow = self.routes.get(path)
         if (

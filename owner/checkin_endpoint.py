@@ -49,6 +49,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
+from fdo_server.device_app import json_response
 from owner.device_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
 from transport.dispatch import Response
 from transport.server import (
@@ -79,12 +80,6 @@ _VALIDATE_REPORT = TypeAdapter(ReportIn).validate_python
 _JSON = "application/json"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _MISSING = object()
-
-
-def _answer(status: int, body: Any, fields: Mapping[str, str] | None = None) -> Response:
-    """JSON as Starlette's ``JSONResponse`` renders it (UTF-8, NaN refused)."""
-    data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    return Response.make(status, data, fields or {}, _JSON)
 
 
 def _invalid(errors: list[dict[str, Any]]) -> Response:
@@ -121,13 +116,13 @@ def _database_error(exc: Exception, path: str) -> Response | None:
     if isinstance(exc, sa_exc.DataError):
         reason = str(orig).strip().splitlines()[0]
         log.warning("POST %s: the database refused a value: %s", path, reason)
-        return _answer(422, {"detail": f"a value cannot be stored: {reason}"})
+        return json_response(422, {"detail": f"a value cannot be stored: {reason}"})
     if isinstance(exc, DATABASE_UNAVAILABLE):
         lines = str(orig).strip().splitlines()
         reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
         log.warning("POST %s: the database is unavailable: %s", path, reason)
         retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        return _answer(503, {"detail": "the database is unavailable; retry later"}, retry)
+        return json_response(503, {"detail": "the database is unavailable; retry later"}, retry)
     return None
 
 
@@ -136,8 +131,8 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-_MISSING_CREDENTIAL = _answer(401, {"detail": "missing device credential"}, _CHALLENGE)
-_REFUSED = _answer(401, {"detail": "device credential refused"}, _CHALLENGE)
+_MISSING_CREDENTIAL = json_response(401, {"detail": "missing device credential"}, _CHALLENGE)
+_REFUSED = json_response(401, {"detail": "device credential refused"}, _CHALLENGE)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -175,7 +170,7 @@ def _report_body(headers: Mapping[str, str], data: bytes) -> ReportIn | Response
                 }
                 return _invalid([error])
             except Exception:  # not text (UnicodeDecodeError), too deeply nested
-                return _answer(400, {"detail": "There was an error parsing the body"})
+                return json_response(400, {"detail": "There was an error parsing the body"})
         else:
             value = data
     if value is _MISSING:
@@ -230,7 +225,7 @@ class DeviceEndpoint:
         if data is None:
             # As fdo_server.body_limit does: close, so the rest of the body is not read.
             too_large = {"detail": f"request body larger than {MAX_BODY} bytes"}
-            await send_response(send, _answer(413, too_large, {"Connection": "close"}))
+            await send_response(send, json_response(413, too_large, {"Connection": "close"}))
             return
         token = _bearer(headers)
         if token is None:
