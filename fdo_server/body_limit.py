@@ -33,7 +33,8 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from transport.server import ASGIApp, Receive, Scope, Send
+from transport.dispatch import Response
+from transport.server import ASGIApp, Receive, Scope, Send, send_response
 
 Message = MutableMapping[str, Any]
 
@@ -126,20 +127,20 @@ def _framing(scope: Scope) -> tuple[bytes | None, bool]:
     return length, chunked
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
+def limit_refusal(status: int, detail: str) -> Response:
+    """The answer to a body refused here (400, 413): JSON ``{"detail": ...}`` and
+    ``Connection: close``, so the server stops reading and closes."""
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+    fields = (
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
     )
-    await send({"type": "http.response.body", "body": body})
+    return Response(status, body, fields)
+
+
+async def _answer(send: Send, status: int, detail: str) -> None:
+    await send_response(send, limit_refusal(status, detail))
 
 
 def too_large_detail(limit: int) -> str:

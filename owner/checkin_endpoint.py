@@ -48,6 +48,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from fdo_server.body_limit import limit_refusal, too_large_detail
 from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from fdo_server.device_app import json_response
 from owner.device_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
@@ -100,13 +101,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode()
     return value
-
-
-def _body_limit(status: int, detail: str) -> Response:
-    """:class:`fdo_server.body_limit.BodyLimit`'s answer (its JSON, ``Connection: close``)."""
-    body = json.dumps({"detail": detail}).encode()
-    fields = ((b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode()))
-    return Response(status, body, (*fields, (b"connection", b"close")))
 
 
 def _database_error(exc: Exception, path: str) -> Response | None:
@@ -256,7 +250,7 @@ class DeviceEndpoint:
         if "transfer-encoding" in headers:  # it frames the body, even beside a Content-Length
             headers = {name: value for name, value in headers.items() if name != "content-length"}
         elif not headers.get("content-length", "0").isdigit():
-            await send_response(send, _body_limit(400, "Content-Length is not a number"))
+            await send_response(send, limit_refusal(400, "Content-Length is not a number"))
             return
         limit = self.max_request_body
         try:
@@ -264,7 +258,7 @@ class DeviceEndpoint:
         except Disconnected:
             return
         if data is None:
-            await send_response(send, _body_limit(413, f"request body larger than {limit} bytes"))
+            await send_response(send, limit_refusal(413, too_large_detail(limit)))
             return
         body = _report_body(headers, data)
         if isinstance(body, Response):
