@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -46,6 +47,9 @@ from fdo_server.body_limit import BodyLimit, RouteLimit
 from transport.dispatch import Response
 from transport.server import MSG_PATH, ASGIApp, FdoEndpoint, FdoFastPath, Receive, Scope, Send, send_response
 
+#: The log of :func:`database_error_answer` (as the FastAPI app's handlers had it).
+log = logging.getLogger("fdo_server.service")
+
 #: The ``Allow`` of a 405: the probes' and the FDO message path's.
 _GET = "GET"
 _POST = "POST"
@@ -56,6 +60,31 @@ def json_response(status: int, content: Any, fields: Mapping[str, str] | None = 
     ``fields``, then ``content-length`` and ``content-type``."""
     body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     return Response.make(status, body, fields or {}, "application/json")
+
+
+def database_error_answer(method: str, path: str, exc: Exception) -> Response | None:
+    """The answer to a database error a request met, logged: 422 with the database's
+    one-line reason for a value it refuses (``DataError``: the unit of work rolled back),
+    503 with ``Retry-After`` while it cannot be reached (:data:`fdo_server.db.DATABASE_UNAVAILABLE`;
+    ``/ready`` says not ready until it is back); None for any other error (a 500). The
+    FastAPI app's handlers (:mod:`fdo_server.web_errors`) and the owner's device endpoint
+    answer with it."""
+    from sqlalchemy.exc import DataError
+
+    from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
+
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(exc, DataError):
+        reason = str(orig).strip().splitlines()[0]
+        log.warning("%s %s: the database refused a value: %s", method, path, reason)
+        return json_response(422, {"detail": f"a value cannot be stored: {reason}"})
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        lines = str(orig).strip().splitlines()
+        reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+        log.warning("%s %s: the database is unavailable: %s", method, path, reason)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return json_response(503, {"detail": "the database is unavailable; retry later"}, retry)
+    return None
 
 
 async def send_json(send: Send, status: int, content: Any, fields: Mapping[str, str] | None = None) -> None:

@@ -8,7 +8,6 @@ no other route that could raise them, never loads this module.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -17,16 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
-from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-
-log = logging.getLogger("fdo_server.service")
+from fdo_server.db import DATABASE_UNAVAILABLE
+from fdo_server.device_app import database_error_answer
 
 
 def install(app: FastAPI) -> None:
     """Answer :data:`DATABASE_UNAVAILABLE`, ``DataError`` and ``RequestValidationError``."""
-    app.add_exception_handler(DataError, _unstorable)
-    for unavailable in DATABASE_UNAVAILABLE:
-        app.add_exception_handler(unavailable, _database_unavailable)
+    errors: tuple[type[Exception], ...] = (DataError, *DATABASE_UNAVAILABLE)
+    for error in errors:
+        app.add_exception_handler(error, _database_error)
     app.add_exception_handler(RequestValidationError, _invalid)
 
 
@@ -45,23 +43,12 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return _AsciiJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 
-async def _unstorable(request: Request, exc: Exception) -> Response:
-    """An admin request whose values the database refuses (out of range, too long, a NUL in
-    PostgreSQL text): 422 with the database's one-line reason; the unit of work rolled back."""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, reason)
-    return JSONResponse({"detail": f"a value cannot be stored: {reason}"}, status_code=422)
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    """A request that met an unreachable database: 503 with a JSON body and ``Retry-After``
-    (the unit of work rolled back; ``/ready`` says not ready until the database is back)."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-    log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, reason)
-    return JSONResponse(
-        {"detail": "the database is unavailable; retry later"},
-        status_code=503,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A value the database refuses (422) or a database that cannot be reached (503):
+    :func:`fdo_server.device_app.database_error_answer`."""
+    answer = database_error_answer(request.method, request.url.path, exc)
+    if answer is None:  # registered only for the errors it answers
+        raise exc
+    response = Response(answer.body, status_code=answer.status_code)
+    response.raw_headers = list(answer.raw_headers)
+    return response

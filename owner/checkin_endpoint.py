@@ -49,8 +49,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from fdo_server.body_limit import limit_refusal, too_large_detail
-from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-from fdo_server.device_app import json_response
+from fdo_server.device_app import database_error_answer, json_response
 from owner.device_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
 from transport.dispatch import Response
 from transport.server import (
@@ -101,23 +100,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode()
     return value
-
-
-def _database_error(exc: Exception, path: str) -> Response | None:
-    """The app's answer to a database error (``fdo_server.web_errors``), or None for one it
-    does not handle (a 500)."""
-    orig = getattr(exc, "orig", None) or exc
-    if isinstance(exc, sa_exc.DataError):
-        reason = str(orig).strip().splitlines()[0]
-        log.warning("POST %s: the database refused a value: %s", path, reason)
-        return json_response(422, {"detail": f"a value cannot be stored: {reason}"})
-    if isinstance(exc, DATABASE_UNAVAILABLE):
-        lines = str(orig).strip().splitlines()
-        reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        log.warning("POST %s: the database is unavailable: %s", path, reason)
-        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        return json_response(503, {"detail": "the database is unavailable; retry later"}, retry)
-    return None
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
@@ -295,7 +277,7 @@ class DeviceEndpoint:
             finally:
                 policy.took(time.perf_counter() - start)
         except sa_exc.SQLAlchemyError as exc:
-            answer = _database_error(exc, path)
+            answer = database_error_answer("POST", path, exc)
             if answer is None:
                 raise
             return answer
