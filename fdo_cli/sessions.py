@@ -37,10 +37,16 @@ def sessions_app(service: str) -> typer.Typer:
     ) -> None:
         """Delete the expired protocol sessions and print how many there were."""
         from fdo_server.clock import utc_now
+        from fdo_server.sql import Database
         from fdo_server.sweep import sweep_expired
 
-        with local_engine(service, database_url(service, config, url)) as engine:
-            deleted = run(service, lambda: sweep_expired(engine, utc_now()))
+        target = database_url(service, config, url)
+        with local_engine(service, target):  # the schema checked first
+            database = Database(target)
+            try:
+                deleted = run(service, lambda: sweep_expired(database, utc_now()))
+            finally:
+                database.dispose()
         typer.echo(f"deleted {deleted} expired session(s)")
 
     return app

@@ -145,21 +145,21 @@ def _unparsable(cls: type[BaseSettings], exc: SettingsError) -> str:
 
 
 def check_database_url(value: str) -> str:
-    """A pydantic validator body: ``value`` parses as an SQLAlchemy URL, and a SQLite file's
-    folder exists."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    """A pydantic validator body: ``value`` is a database URL the services open
+    (:func:`fdo_server.sql.parse_url`: SQLite or PostgreSQL with psycopg), and a SQLite
+    file's folder exists."""
+    from fdo_server.sql import parse_url
 
     try:
-        url = make_url(value)
-    except ArgumentError:
-        raise ValueError(f"{value!r} is not a database URL (e.g. sqlite:///path/service.db)") from None
-    if url.get_backend_name() == "sqlite":
-        database = url.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            folder = Path(database).parent
-            if not folder.is_dir():
-                raise ValueError(f"{value}: folder {folder} does not exist")
+        target = parse_url(value)
+    except ValueError as exc:
+        if "://" not in value:
+            raise ValueError(f"{value!r} is not a database URL (e.g. sqlite:///path/service.db)") from None
+        raise ValueError(str(exc)) from None
+    if target.dialect == "sqlite" and not target.memory and not target.uri:
+        folder = Path(target.database).parent
+        if not folder.is_dir():
+            raise ValueError(f"{value}: folder {folder} does not exist")
     return value
 
 

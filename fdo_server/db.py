@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import BindParameter, bindparam, create_engine, event
@@ -43,7 +41,7 @@ from sqlalchemy.sql.dml import UpdateBase
 if TYPE_CHECKING:  # the ORM is loaded where a session is made: the FDO path runs Core statements
     from sqlmodel import Session
 
-from transport.server import InlineWhileFast
+from fdo_server import sql
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -63,46 +61,32 @@ RETRY_AFTER_SECONDS = 5
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 _connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)
-_after: ContextVar[list[Callable[[], None]] | None] = ContextVar("fdo_db_after_commit", default=None)
 
 
-def sqlite_url(path: str | Path) -> str:
-    """The SQLAlchemy URL of a SQLite file."""
-    return f"sqlite:///{Path(path)}"
+# Where a database lives and how its messages run: fdo_server.sql's, named here too.
+sqlite_url = sql.sqlite_url
+is_sqlite = sql.is_sqlite
+inline_messages = sql.inline_messages
 
 
-def is_sqlite(url: str) -> bool:
-    """True for a SQLite database URL (a local file or memory: no network round trips)."""
-    return url.startswith("sqlite")
-
-
-def inline_messages(url: str) -> bool | InlineWhileFast:
-    """Where the services run FDO messages (:func:`transport.server.fdo_router`,
-    ``inline``): on SQLite always on the event loop; on a networked database on the loop
-    while messages are quick (:class:`transport.server.InlineWhileFast`)."""
-    return True if is_sqlite(url) else InlineWhileFast()
-
-
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+def make_engine(url: str, *, echo: bool = False, creator: Callable[[], Any] | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys (the
+    settings of :class:`fdo_server.sql.Database`, whose :meth:`~fdo_server.sql.Database.engine`
+    passes ``creator`` for an in-memory database: its one shared connection)."""
     if is_sqlite(url):
         memory = url in ("sqlite://", "sqlite:///:memory:")
+        options: dict[str, Any] = {"creator": creator} if creator is not None else {}
         engine = create_engine(
             url,
             echo=echo,
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=StaticPool if memory else None,
+            **options,
         )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
+            sql.sqlite_pragmas(dbapi_conn, memory=memory)
 
         @event.listens_for(engine, "checkin")
         def _back_to_normal(dbapi_conn: Any, record: Any) -> None:
@@ -126,92 +110,98 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         pool_recycle=1800,
         pool_size=10,
         max_overflow=20,
-        connect_args={
-            "connect_timeout": 5,
-            "tcp_user_timeout": 10_000,
-            "keepalives": 1,
-            "keepalives_idle": 30,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
-        },
+        connect_args=dict(sql.PG_CONNECT_ARGS),
     )
     event.listen(engine, "before_cursor_execute", _begin_before_write)
-    event.listen(engine, "connect", _durable_commits)
+    event.listen(engine, "connect", lambda dbapi_conn, _record: sql.durable_commits(dbapi_conn))
     _DEFERRING.add(engine)
     return engine
 
 
 #: Connection-record key: the connection's open transaction runs with synchronous=FULL.
 _DURABLE = "fdo_durable"
-#: Non-empty once the process warned about ``synchronous_commit=off`` (warned once, then debug).
-_warned_sync_off: list[bool] = []
+
+# The unit of work's durability, its last write and its after-commit callbacks work the
+# same on a SQLAlchemy connection (this module) and on a driver one (fdo_server.sql).
+require_durable = sql.require_durable
+after_commit = sql.after_commit
+last_write = sql.last_write
 
 
-def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
-    """``connect`` of a PostgreSQL engine: every commit waits for its WAL flush.
+class _Lent:
+    """A SQLAlchemy unit of work's connection as :func:`fdo_server.sql.current` hands it
+    out, so :class:`fdo_server.sql.Sql` statements run in it (on the driver's cursor, in
+    its transaction) and :func:`require_durable` and :func:`last_write` work in it."""
 
-    ``synchronous_commit=off`` (set for the server, the database or the role) would
-    acknowledge commits that a crash of the server can lose; it is raised to ``on`` for
-    this connection, with a warning (the first time in the process). Any other value
-    (``on``, ``local``, ``remote_write``, ``remote_apply``) flushes locally and is kept.
-    One round trip per new connection.
-    """
-    autocommit = dbapi_conn.autocommit
-    dbapi_conn.autocommit = True  # the SET must not ride in a transaction rolled back later
-    try:
-        with dbapi_conn.cursor() as cursor:
-            cursor.execute("SHOW synchronous_commit")
-            row = cursor.fetchone()
-            if row is not None and str(row[0]).lower() == "off":
-                cursor.execute("SET synchronous_commit = on")
-                (log.debug if _warned_sync_off else log.warning)(
-                    "PostgreSQL has synchronous_commit=off for this database or role; "
-                    "the service's connections use synchronous_commit=on (commits that "
-                    "devices act on must be durable)"
-                )
-                _warned_sync_off.append(True)
-    finally:
-        dbapi_conn.autocommit = autocommit
+    def __init__(self, connection: Callable[[], Connection]) -> None:
+        self._connection = connection  # a Session's is made when first asked for
 
+    @property
+    def dialect(self) -> str:
+        return self._connection().dialect.name
 
-def require_durable() -> None:
-    """Make the commit of the open unit of work durable (module docstring).
-
-    Call it before the unit of work's first write: SQLite cannot change ``synchronous``
-    inside a transaction (``RuntimeError`` if one is open). On PostgreSQL every commit is
-    durable already.
-    """
-    conn = current_connection()
-    if conn.dialect.name != "sqlite":
-        return
-    proxied = conn.connection
-    raw: Any = proxied.dbapi_connection
-    if raw is None:
-        return
-    if raw.in_transaction:
-        raise RuntimeError("require_durable() after the unit of work's first write")
-    raw.execute("PRAGMA synchronous=FULL")
-    proxied.info[_DURABLE] = True
-
-
-def after_commit(callback: Callable[[], None]) -> None:
-    """Call ``callback`` once the open unit of work (:func:`unit_of_work`,
-    :func:`message_scope`) has committed, and not at all if it rolls back; with none open,
-    at once. For telling another thread about rows it can only see after the commit (the
-    owner's TO0 scheduler). A callback that raises is logged and does not undo anything."""
-    pending = _after.get()
-    if pending is None:
-        _run_after([callback])
-    else:
-        pending.append(callback)
-
-
-def _run_after(callbacks: list[Callable[[], None]]) -> None:
-    for callback in callbacks:
+    def run(self, statement: str, params: Mapping[str, Any], read: Callable[[Any], T]) -> T:
+        conn = self._connection()
+        scope = _deferred.get()
+        if (scope is None or scope.conn is not conn) and not conn.in_transaction():
+            conn.begin()  # as SQLAlchemy's autobegin would, for what it then commits
+        raw: Any = conn.connection.dbapi_connection
+        if conn.dialect.name == "sqlite":
+            cursor = raw.cursor()
+            try:
+                cursor.execute(statement, params)
+                return read(cursor)
+            except Exception as exc:
+                dbapi: Any = conn.dialect.loaded_dbapi
+                if not isinstance(exc, dbapi.Error):
+                    raise
+                # As SQLAlchemy raises it (IntegrityError, OperationalError, ...).
+                raise DBAPIError.instance(statement, params, exc, dbapi.Error, dialect=conn.dialect) from exc
+            finally:
+                cursor.close()
         try:
-            callback()
-        except Exception:
-            log.exception("after-commit callback failed")
+            with raw.cursor() as cursor:
+                _begin_before_write(conn, cursor, statement, None, None, False)
+                cursor.execute(statement, params)
+                return read(cursor)
+        except Exception as exc:
+            if raw.closed or _is_disconnect(exc):
+                conn.invalidate(exc)
+            raise
+
+    def require_durable(self) -> None:
+        conn = self._connection()
+        if conn.dialect.name != "sqlite":
+            return
+        proxied = conn.connection
+        raw: Any = proxied.dbapi_connection
+        if raw is None:
+            return
+        if raw.in_transaction:
+            raise RuntimeError("require_durable() after the unit of work's first write")
+        raw.execute("PRAGMA synchronous=FULL")
+        proxied.info[_DURABLE] = True
+
+    @contextlib.contextmanager
+    def last_write(self) -> Iterator[None]:
+        """In a :func:`message_scope` on PostgreSQL, when nothing before it wrote (and no
+        ORM session is open), that one statement runs on its own, in autocommit."""
+        conn = self._connection()
+        scope = _deferred.get()
+        if scope is None or scope.conn is not conn:
+            yield
+            return
+        scope.last = True
+        try:
+            yield
+        finally:
+            scope.last = False
+
+
+def lent(conn: Connection) -> sql.Conn:
+    """``conn`` (a SQLAlchemy connection) as :class:`fdo_server.sql.Sql` statements run on it
+    (their ``conn`` argument): in its transaction, begun as SQLAlchemy would."""
+    return _Lent(lambda: conn)
 
 
 @contextlib.contextmanager
@@ -222,17 +212,16 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         token = _current.set(session)
         callbacks: list[Callable[[], None]] = []
-        after_token = _after.set(callbacks)
         try:
-            yield session
-            session.commit()
+            with sql.lend(_Lent(session.connection), callbacks):
+                yield session
+                session.commit()
         except BaseException:
             session.rollback()
             raise
         finally:
-            _after.reset(after_token)
             _current.reset(token)
-        _run_after(callbacks)
+        sql.run_after(callbacks)
 
 
 @dataclass(eq=False)
@@ -259,14 +248,8 @@ def _is_disconnect(exc: Exception) -> bool:
 #: Engines (from :func:`make_engine`) whose message scopes defer BEGIN: they have the listener.
 _DEFERRING: weakref.WeakSet[Engine] = weakref.WeakSet()
 
-_LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b", re.IGNORECASE)
 
-
-def _read_only(statement: str) -> bool:
-    """A plain SELECT (no row locks): it needs no transaction of its own. (The services'
-    SELECTs call no functions with side effects.)"""
-    head = statement.lstrip()[:6]
-    return head.upper() == "SELECT" and _LOCKING.search(statement) is None
+_read_only = sql.read_only
 
 
 def _begin_before_write(
@@ -288,27 +271,6 @@ def _begin_before_write(
 
 
 @contextlib.contextmanager
-def last_write() -> Iterator[Connection]:
-    """The connection of the open unit of work, for its last write.
-
-    In a :func:`message_scope` on PostgreSQL, when nothing before it wrote (and no ORM
-    session is open), that one statement runs on its own, in autocommit: no ``BEGIN`` and
-    ``COMMIT`` round trips. Code must write nothing after it in the same scope (the scope
-    raises ``RuntimeError`` if it tries). Elsewhere it is :func:`current_connection`.
-    """
-    conn = current_connection()
-    scope = _deferred.get()
-    if scope is None or scope.conn is not conn:
-        yield conn
-        return
-    scope.last = True
-    try:
-        yield conn
-    finally:
-        scope.last = False
-
-
-@contextlib.contextmanager
 def message_scope(engine: Engine) -> Iterator[Connection]:
     """One transaction on a bare connection: committed on normal exit, rolled back on an
     exception, like :func:`unit_of_work`.
@@ -326,10 +288,9 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
     back here.
     """
     callbacks: list[Callable[[], None]] = []
-    with engine.connect() as conn:
+    with engine.connect() as conn, sql.lend(_Lent(lambda: conn), callbacks):
         conn_token = _connection.set(conn)
         session_token = _current.set(None)
-        after_token = _after.set(callbacks)
         deferred = _Deferred(conn) if engine in _DEFERRING else None
         try:
             if deferred is None:
@@ -366,8 +327,7 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
                 session.close()
             _current.reset(session_token)
             _connection.reset(conn_token)
-            _after.reset(after_token)
-    _run_after(callbacks)  # reached only when the scope committed
+    sql.run_after(callbacks)  # reached only when the scope committed
 
 
 def bound(*names: str) -> dict[str, BindParameter[Any]]:

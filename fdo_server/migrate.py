@@ -39,12 +39,16 @@ from sqlalchemy import MetaData, Table, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from fdo_server import schema_head
+from fdo_server.schema_head import SERVICES as SERVICES
+from fdo_server.schema_head import version_table
+from fdo_server.sql import Database
+
 if TYPE_CHECKING:  # Alembic (10 MB, 50 modules) is imported only where it is used:
     # a service that starts on a database at head never needs it (require_current).
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-SERVICES = ("manufacturer", "rendezvous", "owner")
 #: Width of Alembic's ``version_num`` column: the longest revision id a database can record.
 MAX_REVISION_ID = 32
 
@@ -98,24 +102,6 @@ class SchemaStatus:
         return f"{self.service} database: revision {self.current} ({where})"
 
 
-def _check_service(service: str) -> None:
-    if service not in SERVICES:
-        raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
-
-
-def version_table(service: str) -> str:
-    """The service's Alembic version table, e.g. ``alembic_version_owner``."""
-    _check_service(service)
-    return f"alembic_version_{service}"
-
-
-def script_location(service: str) -> Path:
-    """The service's migration scripts folder (``<service>/migrations``)."""
-    _check_service(service)
-    module = importlib.import_module(service)
-    return Path(str(module.__file__)).parent / "migrations"
-
-
 def _table(item: Any) -> Table:
     table = item if isinstance(item, Table) else getattr(item, "__table__", None)
     if not isinstance(table, Table):
@@ -137,7 +123,7 @@ def alembic_config(service: str, connection: Connection | None = None) -> Config
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(script_location(service)))
+    config.set_main_option("script_location", str(schema_head.script_location(service)))
     config.set_main_option("path_separator", "os")
     config.attributes["service"] = service
     if connection is not None:
@@ -148,7 +134,7 @@ def alembic_config(service: str, connection: Connection | None = None) -> Config
 def forget_scripts() -> None:
     """Read the migration scripts afresh (after a revision was added or the folder moved)."""
     _scripts.cache_clear()
-    script_head.cache_clear()
+    schema_head.script_head.cache_clear()
 
 
 def _alembic_command() -> ModuleType:
@@ -179,9 +165,12 @@ def base_revision(service: str) -> str:
 
 
 @contextlib.contextmanager
-def _engine(engine_or_url: Engine | str) -> Iterator[Engine]:
+def _engine(engine_or_url: Engine | Database | str) -> Iterator[Engine]:
     if isinstance(engine_or_url, Engine):
         yield engine_or_url
+        return
+    if isinstance(engine_or_url, Database):
+        yield engine_or_url.engine()  # disposed with the Database
         return
     from fdo_server.db import make_engine
 
@@ -260,7 +249,7 @@ def _missing_sqlite_file(engine: Engine) -> bool:
     return not Path(str(url.database)).exists()
 
 
-def require_current(engine_or_url: Engine | str, service: str) -> None:
+def require_current(engine_or_url: Engine | Database | str, service: str) -> None:
     """What a service (or a command on its database) does first: refuse a database that is
     not at head with :class:`SchemaError`.
 
@@ -274,41 +263,17 @@ def require_current(engine_or_url: Engine | str, service: str) -> None:
             check_current(engine, service)
 
 
-_ASSIGNED = re.compile(r'^(revision|down_revision)\s*(?::[^=]*)?=\s*(?:"([^"]*)"|None)\s*$', re.M)
-
-
-@functools.cache
-def script_head(service: str) -> str | None:
-    """The head revision read from the migration files themselves, without Alembic: the
-    one revision no other names as its ``down_revision``; None when the files do not say
-    it plainly (then Alembic decides). ``tests/test_migrations.py`` keeps it equal to
-    :func:`head_revision`."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (script_location(service) / "versions").glob("[!_]*.py"):
-        found = dict((m.group(1), m.group(2)) for m in _ASSIGNED.finditer(path.read_text()))
-        if not found.get("revision"):
-            return None
-        revisions.add(str(found["revision"]))
-        if found.get("down_revision"):
-            parents.add(str(found["down_revision"]))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
-
-
 def _at_head_quickly(engine: Engine, service: str) -> bool:
     """The database is at head, checked with one SELECT and no Alembic import; False
     when that cannot be shown (the full check then says what is wrong)."""
-    head = script_head(service)
-    if head is None or _missing_sqlite_file(engine):
+    if schema_head.script_head(service) is None or _missing_sqlite_file(engine):
         return False
     try:
         with engine.connect() as connection:
-            query = text(f"SELECT version_num FROM {version_table(service)}")  # noqa: S608 - a known name
-            rows = connection.execute(query).all()
+            rows = connection.execute(text(schema_head.version_query(service))).all()
     except SQLAlchemyError:
         return False  # no version table yet, or the database cannot be read: the full check
-    return [row[0] for row in rows] == [head]
+    return schema_head.is_head(service, [row[0] for row in rows])
 
 
 @contextlib.contextmanager
@@ -383,7 +348,6 @@ def new_revision(engine_or_url: Engine | str, service: str, message: str) -> Pat
     The revision id is the file name without ``.py``: at most 32 characters, the width of
     Alembic's ``version_num`` column (PostgreSQL refuses a longer one when upgrading).
     """
-    import re
     from datetime import UTC, datetime
 
     upgrade(engine_or_url, service)

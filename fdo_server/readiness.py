@@ -10,13 +10,12 @@ framework here.
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from fdo_server.sql import parse_url
 
 #: Seconds ``/ready`` waits for the database check before answering 503.
 READY_TIMEOUT = 3.0
@@ -73,24 +72,33 @@ def readiness_probe(url: str, *, timeout: float = READY_TIMEOUT) -> Callable[[],
     ``connect_timeout``), so a database that hangs makes the service not ready rather
     than making ``/ready`` hang.
     """
-    parsed = make_url(url)
-    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        path = parsed.database
-        engine = create_engine(
-            f"sqlite:///file:{path}?mode=rw&uri=true", poolclass=NullPool, connect_args={"timeout": timeout}
-        )
+    target = parse_url(url)
+    if target.dialect == "sqlite" and not target.memory:
+        database = target.database if target.uri else f"file:{target.database}?mode=rw"
+
+        def connect() -> Any:
+            return sqlite3.connect(database, uri=True, timeout=timeout)
+
         query = "SELECT 1 FROM sqlite_master LIMIT 1"
+    elif target.dialect == "sqlite":  # in memory: in this process, always there
+        return lambda: None
     else:
-        connect_args: dict[str, Any] = {}
-        if parsed.drivername.startswith("postgresql"):
-            connect_args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq: whole seconds, >= 2
-        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+        def connect() -> Any:
+            import psycopg
+
+            # libpq: whole seconds, >= 2
+            return psycopg.connect(target.database, connect_timeout=max(2, math.ceil(timeout)))
+
         query = "SELECT 1"
 
     def check() -> str | None:
         try:
-            with engine.connect() as conn:
-                conn.execute(text(query))
+            raw = connect()
+            try:
+                raw.execute(query).fetchall()
+            finally:
+                raw.close()
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             return f"database unreachable ({type(exc).__name__})"
         return None

@@ -1,11 +1,11 @@
 """What the three services' apps have in common (manufacturer, rendezvous, owner).
 
-* :func:`open_engine`: the service's database, refused unless its schema is at head;
+* :func:`open_database`: the service's database, refused unless its schema is at head;
 * :func:`service_app`: the FastAPI app around the FDO router: one unit of work per
   message, sessions in the database, metrics, ``/health``, ``/ready`` and ``/metrics``,
   a 422 for a value the database refuses, a 503 with ``Retry-After`` while the
   database is unreachable, request bodies limited (:mod:`fdo_server.body_limit`),
-  and the engine disposed at shutdown (after
+  and the database's connections closed at shutdown (after
   the service's own background work stops);
 * :func:`device_app`: the same service's device plane without a web framework
   (:class:`fdo_server.device_app.DeviceApp`): what a worker that serves only devices
@@ -39,20 +39,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from sqlalchemy.engine import Engine
-
 from fdo_server import metrics as observability
 from fdo_server import planes
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.config import IPNetwork, ServiceSettings, load_settings
-from fdo_server.db import inline_messages, make_engine, message_scope
+from fdo_server.sql import inline_messages
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.http_protocol import EdgeLimits, configure
 from fdo_server.logs import configure_json_logging
-from fdo_server.migrate import require_current
 from fdo_server.ratelimit import EdgeGuard, GuardedRoute, first_message_routes
+from fdo_server.schema_head import at_head
 from fdo_server.sessions import SQLSessionStore
+from fdo_server.sql import Database, message_scope
 from fdo_server.sweep import SessionSweeper
 from transport.dispatch import ProtocolHandler
 from transport.server import ASGIApp, FdoEndpoint, fdo_endpoint_for
@@ -66,21 +65,30 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def open_engine(service: str, database_url: str) -> Engine:
-    """The service's engine; :class:`~fdo_server.migrate.SchemaError` unless at head."""
-    engine = make_engine(database_url)
+def open_database(service: str, database_url: str) -> Database:
+    """The service's database (a pool of driver connections; the admin plane's SQLAlchemy
+    engine is its :meth:`~fdo_server.sql.Database.engine`);
+    :class:`~fdo_server.migrate.SchemaError` unless at head.
+
+    A database at head is shown so with one SELECT, without SQLAlchemy or Alembic; only
+    one that is not (or an in-memory one, migrated here) loads :mod:`fdo_server.migrate`."""
+    database = Database(database_url)
     try:
-        require_current(engine, service)
+        if not at_head(database, service):
+            from fdo_server.migrate import require_current
+
+            require_current(database, service)
     except BaseException:
-        engine.dispose()
+        database.dispose()
         raise
-    return engine
+    return database
 
 
 class ServeOptions(TypedDict, total=False):
     """What :func:`service_app` and :func:`device_app` take beside the service, its
-    settings, engine and handlers (the defaults are :class:`_Served`'s)."""
+    settings, database and handlers (the defaults are :class:`_Served`'s)."""
 
+    scope: Callable[[], AbstractContextManager[object]] | None
     clock: Clock
     keys_loaded: Callable[[], bool]
     background: Callable[[], AbstractContextManager[object]]
@@ -96,8 +104,10 @@ class _Served:
 
     service: str
     settings: ServiceSettings
-    engine: Engine
+    database: Database
     handlers: Mapping[int, ProtocolHandler]
+    #: Each FDO message's unit of work (default: :func:`fdo_server.sql.message_scope`).
+    scope: Callable[[], AbstractContextManager[object]] | None = None
     clock: Clock = utc_now
     keys_loaded: Callable[[], bool] = lambda: True
     background: Callable[[], AbstractContextManager[object]] = nullcontext
@@ -118,7 +128,7 @@ class _Core:
 
     def lifespan(self, served: _Served) -> Callable[[], AbstractAsyncContextManager[None]]:
         """Start the session sweep and ``background`` (the owner's TO0 scheduler) with the
-        app; at stop, stop them, then dispose of the engine."""
+        app; at stop, stop them, then dispose of the database's connections."""
 
         @asynccontextmanager
         async def lifespan() -> AsyncIterator[None]:
@@ -127,7 +137,7 @@ class _Core:
                     with served.background():
                         yield
             finally:
-                served.engine.dispose()
+                served.database.dispose()
 
         return lifespan
 
@@ -136,14 +146,15 @@ def _core(served: _Served) -> _Core:
     """The metrics, the session sweep, the FDO endpoint and the edge guard's options."""
     settings, clock = served.settings, served.clock
     metrics = observability.ServiceMetrics(served.service)
-    sweeper = SessionSweeper(served.engine, metrics, settings.session_sweep_seconds, clock)
+    sweeper = SessionSweeper(served.database, metrics, settings.session_sweep_seconds, clock)
+    database = served.database
     endpoint = fdo_endpoint_for(
         served.handlers,
         SQLSessionStore(clock, on_create=sweeper.notice),
         max_body=settings.max_body,
         session_ttl=timedelta(seconds=settings.session_ttl_seconds),
         clock=clock,
-        scope=lambda: message_scope(served.engine),
+        scope=served.scope or (lambda: message_scope(database)),
         observer=metrics.observe,
         inline=inline_messages(settings.database_url),
     )
@@ -169,14 +180,14 @@ def _core(served: _Served) -> _Core:
 def service_app(
     service: str,
     settings: ServiceSettings,
-    engine: Engine,
+    database: Database,
     handlers: Mapping[int, ProtocolHandler],
     **options: Unpack[ServeOptions],
 ) -> FastAPI:
     """The FastAPI app of ``service`` serving ``handlers`` (keyed by first message type).
 
     ``clock`` (aware UTC) decides session expiry. ``background`` is entered when the app
-    starts and left when it stops, before the engine is disposed (the owner's TO0
+    starts and left when it stops, before the database is disposed (the owner's TO0
     scheduler); the session sweep runs beside it. ``keys_loaded`` is part of ``/ready``.
     Every request but an FDO message has its body limited to ``settings.max_request_body``,
     or to its route's limit in ``body_limits`` (:mod:`fdo_server.body_limit`). Each first
@@ -184,7 +195,7 @@ def service_app(
     or the ``(rate, burst)`` of its type in ``rates``: the rendezvous's TO0.Hello)
     and, when ``networks`` lists some for its type, refused to addresses outside them;
     ``guarded`` adds other routes (a sign-in form). ``app.state`` holds ``settings``,
-    ``engine`` and ``metrics``; the caller adds its admin routers where
+    ``database``, its ``engine`` and ``metrics``; the caller adds its admin routers where
     :func:`fdo_server.planes.serves_admin`, as the API documentation and ``/metrics`` are.
     """
     from fastapi import FastAPI
@@ -194,7 +205,7 @@ def service_app(
     from fdo_server.body_limit import BodyLimit
     from transport.server import MSG_PATH, NO_TELEMETRY, FdoFastPath
 
-    served = _Served(service, settings, engine, handlers, **options)
+    served = _Served(service, settings, database, handlers, **options)
     core = _core(served)
     started = core.lifespan(served)
 
@@ -218,7 +229,8 @@ def service_app(
         api_docs.install_docs(app)
         app.openapi = api_docs.document(app)  # type: ignore[method-assign]
     app.state.settings = settings
-    app.state.engine = engine
+    app.state.database = database
+    app.state.engine = database.engine()
     app.state.metrics = core.metrics
     # Added before FdoFastPath, so FdoFastPath stays outermost: FDO messages keep their own
     # limit (max_body, answered with an ErrorMessage) and never pass through BodyLimit.
@@ -246,20 +258,20 @@ def service_app(
 def device_app(
     service: str,
     settings: ServiceSettings,
-    engine: Engine,
+    database: Database,
     handlers: Mapping[int, ProtocolHandler],
     **options: Unpack[ServeOptions],
 ) -> DeviceApp:
     """The device plane of the app :func:`service_app` makes from the same arguments, as a
     bare ASGI app (:class:`~fdo_server.device_app.DeviceApp`): the FDO messages behind the
     same edge guard, ``/health`` and ``/ready``, the same body limits, the same lifespan
-    (session sweep, ``background``, the engine disposed at stop); ``state`` holds
-    ``settings``, ``engine`` and ``metrics``. The caller adds its other device routes as
+    (session sweep, ``background``, the database disposed at stop); ``state`` holds
+    ``settings``, ``database`` and ``metrics``. The caller adds its other device routes as
     middleware (:meth:`~fdo_server.device_app.DeviceApp.add_middleware`)."""
     from fdo_server.device_app import DeviceApp
     from fdo_server.readiness import readiness_probe
 
-    served = _Served(service, settings, engine, handlers, **options)
+    served = _Served(service, settings, database, handlers, **options)
     core = _core(served)
     app = DeviceApp(
         endpoint=core.endpoint,
@@ -270,7 +282,7 @@ def device_app(
         body_limits=tuple(served.body_limits),
     )
     app.state.settings = settings
-    app.state.engine = engine
+    app.state.database = database
     app.state.metrics = core.metrics
     app.add_middleware(EdgeGuard, **core.guard)
     return app

@@ -1,7 +1,7 @@
 """The protocol session table as an SQLModel class: what migrations, the services' table
-lists and the tests use. The FDO path reads and writes the same table as a Core ``Table``
-(:data:`fdo_server.sessions.FDO_SESSION`, no ORM); ``tests/test_device_tables.py``
-checks that the two agree.
+lists and the tests use. The FDO path reads and writes the same table with statements
+on the driver (:mod:`fdo_server.sessions`, no SQLAlchemy); ``tests/test_sql.py`` runs
+them against the migrated schema.
 """
 
 from __future__ import annotations

@@ -30,42 +30,41 @@ import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.engine import Engine
-
 from fdo_server.metrics import ServiceMetrics
-from fdo_server.sessions import FDO_SESSION
+from fdo_server.sql import Database, Sql, message_scope
 
 log = logging.getLogger(__name__)
 
 #: Rows deleted per transaction.
 BATCH = 1000
 
-_TABLE = FDO_SESSION
-_C = _TABLE.c
+_SWEEP = Sql(
+    "DELETE FROM fdo_session WHERE token IN "
+    "(SELECT token FROM fdo_session WHERE expires_at <= :now LIMIT :batch FOR UPDATE SKIP LOCKED)",
+    sqlite="DELETE FROM fdo_session WHERE token IN "
+    "(SELECT token FROM fdo_session WHERE expires_at <= :now LIMIT :batch)",  # SQLite has no row locks
+)
+_EARLIEST = Sql("SELECT min(expires_at) AS earliest FROM fdo_session", datetimes=("earliest",))
 
 
 def sweep_expired(
-    engine: Engine, now: datetime, *, batch: int = BATCH, keep_going: Callable[[], bool] = lambda: True
+    database: Database, now: datetime, *, batch: int = BATCH, keep_going: Callable[[], bool] = lambda: True
 ) -> int:
     """Delete the sessions expired at ``now`` (as the store counts them), ``batch`` rows per transaction,
     until none is left (or ``keep_going`` says stop); returns how many were deleted."""
-    doomed = select(_C.token).where(_C.expires_at <= now).limit(batch)
-    doomed = doomed.with_for_update(skip_locked=True)  # PostgreSQL; SQLite has no row locks
-    statement = delete(_TABLE).where(_C.token.in_(doomed.scalar_subquery()))
     total = 0
     while True:
-        with engine.begin() as conn:
-            deleted = int(conn.execute(statement).rowcount)
+        with message_scope(database):
+            deleted = _SWEEP.rowcount({"now": now, "batch": batch})
         total += deleted
         if deleted < batch or not keep_going():
             return total
 
 
-def earliest_expiry(engine: Engine) -> datetime | None:
+def earliest_expiry(database: Database) -> datetime | None:
     """When the first session in the table expires (None: no session)."""
-    with engine.connect() as conn:
-        found = conn.execute(select(func.min(_C.expires_at))).scalar()
+    with message_scope(database):
+        found = _EARLIEST.scalar({})
     return None if found is None else _aware(found)
 
 
@@ -95,14 +94,14 @@ class SessionSweeper:
 
     def __init__(
         self,
-        engine: Engine,
+        database: Database,
         metrics: ServiceMetrics,
         interval: float,
         clock: Callable[[], datetime],
         *,
         wait: Waiter = _wait,
     ) -> None:
-        self.engine = engine
+        self.database = database
         self.metrics = metrics
         self.interval = interval
         self.clock = clock
@@ -161,7 +160,7 @@ class SessionSweeper:
     async def _run(self) -> None:
         assert self._wake is not None  # noqa: S101 - set by __aenter__
         try:
-            found = await asyncio.to_thread(earliest_expiry, self.engine)
+            found = await asyncio.to_thread(earliest_expiry, self.database)
         except Exception:  # noqa: BLE001 - swept after the first session made here
             log.warning("could not read the sessions' earliest expiry; sweeping when one is made")
         else:
@@ -189,8 +188,8 @@ class SessionSweeper:
             self._fresh = None
 
         def sweep() -> tuple[int, datetime | None]:
-            deleted = sweep_expired(self.engine, now, keep_going=lambda: not self._stopping)
-            return deleted, earliest_expiry(self.engine)
+            deleted = sweep_expired(self.database, now, keep_going=lambda: not self._stopping)
+            return deleted, earliest_expiry(self.database)
 
         try:
             deleted, found = await asyncio.to_thread(sweep)

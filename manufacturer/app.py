@@ -15,16 +15,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import Table, insert
-
 from fdo.crypto import key_kind
 from fdo.di.manufacturer import DIManufacturer
 from fdo_server import planes, service
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import utc_now
-from fdo_server.db import DirectStatement, bound, current_connection, require_durable
-from fdo_server.service import device_app, open_engine, service_app
-from manufacturer.device_tables import VOUCHERS
+from fdo_server.service import device_app, open_database, service_app
+from fdo_server.sql import Sql, require_durable
 from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
 from transport.dispatch import AnyServerMachine, ProtocolHandler
 from transport.server import ASGIApp
@@ -36,10 +33,10 @@ if TYPE_CHECKING:
 
 A = TypeVar("A", "FastAPI", "DeviceApp")
 
-_VOUCHERS: Table = VOUCHERS
-#: The voucher row a finished DI stores (Core, built once: no ORM session per DI).
-_INSERT_VOUCHER = DirectStatement(
-    insert(_VOUCHERS).values(bound("guid", "serial", "model", "key_kind", "created_at", "raw", "num_entries"))
+#: The voucher row a finished DI stores (the table of manufacturer.tables.Voucher).
+_INSERT_VOUCHER = Sql(
+    "INSERT INTO mfg_voucher (guid, serial, model, key_kind, created_at, raw, num_entries) "
+    "VALUES (:guid, :serial, :model, :key_kind, :created_at, :raw, :num_entries)"
 )
 
 
@@ -56,7 +53,6 @@ def di_handler(material: ManufacturerMaterial) -> ProtocolHandler:
         voucher, info = machine.voucher, machine.mfg_info
         serial = (info.serial if info is not None else None) or voucher.header.device_info
         _INSERT_VOUCHER.rowcount(
-            current_connection(),
             {
                 "guid": voucher.guid.value,
                 "serial": serial,
@@ -99,11 +95,11 @@ def _build(make: Callable[..., A], settings: ManufacturerSettings | None) -> A:
     :func:`~fdo_server.service.device_app`), with the keys in ``state.material``."""
     settings = settings if settings is not None else ManufacturerSettings()
     material = load_material(settings)
-    engine = open_engine("manufacturer", settings.database_url)
+    database = open_database("manufacturer", settings.database_url)
     app = make(
         "manufacturer",
         settings,
-        engine,
+        database,
         {10: di_handler(material)},
         keys_loaded=lambda: bool(material.keys),
         body_limits=(RouteLimit("POST", "/api/v1/vouchers/extend", settings.max_voucher_extend_body),),

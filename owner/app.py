@@ -37,12 +37,13 @@ from fdo_server.db import (
     current_connection,
     current_session,
     inline_messages,
+    message_scope,
     open_session,
     require_durable,
 )
 from fdo_server.planes import include_device_router
 from fdo_server.ratelimit import GuardedRoute, http_refusal
-from fdo_server.service import device_app, open_engine, service_app
+from fdo_server.service import device_app, open_database, service_app
 from owner import groups, lifecycle
 from owner.checkin_endpoint import DeviceEndpoint
 from owner.delivery import delivery_of
@@ -228,7 +229,8 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
     settings = settings or OwnerSettings()
     config: OwnerConfig = load_config(settings)
     now: Clock = clock or utc_now
-    engine = open_engine("owner", settings.database_url)  # SchemaError unless at head
+    database = open_database("owner", settings.database_url)  # SchemaError unless at head
+    engine = database.engine()  # TO2 and the device routes use the ORM
     store = OwnerStore(config, clock=now)
 
     rollouts = RolloutRunner(engine, tick=settings.rollout_tick_seconds, clock=now)
@@ -257,8 +259,9 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
     app = make(
         "owner",
         settings,
-        engine,
+        database,
         handlers,
+        scope=lambda: message_scope(engine),
         clock=now,
         keys_loaded=lambda: bool(config.keys),
         background=background,
@@ -274,6 +277,7 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
             )
         ],
     )
+    app.state.engine = engine
     app.state.config = config
     app.state.clock = now
     app.state.rollouts = rollouts

@@ -279,8 +279,8 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
     first = int(row["checkin_seq"]) == 0
     # With nothing else to write, the update is the scope's only write: on PostgreSQL it
     # then runs on its own, without BEGIN and COMMIT round trips (fdo_server.db.last_write).
-    with nullcontext(conn) if changed or first else last_write() as writer:
-        if (_WRITE_STATUS if changed else _WRITE).rowcount(writer, params) != 1:
+    with nullcontext() if changed or first else last_write():
+        if (_WRITE_STATUS if changed else _WRITE).rowcount(conn, params) != 1:
             return None  # a concurrent check-in with this credential won
     if changed:
         detail = {

@@ -21,6 +21,7 @@ from fdo.types import Guid
 from fdo_server.api_docs import errors
 from fdo_server.auth import AdminToken, Role, require
 from fdo_server.clock import Clock
+from fdo_server.db import lent
 from fdo_server.params import Limit, Offset
 from rendezvous.pins import delete_pin, log_unpin
 from rendezvous.store import as_utc, delete_registration, list_registrations
@@ -115,7 +116,7 @@ def admin_router(clock: Clock) -> APIRouter:
     def remove_pin(guid: str, db: SessionDep, token: AdminDep) -> Response:
         """Clear the GUID's pin (``rendezvous/pins.py``); logged with the token's name."""
         parsed = _guid(guid)
-        if not delete_pin(db.connection(), parsed):
+        if not delete_pin(lent(db.connection()), parsed):
             raise HTTPException(404, "this GUID is not pinned")
         log_unpin(parsed, f"token {token.name!r}")
         return Response(status_code=204)

@@ -8,7 +8,7 @@ any replica can serve any message. A finished TO0 is checked against its GUID's 
 registration; TO1 hands out the live one. ``/health`` and an admin JSON API sit
 alongside. Empty trust lists (any manufacturer, any owner) get a warning at start.
 
-Settings and the engine are made in :func:`create_app`, never at import time;
+Settings and the database are opened in :func:`create_app`, never at import time;
 :func:`app_from_env` is the factory uvicorn calls in each worker. A worker that serves
 only devices (``serve --admin-process``) runs :func:`create_device_app` instead: the same
 device plane without a web framework (:mod:`fdo_server.device_app`).
@@ -24,8 +24,8 @@ from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.rendezvous import TO1Rendezvous
 from fdo_server import planes, service
 from fdo_server.clock import Clock, utc_now
-from fdo_server.db import require_durable
-from fdo_server.service import device_app, open_engine, service_app
+from fdo_server.service import device_app, open_database, service_app
+from fdo_server.sql import require_durable
 from rendezvous.pins import RefusalReporter, enforce_pin
 from rendezvous.settings import RendezvousSettings
 from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
@@ -65,7 +65,7 @@ def _build(make: Callable[..., A], settings: RendezvousSettings | None, clock: C
     """The rendezvous's FDO handlers served by ``make`` (:func:`~fdo_server.service.service_app`
     or :func:`~fdo_server.service.device_app`), refusals reported to its metrics."""
     settings = settings if settings is not None else RendezvousSettings()
-    engine = open_engine("rendezvous", settings.database_url)  # SchemaError unless at head
+    database = open_database("rendezvous", settings.database_url)  # SchemaError unless at head
     policy = RendezvousPolicy(
         max_wait_seconds=settings.max_wait_seconds,
         owner_keys=settings.owner_key_spkis(),
@@ -96,7 +96,7 @@ def _build(make: Callable[..., A], settings: RendezvousSettings | None, clock: C
     app = make(
         "rendezvous",
         settings,
-        engine,
+        database,
         handlers,
         clock=clock,
         rates={20: (settings.to0_rate, settings.to0_burst)},  # TO0.Hello: owners, not devices

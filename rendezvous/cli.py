@@ -176,7 +176,7 @@ def unpin(
 
     from fdo.errors import MessageBodyError
     from fdo.types import Guid
-    from fdo_server.db import unit_of_work
+    from fdo_server.db import lent, unit_of_work
     from rendezvous.pins import delete_pin, log_unpin
 
     try:
@@ -188,7 +188,7 @@ def unpin(
         local_engine("rendezvous", _settings(database_url).database_url) as engine,
         unit_of_work(engine) as db,
     ):
-        found = delete_pin(db.connection(), parsed)
+        found = delete_pin(lent(db.connection()), parsed)
     if not found:
         typer.echo(f"error: GUID {parsed} is not pinned", err=True)
         raise typer.Exit(1)

@@ -31,18 +31,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
-
-from sqlalchemy import Table, bindparam, delete, insert, select, update
-from sqlalchemy.engine import Connection
 
 from fdo.errors import ErrorCode, InvalidMessageError
 from fdo.to0.rendezvous import TO0Registration
 from fdo.types import Guid
-from fdo_server.db import DirectStatement, bound, current_connection
 from fdo_server.logs import FIELDS
 from fdo_server.metrics import ServiceMetrics
-from rendezvous.device_tables import PINS
+from fdo_server.sql import Conn, Sql
 from transport.dispatch import MessageEvent
 
 log = logging.getLogger("rendezvous.pins")
@@ -122,66 +117,30 @@ class PinRefusedError(InvalidMessageError):
 
 # ------------------------------------------------------------------------ database
 
-_PINS: Table = PINS
-_P = _PINS.c
-
-
-_LOAD = DirectStatement(select(_P.manufacturer_key_hash, _P.owner_chain).where(_P.guid == bindparam("g")))
-_LOAD_LOCKED = DirectStatement(
-    select(_P.manufacturer_key_hash, _P.owner_chain).where(_P.guid == bindparam("g")).with_for_update()
+_LOAD = Sql("SELECT manufacturer_key_hash, owner_chain FROM rv_pin WHERE guid = :g")
+_LOAD_LOCKED = Sql(
+    "SELECT manufacturer_key_hash, owner_chain FROM rv_pin WHERE guid = :g FOR UPDATE",
+    sqlite="SELECT manufacturer_key_hash, owner_chain FROM rv_pin WHERE guid = :g",  # no row locks there
 )
 
 
-def load_pin(conn: Connection, guid: bytes, *, lock: bool = False) -> Pin | None:
-    """The pin of ``guid`` (``lock``: row-locked until the transaction ends, PostgreSQL)."""
-    query = _LOAD_LOCKED if lock and conn.dialect.name == "postgresql" else _LOAD
-    row = query.first(conn, {"g": guid})
+def load_pin(guid: bytes, *, lock: bool = False, conn: Conn | None = None) -> Pin | None:
+    """The pin of ``guid`` (``lock``: row-locked until the transaction ends, PostgreSQL),
+    read in the current unit of work (or ``conn``)."""
+    row = (_LOAD_LOCKED if lock else _LOAD).first({"g": guid}, conn)
     return None if row is None else Pin.from_columns(row[0], row[1])
 
 
-_PIN_COLUMNS = ("guid", "manufacturer_key_hash", "owner_chain", "pinned_at", "updated_at")
-#: INSERT ... ON CONFLICT DO NOTHING RETURNING guid per dialect, built on first use (so a
-#: service on SQLite never imports the PostgreSQL dialect); None: no ON CONFLICT there.
-_INSERTS: dict[str, DirectStatement | None] = {}
-
-
-def _insert_statement(dialect: str) -> DirectStatement | None:
-    if dialect in _INSERTS:
-        return _INSERTS[dialect]
-    dialect_insert: Any = None
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    built = None
-    if dialect_insert is not None:
-        stmt = dialect_insert(_PINS).values(bound(*_PIN_COLUMNS))
-        built = DirectStatement(stmt.on_conflict_do_nothing(index_elements=["guid"]).returning(_P.guid))
-    _INSERTS[dialect] = built
-    return built
-
-
-def _insert_if_absent(conn: Connection, values: dict[str, Any]) -> bool:
-    """Insert the pin unless the GUID has one; True when this call inserted it.
-
-    One statement on PostgreSQL and SQLite, so of two first registrations racing, one
-    pins and the other is judged against that pin. (RETURNING tells whether it inserted:
-    SQLAlchemy's psycopg dialect reports no rowcount for an INSERT.)
-    """
-    statement = _insert_statement(conn.dialect.name)
-    if statement is not None:
-        return statement.first(conn, values) is not None
-    if conn.execute(select(_P.guid).where(_P.guid == values["guid"])).first() is not None:
-        return False
-    conn.execute(insert(_PINS).values(**values))
-    return True
-
-
-_EXTEND = DirectStatement(
-    update(_PINS)
-    .where(_P.guid == bindparam("g"))
-    .values(owner_chain=bindparam("chain"), updated_at=bindparam("now"))
+#: Inserts the pin unless the GUID has one, in one statement (so of two first
+#: registrations racing, one pins and the other is judged against that pin); RETURNING
+#: tells whether it inserted.
+_INSERT_IF_ABSENT = Sql(
+    "INSERT INTO rv_pin (guid, manufacturer_key_hash, owner_chain, pinned_at, updated_at) "
+    "VALUES (:guid, :manufacturer_key_hash, :owner_chain, :pinned_at, :updated_at) "
+    "ON CONFLICT (guid) DO NOTHING RETURNING guid"
 )
+_EXTEND = Sql("UPDATE rv_pin SET owner_chain = :chain, updated_at = :now WHERE guid = :g")
+_DELETE = Sql("DELETE FROM rv_pin WHERE guid = :g")
 
 
 def enforce_pin(reg: TO0Registration, now: datetime) -> Verdict:
@@ -190,7 +149,6 @@ def enforce_pin(reg: TO0Registration, now: datetime) -> Verdict:
     Raises :class:`PinRefusedError` (after noting it for :class:`RefusalReporter`) when
     the registration does not continue the pin; the caller's transaction then rolls back.
     """
-    conn = current_connection()
     offered = Pin.of(reg)
     guid = reg.guid.value
     values = {
@@ -200,20 +158,20 @@ def enforce_pin(reg: TO0Registration, now: datetime) -> Verdict:
         "pinned_at": now,
         "updated_at": now,
     }
-    if _insert_if_absent(conn, values):
+    if _INSERT_IF_ABSENT.first(values) is not None:
         return Verdict.PIN
-    verdict = judge(load_pin(conn, guid, lock=True), offered)
+    verdict = judge(load_pin(guid, lock=True), offered)
     if verdict == Verdict.EXTEND:
-        _EXTEND.rowcount(conn, {"g": guid, "chain": offered.chain_bytes(), "now": now})
+        _EXTEND.rowcount({"g": guid, "chain": offered.chain_bytes(), "now": now})
     elif not verdict.accepted:
         _pending.set(_Refusal(reg.guid, verdict))
         raise PinRefusedError(reg.guid, verdict)
     return verdict
 
 
-def delete_pin(conn: Connection, guid: Guid) -> bool:
+def delete_pin(conn: Conn, guid: Guid) -> bool:
     """Clear the pin of ``guid`` (its next valid registration pins it anew); False if none."""
-    return bool(conn.execute(delete(_PINS).where(_P.guid == guid.value)).rowcount)
+    return bool(_DELETE.rowcount({"g": guid.value}, conn))
 
 
 def log_unpin(guid: Guid, who: str) -> None:

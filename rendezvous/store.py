@@ -3,7 +3,7 @@
 :class:`RendezvousPolicy` is the :class:`~fdo.to0.rendezvous.TO0Policy` (lifetime cap
 and key allow-lists); :class:`RegistrationLookup` is the
 :class:`~fdo.to1.rendezvous.TO1Lookup` over the open unit of work
-(:func:`fdo_server.db.current_session`). A registration counts only while
+(:func:`fdo_server.sql.current`: statements on the driver, no SQLAlchemy). A registration counts only while
 ``expires_at`` is in the future; expired rows stay until ``fdo rendezvous purge``.
 """
 
@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, bindparam, delete, func
-from sqlalchemy import select as core_select
-
 from fdo.crypto import spki_der
 from fdo.errors import InvalidVoucherError
 from fdo.to0.rendezvous import TO0Registration
@@ -24,10 +21,9 @@ from fdo.to1.rendezvous import TO1Record
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
 from fdo_server.clock import Clock, utc_now
-from fdo_server.db import DirectStatement, bound, current_connection, current_session
-from rendezvous.device_tables import REGISTRATIONS
+from fdo_server.sql import Sql
 
-if TYPE_CHECKING:  # the admin plane's: TO0 and TO1 run Core statements only
+if TYPE_CHECKING:  # the admin plane's: TO0 and TO1 run statements on the driver only
     from sqlmodel import Session
 
     from rendezvous.tables import Registration
@@ -59,13 +55,8 @@ class RendezvousPolicy:
             )
 
 
-_REGISTRATIONS: Table = REGISTRATIONS
-# Built once (Core, bound parameters): TO1 reads it twice per device.
-_LIVE_OF_GUID = DirectStatement(
-    core_select(_REGISTRATIONS.c.device_key_spki, _REGISTRATIONS.c.to1d).where(
-        _REGISTRATIONS.c.guid == bindparam("g"), _REGISTRATIONS.c.expires_at > bindparam("now")
-    )
-)
+# TO1 reads it twice per device.
+_LIVE_OF_GUID = Sql("SELECT device_key_spki, to1d FROM rv_registration WHERE guid = :g AND expires_at > :now")
 
 
 class RegistrationLookup:
@@ -75,50 +66,23 @@ class RegistrationLookup:
         self.clock = clock
 
     def find(self, guid: Guid) -> TO1Record | None:
-        row = _LIVE_OF_GUID.first(current_connection(), {"g": guid.value, "now": self.clock()})
+        row = _LIVE_OF_GUID.first({"g": guid.value, "now": self.clock()})
         if row is None:
             return None
         return TO1Record(device_key_spki=row[0], to1d=row[1])
 
 
-_REGISTRATION_COLUMNS = (
-    "guid",
-    "to1d",
-    "device_key_spki",
-    "owner_key_spki",
-    "manufacturer_key_spki",
-    "wait_seconds",
-    "registered_at",
-    "expires_at",
+#: The INSERT of a registration that replaces the GUID's earlier one, in one statement
+#: (so two owners registering the same GUID at once cannot collide).
+_UPSERT = Sql(
+    "INSERT INTO rv_registration (guid, to1d, device_key_spki, owner_key_spki, manufacturer_key_spki, "
+    "wait_seconds, registered_at, expires_at) VALUES (:guid, :to1d, :device_key_spki, :owner_key_spki, "
+    ":manufacturer_key_spki, :wait_seconds, :registered_at, :expires_at) "
+    "ON CONFLICT (guid) DO UPDATE SET to1d = excluded.to1d, device_key_spki = excluded.device_key_spki, "
+    "owner_key_spki = excluded.owner_key_spki, manufacturer_key_spki = excluded.manufacturer_key_spki, "
+    "wait_seconds = excluded.wait_seconds, registered_at = excluded.registered_at, "
+    "expires_at = excluded.expires_at"
 )
-
-
-def _upsert(dialect: str) -> DirectStatement | None:
-    """The INSERT of a registration that replaces the GUID's earlier one, in one statement
-    (so two owners registering the same GUID at once cannot collide), for ``dialect``
-    (None for a database without ``ON CONFLICT``): built once, on first use (so a
-    service on SQLite never imports the PostgreSQL dialect)."""
-    if dialect in _UPSERT:
-        return _UPSERT[dialect]
-    dialect_insert: Any = None
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    built = None
-    if dialect_insert is not None:
-        stmt = dialect_insert(_REGISTRATIONS).values(bound(*_REGISTRATION_COLUMNS))
-        built = DirectStatement(
-            stmt.on_conflict_do_update(
-                index_elements=["guid"],
-                set_={name: stmt.excluded[name] for name in _REGISTRATION_COLUMNS if name != "guid"},
-            )
-        )
-    _UPSERT[dialect] = built
-    return built
-
-
-_UPSERT: dict[str, DirectStatement | None] = {}
 
 
 def save_registration(reg: TO0Registration, now: datetime) -> None:
@@ -133,20 +97,7 @@ def save_registration(reg: TO0Registration, now: datetime) -> None:
         "registered_at": now,
         "expires_at": now + timedelta(seconds=reg.wait_seconds),
     }
-    conn = current_connection()
-    upsert = _upsert(conn.dialect.name)
-    if upsert is not None:
-        upsert.rowcount(conn, values)
-        return
-    from rendezvous.tables import Registration
-
-    db = current_session()
-    row = db.get(Registration, reg.guid.value)
-    if row is None:
-        db.add(Registration(**values))
-    else:
-        for key, value in values.items():
-            setattr(row, key, value)
+    _UPSERT.rowcount(values)
 
 
 # ---------------------------------------------------------------------------- admin
@@ -154,6 +105,7 @@ def save_registration(reg: TO0Registration, now: datetime) -> None:
 
 def list_registrations(db: Session, *, offset: int, limit: int) -> tuple[int, Sequence[Registration]]:
     """The total count and one page of registrations, soonest expiry first."""
+    from sqlalchemy import func
     from sqlmodel import col, select
 
     from rendezvous.tables import Registration
@@ -170,6 +122,7 @@ def list_registrations(db: Session, *, offset: int, limit: int) -> tuple[int, Se
 
 def delete_registration(db: Session, guid: Guid) -> bool:
     """Delete the registration of ``guid``; False when there was none."""
+    from sqlalchemy import delete
     from sqlmodel import col
 
     from rendezvous.tables import Registration
@@ -180,6 +133,7 @@ def delete_registration(db: Session, guid: Guid) -> bool:
 
 def purge_expired_registrations(db: Session, now: datetime) -> int:
     """Delete registrations that expired at or before ``now``; returns how many."""
+    from sqlalchemy import delete
     from sqlmodel import col
 
     from rendezvous.tables import Registration

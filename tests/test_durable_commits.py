@@ -25,6 +25,7 @@ from fdo.to2.device import TO2Device
 from fdo.voucher import vouchers_to_pem
 from fdo_server.auth import Role
 from fdo_server.db import make_engine, message_scope, require_durable, sqlite_url
+from fdo_server.sql import Database
 from manufacturer.app import create_app as manufacturer_app
 from owner.app import create_app as owner_app
 from tests.conftest import POSTGRES_URL, KeyPool, migrated
@@ -39,15 +40,20 @@ FULL, NORMAL = 2, 1
 
 
 class Commits:
-    """The ``synchronous`` level of every commit on a SQLite engine, in order."""
+    """The ``synchronous`` level of every commit on a SQLite engine or database, in order."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine | Database) -> None:
         self.levels: list[int] = []
+        if isinstance(engine, Database):
+            engine.on_commit(self._level)
+            return
 
         @event.listens_for(engine, "commit")
         def _commit(conn: Connection) -> None:
-            raw: Any = conn.connection.dbapi_connection
-            self.levels.append(int(raw.execute("PRAGMA synchronous").fetchone()[0]))
+            self._level(conn.connection.dbapi_connection)
+
+    def _level(self, raw: Any) -> None:
+        self.levels.append(int(raw.execute("PRAGMA synchronous").fetchone()[0]))
 
 
 @pytest.fixture
@@ -88,7 +94,7 @@ def test_di_done_is_a_durable_commit(tmp_path: Path, key_pool: KeyPool) -> None:
 
     keys = {"ec256": key_pool.get("ec256", 10), "ca": key_pool.get("ec384", 10)}
     app = manufacturer_app(make_settings(tmp_path, sqlite_url(tmp_path / "m.db"), keys))
-    commits = Commits(app.state.engine)
+    commits = Commits(app.state.database)
     device = DIDevice(key=key_pool.get("ec256", 11), serial="SN-DURABLE", model="kiosk-v2")
     FdoHttpClient(BASE, client=TestClient(app, base_url=BASE)).run(device)
     assert device.credential is not None
@@ -98,7 +104,7 @@ def test_di_done_is_a_durable_commit(tmp_path: Path, key_pool: KeyPool) -> None:
 
 def test_to0_accepted_is_a_durable_commit(tmp_path: Path, setup: Setup) -> None:
     http = make_client(sqlite_url(tmp_path / "rv.db"))
-    commits = Commits(http.app.state.engine)  # type: ignore[attr-defined]
+    commits = Commits(http.app.state.database)  # type: ignore[attr-defined]
     FdoHttpClient(BASE, client=http).run(to0_owner(setup))
     assert commits.levels == [NORMAL, FULL]  # Hello's session, then the registration
 

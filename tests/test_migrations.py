@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
 from fdo_cli.main import app as fdo_app
-from fdo_server import migrate
+from fdo_server import migrate, schema_head
 from fdo_server.db import make_engine
 from fdo_server.migrate import SERVICES, SchemaError
 from tests.conftest import KeyPool
@@ -124,7 +124,7 @@ def test_the_head_read_from_the_files_is_alembics(service: str) -> None:
     """require_current's quick check reads the head from the migration files; it must be
     the head Alembic computes (a new migration that breaks the simple form would make
     every start take the full, Alembic-importing check, not a wrong answer)."""
-    assert migrate.script_head(service) == migrate.head_revision(service)
+    assert schema_head.script_head(service) == migrate.head_revision(service)
 
 
 def test_service_metadata_holds_every_table_the_service_uses() -> None:
@@ -177,9 +177,11 @@ def test_partial_schema_is_refused(engine: Engine) -> None:
 def owner_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A copy of the owner's migrations, used instead of the real ones."""
     scripts = tmp_path / "owner-migrations"
-    shutil.copytree(migrate.script_location("owner"), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    real = migrate.script_location
-    monkeypatch.setattr(migrate, "script_location", lambda s: scripts if s == "owner" else real(s))
+    shutil.copytree(
+        schema_head.script_location("owner"), scripts, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    real = schema_head.script_location
+    monkeypatch.setattr(schema_head, "script_location", lambda s: scripts if s == "owner" else real(s))
     migrate.forget_scripts()
     yield scripts
     migrate.forget_scripts()
@@ -454,7 +456,7 @@ def test_migrations_ship_in_the_wheel() -> None:
     package_data = project["tool"]["setuptools"]["package-data"]
     assert any(dep.startswith("alembic") for dep in project["project"]["optional-dependencies"]["server"])
     for service in SERVICES:
-        folder = migrate.script_location(service)
+        folder = schema_head.script_location(service)
         assert folder == REPO / service / "migrations"
         for name in ("__init__.py", "env.py", "script.py.mako", "versions/__init__.py"):
             assert (folder / name).is_file(), (service, name)

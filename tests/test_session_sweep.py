@@ -19,6 +19,7 @@ from fdo_cli.main import app as fdo
 from fdo_server.db import make_engine
 from fdo_server.metrics import ServiceMetrics
 from fdo_server.session_model import FdoSession
+from fdo_server.sql import Database
 from fdo_server.sweep import SessionSweeper, sweep_expired
 from tests.conftest import migrated
 
@@ -47,19 +48,21 @@ def tokens(engine: Engine) -> set[str]:
 
 
 def test_sweep_deletes_only_expired_rows_in_batches(database_url: str) -> None:
-    engine = make_engine(migrated(database_url, "rendezvous"))
+    url = migrated(database_url, "rendezvous")
+    engine, database = make_engine(url), Database(url)  # rows written by SQLAlchemy, swept on the driver
     try:
         add_sessions(engine, expired=7, live=2)
-        assert sweep_expired(engine, datetime.now(UTC), batch=3) == 7
+        assert sweep_expired(database, datetime.now(UTC), batch=3) == 7
         assert tokens(engine) == {"l0007", "l0008"}
-        assert sweep_expired(engine, datetime.now(UTC), batch=3) == 0
+        assert sweep_expired(database, datetime.now(UTC), batch=3) == 0
         # Told to stop, it stops after the batch in progress.
         add_sessions(engine, expired=7, live=0)
-        assert sweep_expired(engine, datetime.now(UTC), batch=3, keep_going=lambda: False) == 3
+        assert sweep_expired(database, datetime.now(UTC), batch=3, keep_going=lambda: False) == 3
         with engine.connect() as conn:
             assert conn.scalar(select(func.count()).select_from(TABLE)) == 2 + 4
     finally:
         engine.dispose()
+        database.dispose()
 
 
 @pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
@@ -123,9 +126,10 @@ class Clockwork:
 
 
 def test_the_sweeper_sleeps_until_a_session_is_due(database_url: str) -> None:
-    engine = make_engine(migrated(database_url, "owner"))
+    url = migrated(database_url, "owner")
+    engine, database = make_engine(url), Database(url)
     clock = Clockwork()
-    sweeper = SessionSweeper(engine, ServiceMetrics("owner"), 300, lambda: clock.now, wait=clock.wait)
+    sweeper = SessionSweeper(database, ServiceMetrics("owner"), 300, lambda: clock.now, wait=clock.wait)
 
     async def main() -> None:
         async with sweeper:
@@ -147,13 +151,15 @@ def test_the_sweeper_sleeps_until_a_session_is_due(database_url: str) -> None:
         asyncio.run(main())
     finally:
         engine.dispose()
+        database.dispose()
 
 
 def test_the_sweeper_starts_with_the_tables_earliest_expiry(database_url: str) -> None:
-    engine = make_engine(migrated(database_url, "rendezvous"))
+    url = migrated(database_url, "rendezvous")
+    engine, database = make_engine(url), Database(url)
     add_sessions(engine, expired=0, live=2, now=NOW - timedelta(hours=1) + timedelta(seconds=45))
     clock = Clockwork()
-    sweeper = SessionSweeper(engine, ServiceMetrics("rendezvous"), 300, lambda: clock.now, wait=clock.wait)
+    sweeper = SessionSweeper(database, ServiceMetrics("rendezvous"), 300, lambda: clock.now, wait=clock.wait)
 
     async def main() -> None:
         async with sweeper:
@@ -165,3 +171,4 @@ def test_the_sweeper_starts_with_the_tables_earliest_expiry(database_url: str) -
         asyncio.run(main())
     finally:
         engine.dispose()
+        database.dispose()

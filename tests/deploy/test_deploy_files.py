@@ -442,10 +442,10 @@ def shared_routes() -> set[str]:
     """The GET routes of an app made by ``service_app`` (built here, on an in-memory database)."""
     from fastapi.routing import APIRoute
 
-    from fdo_server.service import open_engine, service_app
+    from fdo_server.service import open_database, service_app
 
     settings = RendezvousSettings(database_url="sqlite://")
-    app = service_app("rendezvous", settings, open_engine("rendezvous", settings.database_url), {})
+    app = service_app("rendezvous", settings, open_database("rendezvous", settings.database_url), {})
     try:
         return {r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in (r.methods or ())}
     finally:

@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlmodel import select
 
-from fdo_server.db import make_engine, unit_of_work
+from fdo_server.db import unit_of_work
 from fdo_server.planes import include_device_router
 from fdo_server.service import service_app
+from fdo_server.sql import Database
 from owner import checkin, groups
 from owner.app import create_app
 from owner.assign import issue_report_token
@@ -251,9 +252,10 @@ def test_the_endpoint_serves_without_the_routes(
 def test_an_unreachable_database_is_the_apps_503(
     key_pool: KeyPool, tmp_path: Path, database_url: str
 ) -> None:
-    broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
+    unreachable = Database("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
+    broken = unreachable.engine()
     settings = make_world(key_pool, tmp_path).settings(database_url)
-    routed = service_app("owner", settings, broken, {})
+    routed = service_app("owner", settings, unreachable, {})
     routed.state.clock = lambda: datetime.now(UTC)
     include_device_router(routed, report_router(), prefix="/api/v1")
     include_device_router(routed, device_router(), prefix="/device/v1")

@@ -27,7 +27,7 @@ from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
 from fdo_cli.main import app as fdo_app
 from fdo_server.auth import Role
-from fdo_server.db import make_engine
+from fdo_server.db import lent, make_engine
 from rendezvous.pins import Pin, Verdict, judge, load_pin
 from tests.conftest import KeyPool
 from tests.rendezvous.forgery import forge
@@ -169,7 +169,7 @@ def test_the_pin_outlives_expiry_and_purge_until_unpinned(
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
-            pin = load_pin(conn, setup.voucher.guid.value)
+            pin = load_pin(setup.voucher.guid.value, conn=lent(conn))
     finally:
         engine.dispose()
     assert pin is not None
