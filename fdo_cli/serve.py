@@ -37,7 +37,8 @@ def start(
     ``admin_port`` left None come from the settings (``FDO_<SERVICE>_HOST``, ``..._PORT``,
     ``..._ADMIN_HOST``, ``..._ADMIN_PORT``); without an admin port both planes share the
     device listener."""
-    from fdo_server.config import use_config_file
+    from fdo_server.config import settings_values, use_config_file
+    from fdo_server.handed import hand_over
     from fdo_server.serve import ServeError, check_tls_files, serve
 
     use_config_file(f"FDO_{service.upper()}_CONFIG", config)  # the uvicorn workers read it too
@@ -46,14 +47,19 @@ def start(
         raise die(problem, 2)
     settings = check()  # fail here, once, rather than in each worker
     require_current(service, settings.database_url)
+    admin_port = admin_port if admin_port is not None else settings.admin_port
+    # The workers that serve only devices take these instead of reading the environment
+    # again (fdo_server.handed); the admin port as serve gives it to them.
+    handed = hand_over(service, {**settings_values(settings), "admin_port": admin_port})
     try:
         serve(
             f"{service}.app:app_from_env",
             host=host if host is not None else settings.host,
             port=port if port is not None else settings.port,
             admin_host=admin_host if admin_host is not None else settings.admin_host,
-            admin_port=admin_port if admin_port is not None else settings.admin_port,
+            admin_port=admin_port,
             admin_process=settings.admin_process,
+            handed=handed,
             workers=workers,
             tls_cert=tls_cert,
             tls_key=tls_key,

@@ -130,6 +130,11 @@ def load_settings(cls: type[S], config: Path | None = None) -> S:
     return cls.model_construct(_fields_set=settings.model_fields_set, **values)
 
 
+def settings_values(settings: BaseSettings) -> dict[str, Any]:
+    """Every setting of ``settings`` by name, as it holds them (for :mod:`fdo_server.handed`)."""
+    return {name: getattr(settings, name) for name in type(settings).model_fields}
+
+
 def _unparsable(cls: type[BaseSettings], exc: SettingsError) -> str:
     """One line for a list or map setting whose environment value is not JSON (pydantic
     settings parses those as JSON before validating)."""

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from fdo_server import uvserver
+from fdo_server.handed import HANDED_ENV
 from fdo_server.http_protocol import HTTP_PROTOCOL
 from fdo_server.logs import uvicorn_log_config
 from fdo_server.planes import PLANE_ENV
@@ -77,6 +78,7 @@ def serve(
     access_log: bool = True,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    handed: str | None = None,
 ) -> None:
     """Run ``factory`` (``module:function`` returning an ASGI app) with uvicorn
     (:func:`fdo_server.uvserver.run`; exits with uvicorn's startup-failure status when
@@ -94,7 +96,8 @@ def serve(
 
     With ``admin_process`` (needs ``admin_port``) the admin listener is served by one
     more process of its own, the workers serve the device listener only
-    (:func:`_serve_split`).
+    (:func:`_serve_split`), with ``handed`` (the validated settings,
+    :func:`fdo_server.handed.hand_over`) instead of reading their settings again.
 
     With several processes and no ``PROMETHEUS_MULTIPROC_DIR`` in the environment, a fresh
     private folder is made for it before the workers start (so ``/metrics`` adds up every
@@ -132,7 +135,7 @@ def serve(
                 sys.exit(STARTUP_FAILURE)
             return
         with _environ(f"FDO_{service.upper()}_ADMIN_PORT", str(admin_port)):
-            _serve_split(factory, (host, port), (admin_host, admin_port), options, admin_process)
+            _serve_split(factory, (host, port), (admin_host, admin_port), options, admin_process, handed)
 
 
 def _serve_split(
@@ -141,11 +144,13 @@ def _serve_split(
     admin: tuple[str, int],
     options: dict[str, Any],
     admin_process: bool = False,
+    handed: str | None = None,
 ) -> None:
     """Serve ``factory`` on a device and an admin listener (sockets bound here, shared by
     every worker). With ``admin_process``: the device listener by the workers
     (:data:`~fdo_server.planes.PLANE_ENV` ``device``), the admin listener by a process
-    of its own (``admin``, :class:`_AdminPlane`)."""
+    of its own (``admin``, :class:`_AdminPlane`), the device workers with ``handed`` in
+    :data:`~fdo_server.handed.HANDED_ENV`."""
     config = uvicorn.Config(factory, host=device[0], port=device[1], **options)
     sockets: list[socket.socket] = []
     try:
@@ -159,7 +164,11 @@ def _serve_split(
             _run_workers(config, sockets)
             return
         admin_config = uvicorn.Config(factory, host=admin[0], port=admin[1], **{**options, "workers": 1})
-        with _AdminPlane(admin_config, sockets[1]), _environ(PLANE_ENV, "device"):
+        with (
+            _AdminPlane(admin_config, sockets[1]),
+            _environ(PLANE_ENV, "device"),
+            _environ(HANDED_ENV, handed) if handed else nullcontext(),
+        ):
             _run_workers(config, sockets[:1])
     finally:
         for sock in sockets:
@@ -309,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     problem = check_tls_files(args.tls_cert, args.tls_key)
     if problem:
         parser.error(problem)
+    admin_process = _admin_process(args.factory) if args.admin_process is None else args.admin_process
     try:
         serve(
             args.factory,
@@ -316,16 +326,35 @@ def main(argv: list[str] | None = None) -> None:
             port=args.port,
             admin_host=args.admin_host,
             admin_port=args.admin_port,
-            admin_process=_admin_process(args.factory) if args.admin_process is None else args.admin_process,
+            admin_process=admin_process,
             workers=args.workers,
             log_level=args.log_level,
             access_log=not args.no_access_log,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            handed=_handed(args.factory, args.admin_port) if admin_process and args.admin_port else None,
         )
     except ServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
+
+
+def _handed(factory: str, admin_port: int) -> str | None:
+    """The settings of ``factory``'s service, read and validated here for the workers that
+    serve only devices (:mod:`fdo_server.handed`), as ``fdo <service> serve`` does; exits
+    with the one-line reason when they are unusable."""
+    import importlib
+
+    from fdo_server.config import ConfigError, load_settings, settings_values
+    from fdo_server.handed import hand_over
+
+    service = factory.partition(".")[0].partition(":")[0]
+    try:
+        settings = load_settings(importlib.import_module(f"{service}.app").settings_class())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
+    return hand_over(service, {**settings_values(settings), "admin_port": admin_port})
 
 
 def _admin_process(factory: str) -> bool:

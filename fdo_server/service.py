@@ -43,15 +43,14 @@ from fdo_server import metrics as observability
 from fdo_server import planes
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
-from fdo_server.config import IPNetwork, ServiceSettings, load_settings
-from fdo_server.sql import inline_messages
+from fdo_server.handed import handed
 from fdo_server.heap import freeze_startup_heap
 from fdo_server.http_protocol import EdgeLimits, configure
 from fdo_server.logs import configure_json_logging
 from fdo_server.ratelimit import EdgeGuard, GuardedRoute, first_message_routes
 from fdo_server.schema_head import at_head
 from fdo_server.sessions import SQLSessionStore
-from fdo_server.sql import Database, message_scope
+from fdo_server.sql import Database, inline_messages, message_scope
 from fdo_server.sweep import SessionSweeper
 from transport.dispatch import ProtocolHandler
 from transport.server import ASGIApp, FdoEndpoint, fdo_endpoint_for
@@ -59,10 +58,11 @@ from transport.server import ASGIApp, FdoEndpoint, fdo_endpoint_for
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from fdo_server.config import IPNetwork, ServiceSettings
     from fdo_server.device_app import DeviceApp
 
 log = logging.getLogger(__name__)
-S = TypeVar("S", bound=ServiceSettings)
+S = TypeVar("S", bound="ServiceSettings")
 
 
 def open_database(service: str, database_url: str) -> Database:
@@ -290,7 +290,7 @@ def device_app(
 
 def app_from_env(
     service: str,
-    settings_class: type[S],
+    settings_class: Callable[[], type[S]],
     create: Callable[[S], FastAPI],
     create_device: Callable[[S], DeviceApp] | None = None,
 ) -> ASGIApp:
@@ -299,16 +299,22 @@ def app_from_env(
     serves only the device plane, :func:`fdo_server.planes.serving_plane`), this worker's
     connection limits, then freeze the start-up heap.
 
+    ``settings_class`` gives the service's settings class, imported only when it is used:
+    a device-plane process that ``serve`` handed its validated settings
+    (:mod:`fdo_server.handed`) never loads it, nor pydantic.
+
     With ``admin_port`` set the app is served through :class:`~fdo_server.planes.PlaneSplit`
     (``serve`` listens on that port too); without it, as it is, with a warning that the
     admin plane shares the device listener.
     """
     configure_json_logging(service)
-    settings = load_settings(settings_class)
     app: FastAPI | DeviceApp
     if create_device is not None and planes.serving_plane() == "device":
+        given: Any = handed(service)  # the settings class's names and values
+        settings: S = given if given is not None else _load(settings_class)
         app = create_device(settings)
     else:
+        settings = _load(settings_class)
         app = create(settings)
     configure(
         EdgeLimits(
@@ -330,3 +336,9 @@ def app_from_env(
         )
     freeze_startup_heap()
     return served
+
+
+def _load(settings_class: Callable[[], type[S]]) -> S:
+    from fdo_server.config import load_settings
+
+    return load_settings(settings_class())

@@ -22,7 +22,7 @@ from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import utc_now
 from fdo_server.service import device_app, open_database, service_app
 from fdo_server.sql import Sql, require_durable
-from manufacturer.settings import ManufacturerMaterial, ManufacturerSettings, load_material
+from manufacturer.material import ManufacturerMaterial, load_material
 from transport.dispatch import AnyServerMachine, ProtocolHandler
 from transport.server import ASGIApp
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from fdo_server.device_app import DeviceApp
+    from manufacturer.settings import ManufacturerSettings
 
 A = TypeVar("A", "FastAPI", "DeviceApp")
 
@@ -93,7 +94,7 @@ def create_device_app(settings: ManufacturerSettings | None = None) -> DeviceApp
 def _build(make: Callable[..., A], settings: ManufacturerSettings | None) -> A:
     """DI served by ``make`` (:func:`~fdo_server.service.service_app` or
     :func:`~fdo_server.service.device_app`), with the keys in ``state.material``."""
-    settings = settings if settings is not None else ManufacturerSettings()
+    settings = settings if settings is not None else settings_class()()
     material = load_material(settings)
     database = open_database("manufacturer", settings.database_url)
     app = make(
@@ -111,4 +112,11 @@ def _build(make: Callable[..., A], settings: ManufacturerSettings | None) -> A:
 
 def app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment."""
-    return service.app_from_env("manufacturer", ManufacturerSettings, create_app, create_device_app)
+    return service.app_from_env("manufacturer", settings_class, create_app, create_device_app)
+
+
+def settings_class() -> type[ManufacturerSettings]:
+    """The manufacturer's settings class (pydantic), imported when first needed."""
+    from manufacturer.settings import ManufacturerSettings
+
+    return ManufacturerSettings

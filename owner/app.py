@@ -312,4 +312,9 @@ def add_admin_plane(app: FastAPI, config: OwnerConfig, engine: Engine, now: Cloc
 
 def app_from_env() -> ASGIApp:
     """Factory for ``uvicorn --factory`` (settings from ``FDO_OWNER_...``)."""
-    return service.app_from_env("owner", OwnerSettings, create_app, create_device_app)
+    return service.app_from_env("owner", settings_class, create_app, create_device_app)
+
+
+def settings_class() -> type[OwnerSettings]:
+    """The owner's settings class."""
+    return OwnerSettings

@@ -27,8 +27,8 @@ from fdo_server.clock import Clock, utc_now
 from fdo_server.service import device_app, open_database, service_app
 from fdo_server.sql import require_durable
 from rendezvous.pins import RefusalReporter, enforce_pin
-from rendezvous.settings import RendezvousSettings
 from rendezvous.store import RegistrationLookup, RendezvousPolicy, save_registration
+from rendezvous.trust import manufacturer_key_spkis, owner_key_spkis
 from transport.dispatch import AnyServerMachine, ProtocolHandler
 from transport.server import ASGIApp
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from fdo_server.device_app import DeviceApp
+    from rendezvous.settings import RendezvousSettings
 
 A = TypeVar("A", "FastAPI", "DeviceApp")
 
@@ -64,12 +65,12 @@ def create_device_app(settings: RendezvousSettings | None = None, *, clock: Cloc
 def _build(make: Callable[..., A], settings: RendezvousSettings | None, clock: Clock) -> A:
     """The rendezvous's FDO handlers served by ``make`` (:func:`~fdo_server.service.service_app`
     or :func:`~fdo_server.service.device_app`), refusals reported to its metrics."""
-    settings = settings if settings is not None else RendezvousSettings()
+    settings = settings if settings is not None else settings_class()()
     database = open_database("rendezvous", settings.database_url)  # SchemaError unless at head
     policy = RendezvousPolicy(
         max_wait_seconds=settings.max_wait_seconds,
-        owner_keys=settings.owner_key_spkis(),
-        manufacturer_keys=settings.manufacturer_key_spkis(),
+        owner_keys=owner_key_spkis(settings),
+        manufacturer_keys=manufacturer_key_spkis(settings),
     )
     warn_if_untrusting(settings)
     lookup = RegistrationLookup(clock)
@@ -126,4 +127,11 @@ def warn_if_untrusting(settings: RendezvousSettings) -> None:
 
 def app_from_env() -> ASGIApp:
     """The uvicorn factory: settings from ``FDO_RENDEZVOUS_*``."""
-    return service.app_from_env("rendezvous", RendezvousSettings, create_app, create_device_app)
+    return service.app_from_env("rendezvous", settings_class, create_app, create_device_app)
+
+
+def settings_class() -> type[RendezvousSettings]:
+    """The rendezvous's settings class (pydantic), imported when first needed."""
+    from rendezvous.settings import RendezvousSettings
+
+    return RendezvousSettings

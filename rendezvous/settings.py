@@ -12,23 +12,10 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from fdo.crypto import load_public_key, spki_der
-from fdo.errors import FdoError
 from fdo_server.config import ServiceSettings
+from rendezvous.trust import read_key_spki
 
 THIRTY_DAYS = 30 * 24 * 3600
-
-
-def read_key_spki(path: Path, setting: str) -> bytes:
-    """DER SubjectPublicKeyInfo of the PEM/DER public key or certificate in ``path``."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{setting}: cannot read key file {path}: {exc.strerror or exc}") from None
-    try:
-        return spki_der(load_public_key(data))
-    except FdoError as exc:
-        raise ValueError(f"{setting}: {path} is not a usable public key: {exc.message}") from None
 
 
 class RendezvousSettings(ServiceSettings):
@@ -57,13 +44,3 @@ class RendezvousSettings(ServiceSettings):
         for path in paths:
             read_key_spki(path, setting)
         return paths
-
-    def owner_key_spkis(self) -> frozenset[bytes]:
-        """SPKIs of the trusted owner keys (empty: any owner)."""
-        return frozenset(read_key_spki(p, "trusted_owner_keys") for p in self.trusted_owner_keys)
-
-    def manufacturer_key_spkis(self) -> frozenset[bytes]:
-        """SPKIs of the trusted manufacturer keys (empty: any manufacturer)."""
-        return frozenset(
-            read_key_spki(p, "trusted_manufacturer_keys") for p in self.trusted_manufacturer_keys
-        )

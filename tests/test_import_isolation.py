@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from fdo_server.handed import HANDED_ENV, hand_over
+from fdo_server.planes import PLANE_ENV
 from tests.conftest import REPO
 
 SERVER_STACK = ("fastapi", "starlette", "sqlalchemy", "sqlmodel", "httpx", "uvicorn")
@@ -81,50 +83,70 @@ def test_device_cli_imports_without_server_stack() -> None:
 
 _SERVICE_PROBE = """
 import json, os, sys
-from datetime import UTC, datetime
-from pathlib import Path
-from cryptography.hazmat.primitives.serialization import Encoding
-from fdo.crypto import generate_key, make_ca, private_key_to_pem
-
-service, work = sys.argv[1], Path(sys.argv[2])
-url = f"sqlite:///{{work / (service + '.db')}}"
-key = work / "key.pem"
-key.write_bytes(private_key_to_pem(generate_key("ec256")))
-env = {{f"FDO_{{service.upper()}}_DATABASE_URL": url}}
-if service == "owner":
-    env.update(FDO_OWNER_KEYS=json.dumps({{"ec256": str(key)}}), FDO_OWNER_TO2_URLS='["http://owner:8043"]')
-if service == "manufacturer":
-    ca = generate_key("ec384")
-    (work / "ca.key").write_bytes(private_key_to_pem(ca))
-    (work / "ca.pem").write_bytes(make_ca(ca, "test CA", datetime.now(UTC)).public_bytes(Encoding.PEM))
-    env.update(
-        FDO_MANUFACTURER_KEYS=json.dumps({{"ec256": str(key)}}),
-        FDO_MANUFACTURER_DEVICE_CA_KEY=str(work / "ca.key"),
-        FDO_MANUFACTURER_DEVICE_CA_CERT=str(work / "ca.pem"),
-        FDO_MANUFACTURER_RENDEZVOUS="http://rv:8041",
-    )
-os.environ.update(env)
-if len(sys.argv) > 3:  # the plane this process serves, as serve --admin-port runs it
-    os.environ.update({{f"FDO_{{service.upper()}}_ADMIN_PORT": "8099", "FDO_SERVE_PLANE": sys.argv[3]}})
-__import__(service + ".app").app.app_from_env()
+os.environ.update(json.loads(sys.argv[2]))
+__import__(sys.argv[1] + ".app").app.app_from_env()
 print(json.dumps(sorted(sys.modules)))
 """
 
 
-def _service_modules(service: str, tmp_path: Path, *plane: str) -> set[str]:
-    """Every module a ``service`` process has loaded once its app is built (``plane``: the
-    one it serves, as ``serve --admin-port`` sets it; none: both), on a SQLite database at head."""
-    from fdo_server.db import sqlite_url
+def _service_env(service: str, work: Path) -> dict[str, str]:
+    """The settings of ``service`` on a SQLite database at head in ``work`` (keys made there)."""
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from fdo.crypto import generate_key, make_ca, private_key_to_pem
     from fdo_server.migrate import upgrade
 
-    upgrade(sqlite_url(tmp_path / f"{service}.db"), service)  # here, as `fdo ... db upgrade` would
-    code = _SERVICE_PROBE.format()
+    url = f"sqlite:///{work / (service + '.db')}"
+    upgrade(url, service)  # here, as `fdo ... db upgrade` would
+    key = work / "key.pem"
+    key.write_bytes(private_key_to_pem(generate_key("ec256")))
+    env = {f"FDO_{service.upper()}_DATABASE_URL": url}
+    if service == "owner":
+        env.update(FDO_OWNER_KEYS=json.dumps({"ec256": str(key)}), FDO_OWNER_TO2_URLS='["http://owner:8043"]')
+    if service == "manufacturer":
+        ca = generate_key("ec384")
+        (work / "ca.key").write_bytes(private_key_to_pem(ca))
+        (work / "ca.pem").write_bytes(make_ca(ca, "test CA", datetime.now(UTC)).public_bytes(Encoding.PEM))
+        env.update(
+            FDO_MANUFACTURER_KEYS=json.dumps({"ec256": str(key)}),
+            FDO_MANUFACTURER_DEVICE_CA_KEY=str(work / "ca.key"),
+            FDO_MANUFACTURER_DEVICE_CA_CERT=str(work / "ca.pem"),
+            FDO_MANUFACTURER_RENDEZVOUS="http://rv:8041",
+        )
+    return env
+
+
+def _service_modules(service: str, tmp_path: Path, *plane: str) -> set[str]:
+    """Every module a ``service`` process has loaded once its app is built (``plane``: the
+    one it serves, as ``serve --admin-port`` sets it, a device-plane process with the
+    settings serve hands it; none: both), on a SQLite database at head."""
+    env = _service_env(service, tmp_path)
+    if plane:  # as serve --admin-port runs it
+        env.update({f"FDO_{service.upper()}_ADMIN_PORT": "8099", PLANE_ENV: plane[0]})
+    if plane == ("device",):  # serve --admin-process hands the device workers their settings
+        env[HANDED_ENV] = _handed(service, env)
     result = subprocess.run(  # noqa: S603 - fixed interpreter and code
-        [sys.executable, "-c", code, service, str(tmp_path), *plane],
+        [sys.executable, "-c", _SERVICE_PROBE, service, json.dumps(env)],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _handed(service: str, env: dict[str, str]) -> str:
+    """What serve hands the device workers of ``service`` under ``env``."""
+    import importlib
+    from unittest import mock
+
+    from fdo_server.config import load_settings, settings_values
+
+    with mock.patch.dict("os.environ", env):
+        settings = load_settings(importlib.import_module(f"{service}.app").settings_class())
+    handed = hand_over(service, settings_values(settings))
+    assert handed is not None
+    return handed
 
 
 @pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
@@ -165,10 +187,11 @@ NEVER = {"alembic", "mako", "psycopg"}
 
 #: The web framework: a device-plane worker serves without it (fdo_server.device_app).
 WEB = {"fastapi", "starlette"}
-#: SQLAlchemy: the manufacturer's and the rendezvous's device planes run their statements
-#: on the driver (fdo_server.sql); the owner's TO2 and check-in still use ORM sessions.
-SQLALCHEMY = {"sqlmodel", "sqlalchemy"}
-WITHOUT_SQLALCHEMY = {"manufacturer", "rendezvous"}
+#: SQLAlchemy and pydantic: the manufacturer's and the rendezvous's device planes run their
+#: statements on the driver (fdo_server.sql) with the settings serve handed them
+#: (fdo_server.handed); the owner's TO2 and check-in still use ORM sessions (SQLModel).
+LIBRARIES = {"sqlmodel", "sqlalchemy", "pydantic", "pydantic_settings", "pydantic_core"}
+WITHOUT_LIBRARIES = {"manufacturer", "rendezvous"}
 
 
 @pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
@@ -177,7 +200,7 @@ def test_a_device_plane_worker_does_not_import_the_admin_stack(service: str, tmp
     assert ADMIN_STACK[service] & device == set()
     assert NEVER & {m.split(".")[0] for m in device} == set()
     assert WEB & {m.split(".")[0] for m in device} == set()
-    if service in WITHOUT_SQLALCHEMY:
-        assert SQLALCHEMY & {m.split(".")[0] for m in device} == set()
+    if service in WITHOUT_LIBRARIES:
+        assert LIBRARIES & {m.split(".")[0] for m in device} == set()
     # The admin plane's process does import them: the check above is not vacuous.
     assert ADMIN_STACK[service] <= _service_modules(service, tmp_path, "admin")

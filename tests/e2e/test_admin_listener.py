@@ -93,7 +93,7 @@ def routes(stack: Stack) -> dict[str, list[tuple[str, str]]]:
                 if method != "HEAD"
             )
         finally:
-            built.state.engine.dispose()
+            built.state.database.dispose()
     return found
 
 
@@ -322,3 +322,28 @@ def test_fdo_serve_opens_the_admin_listener_its_settings_name(tmp_path: Path) ->
     assert f"serving the device plane on http://127.0.0.1:{device}" in messages
     assert f"serving the admin plane on http://127.0.0.1:{admin}" in messages
     assert not [m for m in messages if "shares the device listener" in m]
+
+
+#: Shared libraries of what a device-plane worker of these services does without: pydantic
+#: (its settings come from serve, fdo_server.handed) and SQLAlchemy (fdo_server.sql).
+LEAN_WORKERS = {"manufacturer", "rendezvous"}
+NOT_MAPPED = ("pydantic_core", "/sqlalchemy/")
+
+
+@pytest.mark.parametrize("service", sorted(LEAN_WORKERS))
+def test_device_workers_run_without_pydantic_or_sqlalchemy(stack: Stack, service: str) -> None:
+    """In the running server: each process that serves only devices (under ``serve
+    --admin-process``) has neither library mapped, and still answers (the module's other
+    tests onboard a device through it)."""
+    device_workers = []
+    for pid in stack.services[service].pids():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        if b"FDO_SERVE_PLANE=device" in environ:
+            device_workers.append(pid)
+            assert not [name for name in NOT_MAPPED if name in maps], (service, pid)
+    admin_process = stack.services[service].env.get(f"FDO_{service.upper()}_ADMIN_PROCESS") == "true"
+    assert len(device_workers) == (2 if admin_process else 0)
