@@ -48,9 +48,11 @@ def start(
     settings = check()  # fail here, once, rather than in each worker
     require_current(service, settings.database_url)
     admin_port = admin_port if admin_port is not None else settings.admin_port
-    # The workers that serve only devices take these instead of reading the environment
-    # again (fdo_server.handed); the admin port as serve gives it to them.
-    handed = hand_over(service, {**settings_values(settings), "admin_port": admin_port})
+    handed = None
+    if settings.admin_process and admin_port is not None:
+        # The workers that serve only devices take these instead of reading the environment
+        # again (fdo_server.handed); the admin port as serve gives it to them.
+        handed = hand_over(service, {**settings_values(settings), "admin_port": admin_port})
     try:
         serve(
             f"{service}.app:app_from_env",

@@ -337,15 +337,21 @@ class Database:
             return self._engine
 
     def dispose(self) -> None:
-        """Close the idle connections (and the SQLAlchemy engine's); the pool stays usable."""
+        """Close the idle connections (and the SQLAlchemy engine's); the pool stays usable.
+        An in-memory database is closed, and so gone: the next use starts an empty one."""
         with self._lock:
             self._generation += 1
             doomed, self._idle = self._idle, []
             engine = self._engine
+            shared, self._shared = self._shared, None
+            if shared is not None:
+                self._engine = None  # its one connection is the shared one
         for entry in doomed:
             _close(entry.raw)
         if engine is not None:
             engine.dispose()
+        if shared is not None:
+            _close(shared.raw)
 
 
 def _close(raw: Any) -> None:

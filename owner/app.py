@@ -46,10 +46,10 @@ from fdo_server.ratelimit import GuardedRoute, http_refusal
 from fdo_server.service import device_app, open_database, service_app
 from owner import groups, lifecycle
 from owner.checkin_endpoint import DeviceEndpoint
+from owner.config import OwnerConfig, load_config
 from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.rollout_engine import RolloutRunner
-from owner.settings import OwnerConfig, OwnerSettings, load_config
 from owner.store import OwnerStore
 from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from fdo_server.device_app import DeviceApp
+    from owner.settings import OwnerSettings
 
 A = TypeVar("A", "FastAPI", "DeviceApp")
 #: The owner's device routes besides the FDO messages (method POST), served by
@@ -226,7 +227,7 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
     """TO2 served by ``make`` (:func:`~fdo_server.service.service_app` or
     :func:`~fdo_server.service.device_app`), with the TO0 scheduler and the rollout
     runner as its background work; ``state`` holds the config, the clock and the runner."""
-    settings = settings or OwnerSettings()
+    settings = settings or settings_class()()
     config: OwnerConfig = load_config(settings)
     now: Clock = clock or utc_now
     database = open_database("owner", settings.database_url)  # SchemaError unless at head
@@ -316,5 +317,7 @@ def app_from_env() -> ASGIApp:
 
 
 def settings_class() -> type[OwnerSettings]:
-    """The owner's settings class."""
+    """The owner's settings class (pydantic), imported when first needed."""
+    from owner.settings import OwnerSettings
+
     return OwnerSettings

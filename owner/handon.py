@@ -48,10 +48,10 @@ from fdo_server.vouchers import (
     unique_guids,
 )
 from owner.audit import audit
+from owner.config import OwnerConfig
 from owner.deps import Operator, Viewer, engine_of, now_of
 from owner.groups import add_event, find_device
 from owner.lifecycle import retire_replaced
-from owner.settings import OwnerConfig
 from owner.tables import ACTIVE, HANDED_ON, OwnerVoucher, To0Work
 
 PEM_TYPE = "application/x-pem-file"

@@ -1,7 +1,7 @@
 """Owner service settings (``FDO_OWNER_...`` environment variables).
 
-:class:`OwnerSettings` holds what the operator wrote; :func:`load_config` checks it and
-loads what it names (keys, TO2 addresses, the ServiceInfo file), raising
+:class:`OwnerSettings` holds what the operator wrote; :func:`load_config`
+(:mod:`owner.config`) checks it and loads what it names (keys, TO2 addresses, the ServiceInfo file), raising
 :class:`SettingsError` that names the offending setting. The service calls it at start
 so a bad setting fails before any device connects.
 
@@ -21,25 +21,37 @@ The ServiceInfo file (TOML or JSON) lists actions run on every device::
 
 from __future__ import annotations
 
-import json
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from fdo.crypto import KEY_KINDS, PrivateKeyT, key_kind, load_private_key
-from fdo.errors import FdoError
-from fdo.rvinfo import RVTO2Addr, RVTO2AddrEntry
 from fdo_server.config import ServiceSettings, body_limit_field
 
-PREFIX = "FDO_OWNER_"
+# What the settings name, loaded without pydantic (a worker that serves only devices
+# loads it from the settings serve handed it, fdo_server.handed); named here too.
+from owner.config import (
+    PREFIX,
+    CommandAction,
+    DownloadAction,
+    OwnerConfig,
+    SettingsError,
+    load_config,
+    load_keys,
+    to2_addr_entry,
+)
 
-
-class SettingsError(Exception):
-    """A setting is missing or wrong; the message names it."""
+__all__ = [
+    "PREFIX",
+    "CommandAction",
+    "DownloadAction",
+    "OwnerConfig",
+    "OwnerSettings",
+    "SettingsError",
+    "load_config",
+    "load_keys",
+    "to2_addr_entry",
+]
 
 
 class OwnerSettings(ServiceSettings):
@@ -106,134 +118,3 @@ class OwnerSettings(ServiceSettings):
     #: Largest body of ``POST /api/v1/groups/{name}/revisions`` (a revision with its
     #: files, each up to 1 MiB).
     max_revision_body: int = body_limit_field(16 * 1024 * 1024)
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadAction:
-    """Send ``data`` to the device as ``path`` (fdo.download)."""
-
-    path: str
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class CommandAction:
-    """Run ``command args...`` on the device (fdo.command)."""
-
-    command: str
-    args: tuple[str, ...] = ()
-    may_fail: bool = False
-
-
-@dataclass(frozen=True)
-class OwnerConfig:
-    """The checked, loaded form of :class:`OwnerSettings`."""
-
-    settings: OwnerSettings
-    keys: dict[str, PrivateKeyT]
-    to2_addr: RVTO2Addr | None
-    downloads: tuple[DownloadAction, ...] = ()
-    commands: tuple[CommandAction, ...] = ()
-
-
-def _name(setting: str) -> str:
-    return PREFIX + setting.upper()
-
-
-def load_keys(keys: dict[str, Path]) -> dict[str, PrivateKeyT]:
-    out: dict[str, PrivateKeyT] = {}
-    if not keys:
-        raise SettingsError(f"{_name('keys')}: no owner keys configured")
-    for kind, path in keys.items():
-        if kind not in KEY_KINDS:
-            raise SettingsError(
-                f"{_name('keys')}: unknown key kind {kind!r} (use one of {', '.join(KEY_KINDS)})"
-            )
-        try:
-            key = load_private_key(Path(path).read_bytes())
-        except OSError as exc:
-            raise SettingsError(
-                f"{_name('keys')}: cannot read the {kind} key {path}: {exc.strerror}"
-            ) from None
-        except FdoError:
-            raise SettingsError(f"{_name('keys')}: {path} holds no supported private key") from None
-        if key_kind(key) != kind:
-            raise SettingsError(f"{_name('keys')}: {path} is a {key_kind(key)} key, not {kind}")
-        out[kind] = key
-    return out
-
-
-def to2_addr_entry(url: str) -> RVTO2AddrEntry:
-    """An RVTO2AddrEntry for a base URL (``http(s)://host[:port]``)."""
-    try:
-        return RVTO2AddrEntry.from_url(url)
-    except ValueError as exc:
-        raise SettingsError(f"{_name('to2_urls')}: {exc}") from None
-
-
-def _load_service_info(path: Path) -> tuple[tuple[DownloadAction, ...], tuple[CommandAction, ...]]:
-    what = _name("service_info")
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SettingsError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    try:
-        doc: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(
-            f"{what}: {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}"
-        ) from None
-    if not isinstance(doc, dict):
-        raise SettingsError(f"{what}: {path} must hold a table")
-    downloads: list[DownloadAction] = []
-    commands: list[CommandAction] = []
-    try:
-        for item in doc.get("download", []):
-            source = path.parent / str(item["source"])
-            try:
-                data = source.read_bytes()
-            except OSError as exc:
-                raise SettingsError(f"{what}: download source {source}: {exc.strerror}") from None
-            downloads.append(DownloadAction(path=str(item["path"]), data=data))
-        for item in doc.get("command", []):
-            args = item.get("args", [])
-            if not isinstance(args, list):
-                raise SettingsError(f"{what}: command args must be a list")
-            commands.append(
-                CommandAction(
-                    command=str(item["command"]),
-                    args=tuple(str(a) for a in args),
-                    may_fail=bool(item.get("may_fail", False)),
-                )
-            )
-    except (KeyError, TypeError) as exc:
-        raise SettingsError(f"{what}: {path}: bad or missing entry field {exc}") from None
-    return tuple(downloads), tuple(commands)
-
-
-def load_config(settings: OwnerSettings) -> OwnerConfig:
-    """Check ``settings`` and load what they name; raises :class:`SettingsError`."""
-    keys = load_keys(settings.keys)
-    entries = tuple(to2_addr_entry(u) for u in settings.to2_urls)
-    for name in ("to0_wait_seconds", "to0_retry_seconds", "to0_max_backoff_seconds", "to0_claim_seconds"):
-        if getattr(settings, name) < 1:
-            raise SettingsError(f"{_name(name)} must be at least 1")
-    if settings.to0_wait_seconds > 0xFFFFFFFF:
-        raise SettingsError(f"{_name('to0_wait_seconds')} must fit in 32 bits")
-    if not 0 < settings.to0_renew_fraction < 1:
-        raise SettingsError(f"{_name('to0_renew_fraction')} must be between 0 and 1")
-    if settings.to0_interval_seconds < 0:
-        raise SettingsError(f"{_name('to0_interval_seconds')} must be 0 (no limit) or positive")
-    if settings.tls_ca is not None and not settings.tls_ca.is_file():
-        raise SettingsError(f"{_name('tls_ca')}: {settings.tls_ca}: no such file")
-    downloads: tuple[DownloadAction, ...] = ()
-    commands: tuple[CommandAction, ...] = ()
-    if settings.service_info is not None:
-        downloads, commands = _load_service_info(settings.service_info)
-    return OwnerConfig(
-        settings=settings,
-        keys=keys,
-        to2_addr=RVTO2Addr(entries) if entries else None,
-        downloads=downloads,
-        commands=commands,
-    )

@@ -26,8 +26,8 @@ from fdo_server.clock import Clock, utc_now
 from fdo_server.db import current_connection, current_session
 from owner import lifecycle
 from owner.assign import modules_for, restore_modules
+from owner.config import OwnerConfig
 from owner.lifecycle import VoucherRow, usable_row
-from owner.settings import OwnerConfig
 
 #: The usable voucher row :meth:`OwnerStore.voucher` read last in this context, so
 #: :meth:`OwnerStore.replacement` in the same unit of work needs no query.

@@ -48,7 +48,7 @@ from fdo.errors import FdoError
 from fdo.rvinfo import RVTO2Addr
 from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
-from owner.settings import OwnerConfig
+from owner.config import OwnerConfig
 from owner.tables import REPLACED, SUPERSEDED, USABLE, OwnerVoucher, To0Work, utc
 from transport.client import FdoHttpClient, TransportError
 

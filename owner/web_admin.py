@@ -24,10 +24,10 @@ from fdo_server.auth import AdminToken, Role
 from owner import admin_ops
 from owner.admin_api import voucher_json
 from owner.admin_groups import token_json
+from owner.config import OwnerConfig
 from owner.deps import engine_of, now_of
 from owner.groups_schemas import TokenIn
 from owner.groups_tables import AuditEntry
-from owner.settings import OwnerConfig
 from owner.tables import STATES, OwnerVoucher, To0Work
 from owner.web import authorized_form, authorized_upload, done, message, parse_int, render, signed_in
 from owner.web_groups import errors_of

@@ -29,7 +29,7 @@ def _loaded(service: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
     return load_settings(importlib.import_module(f"{service}.app").settings_class())
 
 
-@pytest.mark.parametrize("service", ["manufacturer", "rendezvous"])
+@pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
 def test_handed_settings_are_the_settings_classes_values(
     service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,6 +62,8 @@ def test_handed_settings_are_the_settings_classes_values(
         assert got.trusted_owner_keys == [tmp_path / "owner.pem"]
     else:
         assert got.keys == {"ec256": tmp_path / "key.pem"}
+    if service == "owner":
+        assert got.to2_urls == ["http://owner:8043"]
 
 
 def test_a_worker_started_otherwise_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -326,7 +326,7 @@ def test_service_refuses_an_empty_database(
     )
     migrate.upgrade(database_url, service)
     app = _create_app(service, settings)
-    app.state.engine.dispose()
+    app.state.database.dispose()
 
 
 def test_service_refuses_an_older_database(
@@ -345,7 +345,7 @@ def test_in_memory_database_is_migrated_at_start() -> None:
 
     app = create_app(RendezvousSettings(database_url="sqlite://"))
     assert migrate.status(app.state.engine, "rendezvous").at_head
-    app.state.engine.dispose()
+    app.state.database.dispose()
 
 
 # ---------------------------------------------------------------------------- the commands

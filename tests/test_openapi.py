@@ -42,7 +42,7 @@ def apps(key_pool: KeyPool, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         made[service] = make_app(service, f"sqlite:///{folder / 'db.sqlite'}", key_pool, folder)
     yield made
     for app in made.values():
-        app.state.engine.dispose()
+        app.state.database.dispose()
 
 
 def admin_operations(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:

@@ -449,7 +449,7 @@ def shared_routes() -> set[str]:
     try:
         return {r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in (r.methods or ())}
     finally:
-        app.state.engine.dispose()
+        app.state.database.dispose()
 
 
 def test_probe_paths_are_routes() -> None:

@@ -71,7 +71,7 @@ def routes(stack: Stack, service: str) -> list[tuple[str, str]]:
             found += [(method, path) for method in sorted(methods) if method != "HEAD"]
         return found
     finally:
-        app.state.engine.dispose()
+        app.state.database.dispose()
 
 
 def flat_routes(routes: Iterable[BaseRoute]) -> Iterator[tuple[str, set[str]]]:

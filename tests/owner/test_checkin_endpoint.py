@@ -32,7 +32,7 @@ REFUSED = "device credential refused"
 def app(key_pool: KeyPool, tmp_path: Path, database_url: str) -> Iterator[FastAPI]:
     built = create_app(make_world(key_pool, tmp_path).settings(database_url))
     yield built
-    built.state.engine.dispose()  # the clients run no lifespan: close its connections here
+    built.state.database.dispose()  # the clients run no lifespan: close its connections here
 
 
 def _device(app: FastAPI) -> tuple[int, str]:

@@ -95,8 +95,8 @@ def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> Iterator
         routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
         yield _owner(served), _owner(routed)
     finally:
-        served.state.engine.dispose()
-        routed.state.engine.dispose()
+        served.state.database.dispose()
+        routed.state.database.dispose()
 
 
 def _same(served: Response, routed: Response) -> None:

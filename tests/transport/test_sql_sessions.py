@@ -133,7 +133,7 @@ def service(database_url: str) -> Iterator[Service]:
     )
     app = create_app(settings, clock=clock)
     yield Service(database_url, app, clock, TestClient(app, base_url=BASE))
-    app.state.engine.dispose()
+    app.state.database.dispose()
 
 
 def to0_owner(setup: Setup) -> TO0Owner:
@@ -561,7 +561,7 @@ def test_not_cbor_di_on_manufacturer(database_url: str, tmp_path: Path, key_pool
         with Session(app.state.engine) as db:
             assert db.exec(select(FdoSession)).all() == []
     finally:
-        app.state.engine.dispose()
+        app.state.database.dispose()
 
 
 def test_not_cbor_to2_on_owner(database_url: str, tmp_path: Path, key_pool: KeyPool) -> None:
@@ -578,7 +578,7 @@ def test_not_cbor_to2_on_owner(database_url: str, tmp_path: Path, key_pool: KeyP
         with Session(app.state.engine) as db:
             assert db.exec(select(FdoSession)).all() == []
     finally:
-        app.state.engine.dispose()
+        app.state.database.dispose()
 
 
 # ---------------------------------------------------------------------------- afterwards
