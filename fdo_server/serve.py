@@ -349,8 +349,11 @@ def _handed(factory: str, admin_port: int) -> str | None:
     from fdo_server.handed import hand_over
 
     service = factory.partition(".")[0].partition(":")[0]
+    # <service>.settings.<Service>Settings, without the app and what it imports.
+    module = importlib.import_module(f"{service}.settings")
+    settings_class = getattr(module, f"{service.capitalize()}Settings")
     try:
-        settings = load_settings(importlib.import_module(f"{service}.app").settings_class())
+        settings = load_settings(settings_class)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
