@@ -266,7 +266,7 @@ def test_devmod_dict_is_asdict_made_json_safe() -> None:
 
 def test_to2_makes_an_orm_session_only_for_a_group(engine: Engine) -> None:
     """Given a session maker (as the TO2 store gives it), assignment_for records the
-    device with Core statements alone and makes the session only once a group matches."""
+    device with its Sql statements alone and makes the session only once a group matches."""
     made: list[Session] = []
 
     def maker() -> Session:
