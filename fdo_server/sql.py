@@ -17,7 +17,8 @@ them and the driver. This module is that path without it:
 * :class:`Sql`: one statement, written once in the SQL both databases take (``:name``
   parameters), with the conversions SQLAlchemy's types do on SQLite (datetimes stored as
   its text, booleans as integers, JSON as its text) so that rows read and written here
-  and by the ORM are the same. ``tests/test_sql.py`` runs every statement against the migrated schemas.
+  and by the ORM are the same. ``tests/test_sql.py`` runs every statement against the
+  migrated schemas.
 
 Statements run on :func:`current`: the scope this module opened, or a SQLAlchemy unit
 of work (:mod:`fdo_server.db` lends its connection through the same context variable),
@@ -631,7 +632,8 @@ class Sql:
     ``jsons`` name the result columns SQLAlchemy's ``DateTime``, ``Boolean`` and ``JSON``
     would convert on SQLite (a naive datetime from its text; a bool from 0 or 1; the value
     ``json.loads`` makes of the text); datetime parameters are sent as that text there.
-    On PostgreSQL the driver converts both ways itself (``json`` columns included).
+    On PostgreSQL the driver converts datetimes and booleans both ways itself, and parses
+    ``json`` columns.
 
     A JSON parameter is given as its text, ``json.dumps(value)`` (what SQLAlchemy's
     ``JSON`` sends to either database), or None for SQL NULL: a dict or list parameter is
