@@ -115,11 +115,11 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
     with message_scope(engine):
         groups.record_onboarding(None, sql_guid, None, FACTS, revision, now=AT, delivery=delivery)
     with unit_of_work(engine) as db:
-        orm = db.get(Device, orm_id)
-        assert orm is not None
-        orm.serial, orm.group_id, orm.revision_id, orm.status = "SN-é", group.id, revision.id, ONBOARDED
-        orm.delivery, orm.desired_revision_id, orm.desired_generation = delivery, revision.id, 0
-        db.add(orm)
+        same = db.get(Device, orm_id)
+        assert same is not None
+        same.serial, same.group_id, same.revision_id, same.status = "SN-é", group.id, revision.id, ONBOARDED
+        same.delivery, same.desired_revision_id, same.desired_generation = delivery, revision.id, 0
+        db.add(same)
         detail = {"guid": str(Guid(sql_guid)), "revision": 1, "delivery": "partial", "missing": ["x"]}
         db.add(DeviceEvent(device_id=orm_id, at=AT, kind="onboarded", detail=detail))
     assert _stored(engine, "owner_device", device_columns, "id", made) == _stored(
@@ -178,11 +178,11 @@ def test_checkins_are_stored_and_read_alike(engine: Engine) -> None:
         "rolled_back": True,
     }
     with unit_of_work(engine) as db:
-        orm = db.get(Device, orm_id)
-        assert orm is not None
-        orm.status, orm.updated_at, orm.last_checkin_at, orm.rolled_back = "failed", AT, AT, True
-        orm.apply_state, orm.health, orm.checkin_seq, orm.held_generation = "failed", "unhealthy", 1, 0
-        db.add(orm)
+        same = db.get(Device, orm_id)
+        assert same is not None
+        same.status, same.updated_at, same.last_checkin_at, same.rolled_back = "failed", AT, AT, True
+        same.apply_state, same.health, same.checkin_seq, same.held_generation = "failed", "unhealthy", 1, 0
+        db.add(same)
         db.add(DeviceEvent(device_id=orm_id, at=AT, kind="failed", detail=detail))
     columns = (
         "status, updated_at, last_checkin_at, rolled_back, apply_state, health, checkin_seq, held_generation"
