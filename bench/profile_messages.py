@@ -13,7 +13,7 @@ too), and SQLAlchemy's events count the statements and commits each operation ru
     .venv/bin/python bench/profile_messages.py [--devices 200] [--phase to1] [--profile]
         [--backend postgresql]
 
-On PostgreSQL, statements that go to the driver directly (``DirectStatement``) are not
+On PostgreSQL, statements that go to the driver directly (``fdo_server.sql.Sql``) are not
 seen by SQLAlchemy's events: the statement counts are SQLite's.
 """
 
@@ -113,7 +113,7 @@ class ASGITransport(httpx.BaseTransport):
 
 class Counts:
     """Statements and commits an engine runs: on SQLite every statement the driver runs
-    (its trace callback: ``DirectStatement`` ones and the driver's own ``BEGIN`` and
+    (its trace callback: ``fdo_server.sql.Sql`` ones and the driver's own ``BEGIN`` and
     ``COMMIT`` included), elsewhere what SQLAlchemy's events see."""
 
     def __init__(self, engine: Engine) -> None:

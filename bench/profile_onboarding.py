@@ -110,7 +110,7 @@ SUITES: dict[str, tuple[str, KexSuite, CipherSuite]] = {
 class SqlCounter:
     """Statements and commits per message type: what SQLite itself runs (``sqlite3``'s
     trace callback, installed on every pooled connection at checkout), so statements
-    sent to the driver directly (:class:`fdo_server.db.DirectStatement`) count too."""
+    sent to the driver directly (:class:`fdo_server.sql.Sql`) count too."""
 
     def __init__(self, transport: InProcessTransport) -> None:
         self.transport = transport

@@ -3,10 +3,11 @@
 SQLite (a file per service, WAL mode) is the embedded default; PostgreSQL is chosen by
 a ``postgresql+psycopg://`` URL. Every FDO message is handled in one transaction: the
 router opens a :func:`message_scope` around it (admin requests and background work a
-:func:`unit_of_work`), and code that runs inside it reaches the open transaction with
-:func:`current_connection` (Core statements) or :func:`current_session` (ORM), both
-context variables, so lookups deep in a store need no plumbing. Schemas are made and
-changed by migrations only (:mod:`fdo_server.migrate`).
+:func:`unit_of_work`), and code that runs inside it reaches the open transaction through
+context variables, so lookups deep in a store need no plumbing: :class:`fdo_server.sql.Sql`
+statements run on it (:func:`fdo_server.sql.current`, the connection lent by :class:`_Lent`),
+ORM code on :func:`current_session`, SQLAlchemy Core on :func:`current_connection`.
+Schemas are made and changed by migrations only (:mod:`fdo_server.migrate`).
 
 **Durable commits.** A commit that precedes a reply the device acts on (DI done, TO0
 accepted, TO2.Done answered by Done2) must survive a power cut, or the device would hold
@@ -30,15 +31,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import BindParameter, bindparam, create_engine, event
+from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql import Select
-from sqlalchemy.sql.dml import UpdateBase
 
-if TYPE_CHECKING:  # the ORM is loaded where a session is made: the FDO path runs Core statements
+if TYPE_CHECKING:  # the ORM is loaded where a session is made: the FDO path runs Sql statements
     from sqlmodel import Session
 
 from fdo_server import sql
@@ -275,7 +274,8 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
     """One transaction on a bare connection: committed on normal exit, rolled back on an
     exception, like :func:`unit_of_work`.
 
-    Made for the FDO route, where most messages only run a few Core statements: an ORM
+    Made for the FDO route, where most messages only run a few statements
+    (:class:`fdo_server.sql.Sql`, on this connection's driver cursor): an ORM
     ``Session`` (bound to this connection and its transaction) is made only when code
     asks :func:`current_session`, and its pending changes are flushed before the commit.
 
@@ -328,177 +328,6 @@ def message_scope(engine: Engine) -> Iterator[Connection]:
             _current.reset(session_token)
             _connection.reset(conn_token)
     sql.run_after(callbacks)  # reached only when the scope committed
-
-
-def bound(*names: str) -> dict[str, BindParameter[Any]]:
-    """``{name: bindparam(name)}``: the ``.values()`` of an INSERT that sets these columns
-    (a :class:`DirectStatement` INSERT must name its columns)."""
-    return {name: bindparam(name) for name in names}
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    """A statement compiled for one dialect, with the type processing SQLAlchemy would do."""
-
-    sql: str
-    required: frozenset[str]  # parameters every run must give
-    literals: dict[str, Any]  # bound values fixed in the statement (``state == 'active'``, LIMIT)
-    binds: dict[str, Callable[[Any], Any]]  # parameter name -> bind processor
-    results: tuple[Callable[[Any], Any] | None, ...]  # per result column
-
-
-class DirectStatement:
-    """A prebuilt Core statement that goes to the driver's cursor directly: compiled once
-    per dialect, with SQLAlchemy's bind and result processing for its types applied here,
-    and SQLAlchemy's execution context, events and result objects skipped (40–60 µs a
-    statement on PostgreSQL on the benchmark machine, 15–50 µs on SQLite, for the
-    statements every FDO message runs).
-
-    On PostgreSQL it takes part in the :func:`message_scope` it runs in like any
-    statement (the deferred ``BEGIN``, :func:`last_write`); a connection error
-    invalidates the connection, as SQLAlchemy would. On SQLite it runs on the driver's
-    cursor only inside a transaction SQLAlchemy began (any :func:`message_scope` or
-    :func:`unit_of_work`), where ``sqlite3`` opens the database transaction before the
-    first write exactly as under SQLAlchemy; a driver error is raised as SQLAlchemy
-    would raise it (``sqlalchemy.exc.IntegrityError``, ``OperationalError``, ...).
-    Outside a transaction, and on any other database, it runs through SQLAlchemy.
-    """
-
-    def __init__(self, statement: Select[Any] | UpdateBase) -> None:
-        self.statement = statement
-        # A SELECT's columns, or those an INSERT/UPDATE ... RETURNING gives back.
-        self._columns = tuple(getattr(statement, "selected_columns", None) or statement.exported_columns)
-        self._by_dialect: dict[Dialect, _Compiled | None] = {}
-
-    def _compiled(self, dialect: Dialect) -> _Compiled | None:
-        if dialect in self._by_dialect:
-            return self._by_dialect[dialect]
-        found: _Compiled | None = None
-        named = dialect.name == "postgresql" and dialect.paramstyle == "pyformat"
-        if dialect.name == "sqlite" and dialect.driver == "pysqlite":
-            # sqlite3 takes ``:name`` parameters from a dict: compile for that style (the
-            # SQL is the dialect's own; only the placeholders differ).
-            named = True
-            dialect_class: Any = type(dialect)
-            compile_for: Dialect = dialect_class(paramstyle="named")
-        else:
-            compile_for = dialect
-        if named:
-            compiled = self.statement.compile(dialect=compile_for)
-            expanding = [n for n, b in compiled.binds.items() if b.expanding]
-            if expanding:  # IN (...) with a list: rendered per execution, not once
-                raise ValueError(f"DirectStatement: expanding parameters {expanding} (spell IN out with OR)")
-            if not compiled.positional:
-                binds: dict[str, Callable[[Any], Any]] = {}
-                for name, bind in compiled.binds.items():
-                    process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-                    if process is not None:
-                        binds[name] = process
-                found = _Compiled(
-                    sql=str(compiled),
-                    required=frozenset(n for n, b in compiled.binds.items() if b.required),
-                    literals={n: b.effective_value for n, b in compiled.binds.items() if not b.required},
-                    binds=binds,
-                    results=tuple(
-                        c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self._columns
-                    ),
-                )
-        self._by_dialect[dialect] = found
-        return found
-
-    @staticmethod
-    def _run(conn: Connection, compiled: _Compiled, given: Mapping[str, Any], read: Callable[[Any], T]) -> T:
-        if not compiled.required <= given.keys():
-            # An INSERT without .values() binds every column: name the ones it takes.
-            missing = sorted(compiled.required - given.keys())
-            raise ValueError(f"DirectStatement: no value for {missing} in {compiled.sql[:60]!r}")
-        params = {**compiled.literals, **given}
-        for name, process in compiled.binds.items():
-            if name in params:
-                params[name] = process(params[name])
-        raw: Any = conn.connection.dbapi_connection
-        if conn.dialect.name == "sqlite":
-            return DirectStatement._run_sqlite(conn, raw, compiled.sql, params, read)
-        try:
-            with raw.cursor() as cursor:
-                _begin_before_write(conn, cursor, compiled.sql, None, None, False)
-                cursor.execute(compiled.sql, params)
-                return read(cursor)
-        except Exception as exc:
-            if raw.closed or _is_disconnect(exc):
-                conn.invalidate(exc)
-            raise
-
-    @staticmethod
-    def _run_sqlite(
-        conn: Connection, raw: Any, sql: str, params: dict[str, Any], read: Callable[[Any], T]
-    ) -> T:
-        cursor = raw.cursor()
-        try:
-            cursor.execute(sql, params)
-            return read(cursor)
-        except Exception as exc:
-            dbapi: Any = conn.dialect.loaded_dbapi
-            if not isinstance(exc, dbapi.Error):
-                raise
-            # As SQLAlchemy raises it (IntegrityError, OperationalError, ...).
-            raise DBAPIError.instance(sql, params, exc, dbapi.Error, dialect=conn.dialect) from exc
-        finally:
-            cursor.close()
-
-    def _direct(self, conn: Connection) -> _Compiled | None:
-        """The compiled statement to run on the driver's cursor, None to run it through
-        SQLAlchemy (a dialect without a direct path; SQLite outside a transaction)."""
-        compiled = self._compiled(conn.dialect)
-        if compiled is not None and conn.dialect.name == "sqlite" and not conn.in_transaction():
-            return None  # SQLAlchemy's autobegin decides what a bare connection commits
-        return compiled
-
-    def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
-        """Run a DML statement; the number of rows it touched."""
-        compiled = self._direct(conn)
-        if compiled is None:
-            return int(conn.execute(self.statement, dict(params)).rowcount)
-        return self._run(conn, compiled, params, lambda cursor: int(cursor.rowcount))
-
-    def mapping(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Run a SELECT; its first row by column name, or None."""
-        row = self.first(conn, params)
-        if row is None:
-            return None
-        return dict(zip((c.key for c in self._columns), row, strict=True))
-
-    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """Run a SELECT (or a statement with RETURNING); its first row, or None."""
-        compiled = self._direct(conn)
-        if compiled is None:
-            row = conn.execute(self.statement, dict(params)).first()
-            return None if row is None else tuple(row)
-
-        def read(cursor: Any) -> tuple[Any, ...] | None:
-            found = cursor.fetchone()
-            if found is None:
-                return None
-            return tuple(v if p is None else p(v) for v, p in zip(found, compiled.results, strict=True))
-
-        return self._run(conn, compiled, params, read)
-
-    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """Run a SELECT; all its rows."""
-        compiled = self._direct(conn)
-        if compiled is None:
-            return [tuple(row) for row in conn.execute(self.statement, dict(params))]
-
-        def read(cursor: Any) -> list[tuple[Any, ...]]:
-            results = compiled.results
-            if not any(results):
-                return [tuple(row) for row in cursor.fetchall()]
-            return [
-                tuple(v if p is None else p(v) for v, p in zip(row, results, strict=True))
-                for row in cursor.fetchall()
-            ]
-
-        return self._run(conn, compiled, params, read)
 
 
 def _flush_current() -> None:

@@ -16,8 +16,9 @@ them and the driver. This module is that path without it:
   its own; :func:`require_durable` and :func:`after_commit` as there.
 * :class:`Sql`: one statement, written once in the SQL both databases take (``:name``
   parameters), with the conversions SQLAlchemy's types do on SQLite (datetimes stored as
-  its text, booleans as integers) so that rows read and written here and by the ORM are
-  the same. ``tests/test_sql.py`` runs every statement against the migrated schemas.
+  its text, booleans as integers, JSON as its text) so that rows read and written here
+  and by the ORM are the same. ``tests/test_sql.py`` runs every statement against the
+  migrated schemas.
 
 Statements run on :func:`current`: the scope this module opened, or a SQLAlchemy unit
 of work (:mod:`fdo_server.db` lends its connection through the same context variable),
@@ -30,6 +31,7 @@ Errors are the driver's own (``sqlite3.IntegrityError``, ``psycopg.OperationalEr
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sqlite3
@@ -632,16 +634,23 @@ class _Reader:
 @dataclass
 class Sql:
     """One statement in SQL both databases take, with ``:name`` parameters (``postgresql``
-    or ``sqlite``: that database's own text instead). ``datetimes`` and ``bools`` name the
-    result columns SQLAlchemy's ``DateTime`` and ``Boolean`` would convert on SQLite
-    (a naive datetime from its text; a bool from 0 or 1); datetime parameters are sent
-    as that text there. On PostgreSQL the driver converts both ways itself."""
+    or ``sqlite``: that database's own text instead). ``datetimes``, ``bools`` and
+    ``jsons`` name the result columns SQLAlchemy's ``DateTime``, ``Boolean`` and ``JSON``
+    would convert on SQLite (a naive datetime from its text; a bool from 0 or 1; the value
+    ``json.loads`` makes of the text); datetime parameters are sent as that text there.
+    On PostgreSQL the driver converts datetimes and booleans both ways itself, and parses
+    ``json`` columns.
+
+    A JSON parameter is given as its text, ``json.dumps(value)`` (what SQLAlchemy's
+    ``JSON`` sends to either database), or None for SQL NULL: a dict or list parameter is
+    not converted here (the drivers would take a list for an array)."""
 
     text: str
     postgresql: str | None = None
     sqlite: str | None = None
     datetimes: Collection[str] = ()
     bools: Collection[str] = ()
+    jsons: Collection[str] = ()
     _texts: dict[str, str] = field(init=False, repr=False)
     _readers: dict[tuple[str, ...], _Reader] = field(init=False, repr=False, default_factory=dict)
 
@@ -666,6 +675,8 @@ class Sql:
                     convert.append((index, datetime.fromisoformat))
                 elif name in self.bools:
                     convert.append((index, bool))
+                elif name in self.jsons:
+                    convert.append((index, json.loads))
             reader = self._readers[names] = _Reader(tuple(convert))
         return reader
 
@@ -676,7 +687,7 @@ class Sql:
         dialect = conn.dialect
         if dialect == "sqlite":
             params = {name: _sqlite_value(value) for name, value in params.items()}
-            if self.datetimes or self.bools:
+            if self.datetimes or self.bools or self.jsons:
                 return conn.run(
                     self._texts[dialect], params, lambda cursor: read(cursor, self._reader(cursor))
                 )

@@ -46,7 +46,7 @@ def checkin_admin_router() -> APIRouter:
             row = find_device(db, _guid(guid))
             if row is None or row.id is None:
                 raise HTTPException(404, "no such device")
-            checkin.revoke(db.connection(), row.id, now=now)
+            checkin.revoke(row.id, now=now)
             db.expire(row)
             audit(db, who.name, "device.revoke-checkin", str(Guid(row.guid)), {}, now=now)
             db.flush()

@@ -11,16 +11,14 @@ same transaction.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Table
-from sqlalchemy import insert as sa_insert
-from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Session
+from sqlalchemy.engine import Engine
 
 from fdo.errors import InternalError
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
@@ -32,9 +30,6 @@ from fdo_server import planes, service
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.db import (
-    DirectStatement,
-    bound,
-    current_connection,
     current_session,
     inline_messages,
     message_scope,
@@ -44,6 +39,7 @@ from fdo_server.db import (
 from fdo_server.planes import include_device_router
 from fdo_server.ratelimit import GuardedRoute, http_refusal
 from fdo_server.service import device_app, open_database, service_app
+from fdo_server.sql import Sql
 from owner import groups, lifecycle
 from owner.checkin_endpoint import DeviceEndpoint
 from owner.config import OwnerConfig, load_config
@@ -51,7 +47,6 @@ from owner.delivery import delivery_of
 from owner.groups_tables import Revision
 from owner.rollout_engine import RolloutRunner
 from owner.store import OwnerStore
-from owner.tables import DeviceOnboarding
 from owner.to0 import To0Thread
 from transport.dispatch import AnyServerMachine, ProtocolHandler
 from transport.server import ASGIApp
@@ -113,11 +108,10 @@ def module_results(machine: TO2Owner) -> list[dict[str, Any]]:
     return out
 
 
-_ONBOARDINGS: Table = DeviceOnboarding.__table__  # type: ignore[attr-defined]
-_INSERT_ONBOARDING = DirectStatement(
-    sa_insert(_ONBOARDINGS).values(
-        bound("guid", "new_guid", "voucher_id", "devmod", "modules", "completed_at")
-    )
+# ``devmod`` and ``modules`` as their JSON text (json.dumps).
+_INSERT_ONBOARDING = Sql(
+    "INSERT INTO owner_device_onboarding (guid, new_guid, voucher_id, devmod, modules, completed_at) "
+    "VALUES (:guid, :new_guid, :voucher_id, :devmod, :modules, :completed_at)"
 )
 
 
@@ -140,17 +134,16 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
     which refuses a Done another session of the device beat) and the onboarding record."""
     assert isinstance(machine, TO2Owner) and machine.guid is not None  # noqa: S101 - router contract
     require_durable()  # the device takes the new credential on TO2.Done2: the voucher must last
-    conn = current_connection()
     now = clock()
     new = None if machine.new_voucher is None else held_by_owner(machine.new_voucher, machine.store)
-    lifecycle.record_replacement(conn, machine.replacement_basis, new, now=now, register_to0=register_to0)
+    lifecycle.record_replacement(machine.replacement_basis, new, now=now, register_to0=register_to0)
     old_id = lifecycle.basis_voucher_id(machine.replacement_basis)
     new_guid = None if new is None else new.guid.value
     devmod = groups.devmod_dict(machine.devmod)
     if machine.devmod is not None:
-        device = groups.device_row(conn, machine.guid)
+        device = groups.device_row(machine.guid)
         assigned = None if device is None else device["assigned_revision_id"]
-        db: Session | Connection = open_session() or conn
+        db = open_session()  # None: the unit of work's connection, no ORM session made
         revision = delivery = None
         if assigned is not None:  # the ORM only here: a TO2 without an assignment needs none
             db = current_session()
@@ -161,15 +154,14 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
             db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device, delivery=delivery
         )
     _INSERT_ONBOARDING.rowcount(
-        conn,
         {
             "guid": machine.guid.value,
             "new_guid": new_guid,
             "voucher_id": old_id,
-            "devmod": devmod,
-            "modules": module_results(machine),
+            "devmod": json.dumps(devmod),
+            "modules": json.dumps(module_results(machine)),
             "completed_at": now,
-        },
+        }
     )
 
 

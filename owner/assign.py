@@ -48,6 +48,7 @@ from fdo.serviceinfo.bootc import (
 )
 from fdo.serviceinfo.owner import Restore, module_restorer
 from fdo.types import Guid
+from fdo_server.db import lent
 from owner import checkin, groups
 from owner.groups_tables import APPLIED, FAILED, Device, DeviceReportToken, Revision
 
@@ -155,7 +156,7 @@ def modules_for(
         # The per-device check-in secret (owner.checkin) authenticates check-ins and the
         # report; it travels only inside the encrypted ServiceInfo channel.
         base = status_base_url.rstrip("/")
-        secret = checkin.issue_secret(db.connection(), device.id)
+        secret = checkin.issue_secret(device.id, lent(db.connection()))
         db.expire(device)
         report = Report(base + REPORT_PATH, secret, base + CHECKIN_PATH)
     bootc = to_bootc(assignment, report)

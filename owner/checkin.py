@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -36,20 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, update
-from sqlalchemy import select as core_select
-from sqlalchemy.engine import Connection
-
-from fdo_server.db import DirectStatement, last_write
-from owner.groups_tables import (
-    APPLIED,
-    FAILED,
-    ONBOARDED,
-    Device,
-    DeviceEvent,
-    DeviceReportToken,
-    Revision,
-)
+from fdo_server.sql import Conn, Sql, last_write
+from owner.groups_tables import APPLIED, FAILED, ONBOARDED, Device
 from owner.lifecycle import confirm_guid
 from owner.tables import utc
 
@@ -60,85 +49,38 @@ _SECRET = re.compile(r"^fdc1\.([1-9][0-9]{0,18})\.[A-Za-z0-9_-]{43}$")
 APPLY_STATES = ("none", "applying", "staged", "applied", "failed", "rolled-back")
 HEALTH = ("healthy", "unhealthy", "unknown")
 
-_DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
-_REVISIONS: Table = Revision.__table__  # type: ignore[attr-defined]
-_EVENTS: Table = DeviceEvent.__table__  # type: ignore[attr-defined]
-_REPORT_TOKENS: Table = DeviceReportToken.__table__  # type: ignore[attr-defined]
-_D = _DEVICES.c
-_R = _REVISIONS.c
-
-_READ = DirectStatement(
-    core_select(
-        _D.id,
-        _D.guid,
-        _D.status,
-        _D.checkin_hash,
-        _D.checkin_next_hash,
-        _D.checkin_seq,
-        _D.desired_revision_id,
-        _D.desired_generation,
-        _D.apply_state,
-        _D.held_revision,
-        _D.held_generation,
-        _R.number.label("desired_number"),
-        _R.image.label("desired_image"),
-    )
-    .select_from(_DEVICES.outerjoin(_REVISIONS, _R.id == _D.desired_revision_id))
-    .where(_D.id == bindparam("d"))
+_READ = Sql(
+    "SELECT d.id, d.guid, d.status, d.checkin_hash, d.checkin_next_hash, d.checkin_seq, "
+    "d.desired_revision_id, d.desired_generation, d.apply_state, d.held_revision, d.held_generation, "
+    "r.number AS desired_number, r.image AS desired_image "
+    "FROM owner_device d LEFT JOIN owner_revision r ON r.id = d.desired_revision_id WHERE d.id = :d"
 )
-
-_OBSERVED: dict[str, Any] = dict(
-    checkin_hash=bindparam("new_hash"),
-    checkin_next_hash=bindparam("next_hash"),
-    checkin_seq=bindparam("seq"),
-    last_checkin_at=bindparam("at"),
-    booted_image=bindparam("booted_image"),
-    booted_digest=bindparam("booted_digest"),
-    staged_image=bindparam("staged_image"),
-    staged_digest=bindparam("staged_digest"),
-    applied_revision=bindparam("applied_revision"),
-    apply_state=bindparam("apply_state"),
-    health=bindparam("health"),
-    last_error_step=bindparam("error_step"),
-    last_error=bindparam("error"),
-    rolled_back=bindparam("rolled_back"),
-    held_revision=bindparam("revision"),
-    held_generation=bindparam("generation"),
-    utc_offset=bindparam("utc_offset"),
+# What a check-in records, guarded by the sequence number and the hash the read saw.
+_OBSERVED = (
+    "checkin_hash = :new_hash, checkin_next_hash = :next_hash, checkin_seq = :seq, last_checkin_at = :at, "
+    "booted_image = :booted_image, booted_digest = :booted_digest, staged_image = :staged_image, "
+    "staged_digest = :staged_digest, applied_revision = :applied_revision, apply_state = :apply_state, "
+    "health = :health, last_error_step = :error_step, last_error = :error, rolled_back = :rolled_back, "
+    "held_revision = :revision, held_generation = :generation, utc_offset = :utc_offset"
 )
-_GUARD = and_(
-    _D.id == bindparam("d"),
-    _D.checkin_seq < bindparam("seq"),
-    _D.checkin_hash == bindparam("old_hash"),
+_GUARD = "WHERE id = :d AND checkin_seq < :seq AND checkin_hash = :old_hash"
+_WRITE = Sql(f"UPDATE owner_device SET {_OBSERVED} {_GUARD}")  # noqa: S608 - our own text
+_WRITE_STATUS = Sql(
+    f"UPDATE owner_device SET status = :status, updated_at = :at, {_OBSERVED} {_GUARD}"  # noqa: S608
 )
-_WRITE = DirectStatement(update(_DEVICES).where(_GUARD).values(**_OBSERVED))
-_WRITE_STATUS = DirectStatement(
-    update(_DEVICES).where(_GUARD).values(**_OBSERVED, status=bindparam("status"), updated_at=bindparam("at"))
+# ``detail`` as its JSON text (json.dumps).
+_EVENT = Sql(
+    "INSERT INTO owner_device_event (device_id, at, kind, detail) VALUES (:device_id, :at, :kind, :detail)"
 )
-_EVENT = DirectStatement(
-    _EVENTS.insert().values(
-        device_id=bindparam("device_id"),
-        at=bindparam("at"),
-        kind=bindparam("kind"),
-        detail=bindparam("detail"),
-    )
+_ISSUE = Sql(
+    "UPDATE owner_device SET checkin_hash = :hash, checkin_next_hash = NULL, checkin_seq = 0, "
+    "checkin_revoked_at = NULL WHERE id = :d"
 )
-_ISSUE = DirectStatement(
-    update(_DEVICES)
-    .where(_D.id == bindparam("d"))
-    .values(
-        checkin_hash=bindparam("hash"),
-        checkin_next_hash=None,
-        checkin_seq=0,
-        checkin_revoked_at=None,
-    )
+_REVOKE = Sql(
+    "UPDATE owner_device SET checkin_hash = NULL, checkin_next_hash = NULL, checkin_revoked_at = :at "
+    "WHERE id = :d"
 )
-_REVOKE = DirectStatement(
-    update(_DEVICES)
-    .where(_D.id == bindparam("d"))
-    .values(checkin_hash=None, checkin_next_hash=None, checkin_revoked_at=bindparam("at"))
-)
-_DROP_REPORT_TOKEN = delete(_REPORT_TOKENS).where(_REPORT_TOKENS.c.device_id == bindparam("d"))
+_DROP_REPORT_TOKEN = Sql("DELETE FROM owner_report_token WHERE device_id = :d")
 
 
 def secret_hash(secret: str) -> str:
@@ -155,31 +97,33 @@ def device_id_of(secret: str) -> int | None:
     return None if found is None else int(found.group(1))
 
 
-def issue_secret(conn: Connection, device_id: int) -> str:
+def issue_secret(device_id: int, conn: Conn | None = None) -> str:
     """A fresh check-in secret for the device (TO2): replaces any earlier one, resets the
-    sequence, lifts a revocation, and retires the device's legacy report token."""
+    sequence, lifts a revocation, and retires the device's legacy report token. (Here
+    ``conn`` is where the statements run, by default the unit of work's connection:
+    :func:`fdo_server.sql.current`.)"""
     secret = new_secret(device_id)
-    _ISSUE.rowcount(conn, {"d": device_id, "hash": secret_hash(secret)})
-    conn.execute(_DROP_REPORT_TOKEN, {"d": device_id})
+    _ISSUE.rowcount({"d": device_id, "hash": secret_hash(secret)}, conn)
+    _DROP_REPORT_TOKEN.rowcount({"d": device_id}, conn)
     return secret
 
 
-def revoke(conn: Connection, device_id: int, *, now: datetime) -> None:
+def revoke(device_id: int, *, now: datetime, conn: Conn | None = None) -> None:
     """Every check-in (and report) of the device is refused from now on."""
-    _REVOKE.rowcount(conn, {"d": device_id, "at": now})
-    conn.execute(_DROP_REPORT_TOKEN, {"d": device_id})
+    _REVOKE.rowcount({"d": device_id, "at": now}, conn)
+    _DROP_REPORT_TOKEN.rowcount({"d": device_id}, conn)
 
 
 def _matches(stored: str | None, presented: str) -> bool:
     return stored is not None and hmac.compare_digest(stored, presented)
 
 
-def authenticate(conn: Connection, secret: str) -> dict[str, Any] | None:
+def authenticate(secret: str, conn: Conn | None = None) -> dict[str, Any] | None:
     """The device row (:data:`_READ`) if ``secret`` is its current or next secret."""
     device_id = device_id_of(secret)
     if device_id is None:
         return None
-    row = _READ.mapping(conn, {"d": device_id})
+    row = _READ.mapping({"d": device_id}, conn)
     if row is None:
         return None
     presented = secret_hash(secret)
@@ -242,10 +186,10 @@ def _status(row: Mapping[str, Any], obs: Observation) -> str:
     return str(row["status"])
 
 
-def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) -> Outcome | None:
+def record(secret: str, obs: Observation, *, now: datetime, conn: Conn | None = None) -> Outcome | None:
     """Authenticate and record a check-in; None (nothing recorded) when refused: unknown,
     revoked or wrong secret, or a sequence number not above the last accepted one."""
-    row = authenticate(conn, secret)
+    row = authenticate(secret, conn)
     if row is None or obs.seq <= int(row["checkin_seq"]):
         return None
     device_id = int(row["id"])
@@ -280,7 +224,7 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
     # With nothing else to write, the update is the scope's only write: on PostgreSQL it
     # then runs on its own, without BEGIN and COMMIT round trips (fdo_server.db.last_write).
     with nullcontext() if changed or first else last_write():
-        if (_WRITE_STATUS if changed else _WRITE).rowcount(conn, params) != 1:
+        if (_WRITE_STATUS if changed else _WRITE).rowcount(params, conn) != 1:
             return None  # a concurrent check-in with this credential won
     if changed:
         detail = {
@@ -294,10 +238,11 @@ def record(conn: Connection, secret: str, obs: Observation, *, now: datetime) ->
             detail |= {"error_step": obs.error_step, "error": obs.error}
         if obs.rolled_back:
             detail["rolled_back"] = True
-        _EVENT.rowcount(conn, {"device_id": device_id, "at": now, "kind": status, "detail": detail})
+        event = {"device_id": device_id, "at": now, "kind": status, "detail": json.dumps(detail)}
+        _EVENT.rowcount(event, conn)
     if first:
         # The first use of the secret TO2 gave proves the device holds its new credential.
-        confirm_guid(conn, row["guid"], now=now)
+        confirm_guid(row["guid"], now=now, conn=conn)
     number = row["desired_number"]
     generation = int(row["desired_generation"])
     differs = row["desired_revision_id"] is not None and (

@@ -96,8 +96,8 @@ def answer_checkin(
     (nothing recorded). ``wake`` (the rollout runner's) is called after the commit when
     the device newly says it applied or failed a revision: a rollout may move on now."""
     obs = checkin.Observation(**body.model_dump())
-    with message_scope(engine) as conn:
-        outcome = checkin.record(conn, token, obs, now=now)
+    with message_scope(engine):
+        outcome = checkin.record(token, obs, now=now)
         if outcome is None:
             return None
         desired = None
@@ -124,7 +124,7 @@ def answer_report(engine: Engine, token: str, body: ReportIn, *, now: datetime) 
     (nothing recorded). ``token`` is the device's check-in secret or, for a device
     onboarded before check-in, its report token."""
     with unit_of_work(engine) as db:
-        row = checkin.authenticate(db.connection(), token)
+        row = checkin.authenticate(token)
         device = db.get(Device, row["id"]) if row is not None else None
         if device is None and checkin.device_id_of(token) is None:
             device = device_for_token(db, token)  # a report token from before check-in
@@ -132,7 +132,7 @@ def answer_report(engine: Engine, token: str, body: ReportIn, *, now: datetime) 
             return None
         # The secret came with the TO2 that gave the device its current GUID, so a
         # report proves the device holds that credential (owner.lifecycle).
-        confirm_guid(db.connection(), device.guid, now=now)
+        confirm_guid(device.guid, now=now)
         status = record_report(
             db,
             device,

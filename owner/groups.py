@@ -20,21 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, func, insert, update
-from sqlalchemy import select as core_select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import DirectStatement, bound, current_connection, open_session
+from fdo_server.db import lent, open_session
+from fdo_server.sql import Conn, Sql
 from owner.groups_tables import (
     NEW,
     ONBOARDED,
@@ -152,37 +149,22 @@ def add_event(
 def ensure_device(db: Session, guid: Guid | bytes, *, now: datetime | None = None) -> Device:
     """The device record for ``guid``, created (status ``new``) when missing."""
     db.flush()  # the lookup below reads the database directly
-    row = _ensure_row(db.connection(), _raw(guid), _now(now))
+    row = _ensure_row(lent(db.connection()), _raw(guid), _now(now))
     device = db.get(Device, row["id"])
     assert device is not None  # noqa: S101 - found or made just now
     return device
 
 
 # The TO2 hooks (:func:`assignment_for`, :func:`record_onboarding`) run once per
-# onboarding on the FDO route: they use prebuilt Core statements on the unit of work's
-# connection rather than ORM objects and flushes.
-_DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
-_GUIDS: Table = DeviceGuid.__table__  # type: ignore[attr-defined]
-_EVENTS: Table = DeviceEvent.__table__  # type: ignore[attr-defined]
-_D = _DEVICES.c
-_ROW_OF_GUID = DirectStatement(
-    core_select(
-        _D.id,
-        _D.guid,
-        _D.serial,
-        _D.model,
-        _D.devmod,
-        _D.labels,
-        _D.group_id,
-        _D.assigned_revision_id,
-        _D.revision_id,
-    )
-    .select_from(_GUIDS.join(_DEVICES, _GUIDS.c.device_id == _D.id))
-    .where(_GUIDS.c.guid == bindparam("g"))
+# onboarding on the FDO route: they run these statements on the unit of work's connection
+# (:class:`fdo_server.sql.Sql`, on the driver's cursor) rather than ORM objects and flushes.
+# JSON parameters are given as their text (``json.dumps``, as SQLAlchemy's JSON sends them).
+_ROW_OF_GUID = Sql(
+    "SELECT d.id, d.guid, d.serial, d.model, d.devmod, d.labels, d.group_id, d.assigned_revision_id, "
+    "d.revision_id FROM owner_device_guid g JOIN owner_device d ON g.device_id = d.id WHERE g.guid = :g",
+    jsons=("devmod", "labels"),
 )
-_GUIDS_OF_DEVICE = (
-    core_select(_GUIDS.c.guid).where(_GUIDS.c.device_id == bindparam("d")).order_by(_GUIDS.c.id)
-)
+_GUIDS_OF_DEVICE = Sql("SELECT guid FROM owner_device_guid WHERE device_id = :d ORDER BY id")
 # A device record made in TO2 (message 68), unless a concurrent TO2 of the same device
 # made it first (two attempts of one device, two replicas): then that one is used (no
 # row comes back).
@@ -199,63 +181,34 @@ _DEVICE_COLUMNS = (
     "created_at",
     "updated_at",
 )
-_INSERT_DEVICE = {
-    "postgresql": DirectStatement(
-        postgresql_insert(_DEVICES)
-        .values(bound(*_DEVICE_COLUMNS))
-        .on_conflict_do_nothing(index_elements=[_D.guid])
-        .returning(_D.id)
-    ),
-    "sqlite": DirectStatement(
-        sqlite_insert(_DEVICES)
-        .values(bound(*_DEVICE_COLUMNS))
-        .on_conflict_do_nothing(index_elements=[_D.guid])
-        .returning(_D.id)
-    ),
-}
-_GUID_VALUES = bound("device_id", "guid", "added_at")
-_INSERT_GUID = DirectStatement(insert(_GUIDS).values(_GUID_VALUES))
+_INSERT_DEVICE = Sql(
+    "INSERT INTO owner_device (guid, serial, model, devmod, labels, group_id, assigned_revision_id, "
+    "revision_id, status, created_at, updated_at) VALUES (:guid, :serial, :model, :devmod, :labels, "
+    ":group_id, :assigned_revision_id, :revision_id, :status, :created_at, :updated_at) "
+    "ON CONFLICT (guid) DO NOTHING RETURNING id"
+)
+_INSERT_GUID = Sql(
+    "INSERT INTO owner_device_guid (device_id, guid, added_at) VALUES (:device_id, :guid, :added_at)"
+)
 # A GUID the device takes on at the end of TO2, unless a record already holds it (one
 # statement instead of a lookup and an insert).
-_ADD_GUID = {
-    "postgresql": DirectStatement(
-        postgresql_insert(_GUIDS).values(_GUID_VALUES).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid])
-    ),
-    "sqlite": DirectStatement(
-        sqlite_insert(_GUIDS).values(_GUID_VALUES).on_conflict_do_nothing(index_elements=[_GUIDS.c.guid])
-    ),
-}
-_INSERT_EVENT = DirectStatement(insert(_EVENTS).values(bound("device_id", "at", "kind", "detail")))
-_SET_ASSIGNED = (
-    update(_DEVICES)
-    .where(_D.id == bindparam("d"))
-    .values(
-        devmod=bindparam("devmod"),
-        serial=bindparam("serial"),
-        model=bindparam("model"),
-        group_id=bindparam("group"),
-        assigned_revision_id=bindparam("revision"),
-        status=ONBOARDING,
-        updated_at=bindparam("at"),
-    )
+_ADD_GUID = Sql(
+    "INSERT INTO owner_device_guid (device_id, guid, added_at) VALUES (:device_id, :guid, :added_at) "
+    "ON CONFLICT (guid) DO NOTHING"
 )
-_SET_ONBOARDED = DirectStatement(
-    update(_DEVICES)
-    .where(_D.id == bindparam("d"))
-    .values(
-        guid=bindparam("guid"),
-        devmod=bindparam("devmod"),
-        serial=bindparam("serial"),
-        model=bindparam("model"),
-        group_id=bindparam("group"),
-        revision_id=bindparam("revision"),
-        status=bindparam("status"),
-        delivery=bindparam("delivery"),
-        # The revision handed out is the one the device should run (owner.desired).
-        desired_revision_id=func.coalesce(bindparam("desired"), _D.desired_revision_id),
-        desired_generation=func.coalesce(bindparam("generation"), _D.desired_generation),
-        updated_at=bindparam("at"),
-    )
+_INSERT_EVENT = Sql(
+    "INSERT INTO owner_device_event (device_id, at, kind, detail) VALUES (:device_id, :at, :kind, :detail)"
+)
+_SET_ASSIGNED = Sql(
+    "UPDATE owner_device SET devmod = :devmod, serial = :serial, model = :model, group_id = :group, "
+    "assigned_revision_id = :revision, status = :status, updated_at = :at WHERE id = :d"
+)
+# The revision handed out is the one the device should run (owner.desired).
+_SET_ONBOARDED = Sql(
+    "UPDATE owner_device SET guid = :guid, devmod = :devmod, serial = :serial, model = :model, "
+    "group_id = :group, revision_id = :revision, status = :status, delivery = :delivery, "
+    "desired_revision_id = COALESCE(:desired, desired_revision_id), "
+    "desired_generation = COALESCE(:generation, desired_generation), updated_at = :at WHERE id = :d"
 )
 
 
@@ -266,19 +219,22 @@ def _expire_devices(db: Session) -> None:
             db.expire(obj)
 
 
-def device_row(conn: Connection, guid: Guid | bytes) -> dict[str, Any] | None:
+def device_row(guid: Guid | bytes, conn: Conn | None = None) -> dict[str, Any] | None:
     """The record (id, guid, serial, model, devmod, labels, group_id,
-    assigned_revision_id, revision_id) of the device that has, or had, ``guid``."""
-    return _ROW_OF_GUID.mapping(conn, {"g": _raw(guid)})
+    assigned_revision_id, revision_id) of the device that has, or had, ``guid``; read on
+    ``conn``, by default the unit of work's (:func:`fdo_server.sql.current`)."""
+    return _ROW_OF_GUID.mapping({"g": _raw(guid)}, conn)
 
 
-def _event(conn: Connection, device_id: int, kind: str, detail: Mapping[str, object], at: datetime) -> None:
-    _INSERT_EVENT.rowcount(conn, {"device_id": device_id, "at": at, "kind": kind, "detail": dict(detail)})
+def _event(conn: Conn | None, device_id: int, kind: str, detail: Mapping[str, object], at: datetime) -> None:
+    _INSERT_EVENT.rowcount(
+        {"device_id": device_id, "at": at, "kind": kind, "detail": json.dumps(dict(detail))}, conn
+    )
 
 
-def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> Mapping[Any, Any]:
+def _ensure_row(conn: Conn | None, guid: bytes, at: datetime) -> Mapping[Any, Any]:
     """The :func:`device_row` of ``guid``, made now if there is none."""
-    row = device_row(conn, guid)
+    row = device_row(guid, conn)
     if row is not None:
         return row
     new: dict[str, Any] = {
@@ -293,22 +249,24 @@ def _ensure_row(conn: Connection, guid: bytes, at: datetime) -> Mapping[Any, Any
     }
     new["id"] = _insert_row(conn, new, status=NEW, at=at)
     if new["id"] is None:  # made meanwhile by a concurrent transaction
-        made = device_row(conn, guid)
+        made = device_row(guid, conn)
         assert made is not None  # noqa: S101 - the insert found it
         return made
     return new
 
 
-def _insert_row(conn: Connection, values: Mapping[str, Any], *, status: str, at: datetime) -> int | None:
+def _insert_row(conn: Conn | None, values: Mapping[str, Any], *, status: str, at: datetime) -> int | None:
     """A new device record with ``values`` (its GUID among them), that GUID in its
     history and the ``created`` event; returns its id, or None when a record with that
     GUID exists already (made by a concurrent transaction that has committed since)."""
     row = {"revision_id": None, **values, "status": status, "created_at": at, "updated_at": at}
-    inserted = _INSERT_DEVICE[conn.dialect.name].first(conn, {name: row[name] for name in _DEVICE_COLUMNS})
+    params = {name: row[name] for name in _DEVICE_COLUMNS}
+    params["devmod"], params["labels"] = json.dumps(row["devmod"]), json.dumps(row["labels"])
+    inserted = _INSERT_DEVICE.first(params, conn)
     if inserted is None:
         return None
     device_id = int(inserted[0])
-    _INSERT_GUID.rowcount(conn, {"device_id": device_id, "guid": values["guid"], "added_at": at})
+    _INSERT_GUID.rowcount({"device_id": device_id, "guid": values["guid"], "added_at": at}, conn)
     _event(conn, device_id, "created", {"guid": str(Guid(values["guid"]))}, at)
     return device_id
 
@@ -360,14 +318,12 @@ def _best(groups: Sequence[GroupRules]) -> GroupRules | None:
     return min(groups, key=lambda g: (-g.priority, g.id or 0), default=None)
 
 
-_GROUPS: Table = Group.__table__  # type: ignore[attr-defined]
-_G = _GROUPS.c
-# Built once (Core, to the driver directly): TO2 resolves a group once per onboarding,
-# and usually finds none.
-_LIVE_GROUP_RULES = DirectStatement(
-    core_select(_G.id, _G.members, _G.model, _G.serial_pattern, _G.labels, _G.priority, _G.is_default)
-    .where(_G.deleted_at.is_(None))
-    .order_by(_G.id)
+# To the driver directly: TO2 resolves a group once per onboarding, and usually finds none.
+_LIVE_GROUP_RULES = Sql(
+    "SELECT id, members, model, serial_pattern, labels, priority, is_default FROM owner_group "
+    "WHERE deleted_at IS NULL ORDER BY id",
+    jsons=("members", "labels"),
+    bools=("is_default",),
 )
 
 
@@ -387,13 +343,13 @@ class _Rules:
 def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
     """The group of a device with ``facts`` (module docstring: the rule)."""
     db.flush()  # the rules are read from the database directly
-    found = _resolve_group_id(db.connection(), facts)
+    found = _resolve_group_id(lent(db.connection()), facts)
     return None if found is None else db.get(Group, found)
 
 
-def _resolve_group_id(conn: Connection, facts: DeviceFacts) -> int | None:
+def _resolve_group_id(conn: Conn | None, facts: DeviceFacts) -> int | None:
     """:func:`resolve_group`'s group id, from the live groups' rules."""
-    groups = [cast(GroupRules, _Rules(*row)) for row in _LIVE_GROUP_RULES.all(conn, {})]
+    groups = [cast(GroupRules, _Rules(*row)) for row in _LIVE_GROUP_RULES.all({}, conn)]
     found = _best([g for g in groups if _lists(g, facts)])
     if found is None:
         found = _best([g for g in groups if not g.is_default and _selects(g, facts)])
@@ -454,12 +410,12 @@ def assignment_for(
     session = _session_now(db)
     if session is not None:
         session.flush()  # the statements below go to the database directly
-    conn = current_connection() if session is None else session.connection()
+    conn = None if session is None else lent(session.connection())  # None: the unit of work's
     raw = _raw(guid)
-    row = device_row(conn, raw)
+    row = device_row(raw, conn)
     serial = serial_of(devmod) or (None if row is None else row["serial"])
     model = model_of(devmod) or (None if row is None else row["model"])
-    guids = (raw,) if row is None else tuple(conn.execute(_GUIDS_OF_DEVICE, {"d": row["id"]}).scalars())
+    guids = (raw,) if row is None else tuple(g for (g,) in _GUIDS_OF_DEVICE.all({"d": row["id"]}, conn))
     labels = {} if row is None else dict(row["labels"])
     group_id = _resolve_group_id(conn, DeviceFacts(guids=guids, serial=serial, model=model, labels=labels))
     group = None
@@ -482,7 +438,7 @@ def assignment_for(
         }
         inserted = _insert_row(conn, values, status=ONBOARDING, at=at)
         if inserted is None:  # a concurrent TO2 of this device made the record first
-            row = device_row(conn, raw)
+            row = device_row(raw, conn)
             assert row is not None  # noqa: S101 - the insert found it
     if row is None:
         assert inserted is not None  # noqa: S101 - inserted just now
@@ -497,17 +453,18 @@ def assignment_for(
             detail["revision"] = assignment.revision.number
         _event(conn, device_id, "assigned", detail, at)
     if row is not None:
-        conn.execute(
-            _SET_ASSIGNED,
+        _SET_ASSIGNED.rowcount(
             {
                 "d": device_id,
-                "devmod": devmod_facts,
+                "devmod": json.dumps(devmod_facts),
                 "serial": serial,
                 "model": model,
                 "group": group_id,
                 "revision": revision_id,
+                "status": ONBOARDING,
                 "at": at,
             },
+            conn,
         )
     if session is not None:
         _expire_devices(session)
@@ -515,7 +472,7 @@ def assignment_for(
 
 
 def record_onboarding(
-    db: Session | Connection,
+    db: Session | None,
     old_guid: Guid | bytes,
     new_guid: Guid | bytes | None,
     devmod: DevmodLike,
@@ -531,18 +488,16 @@ def record_onboarding(
     what the device got of ``revision`` (:func:`owner.delivery.delivery_of`): after a
     ``none`` delivery the status is ``undelivered`` and the record keeps the revision
     it had; otherwise ``onboarded`` with ``revision``. Returns the device's id. ``db``
-    may be the unit of work's connection when no ORM session was made."""
+    is None to write on the unit of work's connection when no ORM session was made."""
     at = _now(now)
-    if isinstance(db, Session):
+    if db is not None:
         db.flush()  # the statements below go to the database directly
-    conn = db.connection() if isinstance(db, Session) else db
+    conn = None if db is None else lent(db.connection())
     row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)
     detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
     guid = row["guid"]
     if new_guid is not None and _raw(new_guid) != row["guid"]:
-        _ADD_GUID[conn.dialect.name].rowcount(
-            conn, {"device_id": row["id"], "guid": _raw(new_guid), "added_at": at}
-        )
+        _ADD_GUID.rowcount({"device_id": row["id"], "guid": _raw(new_guid), "added_at": at}, conn)
         guid = _raw(new_guid)
         detail["new_guid"] = str(Guid(guid))
     group_id, revision_id = row["group_id"], row["revision_id"]
@@ -560,24 +515,24 @@ def record_onboarding(
         if delivery.get("missing"):
             detail["missing"] = list(delivery["missing"])
     _SET_ONBOARDED.rowcount(
-        conn,
         {
             "d": row["id"],
             "guid": guid,
-            "devmod": devmod_dict(devmod) if devmod is not None else row["devmod"],
+            "devmod": json.dumps(devmod_dict(devmod) if devmod is not None else row["devmod"]),
             "serial": serial_of(devmod) or row["serial"],
             "model": model_of(devmod) or row["model"],
             "group": group_id,
             "revision": revision_id,
             "status": status,
-            "delivery": None if revision is None or delivery is None else dict(delivery),
+            "delivery": None if revision is None or delivery is None else json.dumps(dict(delivery)),
             "desired": None if revision is None else revision.id,
             "generation": None if revision is None else 0,
             "at": at,
         },
+        conn,
     )
     _event(conn, row["id"], "onboarded", detail, at)
-    if isinstance(db, Session):
+    if db is not None:
         _expire_devices(db)
     return int(row["id"])
 

@@ -35,7 +35,7 @@ from fdo.crypto import PrivateKeyT, PublicKeyT, spki_der
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher, to_pem
 from fdo_server.api_docs import errors, pem_answer
-from fdo_server.db import unit_of_work
+from fdo_server.db import lent, unit_of_work
 from fdo_server.vouchers import (
     BatchExtended,
     BatchExtendRequest,
@@ -108,7 +108,7 @@ def hand_on(
     # done with too: no TO2 may hand out a new credential from it after the sale. (First,
     # as TO2.Done locks the two rows in that order: owner.lifecycle.)
     assert row.id is not None  # noqa: S101 - a stored row
-    retire_replaced(db.connection(), row.id, row.replaces_id, now=now)
+    retire_replaced(row.id, row.replaces_id, now=now, conn=lent(db.connection()))
     result = db.execute(
         update(OwnerVoucher)
         .where(col(OwnerVoucher.id) == row.id, col(OwnerVoucher.state) == ACTIVE)

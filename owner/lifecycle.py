@@ -38,71 +38,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, or_, select, update
-from sqlalchemy.engine import Connection
-
 from fdo.codec import CborValue
 from fdo.errors import InvalidTokenError
 from fdo.voucher import OwnershipVoucher
-from fdo_server.db import DirectStatement, after_commit, bound
+from fdo_server.sql import Conn, Sql, after_commit
 from owner.importer import voucher_values
-from owner.tables import (
-    ACTIVE,
-    REPLACED,
-    REPLACING,
-    SUPERSEDED,
-    USABLE,
-    OwnerVoucher,
-    To0Work,
-)
+from owner.tables import ACTIVE, REPLACED, REPLACING, SUPERSEDED
 from owner.to0 import wake_schedulers
 
-_VOUCHERS: Table = OwnerVoucher.__table__  # type: ignore[attr-defined]
-_V = _VOUCHERS.c
-_TO0_WORK: Table = To0Work.__table__  # type: ignore[attr-defined]
-
-
-def _state_in(states: tuple[str, ...]) -> ColumnElement[bool]:
-    """``state IN (...)`` spelled out: a DirectStatement takes no expanding parameters."""
-    return or_(*(_V.state == s for s in states))
-
-
-_USABLE_ROW = DirectStatement(
-    select(_V.id, _V.raw, _V.state, _V.replaces_id, _V.replaced_by_id)
-    .where(_V.guid == bindparam("g"), _state_in(USABLE))
-    .limit(1)
+_USABLE_ROW = Sql(
+    "SELECT id, raw, state, replaces_id, replaced_by_id FROM owner_voucher "  # noqa: S608 - our constants
+    f"WHERE guid = :g AND state IN ('{ACTIVE}', '{REPLACING}') LIMIT 1"
 )
 # The columns of owner.importer.voucher_values.
-_VOUCHER_COLUMNS = ("guid", "raw", "device_info", "owner_key_spki", "num_entries", "state", "imported_at")
-_INSERT_VOUCHER = DirectStatement(
-    insert(_VOUCHERS).values(bound(*_VOUCHER_COLUMNS, "replaces_id")).returning(_V.id)
+_INSERT_VOUCHER = Sql(
+    "INSERT INTO owner_voucher (guid, raw, device_info, owner_key_spki, num_entries, state, imported_at, "
+    "replaces_id) VALUES (:guid, :raw, :device_info, :owner_key_spki, :num_entries, :state, :imported_at, "
+    ":replaces_id) RETURNING id"
 )
 # Done: the replaced voucher moves on only if no other session moved it since this one's
-# basis was read.
-_REPLACE = DirectStatement(
-    update(_VOUCHERS)
-    .where(
-        _V.id == bindparam("old"),
-        _state_in((ACTIVE, REPLACING)),
-        _V.replaced_by_id.is_not_distinct_from(bindparam("seen")),
-    )
-    .values(state=bindparam("state"), replaced_by_id=bindparam("new"))
+# basis was read (``replaced_by_id`` as seen then, NULL included: SQLite's IS is
+# PostgreSQL's IS NOT DISTINCT FROM).
+_MOVE_ON = (
+    "UPDATE owner_voucher SET state = :state, replaced_by_id = :new "  # noqa: S608 - our constants
+    f"WHERE id = :old AND state IN ('{ACTIVE}', '{REPLACING}') AND replaced_by_id"
 )
-_SUPERSEDE = DirectStatement(
-    update(_VOUCHERS).where(_V.id == bindparam("v"), _V.state == ACTIVE).values(state=SUPERSEDED)
+_REPLACE = Sql(f"{_MOVE_ON} IS :seen", postgresql=f"{_MOVE_ON} IS NOT DISTINCT FROM :seen")
+_SUPERSEDE = Sql(
+    f"UPDATE owner_voucher SET state = '{SUPERSEDED}' WHERE id = :v AND state = '{ACTIVE}'"  # noqa: S608
 )
-_CONFIRM = DirectStatement(
-    update(_VOUCHERS)
-    .where(_V.id == bindparam("old"), _V.state == REPLACING, _V.replaced_by_id == bindparam("new"))
-    .values(state=REPLACED)
+_CONFIRM = Sql(
+    f"UPDATE owner_voucher SET state = '{REPLACED}' "  # noqa: S608 - our constants
+    f"WHERE id = :old AND state = '{REPLACING}' AND replaced_by_id = :new"
 )
-_ADD_TO0_WORK = DirectStatement(insert(_TO0_WORK).values(bound("voucher_id", "next_attempt_at", "attempts")))
+_ADD_TO0_WORK = Sql(
+    "INSERT INTO owner_to0_work (voucher_id, next_attempt_at, attempts) "
+    "VALUES (:voucher_id, :next_attempt_at, :attempts)"
+)
 # A voucher that is no longer usable: its registration is due to be retired now.
-_TO0_DUE_NOW = DirectStatement(
-    update(_TO0_WORK)
-    .where(_TO0_WORK.c.voucher_id == bindparam("v"))
-    .values(next_attempt_at=bindparam("now"), attempts=0)
-)
+_TO0_DUE_NOW = Sql("UPDATE owner_to0_work SET next_attempt_at = :now, attempts = 0 WHERE voucher_id = :v")
 
 
 _AGAIN = "another TO2 of this device completed, or it was handed on; start again"
@@ -124,16 +98,17 @@ class VoucherRow:
         return [self.id, self.replaced_by_id]
 
 
-def usable_row(conn: Connection, guid: bytes) -> VoucherRow | None:
+def usable_row(guid: bytes, conn: Conn | None = None) -> VoucherRow | None:
     """The voucher row of ``guid`` that TO2 may use (``active`` or ``replacing``; a GUID
-    has one row at most)."""
-    row = _USABLE_ROW.first(conn, {"g": guid})
+    has one row at most). The functions here run on ``conn``, by default the unit of
+    work's (:func:`fdo_server.sql.current`)."""
+    row = _USABLE_ROW.first({"g": guid}, conn)
     if row is None:
         return None
     return VoucherRow(int(row[0]), bytes(row[1]), str(row[2]), row[3], row[4])
 
 
-def confirm(conn: Connection, row: VoucherRow, *, now: datetime) -> bool:
+def confirm(row: VoucherRow, *, now: datetime, conn: Conn | None = None) -> bool:
     """The device proved it holds ``row``'s credential: if ``row`` replaced a voucher
     that is still ``replacing`` (the device had not shown it took the replacement up),
     that one becomes ``replaced`` and its TO0 registration is retired. Returns whether
@@ -141,23 +116,25 @@ def confirm(conn: Connection, row: VoucherRow, *, now: datetime) -> bool:
     re-onboarding; it changes a row only on the replacement's first contact.)"""
     if row.state != ACTIVE:
         return False
-    return retire_replaced(conn, row.id, row.replaces_id, now=now)
+    return retire_replaced(row.id, row.replaces_id, now=now, conn=conn)
 
 
-def retire_replaced(conn: Connection, voucher_id: int, replaces_id: int | None, *, now: datetime) -> bool:
+def retire_replaced(
+    voucher_id: int, replaces_id: int | None, *, now: datetime, conn: Conn | None = None
+) -> bool:
     """The voucher ``replaces_id`` that ``voucher_id`` replaced becomes ``replaced`` if it
     was still ``replacing`` (and its TO0 registration is retired); used when the device
     confirms and when ``voucher_id`` is handed on. Returns whether anything changed."""
-    if replaces_id is None or _CONFIRM.rowcount(conn, {"old": replaces_id, "new": voucher_id}) != 1:
+    if replaces_id is None or _CONFIRM.rowcount({"old": replaces_id, "new": voucher_id}, conn) != 1:
         return False
-    _TO0_DUE_NOW.rowcount(conn, {"v": replaces_id, "now": now})
+    _TO0_DUE_NOW.rowcount({"v": replaces_id, "now": now}, conn)
     return True
 
 
-def confirm_guid(conn: Connection, guid: bytes, *, now: datetime) -> bool:
+def confirm_guid(guid: bytes, *, now: datetime, conn: Conn | None = None) -> bool:
     """:func:`confirm` for the usable voucher of ``guid``, if it has one."""
-    row = usable_row(conn, guid)
-    return row is not None and confirm(conn, row, now=now)
+    row = usable_row(guid, conn)
+    return row is not None and confirm(row, now=now, conn=conn)
 
 
 def _basis(basis: CborValue) -> tuple[int, int | None]:
@@ -178,12 +155,12 @@ def basis_voucher_id(basis: CborValue) -> int:
 
 
 def record_replacement(
-    conn: Connection,
     basis: CborValue,
     new: OwnershipVoucher | None,
     *,
     now: datetime,
     register_to0: bool,
+    conn: Conn | None = None,
 ) -> int:
     """TO2.Done: store ``new`` (None: credential reuse) as the replacement of the
     voucher in ``basis`` (and register it by TO0 when ``register_to0``). Raises
@@ -199,20 +176,20 @@ def record_replacement(
         new_id, state = None, ACTIVE
     else:
         values = voucher_values(new, now=now, replaces_id=old_id)
-        inserted = _INSERT_VOUCHER.first(conn, values)
+        inserted = _INSERT_VOUCHER.first(values, conn)
         assert inserted is not None  # noqa: S101 - an INSERT always has one
         new_id, state = int(inserted[0]), REPLACING
-    moved = _REPLACE.rowcount(conn, {"old": old_id, "seen": seen, "new": new_id, "state": state})
+    moved = _REPLACE.rowcount({"old": old_id, "seen": seen, "new": new_id, "state": state}, conn)
     if moved != 1:
         raise InvalidTokenError(f"the voucher changed during this session: {_AGAIN}")
     if seen is not None:
-        if _SUPERSEDE.rowcount(conn, {"v": seen}) != 1:  # handed on meanwhile
+        if _SUPERSEDE.rowcount({"v": seen}, conn) != 1:  # handed on meanwhile
             raise InvalidTokenError(f"the voucher's replacement changed during this session: {_AGAIN}")
-        if _TO0_DUE_NOW.rowcount(conn, {"v": seen, "now": now}):
+        if _TO0_DUE_NOW.rowcount({"v": seen, "now": now}, conn):
             after_commit(wake_schedulers)  # retire its registration now
     if new_id is None:
         return old_id
     if register_to0:
-        _ADD_TO0_WORK.rowcount(conn, {"voucher_id": new_id, "next_attempt_at": now, "attempts": 0})
+        _ADD_TO0_WORK.rowcount({"voucher_id": new_id, "next_attempt_at": now, "attempts": 0}, conn)
         after_commit(wake_schedulers)
     return new_id

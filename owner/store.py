@@ -13,8 +13,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from contextvars import ContextVar
 
-from sqlalchemy.engine import Connection
-
 from fdo.codec import CborValue
 from fdo.crypto import PrivateKeyT, PublicKey, spki_der
 from fdo.errors import ResourceNotFoundError
@@ -23,7 +21,8 @@ from fdo.to2.owner import Replacement
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
 from fdo_server.clock import Clock, utc_now
-from fdo_server.db import current_connection, current_session
+from fdo_server.db import current_session
+from fdo_server.sql import Conn, current
 from owner import lifecycle
 from owner.assign import modules_for, restore_modules
 from owner.config import OwnerConfig
@@ -31,18 +30,16 @@ from owner.lifecycle import VoucherRow, usable_row
 
 #: The usable voucher row :meth:`OwnerStore.voucher` read last in this context, so
 #: :meth:`OwnerStore.replacement` in the same unit of work needs no query.
-_LAST_READ: ContextVar[tuple[Connection, bytes, VoucherRow] | None] = ContextVar(
-    "owner_voucher_read", default=None
-)
+_LAST_READ: ContextVar[tuple[Conn, bytes, VoucherRow] | None] = ContextVar("owner_voucher_read", default=None)
 
 
 def _row_of(guid: Guid) -> VoucherRow | None:
     """``guid``'s usable voucher row, as this unit of work sees it."""
-    conn = current_connection()
+    conn = current()
     last = _LAST_READ.get()
     if last is not None and last[0] is conn and last[1] == guid.value:
         return last[2]
-    row = usable_row(conn, guid.value)
+    row = usable_row(guid.value, conn)
     if row is not None:
         _LAST_READ.set((conn, guid.value, row))
     return row
@@ -90,8 +87,8 @@ class OwnerStore:
         self._decoded = DecodedVouchers()
 
     def voucher(self, guid: Guid) -> OwnershipVoucher | None:
-        conn = current_connection()
-        row = usable_row(conn, guid.value)
+        conn = current()
+        row = usable_row(guid.value, conn)
         if row is None:
             return None
         _LAST_READ.set((conn, guid.value, row))
@@ -106,7 +103,7 @@ class OwnerStore:
         row = _row_of(voucher.guid)
         if row is None:  # read in this same message by TO2.ProveDevice
             raise ResourceNotFoundError(f"no voucher for device {voucher.guid}")
-        lifecycle.confirm(current_connection(), row, now=self.clock())
+        lifecycle.confirm(row, now=self.clock())
         # Either way Owner2Key is the current owner key: the owner keeps one key per kind.
         guid = voucher.guid if self.config.settings.credential_reuse else Guid.new()
         return Replacement(guid, voucher.header.rv_info, voucher.owner_public_key, basis=row.basis)

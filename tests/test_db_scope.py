@@ -1,10 +1,11 @@
 """The FDO route's unit of work (:func:`fdo_server.db.message_scope`), on SQLite and,
 with ``FDO_TEST_POSTGRES_URL`` set, PostgreSQL.
 
-One transaction on a bare connection: Core statements and a Session made on demand
-share it, everything commits together on normal exit and nothing is left on an
-exception; no Session is made unless code asks for one. On PostgreSQL the ``BEGIN``
-waits for the first write, and a lone last write (the session row) runs on its own.
+One transaction on a bare connection: :class:`fdo_server.sql.Sql` statements (on the
+driver's cursor), Core statements and a Session made on demand share it, everything
+commits together on normal exit and nothing is left on an exception; no Session is made
+unless code asks for one. On PostgreSQL the ``BEGIN`` waits for the first write, and a
+lone last write (the session row) runs on its own.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import event, insert, update
-from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from fdo_server import db as fdb
-from fdo_server.db import current_connection, current_session, make_engine, message_scope, unit_of_work
+from fdo_server import sql
+from fdo_server.db import current_connection, current_session, lent, make_engine, message_scope, unit_of_work
 from fdo_server.session_model import FdoSession
 from fdo_server.sessions import SQLSessionStore
+from fdo_server.sql import Sql
 from tests.conftest import migrated
 
 LATER = datetime.now(UTC) + timedelta(hours=1)
@@ -152,12 +154,24 @@ def _version(engine: Engine, token: str) -> int:
         return row.version
 
 
-# ----------------------------------------------------------- statements straight to the driver
+# ------------------------------------------------- Sql statements on the unit of work's connection
 
 
-def test_direct_statements_read_what_sqlalchemy_reads(engine: Engine) -> None:
-    """The session store's statements (DirectStatement) give the values SQLAlchemy gives,
-    type processing included (an aware expiry from a UTCDateTime column)."""
+@pytest.fixture
+def add_session() -> Iterator[Sql]:
+    """An INSERT of a session row (taken out of :data:`fdo_server.sql.STATEMENTS` after)."""
+    statement = Sql(
+        "INSERT INTO fdo_session (token, protocol, state, version, expires_at) "
+        "VALUES (:token, :protocol, :state, :version, :expires_at)"
+    )
+    yield statement
+    sql.STATEMENTS.remove(statement)
+
+
+def test_sql_statements_read_what_sqlalchemy_reads(engine: Engine) -> None:
+    """The session store's statements (:class:`fdo_server.sql.Sql`, on the connection the
+    scope lends them) give the values SQLAlchemy gives, type processing included (an
+    aware expiry from a UTCDateTime column)."""
     store = SQLSessionStore()
     with message_scope(engine):
         token = store.create("TO2", b"\x00state", LATER)
@@ -170,7 +184,7 @@ def test_direct_statements_read_what_sqlalchemy_reads(engine: Engine) -> None:
     assert loaded.expires_at == orm.expires_at == LATER and loaded.expires_at.tzinfo is not None
 
 
-def test_direct_statements_skip_sqlalchemy(engine: Engine) -> None:
+def test_sql_statements_skip_sqlalchemy(engine: Engine) -> None:
     seen: list[str] = []
 
     def count(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
@@ -180,12 +194,14 @@ def test_direct_statements_skip_sqlalchemy(engine: Engine) -> None:
     try:
         with message_scope(engine):
             SQLSessionStore().load("no-such-token")
+        with unit_of_work(engine):
+            SQLSessionStore().load("no-such-token")
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert seen == []  # the driver's cursor directly, on SQLite and PostgreSQL alike
 
 
-def test_postgres_direct_statement_on_a_dead_connection_invalidates_it(engine: Engine) -> None:
+def test_postgres_sql_statement_on_a_dead_connection_invalidates_it(engine: Engine) -> None:
     _postgres(engine)
     with pytest.raises(psycopg.OperationalError), message_scope(engine) as conn:
         pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
@@ -197,16 +213,6 @@ def test_postgres_direct_statement_on_a_dead_connection_invalidates_it(engine: E
             assert conn.invalidated
     with message_scope(engine):  # the pool hands out a working connection again
         assert SQLSessionStore().load("any") is None
-
-
-def test_postgres_direct_statement_refuses_an_expanding_in(engine: Engine) -> None:
-    """``IN (...)`` with a list renders per execution: compiled once it would send a
-    placeholder PostgreSQL reads as a column name. It is refused with a clear error."""
-    _postgres(engine)
-    table = FdoSession.__table__  # type: ignore[attr-defined]
-    statement = fdb.DirectStatement(sa_select(table.c.token).where(table.c.protocol.in_(("TO1", "TO2"))))
-    with pytest.raises(ValueError, match="expanding parameters"), message_scope(engine) as conn:
-        statement.first(conn, {})
 
 
 @pytest.mark.parametrize("scope", ["message_scope", "unit_of_work"])
@@ -228,42 +234,42 @@ def test_after_commit_runs_once_committed_and_never_on_rollback(engine: Engine, 
     assert seen == [{token}, set()]
 
 
-def test_direct_statement_errors_are_sqlalchemy_errors(engine: Engine) -> None:
-    """A constraint violation on the driver's cursor is raised as SQLAlchemy raises it
-    (callers catch ``sqlalchemy.exc.IntegrityError``), and the scope rolls back."""
-    table = FdoSession.__table__  # type: ignore[attr-defined]
-    add = fdb.DirectStatement(insert(table))
+def test_sql_statement_errors_on_sqlite_are_sqlalchemy_errors(engine: Engine, add_session: Sql) -> None:
+    """A constraint violation on SQLite's cursor is raised as SQLAlchemy raises it
+    (callers catch ``sqlalchemy.exc.IntegrityError``; on PostgreSQL psycopg's own), and
+    the scope rolls back."""
     row = {"token": "twice", "protocol": "TO2", "state": b"s", "version": 0, "expires_at": LATER}
     if engine.dialect.name == "postgresql":
-        error: type[Exception] = psycopg.IntegrityError  # psycopg's own, as before
+        error: type[Exception] = psycopg.IntegrityError
     else:
         error = IntegrityError
-    with pytest.raises(error), message_scope(engine) as conn:
-        add.rowcount(conn, {**row, "token": "first"})
-        add.rowcount(conn, row)
-        add.rowcount(conn, row)
+    with pytest.raises(error), message_scope(engine):
+        add_session.rowcount({**row, "token": "first"})
+        add_session.rowcount(row)
+        add_session.rowcount(row)
     assert _tokens(engine) == set()
 
 
-def test_sqlite_direct_statement_outside_a_transaction_goes_through_sqlalchemy(engine: Engine) -> None:
-    """On a bare SQLite connection (no transaction begun) the statement runs through
-    SQLAlchemy, whose autobegin then decides what commits: nothing, without a commit."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite only")
-    table = FdoSession.__table__  # type: ignore[attr-defined]
-    add = fdb.DirectStatement(insert(table))
+def test_a_lent_connection_outside_a_transaction_begins_one(engine: Engine, add_session: Sql) -> None:
+    """On a bare connection (:func:`fdo_server.db.lent`, no transaction begun) a statement
+    begins SQLAlchemy's transaction as its autobegin would: closing the connection rolls
+    it back, committing it commits the row; still on the driver's cursor directly."""
     seen: list[str] = []
 
     def count(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
         seen.append(statement)
 
+    row = {"token": "bare", "protocol": "TO2", "state": b"s", "version": 0, "expires_at": LATER}
     event.listen(engine, "before_cursor_execute", count)
     try:
         with engine.connect() as conn:
-            row = {"token": "bare", "protocol": "TO2", "state": b"s", "version": 0, "expires_at": LATER}
-            assert add.rowcount(conn, row) == 1
-            assert conn.in_transaction()  # SQLAlchemy's autobegin: rolled back at close
+            assert not conn.in_transaction()
+            assert add_session.rowcount(row, lent(conn)) == 1
+            assert conn.in_transaction()  # rolled back at close
+        with engine.connect() as conn:
+            assert add_session.rowcount({**row, "token": "kept"}, lent(conn)) == 1
+            conn.commit()
     finally:
         event.remove(engine, "before_cursor_execute", count)
-    assert len(seen) == 1
-    assert _tokens(engine) == set()
+    assert seen == []
+    assert _tokens(engine) == {"kept"}

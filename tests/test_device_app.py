@@ -313,7 +313,7 @@ def test_a_device_checks_in_through_the_owner_device_app(owner: tuple[TestClient
         row = groups.ensure_device(db, os.urandom(16))
         row.status = "onboarded"
         assert row.id is not None
-        secret = checkin.issue_secret(db.connection(), row.id)
+        secret = checkin.issue_secret(row.id)
     body = {"seq": 1, "booted_digest": "sha256:" + "ab" * 32}
     r = device.post("/device/v1/checkin", json=body, headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 200, r.text

@@ -36,6 +36,10 @@ STATEMENT_MODULES = (
     "rendezvous.store",
     "rendezvous.pins",
     "manufacturer.app",
+    "owner.groups",
+    "owner.lifecycle",
+    "owner.checkin",
+    "owner.app",
 )
 
 

@@ -41,7 +41,7 @@ def _device(app: FastAPI) -> tuple[int, str]:
         db.add(device)
         db.flush()
         assert device.id is not None
-        return device.id, checkin.issue_secret(db.connection(), device.id)
+        return device.id, checkin.issue_secret(device.id)
 
 
 def _body(seq: int, **extra: Any) -> dict[str, Any]:

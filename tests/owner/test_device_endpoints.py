@@ -73,7 +73,7 @@ def _owner(app: FastAPI) -> Owner:
         device = groups.ensure_device(db, os.urandom(16))
         device.status = "onboarded"
         assert device.id is not None
-        secret = checkin.issue_secret(db.connection(), device.id)
+        secret = checkin.issue_secret(device.id)
         report_token = issue_report_token(db, device)
         device_id = device.id
     return Owner(app, TestClient(app), device_id, secret, report_token)

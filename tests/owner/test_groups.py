@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import current_session, make_engine, message_scope, open_session, unit_of_work
+from fdo_server.db import current_session, lent, make_engine, message_scope, open_session, unit_of_work
 from owner.groups import (
     DeviceFacts,
     assignment_for,
@@ -224,20 +224,21 @@ def test_onboarding_to_a_guid_already_in_the_history(engine: Engine) -> None:
 
 
 def test_device_row_reads_json_and_ids(engine: Engine) -> None:
-    """device_row (a DirectStatement: psycopg's cursor on PostgreSQL) gives the JSON
-    columns back as the values stored, as the ORM does."""
+    """device_row (an Sql statement: the driver's cursor) gives the JSON columns back as
+    the values stored, as the ORM does; on the unit of work's connection or a given one."""
     guid = Guid(os.urandom(16))
     with unit_of_work(engine) as db:
         assignment_for(db, guid, devmod("SN-10", "box-10"), now=NOW)
     with unit_of_work(engine) as db:
-        row = device_row(db.connection(), guid)
+        row = device_row(guid)
         device = find_device(db, guid)
         assert row is not None and device is not None
         assert row["id"] == device.id and row["guid"] == guid.value
         assert row["devmod"] == device.devmod and row["devmod"]["sn"] == "SN-10"
         assert row["labels"] == {} and (row["serial"], row["model"]) == ("SN-10", "box-10")
     with engine.connect() as conn:
-        assert device_row(conn, Guid(os.urandom(16))) is None
+        assert device_row(Guid(os.urandom(16)), lent(conn)) is None
+        assert device_row(guid, lent(conn)) == row
 
 
 def test_devmod_dict_is_asdict_made_json_safe() -> None:
@@ -265,7 +266,7 @@ def test_devmod_dict_is_asdict_made_json_safe() -> None:
 
 def test_to2_makes_an_orm_session_only_for_a_group(engine: Engine) -> None:
     """Given a session maker (as the TO2 store gives it), assignment_for records the
-    device with Core statements alone and makes the session only once a group matches."""
+    device with its Sql statements alone and makes the session only once a group matches."""
     made: list[Session] = []
 
     def maker() -> Session:
