@@ -43,12 +43,13 @@ from fdo.errors import InvalidTokenError
 from fdo.voucher import OwnershipVoucher
 from fdo_server.sql import Conn, Sql, after_commit
 from owner.importer import voucher_values
-from owner.tables import ACTIVE, REPLACED, REPLACING, SUPERSEDED
+from owner.tables import ACTIVE, REPLACED, REPLACING, SUPERSEDED, USABLE
 from owner.to0 import wake_schedulers
 
+_USABLE_IN = ", ".join(f"'{state}'" for state in USABLE)
 _USABLE_ROW = Sql(
     "SELECT id, raw, state, replaces_id, replaced_by_id FROM owner_voucher "  # noqa: S608 - our constants
-    f"WHERE guid = :g AND state IN ('{ACTIVE}', '{REPLACING}') LIMIT 1"
+    f"WHERE guid = :g AND state IN ({_USABLE_IN}) LIMIT 1"
 )
 # The columns of owner.importer.voucher_values.
 _INSERT_VOUCHER = Sql(
