@@ -17,9 +17,11 @@ processes only, but a value that named anything else would be a bug.
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import os
 import pickle
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,3 +85,28 @@ def handed(service: str) -> HandedSettings | None:
     if named != service:
         return None
     return HandedSettings(service, values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fdo_server.handed SERVICE ADMIN_PORT``: print what :func:`hand_over`
+    makes of the service's settings, read from this environment and validated (with
+    ``ADMIN_PORT`` as serve gives it), or the one-line reason they are unusable (exit 2).
+
+    ``python -m fdo_server.serve`` runs it in a process of its own, so the supervisor
+    never loads pydantic either (``fdo <service> serve`` has checked them itself).
+    """
+    from fdo_server.config import ConfigError, load_settings, settings_values
+
+    service, admin_port = (argv if argv is not None else sys.argv[1:])[:2]
+    module = importlib.import_module(f"{service}.settings")
+    try:
+        settings = load_settings(getattr(module, f"{service.capitalize()}Settings"))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(hand_over(service, {**settings_values(settings), "admin_port": int(admin_port)}) or "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -340,24 +341,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _handed(factory: str, admin_port: int) -> str | None:
-    """The settings of ``factory``'s service, read and validated here for the workers that
-    serve only devices (:mod:`fdo_server.handed`), as ``fdo <service> serve`` does; exits
-    with the one-line reason when they are unusable."""
-    import importlib
-
-    from fdo_server.config import ConfigError, load_settings, settings_values
-    from fdo_server.handed import hand_over
-
+    """The settings of ``factory``'s service, read and validated for the workers that
+    serve only devices (:mod:`fdo_server.handed`), as ``fdo <service> serve`` does, in a
+    process of its own (this one stays without pydantic); exits with the one-line reason
+    when they are unusable."""
     service = factory.partition(".")[0].partition(":")[0]
-    # <service>.settings.<Service>Settings, without the app and what it imports.
-    module = importlib.import_module(f"{service}.settings")
-    settings_class = getattr(module, f"{service.capitalize()}Settings")
-    try:
-        settings = load_settings(settings_class)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    result = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "fdo_server.handed", service, str(admin_port)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        print(lines[-1] if lines else f"error: the {service} settings could not be read", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
-    return hand_over(service, {**settings_values(settings), "admin_port": admin_port})
+    return result.stdout.strip() or None
 
 
 def _admin_process(factory: str) -> bool:

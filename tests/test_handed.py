@@ -10,6 +10,8 @@ import importlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from pydantic import SecretStr
 from fdo.crypto import generate_key, public_key_to_pem
 from fdo_server.config import load_settings, settings_values
 from fdo_server.handed import HANDED_ENV, HandedSettings, hand_over, handed
+from tests.conftest import REPO
 from tests.test_import_isolation import _service_env
 
 
@@ -99,3 +102,31 @@ def test_only_settings_values_are_unpickled(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(HANDED_ENV, base64.b64encode(pickle.dumps(("rendezvous", {"x": Runs()}))).decode())
     with pytest.raises(pickle.UnpicklingError, match="posix.system is not a settings value"):
         handed("rendezvous")
+
+
+def test_the_settings_are_read_in_a_process_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m fdo_server.handed``: what ``python -m fdo_server.serve`` runs, so its
+    supervisor never loads pydantic; a bad setting is one line and exit status 2."""
+    env = _service_env("rendezvous", tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "fdo_server.handed", "rendezvous", "8099"],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv(HANDED_ENV, done.stdout.strip())
+    got = handed("rendezvous")
+    assert (
+        got is not None and got.admin_port == 8099 and got.database_url == env["FDO_RENDEZVOUS_DATABASE_URL"]
+    )
+    monkeypatch.setenv("FDO_RENDEZVOUS_MAX_BODY", "1")
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "fdo_server.handed", "rendezvous", "8099"],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: FDO_RENDEZVOUS_MAX_BODY: ")
