@@ -284,20 +284,20 @@ class Database:
             self._slots.release()
             raise
 
-    def _checkin(self, entry: _Pooled, *, broken: bool = False) -> None:
+    def _checkin(self, entry: _Pooled, *, reusable: bool = True, disconnected: bool = False) -> None:
+        """Back to the pool: kept idle when ``reusable`` and there is room, else closed;
+        after a ``disconnected`` one, the idle ones are closed too (likely gone as well)."""
         if entry is self._shared:
             return
         try:
-            if broken:
+            if disconnected:
                 with self._lock:
-                    self._generation += 1  # the idle ones are likely gone too
+                    self._generation += 1
                     doomed, self._idle = self._idle, []
                 for other in doomed:
                     _close(other.raw)
-                _close(entry.raw)
-                return
             with self._lock:
-                keep = entry.generation == self._generation and len(self._idle) < self.pool_size
+                keep = reusable and entry.generation == self._generation and len(self._idle) < self.pool_size
                 if keep:
                     self._idle.append(entry)
             if not keep:
@@ -314,7 +314,8 @@ class Database:
         try:
             yield conn
         finally:
-            self._checkin(entry, broken=not conn.release())
+            reusable = conn.release()
+            self._checkin(entry, reusable=reusable, disconnected=conn.disconnected)
 
     def on_commit(self, listener: Callable[[Any], None]) -> None:
         """Call ``listener`` with the driver connection just before each unit of work
@@ -387,6 +388,8 @@ class Connection:
     def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
         self.raw = raw
         self._listeners = listeners
+        #: A statement failed because the connection to the server was lost.
+        self.disconnected = False
 
     def _committing(self) -> None:
         for listener in self._listeners:
@@ -469,7 +472,6 @@ class _PostgresConnection(Connection):
         self.began = False  # BEGIN sent: the writes commit together at the end
         self.last = False  # the statement being run is the last write
         self.closed = False  # that last write ran on its own: nothing may follow
-        self.broken = False
 
     def run(self, sql: str, params: Mapping[str, Any], read: Callable[[Any], T]) -> T:
         try:
@@ -488,7 +490,7 @@ class _PostgresConnection(Connection):
                 return read(cursor)
         except Exception as exc:
             if self.raw.closed or is_disconnect(exc):
-                self.broken = True
+                self.disconnected = True
             raise
 
     @contextlib.contextmanager
@@ -506,13 +508,13 @@ class _PostgresConnection(Connection):
             self.raw.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.began and not self.broken:
+        if self.began and not self.disconnected:
             self.began = False
             with contextlib.suppress(Exception):
                 self.raw.execute("ROLLBACK")
 
     def release(self) -> bool:
-        if self.broken or self.raw.closed:
+        if self.disconnected or self.raw.closed:
             return False
         from psycopg.pq import TransactionStatus
 

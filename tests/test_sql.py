@@ -342,3 +342,25 @@ def test_the_pool_keeps_at_most_pool_size_idle(tmp_path: Any) -> None:
     finally:
         database.dispose()
     assert database._idle == []  # noqa: SLF001
+
+
+def test_postgres_a_failed_statement_keeps_the_connection(database: Database) -> None:
+    """A constraint violation rolls the scope back; the connection (not lost) goes back to
+    the pool and serves the next scope."""
+    _postgres(database)
+    pid_of = Sql("SELECT pg_backend_pid()")
+    add = Sql(
+        "INSERT INTO fdo_session (token, protocol, state, version, expires_at) "
+        "VALUES (:token, 'TO2', :state, 0, :expires_at)"
+    )
+    sql.STATEMENTS.remove(pid_of)
+    sql.STATEMENTS.remove(add)
+    with message_scope(database):
+        first = pid_of.scalar({})
+    with pytest.raises(Exception, match="(?i)duplicate"), message_scope(database):
+        assert pid_of.scalar({}) == first
+        add.rowcount({"token": "twice", "state": b"s", "expires_at": LATER})
+        add.rowcount({"token": "twice", "state": b"s", "expires_at": LATER})
+    with message_scope(database):
+        assert pid_of.scalar({}) == first
+    assert _tokens(database) == set()
