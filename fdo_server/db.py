@@ -4,10 +4,11 @@ SQLite (a file per service, WAL mode) is the embedded default; PostgreSQL is cho
 a ``postgresql+psycopg://`` URL. Every FDO message is handled in one transaction: the
 owner's router opens a :func:`message_scope` around it (the manufacturer's and the
 rendezvous's run on the driver alone, :func:`fdo_server.sql.message_scope`; admin
-requests and background work open a :func:`unit_of_work`), and code that runs inside it reaches the open transaction through
-context variables, so lookups deep in a store need no plumbing: :class:`fdo_server.sql.Sql`
-statements run on it (:func:`fdo_server.sql.current`, the connection lent by :class:`_Lent`),
-ORM code on :func:`current_session`, SQLAlchemy Core on :func:`current_connection`.
+requests and background work open a :func:`unit_of_work`), and code that runs inside it
+reaches the open transaction through context variables, so lookups deep in a store need
+no plumbing: :class:`fdo_server.sql.Sql` statements run on it
+(:func:`fdo_server.sql.current`, the connection lent by :class:`_Lent`), ORM code on
+:func:`current_session`, SQLAlchemy Core on :func:`current_connection`.
 Schemas are made and changed by migrations only (:mod:`fdo_server.migrate`).
 
 **Durable commits.** A commit that precedes a reply the device acts on (DI done, TO0
