@@ -37,8 +37,7 @@ def start(
     ``admin_port`` left None come from the settings (``FDO_<SERVICE>_HOST``, ``..._PORT``,
     ``..._ADMIN_HOST``, ``..._ADMIN_PORT``); without an admin port both planes share the
     device listener."""
-    from fdo_server.config import settings_values, use_config_file
-    from fdo_server.handed import hand_over
+    from fdo_server.config import hand_over_settings, use_config_file
     from fdo_server.serve import ServeError, check_tls_files, serve
 
     use_config_file(f"FDO_{service.upper()}_CONFIG", config)  # the uvicorn workers read it too
@@ -52,7 +51,7 @@ def start(
     if settings.admin_process and admin_port is not None:
         # The workers that serve only devices take these instead of reading the environment
         # again (fdo_server.handed); the admin port as serve gives it to them.
-        handed = hand_over(service, {**settings_values(settings), "admin_port": admin_port})
+        handed = hand_over_settings(service, settings, admin_port)
     try:
         serve(
             f"{service}.app:app_from_env",

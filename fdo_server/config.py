@@ -135,6 +135,14 @@ def settings_values(settings: BaseSettings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in type(settings).model_fields}
 
 
+def hand_over_settings(service: str, settings: ServiceSettings, admin_port: int) -> str | None:
+    """What ``serve`` hands its device workers (:func:`fdo_server.handed.hand_over`):
+    ``settings`` with the admin port ``serve`` gives them."""
+    from fdo_server.handed import hand_over
+
+    return hand_over(service, {**settings_values(settings), "admin_port": admin_port})
+
+
 def _unparsable(cls: type[BaseSettings], exc: SettingsError) -> str:
     """One line for a list or map setting whose environment value is not JSON (pydantic
     settings parses those as JSON before validating)."""

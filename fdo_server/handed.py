@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ``python -m fdo_server.serve`` runs it in a process of its own, so the supervisor
     never loads pydantic either (``fdo <service> serve`` has checked them itself).
     """
-    from fdo_server.config import ConfigError, load_settings, settings_values
+    from fdo_server.config import ConfigError, hand_over_settings, load_settings
 
     service, admin_port = (argv if argv is not None else sys.argv[1:])[:2]
     module = importlib.import_module(f"{service}.settings")
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(hand_over(service, {**settings_values(settings), "admin_port": int(admin_port)}) or "")
+    print(hand_over_settings(service, settings, int(admin_port)) or "")
     return 0
 
 
