@@ -9,7 +9,8 @@ them and the driver. This module is that path without it:
   mode with ``synchronous=NORMAL``, foreign keys and a 30 s busy timeout; PostgreSQL
   with bounded connect, send and keepalive timeouts, every commit durable). The admin
   plane's SQLAlchemy engine on the same database is :meth:`Database.engine`, made on
-  first use.
+  first use; a process that has made it takes the FDO path's connections from the
+  engine's pool too (one pool per process), a worker that serves only devices has its own.
 * :func:`message_scope`: one transaction per FDO message, with the semantics of
   :func:`fdo_server.db.message_scope`: on PostgreSQL the ``BEGIN`` waits for the first
   write, and a scope whose only write is its :func:`last_write` runs that statement on
@@ -307,15 +308,49 @@ class Database:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
-        """A pooled connection for one unit of work (:func:`message_scope` commits it)."""
-        entry = self._checkout()
+        """A pooled connection for one unit of work (:func:`message_scope` commits it).
+
+        Once this process has made the SQLAlchemy engine (:meth:`engine`: it serves the
+        admin plane too), the connection comes from the engine's pool: one pool per
+        process, not two. A worker that serves only devices never makes it."""
         kind = _SqliteConnection if self.dialect == "sqlite" else _PostgresConnection
+        engine = self._engine
+        if engine is not None and not self.target.memory:
+            with self._borrowed(engine, kind) as conn:
+                yield conn
+            return
+        entry = self._checkout()
         conn = kind(entry.raw, self._commit_listeners)
         try:
             yield conn
         finally:
             reusable = conn.release()
             self._checkin(entry, reusable=reusable, disconnected=conn.disconnected)
+
+    @contextlib.contextmanager
+    def _borrowed(self, engine: Engine, kind: type[Connection]) -> Iterator[Connection]:
+        """A connection of ``engine``'s pool, in autocommit on PostgreSQL while it is ours
+        (as :func:`fdo_server.db.message_scope` runs it), given back as the pool had it."""
+        proxied = engine.raw_connection()
+        raw: Any = proxied.dbapi_connection
+        postgres = self.dialect == "postgresql"
+        if postgres:
+            raw.autocommit = True
+        conn = kind(raw, self._commit_listeners)
+        try:
+            yield conn
+        finally:
+            reusable = conn.release()
+            if reusable and postgres:
+                try:
+                    raw.autocommit = False
+                except Exception:  # noqa: BLE001 - still in a transaction: dropped instead
+                    reusable = False
+            if not reusable:
+                proxied.invalidate()
+            proxied.close()
+            if conn.disconnected:
+                engine.dispose()  # its idle connections are likely gone too (as SQLAlchemy does)
 
     def on_commit(self, listener: Callable[[Any], None]) -> None:
         """Call ``listener`` with the driver connection just before each unit of work

@@ -364,3 +364,36 @@ def test_postgres_a_failed_statement_keeps_the_connection(database: Database) ->
     with message_scope(database):
         assert pid_of.scalar({}) == first
     assert _tokens(database) == set()
+
+
+def test_with_the_engine_made_the_scopes_use_its_pool(database: Database) -> None:
+    """A process that serves the admin plane too (it made the engine) keeps one pool:
+    the FDO path's units of work take their connections from the engine's."""
+    engine = database.engine()
+    store = SQLSessionStore()
+    with message_scope(database):
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        token = store.create("TO1", b"a", LATER)
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert database._idle == []  # noqa: SLF001 - its own pool stayed unused
+    with message_scope(database):
+        assert store.load(token) is not None
+    with engine.connect() as conn:  # given back as the pool had it
+        assert conn.exec_driver_sql("SELECT count(*) FROM fdo_session").scalar() == 1
+
+
+def test_postgres_a_dead_borrowed_connection_is_replaced(database: Database) -> None:
+    _postgres(database)
+    engine = database.engine()
+    pid_of = Sql("SELECT pg_backend_pid()")
+    sql.STATEMENTS.remove(pid_of)
+    with message_scope(database):
+        dead = pid_of.scalar({})
+    with pytest.raises(Exception, match="(?i)terminat|closed|connection"), message_scope(database):
+        assert pid_of.scalar({}) == dead  # the engine's pooled connection, used again
+        with engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(dead)})")
+        SQLSessionStore().load("any")
+    with message_scope(database):
+        assert SQLSessionStore().load("any") is None
+        assert pid_of.scalar({}) != dead
