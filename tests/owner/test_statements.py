@@ -54,6 +54,11 @@ def _stored(engine: Engine, table: str, columns: str, where: str, value: Any) ->
         return tuple(conn.execute(query, {"v": value}).one())
 
 
+def assert_stored_alike(engine: Engine, table: str, columns: str, where: str, ours: Any, orm: Any) -> None:
+    """The row written by our statements holds in ``columns`` what the ORM's row holds."""
+    assert _stored(engine, table, columns, where, ours) == _stored(engine, table, columns, where, orm), table
+
+
 def _device(**fields: Any) -> Device:
     return Device.model_validate({"guid": os.urandom(16), "created_at": AT, "updated_at": AT, **fields})
 
@@ -88,17 +93,11 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
         "serial, model, CAST(devmod AS TEXT), CAST(labels AS TEXT), group_id, revision_id, status, "
         "created_at, updated_at, CAST(delivery AS TEXT), desired_revision_id, desired_generation"
     )
-    assert _stored(engine, "owner_device", device_columns, "id", made) == _stored(
-        engine, "owner_device", device_columns, "id", orm_id
-    )
+    assert_stored_alike(engine, "owner_device", device_columns, "id", made, orm_id)
     assert _stored(engine, "owner_device", "delivery", "id", made) == (None,)  # SQL NULL, not 'null'
-    assert _stored(engine, "owner_device_guid", "added_at", "device_id", made) == _stored(
-        engine, "owner_device_guid", "added_at", "device_id", orm_id
-    )
+    assert_stored_alike(engine, "owner_device_guid", "added_at", "device_id", made, orm_id)
     event_columns = "at, kind, CAST(detail AS TEXT)"
-    assert _stored(engine, "owner_device_event", event_columns, "device_id", made) == _stored(
-        engine, "owner_device_event", event_columns, "device_id", orm_id
-    )
+    assert_stored_alike(engine, "owner_device_event", event_columns, "device_id", made, orm_id)
     with unit_of_work(engine) as db:
         read = db.get(Device, made)
         assert read is not None
@@ -122,9 +121,7 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
         db.add(same)
         detail = {"guid": str(Guid(sql_guid)), "revision": 1, "delivery": "partial", "missing": ["x"]}
         db.add(DeviceEvent(device_id=orm_id, at=AT, kind="onboarded", detail=detail))
-    assert _stored(engine, "owner_device", device_columns, "id", made) == _stored(
-        engine, "owner_device", device_columns, "id", orm_id
-    )
+    assert_stored_alike(engine, "owner_device", device_columns, "id", made, orm_id)
     onboarded = "SELECT at, kind, CAST(detail AS TEXT) FROM owner_device_event WHERE kind = 'onboarded'"
     with engine.connect() as conn:
         first, second = conn.execute(text(onboarded)).all()
@@ -187,13 +184,9 @@ def test_checkins_are_stored_and_read_alike(engine: Engine) -> None:
     columns = (
         "status, updated_at, last_checkin_at, rolled_back, apply_state, health, checkin_seq, held_generation"
     )
-    assert _stored(engine, "owner_device", columns, "id", checked_id) == _stored(
-        engine, "owner_device", columns, "id", orm_id
-    )
+    assert_stored_alike(engine, "owner_device", columns, "id", checked_id, orm_id)
     event_columns = "at, kind, CAST(detail AS TEXT)"
-    assert _stored(engine, "owner_device_event", event_columns, "device_id", checked_id) == _stored(
-        engine, "owner_device_event", event_columns, "device_id", orm_id
-    )
+    assert_stored_alike(engine, "owner_device_event", event_columns, "device_id", checked_id, orm_id)
     with unit_of_work(engine) as db:
         read = db.get(Device, checked_id)
         assert read is not None and read.last_checkin_at is not None
@@ -233,17 +226,11 @@ def test_vouchers_to0_work_and_onboardings_are_stored_and_read_alike(engine: Eng
             onboarding | {"devmod": json.dumps(FACTS), "modules": json.dumps(modules)}
         )
     voucher_columns = "raw, device_info, owner_key_spki, num_entries, state, imported_at, replaced_by_id"
-    assert _stored(engine, "owner_voucher", voucher_columns, "id", made) == _stored(
-        engine, "owner_voucher", voucher_columns, "id", orm_id
-    )
+    assert_stored_alike(engine, "owner_voucher", voucher_columns, "id", made, orm_id)
     work_columns = "next_attempt_at, attempts, registered_until, claimed_by"
-    assert _stored(engine, "owner_to0_work", work_columns, "voucher_id", made) == _stored(
-        engine, "owner_to0_work", work_columns, "voucher_id", orm_id
-    )
+    assert_stored_alike(engine, "owner_to0_work", work_columns, "voucher_id", made, orm_id)
     onboarding_columns = "guid, new_guid, CAST(devmod AS TEXT), CAST(modules AS TEXT), completed_at"
-    assert _stored(engine, "owner_device_onboarding", onboarding_columns, "voucher_id", made) == _stored(
-        engine, "owner_device_onboarding", onboarding_columns, "voucher_id", orm_id
-    )
+    assert_stored_alike(engine, "owner_device_onboarding", onboarding_columns, "voucher_id", made, orm_id)
     with unit_of_work(engine) as db:
         voucher, work = (
             db.get(OwnerVoucher, made),
