@@ -30,7 +30,6 @@ import logging
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import create_engine, event
@@ -189,14 +188,8 @@ class _Lent:
         ORM session is open), that one statement runs on its own, in autocommit."""
         conn = self._connection()
         scope = _deferred.get()
-        if scope is None or scope.conn is not conn:
+        with contextlib.nullcontext() if scope is None or scope.conn is not conn else scope.last_write():
             yield
-            return
-        scope.last = True
-        try:
-            yield
-        finally:
-            scope.last = False
 
 
 def lent(conn: Connection) -> sql.Conn:
@@ -225,14 +218,12 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
         sql.run_after(callbacks)
 
 
-@dataclass(eq=False)
-class _Deferred:
+class _Deferred(sql.Deferral):
     """A :func:`message_scope` on PostgreSQL whose ``BEGIN`` waits for the first write."""
 
-    conn: Connection
-    began: bool = False  # BEGIN sent: the scope's writes commit together at its end
-    last: bool = False  # the statement being run is the scope's last write (:func:`last_write`)
-    closed: bool = False  # that last write ran on its own (autocommit): nothing may follow
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self.conn = conn
 
 
 _deferred: ContextVar[_Deferred | None] = ContextVar("fdo_db_deferred", default=None)
@@ -250,9 +241,6 @@ def _is_disconnect(exc: Exception) -> bool:
 _DEFERRING: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-_read_only = sql.read_only
-
-
 def _begin_before_write(
     conn: Connection, cursor: Any, statement: str, _params: Any, _context: Any, _executemany: bool
 ) -> None:
@@ -260,15 +248,8 @@ def _begin_before_write(
     send ``BEGIN`` before its first statement that is not a plain SELECT, unless that
     statement is the scope's last write and no ORM session could flush more after it."""
     scope = _deferred.get()
-    if scope is None or scope.conn is not conn or scope.began or _read_only(statement):
-        return
-    if scope.closed:
-        raise RuntimeError("a write after the unit of work's last write, which already committed")
-    if scope.last and _current.get() is None:
-        scope.closed = True  # one statement, atomic on its own
-        return
-    cursor.execute("BEGIN")
-    scope.began = True
+    if scope is not None and scope.conn is conn:
+        scope.before(cursor, statement, alone=_current.get() is None)
 
 
 @contextlib.contextmanager

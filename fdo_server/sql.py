@@ -446,9 +446,9 @@ class Connection:
     def require_durable(self) -> None:
         """Make this unit of work's commit durable (:func:`require_durable`)."""
 
-    @contextlib.contextmanager
-    def last_write(self) -> Iterator[None]:
-        yield
+    def last_write(self) -> contextlib.AbstractContextManager[None]:
+        """Around the unit of work's last write (only PostgreSQL's does anything)."""
+        return contextlib.nullcontext()
 
 
 class _SqliteConnection(Connection):
@@ -496,6 +496,39 @@ class _SqliteConnection(Connection):
         return True
 
 
+class Deferral:
+    """A unit of work on PostgreSQL whose ``BEGIN`` waits for its first write (this
+    module's connections, and :func:`fdo_server.db.message_scope`'s)."""
+
+    def __init__(self) -> None:
+        self.began = False  # BEGIN sent: the writes commit together at the end
+        self.last = False  # the statement being run is the last write (:meth:`last_write`)
+        self.closed = False  # that last write ran on its own: nothing may follow
+
+    def before(self, cursor: Any, statement: str, *, alone: bool = True) -> None:
+        """Before ``statement`` runs on ``cursor``: send ``BEGIN`` if it is the first that
+        is not a plain SELECT, unless it is the last write and may run ``alone`` (one
+        statement, atomic on its own: no ``BEGIN`` and ``COMMIT`` round trips)."""
+        if self.began or read_only(statement):
+            return
+        if self.closed:
+            raise RuntimeError("a write after the unit of work's last write, which already committed")
+        if self.last and alone:
+            self.closed = True
+            return
+        cursor.execute("BEGIN")
+        self.began = True
+
+    @contextlib.contextmanager
+    def last_write(self) -> Iterator[None]:
+        """Around the unit of work's last write."""
+        self.last = True
+        try:
+            yield
+        finally:
+            self.last = False
+
+
 class _PostgresConnection(Connection):
     """A psycopg connection in autocommit: ``BEGIN`` is sent before the unit of work's
     first write (:func:`message_scope`), unless that write is its :meth:`last_write`."""
@@ -504,23 +537,12 @@ class _PostgresConnection(Connection):
 
     def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
         super().__init__(raw, listeners)
-        self.began = False  # BEGIN sent: the writes commit together at the end
-        self.last = False  # the statement being run is the last write
-        self.closed = False  # that last write ran on its own: nothing may follow
+        self.deferral = Deferral()
 
     def run(self, sql: str, params: Mapping[str, Any], read: Callable[[Any], T]) -> T:
         try:
             with self.raw.cursor() as cursor:
-                if not self.began and not read_only(sql):
-                    if self.closed:
-                        raise RuntimeError(
-                            "a write after the unit of work's last write, which already committed"
-                        )
-                    if self.last:
-                        self.closed = True  # one statement, atomic on its own
-                    else:
-                        cursor.execute("BEGIN")
-                        self.began = True
+                self.deferral.before(cursor, sql)
                 cursor.execute(sql, params)
                 return read(cursor)
         except Exception as exc:
@@ -528,23 +550,18 @@ class _PostgresConnection(Connection):
                 self.disconnected = True
             raise
 
-    @contextlib.contextmanager
-    def last_write(self) -> Iterator[None]:
-        self.last = True
-        try:
-            yield
-        finally:
-            self.last = False
+    def last_write(self) -> contextlib.AbstractContextManager[None]:
+        return self.deferral.last_write()
 
     def commit(self) -> None:
-        if self.began:
+        if self.deferral.began:
             self._committing()
-            self.began = False
+            self.deferral.began = False
             self.raw.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.began and not self.disconnected:
-            self.began = False
+        if self.deferral.began and not self.disconnected:
+            self.deferral.began = False
             with contextlib.suppress(Exception):
                 self.raw.execute("ROLLBACK")
 
