@@ -165,7 +165,7 @@ class _Lent:
                 cursor.execute(statement, params)
                 return read(cursor)
         except Exception as exc:
-            if raw.closed or _is_disconnect(exc):
+            if raw.closed or sql.is_disconnect(exc):
                 conn.invalidate(exc)
             raise
 
@@ -177,9 +177,7 @@ class _Lent:
         raw: Any = proxied.dbapi_connection
         if raw is None:
             return
-        if raw.in_transaction:
-            raise RuntimeError("require_durable() after the unit of work's first write")
-        raw.execute("PRAGMA synchronous=FULL")
+        sql.sqlite_full_sync(raw)
         proxied.info[_DURABLE] = True
 
     @contextlib.contextmanager
@@ -227,14 +225,6 @@ class _Deferred(sql.Deferral):
 
 
 _deferred: ContextVar[_Deferred | None] = ContextVar("fdo_db_deferred", default=None)
-
-
-def _is_disconnect(exc: Exception) -> bool:
-    """A driver error after which a connection is not to be used again. (psycopg is
-    imported here, not at the top: on SQLite a service never loads it, 9 MB.)"""
-    import psycopg
-
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 #: Engines (from :func:`make_engine`) whose message scopes defer BEGIN: they have the listener.

@@ -185,6 +185,15 @@ def sqlite_pragmas(raw: Any, *, memory: bool) -> None:
     cursor.close()
 
 
+def sqlite_full_sync(raw: Any) -> None:
+    """The open unit of work on SQLite connection ``raw`` commits with ``synchronous=FULL``
+    (:func:`require_durable`); ``RuntimeError`` once it wrote (SQLite cannot change it
+    inside a transaction)."""
+    if raw.in_transaction:
+        raise RuntimeError("require_durable() after the unit of work's first write")
+    raw.execute("PRAGMA synchronous=FULL")
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """A PostgreSQL driver error after which the connection is not to be used again.
     (psycopg is imported here, not at the top: on SQLite a service never loads it, 9 MB.)"""
@@ -479,9 +488,7 @@ class _SqliteConnection(Connection):
     def require_durable(self) -> None:
         """This transaction's commit waits for an fsync of the WAL (``synchronous=FULL``,
         back to NORMAL when the connection returns to the pool)."""
-        if self.raw.in_transaction:
-            raise RuntimeError("require_durable() after the unit of work's first write")
-        self.raw.execute("PRAGMA synchronous=FULL")
+        sqlite_full_sync(self.raw)
         self.durable = True
 
     def release(self) -> bool:
