@@ -22,12 +22,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from fdo_server import db as fdb
-from fdo_server import sql
 from fdo_server.db import current_connection, current_session, lent, make_engine, message_scope, unit_of_work
 from fdo_server.session_model import FdoSession
 from fdo_server.sessions import SQLSessionStore
 from fdo_server.sql import Sql
 from tests.conftest import migrated
+from tests.test_sql import adhoc
 
 LATER = datetime.now(UTC) + timedelta(hours=1)
 
@@ -158,14 +158,12 @@ def _version(engine: Engine, token: str) -> int:
 
 
 @pytest.fixture
-def add_session() -> Iterator[Sql]:
-    """An INSERT of a session row (taken out of :data:`fdo_server.sql.STATEMENTS` after)."""
-    statement = Sql(
+def add_session() -> Sql:
+    """An INSERT of a session row (a test's own statement, :func:`tests.test_sql.adhoc`)."""
+    return adhoc(
         "INSERT INTO fdo_session (token, protocol, state, version, expires_at) "
         "VALUES (:token, :protocol, :state, :version, :expires_at)"
     )
-    yield statement
-    sql.STATEMENTS.remove(statement)
 
 
 def test_sql_statements_read_what_sqlalchemy_reads(engine: Engine) -> None:

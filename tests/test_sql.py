@@ -50,6 +50,14 @@ def database(database_url: str) -> Iterator[Database]:
     database.dispose()
 
 
+def adhoc(text: str, **options: Any) -> Sql:
+    """A statement of a test's own, kept out of :data:`fdo_server.sql.STATEMENTS` (which
+    :func:`test_every_statement_runs_against_the_migrated_schemas` prepares)."""
+    made = Sql(text, **options)
+    sql.STATEMENTS.remove(made)
+    return made
+
+
 def _postgres(database: Database) -> None:
     if database.dialect != "postgresql":
         pytest.skip("PostgreSQL only (SQLite has no round trips to save)")
@@ -80,12 +88,13 @@ def test_urls_as_the_services_write_them() -> None:
 
 
 def test_parameters_become_the_drivers_style() -> None:
-    statement = Sql("SELECT token FROM fdo_session WHERE token = :t AND protocol LIKE 'T%' AND version = :v")
+    statement = adhoc(
+        "SELECT token FROM fdo_session WHERE token = :t AND protocol LIKE 'T%' AND version = :v"
+    )
     assert statement.for_dialect("sqlite") == statement.text
     assert statement.for_dialect("postgresql") == (
         "SELECT token FROM fdo_session WHERE token = %(t)s AND protocol LIKE 'T%%' AND version = %(v)s"
     )
-    sql.STATEMENTS.remove(statement)
 
 
 # --------------------------------------------------------------------- the statements
@@ -153,8 +162,7 @@ def test_rows_read_the_same_here_and_through_the_orm(database: Database) -> None
 
 def test_writes_commit_together_and_roll_back_together(database: Database) -> None:
     store = SQLSessionStore()
-    bump = Sql("UPDATE fdo_session SET version = version + 1 WHERE token = :t")
-    sql.STATEMENTS.remove(bump)
+    bump = adhoc("UPDATE fdo_session SET version = version + 1 WHERE token = :t")
     with message_scope(database):
         first = store.create("TO1", b"a", LATER)
     with message_scope(database):
@@ -172,11 +180,10 @@ def test_writes_commit_together_and_roll_back_together(database: Database) -> No
 
 
 def test_a_constraint_violation_rolls_the_scope_back(database: Database) -> None:
-    add = Sql(
+    add = adhoc(
         "INSERT INTO fdo_session (token, protocol, state, version, expires_at) "
         "VALUES (:token, 'TO2', :state, 0, :expires_at)"
     )
-    sql.STATEMENTS.remove(add)
     with pytest.raises(Exception, match="(?i)unique|duplicate") as raised, message_scope(database):
         add.rowcount({"token": "first", "state": b"s", "expires_at": LATER})
         add.rowcount({"token": "twice", "state": b"s", "expires_at": LATER})
@@ -253,8 +260,7 @@ def test_postgres_writes_before_the_last_make_one_transaction(database: Database
     store = SQLSessionStore()
     with message_scope(database):
         token = store.create("TO1", b"first", LATER)
-    bump = Sql("UPDATE fdo_session SET version = 7 WHERE token = :t")
-    sql.STATEMENTS.remove(bump)
+    bump = adhoc("UPDATE fdo_session SET version = 7 WHERE token = :t")
     with message_scope(database) as conn:
         bump.rowcount({"t": token})
         assert _in_transaction(conn)
@@ -267,10 +273,8 @@ def test_postgres_writes_before_the_last_make_one_transaction(database: Database
 
 def test_postgres_locking_select_opens_the_transaction(database: Database) -> None:
     _postgres(database)
-    locking = Sql("SELECT token FROM fdo_session FOR UPDATE")
-    plain = Sql("SELECT token FROM fdo_session")
-    sql.STATEMENTS.remove(locking)
-    sql.STATEMENTS.remove(plain)
+    locking = adhoc("SELECT token FROM fdo_session FOR UPDATE")
+    plain = adhoc("SELECT token FROM fdo_session")
     with message_scope(database) as conn:
         locking.all({})
         assert _in_transaction(conn)
@@ -284,8 +288,7 @@ def test_postgres_locking_select_opens_the_transaction(database: Database) -> No
 
 def test_postgres_a_dead_connection_is_replaced(database: Database) -> None:
     _postgres(database)
-    pid_of = Sql("SELECT pg_backend_pid()")
-    sql.STATEMENTS.remove(pid_of)
+    pid_of = adhoc("SELECT pg_backend_pid()")
     with message_scope(database):
         idle_pid = pid_of.scalar({})
     with pytest.raises(Exception, match="(?i)terminat|closed|connection"), message_scope(database):
@@ -325,8 +328,7 @@ def test_an_in_memory_database_is_one_connection_shared_with_the_engine() -> Non
         with database.engine().begin() as conn:
             conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
             conn.exec_driver_sql("INSERT INTO t VALUES (1)")
-        count = Sql("SELECT count(*) FROM t")
-        sql.STATEMENTS.remove(count)
+        count = adhoc("SELECT count(*) FROM t")
         with message_scope(database):
             assert count.scalar({}) == 1
     finally:
@@ -348,13 +350,11 @@ def test_postgres_a_failed_statement_keeps_the_connection(database: Database) ->
     """A constraint violation rolls the scope back; the connection (not lost) goes back to
     the pool and serves the next scope."""
     _postgres(database)
-    pid_of = Sql("SELECT pg_backend_pid()")
-    add = Sql(
+    pid_of = adhoc("SELECT pg_backend_pid()")
+    add = adhoc(
         "INSERT INTO fdo_session (token, protocol, state, version, expires_at) "
         "VALUES (:token, 'TO2', :state, 0, :expires_at)"
     )
-    sql.STATEMENTS.remove(pid_of)
-    sql.STATEMENTS.remove(add)
     with message_scope(database):
         first = pid_of.scalar({})
     with pytest.raises(Exception, match="(?i)duplicate"), message_scope(database):
@@ -385,8 +385,7 @@ def test_with_the_engine_made_the_scopes_use_its_pool(database: Database) -> Non
 def test_postgres_a_dead_borrowed_connection_is_replaced(database: Database) -> None:
     _postgres(database)
     engine = database.engine()
-    pid_of = Sql("SELECT pg_backend_pid()")
-    sql.STATEMENTS.remove(pid_of)
+    pid_of = adhoc("SELECT pg_backend_pid()")
     with message_scope(database):
         dead = pid_of.scalar({})
     with pytest.raises(Exception, match="(?i)terminat|closed|connection"), message_scope(database):
