@@ -73,15 +73,15 @@ def readiness_probe(url: str, *, timeout: float = READY_TIMEOUT) -> Callable[[],
     than making ``/ready`` hang.
     """
     target = parse_url(url)
-    if target.dialect == "sqlite" and not target.memory:
+    if target.memory:  # in this process: always there
+        return lambda: None
+    if target.dialect == "sqlite":
         database = target.database if target.uri else f"file:{target.database}?mode=rw"
 
         def connect() -> Any:
             return sqlite3.connect(database, uri=True, timeout=timeout)
 
         query = "SELECT 1 FROM sqlite_master LIMIT 1"
-    elif target.dialect == "sqlite":  # in memory: in this process, always there
-        return lambda: None
     else:
 
         def connect() -> Any:
