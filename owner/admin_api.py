@@ -36,10 +36,11 @@ from owner import admin_ops
 from owner.api_schemas import ImportOut, OnboardingPage, SummaryOut, VoucherOut, VoucherPage
 from owner.config import OwnerConfig
 from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
-from owner.groups_tables import STATUSES, Device
+from owner.groups_tables import Device
 from owner.handon import handon_router
 from owner.importer import IMPORTED
-from owner.tables import STATES, DeviceOnboarding, OwnerVoucher, To0Work, utc
+from owner.states import STATES, STATUSES, utc
+from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work
 from owner.to0 import EXPIRING_WINDOW, to0_counts
 
 

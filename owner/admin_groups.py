@@ -52,9 +52,9 @@ from owner.checkin import checkin_json
 from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of, wake_rollouts
 from owner.groups import current_revision, device_guids, find_device, has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
-from owner.groups_tables import STATUSES, AuditEntry, Device, DeviceEvent, Group, Revision
+from owner.groups_tables import AuditEntry, Device, DeviceEvent, Group, Revision
 from owner.rollouts_views import device_rollouts
-from owner.tables import utc
+from owner.states import STATUSES, utc
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -50,7 +50,8 @@ from fdo.serviceinfo.owner import Restore, module_restorer
 from fdo.types import Guid
 from fdo_server.db import lent
 from owner import checkin, groups
-from owner.groups_tables import APPLIED, FAILED, Device, DeviceReportToken, Revision
+from owner.groups_tables import Device, DeviceReportToken, Revision
+from owner.states import APPLIED, FAILED
 
 #: Device-facing paths (the same listener as TO2, docs/checkin.md).
 REPORT_PATH = "/device/v1/report"

@@ -35,12 +35,14 @@ from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fdo_server.sql import Conn, Sql, last_write
-from owner.groups_tables import APPLIED, FAILED, ONBOARDED, Device
 from owner.lifecycle import confirm_guid
-from owner.tables import utc
+from owner.states import APPLIED, FAILED, ONBOARDED, utc
+
+if TYPE_CHECKING:  # the admin plane's records; the device plane reads rows
+    from owner.groups_tables import Device
 
 SECRET_PREFIX = "fdc1"  # noqa: S105 - the form of a secret, not one
 _SECRET = re.compile(r"^fdc1\.([1-9][0-9]{0,18})\.[A-Za-z0-9_-]{43}$")

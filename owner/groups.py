@@ -32,18 +32,8 @@ from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
 from fdo_server.db import lent, open_session
 from fdo_server.sql import Conn, Sql
-from owner.groups_tables import (
-    NEW,
-    ONBOARDED,
-    ONBOARDING,
-    UNDELIVERED,
-    Device,
-    DeviceEvent,
-    DeviceGuid,
-    Group,
-    Revision,
-    RevisionSecret,
-)
+from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision, RevisionSecret
+from owner.states import NEW, ONBOARDED, ONBOARDING, UNDELIVERED
 
 DevmodLike = Devmod | Mapping[str, object] | None
 

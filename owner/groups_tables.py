@@ -37,16 +37,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-# Device statuses: known from a voucher or a label; TO2 running; TO2 done and the
-# assignment delivered in full or in part; TO2 done but none of the assignment could be
-# delivered (the device lacks the modules); image applied; failed.
-NEW = "new"
-ONBOARDING = "onboarding"
-ONBOARDED = "onboarded"
-UNDELIVERED = "undelivered"
-APPLIED = "applied"
-FAILED = "failed"
-STATUSES = (NEW, ONBOARDING, ONBOARDED, UNDELIVERED, APPLIED, FAILED)
+from owner.states import NEW
 
 
 def _now() -> datetime:

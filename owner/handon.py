@@ -52,7 +52,8 @@ from owner.config import OwnerConfig
 from owner.deps import Operator, Viewer, engine_of, now_of
 from owner.groups import add_event, find_device
 from owner.lifecycle import retire_replaced
-from owner.tables import ACTIVE, HANDED_ON, OwnerVoucher, To0Work
+from owner.states import ACTIVE, HANDED_ON
+from owner.tables import OwnerVoucher, To0Work
 
 PEM_TYPE = "application/x-pem-file"
 #: The audit action of a hand-on.

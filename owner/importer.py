@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import select
 
-from fdo.crypto import PrivateKeyT, PublicKeyT, spki_der
+from fdo.crypto import PrivateKeyT, PublicKeyT
 from fdo.errors import FdoError, InvalidVoucherError, MessageBodyError
 from fdo.voucher import OwnershipVoucher, split_pem
 from fdo_server.db import after_commit, current_session
-from owner.tables import ACTIVE, OwnerVoucher, To0Work
+from owner.lifecycle import voucher_values
+from owner.tables import OwnerVoucher, To0Work
 from owner.to0 import wake_schedulers
 
 IMPORTED = "imported"
@@ -39,22 +39,6 @@ class ImportResult:
 
     def as_dict(self) -> dict[str, object]:
         return {"index": self.index, "status": self.status, "guid": self.guid, "reason": self.reason}
-
-
-def voucher_values(
-    voucher: OwnershipVoucher, *, now: datetime, replaces_id: int | None = None
-) -> dict[str, Any]:
-    """The columns of a new, active voucher row for ``voucher``."""
-    return {
-        "guid": voucher.guid.value,
-        "raw": voucher.encode(),
-        "device_info": voucher.header.device_info,
-        "owner_key_spki": spki_der(voucher.owner_public_key.key),
-        "num_entries": len(voucher.entries),
-        "state": ACTIVE,
-        "imported_at": now,
-        "replaces_id": replaces_id,
-    }
 
 
 def add_voucher(voucher: OwnershipVoucher, *, now: datetime, replaces_id: int | None = None) -> OwnerVoucher:

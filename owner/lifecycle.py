@@ -37,13 +37,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from fdo.codec import CborValue
+from fdo.crypto import spki_der
 from fdo.errors import InvalidTokenError
 from fdo.voucher import OwnershipVoucher
 from fdo_server.sql import Conn, Sql, after_commit
-from owner.importer import voucher_values
-from owner.tables import ACTIVE, REPLACED, REPLACING, SUPERSEDED, USABLE
+from owner.states import ACTIVE, REPLACED, REPLACING, SUPERSEDED, USABLE
 from owner.to0 import wake_schedulers
 
 _USABLE_IN = ", ".join(f"'{state}'" for state in USABLE)
@@ -51,7 +52,7 @@ _USABLE_ROW = Sql(
     "SELECT id, raw, state, replaces_id, replaced_by_id FROM owner_voucher "  # noqa: S608 - our constants
     f"WHERE guid = :g AND state IN ({_USABLE_IN}) LIMIT 1"
 )
-# The columns of owner.importer.voucher_values.
+# The columns of voucher_values.
 _INSERT_VOUCHER = Sql(
     "INSERT INTO owner_voucher (guid, raw, device_info, owner_key_spki, num_entries, state, imported_at, "
     "replaces_id) VALUES (:guid, :raw, :device_info, :owner_key_spki, :num_entries, :state, :imported_at, "
@@ -81,6 +82,22 @@ _TO0_DUE_NOW = Sql("UPDATE owner_to0_work SET next_attempt_at = :now, attempts =
 
 
 _AGAIN = "another TO2 of this device completed, or it was handed on; start again"
+
+
+def voucher_values(
+    voucher: OwnershipVoucher, *, now: datetime, replaces_id: int | None = None
+) -> dict[str, Any]:
+    """The columns of a new, active voucher row for ``voucher``."""
+    return {
+        "guid": voucher.guid.value,
+        "raw": voucher.encode(),
+        "device_info": voucher.header.device_info,
+        "owner_key_spki": spki_der(voucher.owner_public_key.key),
+        "num_entries": len(voucher.entries),
+        "state": ACTIVE,
+        "imported_at": now,
+        "replaces_id": replaces_id,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,8 +45,8 @@ from owner.rollouts import (
     plan_batches,
     step,
 )
-from owner.rollouts_tables import ABORTED, ACTIVE_STATES, PAUSED, RUNNING, Rollout, RolloutDevice
-from owner.tables import utc
+from owner.rollouts_tables import Rollout, RolloutDevice
+from owner.states import ABORTED, ACTIVE_STATES, PAUSED, RUNNING, utc
 
 log = logging.getLogger("owner.rollouts")
 _ROLLOUTS: Table = Rollout.__table__  # type: ignore[attr-defined]

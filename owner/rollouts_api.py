@@ -29,8 +29,9 @@ from owner.audit import audit
 from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of, wake_rollouts
 from owner.rollout_engine import RolloutError
 from owner.rollouts_schemas import PolicyIn, PolicyOut, RolloutListOut, RolloutOut, StartIn
-from owner.rollouts_tables import ROLLOUT_STATES, Rollout
+from owner.rollouts_tables import Rollout
 from owner.rollouts_views import rollout_view
+from owner.states import ROLLOUT_STATES
 
 log = logging.getLogger("owner.rollouts")
 

@@ -18,12 +18,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-RUNNING = "running"
-PAUSED = "paused"
-COMPLETED = "completed"
-ABORTED = "aborted"
-ROLLOUT_STATES = (RUNNING, PAUSED, COMPLETED, ABORTED)
-ACTIVE_STATES = (RUNNING, PAUSED)
+from owner.states import RUNNING
 
 
 def _now() -> datetime:

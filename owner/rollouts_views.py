@@ -12,7 +12,7 @@ from owner.groups_tables import Device, Group, Revision
 from owner.rollouts import DEVICE_STATES, FAILED, ROLLED_BACK
 from owner.rollouts_schemas import BatchOut, ErrorOut, RolloutDeviceOut, RolloutOut
 from owner.rollouts_tables import Rollout, RolloutDevice
-from owner.tables import utc
+from owner.states import utc
 
 
 def _iso(value: datetime | None) -> str | None:

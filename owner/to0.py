@@ -49,7 +49,8 @@ from fdo.rvinfo import RVTO2Addr
 from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
 from owner.config import OwnerConfig
-from owner.tables import REPLACED, SUPERSEDED, USABLE, OwnerVoucher, To0Work, utc
+from owner.states import REPLACED, SUPERSEDED, USABLE, utc
+from owner.tables import OwnerVoucher, To0Work
 from transport.client import FdoHttpClient, TransportError
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from owner.config import OwnerConfig
 from owner.deps import engine_of, now_of
 from owner.groups_schemas import TokenIn
 from owner.groups_tables import AuditEntry
-from owner.tables import STATES, OwnerVoucher, To0Work
+from owner.states import STATES
+from owner.tables import OwnerVoucher, To0Work
 from owner.web import authorized_form, authorized_upload, done, message, parse_int, render, signed_in
 from owner.web_groups import errors_of
 

@@ -29,10 +29,11 @@ from owner.admin_groups import device_json, find_live_group, overdue_after
 from owner.deps import engine_of, now_of, wake_rollouts
 from owner.groups import find_device
 from owner.groups_schemas import LabelsIn
-from owner.groups_tables import STATUSES, Device, Group, Revision
-from owner.rollouts_tables import ACTIVE_STATES, Rollout
+from owner.groups_tables import Device, Group, Revision
+from owner.rollouts_tables import Rollout
 from owner.rollouts_views import rollout_view
-from owner.tables import USABLE, OwnerVoucher, To0Work
+from owner.states import ACTIVE_STATES, STATUSES, USABLE
+from owner.tables import OwnerVoucher, To0Work
 from owner.web import authorized_form, done, message, parse_int, render, signed_in
 
 #: Devices per page of ``/ui/devices``.

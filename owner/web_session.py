@@ -52,7 +52,8 @@ from fdo_server.db import unit_of_work
 from fdo_server.proxies import is_https
 from owner.deps import engine_of, now_of
 from owner.settings import OwnerSettings
-from owner.tables import UiSession, utc
+from owner.states import utc
+from owner.tables import UiSession
 
 log = logging.getLogger(__name__)
 

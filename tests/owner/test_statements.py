@@ -24,8 +24,9 @@ from fdo.types import Guid
 from fdo_server.db import make_engine, message_scope, unit_of_work
 from owner import app as owner_app
 from owner import checkin, groups, lifecycle
-from owner.groups_tables import ONBOARDED, Device, DeviceEvent, DeviceGuid, Group, Revision
-from owner.tables import ACTIVE, DeviceOnboarding, OwnerVoucher, To0Work, utc
+from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision
+from owner.states import ACTIVE, ONBOARDED, utc
+from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work
 from tests.conftest import migrated
 
 AT = datetime(2026, 12, 4, 23, 59, 58, 123456, tzinfo=UTC)

@@ -22,7 +22,8 @@ from fdo_server.metrics import ServiceMetrics
 from fdo_server.ratelimit import EdgeGuard, first_message_routes
 from owner.importer import import_pem
 from owner.settings import OwnerConfig, load_config
-from owner.tables import To0Work, utc
+from owner.states import utc
+from owner.tables import To0Work
 from owner.to0 import To0Thread, run_due
 from tests.conftest import KeyPool
 from tests.fdo.flow import NOW
