@@ -23,7 +23,7 @@ from owner.admin_groups import _guid, device_json
 from owner.api_schemas import DeviceOut
 from owner.audit import audit
 from owner.deps import Operator, engine_of, now_of
-from owner.groups import find_device
+from owner.inventory import find_device
 
 
 class RedeliverIn(BaseModel):

@@ -50,9 +50,10 @@ from owner.api_schemas import (
 from owner.audit import audit
 from owner.checkin import checkin_json
 from owner.deps import Admin, Operator, SessionDep, Viewer, engine_of, now_of, wake_rollouts
-from owner.groups import current_revision, device_guids, find_device, has_selectors
+from owner.groups import has_selectors
 from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
 from owner.groups_tables import AuditEntry, Device, DeviceEvent, Group, Revision
+from owner.inventory import current_revision, device_guids, find_device
 from owner.rollouts_views import device_rollouts
 from owner.states import STATUSES, utc
 

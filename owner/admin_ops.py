@@ -24,10 +24,10 @@ from fdo_server.db import unit_of_work
 from owner import rollout_engine as engine_ops
 from owner.audit import audit
 from owner.desired import DesiredError, set_desired
-from owner.groups import ensure_device, find_device
 from owner.groups_schemas import RevisionIn
 from owner.groups_tables import Group, Revision, RevisionSecret
 from owner.importer import IMPORTED, import_pem
+from owner.inventory import ensure_device, find_device
 from owner.rollout_engine import RolloutError, on_publish
 from owner.rollouts_schemas import StartIn
 from owner.tables import OwnerVoucher

@@ -30,10 +30,7 @@ from fdo_server import planes, service
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.db import (
-    current_session,
     inline_messages,
-    message_scope,
-    open_session,
     require_durable,
 )
 from fdo_server.planes import include_device_router
@@ -44,7 +41,6 @@ from owner import groups, lifecycle
 from owner.checkin_endpoint import DeviceEndpoint
 from owner.config import OwnerConfig, load_config
 from owner.delivery import delivery_of
-from owner.groups_tables import Revision
 from owner.rollout_engine import RolloutRunner
 from owner.store import OwnerStore
 from owner.to0 import To0Thread
@@ -143,15 +139,12 @@ def record_done(machine: AnyServerMachine, clock: Clock, *, register_to0: bool =
     if machine.devmod is not None:
         device = groups.device_row(machine.guid)
         assigned = None if device is None else device["assigned_revision_id"]
-        db = open_session()  # None: the unit of work's connection, no ORM session made
-        revision = delivery = None
-        if assigned is not None:  # the ORM only here: a TO2 without an assignment needs none
-            db = current_session()
-            revision = db.get(Revision, assigned)
-            modules = [] if machine.service_info is None else machine.service_info.modules
-            delivery = delivery_of(db, revision, machine.devmod, modules)
+        assignment = None if assigned is None else groups.revision_assignment(assigned)
+        modules = [] if machine.service_info is None else machine.service_info.modules
+        delivery = delivery_of(assignment, machine.devmod, modules)
+        revision = None if assignment is None else assignment.revision
         groups.record_onboarding(
-            db, machine.guid, new_guid, machine.devmod, revision, now=now, device=device, delivery=delivery
+            machine.guid, new_guid, machine.devmod, revision, now=now, device=device, delivery=delivery
         )
     _INSERT_ONBOARDING.rowcount(
         {
@@ -254,7 +247,6 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
         settings,
         database,
         handlers,
-        scope=lambda: message_scope(engine),
         clock=now,
         keys_loaded=lambda: bool(config.keys),
         background=background,

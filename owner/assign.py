@@ -48,8 +48,8 @@ from fdo.serviceinfo.bootc import (
 )
 from fdo.serviceinfo.owner import Restore, module_restorer
 from fdo.types import Guid
-from fdo_server.db import lent
-from owner import checkin, groups
+from fdo_server.sql import Conn
+from owner import checkin, groups, inventory
 from owner.groups_tables import Device, DeviceReportToken, Revision
 from owner.states import APPLIED, FAILED
 
@@ -100,8 +100,8 @@ def _owner_group(text: str) -> tuple[str, str | None]:
 
 def to_bootc(assignment: groups.Assignment, report: Report | None) -> Assignment:
     """The revision (with its write-only secrets) as the bootc module's assignment."""
-    revision: Revision = assignment.revision
-    config: Mapping[str, Any] = revision.config or {}
+    revision = assignment.revision
+    config: Mapping[str, Any] = revision.config
     files: list[FileItem] = []
     for spec in [*config.get("files", []), *assignment.secret_files]:
         owner, group = _owner_group(str(spec.get("owner", "root:root")))
@@ -143,22 +143,19 @@ def to_bootc(assignment: groups.Assignment, report: Report | None) -> Assignment
 
 
 def modules_for(
-    db: groups.SessionSource, guid: Guid, devmod: Devmod, *, status_base_url: str | None
+    guid: Guid, devmod: Devmod, *, status_base_url: str | None, conn: Conn | None = None
 ) -> Sequence[OwnerModule]:
-    """The modules delivering this device's group assignment (none without one). Given
-    a session maker, it makes the session only when the device has an assignment."""
-    assignment = groups.assignment_for(db, guid, devmod)
+    """The modules delivering this device's group assignment (none without one), on
+    ``conn`` (by default the unit of work's)."""
+    assignment = groups.assignment_for(guid, devmod, conn=conn)
     if assignment is None:
         return []
-    db = db if isinstance(db, Session) else db()
     report = None
-    device = groups.find_device(db, guid)
-    if status_base_url and device is not None and device.id is not None:
+    if status_base_url and assignment.device_id is not None:
         # The per-device check-in secret (owner.checkin) authenticates check-ins and the
         # report; it travels only inside the encrypted ServiceInfo channel.
         base = status_base_url.rstrip("/")
-        secret = checkin.issue_secret(device.id, lent(db.connection()))
-        db.expire(device)
+        secret = checkin.issue_secret(assignment.device_id, conn)
         report = Report(base + REPORT_PATH, secret, base + CHECKIN_PATH)
     bootc = to_bootc(assignment, report)
     if BOOTC_MODULE in devmod.modules:
@@ -187,5 +184,5 @@ def record_report(
     info: dict[str, object] = {"booted_digest": booted_digest, "revision": revision, "detail": detail[:1000]}
     if reasons:
         info["reason"] = "; ".join(reasons)
-    groups.record_status(db, device.guid, status, info)
+    inventory.record_status(db, device.guid, status, info)
     return status

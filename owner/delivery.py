@@ -26,15 +26,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlmodel import Session
-
 from fdo.serviceinfo import OwnerModule
 from fdo.serviceinfo.bootc import BOOTC, BootcOwner, Sent, Shortfall, items, stock_plan
 from fdo.serviceinfo.devmod import Devmod
 from fdo.serviceinfo.owner import ModuleStatus
 from owner import groups
 from owner.assign import to_bootc
-from owner.groups_tables import Group, Revision
 
 FULL = "full"
 PARTIAL = "partial"
@@ -67,11 +64,8 @@ def _bootc(module: BootcOwner, status: ModuleStatus) -> tuple[list[Sent], list[S
 
 
 def _stock(
-    db: Session, revision: Revision, devmod: Devmod, modules: Modules
+    assignment: groups.Assignment, devmod: Devmod, modules: Modules
 ) -> tuple[list[Sent], list[Shortfall]]:
-    group = db.get(Group, revision.group_id)
-    assert group is not None  # noqa: S101 - a revision's group is only ever marked deleted
-    assignment = groups.revision_assignment(db, group, revision)
     plan = stock_plan(to_bootc(assignment, None), devmod.modules)
     skipped = {m.name for m, status in modules if status == ModuleStatus.SKIPPED}
     sent = [s for s in plan.sent if s.via not in skipped]
@@ -80,10 +74,10 @@ def _stock(
 
 
 def delivery_of(
-    db: Session, revision: Revision | None, devmod: Devmod | None, modules: Modules
+    assignment: groups.Assignment | None, devmod: Devmod | None, modules: Modules
 ) -> dict[str, Any] | None:
-    """The ``delivery`` of a completed TO2 that was assigned ``revision`` (None: none was)."""
-    if revision is None or devmod is None:
+    """The ``delivery`` of a completed TO2 that was assigned ``assignment`` (None: none was)."""
+    if assignment is None or devmod is None:
         return None
     bootc = next(((m, s) for m, s in modules if isinstance(m, BootcOwner)), None)
     if bootc is not None:
@@ -91,11 +85,11 @@ def delivery_of(
         sent, missing = _bootc(*bootc)
     else:
         via = "stock"
-        sent, missing = _stock(db, revision, devmod, modules)
+        sent, missing = _stock(assignment, devmod, modules)
     result = FULL if not missing else NONE if not sent else PARTIAL
     return {
         "result": result,
-        "revision": revision.number,
+        "revision": assignment.revision.number,
         "via": via,
         "delivered": [s.to_json() for s in sent],
         "missing": [m.to_json() for m in missing],

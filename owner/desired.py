@@ -15,8 +15,10 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from fdo.serviceinfo.bootc import Assignment as BootcAssignment
-from owner import groups
+from fdo_server.sql import Conn
+from owner import groups, inventory
 from owner.assign import to_bootc
+from owner.groups import RevisionRow
 from owner.groups_tables import Device, Group, Revision
 
 
@@ -35,7 +37,7 @@ def set_desired(
         revision = db.get(Revision, device.desired_revision_id)
     elif number is None:
         group = db.get(Group, device.group_id)
-        revision = None if group is None else groups.current_revision(db, group)
+        revision = None if group is None else inventory.current_revision(db, group)
     else:
         revision = db.exec(
             select(Revision).where(Revision.group_id == device.group_id, Revision.number == number)
@@ -46,7 +48,7 @@ def set_desired(
     device.desired_generation = device.desired_generation + 1
     device.updated_at = now
     db.add(device)
-    groups.add_event(
+    inventory.add_event(
         db,
         device,
         "desired",
@@ -56,11 +58,11 @@ def set_desired(
     return revision
 
 
-def assignment_of(db: Session, revision_id: int) -> tuple[Revision, BootcAssignment]:
+def assignment_of(revision_id: int, conn: Conn | None = None) -> tuple[RevisionRow, BootcAssignment]:
     """The revision and what a device gets to apply it (secrets included, no report
-    item: the device keeps its own check-in state)."""
-    revision = db.get(Revision, revision_id)
-    group = None if revision is None else db.get(Group, revision.group_id)
-    if revision is None or group is None:
+    item: the device keeps its own check-in state), read on ``conn`` (by default the
+    unit of work's)."""
+    assignment = groups.revision_assignment(revision_id, conn)
+    if assignment is None:
         raise DesiredError("the desired revision is gone")
-    return revision, to_bootc(groups.revision_assignment(db, group, revision), None)
+    return assignment.revision, to_bootc(assignment, None)

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from fdo_server.db import current_session, message_scope, unit_of_work
+from fdo_server.db import message_scope, unit_of_work
 from owner import checkin
 from owner.assign import device_for_token, record_report
 from owner.desired import assignment_of
@@ -102,7 +102,7 @@ def answer_checkin(
             return None
         desired = None
         if outcome.desired_revision_id is not None:
-            revision, assignment = assignment_of(current_session(), outcome.desired_revision_id)
+            revision, assignment = assignment_of(outcome.desired_revision_id)
             desired = DesiredOut(
                 revision=revision.number,
                 generation=outcome.desired_generation,

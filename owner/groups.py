@@ -22,17 +22,13 @@ import dataclasses
 import fnmatch
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
-
-from sqlmodel import Session, col, select
+from typing import Any, Protocol, TypeVar
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import lent, open_session
 from fdo_server.sql import Conn, Sql
-from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision, RevisionSecret
 from owner.states import NEW, ONBOARDED, ONBOARDING, UNDELIVERED
 
 DevmodLike = Devmod | Mapping[str, object] | None
@@ -49,22 +45,50 @@ class DeviceFacts:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Assignment:
-    """A group's current revision with its write-only secrets (for the TO2 store only)."""
+class GroupRow:
+    """The group an assignment comes from (``owner_group``: what the device plane reads)."""
 
-    group: Group
-    revision: Revision
+    id: int
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RevisionRow:
+    """A published revision (``owner_revision``: what the device plane reads of it)."""
+
+    id: int
+    group_id: int
+    number: int
+    #: Digest-pinned image reference, ``name[:tag]@sha256:<64 hex>``.
+    image: str
+    transport: str
+    apply_mode: str
+    #: Files, units, ssh, policy, registries.d, public keys (no secrets).
+    config: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Assignment:
+    """A group's revision with its write-only secrets (for TO2 and the check-in only)."""
+
+    group: GroupRow
+    revision: RevisionRow
     #: The registry ``auth.json`` bytes, if one was published.
     registry_auth: bytes | None
     #: Secret files ``[{"path", "mode", "owner", "content"}]``.
     secret_files: list[dict[str, Any]]
+    #: The device record it was resolved for (:func:`assignment_for`); None when it was
+    #: read by revision (:func:`revision_assignment`).
+    device_id: int | None = None
 
 
-def _now(now: datetime | None) -> datetime:
+def now_or(now: datetime | None) -> datetime:
+    """``now``, else the current UTC time."""
     return now or datetime.now(UTC)
 
 
-def _raw(guid: Guid | bytes) -> bytes:
+def raw_guid(guid: Guid | bytes) -> bytes:
+    """``guid``'s 16 bytes."""
     return guid.value if isinstance(guid, Guid) else guid
 
 
@@ -112,37 +136,6 @@ def model_of(devmod: DevmodLike) -> str | None:
 
 
 # ---------------------------------------------------------------------------- devices
-
-
-def find_device(db: Session, guid: Guid | bytes) -> Device | None:
-    """The device that has, or had, ``guid``."""
-    row = db.exec(select(DeviceGuid).where(DeviceGuid.guid == _raw(guid))).first()
-    return None if row is None else db.get(Device, row.device_id)
-
-
-def device_guids(db: Session, device: Device) -> list[bytes]:
-    """Every GUID of ``device``, oldest first."""
-    rows = db.exec(
-        select(DeviceGuid).where(DeviceGuid.device_id == device.id).order_by(col(DeviceGuid.id))
-    ).all()
-    return [r.guid for r in rows]
-
-
-def add_event(
-    db: Session, device: Device, kind: str, detail: Mapping[str, object] | None = None, *, now: datetime
-) -> None:
-    """Append to ``device``'s timeline."""
-    assert device.id is not None  # noqa: S101 - flushed by ensure_device
-    db.add(DeviceEvent(device_id=device.id, at=now, kind=kind, detail=dict(detail or {})))
-
-
-def ensure_device(db: Session, guid: Guid | bytes, *, now: datetime | None = None) -> Device:
-    """The device record for ``guid``, created (status ``new``) when missing."""
-    db.flush()  # the lookup below reads the database directly
-    row = _ensure_row(lent(db.connection()), _raw(guid), _now(now))
-    device = db.get(Device, row["id"])
-    assert device is not None  # noqa: S101 - found or made just now
-    return device
 
 
 # The TO2 hooks (:func:`assignment_for`, :func:`record_onboarding`) run once per
@@ -202,18 +195,11 @@ _SET_ONBOARDED = Sql(
 )
 
 
-def _expire_devices(db: Session) -> None:
-    """Device objects loaded earlier in this unit of work reload from their rows."""
-    for obj in list(db.identity_map.values()):
-        if isinstance(obj, Device):
-            db.expire(obj)
-
-
 def device_row(guid: Guid | bytes, conn: Conn | None = None) -> dict[str, Any] | None:
     """The record (id, guid, serial, model, devmod, labels, group_id,
     assigned_revision_id, revision_id) of the device that has, or had, ``guid``; read on
     ``conn``, by default the unit of work's (:func:`fdo_server.sql.current`)."""
-    return _ROW_OF_GUID.mapping({"g": _raw(guid)}, conn)
+    return _ROW_OF_GUID.mapping({"g": raw_guid(guid)}, conn)
 
 
 def _event(conn: Conn | None, device_id: int, kind: str, detail: Mapping[str, object], at: datetime) -> None:
@@ -222,7 +208,7 @@ def _event(conn: Conn | None, device_id: int, kind: str, detail: Mapping[str, ob
     )
 
 
-def _ensure_row(conn: Conn | None, guid: bytes, at: datetime) -> Mapping[Any, Any]:
+def ensure_row(conn: Conn | None, guid: bytes, at: datetime) -> Mapping[Any, Any]:
     """The :func:`device_row` of ``guid``, made now if there is none."""
     row = device_row(guid, conn)
     if row is not None:
@@ -265,15 +251,26 @@ def _insert_row(conn: Conn | None, values: Mapping[str, Any], *, status: str, at
 
 
 class GroupRules(Protocol):
-    """What resolution reads of a group: a :class:`Group` or a row of its columns."""
+    """What resolution reads of a group: a :class:`~owner.groups_tables.Group` or a
+    :class:`GroupRule` (read-only members: either satisfies it)."""
 
-    id: int | None
-    members: list[str]
-    model: str | None
-    serial_pattern: str | None
-    labels: dict[str, str]
-    priority: int
-    is_default: bool
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def members(self) -> list[str]: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def serial_pattern(self) -> str | None: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def is_default(self) -> bool: ...
+
+
+G = TypeVar("G", bound=GroupRules)
 
 
 def _lists(group: GroupRules, facts: DeviceFacts) -> bool:
@@ -304,13 +301,13 @@ def _selects(group: GroupRules, facts: DeviceFacts) -> bool:
     return all(facts.labels.get(k) == v for k, v in group.labels.items())
 
 
-def _best(groups: Sequence[GroupRules]) -> GroupRules | None:
+def _best(groups: Sequence[G]) -> G | None:
     return min(groups, key=lambda g: (-g.priority, g.id or 0), default=None)
 
 
 # To the driver directly: TO2 resolves a group once per onboarding, and usually finds none.
 _LIVE_GROUP_RULES = Sql(
-    "SELECT id, members, model, serial_pattern, labels, priority, is_default FROM owner_group "
+    "SELECT id, name, members, model, serial_pattern, labels, priority, is_default FROM owner_group "
     "WHERE deleted_at IS NULL ORDER BY id",
     jsons=("members", "labels"),
     bools=("is_default",),
@@ -318,10 +315,11 @@ _LIVE_GROUP_RULES = Sql(
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Rules:
-    """A live group's resolution columns (a :class:`GroupRules`)."""
+class GroupRule:
+    """A live group's name and resolution columns (a :class:`GroupRules`)."""
 
     id: int | None
+    name: str
     members: list[str]
     model: str | None
     serial_pattern: str | None
@@ -330,89 +328,88 @@ class _Rules:
     is_default: bool
 
 
-def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
-    """The group of a device with ``facts`` (module docstring: the rule)."""
-    db.flush()  # the rules are read from the database directly
-    found = _resolve_group_id(lent(db.connection()), facts)
-    return None if found is None else db.get(Group, found)
-
-
-def _resolve_group_id(conn: Conn | None, facts: DeviceFacts) -> int | None:
-    """:func:`resolve_group`'s group id, from the live groups' rules."""
-    groups = [cast(GroupRules, _Rules(*row)) for row in _LIVE_GROUP_RULES.all({}, conn)]
+def resolve_group(conn: Conn | None, facts: DeviceFacts) -> GroupRule | None:
+    """The live group of a device with ``facts`` (module docstring: the rule), read on
+    ``conn`` (by default the unit of work's)."""
+    groups = [GroupRule(*row) for row in _LIVE_GROUP_RULES.all({}, conn)]
     found = _best([g for g in groups if _lists(g, facts)])
     if found is None:
         found = _best([g for g in groups if not g.is_default and _selects(g, facts)])
     if found is None:
         found = next((g for g in groups if g.is_default), None)
+    return found
+
+
+def resolve_group_id(conn: Conn | None, facts: DeviceFacts) -> int | None:
+    """:func:`resolve_group`'s id."""
+    found = resolve_group(conn, facts)
     return None if found is None else found.id
-
-
-def current_revision(db: Session, group: Group) -> Revision | None:
-    """``group``'s target revision (docs/rollouts.md), else its newest."""
-    if group.target_revision_id is not None and (found := db.get(Revision, group.target_revision_id)):
-        return found
-    newest = select(Revision).where(Revision.group_id == group.id).order_by(col(Revision.number).desc())
-    return db.exec(newest).first()
-
-
-def current_assignment(db: Session, group: Group) -> Assignment | None:
-    """``group``'s target revision with its secrets; None before the first publish."""
-    revision = current_revision(db, group)
-    return None if revision is None else revision_assignment(db, group, revision)
-
-
-def revision_assignment(db: Session, group: Group, revision: Revision) -> Assignment:
-    """``revision`` of ``group`` with its write-only secrets."""
-    secret = db.exec(select(RevisionSecret).where(RevisionSecret.revision_id == revision.id)).first()
-    return Assignment(
-        group=group,
-        revision=revision,
-        registry_auth=None if secret is None else secret.registry_auth,
-        secret_files=[] if secret is None else list(secret.files),
-    )
 
 
 # ---------------------------------------------------------------------------- TO2 hooks
 
 
-#: A session, or what makes the unit of work's session on demand
-#: (:func:`fdo_server.db.current_session`): TO2 needs no ORM unless a group matches.
-SessionSource = Session | Callable[[], Session]
+# A revision with its group's name and its secrets: one statement, by revision or as a
+# group's current one (its target, docs/rollouts.md, else its newest).
+_ASSIGNMENT = (
+    "SELECT g.id AS g_id, g.name AS g_name, r.id, r.group_id, r.number, r.image, r.transport, "
+    "r.apply_mode, r.config, s.registry_auth, s.files FROM owner_revision r "
+    "JOIN owner_group g ON g.id = r.group_id "
+    "LEFT JOIN owner_revision_secret s ON s.revision_id = r.id WHERE r.id = "
+)
+_REVISION_ASSIGNMENT = Sql(_ASSIGNMENT + ":r", jsons=("config", "files"))
+_CURRENT_ASSIGNMENT = Sql(
+    _ASSIGNMENT  # noqa: S608 - our own text
+    + "(SELECT COALESCE(cg.target_revision_id, (SELECT cr.id FROM owner_revision cr "
+    "WHERE cr.group_id = cg.id ORDER BY cr.number DESC LIMIT 1)) FROM owner_group cg WHERE cg.id = :g)",
+    jsons=("config", "files"),
+)
 
 
-def _session_now(db: SessionSource) -> Session | None:
-    """``db`` if it is a session, else the unit of work's session if one was made."""
-    return db if isinstance(db, Session) else open_session()
+def _assignment(row: Sequence[Any] | None, device_id: int | None = None) -> Assignment | None:
+    if row is None:
+        return None
+    g_id, g_name, r_id, group_id, number, image, transport, apply_mode, config, auth, files = row
+    return Assignment(
+        group=GroupRow(int(g_id), str(g_name)),
+        revision=RevisionRow(
+            int(r_id), int(group_id), int(number), str(image), str(transport), str(apply_mode), dict(config)
+        ),
+        registry_auth=None if auth is None else bytes(auth),
+        secret_files=[] if files is None else list(files),
+        device_id=device_id,
+    )
+
+
+def revision_assignment(revision_id: int, conn: Conn | None = None) -> Assignment | None:
+    """Revision ``revision_id`` with its write-only secrets; None when there is none."""
+    return _assignment(_REVISION_ASSIGNMENT.first({"r": revision_id}, conn))
+
+
+def current_assignment(group_id: int, conn: Conn | None = None) -> Assignment | None:
+    """Group ``group_id``'s target revision with its secrets; None before the first publish."""
+    return _assignment(_CURRENT_ASSIGNMENT.first({"g": group_id}, conn))
 
 
 def assignment_for(
-    db: SessionSource, guid: Guid | bytes, devmod: DevmodLike, *, now: datetime | None = None
+    guid: Guid | bytes, devmod: DevmodLike, *, now: datetime | None = None, conn: Conn | None = None
 ) -> Assignment | None:
     """What the device ``guid`` with ``devmod`` should receive in this TO2.
 
     Creates or updates the device record (serial, model, devmod facts), resolves its
     group, and records the assigned revision (a timeline event when it changes). None
-    when no group matches or the group has no revision yet. Given a session maker
-    (TO2), it makes the session only when a group matches.
+    when no group matches or the group has no revision yet. Runs on ``conn``, by default
+    the unit of work's (:func:`fdo_server.sql.current`).
     """
-    at = _now(now)
-    session = _session_now(db)
-    if session is not None:
-        session.flush()  # the statements below go to the database directly
-    conn = None if session is None else lent(session.connection())  # None: the unit of work's
-    raw = _raw(guid)
+    at = now_or(now)
+    raw = raw_guid(guid)
     row = device_row(raw, conn)
     serial = serial_of(devmod) or (None if row is None else row["serial"])
     model = model_of(devmod) or (None if row is None else row["model"])
     guids = (raw,) if row is None else tuple(g for (g,) in _GUIDS_OF_DEVICE.all({"d": row["id"]}, conn))
     labels = {} if row is None else dict(row["labels"])
-    group_id = _resolve_group_id(conn, DeviceFacts(guids=guids, serial=serial, model=model, labels=labels))
-    group = None
-    if group_id is not None:
-        session = session if session is not None else db() if callable(db) else db
-        group = session.get(Group, group_id)
-    assignment = None if group is None or session is None else current_assignment(session, group)
+    group = resolve_group(conn, DeviceFacts(guids=guids, serial=serial, model=model, labels=labels))
+    assignment = None if group is None or group.id is None else current_assignment(group.id, conn)
     group_id = None if group is None else group.id
     revision_id = None if assignment is None else assignment.revision.id
     devmod_facts = devmod_dict(devmod) if devmod is not None else ({} if row is None else row["devmod"])
@@ -456,39 +453,34 @@ def assignment_for(
             },
             conn,
         )
-    if session is not None:
-        _expire_devices(session)
-    return assignment
+    return None if assignment is None else dataclasses.replace(assignment, device_id=int(device_id))
 
 
 def record_onboarding(
-    db: Session | None,
     old_guid: Guid | bytes,
     new_guid: Guid | bytes | None,
     devmod: DevmodLike,
-    revision: Revision | None,
+    revision: RevisionRow | None,
     *,
     now: datetime | None = None,
     device: Mapping[Any, Any] | None = None,
     delivery: Mapping[str, Any] | None = None,
+    conn: Conn | None = None,
 ) -> int:
     """A TO2 completed: the record follows the device to ``new_guid`` (when TO2 replaced
     the GUID), stores its devmod facts and the revision it received. ``device`` is the
     :func:`device_row` of ``old_guid`` when the caller already read it. ``delivery`` is
     what the device got of ``revision`` (:func:`owner.delivery.delivery_of`): after a
     ``none`` delivery the status is ``undelivered`` and the record keeps the revision
-    it had; otherwise ``onboarded`` with ``revision``. Returns the device's id. ``db``
-    is None to write on the unit of work's connection when no ORM session was made."""
-    at = _now(now)
-    if db is not None:
-        db.flush()  # the statements below go to the database directly
-    conn = None if db is None else lent(db.connection())
-    row = device if device is not None else _ensure_row(conn, _raw(old_guid), at)
-    detail: dict[str, object] = {"guid": str(Guid(_raw(old_guid)))}
+    it had; otherwise ``onboarded`` with ``revision``. Returns the device's id. Runs on
+    ``conn``, by default the unit of work's."""
+    at = now_or(now)
+    row = device if device is not None else ensure_row(conn, raw_guid(old_guid), at)
+    detail: dict[str, object] = {"guid": str(Guid(raw_guid(old_guid)))}
     guid = row["guid"]
-    if new_guid is not None and _raw(new_guid) != row["guid"]:
-        _ADD_GUID.rowcount({"device_id": row["id"], "guid": _raw(new_guid), "added_at": at}, conn)
-        guid = _raw(new_guid)
+    if new_guid is not None and raw_guid(new_guid) != row["guid"]:
+        _ADD_GUID.rowcount({"device_id": row["id"], "guid": raw_guid(new_guid), "added_at": at}, conn)
+        guid = raw_guid(new_guid)
         detail["new_guid"] = str(Guid(guid))
     group_id, revision_id = row["group_id"], row["revision_id"]
     status = ONBOARDED
@@ -522,26 +514,4 @@ def record_onboarding(
         conn,
     )
     _event(conn, row["id"], "onboarded", detail, at)
-    if db is not None:
-        _expire_devices(db)
     return int(row["id"])
-
-
-def record_status(
-    db: Session,
-    guid: Guid | bytes,
-    status: str,
-    detail: Mapping[str, object] | None = None,
-    *,
-    now: datetime | None = None,
-) -> Device | None:
-    """Set a device's status (``applied``, ``failed``) with a timeline event."""
-    device = find_device(db, guid)
-    if device is None:
-        return None
-    at = _now(now)
-    device.status = status
-    device.updated_at = at
-    db.add(device)
-    add_event(db, device, status, detail, now=at)
-    return device

@@ -50,7 +50,7 @@ from fdo_server.vouchers import (
 from owner.audit import audit
 from owner.config import OwnerConfig
 from owner.deps import Operator, Viewer, engine_of, now_of
-from owner.groups import add_event, find_device
+from owner.inventory import add_event, find_device
 from owner.lifecycle import retire_replaced
 from owner.states import ACTIVE, HANDED_ON
 from owner.tables import OwnerVoucher, To0Work

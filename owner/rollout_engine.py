@@ -29,8 +29,8 @@ from fdo.types import Guid
 from fdo_server.db import unit_of_work
 from owner.audit import audit
 from owner.desired import set_desired
-from owner.groups import current_revision
 from owner.groups_tables import Device, Group, Revision
+from owner.inventory import current_revision
 from owner.rollouts import (
     FINISHED,
     HELD,

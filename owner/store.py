@@ -1,7 +1,7 @@
 """TO2's lookups (:class:`fdo.to2.owner.TO2OwnerStore`) over the owner database.
 
-Every call runs inside the unit of work the FDO router opened for the message
-(:func:`fdo_server.db.current_session`). Only usable vouchers (``active``,
+Every call runs inside the unit of work the FDO router opened for the message, on its
+connection (:func:`fdo_server.sql.current`). Only usable vouchers (``active``,
 ``unconfirmed``, ``replacing``: :mod:`owner.lifecycle`) take part in TO2; a replaced one
 belongs to a GUID the device no longer has.
 """
@@ -21,7 +21,6 @@ from fdo.to2.owner import Replacement
 from fdo.types import Guid
 from fdo.voucher import OwnershipVoucher
 from fdo_server.clock import Clock, utc_now
-from fdo_server.db import current_session
 from fdo_server.sql import Conn, current
 from owner import lifecycle
 from owner.assign import modules_for, restore_modules
@@ -113,8 +112,7 @@ class OwnerStore:
         modules: list[OwnerModule] = [DownloadOwner(d.path, d.data) for d in self.config.downloads]
         modules += [CommandOwner(c.command, c.args, may_fail=c.may_fail) for c in self.config.commands]
         urls = self.config.settings.to2_urls
-        # The ORM session is made only if the device has a group assignment.
-        modules += modules_for(current_session, guid, devmod, status_base_url=urls[0] if urls else None)
+        modules += modules_for(guid, devmod, status_base_url=urls[0] if urls else None)
         return modules
 
     def restore_module(self, name: str, state: CborValue) -> OwnerModule:

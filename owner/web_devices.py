@@ -27,9 +27,9 @@ from owner import admin_ops
 from owner.admin_api import status_summary
 from owner.admin_groups import device_json, find_live_group, overdue_after
 from owner.deps import engine_of, now_of, wake_rollouts
-from owner.groups import find_device
 from owner.groups_schemas import LabelsIn
 from owner.groups_tables import Device, Group, Revision
+from owner.inventory import find_device
 from owner.rollouts_tables import Rollout
 from owner.rollouts_views import rollout_view
 from owner.states import ACTIVE_STATES, STATUSES, USABLE

@@ -36,7 +36,7 @@ from manufacturer.app import create_app as manufacturer_app
 from manufacturer.app import create_device_app as manufacturer_device_app
 from manufacturer.settings import ManufacturerSettings
 from manufacturer.tables import Voucher
-from owner import checkin, groups
+from owner import checkin, inventory
 from owner.app import create_app as owner_app
 from owner.app import create_device_app as owner_device_app
 from rendezvous.app import create_app as rendezvous_app
@@ -310,7 +310,7 @@ def test_the_owner_device_app_answers_as_the_fastapi_app(owner: tuple[TestClient
 def test_a_device_checks_in_through_the_owner_device_app(owner: tuple[TestClient, TestClient]) -> None:
     full, device = owner
     with unit_of_work(full.app.state.engine) as db:  # type: ignore[attr-defined]
-        row = groups.ensure_device(db, os.urandom(16))
+        row = inventory.ensure_device(db, os.urandom(16))
         row.status = "onboarded"
         assert row.id is not None
         secret = checkin.issue_secret(row.id)

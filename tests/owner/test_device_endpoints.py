@@ -27,7 +27,7 @@ from fdo_server.db import unit_of_work
 from fdo_server.planes import include_device_router
 from fdo_server.service import service_app
 from fdo_server.sql import Database
-from owner import checkin, groups
+from owner import checkin, inventory
 from owner.app import create_app
 from owner.assign import issue_report_token
 from owner.checkin_endpoint import DeviceEndpoint
@@ -70,7 +70,7 @@ class Owner:
 
 def _owner(app: FastAPI) -> Owner:
     with unit_of_work(app.state.engine) as db:
-        device = groups.ensure_device(db, os.urandom(16))
+        device = inventory.ensure_device(db, os.urandom(16))
         device.status = "onboarded"
         assert device.id is not None
         secret = checkin.issue_secret(device.id)

@@ -14,20 +14,17 @@ from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import current_session, lent, make_engine, message_scope, open_session, unit_of_work
+from fdo_server.db import lent, make_engine, message_scope, open_session, unit_of_work
 from owner.groups import (
     DeviceFacts,
     assignment_for,
-    device_guids,
     device_row,
     devmod_dict,
-    find_device,
     record_onboarding,
-    record_status,
-    resolve_group,
     serial_of,
 )
 from owner.groups_tables import Device, DeviceEvent, Group, Revision, RevisionSecret
+from owner.inventory import device_guids, find_device, record_status, resolve_group
 from tests.conftest import migrated
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -136,14 +133,14 @@ def test_assignment_and_onboarding_follow_guid_change(engine: Engine) -> None:
     old, new, newer = (Guid(os.urandom(16)) for _ in range(3))
     with unit_of_work(engine) as db:
         group = add_group(db, "fleet", model="box-*")
-        assert assignment_for(db, old, devmod("SN-1", "box-1"), now=NOW) is None  # no revision yet
+        assert assignment_for(old, devmod("SN-1", "box-1"), now=NOW) is None  # no revision yet
         first = publish(db, group, 1, auth=b'{"auths": {}}')
     with unit_of_work(engine) as db:
-        assignment = assignment_for(db, old, devmod("SN-1", "box-1"), now=NOW)
+        assignment = assignment_for(old, devmod("SN-1", "box-1"), now=NOW)
         assert assignment is not None
         assert assignment.revision.id == first.id and assignment.registry_auth == b'{"auths": {}}'
         assert assignment.group.name == "fleet"
-        record_onboarding(db, old, new, devmod("SN-1", "box-1"), assignment.revision, now=NOW)
+        record_onboarding(old, new, devmod("SN-1", "box-1"), assignment.revision, now=NOW)
     with unit_of_work(engine) as db:
         device = find_device(db, new)
         assert device is not None and device == find_device(db, old)
@@ -152,9 +149,9 @@ def test_assignment_and_onboarding_follow_guid_change(engine: Engine) -> None:
         assert device.devmod["sn"] == "SN-1"
         assert device_guids(db, device) == [old.value, new.value]
         # A second TO2 (resale) under the new GUID moves the record on again.
-        assignment = assignment_for(db, new, devmod("SN-1", "box-1"), now=NOW)
+        assignment = assignment_for(new, devmod("SN-1", "box-1"), now=NOW)
         assert assignment is not None
-        record_onboarding(db, new, newer, devmod("SN-1", "box-1"), assignment.revision, now=NOW)
+        record_onboarding(new, newer, devmod("SN-1", "box-1"), assignment.revision, now=NOW)
         record_status(db, newer, "applied", {"image": "x"}, now=NOW)
     with unit_of_work(engine) as db:
         device = find_device(db, old)
@@ -171,11 +168,11 @@ def test_new_revision_reaches_next_device_only(engine: Engine) -> None:
     with unit_of_work(engine) as db:
         group = add_group(db, "all", is_default=True)
         first = publish(db, group, 1)
-        got = assignment_for(db, a, devmod("A", "m"), now=NOW)
+        got = assignment_for(a, devmod("A", "m"), now=NOW)
         assert got is not None and got.revision.id == first.id
-        record_onboarding(db, a, a2, devmod("A", "m"), got.revision, now=NOW)
+        record_onboarding(a, a2, devmod("A", "m"), got.revision, now=NOW)
         second = publish(db, group, 2)
-        got = assignment_for(db, b, devmod("B", "m"), now=NOW)
+        got = assignment_for(b, devmod("B", "m"), now=NOW)
         assert got is not None and got.revision.id == second.id and got.registry_auth is None
     with unit_of_work(engine) as db:
         device = find_device(db, a2)
@@ -189,9 +186,9 @@ def test_first_assignment_makes_the_record_whole(engine: Engine) -> None:
     with unit_of_work(engine) as db:
         group = add_group(db, "fleet", model="box-*")
         revision = publish(db, group, 1)
-        assignment = assignment_for(db, matched, devmod("SN-7", "box-7"), now=NOW)
+        assignment = assignment_for(matched, devmod("SN-7", "box-7"), now=NOW)
         assert assignment is not None and assignment.revision.id == revision.id
-        assert assignment_for(db, unmatched, devmod("SN-8", "other"), now=NOW) is None
+        assert assignment_for(unmatched, devmod("SN-8", "other"), now=NOW) is None
     with unit_of_work(engine) as db:
         for guid, group_id, revision_id, kinds in (
             (matched, group.id, revision.id, ["created", "assigned"]),
@@ -214,9 +211,9 @@ def test_onboarding_to_a_guid_already_in_the_history(engine: Engine) -> None:
     """A new GUID the record already holds is not added twice (and is no error)."""
     old, new = Guid(os.urandom(16)), Guid(os.urandom(16))
     with unit_of_work(engine) as db:
-        assignment_for(db, old, devmod("SN-9", "box-9"), now=NOW)
-        record_onboarding(db, old, new, devmod("SN-9", "box-9"), None, now=NOW)
-        record_onboarding(db, new, old, devmod("SN-9", "box-9"), None, now=NOW)  # back to a known one
+        assignment_for(old, devmod("SN-9", "box-9"), now=NOW)
+        record_onboarding(old, new, devmod("SN-9", "box-9"), None, now=NOW)
+        record_onboarding(new, old, devmod("SN-9", "box-9"), None, now=NOW)  # back to a known one
     with unit_of_work(engine) as db:
         device = find_device(db, new)
         assert device is not None and device.guid == old.value
@@ -228,7 +225,7 @@ def test_device_row_reads_json_and_ids(engine: Engine) -> None:
     the values stored, as the ORM does; on the unit of work's connection or a given one."""
     guid = Guid(os.urandom(16))
     with unit_of_work(engine) as db:
-        assignment_for(db, guid, devmod("SN-10", "box-10"), now=NOW)
+        assignment_for(guid, devmod("SN-10", "box-10"), now=NOW)
     with unit_of_work(engine) as db:
         row = device_row(guid)
         device = find_device(db, guid)
@@ -264,23 +261,17 @@ def test_devmod_dict_is_asdict_made_json_safe() -> None:
     assert devmod_dict({"sn": b"\x01", "modules": ("a",)}) == {"sn": "01", "modules": ["a"]}
 
 
-def test_to2_makes_an_orm_session_only_for_a_group(engine: Engine) -> None:
-    """Given a session maker (as the TO2 store gives it), assignment_for records the
-    device with its Sql statements alone and makes the session only once a group matches."""
-    made: list[Session] = []
-
-    def maker() -> Session:
-        made.append(current_session())
-        return made[-1]
-
+def test_to2_hooks_make_no_orm_session(engine: Engine) -> None:
+    """TO2 records the device and reads its group's assignment with Sql statements on the
+    unit of work's connection alone: no ORM session is made, with or without a group."""
     with message_scope(engine):
-        assert assignment_for(maker, Guid.new(), devmod("S-1", "no-group"), now=NOW) is None
+        assert assignment_for(Guid.new(), devmod("S-1", "no-group"), now=NOW) is None
         assert open_session() is None
-    assert made == []
     with unit_of_work(engine) as db:
         group = add_group(db, "g", model="grouped")
         publish(db, group, 1)
     with message_scope(engine):
-        found = assignment_for(maker, Guid.new(), devmod("S-2", "grouped"), now=NOW)
+        found = assignment_for(Guid.new(), devmod("S-2", "grouped"), now=NOW)
         assert found is not None and found.group.name == "g" and found.revision.number == 1
-    assert len(made) == 1
+        assert found.device_id is not None
+        assert open_session() is None

@@ -148,10 +148,10 @@ def test_groups_revisions_roles_audit_and_secrets(
     # Onboarding: the device receives lab's current revision (2), with the record following it.
     new_guid = Guid(os.urandom(16))
     dm = Devmod(os="linux", arch="x86_64", version="1", device="box", sep=";", bin="x86_64", sn="SN-1")
-    with unit_of_work(app.state.engine) as db:
-        got = assignment_for(db, voucher.header.guid, dm)
+    with unit_of_work(app.state.engine):
+        got = assignment_for(voucher.header.guid, dm)
         assert got is not None and got.revision.number == 2 and got.registry_auth is None
-        record_onboarding(db, voucher.header.guid, new_guid, dm, got.revision)
+        record_onboarding(voucher.header.guid, new_guid, dm, got.revision)
     device = api("GET", f"/devices/{guid}", viewer).json()
     assert device["guid"] == str(new_guid) and device["guids"] == [guid, str(new_guid)]
     assert device["group"] == "lab" and device["revision"] == 2 and device["status"] == "onboarded"
@@ -174,8 +174,8 @@ def test_groups_revisions_roles_audit_and_secrets(
     r = api("PUT", f"/devices/{voucher2.header.guid}/labels", operator, json={"labels": {"site": "lab"}})
     assert r.status_code == 200
     changes.append("device.labels")
-    with unit_of_work(app.state.engine) as db:
-        got = assignment_for(db, voucher2.header.guid, dm)
+    with unit_of_work(app.state.engine):
+        got = assignment_for(voucher2.header.guid, dm)
         assert got is not None and got.revision.number == 3 and got.registry_auth == json.dumps(AUTH).encode()
         assert got.secret_files[0]["content"] == SECRET_FILE
     assert api("GET", f"/devices/{new_guid}", viewer).json()["revision"] == 2

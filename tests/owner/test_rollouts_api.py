@@ -21,8 +21,8 @@ from fdo_server.auth import Role
 from fdo_server.db import make_engine, unit_of_work
 from owner import rollout_engine
 from owner.app import create_app
-from owner.groups import ensure_device
 from owner.groups_tables import Device, DeviceEvent, Group, Revision
+from owner.inventory import ensure_device
 from owner.rollouts import Policy
 from owner.rollouts_tables import Rollout, RolloutDevice
 from tests.conftest import KeyPool, migrated

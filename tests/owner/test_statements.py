@@ -23,8 +23,8 @@ from sqlmodel import col, select
 from fdo.types import Guid
 from fdo_server.db import make_engine, message_scope, unit_of_work
 from owner import app as owner_app
-from owner import checkin, groups, lifecycle
-from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision
+from owner import checkin, groups, inventory, lifecycle
+from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision, RevisionSecret
 from owner.states import ACTIVE, ONBOARDED, utc
 from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work
 from tests.conftest import migrated
@@ -113,7 +113,10 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
     # TO2 completes: the devmod facts, the delivery (JSON) and an event; the ORM the same.
     delivery = {"result": "partial", "revision": 1, "delivered": ["é"], "missing": ["x"]}
     with message_scope(engine):
-        groups.record_onboarding(None, sql_guid, None, FACTS, revision, now=AT, delivery=delivery)
+        assert revision.id is not None
+        assigned = groups.revision_assignment(revision.id)
+        assert assigned is not None
+        groups.record_onboarding(sql_guid, None, FACTS, assigned.revision, now=AT, delivery=delivery)
     with unit_of_work(engine) as db:
         same = db.get(Device, orm_id)
         assert same is not None
@@ -133,7 +136,7 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
 
     # Without a revision the delivery is SQL NULL again (JSON(none_as_null=True), as the ORM).
     with message_scope(engine):
-        groups.record_onboarding(None, sql_guid, None, FACTS, None, now=AT)
+        groups.record_onboarding(sql_guid, None, FACTS, None, now=AT)
     assert _stored(engine, "owner_device", "delivery", "id", made) == (None,)
 
 
@@ -147,10 +150,58 @@ def test_group_rules_read_as_the_orm_reads_them(engine: Engine) -> None:
         rules = groups._LIVE_GROUP_RULES.all({})
         live = db.exec(select(Group).where(col(Group.deleted_at).is_(None)).order_by(col(Group.id))).all()
     expected = [
-        (g.id, g.members, g.model, g.serial_pattern, g.labels, g.priority, g.is_default) for g in live
+        (g.id, g.name, g.members, g.model, g.serial_pattern, g.labels, g.priority, g.is_default) for g in live
     ]
     assert rules == expected
-    assert [type(rule[6]) for rule in rules] == [bool, bool] and rules[0][6] is True
+    assert [type(rule[7]) for rule in rules] == [bool, bool] and rules[0][7] is True
+
+
+def test_assignments_read_as_the_orm_wrote_them(engine: Engine) -> None:
+    """A revision with its secrets (JSON config and files, bytes), by id and as the group's
+    current one: its target revision when set, else its newest, as owner.inventory reads it."""
+    config = {"files": [{"path": "/etc/ü", "content": "x"}], "ssh": {"user": "core", "keys": ["k"]}}
+    files = [{"path": "/etc/secret", "mode": "0600", "owner": "root:root", "content": "s"}]
+    with unit_of_work(engine) as db:
+        group, bare = Group(name="fleet"), Group(name="bare")
+        db.add(group)
+        db.add(bare)
+        db.flush()
+        assert group.id is not None and bare.id is not None
+        first = Revision(group_id=group.id, number=1, image="q/os@sha256:" + "1" * 64, config=config)
+        second = Revision(group_id=group.id, number=2, image="q/os@sha256:" + "2" * 64, apply_mode="stage")
+        db.add(first)
+        db.add(second)
+        db.flush()
+        assert first.id is not None and second.id is not None
+        db.add(RevisionSecret(revision_id=first.id, registry_auth=b"{}\x00", files=files))
+        group_id, bare_id, first_id, second_id = group.id, bare.id, first.id, second.id
+    with message_scope(engine):
+        newest = groups.current_assignment(group_id)
+        one = groups.revision_assignment(first_id)
+        assert groups.current_assignment(bare_id) is None and groups.revision_assignment(-1) is None
+    assert newest is not None and one is not None
+    assert newest.revision == groups.RevisionRow(
+        second_id, group_id, 2, "q/os@sha256:" + "2" * 64, "registry", "stage", {}
+    )
+    assert (newest.registry_auth, newest.secret_files, newest.group) == (
+        None,
+        [],
+        groups.GroupRow(group_id, "fleet"),
+    )
+    assert (one.revision.config, one.registry_auth, one.secret_files) == (config, b"{}\x00", files)
+    with unit_of_work(engine) as db:
+        held = db.get(Group, group_id)
+        assert held is not None
+        held.target_revision_id = first_id
+        db.add(held)
+    with message_scope(engine):
+        target = groups.current_assignment(group_id)
+    with unit_of_work(engine) as db:
+        held = db.get(Group, group_id)
+        assert held is not None
+        orm = inventory.current_revision(db, held)
+        assert orm is not None and orm.id == first_id
+    assert target is not None and target.revision.id == first_id and target.revision.number == 1
 
 
 def test_checkins_are_stored_and_read_alike(engine: Engine) -> None:

@@ -125,9 +125,9 @@ def test_the_page_shows_groups_devices_to0_and_audit_escaped(
     devmod = Devmod(os="Linux", arch="x86_64", version="1", device=EVIL, sep=":", bin="x86_64", sn=b"SN-<b>1")
     new_guid = Guid.new()
     with unit_of_work(app.state.engine) as db:
-        got = assignment_for(db, voucher.guid, devmod)
+        got = assignment_for(voucher.guid, devmod)
         assert got is not None and got.revision.number == 1
-        record_onboarding(db, voucher.guid, new_guid, devmod, got.revision)
+        record_onboarding(voucher.guid, new_guid, devmod, got.revision)
         # The other voucher's TO0 registration is live for another hour: expiring.
         work = db.exec(select(To0Work).join(OwnerVoucher).where(OwnerVoucher.guid == other.guid.value)).one()
         work.registered_until = datetime.now(UTC) + timedelta(hours=1)
@@ -229,10 +229,10 @@ def test_the_device_pages_show_the_delivery_escaped(app: FastAPI, world: World) 
         "delivered": [{"item": "file:/etc/a", "part": "item", "via": "com.fdo-bootc.bootc"}],
         "missing": [{"item": f"image:{IMAGE}", "part": "item", "needs": None, "reason": EVIL}],
     }
-    with unit_of_work(app.state.engine) as db:
-        got = assignment_for(db, voucher.guid, devmod)
+    with unit_of_work(app.state.engine):
+        got = assignment_for(voucher.guid, devmod)
         assert got is not None
-        record_onboarding(db, voucher.guid, None, devmod, got.revision, delivery=delivery)
+        record_onboarding(voucher.guid, None, devmod, got.revision, delivery=delivery)
     http = signed_in(app)
     listing = http.get("/ui/devices").text
     assert str(voucher.guid)[:8] in listing

@@ -28,8 +28,8 @@ from fdo_server.auth import Role, create_token
 from fdo_server.db import make_engine, unit_of_work
 from fdo_server.launcher import ServiceProcess, free_port
 from fdo_server.migrate import upgrade
-from owner.groups import ensure_device
 from owner.groups_tables import DeviceEvent, Group, Revision
+from owner.inventory import ensure_device
 
 DIGEST1 = "sha256:" + hashlib.sha256(b"kiosk os 1").hexdigest()
 DIGEST2 = "sha256:" + hashlib.sha256(b"kiosk os 2").hexdigest()
