@@ -57,7 +57,7 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.TimeoutError,
 )
 #: ``Retry-After`` (seconds) of the 503 while the database is unavailable.
-RETRY_AFTER_SECONDS = 5
+RETRY_AFTER_SECONDS = sql.RETRY_AFTER_SECONDS
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
 _connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)

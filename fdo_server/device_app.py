@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -44,6 +46,7 @@ from urllib.parse import quote
 
 from fdo_server import planes
 from fdo_server.body_limit import BodyLimit, RouteLimit
+from fdo_server.sql import RETRY_AFTER_SECONDS, PoolTimeout
 from transport.dispatch import Response
 from transport.server import MSG_PATH, ASGIApp, FdoEndpoint, FdoFastPath, Receive, Scope, Send, send_response
 
@@ -62,29 +65,56 @@ def json_response(status: int, content: Any, fields: Mapping[str, str] | None = 
     return Response.make(status, body, fields or {}, "application/json")
 
 
+def _database_error(exc: Exception) -> tuple[str, BaseException] | None:
+    """``("data", error)`` for a value the database refuses, ``("unavailable", error)``
+    while it cannot be reached, else None; ``error`` is the driver's (SQLAlchemy's
+    ``orig``). A driver's own errors (:mod:`fdo_server.sql`) are sorted as SQLAlchemy
+    sorts them when it wraps them (``DataError``; ``OperationalError`` and
+    ``InterfaceError``; a pool timeout). Only modules already loaded are looked at: an
+    error of one that is not loaded cannot have been raised."""
+    if isinstance(exc, sqlite3.DataError):
+        return "data", exc
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.InterfaceError | PoolTimeout):
+        return "unavailable", exc
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        if isinstance(exc, psycopg.DataError):
+            return "data", exc
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return "unavailable", exc
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import DataError
+
+        from fdo_server.db import DATABASE_UNAVAILABLE
+
+        orig = getattr(exc, "orig", None) or exc
+        if isinstance(exc, DataError):
+            return "data", orig
+        if isinstance(exc, DATABASE_UNAVAILABLE):
+            return "unavailable", orig
+    return None
+
+
 def database_error_answer(method: str, path: str, exc: Exception) -> Response | None:
     """The answer to a database error a request met, logged: 422 with the database's
     one-line reason for a value it refuses (``DataError``: the unit of work rolled back),
-    503 with ``Retry-After`` while it cannot be reached (:data:`fdo_server.db.DATABASE_UNAVAILABLE`;
-    ``/ready`` says not ready until it is back); None for any other error (a 500). The
-    FastAPI app's handlers (:mod:`fdo_server.web_errors`) and the owner's device endpoint
-    answer with it."""
-    from sqlalchemy.exc import DataError
-
-    from fdo_server.db import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-
-    orig = getattr(exc, "orig", None) or exc
-    if isinstance(exc, DataError):
+    503 with ``Retry-After`` while it cannot be reached (:data:`fdo_server.db.DATABASE_UNAVAILABLE`,
+    or the driver's errors of that kind; ``/ready`` says not ready until it is back); None
+    for any other error (a 500). The FastAPI app's handlers (:mod:`fdo_server.web_errors`)
+    and the owner's device routes answer with it."""
+    kind = _database_error(exc)
+    if kind is None:
+        return None
+    what, orig = kind
+    if what == "data":
         reason = str(orig).strip().splitlines()[0]
         log.warning("%s %s: the database refused a value: %s", method, path, reason)
         return json_response(422, {"detail": f"a value cannot be stored: {reason}"})
-    if isinstance(exc, DATABASE_UNAVAILABLE):
-        lines = str(orig).strip().splitlines()
-        reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        log.warning("%s %s: the database is unavailable: %s", method, path, reason)
-        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        return json_response(503, {"detail": "the database is unavailable; retry later"}, retry)
-    return None
+    lines = str(orig).strip().splitlines()
+    reason = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+    log.warning("%s %s: the database is unavailable: %s", method, path, reason)
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return json_response(503, {"detail": "the database is unavailable; retry later"}, retry)
 
 
 async def send_json(send: Send, status: int, content: Any, fields: Mapping[str, str] | None = None) -> None:

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a checkout waits for a free connection before :class:`PoolTimeout` (SQLAlchemy's).
 POOL_TIMEOUT = 30.0
+#: ``Retry-After`` (seconds) of the 503 while the database is unavailable.
+RETRY_AFTER_SECONDS = 5
 #: PostgreSQL connections older than this many seconds are replaced at checkout.
 RECYCLE_SECONDS = 1800.0
 #: libpq settings of every PostgreSQL connection (:func:`fdo_server.db.make_engine` uses them too).

@@ -199,7 +199,7 @@ def _serve_device_routes(app: FastAPI | DeviceApp) -> None:
     settings: OwnerSettings = state.settings
     app.add_middleware(
         DeviceEndpoint,
-        engine=state.engine,
+        database=state.database,
         clock=state.clock,
         interval=int(settings.checkin_interval_seconds),
         inline=inline_messages(settings.database_url),

@@ -30,9 +30,7 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
-
-from sqlmodel import Session, select
+from typing import TYPE_CHECKING, Any
 
 from fdo.serviceinfo import CommandOwner, Devmod, DownloadOwner, OwnerModule, UploadOwner
 from fdo.serviceinfo.bootc import BOOTC as BOOTC_MODULE
@@ -48,10 +46,14 @@ from fdo.serviceinfo.bootc import (
 )
 from fdo.serviceinfo.owner import Restore, module_restorer
 from fdo.types import Guid
-from fdo_server.sql import Conn
-from owner import checkin, groups, inventory
-from owner.groups_tables import Device, DeviceReportToken, Revision
+from fdo_server.sql import Conn, Sql
+from owner import checkin, groups
 from owner.states import APPLIED, FAILED
+
+if TYPE_CHECKING:  # the admin plane's records; the device plane runs Sql statements
+    from sqlmodel import Session
+
+    from owner.groups_tables import Device
 
 #: Device-facing paths (the same listener as TO2, docs/checkin.md).
 REPORT_PATH = "/device/v1/report"
@@ -71,6 +73,10 @@ def _hash(token: str) -> str:
 
 def issue_report_token(db: Session, device: Device) -> str:
     """A fresh report token for ``device`` (replacing any earlier one)."""
+    from sqlmodel import select
+
+    from owner.groups_tables import DeviceReportToken
+
     assert device.id is not None  # noqa: S101 - a stored record
     token = "fdr_" + secrets.token_urlsafe(32)
     row = db.exec(select(DeviceReportToken).where(DeviceReportToken.device_id == device.id)).first()
@@ -83,10 +89,27 @@ def issue_report_token(db: Session, device: Device) -> str:
     return token
 
 
-def device_for_token(db: Session, token: str) -> Device | None:
-    """The device a report token belongs to."""
-    row = db.exec(select(DeviceReportToken).where(DeviceReportToken.token_hash == _hash(token))).first()
-    return None if row is None else db.get(Device, row.device_id)
+# What a device's report reads and writes (:func:`device_for_token`, :func:`record_report`).
+_DEVICE_OF_TOKEN = Sql(
+    "SELECT d.id, d.guid FROM owner_report_token t JOIN owner_device d ON d.id = t.device_id "
+    "WHERE t.token_hash = :h"
+)
+# The revision the device was handed (its onboarded one, else its assigned one).
+_EXPECTED_IMAGE = Sql(
+    "SELECT r.image FROM owner_device d JOIN owner_revision r "
+    "ON r.id = COALESCE(d.revision_id, d.assigned_revision_id) WHERE d.id = :d"
+)
+# The status of the device that has, or had, the GUID (as owner.inventory.record_status finds it).
+_SET_STATUS = Sql(
+    "UPDATE owner_device SET status = :status, updated_at = :at "
+    "WHERE id = (SELECT device_id FROM owner_device_guid WHERE guid = :g) RETURNING id"
+)
+
+
+def device_for_token(token: str, conn: Conn | None = None) -> dict[str, Any] | None:
+    """The device (``id``, ``guid``) a report token belongs to, read on ``conn`` (by
+    default the unit of work's)."""
+    return _DEVICE_OF_TOKEN.mapping({"h": _hash(token)}, conn)
 
 
 def _mode(text: str) -> int:
@@ -164,17 +187,19 @@ def modules_for(
 
 
 def record_report(
-    db: Session,
-    device: Device,
+    device: Mapping[str, Any],
     *,
     booted_digest: str | None,
     revision: int | None,
     healthy: bool,
     detail: str,
+    conn: Conn | None = None,
 ) -> str:
-    """Record a device's report; returns the status it now has (applied or failed)."""
-    expected = db.get(Revision, device.revision_id or device.assigned_revision_id or -1)
-    want = None if expected is None else expected.image.rpartition("@")[2]
+    """Record the report of ``device`` (its ``id`` and ``guid``: :func:`device_for_token`,
+    :func:`owner.checkin.authenticate`): its status, with a timeline event, at the current time;
+    returns that status (applied or failed)."""
+    expected = _EXPECTED_IMAGE.scalar({"d": device["id"]}, conn)
+    want = None if expected is None else str(expected).rpartition("@")[2]
     reasons = []
     if not healthy:
         reasons.append("device reported unhealthy")
@@ -184,5 +209,8 @@ def record_report(
     info: dict[str, object] = {"booted_digest": booted_digest, "revision": revision, "detail": detail[:1000]}
     if reasons:
         info["reason"] = "; ".join(reasons)
-    inventory.record_status(db, device.guid, status, info)
+    at = groups.now_or(None)
+    updated = _SET_STATUS.first({"status": status, "at": at, "g": bytes(device["guid"])}, conn)
+    if updated is not None:
+        groups.add_event_row(int(updated[0]), status, info, at=at, conn=conn)
     return status

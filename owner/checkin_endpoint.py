@@ -3,17 +3,19 @@
 :class:`DeviceEndpoint` serves ``POST /device/v1/checkin``, ``POST /device/v1/report``
 and its deprecated alias ``POST /api/v1/report`` the way FDO messages are served
 (:class:`transport.server.FdoEndpoint`): no middleware stack, routing, dependency
-injection or response-model round trip, and no web framework imported (only pydantic
-for the models and SQLAlchemy for the database, for now: issue 15). The routes of
-:mod:`owner.report_api` stay declared for the API documentation and serve where the
-endpoint is not mounted; both call the same database work (:func:`~owner.device_api.
-answer_checkin`, :func:`~owner.device_api.answer_report`), on the event loop while the
-database is quick (:func:`fdo_server.db.inline_messages`) or in anyio's worker threads
+injection or response-model round trip, and no web framework, pydantic or SQLAlchemy
+imported (issue 15): bodies are validated by :mod:`owner.device_body`, the database work
+runs :class:`fdo_server.sql.Sql` statements on the service's
+:class:`~fdo_server.sql.Database`. The routes of :mod:`owner.report_api` stay declared
+for the API documentation and serve where the endpoint is not mounted; both call the
+same database work (:func:`~owner.device_api.answer_checkin`,
+:func:`~owner.device_api.answer_report`), on the event loop while the database is quick
+(:func:`fdo_server.sql.inline_messages`) or in anyio's worker threads
 (:func:`transport.server.run_in_thread`).
 
 **Check-in** is the request a fleet sends most (100,000 devices every 5 minutes is 333
-a second), so its body is validated by :class:`~owner.device_api.CheckinIn`'s compiled
-JSON validator. Answers: 200 with :class:`~owner.device_api.CheckinOut`, 401 with
+a second), so its body is validated as ``CheckinIn``'s JSON validator does
+(:func:`owner.device_body.checkin_body`). Answers: 200 with ``CheckinOut``, 401 with
 ``WWW-Authenticate: Bearer`` and nothing recorded, 413 for a body over :data:`MAX_BODY`,
 422 with the validation errors (as FastAPI words them, without echoing the input).
 
@@ -25,14 +27,16 @@ test_device_endpoints.py`` compares them), in the route's order:
   whose limit applies to these routes, with ``Connection: close``);
 * 422 as FastAPI words it: the body parsed as JSON only with a JSON content type
   (otherwise validated as raw bytes), ``json_invalid`` for malformed JSON, ``missing``
-  for an empty body, else the model's errors with their input; 400 for a JSON body
-  that is not text (``There was an error parsing the body``);
+  for an empty body, else ``ReportIn``'s errors with their input
+  (:func:`owner.device_body.report_body`); 400 for a JSON body that is not text
+  (``There was an error parsing the body``);
 * 401 with ``WWW-Authenticate: Bearer``: no bearer credential, or a refused one;
-* 200 with :class:`~owner.device_api.ReportOut`.
+* 200 with ``ReportOut`` (``{"status": ...}``).
 
-Both answer a database error as the app's handlers do (:mod:`fdo_server.web_errors`): 503
-with ``Retry-After`` while it cannot be reached, 422 for a value it refuses; any other
-exception goes up to the app's error middleware (the plain 500 the route's would get).
+Both answer a database error (the driver's) as the app's handlers answer SQLAlchemy's
+(:func:`fdo_server.device_app.database_error_answer`): 503 with ``Retry-After`` while it
+cannot be reached, 422 for a value it refuses; any other exception goes up to the app's
+error middleware (the plain 500 the route's would get).
 """
 
 from __future__ import annotations
@@ -42,15 +46,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
-
-from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fdo_server.body_limit import limit_refusal, too_large_detail
 from fdo_server.device_app import database_error_answer, json_response
-from owner.device_api import CheckinIn, CheckinOut, ReportIn, ReportOut, answer_checkin, answer_report
+from owner.device_api import CheckinAnswer, answer_checkin, answer_report
+from owner.device_body import ReportBody, checkin_body, report_body
 from transport.dispatch import Response
 from transport.server import (
     ASGIApp,
@@ -65,6 +66,9 @@ from transport.server import (
     send_response,
 )
 
+if TYPE_CHECKING:
+    from fdo_server.sql import Database
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -75,8 +79,6 @@ REPORT_PATHS = frozenset({"/device/v1/report", "/api/v1/report"})
 #: characters, so 64 KiB leaves room for any device that adds fields.
 MAX_BODY = 64 * 1024
 
-_VALIDATE_CHECKIN = TypeAdapter(CheckinIn).validate_json
-_VALIDATE_REPORT = TypeAdapter(ReportIn).validate_python
 _JSON = "application/json"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _MISSING = object()
@@ -128,7 +130,7 @@ def _is_json(content_type: str | None) -> bool:
     return subtype == "json" or subtype.endswith("+json")
 
 
-def _report_body(headers: Mapping[str, str], data: bytes) -> ReportIn | Response:
+def _report_body(headers: Mapping[str, str], data: bytes) -> ReportBody | Response:
     """The report, or the answer to a body FastAPI would refuse (as it reads a body
     parameter: ``fastapi.routing.get_request_handler``)."""
     value: Any = _MISSING
@@ -151,10 +153,10 @@ def _report_body(headers: Mapping[str, str], data: bytes) -> ReportIn | Response
             value = data
     if value is _MISSING:
         return _invalid([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
-    try:
-        return _VALIDATE_REPORT(value, from_attributes=True)
-    except ValidationError as exc:
-        return _invalid([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors(include_url=False)])
+    body = report_body(value)
+    if isinstance(body, list):
+        return _invalid([{**e, "loc": ["body", *e["loc"]]} for e in body])
+    return body
 
 
 class DeviceEndpoint:
@@ -166,7 +168,7 @@ class DeviceEndpoint:
         self,
         app: ASGIApp,
         *,
-        engine: Engine,
+        database: Database,
         clock: Callable[[], datetime],
         interval: int,
         inline: bool | InlineWhileFast,
@@ -174,7 +176,7 @@ class DeviceEndpoint:
         wake: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
-        self.engine = engine
+        self.database = database
         self.clock = clock
         self.interval = interval
         self.inline = inline
@@ -207,16 +209,14 @@ class DeviceEndpoint:
         if token is None:
             await send_response(send, _MISSING_CREDENTIAL)
             return
-        try:
-            body = _VALIDATE_CHECKIN(data)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            await send_response(send, _invalid([{**e, "loc": ["body", *e["loc"]]} for e in errors]))
+        body = checkin_body(data)
+        if isinstance(body, list):
+            await send_response(send, _invalid([{**e, "loc": ["body", *e["loc"]]} for e in body]))
             return
 
-        def run() -> CheckinOut | None:
+        def run() -> CheckinAnswer | None:
             now = self.clock()
-            return answer_checkin(self.engine, token, body, now=now, interval=self.interval, wake=self.wake)
+            return answer_checkin(self.database, token, body, now=now, interval=self.interval, wake=self.wake)
 
         answer = await self._database(run, PATH)
         if isinstance(answer, Response):
@@ -224,8 +224,7 @@ class DeviceEndpoint:
         elif answer is None:
             await send_response(send, _REFUSED)
         else:
-            data = answer.model_dump_json(exclude_none=True).encode()
-            await send_response(send, Response.make(200, data, {}, _JSON))
+            await send_response(send, json_response(200, answer.content()))
 
     async def _report(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
@@ -251,8 +250,8 @@ class DeviceEndpoint:
             await send_response(send, _MISSING_CREDENTIAL)
             return
 
-        def run() -> ReportOut | None:
-            return answer_report(self.engine, token, body, now=self.clock())
+        def run() -> str | None:
+            return answer_report(self.database, token, body, now=self.clock())
 
         answer = await self._database(run, scope["path"])
         if isinstance(answer, Response):
@@ -260,7 +259,7 @@ class DeviceEndpoint:
         elif answer is None:
             await send_response(send, _REFUSED)
         else:
-            await send_response(send, Response.make(200, answer.model_dump_json().encode(), {}, _JSON))
+            await send_response(send, json_response(200, {"status": answer}))
 
     async def _database(self, run: Callable[[], T], path: str) -> T | Response:
         """``run()`` inline or in a thread (:attr:`inline`), or the answer to its
@@ -276,7 +275,7 @@ class DeviceEndpoint:
                 return run() if policy.inline() else await run_in_thread(run)
             finally:
                 policy.took(time.perf_counter() - start)
-        except sa_exc.SQLAlchemyError as exc:
+        except Exception as exc:
             answer = database_error_answer("POST", path, exc)
             if answer is None:
                 raise

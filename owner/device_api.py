@@ -1,74 +1,40 @@
-"""What the owner's device routes take, answer and do, without a web framework.
+"""What the owner's device routes do and answer, without a web framework, pydantic or an ORM.
 
-The models of ``POST /device/v1/checkin`` and ``/device/v1/report`` (and the deprecated
-``/api/v1/report``), and the database work of each (:func:`answer_checkin`,
-:func:`answer_report`), which raises nothing HTTP-specific: a refused credential is
-None. :class:`owner.checkin_endpoint.DeviceEndpoint` serves them in front of the app
-(and is all a worker that serves only devices has), the FastAPI routes of
-:mod:`owner.report_api` declare them for the API documentation; both call these.
+The database work of ``POST /device/v1/checkin`` and ``/device/v1/report`` (and the
+deprecated ``/api/v1/report``): :func:`answer_checkin` and :func:`answer_report` run
+:class:`fdo_server.sql.Sql` statements in one :func:`fdo_server.sql.message_scope` on
+the service's :class:`~fdo_server.sql.Database`, and raise nothing HTTP-specific: a
+refused credential is None; database errors are the driver's own.
+:class:`owner.checkin_endpoint.DeviceEndpoint` serves them in front of the app (and is
+all a worker that serves only devices has, validating bodies with
+:mod:`owner.device_body`); the FastAPI routes of :mod:`owner.report_api` declare them
+for the API documentation with the pydantic models of :mod:`owner.device_schemas`; both
+call these.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Engine
-
-from fdo_server.db import message_scope, unit_of_work
+from fdo_server.sql import message_scope
 from owner import checkin
 from owner.assign import device_for_token, record_report
 from owner.desired import assignment_of
-from owner.groups_tables import Device
+from owner.device_body import ReportBody
 from owner.lifecycle import confirm_guid
 
-_DIGEST = r"^sha256:[0-9a-f]{64}$"
+if TYPE_CHECKING:
+    from fdo_server.sql import Database
 
 
-class ReportIn(BaseModel):
-    """What the device reports after its reboot."""
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """The revision a check-in answer hands the device (``DesiredOut``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    booted_digest: str | None = Field(default=None, pattern=_DIGEST)
-    revision: int | None = Field(default=None, ge=0)
-    healthy: bool = True
-    detail: str = Field(default="", max_length=4000)
-
-
-class ReportOut(BaseModel):
-    status: str
-
-
-class CheckinIn(BaseModel):
-    """What the device sends at a check-in (``device.checkin.build_request``).
-
-    Fields a newer device adds are ignored, so devices can be updated before owners.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    seq: int = Field(ge=1, le=2**62)
-    booted_image: str | None = Field(default=None, max_length=1024)
-    booted_digest: str | None = Field(default=None, pattern=_DIGEST)
-    staged_image: str | None = Field(default=None, max_length=1024)
-    staged_digest: str | None = Field(default=None, pattern=_DIGEST)
-    revision: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    generation: int = Field(default=0, ge=0, le=2**31 - 1)
-    applied_revision: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    state: Literal["none", "applying", "staged", "applied", "failed", "rolled-back"] = "none"
-    health: Literal["healthy", "unhealthy", "unknown"] = "unknown"
-    error_step: str | None = Field(default=None, max_length=256)
-    error: str | None = Field(default=None, max_length=2000)
-    rolled_back: bool = False
-    #: Seconds east of UTC (update windows in device-local time, docs/rollouts.md).
-    utc_offset: int | None = Field(default=None, ge=-14 * 3600, le=14 * 3600)
-
-
-class DesiredOut(BaseModel):
     revision: int
     generation: int
     image: str
@@ -76,34 +42,54 @@ class DesiredOut(BaseModel):
     assignment: str
 
 
-class CheckinOut(BaseModel):
-    action: Literal["none", "apply"]
+@dataclass(frozen=True, slots=True)
+class CheckinAnswer:
+    """A check-in's answer (``CheckinOut``)."""
+
+    action: str  # "none" or "apply"
     interval: int
     next_secret: str
-    desired: DesiredOut | None = None
+    desired: Desired | None = None
+
+    def content(self) -> dict[str, Any]:
+        """The answer's JSON object, as ``CheckinOut`` serialises it without its None
+        fields (``desired`` when there is nothing to apply)."""
+        out: dict[str, Any] = {
+            "action": self.action,
+            "interval": self.interval,
+            "next_secret": self.next_secret,
+        }
+        if self.desired is not None:
+            desired = self.desired
+            out["desired"] = {
+                "revision": desired.revision,
+                "generation": desired.generation,
+                "image": desired.image,
+                "assignment": desired.assignment,
+            }
+        return out
 
 
 def answer_checkin(
-    engine: Engine,
+    database: Database,
     token: str,
-    body: CheckinIn,
+    body: checkin.Observation,
     *,
     now: datetime,
     interval: int,
     wake: Callable[[], None] | None = None,
-) -> CheckinOut | None:
+) -> CheckinAnswer | None:
     """Record a check-in and build its answer; None when the credential is refused
     (nothing recorded). ``wake`` (the rollout runner's) is called after the commit when
     the device newly says it applied or failed a revision: a rollout may move on now."""
-    obs = checkin.Observation(**body.model_dump())
-    with message_scope(engine):
-        outcome = checkin.record(token, obs, now=now)
+    with message_scope(database):
+        outcome = checkin.record(token, body, now=now)
         if outcome is None:
             return None
         desired = None
         if outcome.desired_revision_id is not None:
             revision, assignment = assignment_of(outcome.desired_revision_id)
-            desired = DesiredOut(
+            desired = Desired(
                 revision=revision.number,
                 generation=outcome.desired_generation,
                 image=revision.image,
@@ -111,7 +97,7 @@ def answer_checkin(
             )
     if outcome.settled and wake is not None:
         wake()
-    return CheckinOut(
+    return CheckinAnswer(
         action="none" if desired is None else "apply",
         interval=interval,
         next_secret=outcome.next_secret,
@@ -119,26 +105,24 @@ def answer_checkin(
     )
 
 
-def answer_report(engine: Engine, token: str, body: ReportIn, *, now: datetime) -> ReportOut | None:
-    """Record a device's report after its reboot; None when the credential is refused
-    (nothing recorded). ``token`` is the device's check-in secret or, for a device
-    onboarded before check-in, its report token."""
-    with unit_of_work(engine) as db:
+def answer_report(database: Database, token: str, body: ReportBody, *, now: datetime) -> str | None:
+    """Record a device's report after its reboot; the status it now has (``ReportOut``'s),
+    or None when the credential is refused (nothing recorded). ``token`` is the device's
+    check-in secret or, for a device onboarded before check-in, its report token."""
+    with message_scope(database):
         row = checkin.authenticate(token)
-        device = db.get(Device, row["id"]) if row is not None else None
+        device = None if row is None else {"id": row["id"], "guid": row["guid"]}
         if device is None and checkin.device_id_of(token) is None:
-            device = device_for_token(db, token)  # a report token from before check-in
+            device = device_for_token(token)  # a report token from before check-in
         if device is None:
             return None
         # The secret came with the TO2 that gave the device its current GUID, so a
         # report proves the device holds that credential (owner.lifecycle).
-        confirm_guid(device.guid, now=now)
-        status = record_report(
-            db,
+        confirm_guid(bytes(device["guid"]), now=now)
+        return record_report(
             device,
             booted_digest=body.booted_digest,
             revision=body.revision,
             healthy=body.healthy,
             detail=body.detail,
         )
-    return ReportOut(status=status)

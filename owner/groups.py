@@ -208,6 +208,14 @@ def _event(conn: Conn | None, device_id: int, kind: str, detail: Mapping[str, ob
     )
 
 
+def add_event_row(
+    device_id: int, kind: str, detail: Mapping[str, object], *, at: datetime, conn: Conn | None = None
+) -> None:
+    """Append to the timeline of device ``device_id``, on ``conn`` (by default the unit of
+    work's)."""
+    _event(conn, device_id, kind, detail, at)
+
+
 def ensure_row(conn: Conn | None, guid: bytes, at: datetime) -> Mapping[Any, Any]:
     """The :func:`device_row` of ``guid``, made now if there is none."""
     row = device_row(guid, conn)

@@ -18,29 +18,30 @@ Both confirm the device's current credential (:func:`owner.lifecycle.confirm_gui
 
 The routes here are declared for the API documentation and serve where the endpoint is
 not mounted; in the owner app, :class:`owner.checkin_endpoint.DeviceEndpoint` serves
-all three in front of the app's middleware and routing, with the same answers. The
-models and the database work of each (:func:`~owner.device_api.answer_checkin`,
-:func:`~owner.device_api.answer_report`) are in :mod:`owner.device_api`, which both
-use and which imports no web framework.
+all three in front of the app's middleware and routing, with the same answers. Both
+call the same database work (:func:`~owner.device_api.answer_checkin`,
+:func:`~owner.device_api.answer_report`, which imports no web framework, pydantic or
+ORM); the routes validate with the pydantic models of :mod:`owner.device_schemas`, the
+endpoint with :mod:`owner.device_body`. A database error is answered as the app's
+handlers answer SQLAlchemy's (:func:`fdo_server.device_app.database_error_answer`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Request, Security
+from fastapi import APIRouter, HTTPException, Request, Response, Security
 from fastapi.security import HTTPBearer
 
 from fdo_server.api_docs import errors
-from owner.device_api import (
-    CheckinIn,
-    CheckinOut,
-    ReportIn,
-    ReportOut,
-    answer_checkin,
-    answer_report,
-)
+from fdo_server.device_app import database_error_answer
+from owner.checkin import Observation
+from owner.device_api import answer_checkin, answer_report
+from owner.device_body import ReportBody
+from owner.device_schemas import CheckinIn, CheckinOut, ReportIn, ReportOut
 
+T = TypeVar("T")
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 #: The device's check-in secret as OpenAPI declares it; the routes check it themselves.
 DEVICE_CREDENTIAL = HTTPBearer(
@@ -67,12 +68,29 @@ def _refused() -> HTTPException:
     return HTTPException(401, "device credential refused", headers=_UNAUTHORIZED)
 
 
-def _report(body: ReportIn, request: Request) -> ReportOut:
+def _run(request: Request, work: Callable[[], T]) -> T | Response:
+    """``work()``, or the app's answer to the database error it met (503, 422)."""
+    try:
+        return work()
+    except Exception as exc:
+        answer = database_error_answer(request.method, request.url.path, exc)
+        if answer is None:
+            raise
+        response = Response(answer.body, status_code=answer.status_code)
+        response.raw_headers = list(answer.raw_headers)
+        return response
+
+
+def _report(body: ReportIn, request: Request) -> ReportOut | Response:
     state = request.app.state
-    answer = answer_report(state.engine, _bearer(request), body, now=state.clock())
-    if answer is None:
+    token = _bearer(request)
+    report = ReportBody(**body.model_dump())
+    status = _run(request, lambda: answer_report(state.database, token, report, now=state.clock()))
+    if isinstance(status, Response):
+        return status
+    if status is None:
         raise _refused()
-    return answer
+    return ReportOut(status=status)
 
 
 def device_router() -> APIRouter:
@@ -80,27 +98,34 @@ def device_router() -> APIRouter:
     router = APIRouter(tags=["device"], **_DEVICE_ROUTE)
 
     @router.post("/checkin", response_model=CheckinOut, response_model_exclude_none=True)
-    def checkin_route(body: CheckinIn, request: Request) -> CheckinOut:
+    def checkin_route(body: CheckinIn, request: Request) -> CheckinOut | Response:
         """A device says what it runs and learns what it should run.
 
         Served by :class:`owner.checkin_endpoint.DeviceEndpoint` in front of the app's
         routing; this route documents it (and serves it where the endpoint is not mounted).
         """
         state = request.app.state
-        answer = answer_checkin(
-            state.engine,
-            _bearer(request),
-            body,
-            now=state.clock(),
-            interval=int(state.settings.checkin_interval_seconds),
-            wake=state.rollouts.wake if getattr(state, "rollouts", None) else None,
+        token = _bearer(request)
+        observation = Observation(**body.model_dump())
+        answer = _run(
+            request,
+            lambda: answer_checkin(
+                state.database,
+                token,
+                observation,
+                now=state.clock(),
+                interval=int(state.settings.checkin_interval_seconds),
+                wake=state.rollouts.wake if getattr(state, "rollouts", None) else None,
+            ),
         )
+        if isinstance(answer, Response):
+            return answer
         if answer is None:
             raise _refused()
-        return answer
+        return CheckinOut.model_validate(answer.content())
 
     @router.post("/report", response_model=ReportOut)
-    def report(body: ReportIn, request: Request) -> ReportOut:
+    def report(body: ReportIn, request: Request) -> ReportOut | Response:
         """The device's report after its reboot.
 
         Served by :class:`owner.checkin_endpoint.DeviceEndpoint` in front of the app's
@@ -116,7 +141,7 @@ def report_router() -> APIRouter:
     router = APIRouter(tags=["device"], **_DEVICE_ROUTE)
 
     @router.post("/report", response_model=ReportOut, deprecated=True)
-    def report(body: ReportIn, request: Request) -> ReportOut:
+    def report(body: ReportIn, request: Request) -> ReportOut | Response:
         """Deprecated: use ``POST /device/v1/report``.
 
         Served by :class:`owner.checkin_endpoint.DeviceEndpoint`, as that route is.

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from fdo_server.auth import Role
-from fdo_server.db import make_engine, unit_of_work
+from fdo_server.db import unit_of_work
+from fdo_server.sql import Database
 from owner import checkin
 from owner.app import create_app
 from owner.checkin_endpoint import MAX_BODY, DeviceEndpoint
@@ -128,10 +129,10 @@ def test_other_routes_still_reach_the_app(app: FastAPI) -> None:
 
 
 def test_an_unreachable_database_is_503_with_retry_after() -> None:
-    broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
+    broken = Database("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
     endpoint = DeviceEndpoint(
         FastAPI(),
-        engine=broken,
+        database=broken,
         clock=lambda: datetime.now(UTC),
         interval=300,
         inline=True,

@@ -79,6 +79,20 @@ def _owner(app: FastAPI) -> Owner:
     return Owner(app, TestClient(app), device_id, secret, report_token)
 
 
+class _Clock:
+    """The apps' clock; ``broken`` makes it raise."""
+
+    broken = False
+
+    def __call__(self) -> datetime:
+        if self.broken:
+            raise RuntimeError("the clock broke")
+        return datetime.now(UTC)
+
+
+CLOCK = _Clock()
+
+
 def _is_endpoint(cls: object) -> bool:
     return cls is DeviceEndpoint
 
@@ -88,8 +102,8 @@ def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> Iterator
     """``(served, routed)``: the app as served, and the same app without the endpoint (their
     database connections closed after the test: the clients run no lifespan)."""
     world = make_world(key_pool, tmp_path)
-    served = create_app(world.settings(database_factory("served")))
-    routed = create_app(world.settings(database_factory("routed")))
+    served = create_app(world.settings(database_factory("served")), clock=CLOCK)
+    routed = create_app(world.settings(database_factory("routed")), clock=CLOCK)
     try:
         assert _is_endpoint(served.user_middleware[0].cls)
         routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
@@ -190,22 +204,39 @@ def test_requests_get_the_routes_answers(
         assert owners[0].record() == owners[1].record() == ("onboarded", ["created"])
 
 
-def test_an_error_the_app_does_not_handle_is_its_500(owners: tuple[Owner, Owner]) -> None:
-    """PostgreSQL refuses a NUL in text (psycopg raises before SQLAlchemy sees it): the
-    exception goes up to the app's error middleware on both paths, a plain 500."""
+def test_a_value_the_database_refuses_is_the_apps_422(owners: tuple[Owner, Owner]) -> None:
+    """PostgreSQL refuses a NUL in text (psycopg's DataError, raised on the driver's
+    cursor): both paths answer it as the app's handlers answer a refused value."""
     if not owners[0].app.state.settings.database_url.startswith("postgresql"):
         pytest.skip("SQLite stores a NUL")
     body = json.dumps({"seq": 1, "error": "a\u0000b"}).encode()
     answers = []
     for owner in owners:
         headers = {"Authorization": f"Bearer {owner.secret}", **JSON}
-        answers.append(
-            TestClient(owner.app, raise_server_exceptions=False).post(
-                "/device/v1/checkin", content=body, headers=headers
-            )
-        )
+        answers.append(owner.http.post("/device/v1/checkin", content=body, headers=headers))
     _same(*answers)
-    assert answers[0].status_code == 500 and answers[0].text == "Internal Server Error"
+    assert answers[0].status_code == 422
+    assert answers[0].json()["detail"].startswith("a value cannot be stored: PostgreSQL text fields")
+
+
+def test_an_error_the_app_does_not_handle_is_its_500(owners: tuple[Owner, Owner]) -> None:
+    """An exception that is no database error (the clock fails) goes up to the app's
+    error middleware on both paths, a plain 500."""
+    CLOCK.broken = True
+    try:
+        for path, body in [
+            ("/device/v1/checkin", json.dumps({"seq": 1}).encode()),
+            ("/api/v1/report", _report()),
+        ]:
+            answers = []
+            for owner in owners:
+                headers = {"Authorization": f"Bearer {owner.secret}", **JSON}
+                client = TestClient(owner.app, raise_server_exceptions=False)
+                answers.append(client.post(path, content=body, headers=headers))
+            _same(*answers)
+            assert answers[0].status_code == 500 and answers[0].text == "Internal Server Error"
+    finally:
+        CLOCK.broken = False
 
 
 def test_a_chunked_body_over_the_limit_is_refused_alike(owners: tuple[Owner, Owner]) -> None:
@@ -235,7 +266,7 @@ def test_the_endpoint_serves_without_the_routes(
     owner = _owner(app)
     endpoint = DeviceEndpoint(
         FastAPI(),
-        engine=app.state.engine,
+        database=app.state.database,
         clock=lambda: datetime.now(UTC),
         interval=300,
         inline=False,  # through run_in_thread
@@ -253,7 +284,6 @@ def test_an_unreachable_database_is_the_apps_503(
     key_pool: KeyPool, tmp_path: Path, database_url: str
 ) -> None:
     unreachable = Database("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
-    broken = unreachable.engine()
     settings = make_world(key_pool, tmp_path).settings(database_url)
     routed = service_app("owner", settings, unreachable, {})
     routed.state.clock = lambda: datetime.now(UTC)
@@ -261,7 +291,7 @@ def test_an_unreachable_database_is_the_apps_503(
     include_device_router(routed, device_router(), prefix="/device/v1")
     served = DeviceEndpoint(
         FastAPI(),
-        engine=broken,
+        database=unreachable,
         clock=lambda: datetime.now(UTC),
         interval=300,
         inline=True,
@@ -278,4 +308,4 @@ def test_an_unreachable_database_is_the_apps_503(
             _same(*answers)
             assert answers[0].status_code == 503 and answers[0].headers["retry-after"] == "5"
     finally:
-        broken.dispose()
+        unreachable.dispose()

@@ -1,0 +1,669 @@
+"""The device routes' request bodies, validated without pydantic (issue 15).
+
+A worker that serves only devices validates every check-in and report here instead of
+with the pydantic models of :mod:`owner.device_schemas` (which the FastAPI routes keep
+for the API documentation), so it never loads pydantic. The rules are those models'
+in pydantic's lax mode, the answers the same (``tests/owner/test_device_body.py`` runs
+many bodies through both):
+
+* :func:`checkin_body` reads a check-in as ``TypeAdapter(CheckinIn).validate_json``
+  does: the JSON parsed as pydantic's parser (jiter) parses it, with its error messages
+  (:func:`loads`); extra fields ignored.
+* :func:`report_body` validates a report already parsed (``json.loads``, or the raw
+  bytes of a body that is not JSON) as ``TypeAdapter(ReportIn).validate_python`` does;
+  extra fields refused.
+
+Each returns the body, or the list of errors as pydantic's ``ValidationError.errors``
+has them (``type``, ``loc``, ``msg``, ``input``, ``ctx``; the check-in's without
+``input`` and ``ctx``, as the endpoint answers them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from owner.checkin import APPLY_STATES, HEALTH, Observation
+
+#: The pattern of an image digest (``booted_digest``, ``staged_digest``).
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+Error = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportBody:
+    """What the device reports after its reboot (``ReportIn``)."""
+
+    booted_digest: str | None = None
+    revision: int | None = None
+    healthy: bool = True
+    detail: str = ""
+
+
+# ------------------------------------------------------------------------------ JSON
+
+
+class JsonInvalid(ValueError):
+    """Not JSON as pydantic's parser reads it; ``str()`` is its message (with the line
+    and column)."""
+
+
+_RECURSION_LIMIT = 200
+_MAX_INT_CHARS = 4300
+_WHITESPACE = b" \t\n\r"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+class _Stop(Exception):
+    """A parse error at ``index`` (converted to :class:`JsonInvalid`)."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+
+
+def _position(data: bytes, index: int) -> tuple[int, int]:
+    """jiter's line and column of byte ``index`` (``LinePosition::find``)."""
+    line = 1
+    last_line_start = 0
+    for at, byte in enumerate(data):
+        if byte == 0x0A:
+            line += 1
+            last_line_start = at + 1
+        if at == index:
+            return line, index + 1 - last_line_start
+    return line, max(len(data) - last_line_start, 0)
+
+
+def _fast_int(text: str) -> int:
+    if len(text) > _MAX_INT_CHARS - 1:  # jiter's limit counts the sign too: the slow path decides
+        raise ValueError(text)
+    return int(text)
+
+
+def _fast_float(text: str) -> float:
+    if len(re.split(r"[.eE]", text, maxsplit=1)[0]) > _MAX_INT_CHARS:
+        raise ValueError(text)
+    return float(text)
+
+
+_FAST = json.JSONDecoder(parse_int=_fast_int, parse_float=_fast_float)
+
+
+def loads(data: bytes) -> Any:
+    """``data`` parsed as pydantic parses JSON (jiter: ``NaN`` and ``Infinity`` taken,
+    nesting limited, the last of duplicate keys kept); :class:`JsonInvalid` with its
+    message otherwise.
+
+    The standard library's parser reads what both take alike; a body it refuses, or
+    one where the two could differ (deep nesting, escaped surrogates, long numbers),
+    goes to :class:`_Parser`, which follows jiter step by step."""
+    if data.count(b"[") + data.count(b"{") < _RECURSION_LIMIT and (
+        b"\\u" not in data or _SURROGATE_ESCAPE.search(data) is None
+    ):
+        try:
+            text = data.decode()
+            value, end = _FAST.raw_decode(text, _skip(text, 0))
+            if _skip(text, end) == len(text):
+                return value
+        except (ValueError, RecursionError):
+            pass
+    return _Parser(data).parse()
+
+
+def _skip(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
+
+
+_ESCAPES = {
+    0x22: '"',
+    0x5C: "\\",
+    0x2F: "/",
+    0x62: "\b",
+    0x66: "\f",
+    0x6E: "\n",
+    0x72: "\r",
+    0x74: "\t",
+}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+class _Parser:
+    """jiter's parser (``JsonValue::parse`` with ``allow_inf_nan``), its errors and their
+    positions included."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.index = 0
+
+    def parse(self) -> Any:
+        try:
+            value = self._value(self._peek(), 0)
+            if self._whitespace() is not None:
+                raise _Stop("trailing characters", self.index)
+            return value
+        except _Stop as stop:
+            line, column = _position(self.data, stop.index)
+            raise JsonInvalid(f"{stop.message} at line {line} column {column}") from None
+
+    def _whitespace(self) -> int | None:
+        data = self.data
+        while self.index < len(data):
+            byte = data[self.index]
+            if byte not in _WHITESPACE:
+                return byte
+            self.index += 1
+        return None
+
+    def _peek(self) -> int:
+        byte = self._whitespace()
+        if byte is None:
+            raise _Stop("EOF while parsing a value", self.index)
+        return byte
+
+    def _value(self, peek: int, enclosing: int) -> Any:
+        """The value starting with ``peek``, inside ``enclosing`` non-empty containers."""
+        if peek == 0x74:  # t
+            self.index = _ident(self.data, self.index, b"rue")
+            return True
+        if peek == 0x66:  # f
+            self.index = _ident(self.data, self.index, b"alse")
+            return False
+        if peek == 0x6E:  # n
+            self.index = _ident(self.data, self.index, b"ull")
+            return None
+        if peek == 0x22:  # "
+            text, self.index = _string(self.data, self.index)
+            return text
+        if peek == 0x5B:  # [
+            return self._array(enclosing)
+        if peek == 0x7B:  # {
+            return self._object(enclosing)
+        try:
+            number, self.index = _number(self.data, self.index, peek)
+        except _Stop:
+            if not (0x30 <= peek <= 0x39 or peek in b"-IN"):
+                raise _Stop("expected value", self.index) from None
+            raise
+        return number
+
+    def _nested(self, enclosing: int) -> None:
+        if enclosing >= _RECURSION_LIMIT:
+            raise _Stop("recursion limit exceeded", self.index)
+
+    def _array(self, enclosing: int) -> list[Any]:
+        self.index += 1
+        peek = self._whitespace()
+        if peek is None:
+            raise _Stop("EOF while parsing a list", self.index)
+        if peek == 0x5D:
+            self.index += 1
+            return []
+        self._nested(enclosing)
+        items: list[Any] = []
+        while True:
+            items.append(self._value(peek, enclosing + 1))
+            step = self._whitespace()
+            if step is None:
+                raise _Stop("EOF while parsing a list", self.index)
+            if step == 0x2C:
+                self.index += 1
+                peek_next = self._whitespace()
+                if peek_next is None:
+                    raise _Stop("EOF while parsing a value", self.index)
+                if peek_next == 0x5D:
+                    raise _Stop("trailing comma", self.index)
+                peek = peek_next
+            elif step == 0x5D:
+                self.index += 1
+                return items
+            else:
+                raise _Stop("expected `,` or `]`", self.index)
+
+    def _key(self) -> str:
+        key, self.index = _string(self.data, self.index)
+        byte = self._whitespace()
+        if byte is None:
+            raise _Stop("EOF while parsing an object", self.index)
+        if byte != 0x3A:
+            raise _Stop("expected `:`", self.index)
+        self.index += 1
+        return key
+
+    def _object(self, enclosing: int) -> dict[str, Any]:
+        self.index += 1
+        byte = self._whitespace()
+        if byte is None:
+            raise _Stop("EOF while parsing an object", self.index)
+        if byte == 0x7D:
+            self.index += 1
+            return {}
+        if byte != 0x22:
+            raise _Stop("key must be a string", self.index)
+        key = self._key()
+        peek = self._peek()
+        self._nested(enclosing)
+        members: dict[str, Any] = {}
+        while True:
+            members[key] = self._value(peek, enclosing + 1)
+            step = self._whitespace()
+            if step is None:
+                raise _Stop("EOF while parsing an object", self.index)
+            if step == 0x2C:
+                self.index += 1
+                byte = self._whitespace()
+                if byte == 0x22:
+                    key = self._key()
+                    peek = self._peek()
+                elif byte == 0x7D:
+                    raise _Stop("trailing comma", self.index)
+                elif byte is None:
+                    raise _Stop("EOF while parsing a value", self.index)
+                else:
+                    raise _Stop("key must be a string", self.index)
+            elif step == 0x7D:
+                self.index += 1
+                return members
+            else:
+                raise _Stop("expected `,` or `}`", self.index)
+
+
+def _ident(data: bytes, index: int, rest: bytes) -> int:
+    """Past ``true``/``false``/``null``/``NaN``/``Infinity`` at ``index`` (its first letter)."""
+    end = index + 1 + len(rest)
+    if data[index + 1 : end] == rest:
+        return end
+    index += 1
+    for expected in rest:
+        if index >= len(data):
+            break
+        if data[index] != expected:
+            raise _Stop("expected ident", index)
+        index += 1
+    raise _Stop("EOF while parsing a value", index)
+
+
+def _string(data: bytes, index: int) -> tuple[str, int]:
+    """The string whose opening quote is at ``index``, and the index past its closing one."""
+    start = index + 1
+    index = start
+    tape = bytearray()
+    chunk = start
+    escaped = False
+    size = len(data)
+    while True:
+        if index >= size:
+            raise _Stop("EOF while parsing a string", index)
+        byte = data[index]
+        if byte == 0x22:
+            break
+        if byte < 0x20:
+            raise _Stop("control character (\\u0000-\\u001F) found while parsing a string", index)
+        if byte != 0x5C:
+            index += 1
+            continue
+        escaped = True
+        tape += data[chunk:index]
+        index += 1
+        if index >= size:
+            raise _Stop("EOF while parsing a string", index)
+        code = data[index]
+        simple = _ESCAPES.get(code)
+        if simple is not None:
+            tape += simple.encode()
+        elif code == 0x75:  # u
+            char, index = _unicode_escape(data, index)
+            tape += char.encode()
+        else:
+            raise _Stop("invalid escape", index)
+        index += 1
+        chunk = index
+    raw = data[start:index] if not escaped else bytes(tape + data[chunk:index])
+    try:
+        return raw.decode(), index + 1
+    except UnicodeDecodeError as exc:
+        raise _Stop("invalid unicode code point", start + exc.start) from None
+
+
+def _hex4(data: bytes, index: int) -> tuple[int, int]:
+    """The four hex digits after ``index`` (the ``u``), and the index of the last one."""
+    if index + 5 > len(data):
+        raise _Stop("EOF while parsing a string", len(data))
+    value = 0
+    for byte in data[index + 1 : index + 5]:
+        index += 1
+        if byte not in _HEX:
+            raise _Stop("invalid escape", index)
+        value = value * 16 + int(chr(byte), 16)
+    return value, index
+
+
+def _unicode_escape(data: bytes, index: int) -> tuple[str, int]:
+    value, index = _hex4(data, index)
+    if 0xDC00 <= value <= 0xDFFF:
+        raise _Stop("lone leading surrogate in hex escape", index)
+    if not 0xD800 <= value <= 0xDBFF:
+        return chr(value), index
+    follow = data[index + 1 : index + 3]
+    if len(follow) == 2:
+        if follow == b"\\u":
+            low, index = _hex4(data, index + 2)
+            if not 0xDC00 <= low <= 0xDFFF:
+                raise _Stop("lone leading surrogate in hex escape", index)
+            return chr(((value - 0xD800) << 10 | (low - 0xDC00)) + 0x10000), index
+        raise _Stop("unexpected end of hex escape", index + (2 if follow[0] == 0x5C else 1))
+    if index + 1 >= len(data) or data[index + 1] == 0x5C:
+        raise _Stop("EOF while parsing a string", len(data))
+    raise _Stop("unexpected end of hex escape", index + 1)
+
+
+def _digits(data: bytes, index: int) -> int:
+    while index < len(data) and 0x30 <= data[index] <= 0x39:
+        index += 1
+    return index
+
+
+def _number(data: bytes, index: int, first: int) -> tuple[int | float, int]:
+    """The number starting at ``index`` (jiter's ``NumberAny``), and the index past it."""
+    start = index
+    if first == 0x4E:  # N
+        return float("nan"), _ident(data, index, b"aN")
+    if first == 0x2D:  # -
+        index += 1
+    if index >= len(data):
+        raise _Stop("EOF while parsing a value", index)
+    lead = data[index]
+    if lead == 0x49:  # I
+        end = _ident(data, index, b"nfinity")
+        return (float("-inf") if first == 0x2D else float("inf")), end
+    if lead == 0x30:
+        index += 1
+        if index < len(data) and 0x30 <= data[index] <= 0x39:
+            raise _Stop("invalid number", index)
+    elif 0x31 <= lead <= 0x39:
+        lead_at = index
+        index = _digits(data, index + 1)
+        if index - lead_at > _MAX_INT_CHARS:
+            raise _Stop("number out of range", lead_at + _MAX_INT_CHARS + 1)
+    else:
+        raise _Stop("invalid number", index)
+    if index >= len(data) or data[index] not in b".eE":
+        return int(data[start:index]), index
+    if data[index] == 0x2E:  # .
+        index += 1
+        if index >= len(data):
+            raise _Stop("EOF while parsing a value", index)
+        if not 0x30 <= data[index] <= 0x39:
+            raise _Stop("invalid number", index)
+        index = _digits(data, index + 1)
+    if index < len(data) and data[index] in b"eE":
+        index += 1
+        if index < len(data) and data[index] in b"+-":
+            index += 1
+        if index >= len(data):
+            raise _Stop("EOF while parsing a value", index)
+        if not 0x30 <= data[index] <= 0x39:
+            raise _Stop("invalid number", index)
+        index = _digits(data, index + 1)
+    return float(data[start:index]), index
+
+
+# ------------------------------------------------------------------------ validation
+
+#: What Rust's ``str::trim`` strips (``char::is_whitespace``; Python's ``str.strip()``
+#: strips U+001C to U+001F too).
+_RUST_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+_I64_MIN = float(-(2**63))
+_I64_MAX = float(2**63)
+_INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FALSE = frozenset({"0", "f", "n", "no", "off", "false"})
+_TRUE = frozenset({"1", "t", "y", "on", "yes", "true"})
+
+
+class _Invalid(Exception):
+    """A field's value is refused: pydantic's error ``kind`` (type, message, context)."""
+
+    def __init__(self, kind: str, msg: str, ctx: dict[str, Any] | None = None) -> None:
+        super().__init__(msg)
+        self.kind = kind
+        self.msg = msg
+        self.ctx = ctx
+
+
+_INT_PARSING = ("int_parsing", "Input should be a valid integer, unable to parse string as an integer")
+_INT_SIZE = ("int_parsing_size", "Unable to parse input string as an integer, exceeded maximum size")
+
+
+def _text(value: str) -> None:
+    """A string pydantic can read (Python's strings may hold lone surrogates, from a
+    ``\\ud800`` escape that ``json.loads`` takes)."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise _Invalid(
+                "string_unicode",
+                "Input should be a valid string, unable to parse raw data as a unicode string",
+            ) from None
+
+
+def _str_as_int(text: str) -> int:
+    _text(text)
+    text = text.strip(_RUST_WHITESPACE)
+    if len(text.encode()) > _MAX_INT_CHARS:
+        raise _Invalid(*_INT_SIZE)
+    if _INT_TEXT.fullmatch(text):
+        return int(text)
+    dot = text.find(".")
+    if dot >= 0 and text[dot + 1 :].strip("0") == "" and dot + 1 < len(text):
+        text = text[:dot]
+        if _INT_TEXT.fullmatch(text):
+            return int(text)
+    if "_" in text and not (text.startswith("_") or text.endswith("_") or "__" in text):
+        stripped = text.replace("_", "")
+        if _INT_TEXT.fullmatch(stripped):
+            return int(stripped)
+    raise _Invalid(*_INT_PARSING)
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Invalid("finite_number", "Input should be a finite number")
+        if value % 1 != 0:
+            raise _Invalid(
+                "int_from_float", "Input should be a valid integer, got a number with a fractional part"
+            )
+        if not _I64_MIN < value < _I64_MAX:
+            raise _Invalid(*_INT_SIZE)
+        return int(value)
+    if isinstance(value, str):
+        return _str_as_int(value)
+    raise _Invalid("int_type", "Input should be a valid integer")
+
+
+def _int(ge: int | None = None, le: int | None = None, *, optional: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> int | None:
+        if value is None and optional:
+            return None
+        number = _as_int(value)
+        if ge is not None and number < ge:
+            raise _Invalid("greater_than_equal", f"Input should be greater than or equal to {ge}", {"ge": ge})
+        if le is not None and number > le:
+            raise _Invalid("less_than_equal", f"Input should be less than or equal to {le}", {"le": le})
+        return number
+
+    return check
+
+
+def _str(
+    *, max_length: int | None = None, digest: bool = False, optional: bool = True
+) -> Callable[[Any], Any]:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise _Invalid("string_type", "Input should be a valid string")
+        _text(value)
+        if max_length is not None and len(value) > max_length:
+            raise _Invalid(
+                "string_too_long",
+                f"String should have at most {max_length} characters",
+                {"max_length": max_length},
+            )
+        if digest and _DIGEST.fullmatch(value) is None:
+            raise _Invalid(
+                "string_pattern_mismatch",
+                f"String should match pattern '{DIGEST_PATTERN}'",
+                {"pattern": DIGEST_PATTERN},
+            )
+        return value
+
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if value in (0, 1):
+            return bool(value)
+        if -(2**63) <= value < 2**63:
+            raise _Invalid("bool_parsing", "Input should be a valid boolean, unable to interpret input")
+        raise _Invalid("bool_type", "Input should be a valid boolean")
+    if isinstance(value, float):
+        if value in (0.0, 1.0):
+            return bool(value)
+        if value % 1 == 0 and _I64_MIN < value < _I64_MAX:
+            raise _Invalid("bool_parsing", "Input should be a valid boolean, unable to interpret input")
+        raise _Invalid("bool_type", "Input should be a valid boolean")
+    if isinstance(value, str):
+        _text(value)
+        lowered = value.lower() if value.isascii() else value
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise _Invalid("bool_parsing", "Input should be a valid boolean, unable to interpret input")
+    raise _Invalid("bool_type", "Input should be a valid boolean")
+
+
+def _literal(choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    expected = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise _Invalid("literal_error", f"Input should be {expected}", {"expected": expected})
+
+    return check
+
+
+_REQUIRED = object()
+
+#: CheckinIn's fields in their order: (name, default or _REQUIRED, check).
+_CHECKIN: tuple[tuple[str, Any, Callable[[Any], Any]], ...] = (
+    ("seq", _REQUIRED, _int(1, 2**62)),
+    ("booted_image", None, _str(max_length=1024)),
+    ("booted_digest", None, _str(digest=True)),
+    ("staged_image", None, _str(max_length=1024)),
+    ("staged_digest", None, _str(digest=True)),
+    ("revision", None, _int(0, 2**31 - 1, optional=True)),
+    ("generation", 0, _int(0, 2**31 - 1)),
+    ("applied_revision", None, _int(0, 2**31 - 1, optional=True)),
+    ("state", "none", _literal(APPLY_STATES)),
+    ("health", "unknown", _literal(HEALTH)),
+    ("error_step", None, _str(max_length=256)),
+    ("error", None, _str(max_length=2000)),
+    ("rolled_back", False, _bool),
+    ("utc_offset", None, _int(-14 * 3600, 14 * 3600, optional=True)),
+)
+
+_REPORT: tuple[tuple[str, Any, Callable[[Any], Any]], ...] = (
+    ("booted_digest", None, _str(digest=True)),
+    ("revision", None, _int(0, optional=True)),
+    ("healthy", True, _bool),
+    ("detail", "", _str(max_length=4000, optional=False)),
+)
+_REPORT_FIELDS = frozenset(name for name, _, _ in _REPORT)
+
+
+def _fields(
+    value: Mapping[str, Any], fields: tuple[tuple[str, Any, Callable[[Any], Any]], ...], errors: list[Error]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, default, check in fields:
+        if name not in value:
+            if default is _REQUIRED:
+                errors.append({"type": "missing", "loc": (name,), "msg": "Field required", "input": value})
+            else:
+                out[name] = default
+            continue
+        given = value[name]
+        try:
+            out[name] = check(given)
+        except _Invalid as invalid:
+            error: Error = {"type": invalid.kind, "loc": (name,), "msg": invalid.msg, "input": given}
+            if invalid.ctx is not None:
+                error["ctx"] = invalid.ctx
+            errors.append(error)
+    return out
+
+
+def checkin_body(data: bytes) -> Observation | list[Error]:
+    """The check-in in ``data``, or its errors (``type``, ``loc``, ``msg``)."""
+    try:
+        value = loads(data)
+    except JsonInvalid as exc:
+        return [{"type": "json_invalid", "loc": (), "msg": f"Invalid JSON: {exc}"}]
+    if not isinstance(value, dict):
+        return [{"type": "model_type", "loc": (), "msg": "Input should be an object"}]
+    errors: list[Error] = []
+    fields = _fields(value, _CHECKIN, errors)
+    if errors:
+        return [{"type": e["type"], "loc": e["loc"], "msg": e["msg"]} for e in errors]
+    return Observation(**fields)
+
+
+def report_body(value: Any) -> ReportBody | list[Error]:
+    """The report ``value`` holds (parsed JSON, or the raw body), or its errors."""
+    if not isinstance(value, dict):
+        return [
+            {
+                "type": "model_attributes_type",
+                "loc": (),
+                "msg": "Input should be a valid dictionary or object to extract fields from",
+                "input": value,
+            }
+        ]
+    errors: list[Error] = []
+    fields = _fields(value, _REPORT, errors)
+    for name, given in value.items():
+        if name not in _REPORT_FIELDS:
+            errors.append(
+                {
+                    "type": "extra_forbidden",
+                    "loc": (name,),
+                    "msg": "Extra inputs are not permitted",
+                    "input": given,
+                }
+            )
+    if errors:
+        return errors
+    return ReportBody(**fields)
