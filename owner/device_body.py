@@ -427,7 +427,6 @@ _RUST_WHITESPACE = (
 )
 _I64_MIN = float(-(2**63))
 _I64_MAX = float(2**63)
-_INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _FALSE = frozenset({"0", "f", "n", "no", "off", "false"})
 _TRUE = frozenset({"1", "t", "y", "on", "yes", "true"})
 
@@ -459,22 +458,40 @@ def _text(value: str) -> None:
             ) from None
 
 
+_LEADING_DIGITS = re.compile(r"0*([0-9]*)", re.ASCII)
+_INT_DIGITS = re.compile(r"([+-]?)0*([0-9]+)", re.ASCII)
+
+
+def _parse_int(text: str) -> int | None:
+    """``text`` as an integer (an optional sign, then digits), else None."""
+    found = _INT_DIGITS.fullmatch(text)
+    if found is None or len(found.group(2)) > _MAX_INT_CHARS:
+        return None
+    return int(found.group(1) + found.group(2))
+
+
 def _str_as_int(text: str) -> int:
+    """pydantic's integer from a string: surrounding whitespace (Rust's) ignored, a
+    fraction of zeros dropped, or single underscores between digits; more than 4,300
+    significant leading digits (after a minus sign) is ``int_parsing_size``."""
     _text(text)
     text = text.strip(_RUST_WHITESPACE)
-    if len(text.encode()) > _MAX_INT_CHARS:
+    leading = _LEADING_DIGITS.match(text[1:] if text.startswith("-") else text)
+    if leading is not None and len(leading.group(1)) > _MAX_INT_CHARS:
         raise _Invalid(*_INT_SIZE)
-    if _INT_TEXT.fullmatch(text):
-        return int(text)
+    number = _parse_int(text)
+    if number is not None:
+        return number
     dot = text.find(".")
-    if dot >= 0 and text[dot + 1 :].strip("0") == "" and dot + 1 < len(text):
+    if dot >= 0 and dot + 1 < len(text) and text[dot + 1 :].strip("0") == "":
         text = text[:dot]
-        if _INT_TEXT.fullmatch(text):
-            return int(text)
+        number = _parse_int(text)
+        if number is not None:
+            return number
     if "_" in text and not (text.startswith("_") or text.endswith("_") or "__" in text):
-        stripped = text.replace("_", "")
-        if _INT_TEXT.fullmatch(stripped):
-            return int(stripped)
+        number = _parse_int(text.replace("_", ""))
+        if number is not None:
+            return number
     raise _Invalid(*_INT_PARSING)
 
 

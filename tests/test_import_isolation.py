@@ -209,3 +209,53 @@ def test_a_device_plane_worker_does_not_import_the_admin_stack(service: str, tmp
         assert "pydantic_settings" not in {m.split(".")[0] for m in device}
     # The admin plane's process does import them: the check above is not vacuous.
     assert ADMIN_STACK[service] <= _service_modules(service, tmp_path, "admin")
+
+
+#: What the owner's device endpoint (check-in and report) does without (issue 15).
+NOT_ON_DEVICE_ENDPOINT = ("pydantic", "pydantic_core", "sqlalchemy", "sqlmodel")
+#: Modules on the endpoint's imports that still load them (converted elsewhere): an
+#: import of them is allowed only on the way through one of these. (owner.lifecycle
+#: imports owner.to0, which builds its statements with SQLAlchemy; owner.desired keeps
+#: the admin plane's set_desired on the ORM.) Empty once those are converted: then
+#: nothing may load them.
+STILL_LOADING = {"owner/to0.py", "owner/desired.py"}
+
+_IMPORTERS_PROBE = """
+import builtins, importlib, json, sys, traceback
+stack = {stack!r}
+chains = []
+real_import = builtins.__import__
+
+def watched(name, globals=None, locals=None, fromlist=(), level=0):
+    # Every import statement that names a package of ``stack`` (outside those packages),
+    # with the modules being imported at the time, outermost first.
+    importer = (globals or {{}}).get("__name__", "")
+    if level == 0 and name.partition(".")[0] in stack and importer.partition(".")[0] not in stack:
+        frames = traceback.extract_stack()[:-1]
+        chains.append([f.filename for f in frames if f.name == "<module>" and not f.filename.startswith("<")])
+    return real_import(name, globals, locals, fromlist, level)
+
+builtins.__import__ = watched
+importlib.import_module({root!r})
+loaded = sorted({{m.split(".")[0] for m in sys.modules if m.split(".")[0] in stack}})
+print(json.dumps({{"chains": chains, "loaded": loaded}}))
+"""
+
+
+def test_the_device_endpoint_imports_no_pydantic_or_sqlalchemy() -> None:
+    """``owner.checkin_endpoint`` (and so the device API, its body validation and its
+    statements) imports no pydantic and no SQLAlchemy: every import of them on its way
+    comes through a module of :data:`STILL_LOADING`, and none loads once that is empty."""
+    code = _IMPORTERS_PROBE.format(stack=NOT_ON_DEVICE_ENDPOINT, root="owner.checkin_endpoint")
+    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for chain in out["chains"]:
+        mine = [
+            Path(path).resolve().relative_to(REPO).as_posix() for path in chain if path.startswith(str(REPO))
+        ]
+        assert STILL_LOADING & set(mine), mine
+    if not STILL_LOADING:
+        assert out["loaded"] == []
