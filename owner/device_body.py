@@ -81,19 +81,7 @@ def _position(data: bytes, index: int) -> tuple[int, int]:
     return line, max(len(data) - last_line_start, 0)
 
 
-def _fast_int(text: str) -> int:
-    if len(text) > _MAX_INT_CHARS - 1:  # jiter's limit counts the sign too: the slow path decides
-        raise ValueError(text)
-    return int(text)
-
-
-def _fast_float(text: str) -> float:
-    if len(re.split(r"[.eE]", text, maxsplit=1)[0]) > _MAX_INT_CHARS:
-        raise ValueError(text)
-    return float(text)
-
-
-_FAST = json.JSONDecoder(parse_int=_fast_int, parse_float=_fast_float)
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % _MAX_INT_CHARS)
 
 
 def loads(data: bytes) -> Any:
@@ -102,25 +90,18 @@ def loads(data: bytes) -> Any:
     message otherwise.
 
     The standard library's parser reads what both take alike; a body it refuses, or
-    one where the two could differ (deep nesting, escaped surrogates, long numbers),
-    goes to :class:`_Parser`, which follows jiter step by step."""
-    if data.count(b"[") + data.count(b"{") < _RECURSION_LIMIT and (
-        b"\\u" not in data or _SURROGATE_ESCAPE.search(data) is None
+    one where the two could differ (deep nesting, escaped surrogates, numbers of
+    4,300 digits and more), goes to :class:`_Parser`, which follows jiter step by step."""
+    if (
+        data.count(b"[") + data.count(b"{") < _RECURSION_LIMIT
+        and (b"\\u" not in data or _SURROGATE_ESCAPE.search(data) is None)
+        and (len(data) < _MAX_INT_CHARS or _LONG_DIGITS.search(data) is None)
     ):
         try:
-            text = data.decode()
-            value, end = _FAST.raw_decode(text, _skip(text, 0))
-            if _skip(text, end) == len(text):
-                return value
+            return json.loads(data.decode())
         except (ValueError, RecursionError):
             pass
     return _Parser(data).parse()
-
-
-def _skip(text: str, at: int) -> int:
-    while at < len(text) and text[at] in " \t\n\r":
-        at += 1
-    return at
 
 
 _ESCAPES = {

@@ -39,6 +39,7 @@ STATEMENT_MODULES = (
     "owner.groups",
     "owner.lifecycle",
     "owner.checkin",
+    "owner.assign",
     "owner.app",
 )
 
