@@ -11,7 +11,8 @@
 * :class:`UiSession` — a browser signed in to the status page (:mod:`owner.web_session`):
   the hash of its random id, the token and role it signed in with, its times.
 
-Datetimes are stored as UTC (SQLite hands them back naive: see :func:`utc`).
+A voucher row's states are :mod:`owner.states`'s (imported from here too). Datetimes
+are stored as UTC (SQLite hands them back naive: see :func:`utc`).
 """
 
 from __future__ import annotations
@@ -22,33 +23,18 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, LargeBinary
 from sqlmodel import Field, SQLModel
 
+from fdo_server.clock import utc as utc  # the owner's modules import it from here
 from fdo_server.session_model import FdoSession
 from fdo_server.tokens import AdminToken
 from owner.groups_tables import GROUP_TABLES
 from owner.rollouts_tables import ROLLOUT_TABLES
-
-# A voucher row's state (``docs/vouchers.md``, "Replacement and lost replies"):
-#: The voucher of the device's current credential: usable in TO2, kept registered by TO0.
-ACTIVE = "active"
-#: Replaced by a TO2 whose last reply (Done2) the device may not have received: still
-#: usable, until the device's first proven contact under the new GUID.
-REPLACING = "replacing"
-#: Replaced for good: the device showed that it holds the replacement.
-REPLACED = "replaced"
-#: A replacement the device never took up: a later TO2 with the previous credential
-#: replaced it.
-SUPERSEDED = "superseded"
-#: Extended to another owner's key (:mod:`owner.handon`): no more TO0 or TO2 for it.
-HANDED_ON = "handed_on"
-#: The states in which a voucher takes part in TO2 and is kept registered by TO0.
-USABLE = (ACTIVE, REPLACING)
-#: Every state, in the order listings show them.
-STATES = (ACTIVE, REPLACING, REPLACED, SUPERSEDED, HANDED_ON)
-
-
-def utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (SQLite returns naive ones)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+from owner.states import ACTIVE as ACTIVE
+from owner.states import HANDED_ON as HANDED_ON
+from owner.states import REPLACED as REPLACED
+from owner.states import REPLACING as REPLACING
+from owner.states import STATES as STATES
+from owner.states import SUPERSEDED as SUPERSEDED
+from owner.states import USABLE as USABLE
 
 
 def _now() -> datetime:
