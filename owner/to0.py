@@ -517,13 +517,13 @@ def _finish_batch(
                         error,
                     ),
                 )
-        # A row twice in a batch (our claim expired while it ran, and we took it again):
-        # a delete wins, else its first outcome, as when each row was a statement of its own.
-        rows = [outcome for wid, outcome in updates.items() if wid not in deletes]
+        # A row twice in a batch (our claim expired while it ran, and we took it again): a
+        # delete wins (it runs first), else its first outcome (setdefault), as when each
+        # row was a statement of its own (the first released the claim).
         if deletes:
             _DELETE.rowcount({"worker": worker_id, "ids": json.dumps(deletes)}, conn)
-        if rows:
-            _FINISH.rowcount({"worker": worker_id, "rows": json.dumps(rows)}, conn)
+        if updates:
+            _FINISH.rowcount({"worker": worker_id, "rows": json.dumps(list(updates.values()))}, conn)
 
 
 def pace_limit(config: OwnerConfig) -> timedelta:

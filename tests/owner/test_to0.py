@@ -24,7 +24,7 @@ from fdo_server.sql import Database
 from owner.importer import import_pem
 from owner.settings import OwnerConfig, load_config
 from owner.tables import To0Work, utc
-from owner.to0 import To0Thread, run_due
+from owner.to0 import To0Thread, _claim_batch, _finish_batch, _Result, run_due
 from tests.conftest import KeyPool
 from tests.fdo.flow import NOW
 from tests.owner.helpers import RendezvousStub, World, make_world
@@ -175,6 +175,40 @@ def test_expired_claim_is_taken_over(world: World, database_url: str, database: 
         run_due(database, config, now=NOW + timedelta(seconds=61), worker_id="w1", http_factory=factory) == 1
     )
     assert stub.count == {guids[0]: 1}
+
+
+def test_a_batch_writes_only_the_rows_this_worker_still_holds(
+    world: World, database_url: str, database: Database
+) -> None:
+    """A row whose claim another worker took over is left to it; a row twice in one batch
+    (claimed again after its claim expired) gets its first outcome, or its deletion."""
+    engine, config, _ = setup(world, database_url, count=3)
+    kept, taken, dropped = _claim_batch(database, "w1", NOW, timedelta(seconds=300), 3)
+    with unit_of_work(engine) as db:
+        row = db.get(To0Work, taken.work_id)
+        assert row is not None
+        row.claimed_by = "w2"
+        db.add(row)
+    _finish_batch(
+        database,
+        [
+            _Result(kept, NOW, 3600, []),
+            _Result(kept, NOW, None, ["refused"]),
+            _Result(taken, NOW, 3600, []),
+            _Result(dropped, NOW, 3600, []),
+            _Result(dropped, NOW, None, [], drop=True),
+        ],
+        "w1",
+        config,
+    )
+    rows = {w.id: w for w in work_rows(engine)}
+    assert set(rows) == {kept.work_id, taken.work_id}
+    first = rows[kept.work_id]
+    assert first.claimed_by is None and first.attempts == 0 and first.last_error is None
+    assert first.registered_until is not None and utc(first.registered_until) == NOW + timedelta(seconds=3600)
+    assert utc(first.next_attempt_at) == NOW + timedelta(seconds=2700)
+    other = rows[taken.work_id]
+    assert other.claimed_by == "w2" and other.registered_until is None and utc(other.next_attempt_at) == NOW
 
 
 # ------------------------------------------------------------ sleeping until due (no polling)
