@@ -225,7 +225,7 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
     def background() -> Iterator[None]:
         thread = None
         if settings.to0_enabled:
-            thread = To0Thread(engine, config, worker_id=worker_name(), clock=now)
+            thread = To0Thread(database, config, worker_id=worker_name(), clock=now)
             thread.start()
         rollouts.start()
         try:

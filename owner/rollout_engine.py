@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from fdo.types import Guid
+from fdo_server.clock import utc
 from fdo_server.db import unit_of_work
 from owner.audit import audit
 from owner.desired import set_desired
@@ -46,7 +47,7 @@ from owner.rollouts import (
     step,
 )
 from owner.rollouts_tables import Rollout, RolloutDevice
-from owner.states import ABORTED, ACTIVE_STATES, PAUSED, RUNNING, utc
+from owner.states import ABORTED, ACTIVE_STATES, PAUSED, RUNNING
 
 log = logging.getLogger("owner.rollouts")
 _ROLLOUTS: Table = Rollout.__table__  # type: ignore[attr-defined]

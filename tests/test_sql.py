@@ -39,6 +39,7 @@ STATEMENT_MODULES = (
     "owner.groups",
     "owner.lifecycle",
     "owner.checkin",
+    "owner.to0",
     "owner.app",
 )
 
