@@ -95,6 +95,20 @@ def test_device_cli_imports_without_server_stack() -> None:
     assert out["loaded"] == []
 
 
+def test_the_rollout_runner_imports_no_sqlalchemy_sqlmodel_or_pydantic() -> None:
+    """The owner's rollout runner (a thread of every owner worker) and everything it
+    imports run their statements on the driver (fdo_server.sql)."""
+    stack = ("sqlalchemy", "sqlmodel", "pydantic", "pydantic_core")
+    code = _PROBE.format(roots=["owner.rollout_runner"], walk=False, stack=stack)
+    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["imported"] == ["owner.rollout_runner"]
+    assert out["loaded"] == []
+
+
 _SERVICE_PROBE = """
 import json, os, sys
 os.environ.update(json.loads(sys.argv[2]))

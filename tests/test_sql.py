@@ -40,6 +40,8 @@ STATEMENT_MODULES = (
     "owner.lifecycle",
     "owner.checkin",
     "owner.to0",
+    "owner.desired_rows",
+    "owner.rollout_runner",
     "owner.app",
 )
 
