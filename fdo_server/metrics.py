@@ -230,11 +230,12 @@ class To0Gauges:
         self.window = window
 
     def collect(self) -> Iterable[Metric]:
+        from fdo_server.db import lent
         from owner.to0 import to0_counts
 
         try:
             with self.engine.connect() as conn:
-                counts = to0_counts(conn, self.clock(), self.window)
+                counts = to0_counts(lent(conn), self.clock(), self.window)
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB is down
             log.warning("could not read TO0 registrations for metrics")
             return

@@ -674,8 +674,14 @@ def _pyformat(sql: str) -> str:
     return _PARAMETER.sub(r"%(\1)s", sql.replace("%", "%%"))
 
 
+def sqlite_datetime(value: datetime) -> str:
+    """``value`` as :class:`Sql` sends a datetime parameter to SQLite (SQLAlchemy's text):
+    for datetimes inside a JSON parameter, which are not converted."""
+    return value.strftime(_SQLITE_DATETIME)
+
+
 def _sqlite_value(value: Any) -> Any:
-    return value.strftime(_SQLITE_DATETIME) if isinstance(value, datetime) else value
+    return sqlite_datetime(value) if isinstance(value, datetime) else value
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.api_docs import errors
 from fdo_server.body_limit import too_large_detail
+from fdo_server.clock import utc
+from fdo_server.db import lent
 from fdo_server.params import Limit, Offset
 from fdo_server.vouchers import fingerprint
 from owner import admin_ops
@@ -39,7 +41,7 @@ from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of
 from owner.groups_tables import Device
 from owner.handon import handon_router
 from owner.importer import IMPORTED
-from owner.states import STATES, STATUSES, utc
+from owner.states import STATES, STATUSES
 from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work
 from owner.to0 import EXPIRING_WINDOW, to0_counts
 
@@ -82,7 +84,7 @@ def status_summary(db: Session, now: datetime) -> dict[str, Any]:
     """Counts of devices by status, vouchers by state and TO0 registrations (all keys present)."""
     devices = dict(db.exec(select(Device.status, func.count()).group_by(Device.status)).all())
     vouchers = dict(db.exec(select(OwnerVoucher.state, func.count()).group_by(OwnerVoucher.state)).all())
-    to0 = to0_counts(db.connection(), now)
+    to0 = to0_counts(lent(db.connection()), now)
     return {
         "devices": {s: devices.get(s, 0) for s in STATUSES},
         "vouchers": {s: vouchers.get(s, 0) for s in STATES},

@@ -28,6 +28,7 @@ from fdo.errors import FdoError
 from fdo.types import Guid
 from fdo_server.api_docs import errors, json_body
 from fdo_server.auth import AdminToken, Role
+from fdo_server.clock import utc
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
 from owner import admin_ops
@@ -55,7 +56,7 @@ from owner.groups_schemas import GroupIn, LabelsIn, RevisionIn, TokenIn, parse
 from owner.groups_tables import AuditEntry, Device, DeviceEvent, Group, Revision
 from owner.inventory import current_revision, device_guids, find_device
 from owner.rollouts_views import device_rollouts
-from owner.states import STATUSES, utc
+from owner.states import STATUSES
 
 
 def _iso(value: datetime | None) -> str | None:

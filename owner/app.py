@@ -2,7 +2,7 @@
 
 ``create_app(settings)`` checks the settings (:func:`owner.settings.load_config`), opens
 the database and checks its schema is current; the lifespan starts the TO0 scheduler thread
-(unless ``to0_enabled`` is off) and the rollout runner (:mod:`owner.rollout_engine`) and
+(unless ``to0_enabled`` is off) and the rollout runner (:mod:`owner.rollout_runner`) and
 stops them at shutdown. ``POST /fdo/101/msg/{60..71}``
 serves TO2 with sessions in the database; when a TO2 completes, :func:`record_done`
 stores the replacement voucher (:mod:`owner.lifecycle`) and an onboarding record in the
@@ -41,7 +41,7 @@ from owner import groups, lifecycle
 from owner.checkin_endpoint import DeviceEndpoint
 from owner.config import OwnerConfig, load_config
 from owner.delivery import delivery_of
-from owner.rollout_engine import RolloutRunner
+from owner.rollout_runner import RolloutRunner
 from owner.store import OwnerStore
 from owner.to0 import To0Thread
 from transport.dispatch import AnyServerMachine, ProtocolHandler
@@ -219,13 +219,13 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
     engine = database.engine()  # TO2 and the device routes use the ORM
     store = OwnerStore(config, clock=now)
 
-    rollouts = RolloutRunner(engine, tick=settings.rollout_tick_seconds, clock=now)
+    rollouts = RolloutRunner(database, tick=settings.rollout_tick_seconds, clock=now)
 
     @contextmanager
     def background() -> Iterator[None]:
         thread = None
         if settings.to0_enabled:
-            thread = To0Thread(engine, config, worker_id=worker_name(), clock=now)
+            thread = To0Thread(database, config, worker_id=worker_name(), clock=now)
             thread.start()
         rollouts.start()
         try:

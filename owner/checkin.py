@@ -37,9 +37,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from fdo_server.clock import utc
 from fdo_server.sql import Conn, Sql, last_write
 from owner.lifecycle import confirm_guid
-from owner.states import APPLIED, FAILED, ONBOARDED, utc
+from owner.states import APPLIED, FAILED, ONBOARDED
 
 if TYPE_CHECKING:  # the admin plane's records; the device plane reads rows
     from owner.groups_tables import Device

@@ -319,10 +319,16 @@ def vouchers_extend(
 @to0_app.command("run-once")
 def to0_run_once() -> None:
     """Run the TO0 scheduler once against the local database."""
+    from fdo_server.sql import Database
     from owner.app import worker_name
     from owner.to0 import run_due
 
     config = _config()
-    with local_engine("owner", config.settings.database_url) as engine:
-        count = run_due(engine, config, worker_id=worker_name())
+    url = config.settings.database_url
+    with local_engine("owner", url):  # the schema checked first
+        database = Database(url)
+        try:
+            count = run_due(database, config, worker_id=worker_name())
+        finally:
+            database.dispose()
     typer.echo(f"{count} voucher(s) processed")

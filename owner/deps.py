@@ -11,11 +11,18 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from fdo_server.auth import AdminToken, Role, require
+from fdo_server.sql import Database
 
 
 def engine_of(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+def database_of(request: Request) -> Database:
+    """The app's database on the driver (``app.state.database``: what the rollout runner uses)."""
+    database: Database = request.app.state.database
+    return database
 
 
 def now_of(request: Request) -> datetime:

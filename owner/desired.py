@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from fdo.serviceinfo.bootc import Assignment as BootcAssignment
 from fdo_server.sql import Conn
@@ -30,31 +30,31 @@ def set_desired(
     db: Session, device: Device, number: int | None = None, *, now: datetime, who: str = ""
 ) -> Revision:
     """Make revision ``number`` of the device's group (default: the one it should run
-    now, else the group's newest) the device's desired revision; returns it."""
+    now, else the group's newest) the device's desired revision; returns it. The change
+    is :func:`owner.desired_rows.set_desired`'s, on ``db``'s connection."""
+    from fdo_server.db import lent
+    from owner import desired_rows
+
     if device.group_id is None:
         raise DesiredError("the device has no group")
-    if number is None and device.desired_revision_id is not None:
-        revision = db.get(Revision, device.desired_revision_id)
-    elif number is None:
+    revision_id = None
+    if number is None and device.desired_revision_id is None:
         group = db.get(Group, device.group_id)
-        revision = None if group is None else inventory.current_revision(db, group)
-    else:
-        revision = db.exec(
-            select(Revision).where(Revision.group_id == device.group_id, Revision.number == number)
-        ).first()
-    if revision is None or revision.id is None:
-        raise DesiredError("no such revision in the device's group")
-    device.desired_revision_id = revision.id
-    device.desired_generation = device.desired_generation + 1
-    device.updated_at = now
-    db.add(device)
-    inventory.add_event(
-        db,
-        device,
-        "desired",
-        {"revision": revision.number, "generation": device.desired_generation, "by": who},
-        now=now,
-    )
+        current = None if group is None else inventory.current_revision(db, group)
+        if current is None or current.id is None:
+            raise DesiredError("no such revision in the device's group")
+        revision_id = current.id
+    assert device.id is not None  # noqa: S101 - a stored device
+    db.flush()  # the statements below read and write the rows directly
+    try:
+        desired = desired_rows.set_desired(
+            device.id, number, revision_id=revision_id, now=now, who=who, conn=lent(db.connection())
+        )
+    except desired_rows.DesiredError as exc:
+        raise DesiredError(str(exc)) from None
+    db.expire(device)  # reloads the generation the statement set
+    revision = db.get(Revision, desired.revision_id)
+    assert revision is not None  # noqa: S101 - read in this transaction
     return revision
 
 

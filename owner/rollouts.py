@@ -1,6 +1,6 @@
 """Rollout decisions, without I/O (docs/rollouts.md).
 
-:mod:`owner.rollout_engine` reads a rollout and its devices from the database, asks
+:mod:`owner.rollout_runner` reads a rollout and its devices from the database, asks
 :func:`step` what changes now, and writes that under a compare-and-set. Everything here
 is a pure function of its arguments (``now`` included), so it is unit-tested alone.
 

@@ -8,12 +8,14 @@ Operators change, viewers read; every change writes an audit entry in its transa
 * ``POST /rollouts/{id}/pause|resume|abort|rollback``
 
 Starting and resuming advance the rollout at once in the request and wake this
-process's runner (:class:`owner.rollout_engine.RolloutRunner`).
+process's runner (:class:`owner.rollout_runner.RolloutRunner`).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
+import sys
 
 from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,12 +24,14 @@ from sqlmodel import Session, col, func, select
 from fdo_server.api_docs import errors
 from fdo_server.db import unit_of_work
 from fdo_server.params import Limit, Offset, RowNumber
+from fdo_server.sql import PoolTimeout
 from owner import admin_ops
 from owner import rollout_engine as engine_ops
 from owner.admin_groups import find_live_group
 from owner.audit import audit
-from owner.deps import Operator, SessionDep, Viewer, engine_of, now_of, wake_rollouts
+from owner.deps import Operator, SessionDep, Viewer, database_of, engine_of, now_of, wake_rollouts
 from owner.rollout_engine import RolloutError
+from owner.rollout_runner import advance
 from owner.rollouts_schemas import PolicyIn, PolicyOut, RolloutListOut, RolloutOut, StartIn
 from owner.rollouts_tables import Rollout
 from owner.rollouts_views import rollout_view
@@ -48,12 +52,23 @@ def _show(request: Request, rollout_id: int) -> RolloutOut:
         return rollout_view(db, rollout)
 
 
+def _database_errors() -> tuple[type[Exception], ...]:
+    """What a statement on the driver raises when the database fails: the drivers' errors
+    (psycopg's once it is loaded: on SQLite it never is), SQLAlchemy's (the connection
+    may come from the engine's pool) and a pool with no connection free."""
+    errors: list[type[Exception]] = [SQLAlchemyError, sqlite3.Error, PoolTimeout]
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
 def _kick(request: Request, rollout_id: int) -> None:
     """Advance now, in this request, and wake this process's runner (which retries
     what this attempt could not do: the change itself is committed already)."""
     try:
-        engine_ops.advance(engine_of(request), rollout_id, now_of(request))
-    except SQLAlchemyError:
+        advance(database_of(request), rollout_id, now_of(request))
+    except _database_errors():
         log.warning("rollout %s: advancing in the request failed; the runner retries", rollout_id)
     wake_rollouts(request)
 

@@ -74,7 +74,7 @@ class Rollout(SQLModel, table=True):
     created_by: str = Field(default="", max_length=128)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
-    #: Bumped by every change, compare-and-set (``owner.rollout_engine``).
+    #: Bumped by every change, compare-and-set (``owner.rollout_runner.compare_and_set``).
     version: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default=text("0")))
 
 

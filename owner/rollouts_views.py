@@ -8,11 +8,11 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from fdo.types import Guid
+from fdo_server.clock import utc
 from owner.groups_tables import Device, Group, Revision
 from owner.rollouts import DEVICE_STATES, FAILED, ROLLED_BACK
 from owner.rollouts_schemas import BatchOut, ErrorOut, RolloutDeviceOut, RolloutOut
 from owner.rollouts_tables import Rollout, RolloutDevice
-from owner.states import utc
 
 
 def _iso(value: datetime | None) -> str | None:

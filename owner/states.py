@@ -1,4 +1,4 @@
-"""The owner's state names and the datetime rule its tables follow, without the tables.
+"""The owner's state names, without the tables.
 
 The table modules (:mod:`owner.tables`, :mod:`owner.groups_tables`,
 :mod:`owner.rollouts_tables`: SQLModel) re-export these; code on the device plane imports
@@ -6,8 +6,6 @@ them from here, so a worker that serves only devices never loads SQLModel or SQL
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 # A voucher row's state (``docs/vouchers.md``, "Replacement and lost replies"):
 #: The voucher of the device's current credential: usable in TO2, kept registered by TO0.
@@ -45,8 +43,3 @@ COMPLETED = "completed"
 ABORTED = "aborted"
 ROLLOUT_STATES = (RUNNING, PAUSED, COMPLETED, ABORTED)
 ACTIVE_STATES = (RUNNING, PAUSED)
-
-
-def utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (SQLite returns naive ones)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

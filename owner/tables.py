@@ -11,7 +11,7 @@
 * :class:`UiSession` — a browser signed in to the status page (:mod:`owner.web_session`):
   the hash of its random id, the token and role it signed in with, its times.
 
-Datetimes are stored as UTC (SQLite hands them back naive: see :func:`owner.states.utc`).
+Datetimes are stored as UTC (SQLite hands them back naive: see :func:`fdo_server.clock.utc`).
 """
 
 from __future__ import annotations

@@ -27,10 +27,15 @@ another worker's claim) and sleeps until then, or until :func:`wake_schedulers` 
 (called after the commit of a voucher import or a TO2 that adds or re-schedules work in
 this process), or at most ``to0_interval_seconds`` (0: no limit), which bounds how late
 it notices work that another replica added and did not finish.
+
+The statements run on the driver (:mod:`fdo_server.sql`), a batch's results written by
+one UPDATE and one DELETE that read the rows from a JSON parameter: the process that
+runs the scheduler (a device-plane worker) need not load SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import weakref
@@ -40,17 +45,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
-from sqlalchemy.engine import Connection, Engine
-
 from fdo.crypto import PrivateKeyT, spki_der
 from fdo.errors import FdoError
 from fdo.rvinfo import RVTO2Addr
 from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
+from fdo_server.clock import utc
+from fdo_server.sql import Conn, Database, Sql, message_scope, sqlite_datetime
 from owner.config import OwnerConfig
-from owner.states import REPLACED, SUPERSEDED, USABLE, utc
-from owner.tables import OwnerVoucher, To0Work
+from owner.states import REPLACED, SUPERSEDED, USABLE
 from transport.client import FdoHttpClient, TransportError
 
 log = logging.getLogger(__name__)
@@ -59,9 +62,6 @@ HttpFactory = Callable[[str], FdoHttpClient]
 """Builds the FDO HTTP client for a rendezvous base URL."""
 
 Clock = Callable[[], datetime]
-
-_WORK: Any = To0Work.__table__  # type: ignore[attr-defined]
-_VOUCHERS: Any = OwnerVoucher.__table__  # type: ignore[attr-defined]
 
 
 def default_http_factory(url: str) -> FdoHttpClient:
@@ -114,57 +114,88 @@ class _Result:
     paced_until: datetime | None = None
 
 
-def _claimable(now: datetime) -> Any:
-    return and_(
-        _WORK.c.next_attempt_at <= now,
-        or_(
-            _WORK.c.claimed_by.is_(None), _WORK.c.claim_expires_at.is_(None), _WORK.c.claim_expires_at <= now
-        ),
+def _claimable(w: str) -> str:
+    """Work row ``w`` is due at ``:now`` and holds no live claim."""
+    return (
+        f"{w}.next_attempt_at <= :now AND ({w}.claimed_by IS NULL OR {w}.claim_expires_at IS NULL "
+        f"OR {w}.claim_expires_at <= :now)"
     )
 
 
-#: The work row's voucher is one the scheduler works on.
+_TO0_STATES_IN = ", ".join(f"'{state}'" for state in TO0_STATES)
+_USABLE_IN = ", ".join(f"'{state}'" for state in USABLE)
+#: The work row ``w``'s voucher is one the scheduler works on.
 _IN_TO0_STATE = (
-    select(_VOUCHERS.c.id)
-    .where(_VOUCHERS.c.id == _WORK.c.voucher_id, _VOUCHERS.c.state.in_(TO0_STATES))
-    .exists()
+    "EXISTS (SELECT v.id FROM owner_voucher v "  # noqa: S608 - our constants
+    f"WHERE v.id = w.voucher_id AND v.state IN ({_TO0_STATES_IN}))"
+)
+# Rows in due order, each checked against its voucher: the plan walks the
+# next_attempt_at index and stops after ``limit`` (a join would scan them all).
+_CHOSEN = (
+    f"SELECT w.id FROM owner_to0_work w WHERE {_claimable('w')} AND {_IN_TO0_STATE} "  # noqa: S608
+    "ORDER BY w.next_attempt_at LIMIT :limit"
+)
+_CLAIM_SET = "UPDATE owner_to0_work SET claimed_by = :worker, claim_expires_at = :expires WHERE id IN "
+# The claim is re-checked on the row the UPDATE locked.
+_CLAIM_WHERE = f" AND {_claimable('owner_to0_work')} RETURNING id"
+_CLAIM = Sql(
+    f"{_CLAIM_SET}({_CHOSEN}){_CLAIM_WHERE}",
+    # Another replica's claim in flight keeps its rows locked: take others.
+    postgresql=f"{_CLAIM_SET}({_CHOSEN} FOR UPDATE OF w SKIP LOCKED){_CLAIM_WHERE}",
+)
+
+# The ids of the JSON array ``:ids``, as a subquery.
+_IDS = "SELECT value FROM json_each(:ids)"
+_PG_IDS = "SELECT CAST(value AS integer) FROM json_array_elements_text(CAST(:ids AS json))"
+
+
+def _for_ids(text: str, **options: Any) -> Sql:
+    """A statement on the work rows whose ids are in the JSON array ``:ids`` (``{ids}``
+    in ``text``)."""
+    return Sql(text.format(ids=_IDS), postgresql=text.format(ids=_PG_IDS), **options)
+
+
+_CLAIMED = _for_ids(
+    "SELECT w.id, v.raw, v.state, w.registered_until FROM owner_to0_work w "
+    "JOIN owner_voucher v ON v.id = w.voucher_id WHERE w.id IN ({ids}) ORDER BY w.next_attempt_at, w.id",
+    datetimes=("registered_until",),
+)
+_CURRENT = _for_ids(
+    "SELECT w.id, w.claimed_by, w.attempts, v.state, w.last_error FROM owner_to0_work w "
+    "LEFT JOIN owner_voucher v ON v.id = w.voucher_id WHERE w.id IN ({ids})"
+)
+_DELETE = _for_ids("DELETE FROM owner_to0_work WHERE claimed_by = :worker AND id IN ({ids})")
+#: The outcome of each row of the JSON array ``:rows`` (objects with the keys of
+#: :func:`_outcome`), on the rows we still hold; their claims released.
+_FINISH = Sql(
+    "UPDATE owner_to0_work SET registered_until = r.registered_until, next_attempt_at = r.next_attempt_at, "
+    "attempts = r.attempts, last_error = r.last_error, claimed_by = NULL, claim_expires_at = NULL "
+    "FROM (SELECT json_extract(value, '$.id') AS id, "
+    "json_extract(value, '$.registered_until') AS registered_until, "
+    "json_extract(value, '$.next_attempt_at') AS next_attempt_at, "
+    "json_extract(value, '$.attempts') AS attempts, json_extract(value, '$.last_error') AS last_error "
+    "FROM json_each(:rows)) AS r WHERE owner_to0_work.id = r.id AND owner_to0_work.claimed_by = :worker",
+    postgresql="UPDATE owner_to0_work AS w SET registered_until = r.registered_until, "
+    "next_attempt_at = r.next_attempt_at, attempts = r.attempts, last_error = r.last_error, "
+    "claimed_by = NULL, claim_expires_at = NULL "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS r(id integer, registered_until timestamptz, "
+    "next_attempt_at timestamptz, attempts integer, last_error text) "
+    "WHERE w.id = r.id AND w.claimed_by = :worker",
 )
 
 
 def _claim_batch(
-    engine: Engine, worker_id: str, now: datetime, hold: timedelta, limit: int
+    database: Database, worker_id: str, now: datetime, hold: timedelta, limit: int
 ) -> list[_Claimed]:
     """Claim up to ``limit`` due rows (oldest due first) in one transaction."""
-    with engine.begin() as conn:
-        # Rows in due order, each checked against its voucher: the plan walks the
-        # next_attempt_at index and stops after ``limit`` (a join would scan them all).
-        chosen = (
-            select(_WORK.c.id)
-            .where(_claimable(now), _IN_TO0_STATE)
-            .order_by(_WORK.c.next_attempt_at)
-            .limit(limit)
-        )
-        if conn.dialect.name == "postgresql":
-            # Another replica's claim in flight keeps its rows locked: take others.
-            chosen = chosen.with_for_update(skip_locked=True, of=_WORK)
-        ids = list(
-            conn.execute(
-                update(_WORK)
-                .where(_WORK.c.id.in_(chosen), _claimable(now))  # re-checked on the locked row
-                .values(claimed_by=worker_id, claim_expires_at=now + hold)
-                .returning(_WORK.c.id)
-            ).scalars()
-        )
+    with message_scope(database) as conn:
+        claim = {"worker": worker_id, "expires": now + hold, "now": now, "limit": limit}
+        ids = [row[0] for row in _CLAIM.all(claim, conn)]
         if not ids:
             return []
-        rows = conn.execute(
-            select(_WORK.c.id, _VOUCHERS.c.raw, _VOUCHERS.c.state, _WORK.c.registered_until)
-            .join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id)
-            .where(_WORK.c.id.in_(ids))
-            .order_by(_WORK.c.next_attempt_at, _WORK.c.id)
-        ).all()
+        rows = _CLAIMED.all({"ids": json.dumps(ids)}, conn)
     return [
-        _Claimed(wid, raw, state not in USABLE, None if until is None else utc(until))
+        _Claimed(wid, bytes(raw), state not in USABLE, None if until is None else utc(until))
         for wid, raw, state, until in rows
     ]
 
@@ -404,89 +435,95 @@ def backoff(config: OwnerConfig, attempts: int) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-_FINISH = (
-    update(_WORK)
-    .where(_WORK.c.id == bindparam("w_id"), _WORK.c.claimed_by == bindparam("w_by"))
-    .values(
-        registered_until=bindparam("w_until"),
-        next_attempt_at=bindparam("w_next"),
-        attempts=bindparam("w_attempts"),
-        last_error=bindparam("w_error"),
-        claimed_by=None,
-        claim_expires_at=None,
-    )
-)
-_DELETE = delete(_WORK).where(_WORK.c.id == bindparam("w_id"), _WORK.c.claimed_by == bindparam("w_by"))
+def _when(value: datetime | None, dialect: str) -> str | None:
+    """A datetime inside a JSON parameter: on SQLite the text a datetime parameter is sent
+    as (SQLAlchemy's: the ORM reads it alike), on PostgreSQL ISO 8601 with its offset."""
+    if value is None:
+        return None
+    return sqlite_datetime(value) if dialect == "sqlite" else value.isoformat()
 
 
-def _finish_batch(engine: Engine, results: Sequence[_Result], worker_id: str, config: OwnerConfig) -> None:
+def _outcome(
+    dialect: str, work_id: int, until: datetime | None, next_at: datetime, attempts: int, error: str | None
+) -> dict[str, Any]:
+    """One row of :data:`_FINISH`'s ``:rows``."""
+    return {
+        "id": work_id,
+        "registered_until": _when(until, dialect),
+        "next_attempt_at": _when(next_at, dialect),
+        "attempts": attempts,
+        "last_error": error,
+    }
+
+
+def _finish_batch(
+    database: Database, results: Sequence[_Result], worker_id: str, config: OwnerConfig
+) -> None:
     """Write the outcome of finished registrations (and release their claims) in one
     transaction. A row whose claim is no longer ours (it expired and another worker took
     it) is left to that worker."""
-    ids = [r.claimed.work_id for r in results]
-    with engine.begin() as conn:
+    with message_scope(database) as conn:
+        ids = json.dumps([r.claimed.work_id for r in results])
+        dialect = conn.dialect
         current = {
             wid: (by, attempts, state, error)
-            for wid, by, attempts, state, error in conn.execute(
-                select(
-                    _WORK.c.id, _WORK.c.claimed_by, _WORK.c.attempts, _VOUCHERS.c.state, _WORK.c.last_error
-                )
-                .join(_VOUCHERS, _VOUCHERS.c.id == _WORK.c.voucher_id, isouter=True)
-                .where(_WORK.c.id.in_(ids))
-            )
+            for wid, by, attempts, state, error in _CURRENT.all({"ids": ids}, conn)
         }
-        deletes: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
+        deletes: list[int] = []
+        updates: dict[int, dict[str, Any]] = {}
         for r in results:
-            row = current.get(r.claimed.work_id)
+            wid = r.claimed.work_id
+            row = current.get(wid)
             if row is None or row[0] != worker_id:
                 continue  # our claim expired and someone else has it now
             _, attempts, state, last_error = row
-            key = {"w_id": r.claimed.work_id, "w_by": worker_id}
             granted, now = r.granted, r.at
             if r.drop or (r.claimed.retire and granted is not None):
-                deletes.append(key)  # the rendezvous forgets the GUID within RETIRE_WAIT_SECONDS
+                deletes.append(wid)  # the rendezvous forgets the GUID within RETIRE_WAIT_SECONDS
             elif granted is not None and state not in USABLE:
                 # Left the usable states while we registered it: retire it next pass.
                 until = now + timedelta(seconds=granted)
-                updates.append(key | {"w_until": until, "w_next": now, "w_attempts": 0, "w_error": None})
+                updates.setdefault(wid, _outcome(dialect, wid, until, now, 0, None))
             elif granted is not None:
                 keep = timedelta(seconds=granted * (1 - config.settings.to0_renew_fraction))
-                updates.append(
-                    key
-                    | {
-                        "w_until": now + timedelta(seconds=granted),
-                        "w_next": now + max(keep, timedelta(seconds=1)),
-                        "w_attempts": 0,
-                        "w_error": "; ".join(r.errors)[:2000] or None,
-                    }
+                updates.setdefault(
+                    wid,
+                    _outcome(
+                        dialect,
+                        wid,
+                        now + timedelta(seconds=granted),
+                        now + max(keep, timedelta(seconds=1)),
+                        0,
+                        "; ".join(r.errors)[:2000] or None,
+                    ),
                 )
             elif r.paced_until is not None:
                 # Asked to wait: retried then, with the attempts and last error as they were.
-                updates.append(
-                    key
-                    | {
-                        "w_until": r.claimed.registered_until,
-                        "w_next": r.paced_until,
-                        "w_attempts": attempts,
-                        "w_error": last_error,
-                    }
+                updates.setdefault(
+                    wid,
+                    _outcome(dialect, wid, r.claimed.registered_until, r.paced_until, attempts, last_error),
                 )
             else:
                 attempts += 1
-                updates.append(
-                    key
-                    | {
-                        "w_until": r.claimed.registered_until,
-                        "w_next": now + backoff(config, attempts),
-                        "w_attempts": attempts,
-                        "w_error": ("; ".join(r.errors) or "registration failed")[:2000],
-                    }
+                error = ("; ".join(r.errors) or "registration failed")[:2000]
+                updates.setdefault(
+                    wid,
+                    _outcome(
+                        dialect,
+                        wid,
+                        r.claimed.registered_until,
+                        now + backoff(config, attempts),
+                        attempts,
+                        error,
+                    ),
                 )
+        # A row twice in a batch (our claim expired while it ran, and we took it again): a
+        # delete wins (it runs first), else its first outcome (setdefault), as when each
+        # row was a statement of its own (the first released the claim).
         if deletes:
-            conn.execute(_DELETE, deletes)
+            _DELETE.rowcount({"worker": worker_id, "ids": json.dumps(deletes)}, conn)
         if updates:
-            conn.execute(_FINISH, updates)
+            _FINISH.rowcount({"worker": worker_id, "rows": json.dumps(list(updates.values()))}, conn)
 
 
 def pace_limit(config: OwnerConfig) -> timedelta:
@@ -532,7 +569,7 @@ def _register_one(
 
 
 def run_due(
-    engine: Engine,
+    database: Database,
     config: OwnerConfig,
     *,
     now: datetime | None = None,
@@ -578,10 +615,10 @@ def run_due(
                 more = False
             if more and len(in_flight) <= concurrency:
                 if results:  # written before claiming more: two short transactions a round
-                    _finish_batch(engine, results, worker_id, config)
+                    _finish_batch(database, results, worker_id, config)
                     results = []
                 want = 2 * concurrency - len(in_flight)
-                claimed = _claim_batch(engine, worker_id, utc(read()), hold, want)
+                claimed = _claim_batch(database, worker_id, utc(read()), hold, want)
                 more = len(claimed) == want
                 done += len(claimed)
                 at = utc(read())
@@ -595,7 +632,7 @@ def run_due(
                 in_flight -= ready
                 results.extend(f.result() for f in ready)
             if results and (len(results) >= concurrency or not more):
-                _finish_batch(engine, results, worker_id, config)
+                _finish_batch(database, results, worker_id, config)
                 results = []
             if not in_flight and not more:
                 return done
@@ -606,24 +643,23 @@ def run_due(
         clients.close()
 
 
-def next_due(engine: Engine) -> datetime | None:
+_NEXT_DUE = Sql(
+    "SELECT (SELECT w.next_attempt_at FROM owner_to0_work w "  # noqa: S608 - our constants
+    f"WHERE w.claimed_by IS NULL AND {_IN_TO0_STATE} ORDER BY w.next_attempt_at LIMIT 1) AS unclaimed, "
+    "(SELECT min(CASE WHEN w.claim_expires_at > w.next_attempt_at THEN w.claim_expires_at "
+    "ELSE w.next_attempt_at END) FROM owner_to0_work w "
+    f"WHERE w.claimed_by IS NOT NULL AND {_IN_TO0_STATE}) AS claimed",
+    datetimes=("unclaimed", "claimed"),
+)
+
+
+def next_due(database: Database) -> datetime | None:
     """The earliest time a work row becomes claimable (its next attempt, or the expiry of
     the claim on it if that is later), or None when there is no work at all."""
-    unclaimed = (
-        select(_WORK.c.next_attempt_at)
-        .where(_WORK.c.claimed_by.is_(None), _IN_TO0_STATE)
-        .order_by(_WORK.c.next_attempt_at)
-        .limit(1)
-    )
-    later = case(
-        (_WORK.c.claim_expires_at > _WORK.c.next_attempt_at, _WORK.c.claim_expires_at),
-        else_=_WORK.c.next_attempt_at,
-    )
-    claimed = select(func.min(later)).where(_WORK.c.claimed_by.is_not(None), _IN_TO0_STATE)
-    with engine.connect() as conn:
-        found = [conn.execute(unclaimed).scalar(), conn.execute(claimed).scalar()]
-    times = [utc(datetime.fromisoformat(t) if isinstance(t, str) else t) for t in found if t is not None]
-    return min(times, default=None)  # SQLite gives the computed one back as text
+    with message_scope(database) as conn:
+        row = _NEXT_DUE.first({}, conn)
+    assert row is not None  # noqa: S101 - a SELECT without FROM has one row
+    return min((utc(t) for t in row if t is not None), default=None)
 
 
 _RUNNING: weakref.WeakSet[To0Thread] = weakref.WeakSet()
@@ -656,7 +692,7 @@ class To0Thread:
 
     def __init__(
         self,
-        engine: Engine,
+        database: Database,
         config: OwnerConfig,
         *,
         worker_id: str,
@@ -664,7 +700,7 @@ class To0Thread:
         http_factory: HttpFactory | None = None,
         wait: Waiter = _event_wait,
     ) -> None:
-        self.engine, self.config, self.worker_id = engine, config, worker_id
+        self.database, self.config, self.worker_id = database, config, worker_id
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.http_factory = http_factory
         self.wait = wait
@@ -707,7 +743,7 @@ class To0Thread:
         cap = self.config.settings.to0_interval_seconds or None
         try:
             ran = run_due(
-                self.engine,
+                self.database,
                 self.config,
                 clock=self.clock,
                 worker_id=self.worker_id,
@@ -715,7 +751,7 @@ class To0Thread:
                 stop=self._stop,
                 pacer=self.pacer,
             )
-            due = next_due(self.engine)
+            due = next_due(self.database)
         except Exception:
             log.exception("TO0 scheduler pass failed")
             retry = float(self.config.settings.to0_retry_seconds)
@@ -750,19 +786,18 @@ class To0Counts:
     failing: int
 
 
-def to0_counts(conn: Connection, now: datetime, window: timedelta = EXPIRING_WINDOW) -> To0Counts:
-    work = To0Work.__table__  # type: ignore[attr-defined]
-    vouchers = OwnerVoucher.__table__  # type: ignore[attr-defined]
-    joined = work.join(vouchers, work.c.voucher_id == vouchers.c.id)
-    until = work.c.registered_until
-    counts = (
-        select(
-            func.count().filter(or_(until.is_(None), until <= now)),
-            func.count().filter(and_(until > now, until <= now + window)),
-            func.count().filter(work.c.last_error.is_not(None)),
-        )
-        .select_from(joined)
-        .where(vouchers.c.state.in_(USABLE))
-    )
-    pending, expiring, failing = conn.execute(counts).one()
+_COUNTS = Sql(
+    "SELECT count(*) FILTER (WHERE w.registered_until IS NULL OR w.registered_until <= :now) AS pending, "  # noqa: S608
+    "count(*) FILTER (WHERE w.registered_until > :now AND w.registered_until <= :soon) AS expiring, "
+    "count(*) FILTER (WHERE w.last_error IS NOT NULL) AS failing "
+    f"FROM owner_to0_work w JOIN owner_voucher v ON w.voucher_id = v.id WHERE v.state IN ({_USABLE_IN})"
+)
+
+
+def to0_counts(conn: Conn, now: datetime, window: timedelta = EXPIRING_WINDOW) -> To0Counts:
+    """:class:`To0Counts` at ``now``, read on ``conn`` (a SQLAlchemy connection is lent
+    with :func:`fdo_server.db.lent`)."""
+    row = _COUNTS.first({"now": now, "soon": now + window}, conn)
+    assert row is not None  # noqa: S101 - an aggregate has one row
+    pending, expiring, failing = row
     return To0Counts(pending, expiring, failing)

@@ -48,11 +48,11 @@ from sqlmodel import Session, col, select
 
 from fdo.crypto import PrivateKeyT, private_key_to_der
 from fdo_server.auth import AdminToken, Role
+from fdo_server.clock import utc
 from fdo_server.db import unit_of_work
 from fdo_server.proxies import is_https
 from owner.deps import engine_of, now_of
 from owner.settings import OwnerSettings
-from owner.states import utc
 from owner.tables import UiSession
 
 log = logging.getLogger(__name__)

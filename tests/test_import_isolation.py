@@ -75,9 +75,37 @@ def test_the_fdo_message_path_imports_no_web_framework_pydantic_or_sqlalchemy() 
     assert out["loaded"] == []
 
 
+def test_the_owners_to0_scheduler_imports_no_sqlalchemy() -> None:
+    """The TO0 scheduler runs in the owner's device-plane workers: its statements run on
+    the driver, so importing it loads neither SQLAlchemy nor SQLModel's tables."""
+    code = _PROBE.format(roots=["owner.to0"], walk=False, stack=("sqlalchemy", "sqlmodel", "owner"))
+    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "owner.to0" in out["loaded"]
+    assert [m for m in out["loaded"] if m.split(".")[0] != "owner"] == []
+    assert "owner.tables" not in out["loaded"]
+
+
 def test_device_cli_imports_without_server_stack() -> None:
     out = _probe(["fdo_cli.main"], walk=False)
     assert out["imported"] == ["fdo_cli.main"]
+    assert out["loaded"] == []
+
+
+def test_the_rollout_runner_imports_no_sqlalchemy_sqlmodel_or_pydantic() -> None:
+    """The owner's rollout runner (a thread of every owner worker) and everything it
+    imports run their statements on the driver (fdo_server.sql)."""
+    stack = ("sqlalchemy", "sqlmodel", "pydantic", "pydantic_core")
+    code = _PROBE.format(roots=["owner.rollout_runner"], walk=False, stack=stack)
+    result = subprocess.run(  # noqa: S603 - fixed interpreter and code
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["imported"] == ["owner.rollout_runner"]
     assert out["loaded"] == []
 
 

@@ -40,6 +40,9 @@ STATEMENT_MODULES = (
     "owner.lifecycle",
     "owner.checkin",
     "owner.assign",
+    "owner.to0",
+    "owner.desired_rows",
+    "owner.rollout_runner",
     "owner.app",
 )
 

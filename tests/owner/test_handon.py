@@ -117,7 +117,7 @@ def test_hand_on_batch(world: World, database_url: str) -> None:
     def no_rendezvous(url: str) -> Any:
         raise AssertionError(f"TO0 ran for a handed-on voucher ({url})")
 
-    assert run_due(app.state.engine, app.state.config, worker_id="t", http_factory=no_rendezvous) == 0
+    assert run_due(app.state.database, app.state.config, worker_id="t", http_factory=no_rendezvous) == 0
 
 
 def test_hand_on_refusals(world: World, database_url: str) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import queue
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from fdo.types import Guid, MsgType
 from fdo.voucher import OwnershipVoucher, vouchers_to_pem
 from fdo_server.auth import Role
 from fdo_server.db import make_engine, unit_of_work
+from fdo_server.sql import Database
 from owner.app import create_app
 from owner.settings import load_config
 from owner.tables import OwnerVoucher, To0Work
@@ -41,6 +43,14 @@ from transport.client import FdoHttpClient, TransportError
 @pytest.fixture
 def world(key_pool: KeyPool, tmp_path: Path) -> World:
     return make_world(key_pool, tmp_path)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """The TO0 scheduler's database (driver connections of its own)."""
+    database = Database(database_url)
+    yield database
+    database.dispose()
 
 
 class LoseDone2(httpx.BaseTransport):
@@ -187,11 +197,12 @@ def test_of_two_sessions_reaching_done_one_wins(world: World, database_url: str)
     assert set(to0_rows(database_url)) == {g0, winner}
 
 
-def test_to0_retires_the_registration_of_a_voucher_that_is_gone(world: World, database_url: str) -> None:
+def test_to0_retires_the_registration_of_a_voucher_that_is_gone(
+    world: World, database_url: str, database: Database
+) -> None:
     http, headers = owner_with(world, database_url)
     credential, g0 = imported(world, http, headers)
     config = load_config(world.settings(database_url, migrate=False))
-    engine = make_engine(database_url)
     stub = RendezvousStub()
     waits: list[int] = []
 
@@ -199,7 +210,7 @@ def test_to0_retires_the_registration_of_a_voucher_that_is_gone(world: World, da
         return FdoHttpClient(url, client=stub.client())
 
     t0 = datetime.now(UTC)  # the app stamps work rows with its own (real) clock
-    assert run_due(engine, config, now=t0, worker_id="w", http_factory=factory) == 1
+    assert run_due(database, config, now=t0, worker_id="w", http_factory=factory) == 1
     waits.append(stub.rv.registrations[next(iter(stub.rv.registrations))].wait_seconds)
 
     # Lost Done2, TO2 again: g1 is superseded; g0 stays registered (still usable).
@@ -211,7 +222,7 @@ def test_to0_retires_the_registration_of_a_voucher_that_is_gone(world: World, da
     (g1,) = set(states(http, headers)) - {g0, g2}
     # g1 and g2 were never registered: g1's row goes without a TO0, g2 is registered;
     # g0 is not due before its renewal.
-    assert run_due(engine, config, now=t0 + timedelta(seconds=60), worker_id="w", http_factory=factory) == 2
+    assert run_due(database, config, now=t0 + timedelta(seconds=60), worker_id="w", http_factory=factory) == 2
     assert set(to0_rows(database_url)) == {g0, g2}
     assert set(stub.count) == {g0, g2}
 
@@ -220,13 +231,17 @@ def test_to0_retires_the_registration_of_a_voucher_that_is_gone(world: World, da
     reuse, _ = owner_with(world, database_url, migrate=False, credential_reuse=True)
     run_to2(reuse, machine.new_credential)
     assert states(http, headers)[g0] == ("replaced", g2)
-    assert run_due(engine, config, now=t0 + timedelta(seconds=120), worker_id="w", http_factory=factory) == 1
+    assert (
+        run_due(database, config, now=t0 + timedelta(seconds=120), worker_id="w", http_factory=factory) == 1
+    )
     retired = [r for g, r in stub.rv.registrations.items() if str(g) == g0]
     assert [r.wait_seconds for r in retired] == [RETIRE_WAIT_SECONDS] and waits == [3600]
     assert set(to0_rows(database_url)) == {g2}
 
 
-def test_a_to2_wakes_the_to0_scheduler_after_its_commit(world: World, database_url: str) -> None:
+def test_a_to2_wakes_the_to0_scheduler_after_its_commit(
+    world: World, database_url: str, database: Database
+) -> None:
     """TO2.Done adds the replacement's work row: the sleeping scheduler registers it then."""
     http, headers = owner_with(world, database_url)
     credential, g0 = imported(world, http, headers)
@@ -239,7 +254,7 @@ def test_a_to2_wakes_the_to0_scheduler_after_its_commit(world: World, database_u
         event.wait()  # only a wake (or stop) ends the sleep
 
     thread = To0Thread(
-        make_engine(database_url),
+        database,
         config,
         worker_id="w",
         http_factory=lambda url: FdoHttpClient(url, client=stub.client()),

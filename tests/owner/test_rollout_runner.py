@@ -1,4 +1,4 @@
-"""The rollout runner sleeps until something is due (owner/rollout_engine.py), on a real
+"""The rollout runner sleeps until something is due (owner/rollout_runner.py), on a real
 database (SQLite, and PostgreSQL when set), with its waits recorded instead of timed:
 with no rollout running it waits with no timeout at all, and a wake starts a pass; with
 one running it waits until the earliest report timeout or window opening, never longer
@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from fdo_server.auth import Role
 from owner.app import create_app
-from owner.rollout_engine import SAFETY_TICKS, RolloutRunner
+from owner.rollout_runner import SAFETY_TICKS, RolloutRunner
 from tests.conftest import KeyPool
 from tests.owner.helpers import make_world, token
 from tests.owner.test_rollouts_api import IMAGE1, IMAGE2, onboarded_devices, publish, report
@@ -35,7 +35,7 @@ def app(key_pool: KeyPool, tmp_path: Path, database_url: str) -> FastAPI:
 
 
 def runner(app: FastAPI, *, tick: float = TICK, now: datetime = NOW) -> RolloutRunner:
-    return RolloutRunner(app.state.engine, tick=tick, clock=lambda: now)
+    return RolloutRunner(app.state.database, tick=tick, clock=lambda: now)
 
 
 def start(app: FastAPI, devices: int, **options: Any) -> tuple[TestClient, dict[str, str], list[int], int]:
@@ -59,7 +59,7 @@ def test_an_idle_runner_waits_with_no_timeout_until_woken(app: FastAPI) -> None:
         passes.release()
         return event.wait(timeout)
 
-    rollouts = RolloutRunner(app.state.engine, tick=5.0, clock=lambda: NOW, wait=wait)
+    rollouts = RolloutRunner(app.state.database, tick=5.0, clock=lambda: NOW, wait=wait)
     rollouts.start()
     try:
         assert passes.acquire(timeout=30)

@@ -1,6 +1,6 @@
 """The rollouts admin API on a real database (SQLite, and PostgreSQL when set): start,
 a second start refused (409), pause, resume, abort, rollback, the group's target and
-rollout policy, roles, audit, the status pages; and two engines racing on one
+rollout policy, roles, audit, the status pages; and two runners racing on one
 PostgreSQL rollout (no device in two batches, none skipped, no transition twice)."""
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from sqlmodel import Session, col, select
 
 from fdo_server.auth import Role
 from fdo_server.db import make_engine, unit_of_work
+from fdo_server.sql import Database
 from owner import rollout_engine
 from owner.app import create_app
 from owner.groups_tables import Device, DeviceEvent, Group, Revision
 from owner.inventory import ensure_device
+from owner.rollout_runner import advance
 from owner.rollouts import Policy
 from owner.rollouts_tables import Rollout, RolloutDevice
 from tests.conftest import KeyPool, migrated
@@ -119,7 +121,7 @@ def test_rollout_api_start_conflict_pause_resume_abort_rollback_roles_audit(app:
     assert client.post(f"/api/v1/rollouts/{rid}/pause", headers=operator).json()["state"] == "paused"
     assert client.post(f"/api/v1/rollouts/{rid}/pause", headers=operator).status_code == 409
     report(engine, ids[:3], 2, IMAGE2)
-    assert not rollout_engine.advance(engine, rid, NOW)  # paused: nothing moves
+    assert not advance(app.state.database, rid, NOW)  # paused: nothing moves
     resumed = client.post(f"/api/v1/rollouts/{rid}/resume", headers=operator).json()
     assert resumed["state"] == "running" and resumed["batch"] == 2
     assert resumed["counts"] == {"succeeded": 3, "updating": 3}
@@ -199,7 +201,7 @@ def test_failures_pause_with_reason_and_errors_shown(app: FastAPI) -> None:
     body = {"revision": 2, "batch_size": 5, "success_threshold": 80}
     rid = client.post("/api/v1/groups/lab/rollouts", headers=operator, json=body).json()["id"]
     report(engine, ids[:2], 2, IMAGE2, state="failed")
-    assert rollout_engine.advance(engine, rid, NOW)
+    assert advance(app.state.database, rid, NOW)
     shown = client.get(f"/api/v1/rollouts/{rid}", headers=operator).json()
     assert shown["state"] == "paused" and "SN-01, SN-02" in shown["reason"]
     errors = [d["error"] for d in shown["devices"] if d["state"] == "failed"]
@@ -224,7 +226,7 @@ def test_a_device_that_onboards_again_during_the_rollout_counts_once_it_applies(
         again.desired_generation = 0
         db.add(again)
     report(engine, ids, 2, IMAGE2)
-    assert rollout_engine.advance(engine, rid, NOW)
+    assert advance(app.state.database, rid, NOW)
     shown = client.get(f"/api/v1/rollouts/{rid}", headers=operator).json()
     assert shown["state"] == "completed", shown
     assert {d["state"] for d in shown["devices"]} == {"succeeded"}
@@ -239,14 +241,15 @@ def _guid(engine: Any, device_id: int) -> str:
 
 @pytest.mark.skipif(
     not __import__("os").environ.get("FDO_TEST_POSTGRES_URL"),
-    reason="two engines racing need PostgreSQL (FDO_TEST_POSTGRES_URL unset)",
+    reason="two runners racing need PostgreSQL (FDO_TEST_POSTGRES_URL unset)",
 )
-def test_two_engines_racing_on_postgresql_apply_each_transition_once(database_url: str) -> None:
+def test_two_runners_racing_on_postgresql_apply_each_transition_once(database_url: str) -> None:
     if not database_url.startswith("postgresql"):
         pytest.skip("the race runs on PostgreSQL only")
     url = migrated(database_url, "owner")
-    engines = [make_engine(url) for _ in range(3)]
-    with unit_of_work(engines[0]) as db:
+    engine = make_engine(url)  # the operator's and the devices'
+    racers = [Database(url) for _ in range(2)]  # two replicas' runners, on the driver
+    with unit_of_work(engine) as db:
         group = Group(name="race")
         db.add(group)
         db.flush()
@@ -267,29 +270,29 @@ def test_two_engines_racing_on_postgresql_apply_each_transition_once(database_ur
     applied = [0, 0]
     stop = threading.Event()
 
-    def engine_loop(index: int) -> None:
+    def runner_loop(index: int) -> None:
         while not stop.is_set():
-            if rollout_engine.advance(engines[index], rid, NOW):
+            if advance(racers[index], rid, NOW):
                 applied[index] += 1
 
     def devices_loop() -> None:  # devices report what the rollout sent them
         while not stop.is_set():
-            with Session(engines[2]) as db:
+            with Session(engine) as db:
                 told = db.exec(
                     select(RolloutDevice.device_id).where(
                         RolloutDevice.rollout_id == rid, RolloutDevice.state == "updating"
                     )
                 ).all()
-            report(engines[2], list(told), 2, IMAGE2)
+            report(engine, list(told), 2, IMAGE2)
 
-    threads = [threading.Thread(target=engine_loop, args=(i,)) for i in (0, 1)]
+    threads = [threading.Thread(target=runner_loop, args=(i,)) for i in (0, 1)]
     threads.append(threading.Thread(target=devices_loop))
     for t in threads:
         t.start()
     try:
         deadline = __import__("time").monotonic() + 60
         while __import__("time").monotonic() < deadline:
-            with Session(engines[2]) as db:
+            with Session(engine) as db:
                 rollout = db.get(Rollout, rid)
                 assert rollout is not None
                 if rollout.state != "running":
@@ -299,7 +302,7 @@ def test_two_engines_racing_on_postgresql_apply_each_transition_once(database_ur
         stop.set()
         for t in threads:
             t.join()
-    with Session(engines[2]) as db:
+    with Session(engine) as db:
         rollout = db.get(Rollout, rid)
         assert rollout is not None and rollout.state == "completed", rollout
         members = db.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rid)).all()
@@ -313,8 +316,9 @@ def test_two_engines_racing_on_postgresql_apply_each_transition_once(database_ur
     assert all(d.desired_generation == 1 for d in devices)
     assert Counter(e.device_id for e in events) == {d.id: 1 for d in devices}
     assert rollout.version == applied[0] + applied[1] and sum(applied) > 6
-    for e in engines:
-        e.dispose()
+    engine.dispose()
+    for racer in racers:
+        racer.dispose()
 
 
 def test_migration_sets_each_groups_target_to_its_newest_revision(database_url: str) -> None:

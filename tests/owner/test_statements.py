@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,11 +21,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from fdo.types import Guid
+from fdo_server import sql
+from fdo_server.clock import utc
 from fdo_server.db import make_engine, message_scope, unit_of_work
 from owner import app as owner_app
-from owner import checkin, groups, inventory, lifecycle
+from owner import checkin, groups, inventory, lifecycle, to0
 from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision, RevisionSecret
-from owner.states import ACTIVE, ONBOARDED, utc
+from owner.states import ACTIVE, ONBOARDED
 from owner.tables import DeviceOnboarding, OwnerVoucher, To0Work
 from tests.conftest import migrated
 
@@ -293,3 +295,44 @@ def test_vouchers_to0_work_and_onboardings_are_stored_and_read_alike(engine: Eng
         assert (record.devmod, record.modules, utc(record.completed_at)) == (FACTS, modules, AT)
         row = lifecycle.usable_row(orm_guid)
         assert row is not None and (row.id, row.raw, row.state) == (orm_id, b"\x00voucher", ACTIVE)
+
+
+def test_to0_claims_and_outcomes_are_stored_and_read_alike(engine: Engine) -> None:
+    """The TO0 scheduler's claim (datetime parameters) and a batch's outcome (datetimes
+    inside its JSON parameter) store what the ORM stores, and read back alike."""
+    renew, until = AT + timedelta(seconds=2700), AT + timedelta(seconds=3600)
+    with unit_of_work(engine) as db:
+        vouchers = [
+            OwnerVoucher(guid=os.urandom(16), raw=b"v", owner_key_spki=b"k", imported_at=AT) for _ in range(2)
+        ]
+        db.add_all(vouchers)
+        db.flush()
+        assert vouchers[0].id is not None and vouchers[1].id is not None
+        ours = To0Work(voucher_id=vouchers[0].id, next_attempt_at=AT)
+        orm = To0Work(voucher_id=vouchers[1].id, next_attempt_at=AT, claimed_by="w", claim_expires_at=until)
+        db.add_all([ours, orm])
+        db.flush()
+        ours_id, orm_id = ours.id, orm.id
+    assert ours_id is not None and orm_id is not None
+    with message_scope(engine):  # the ORM's row is claimed already: only ours is claimable
+        claimed = to0._CLAIM.all({"worker": "w", "expires": until, "now": AT, "limit": 2})
+    assert claimed == [(ours_id,)]
+    assert_stored_alike(
+        engine, "owner_to0_work", "next_attempt_at, claimed_by, claim_expires_at", "id", ours_id, orm_id
+    )
+
+    with unit_of_work(engine) as db:
+        row = db.get(To0Work, orm_id)
+        assert row is not None
+        row.registered_until, row.next_attempt_at, row.attempts, row.last_error = until, renew, 2, 'é "x"'
+        row.claimed_by = row.claim_expires_at = None
+        db.add(row)
+    with message_scope(engine):
+        outcome = to0._outcome(sql.current().dialect, ours_id, until, renew, 2, 'é "x"')
+        assert to0._FINISH.rowcount({"worker": "w", "rows": json.dumps([outcome])}) == 1
+    columns = "registered_until, next_attempt_at, attempts, last_error, claimed_by, claim_expires_at"
+    assert_stored_alike(engine, "owner_to0_work", columns, "id", ours_id, orm_id)
+    with unit_of_work(engine) as db:
+        read = db.get(To0Work, ours_id)
+        assert read is not None and read.registered_until is not None
+        assert (utc(read.registered_until), utc(read.next_attempt_at)) == (until, renew)

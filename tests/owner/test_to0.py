@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,14 +17,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from fdo.voucher import vouchers_to_pem
+from fdo_server.clock import utc
 from fdo_server.db import make_engine, unit_of_work
 from fdo_server.metrics import ServiceMetrics
 from fdo_server.ratelimit import EdgeGuard, first_message_routes
+from fdo_server.sql import Database
 from owner.importer import import_pem
 from owner.settings import OwnerConfig, load_config
-from owner.states import utc
 from owner.tables import To0Work
-from owner.to0 import To0Thread, run_due
+from owner.to0 import To0Thread, _claim_batch, _finish_batch, _Result, run_due
 from tests.conftest import KeyPool
 from tests.fdo.flow import NOW
 from tests.owner.helpers import RendezvousStub, World, make_world
@@ -34,6 +35,15 @@ from transport.client import FdoHttpClient
 @pytest.fixture
 def world(key_pool: KeyPool, tmp_path: Path) -> World:
     return make_world(key_pool, tmp_path)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """The scheduler's database: driver connections of its own, as in a device-plane
+    worker (the tests set rows up through the ORM on an engine of their own)."""
+    database = Database(database_url)
+    yield database
+    database.dispose()
 
 
 def setup(world: World, database_url: str, count: int = 1) -> tuple[Engine, OwnerConfig, list[str]]:
@@ -56,7 +66,7 @@ def work_rows(engine: Engine) -> list[To0Work]:
         return list(db.exec(select(To0Work).order_by(To0Work.id)).all())  # type: ignore[arg-type]
 
 
-def test_registers_and_renews(world: World, database_url: str) -> None:
+def test_registers_and_renews(world: World, database_url: str, database: Database) -> None:
     engine, config, guids = setup(world, database_url)
     stub = RendezvousStub()
     urls: list[str] = []
@@ -65,7 +75,7 @@ def test_registers_and_renews(world: World, database_url: str) -> None:
         urls.append(url)
         return FdoHttpClient(url, client=stub.client())
 
-    assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=factory) == 1
+    assert run_due(database, config, now=NOW, worker_id="w1", http_factory=factory) == 1
     assert urls == ["http://rv.example:8041"]  # no RVOwnerPort: RVDevPort serves TO0 too
     assert stub.count == {guids[0]: 1}
     (work,) = work_rows(engine)
@@ -75,16 +85,17 @@ def test_registers_and_renews(world: World, database_url: str) -> None:
 
     # Not due yet: nothing happens; once due, it renews.
     assert (
-        run_due(engine, config, now=NOW + timedelta(seconds=2000), worker_id="w1", http_factory=factory) == 0
+        run_due(database, config, now=NOW + timedelta(seconds=2000), worker_id="w1", http_factory=factory)
+        == 0
     )
     later = NOW + timedelta(seconds=2700)
-    assert run_due(engine, config, now=later, worker_id="w1", http_factory=factory) == 1
+    assert run_due(database, config, now=later, worker_id="w1", http_factory=factory) == 1
     assert stub.count == {guids[0]: 2}
     (work,) = work_rows(engine)
     assert work.registered_until is not None and utc(work.registered_until) == later + timedelta(seconds=3600)
 
 
-def test_failure_backs_off(world: World, database_url: str) -> None:
+def test_failure_backs_off(world: World, database_url: str, database: Database) -> None:
     engine, config, _ = setup(world, database_url)
     broken = TestClient(FastAPI())  # every POST is a 404
 
@@ -94,13 +105,13 @@ def test_failure_backs_off(world: World, database_url: str) -> None:
     now = NOW
     delays = []
     for _ in range(4):
-        assert run_due(engine, config, now=now, worker_id="w1", http_factory=factory) == 1
+        assert run_due(database, config, now=now, worker_id="w1", http_factory=factory) == 1
         (work,) = work_rows(engine)
         assert work.last_error is not None and "404" in work.last_error
         assert work.claimed_by is None and work.registered_until is None
         delay = utc(work.next_attempt_at) - now
         delays.append(delay.total_seconds())
-        assert run_due(engine, config, now=now + delay / 2, worker_id="w1", http_factory=factory) == 0
+        assert run_due(database, config, now=now + delay / 2, worker_id="w1", http_factory=factory) == 0
         now += delay
     assert delays == [60, 120, 240, 300]
     assert work.attempts == 4
@@ -108,7 +119,7 @@ def test_failure_backs_off(world: World, database_url: str) -> None:
     stub = RendezvousStub()
     assert (
         run_due(
-            engine,
+            database,
             config,
             now=now,
             worker_id="w1",
@@ -132,10 +143,12 @@ def test_two_workers_never_both_register(world: World, database_url: str) -> Non
     barrier = threading.Barrier(2)
 
     def worker(name: str) -> None:
+        own = Database(database_url)  # a replica of its own
         barrier.wait()
-        counts[name] = run_due(
-            make_engine(database_url), config, now=NOW, worker_id=name, http_factory=factory
-        )
+        try:
+            counts[name] = run_due(own, config, now=NOW, worker_id=name, http_factory=factory)
+        finally:
+            own.dispose()
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
     for t in threads:
@@ -147,7 +160,7 @@ def test_two_workers_never_both_register(world: World, database_url: str) -> Non
     assert all(w.registered_until is not None and w.claimed_by is None for w in work_rows(engine))
 
 
-def test_expired_claim_is_taken_over(world: World, database_url: str) -> None:
+def test_expired_claim_is_taken_over(world: World, database_url: str, database: Database) -> None:
     engine, config, guids = setup(world, database_url)
     with unit_of_work(engine) as db:
         (work,) = db.exec(select(To0Work)).all()
@@ -158,9 +171,45 @@ def test_expired_claim_is_taken_over(world: World, database_url: str) -> None:
     def factory(url: str) -> FdoHttpClient:
         return FdoHttpClient(url, client=stub.client())
 
-    assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=factory) == 0
-    assert run_due(engine, config, now=NOW + timedelta(seconds=61), worker_id="w1", http_factory=factory) == 1
+    assert run_due(database, config, now=NOW, worker_id="w1", http_factory=factory) == 0
+    assert (
+        run_due(database, config, now=NOW + timedelta(seconds=61), worker_id="w1", http_factory=factory) == 1
+    )
     assert stub.count == {guids[0]: 1}
+
+
+def test_a_batch_writes_only_the_rows_this_worker_still_holds(
+    world: World, database_url: str, database: Database
+) -> None:
+    """A row whose claim another worker took over is left to it; a row twice in one batch
+    (claimed again after its claim expired) gets its first outcome, or its deletion."""
+    engine, config, _ = setup(world, database_url, count=3)
+    kept, taken, dropped = _claim_batch(database, "w1", NOW, timedelta(seconds=300), 3)
+    with unit_of_work(engine) as db:
+        row = db.get(To0Work, taken.work_id)
+        assert row is not None
+        row.claimed_by = "w2"
+        db.add(row)
+    _finish_batch(
+        database,
+        [
+            _Result(kept, NOW, 3600, []),
+            _Result(kept, NOW, None, ["refused"]),
+            _Result(taken, NOW, 3600, []),
+            _Result(dropped, NOW, 3600, []),
+            _Result(dropped, NOW, None, [], drop=True),
+        ],
+        "w1",
+        config,
+    )
+    rows = {w.id: w for w in work_rows(engine)}
+    assert set(rows) == {kept.work_id, taken.work_id}
+    first = rows[kept.work_id]
+    assert first.claimed_by is None and first.attempts == 0 and first.last_error is None
+    assert first.registered_until is not None and utc(first.registered_until) == NOW + timedelta(seconds=3600)
+    assert utc(first.next_attempt_at) == NOW + timedelta(seconds=2700)
+    other = rows[taken.work_id]
+    assert other.claimed_by == "w2" and other.registered_until is None and utc(other.next_attempt_at) == NOW
 
 
 # ------------------------------------------------------------ sleeping until due (no polling)
@@ -191,12 +240,14 @@ def uncapped(world: World, database_url: str, **extra: object) -> OwnerConfig:
     )
 
 
-def test_each_pass_sleeps_exactly_until_the_next_due_time(world: World, database_url: str) -> None:
+def test_each_pass_sleeps_exactly_until_the_next_due_time(
+    world: World, database_url: str, database: Database
+) -> None:
     engine, _, _ = setup(world, database_url, count=2)
     config = uncapped(world, database_url)
     clock = FakeClock(NOW)
     stub = RendezvousStub()
-    thread = To0Thread(engine, config, worker_id="w1", clock=clock, http_factory=stub_factory(stub))
+    thread = To0Thread(database, config, worker_id="w1", clock=clock, http_factory=stub_factory(stub))
     # Both registered; the next due time is their renewal (3600 s granted, renew at 25 % left).
     assert thread.run_pass() == 2700
     assert len(stub.count) == 2
@@ -205,7 +256,7 @@ def test_each_pass_sleeps_exactly_until_the_next_due_time(world: World, database
     # The cap bounds the sleep, and only the cap is waited for when nothing is due at all.
     assert (
         To0Thread(
-            engine, uncapped(world, database_url, to0_interval_seconds=600), worker_id="w1", clock=clock
+            database, uncapped(world, database_url, to0_interval_seconds=600), worker_id="w1", clock=clock
         ).run_pass()
         == 600
     )
@@ -215,19 +266,21 @@ def test_each_pass_sleeps_exactly_until_the_next_due_time(world: World, database
     assert thread.run_pass() is None
     assert (
         To0Thread(
-            engine, uncapped(world, database_url, to0_interval_seconds=600), worker_id="w1", clock=clock
+            database, uncapped(world, database_url, to0_interval_seconds=600), worker_id="w1", clock=clock
         ).run_pass()
         == 600
     )
 
 
-def test_back_off_and_expiring_claims_are_due_times(world: World, database_url: str) -> None:
+def test_back_off_and_expiring_claims_are_due_times(
+    world: World, database_url: str, database: Database
+) -> None:
     engine, _, guids = setup(world, database_url, count=2)
     config = uncapped(world, database_url)
     clock = FakeClock(NOW)
     broken = TestClient(FastAPI())  # every POST is a 404
     failing = To0Thread(
-        engine, config, worker_id="w1", clock=clock, http_factory=lambda u: FdoHttpClient(u, client=broken)
+        database, config, worker_id="w1", clock=clock, http_factory=lambda u: FdoHttpClient(u, client=broken)
     )
     first, second = work_rows(engine)
     with unit_of_work(engine) as db:  # another worker holds the second row, until NOW + 90 s
@@ -239,7 +292,7 @@ def test_back_off_and_expiring_claims_are_due_times(world: World, database_url: 
     clock.now = NOW + timedelta(seconds=60)
     assert failing.run_pass() == 30  # retried and failed again (due at +180); the claim expires at +90
     stub = RendezvousStub()
-    working = To0Thread(engine, config, worker_id="w1", clock=clock, http_factory=stub_factory(stub))
+    working = To0Thread(database, config, worker_id="w1", clock=clock, http_factory=stub_factory(stub))
     clock.now = NOW + timedelta(seconds=90)
     assert working.run_pass() == 90  # took over the expired claim; the back-off of the first is next
     assert stub.count == {guids[1]: 1}
@@ -248,7 +301,9 @@ def test_back_off_and_expiring_claims_are_due_times(world: World, database_url: 
     assert stub.count == {guids[0]: 1, guids[1]: 1}
 
 
-def test_the_thread_sleeps_until_an_import_wakes_it(world: World, database_url: str) -> None:
+def test_the_thread_sleeps_until_an_import_wakes_it(
+    world: World, database_url: str, database: Database
+) -> None:
     engine, _, _ = setup(world, database_url, count=0)
     config = uncapped(world, database_url)
     stub = RendezvousStub()
@@ -259,7 +314,7 @@ def test_the_thread_sleeps_until_an_import_wakes_it(world: World, database_url: 
         event.wait()  # only a wake (or stop) ends the sleep: nothing here depends on time
 
     thread = To0Thread(
-        engine, config, worker_id="w1", clock=FakeClock(NOW), http_factory=stub_factory(stub), wait=waiter
+        database, config, worker_id="w1", clock=FakeClock(NOW), http_factory=stub_factory(stub), wait=waiter
     )
     thread.start()
     try:
@@ -274,12 +329,12 @@ def test_the_thread_sleeps_until_an_import_wakes_it(world: World, database_url: 
     assert timeouts.empty()  # stop ended the sleep without another pass
 
 
-def test_many_vouchers_in_one_pass(world: World, database_url: str) -> None:
+def test_many_vouchers_in_one_pass(world: World, database_url: str, database: Database) -> None:
     """More vouchers than one claim batch (2 x to0_concurrency): one pass registers all."""
     engine, _, guids = setup(world, database_url, count=7)
     config = uncapped(world, database_url, to0_concurrency=2)
     stub = RendezvousStub()
-    assert run_due(engine, config, now=NOW, worker_id="w1", http_factory=stub_factory(stub)) == 7
+    assert run_due(database, config, now=NOW, worker_id="w1", http_factory=stub_factory(stub)) == 7
     assert stub.count == dict.fromkeys(guids, 1)
     rows = work_rows(engine)
     assert all(r.claimed_by is None and r.registered_until is not None for r in rows)
@@ -328,7 +383,9 @@ def refused(guard: EdgeGuard) -> float | None:
     )
 
 
-def test_a_rate_limit_refusal_is_retried_at_its_retry_after(world: World, database_url: str) -> None:
+def test_a_rate_limit_refusal_is_retried_at_its_retry_after(
+    world: World, database_url: str, database: Database
+) -> None:
     """Refused with Retry-After (HTTP 500, ErrorMessage, Retry-After: 1): the scheduler
     waits exactly that long and registers the voucher then, in the same pass, counting
     no failed attempt and no back-off."""
@@ -339,7 +396,7 @@ def test_a_rate_limit_refusal_is_retried_at_its_retry_after(world: World, databa
     guard = limited_rendezvous(stub, time_, rate=1.0, burst=2)
     http = TestClient(guard)
     ran = run_due(
-        engine,
+        database,
         config,
         clock=time_.owner,
         worker_id="w1",
@@ -358,7 +415,9 @@ def test_a_rate_limit_refusal_is_retried_at_its_retry_after(world: World, databa
         assert utc(work.next_attempt_at) - utc(work.registered_until) == timedelta(seconds=-900)
 
 
-def test_a_long_retry_after_puts_the_voucher_back_until_then(world: World, database_url: str) -> None:
+def test_a_long_retry_after_puts_the_voucher_back_until_then(
+    world: World, database_url: str, database: Database
+) -> None:
     """A Retry-After beyond what a claimed voucher may wait: put back, due at that time,
     with its attempts and last error as they were; no registration is sent to that
     rendezvous before then (the thread keeps what it asked across passes)."""
@@ -377,7 +436,7 @@ def test_a_long_retry_after_puts_the_voucher_back_until_then(world: World, datab
     http = TestClient(guard)
     sleeps: list[float | None] = []
     thread = To0Thread(
-        engine,
+        database,
         config,
         worker_id="w1",
         clock=clock,
