@@ -11,15 +11,18 @@ builds what the check-in answer carries, as TO2 does (:func:`owner.assign.to_boo
 from __future__ import annotations
 
 from datetime import datetime
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from fdo.serviceinfo.bootc import Assignment as BootcAssignment
 from fdo_server.sql import Conn
-from owner import groups, inventory
+from owner import groups
 from owner.assign import to_bootc
 from owner.groups import RevisionRow
-from owner.groups_tables import Device, Group, Revision
+
+if TYPE_CHECKING:  # the admin plane's records: the check-in (assignment_of) reads rows
+    from sqlmodel import Session
+
+    from owner.groups_tables import Device, Revision
 
 
 class DesiredError(Exception):
@@ -33,7 +36,8 @@ def set_desired(
     now, else the group's newest) the device's desired revision; returns it. The change
     is :func:`owner.desired_rows.set_desired`'s, on ``db``'s connection."""
     from fdo_server.db import lent
-    from owner import desired_rows
+    from owner import desired_rows, inventory
+    from owner.groups_tables import Group, Revision
 
     if device.group_id is None:
         raise DesiredError("the device has no group")
