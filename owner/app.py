@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.engine import Engine
-
 from fdo.errors import InternalError
 from fdo.serviceinfo import CommandOwner, DownloadOwner, UploadOwner
 from fdo.serviceinfo.bootc import BootcOwner
@@ -29,14 +27,10 @@ from fdo_server import metrics as observability
 from fdo_server import planes, service
 from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
-from fdo_server.db import (
-    inline_messages,
-    require_durable,
-)
 from fdo_server.planes import include_device_router
 from fdo_server.ratelimit import GuardedRoute, http_refusal
 from fdo_server.service import device_app, open_database, service_app
-from fdo_server.sql import Sql
+from fdo_server.sql import Sql, inline_messages, require_durable
 from owner import groups, lifecycle
 from owner.checkin_endpoint import DeviceEndpoint
 from owner.config import OwnerConfig, load_config
@@ -49,6 +43,7 @@ from transport.server import ASGIApp
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
 
     from fdo_server.device_app import DeviceApp
     from owner.settings import OwnerSettings
@@ -177,6 +172,7 @@ def create_app(settings: OwnerSettings | None = None, *, clock: Clock | None = N
     include_device_router(app, report_router(), prefix="/api/v1")
     include_device_router(app, device_router(), prefix="/device/v1")
     if planes.serves_admin():  # a device-plane worker never imports the admin stack
+        app.state.engine = app.state.database.engine()  # the admin plane's ORM sessions
         add_admin_plane(app, app.state.config, app.state.engine, app.state.clock)
     _serve_device_routes(app)
     return app
@@ -216,7 +212,6 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
     config: OwnerConfig = load_config(settings)
     now: Clock = clock or utc_now
     database = open_database("owner", settings.database_url)  # SchemaError unless at head
-    engine = database.engine()  # TO2 and the device routes use the ORM
     store = OwnerStore(config, clock=now)
 
     rollouts = RolloutRunner(database, tick=settings.rollout_tick_seconds, clock=now)
@@ -262,7 +257,6 @@ def _build(make: Callable[..., A], settings: OwnerSettings | None, clock: Clock 
             )
         ],
     )
-    app.state.engine = engine
     app.state.config = config
     app.state.clock = now
     app.state.rollouts = rollouts

@@ -324,9 +324,10 @@ def test_fdo_serve_opens_the_admin_listener_its_settings_name(tmp_path: Path) ->
     assert not [m for m in messages if "shares the device listener" in m]
 
 
-#: Shared libraries of what a device-plane worker of these services does without: pydantic
-#: (its settings come from serve, fdo_server.handed) and SQLAlchemy (fdo_server.sql).
-LEAN_WORKERS = {"manufacturer", "rendezvous"}
+#: Shared libraries of what a device-plane worker of every service does without: pydantic
+#: (its settings come from serve, fdo_server.handed; the owner's check-in bodies are read
+#: by owner.device_body) and SQLAlchemy (fdo_server.sql).
+LEAN_WORKERS = {"manufacturer", "rendezvous", "owner"}
 NOT_MAPPED = ("pydantic_core", "/sqlalchemy/")
 
 
