@@ -4,7 +4,7 @@
   (and legacy report token) stop working at once; a new TO2 issues a new one.
 * ``POST /devices/{guid}/redeliver`` (operator), body ``{"revision": N}`` or empty:
   re-send the device its desired revision (or revision N of its group) at its next
-  check-in (:func:`owner.desired.set_desired`).
+  check-in (:func:`owner.inventory.set_desired`).
 """
 
 from __future__ import annotations

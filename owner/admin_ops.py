@@ -23,11 +23,11 @@ from fdo_server.auth import AdminToken, Role, create_token, hash_token
 from fdo_server.db import unit_of_work
 from owner import rollout_engine as engine_ops
 from owner.audit import audit
-from owner.desired import DesiredError, set_desired
+from owner.desired import DesiredError
 from owner.groups_schemas import RevisionIn
 from owner.groups_tables import Group, Revision, RevisionSecret
 from owner.importer import IMPORTED, import_pem
-from owner.inventory import ensure_device, find_device
+from owner.inventory import ensure_device, find_device, set_desired
 from owner.rollout_engine import RolloutError, on_publish
 from owner.rollouts_schemas import StartIn
 from owner.tables import OwnerVoucher

@@ -1,65 +1,84 @@
-"""The revision a device should run (``owner_device.desired_revision_id``).
+"""The revision a device should run (``owner_device.desired_revision_id``), on the driver.
 
 Onboarding sets it to the revision TO2 handed out (:func:`owner.groups.record_onboarding`);
-:func:`set_desired` changes it afterwards — an operator's redelivery
-(``POST /api/v1/devices/{guid}/redeliver``) today, a rollout batch later. Each call
-bumps ``desired_generation``, so re-sending the revision a device already holds (after
-fixing what failed, say) reaches it at its next check-in too. :func:`assignment_of`
-builds what the check-in answer carries, as TO2 does (:func:`owner.assign.to_bootc`).
+:func:`set_desired` is the one place that changes it afterwards: a rollout batch
+(:mod:`owner.rollout_runner`) on its unit of work's connection, an operator's redelivery
+(``POST /api/v1/devices/{guid}/redeliver``) through :func:`owner.inventory.set_desired`
+(the admin plane's ORM session lends its connection). Each call bumps
+``desired_generation``, so re-sending the revision a device already holds (after fixing
+what failed, say) reaches it at its next check-in too, and adds a ``desired`` event to
+its timeline. :func:`assignment_of` builds what the check-in answer carries, as TO2 does
+(:func:`owner.assign.to_bootc`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from fdo.serviceinfo.bootc import Assignment as BootcAssignment
-from fdo_server.sql import Conn
+from fdo_server.sql import Conn, Sql
 from owner import groups
 from owner.assign import to_bootc
 from owner.groups import RevisionRow
-
-if TYPE_CHECKING:  # the admin plane's records: the check-in (assignment_of) reads rows
-    from sqlmodel import Session
-
-    from owner.groups_tables import Device, Revision
 
 
 class DesiredError(Exception):
     """The desired revision cannot be set (the message says why)."""
 
 
-def set_desired(
-    db: Session, device: Device, number: int | None = None, *, now: datetime, who: str = ""
-) -> Revision:
-    """Make revision ``number`` of the device's group (default: the one it should run
-    now, else the group's newest) the device's desired revision; returns it. The change
-    is :func:`owner.desired_rows.set_desired`'s, on ``db``'s connection."""
-    from fdo_server.db import lent
-    from owner import desired_rows, inventory
-    from owner.groups_tables import Group, Revision
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """The revision a device was told to run, and the generation that tells it."""
 
-    if device.group_id is None:
+    revision_id: int
+    number: int
+    generation: int
+
+
+_DEVICE = Sql("SELECT group_id, desired_revision_id FROM owner_device WHERE id = :d")
+_BY_NUMBER = Sql("SELECT id, number FROM owner_revision WHERE group_id = :g AND number = :n")
+_BY_ID = Sql("SELECT id, number FROM owner_revision WHERE id = :r")
+_SET = Sql(
+    "UPDATE owner_device SET desired_revision_id = :r, desired_generation = desired_generation + 1, "
+    "updated_at = :at WHERE id = :d RETURNING desired_generation"
+)
+
+
+def set_desired(
+    device_id: int,
+    number: int | None = None,
+    *,
+    revision_id: int | None = None,
+    now: datetime,
+    who: str = "",
+    conn: Conn | None = None,
+) -> Desired:
+    """Make revision ``number`` of the device's group (else revision ``revision_id``, else
+    the device's desired revision again, else the group's current one: its target, else
+    its newest) the desired revision of device ``device_id``;
+    on ``conn``, by default the unit of work's (:func:`fdo_server.sql.current`).
+    :class:`DesiredError` when the device has no group or there is no such revision."""
+    device = _DEVICE.first({"d": device_id}, conn)
+    if device is None or device[0] is None:
         raise DesiredError("the device has no group")
-    revision_id = None
-    if number is None and device.desired_revision_id is None:
-        group = db.get(Group, device.group_id)
-        current = None if group is None else inventory.current_revision(db, group)
-        if current is None or current.id is None:
-            raise DesiredError("no such revision in the device's group")
-        revision_id = current.id
-    assert device.id is not None  # noqa: S101 - a stored device
-    db.flush()  # the statements below read and write the rows directly
-    try:
-        desired = desired_rows.set_desired(
-            device.id, number, revision_id=revision_id, now=now, who=who, conn=lent(db.connection())
-        )
-    except desired_rows.DesiredError as exc:
-        raise DesiredError(str(exc)) from None
-    db.expire(device)  # reloads the generation the statement set
-    revision = db.get(Revision, desired.revision_id)
-    assert revision is not None  # noqa: S101 - read in this transaction
-    return revision
+    group_id, desired_revision_id = device
+    if number is not None:
+        found = _BY_NUMBER.first({"g": group_id, "n": number}, conn)
+    else:
+        wanted = revision_id if revision_id is not None else desired_revision_id
+        if wanted is None:
+            wanted = groups.current_revision_id(group_id, conn)
+        found = None if wanted is None else _BY_ID.first({"r": wanted}, conn)
+    if found is None:
+        raise DesiredError("no such revision in the device's group")
+    revision, revision_number = int(found[0]), int(found[1])
+    row = _SET.first({"d": device_id, "r": revision, "at": now}, conn)
+    assert row is not None  # noqa: S101 - read above, in this transaction
+    generation = int(row[0])
+    detail = {"revision": revision_number, "generation": generation, "by": who}
+    groups.add_event_row(device_id, "desired", detail, at=now, conn=conn)
+    return Desired(revision, revision_number, generation)
 
 
 def assignment_of(revision_id: int, conn: Conn | None = None) -> tuple[RevisionRow, BootcAssignment]:

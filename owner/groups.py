@@ -366,12 +366,13 @@ _ASSIGNMENT = (
     "LEFT JOIN owner_revision_secret s ON s.revision_id = r.id WHERE r.id = "
 )
 _REVISION_ASSIGNMENT = Sql(_ASSIGNMENT + ":r", jsons=("config", "files"))
-_CURRENT_ASSIGNMENT = Sql(
-    _ASSIGNMENT  # noqa: S608 - our own text
-    + "(SELECT COALESCE(cg.target_revision_id, (SELECT cr.id FROM owner_revision cr "
-    "WHERE cr.group_id = cg.id ORDER BY cr.number DESC LIMIT 1)) FROM owner_group cg WHERE cg.id = :g)",
-    jsons=("config", "files"),
+# A group's current revision: its target (docs/rollouts.md), else its newest.
+_CURRENT_REVISION = (
+    "SELECT COALESCE(cg.target_revision_id, (SELECT cr.id FROM owner_revision cr "
+    "WHERE cr.group_id = cg.id ORDER BY cr.number DESC LIMIT 1)) FROM owner_group cg WHERE cg.id = :g"
 )
+_CURRENT_REVISION_ID = Sql(_CURRENT_REVISION)
+_CURRENT_ASSIGNMENT = Sql(f"{_ASSIGNMENT}({_CURRENT_REVISION})", jsons=("config", "files"))
 
 
 def _assignment(row: Sequence[Any] | None, device_id: int | None = None) -> Assignment | None:
@@ -392,6 +393,13 @@ def _assignment(row: Sequence[Any] | None, device_id: int | None = None) -> Assi
 def revision_assignment(revision_id: int, conn: Conn | None = None) -> Assignment | None:
     """Revision ``revision_id`` with its write-only secrets; None when there is none."""
     return _assignment(_REVISION_ASSIGNMENT.first({"r": revision_id}, conn))
+
+
+def current_revision_id(group_id: int, conn: Conn | None = None) -> int | None:
+    """The id of group ``group_id``'s target revision, else its newest; None before the
+    first publish."""
+    found = _CURRENT_REVISION_ID.scalar({"g": group_id}, conn)
+    return None if found is None else int(found)
 
 
 def current_assignment(group_id: int, conn: Conn | None = None) -> Assignment | None:

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from fdo.types import Guid
 from fdo_server.db import lent
+from owner import desired
 from owner.groups import DeviceFacts, ensure_row, now_or, raw_guid, resolve_group_id
 from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision
 
@@ -91,3 +92,18 @@ def record_status(
     db.add(device)
     add_event(db, device, status, detail, now=at)
     return device
+
+
+def set_desired(
+    db: Session, device: Device, number: int | None = None, *, now: datetime, who: str = ""
+) -> Revision:
+    """:func:`owner.desired.set_desired` for ``device`` on ``db``'s connection (revision
+    ``number`` of its group; default: the one it should run now, else the group's
+    current one); returns the revision. ``device`` reloads the generation it set."""
+    assert device.id is not None  # noqa: S101 - a stored device
+    db.flush()  # the statements read and write the rows directly
+    chosen = desired.set_desired(device.id, number, now=now, who=who, conn=lent(db.connection()))
+    db.expire(device)
+    revision = db.get(Revision, chosen.revision_id)
+    assert revision is not None  # noqa: S101 - read in this transaction
+    return revision

@@ -24,7 +24,7 @@ from typing import Any
 from fdo.types import Guid
 from fdo_server.clock import utc
 from fdo_server.sql import Conn, Database, Sql, message_scope
-from owner.desired_rows import set_desired
+from owner.desired import set_desired
 from owner.rollouts import FINISHED, DeviceRow, Observed, Policy, next_due, step
 from owner.states import ABORTED, ACTIVE_STATES, RUNNING
 

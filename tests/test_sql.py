@@ -41,7 +41,7 @@ STATEMENT_MODULES = (
     "owner.checkin",
     "owner.assign",
     "owner.to0",
-    "owner.desired_rows",
+    "owner.desired",
     "owner.rollout_runner",
     "owner.app",
 )

@@ -1,4 +1,4 @@
-"""A device's desired revision (owner/desired_rows.py, and owner/desired.py's ORM entry
+"""A device's desired revision (owner/desired.py, and owner/inventory.py's ORM entry
 that the operator's redelivery calls) on a real database (SQLite, and PostgreSQL when
 set): which revision each form picks, the generation bumped on every call, the
 ``desired`` timeline event, the refusals (409), and the ORM's device object reloaded."""
@@ -18,11 +18,11 @@ from sqlmodel import col, select
 from fdo_server.auth import Role
 from fdo_server.db import unit_of_work
 from fdo_server.sql import message_scope
-from owner import desired_rows
+from owner import desired
 from owner.app import create_app
-from owner.desired import DesiredError, set_desired
+from owner.desired import DesiredError
 from owner.groups_tables import Device, DeviceEvent, Group
-from owner.inventory import ensure_device
+from owner.inventory import ensure_device, set_desired
 from tests.conftest import KeyPool
 from tests.owner.helpers import make_world, token
 from tests.owner.test_rollouts_api import IMAGE1, IMAGE2, publish
@@ -106,8 +106,8 @@ def test_the_orm_entry_reloads_the_device_and_the_driver_one_reports_the_generat
         with pytest.raises(DesiredError, match="no such revision"):
             set_desired(db, device, 2, now=NOW, who="a")
     with message_scope(app.state.database):
-        desired = desired_rows.set_desired(device_id, now=NOW, who="b")
-        assert (desired.number, desired.generation) == (1, 2)
-        with pytest.raises(desired_rows.DesiredError, match="no such revision"):
-            desired_rows.set_desired(device_id, 2, now=NOW)
+        again = desired.set_desired(device_id, now=NOW, who="b")
+        assert (again.number, again.generation) == (1, 2)
+        with pytest.raises(desired.DesiredError, match="no such revision"):
+            desired.set_desired(device_id, 2, now=NOW)
     assert _desired(app, device_id)[1] == 2
