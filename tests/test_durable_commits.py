@@ -118,7 +118,7 @@ def test_to2_done_is_the_only_durable_commit_of_to2(tmp_path: Path, key_pool: Ke
         assert (
             http.post("/api/v1/vouchers", content=pem, headers=token(app, Role.OPERATOR)).status_code == 200
         )
-        commits = Commits(app.state.engine)
+        commits = Commits(app.state.database)  # TO2 runs on the driver (fdo_server.sql)
         machine = TO2Device(credential, service_info=DeviceServiceInfoDriver(sample_devmod()), to1d=None)
         FdoHttpClient(BASE, client=http).run(machine)
     assert machine.done and machine.new_credential is not None
