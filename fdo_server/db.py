@@ -1,14 +1,12 @@
 """Database engines and the per-request unit of work.
 
 SQLite (a file per service, WAL mode) is the embedded default; PostgreSQL is chosen by
-a ``postgresql+psycopg://`` URL. Every FDO message is handled in one transaction: the
-owner's router opens a :func:`message_scope` around it (the manufacturer's and the
-rendezvous's run on the driver alone, :func:`fdo_server.sql.message_scope`; admin
-requests and background work open a :func:`unit_of_work`), and code that runs inside it
+a ``postgresql+psycopg://`` URL. Every FDO message is handled in one transaction on the
+database driver (:func:`fdo_server.sql.message_scope`, no SQLAlchemy); the admin plane's
+requests open a :func:`unit_of_work` here, an ORM session, and code that runs inside it
 reaches the open transaction through context variables, so lookups deep in a store need
-no plumbing: :class:`fdo_server.sql.Sql` statements run on it
-(:func:`fdo_server.sql.current`, the connection lent by :class:`_Lent`), ORM code on
-:func:`current_session`, SQLAlchemy Core on :func:`current_connection`.
+no plumbing: ORM code on :func:`current_session`, :class:`fdo_server.sql.Sql` statements
+on the session's connection (:func:`fdo_server.sql.current`, lent by :class:`_Lent`).
 Schemas are made and changed by migrations only (:mod:`fdo_server.migrate`).
 
 **Durable commits.** A commit that precedes a reply the device acts on (DI done, TO0
@@ -27,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -60,7 +57,6 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
 RETRY_AFTER_SECONDS = sql.RETRY_AFTER_SECONDS
 
 _current: ContextVar[Session | None] = ContextVar("fdo_db_session", default=None)
-_connection: ContextVar[Connection | None] = ContextVar("fdo_db_connection", default=None)
 
 
 # Where a database lives and how its messages run: fdo_server.sql's, named here too.
@@ -112,9 +108,7 @@ def make_engine(url: str, *, echo: bool = False, creator: Callable[[], Any] | No
         max_overflow=20,
         connect_args=dict(sql.PG_CONNECT_ARGS),
     )
-    event.listen(engine, "before_cursor_execute", _begin_before_write)
     event.listen(engine, "connect", lambda dbapi_conn, _record: sql.durable_commits(dbapi_conn))
-    _DEFERRING.add(engine)
     return engine
 
 
@@ -142,8 +136,7 @@ class _Lent:
 
     def run(self, statement: str, params: Mapping[str, Any], read: Callable[[Any], T]) -> T:
         conn = self._connection()
-        scope = _deferred.get()
-        if (scope is None or scope.conn is not conn) and not conn.in_transaction():
+        if not conn.in_transaction():
             conn.begin()  # as SQLAlchemy's autobegin would, for what it then commits
         raw: Any = conn.connection.dbapi_connection
         if conn.dialect.name == "sqlite":
@@ -161,7 +154,6 @@ class _Lent:
                 cursor.close()
         try:
             with raw.cursor() as cursor:
-                _begin_before_write(conn, cursor, statement, None, None, False)
                 cursor.execute(statement, params)
                 return read(cursor)
         except Exception as exc:
@@ -182,12 +174,9 @@ class _Lent:
 
     @contextlib.contextmanager
     def last_write(self) -> Iterator[None]:
-        """In a :func:`message_scope` on PostgreSQL, when nothing before it wrote (and no
-        ORM session is open), that one statement runs on its own, in autocommit."""
-        conn = self._connection()
-        scope = _deferred.get()
-        with contextlib.nullcontext() if scope is None or scope.conn is not conn else scope.last_write():
-            yield
+        """Nothing to do: an ORM unit of work is one transaction from its first statement
+        (only :func:`fdo_server.sql.message_scope` defers its BEGIN)."""
+        yield
 
 
 def lent(conn: Connection) -> sql.Conn:
@@ -216,121 +205,9 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
         sql.run_after(callbacks)
 
 
-class _Deferred(sql.Deferral):
-    """A :func:`message_scope` on PostgreSQL whose ``BEGIN`` waits for the first write."""
-
-    def __init__(self, conn: Connection) -> None:
-        super().__init__()
-        self.conn = conn
-
-
-_deferred: ContextVar[_Deferred | None] = ContextVar("fdo_db_deferred", default=None)
-
-
-#: Engines (from :func:`make_engine`) whose message scopes defer BEGIN: they have the listener.
-_DEFERRING: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def _begin_before_write(
-    conn: Connection, cursor: Any, statement: str, _params: Any, _context: Any, _executemany: bool
-) -> None:
-    """``before_cursor_execute`` of a PostgreSQL engine: in a deferred :func:`message_scope`,
-    send ``BEGIN`` before its first statement that is not a plain SELECT, unless that
-    statement is the scope's last write and no ORM session could flush more after it."""
-    scope = _deferred.get()
-    if scope is not None and scope.conn is conn:
-        scope.before(cursor, statement, alone=_current.get() is None)
-
-
-@contextlib.contextmanager
-def message_scope(engine: Engine) -> Iterator[Connection]:
-    """One transaction on a bare connection: committed on normal exit, rolled back on an
-    exception, like :func:`unit_of_work`.
-
-    Made for the FDO route, where most messages only run a few statements
-    (:class:`fdo_server.sql.Sql`, on this connection's driver cursor): an ORM
-    ``Session`` (bound to this connection and its transaction) is made only when code
-    asks :func:`current_session`, and its pending changes are flushed before the commit.
-
-    On PostgreSQL (an engine from :func:`make_engine`), where every ``BEGIN`` and
-    ``COMMIT`` is a network round trip, the connection runs in autocommit and the
-    transaction starts with the scope's first write (:func:`_begin_before_write`): plain
-    SELECTs before it need none, and a scope whose only write is its :func:`last_write`
-    (most FDO messages: the session row) runs that statement on its own. Writes before
-    the last one, or an ORM session, make it one transaction again, committed or rolled
-    back here.
-    """
-    callbacks: list[Callable[[], None]] = []
-    with engine.connect() as conn, sql.lend(_Lent(lambda: conn), callbacks):
-        conn_token = _connection.set(conn)
-        session_token = _current.set(None)
-        deferred = _Deferred(conn) if engine in _DEFERRING else None
-        try:
-            if deferred is None:
-                with conn.begin():
-                    yield conn
-                    _flush_current()
-            else:
-                # Autocommit on the driver's connection itself (SQLAlchemy's isolation-level
-                # option would redo and undo it through the dialect on every checkout);
-                # SQLAlchemy's own ROLLBACK at check-in is then a no-op.
-                raw: Any = conn.connection.dbapi_connection
-                raw.autocommit = True
-                deferred_token = _deferred.set(deferred)
-                try:
-                    yield conn
-                    _flush_current()
-                    if deferred.began:
-                        conn.exec_driver_sql("COMMIT")
-                except BaseException:
-                    if deferred.began and not conn.invalidated:
-                        with contextlib.suppress(Exception):
-                            conn.exec_driver_sql("ROLLBACK")
-                    raise
-                finally:
-                    _deferred.reset(deferred_token)
-                    if not conn.invalidated:
-                        try:
-                            raw.autocommit = False
-                        except Exception:  # still in a transaction (its ROLLBACK failed): drop it
-                            conn.invalidate()
-        finally:
-            session = _current.get()
-            if session is not None:
-                session.close()
-            _current.reset(session_token)
-            _connection.reset(conn_token)
-    sql.run_after(callbacks)  # reached only when the scope committed
-
-
-def _flush_current() -> None:
-    session = _current.get()
-    if session is not None:
-        session.flush()
-
-
 def current_session() -> Session:
     """The session of the unit of work this code runs in."""
     session = _current.get()
     if session is None:
-        conn = _connection.get()
-        if conn is None:
-            raise RuntimeError("no unit of work is open")
-        from sqlmodel import Session
-
-        session = Session(bind=conn, expire_on_commit=False)
-        _current.set(session)
+        raise RuntimeError("no unit of work is open")
     return session
-
-
-def open_session() -> Session | None:
-    """The ORM session of the open unit of work if code made one (:func:`current_session`),
-    else None (made on demand by a :func:`message_scope`: code that can do without one
-    need not make it)."""
-    return _current.get()
-
-
-def current_connection() -> Connection:
-    """The connection (in its transaction) of the unit of work this code runs in."""
-    conn = _connection.get()
-    return conn if conn is not None else current_session().connection()

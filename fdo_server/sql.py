@@ -11,10 +11,10 @@ them and the driver. This module is that path without it:
   plane's SQLAlchemy engine on the same database is :meth:`Database.engine`, made on
   first use; a process that has made it takes the FDO path's connections from the
   engine's pool too (one pool per process), a worker that serves only devices has its own.
-* :func:`message_scope`: one transaction per FDO message, with the semantics of
-  :func:`fdo_server.db.message_scope`: on PostgreSQL the ``BEGIN`` waits for the first
-  write, and a scope whose only write is its :func:`last_write` runs that statement on
-  its own; :func:`require_durable` and :func:`after_commit` as there.
+* :func:`message_scope`: one transaction per FDO message: on PostgreSQL the ``BEGIN``
+  waits for the first write, and a scope whose only write is its :func:`last_write` runs
+  that statement on its own; :func:`require_durable` makes SQLite's commit of it durable,
+  :func:`after_commit` runs callbacks once it committed.
 * :class:`Sql`: one statement, written once in the SQL both databases take (``:name``
   parameters), with the conversions SQLAlchemy's types do on SQLite (datetimes stored as
   its text, booleans as integers, JSON as its text) so that rows read and written here
@@ -341,7 +341,7 @@ class Database:
     @contextlib.contextmanager
     def _borrowed(self, engine: Engine, kind: type[Connection]) -> Iterator[Connection]:
         """A connection of ``engine``'s pool, in autocommit on PostgreSQL while it is ours
-        (as :func:`fdo_server.db.message_scope` runs it), given back as the pool had it."""
+        (the deferred BEGIN), given back as the pool had it."""
         proxied = engine.raw_connection()
         raw: Any = proxied.dbapi_connection
         postgres = self.dialect == "postgresql"
@@ -506,8 +506,7 @@ class _SqliteConnection(Connection):
 
 
 class Deferral:
-    """A unit of work on PostgreSQL whose ``BEGIN`` waits for its first write (this
-    module's connections, and :func:`fdo_server.db.message_scope`'s)."""
+    """A unit of work on PostgreSQL whose ``BEGIN`` waits for its first write."""
 
     def __init__(self) -> None:
         self.began = False  # BEGIN sent: the writes commit together at the end

@@ -18,7 +18,7 @@ TO2 hands out a new secret.
 A check-in with nothing to change costs one read (the device row with its desired
 revision's number and image, by primary key) and one small conditional UPDATE of that
 row (guarded by the sequence number and the hash the read saw, so two concurrent
-requests cannot both pass); in a :func:`fdo_server.db.message_scope` on PostgreSQL
+requests cannot both pass); in a :func:`fdo_server.sql.message_scope` on PostgreSQL
 that is two round trips, the update committing on its own. Status changes (``applied``,
 ``failed``) add a timeline event; the device's first check-in with a credential
 confirms its voucher (:func:`owner.lifecycle.confirm_guid`).

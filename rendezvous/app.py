@@ -2,7 +2,7 @@
 
 ``POST /fdo/101/msg/{20..23,30..33}`` serves TO0 and TO1 through
 :func:`transport.server.fdo_router`: each message runs in one database transaction
-(:func:`fdo_server.db.message_scope`), sessions are rows (:class:`SQLSessionStore`), so
+(:func:`fdo_server.sql.message_scope`), sessions are rows (:class:`SQLSessionStore`), so
 any replica can serve any message. A finished TO0 is checked against its GUID's pin
 (:mod:`rendezvous.pins`: nobody takes over a device's entry) and upserts the
 registration; TO1 hands out the live one. ``/health`` and an admin JSON API sit

@@ -24,7 +24,7 @@ from fdo.serviceinfo import DeviceServiceInfoDriver
 from fdo.to2.device import TO2Device
 from fdo.voucher import vouchers_to_pem
 from fdo_server.auth import Role
-from fdo_server.db import make_engine, message_scope, require_durable, sqlite_url
+from fdo_server.db import make_engine, require_durable, sqlite_url, unit_of_work
 from fdo_server.sql import Database
 from manufacturer.app import create_app as manufacturer_app
 from owner.app import create_app as owner_app
@@ -66,24 +66,25 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def test_require_durable_makes_that_commit_full_and_only_that_one(engine: Engine) -> None:
+    """In the admin plane's ORM unit of work too (the FDO path's: tests/test_sql.py)."""
     commits = Commits(engine)
-    with message_scope(engine) as conn:
-        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
-    with message_scope(engine) as conn:
-        conn.exec_driver_sql("SELECT count(*) FROM t")  # reads open no transaction
+    with unit_of_work(engine) as db:
+        db.connection().exec_driver_sql("INSERT INTO t VALUES (1)")
+    with unit_of_work(engine) as db:
+        db.connection().exec_driver_sql("SELECT count(*) FROM t")  # reads open no transaction
         require_durable()
-        conn.exec_driver_sql("INSERT INTO t VALUES (2)")
-    with message_scope(engine) as conn:  # the pooled connection is back at NORMAL
-        conn.exec_driver_sql("INSERT INTO t VALUES (3)")
+        db.connection().exec_driver_sql("INSERT INTO t VALUES (2)")
+    with unit_of_work(engine) as db:  # the pooled connection is back at NORMAL
+        db.connection().exec_driver_sql("INSERT INTO t VALUES (3)")
     assert commits.levels == [NORMAL, FULL, NORMAL]
 
 
 def test_require_durable_after_a_write_is_a_bug(engine: Engine) -> None:
-    with pytest.raises(RuntimeError, match="first write"), message_scope(engine) as conn:
-        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    with pytest.raises(RuntimeError, match="first write"), unit_of_work(engine) as db:
+        db.connection().exec_driver_sql("INSERT INTO t VALUES (1)")
         require_durable()
-    with message_scope(engine) as conn:  # rolled back, and the connection is fine
-        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+    with unit_of_work(engine) as db:  # rolled back, and the connection is fine
+        assert db.connection().exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
 
 
 # ---------------------------------------------------------------------------- the services

@@ -3,8 +3,8 @@ with ``FDO_TEST_POSTGRES_URL`` set, PostgreSQL.
 
 Every statement the FDO path runs is prepared against the migrated schemas; rows it
 writes read back the same through SQLAlchemy's ORM and the other way round; its unit of
-work commits together, rolls back together, defers ``BEGIN`` on PostgreSQL as
-:func:`fdo_server.db.message_scope` does; its pool replaces a dead connection, bounds a
+work commits together, rolls back together, defers ``BEGIN`` on PostgreSQL until the
+first write (a lone last write runs on its own); its pool replaces a dead connection, bounds a
 checkout's wait, and shares an in-memory database with the admin plane's engine.
 """
 

@@ -14,7 +14,8 @@ from sqlmodel import Session, col, select
 
 from fdo.serviceinfo.devmod import Devmod
 from fdo.types import Guid
-from fdo_server.db import lent, make_engine, message_scope, open_session, unit_of_work
+from fdo_server import sql
+from fdo_server.db import lent, make_engine, unit_of_work
 from owner.groups import (
     DeviceFacts,
     assignment_for,
@@ -261,17 +262,20 @@ def test_devmod_dict_is_asdict_made_json_safe() -> None:
     assert devmod_dict({"sn": b"\x01", "modules": ("a",)}) == {"sn": "01", "modules": ["a"]}
 
 
-def test_to2_hooks_make_no_orm_session(engine: Engine) -> None:
+def test_to2_hooks_run_on_the_driver_alone(engine: Engine, database_url: str) -> None:
     """TO2 records the device and reads its group's assignment with Sql statements on the
-    unit of work's connection alone: no ORM session is made, with or without a group."""
-    with message_scope(engine):
-        assert assignment_for(Guid.new(), devmod("S-1", "no-group"), now=NOW) is None
-        assert open_session() is None
-    with unit_of_work(engine) as db:
-        group = add_group(db, "g", model="grouped")
-        publish(db, group, 1)
-    with message_scope(engine):
-        found = assignment_for(Guid.new(), devmod("S-2", "grouped"), now=NOW)
+    FDO path's own unit of work (fdo_server.sql.message_scope: no SQLAlchemy, no ORM
+    session), with or without a group."""
+    database = sql.Database(database_url)  # the engine fixture migrated it
+    try:
+        with sql.message_scope(database):
+            assert assignment_for(Guid.new(), devmod("S-1", "no-group"), now=NOW) is None
+        with unit_of_work(engine) as db:
+            group = add_group(db, "g", model="grouped")
+            publish(db, group, 1)
+        with sql.message_scope(database):
+            found = assignment_for(Guid.new(), devmod("S-2", "grouped"), now=NOW)
         assert found is not None and found.group.name == "g" and found.revision.number == 1
         assert found.device_id is not None
-        assert open_session() is None
+    finally:
+        database.dispose()

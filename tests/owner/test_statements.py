@@ -23,7 +23,7 @@ from sqlmodel import col, select
 from fdo.types import Guid
 from fdo_server import sql
 from fdo_server.clock import utc
-from fdo_server.db import make_engine, message_scope, unit_of_work
+from fdo_server.db import make_engine, unit_of_work
 from owner import app as owner_app
 from owner import checkin, groups, inventory, lifecycle, to0
 from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision, RevisionSecret
@@ -85,7 +85,7 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
         db.add(DeviceGuid(device_id=orm.id, guid=orm.guid, added_at=AT))
         db.add(DeviceEvent(device_id=orm.id, at=AT, kind="created", detail=created))
         orm_id, orm_guid = orm.id, orm.guid
-    with message_scope(engine):
+    with unit_of_work(engine):
         values = {"guid": sql_guid, "serial": None, "model": None, "devmod": FACTS, "labels": LABELS}
         made = groups._insert_row(
             None, values | {"group_id": None, "assigned_revision_id": None}, status="new", at=AT
@@ -114,7 +114,7 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
 
     # TO2 completes: the devmod facts, the delivery (JSON) and an event; the ORM the same.
     delivery = {"result": "partial", "revision": 1, "delivered": ["é"], "missing": ["x"]}
-    with message_scope(engine):
+    with unit_of_work(engine):
         assert revision.id is not None
         assigned = groups.revision_assignment(revision.id)
         assert assigned is not None
@@ -137,7 +137,7 @@ def test_device_records_are_stored_and_read_alike(engine: Engine) -> None:
         assert read is not None and read.delivery == delivery and read.devmod == FACTS
 
     # Without a revision the delivery is SQL NULL again (JSON(none_as_null=True), as the ORM).
-    with message_scope(engine):
+    with unit_of_work(engine):
         groups.record_onboarding(sql_guid, None, FACTS, None, now=AT)
     assert _stored(engine, "owner_device", "delivery", "id", made) == (None,)
 
@@ -177,7 +177,7 @@ def test_assignments_read_as_the_orm_wrote_them(engine: Engine) -> None:
         assert first.id is not None and second.id is not None
         db.add(RevisionSecret(revision_id=first.id, registry_auth=b"{}\x00", files=files))
         group_id, bare_id, first_id, second_id = group.id, bare.id, first.id, second.id
-    with message_scope(engine):
+    with unit_of_work(engine):
         newest = groups.current_assignment(group_id)
         one = groups.revision_assignment(first_id)
         assert groups.current_assignment(bare_id) is None and groups.revision_assignment(-1) is None
@@ -196,7 +196,7 @@ def test_assignments_read_as_the_orm_wrote_them(engine: Engine) -> None:
         assert held is not None
         held.target_revision_id = first_id
         db.add(held)
-    with message_scope(engine):
+    with unit_of_work(engine):
         target = groups.current_assignment(group_id)
     with unit_of_work(engine) as db:
         held = db.get(Group, group_id)
@@ -217,7 +217,7 @@ def test_checkins_are_stored_and_read_alike(engine: Engine) -> None:
         orm_id, checked_id = orm.id, checked.id
         secret = checkin.issue_secret(checked_id)
     observation = checkin.Observation(seq=1, state="failed", health="unhealthy", rolled_back=True)
-    with message_scope(engine):
+    with unit_of_work(engine):
         outcome = checkin.record(secret, observation, now=AT)
     assert outcome is not None and outcome.device_id == checked_id
     detail = {
@@ -270,7 +270,7 @@ def test_vouchers_to0_work_and_onboardings_are_stored_and_read_alike(engine: Eng
         db.add(To0Work(voucher_id=orm.id, next_attempt_at=AT))
         db.add(DeviceOnboarding(guid=guid, voucher_id=orm.id, devmod=FACTS, modules=modules, completed_at=AT))
         orm_id, orm_guid = orm.id, orm.guid
-    with message_scope(engine):
+    with unit_of_work(engine):
         inserted = lifecycle._INSERT_VOUCHER.first(values | {"guid": os.urandom(16)})
         assert inserted is not None
         made = int(inserted[0])
@@ -314,7 +314,7 @@ def test_to0_claims_and_outcomes_are_stored_and_read_alike(engine: Engine) -> No
         db.flush()
         ours_id, orm_id = ours.id, orm.id
     assert ours_id is not None and orm_id is not None
-    with message_scope(engine):  # the ORM's row is claimed already: only ours is claimable
+    with unit_of_work(engine):  # the ORM's row is claimed already: only ours is claimable
         claimed = to0._CLAIM.all({"worker": "w", "expires": until, "now": AT, "limit": 2})
     assert claimed == [(ours_id,)]
     assert_stored_alike(
@@ -327,7 +327,7 @@ def test_to0_claims_and_outcomes_are_stored_and_read_alike(engine: Engine) -> No
         row.registered_until, row.next_attempt_at, row.attempts, row.last_error = until, renew, 2, 'é "x"'
         row.claimed_by = row.claim_expires_at = None
         db.add(row)
-    with message_scope(engine):
+    with unit_of_work(engine):
         outcome = to0._outcome(sql.current().dialect, ours_id, until, renew, 2, 'é "x"')
         assert to0._FINISH.rowcount({"worker": "w", "rows": json.dumps([outcome])}) == 1
     columns = "registered_until, next_attempt_at, attempts, last_error, claimed_by, claim_expires_at"
