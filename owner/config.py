@@ -11,7 +11,6 @@ serves only devices loads its configuration from the settings ``serve`` handed i
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,8 +99,13 @@ def _load_service_info(path: Path) -> tuple[tuple[DownloadAction, ...], tuple[Co
     except OSError as exc:
         raise SettingsError(f"{what}: cannot read {path}: {exc.strerror}") from None
     try:
-        doc: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        if path.suffix == ".json":
+            doc: Any = json.loads(text)
+        else:
+            import tomllib  # only with a service-info file in TOML
+
+            doc = tomllib.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is one
         raise SettingsError(
             f"{what}: {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}"
         ) from None

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fdo.crypto import PrivateKeyT, spki_der
 from fdo.errors import FdoError
@@ -54,17 +54,21 @@ from fdo_server.clock import utc
 from fdo_server.sql import Conn, Database, Sql, message_scope, sqlite_datetime
 from owner.config import OwnerConfig
 from owner.states import REPLACED, SUPERSEDED, USABLE
-from transport.client import FdoHttpClient, TransportError
+
+if TYPE_CHECKING:  # the HTTP client (h11) is loaded when a registration is first sent
+    from transport.client import FdoHttpClient
 
 log = logging.getLogger(__name__)
 
-HttpFactory = Callable[[str], FdoHttpClient]
+HttpFactory = Callable[[str], "FdoHttpClient"]
 """Builds the FDO HTTP client for a rendezvous base URL."""
 
 Clock = Callable[[], datetime]
 
 
 def default_http_factory(url: str) -> FdoHttpClient:
+    from transport.client import FdoHttpClient
+
     return FdoHttpClient(url, timeout=30.0)
 
 
@@ -78,6 +82,8 @@ def http_factory_for(config: OwnerConfig) -> HttpFactory:
         return default_http_factory
 
     def make(url: str) -> FdoHttpClient:
+        from transport.client import FdoHttpClient
+
         return FdoHttpClient(url, timeout=30.0, verify=str(ca))
 
     return make
@@ -293,6 +299,8 @@ def _register_at(
     deadline: datetime | None,
 ) -> tuple[int | None, str | None, datetime | None]:
     """TO0 with the rendezvous at ``url``: (granted lifetime, error, paced until)."""
+    from transport.client import TransportError
+
     for _ in range(PACED_TRIES):
         if pacer is not None:
             until = pacer.wait_for(url, deadline)
