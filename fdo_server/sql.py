@@ -799,6 +799,16 @@ class Sql:
 
         return self._run(conn, params, read)
 
+    def mappings(self, params: Mapping[str, Any], conn: Conn | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT; all its rows by column name."""
+
+        def read(cursor: Any, reader: _Reader | None) -> list[dict[str, Any]]:
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+            return [dict(zip(names, row if reader is None else reader.row(row), strict=True)) for row in rows]
+
+        return self._run(conn, params, read)
+
     def scalar(self, params: Mapping[str, Any], conn: Conn | None = None) -> Any:
         """Run a SELECT; the first column of its first row, or None."""
         row = self.first(params, conn)

@@ -202,18 +202,14 @@ def device_row(guid: Guid | bytes, conn: Conn | None = None) -> dict[str, Any] |
     return _ROW_OF_GUID.mapping({"g": raw_guid(guid)}, conn)
 
 
-def _event(conn: Conn | None, device_id: int, kind: str, detail: Mapping[str, object], at: datetime) -> None:
-    _INSERT_EVENT.rowcount(
-        {"device_id": device_id, "at": at, "kind": kind, "detail": json.dumps(dict(detail))}, conn
-    )
-
-
 def add_event_row(
     device_id: int, kind: str, detail: Mapping[str, object], *, at: datetime, conn: Conn | None = None
 ) -> None:
     """Append to the timeline of device ``device_id``, on ``conn`` (by default the unit of
     work's)."""
-    _event(conn, device_id, kind, detail, at)
+    _INSERT_EVENT.rowcount(
+        {"device_id": device_id, "at": at, "kind": kind, "detail": json.dumps(dict(detail))}, conn
+    )
 
 
 def ensure_row(conn: Conn | None, guid: bytes, at: datetime) -> Mapping[Any, Any]:
@@ -251,7 +247,7 @@ def _insert_row(conn: Conn | None, values: Mapping[str, Any], *, status: str, at
         return None
     device_id = int(inserted[0])
     _INSERT_GUID.rowcount({"device_id": device_id, "guid": values["guid"], "added_at": at}, conn)
-    _event(conn, device_id, "created", {"guid": str(Guid(values["guid"]))}, at)
+    add_event_row(device_id, "created", {"guid": str(Guid(values["guid"]))}, at=at, conn=conn)
     return device_id
 
 
@@ -346,12 +342,6 @@ def resolve_group(conn: Conn | None, facts: DeviceFacts) -> GroupRule | None:
     if found is None:
         found = next((g for g in groups if g.is_default), None)
     return found
-
-
-def resolve_group_id(conn: Conn | None, facts: DeviceFacts) -> int | None:
-    """:func:`resolve_group`'s id."""
-    found = resolve_group(conn, facts)
-    return None if found is None else found.id
 
 
 # ---------------------------------------------------------------------------- TO2 hooks
@@ -454,7 +444,7 @@ def assignment_for(
         detail: dict[str, object] = {"group": None if group is None else group.name}
         if assignment is not None:
             detail["revision"] = assignment.revision.number
-        _event(conn, device_id, "assigned", detail, at)
+        add_event_row(device_id, "assigned", detail, at=at, conn=conn)
     if row is not None:
         _SET_ASSIGNED.rowcount(
             {
@@ -529,5 +519,5 @@ def record_onboarding(
         },
         conn,
     )
-    _event(conn, row["id"], "onboarded", detail, at)
+    add_event_row(row["id"], "onboarded", detail, at=at, conn=conn)
     return int(row["id"])

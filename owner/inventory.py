@@ -15,8 +15,8 @@ from sqlmodel import Session, col, select
 
 from fdo.types import Guid
 from fdo_server.db import lent
-from owner import desired
-from owner.groups import DeviceFacts, ensure_row, now_or, raw_guid, resolve_group_id
+from owner import desired, groups
+from owner.groups import DeviceFacts, ensure_row, now_or, raw_guid
 from owner.groups_tables import Device, DeviceEvent, DeviceGuid, Group, Revision
 
 
@@ -51,19 +51,11 @@ def ensure_device(db: Session, guid: Guid | bytes, *, now: datetime | None = Non
     return device
 
 
-def expire_devices(db: Session) -> None:
-    """Device objects loaded earlier in ``db`` reload from their rows (after statements
-    that wrote the rows on the session's connection directly)."""
-    for obj in list(db.identity_map.values()):
-        if isinstance(obj, Device):
-            db.expire(obj)
-
-
 def resolve_group(db: Session, facts: DeviceFacts) -> Group | None:
     """The group of a device with ``facts`` (:mod:`owner.groups`: the rule)."""
     db.flush()  # the rules are read from the database directly
-    found = resolve_group_id(lent(db.connection()), facts)
-    return None if found is None else db.get(Group, found)
+    found = groups.resolve_group(lent(db.connection()), facts)
+    return None if found is None or found.id is None else db.get(Group, found.id)
 
 
 def current_revision(db: Session, group: Group) -> Revision | None:

@@ -100,13 +100,6 @@ _MEMBERS = Sql(
     jsons=("labels",),
     datetimes=("started_at",),
 )
-#: The columns of :data:`_MEMBERS`, in order.
-_MEMBER_COLUMNS = (
-    "id", "device_id", "batch", "state", "generation", "started_at", "error_step", "error",
-    "from_number", "guid", "serial", "labels", "utc_offset", "group_id", "desired_revision_id",
-    "desired_generation", "held_revision", "held_generation", "apply_state", "booted_digest",
-    "last_error_step", "last_error",
-)  # fmt: skip
 _SET_MEMBER = Sql(
     "UPDATE owner_rollout_device SET state = :state, error_step = :error_step, error = :error, "
     "started_at = :started_at, finished_at = :finished_at, generation = :generation WHERE id = :id"
@@ -167,7 +160,7 @@ def _advance_once(rollout_id: int, now: datetime) -> tuple[bool, datetime | None
     group_id, revision_id, from_revision_id, state, options, batch, batches, reason, version = found[:9]
     number, image = found[9], found[10]
     policy = Policy.from_json(options)
-    members = [dict(zip(_MEMBER_COLUMNS, row, strict=True)) for row in _MEMBERS.all({"id": rollout_id})]
+    members = _MEMBERS.mappings({"id": rollout_id})
     rows = [_row(member, group_id, revision_id) for member in members]
     result = step(
         policy,

@@ -161,6 +161,25 @@ def test_rows_read_the_same_here_and_through_the_orm(database: Database) -> None
     assert loaded.expires_at == LATER and loaded.expires_at.tzinfo is not None
 
 
+def test_rows_by_column_name_are_the_rows_converted() -> None:
+    """``mapping`` (the first row) and ``mappings`` (all of them) by column name, with the
+    same conversions as ``first`` and ``all`` (a datetime column read back as one)."""
+    database = Database("sqlite://")
+    rows = adhoc(
+        "SELECT 1 AS n, '2026-12-05 10:00:00.000000' AS at UNION ALL SELECT 2, NULL ORDER BY n",
+        datetimes=("at",),
+    )
+    try:
+        with message_scope(database):
+            by_name = rows.mappings({})
+            first = rows.mapping({})
+            plain = rows.all({})
+    finally:
+        database.dispose()
+    assert by_name == [{"n": 1, "at": datetime(2026, 12, 5, 10, 0)}, {"n": 2, "at": None}]
+    assert first == by_name[0] and [tuple(row.values()) for row in by_name] == plain
+
+
 # ------------------------------------------------------------------- the unit of work
 
 
