@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=10, help="report the best and median batch too")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the stats to FILE")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="fdo-msgprof-"))
     metrics_dir = workdir / "metrics"
@@ -284,6 +285,8 @@ def _run(args: argparse.Namespace, workdir: Path, urls: dict[str, str], log: Any
                 results[name]["python_calls"] = round(stats.total_calls / len(ids))  # type: ignore[attr-defined]
                 sys.stderr = stderr
                 pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+                if args.dump:
+                    profiler.dump_stats(args.dump)
                 sys.stderr = log
     finally:
         sys.stderr = stderr

@@ -209,6 +209,8 @@ class _Pooled:
     raw: Any
     created: float
     generation: int
+    #: A PostgreSQL connection's cursor, kept for its units of work (:class:`_PostgresConnection`).
+    cursor: Any = None
 
 
 class Database:
@@ -331,7 +333,7 @@ class Database:
                 yield conn
             return
         entry = self._checkout()
-        conn = kind(entry.raw, self._commit_listeners)
+        conn = kind(entry.raw, self._commit_listeners, entry)
         try:
             yield conn
         finally:
@@ -431,7 +433,9 @@ class Connection:
 
     dialect: str
 
-    def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
+    def __init__(
+        self, raw: Any, listeners: list[Callable[[Any], None]], pooled: _Pooled | None = None
+    ) -> None:
         self.raw = raw
         self._listeners = listeners
         #: A statement failed because the connection to the server was lost.
@@ -468,7 +472,9 @@ class _SqliteConnection(Connection):
 
     dialect = "sqlite"
 
-    def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
+    def __init__(
+        self, raw: Any, listeners: list[Callable[[Any], None]], pooled: _Pooled | None = None
+    ) -> None:
         super().__init__(raw, listeners)
         self.durable = False
 
@@ -539,20 +545,38 @@ class Deferral:
 
 class _PostgresConnection(Connection):
     """A psycopg connection in autocommit: ``BEGIN`` is sent before the unit of work's
-    first write (:func:`message_scope`), unless that write is its :meth:`last_write`."""
+    first write (:func:`message_scope`), unless that write is its :meth:`last_write`.
+
+    Every statement of the unit of work, ``BEGIN`` and ``COMMIT`` included, runs on one
+    cursor, kept with the pooled connection for its next units of work (``pooled``): a
+    psycopg cursor made per statement cost about a quarter of the driver's CPU per
+    statement (``docs/benchmarks.md``, issue 15's tenth round). Each statement's result
+    is read (``run``'s ``read``) before the next one runs."""
 
     dialect = "postgresql"
 
-    def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
+    def __init__(
+        self, raw: Any, listeners: list[Callable[[Any], None]], pooled: _Pooled | None = None
+    ) -> None:
         super().__init__(raw, listeners)
         self.deferral = Deferral()
+        self._pooled = pooled
+        self._cursor: Any = pooled.cursor if pooled is not None else None
+
+    def _cursor_of(self) -> Any:
+        cursor = self._cursor
+        if cursor is None or cursor.closed:
+            cursor = self._cursor = self.raw.cursor()
+            if self._pooled is not None:
+                self._pooled.cursor = cursor
+        return cursor
 
     def run(self, sql: str, params: Mapping[str, Any], read: Callable[[Any], T]) -> T:
         try:
-            with self.raw.cursor() as cursor:
-                self.deferral.before(cursor, sql)
-                cursor.execute(sql, params)
-                return read(cursor)
+            cursor = self._cursor_of()
+            self.deferral.before(cursor, sql)
+            cursor.execute(sql, params)
+            return read(cursor)
         except Exception as exc:
             if self.raw.closed or is_disconnect(exc):
                 self.disconnected = True
@@ -565,13 +589,13 @@ class _PostgresConnection(Connection):
         if self.deferral.began:
             self._committing()
             self.deferral.began = False
-            self.raw.execute("COMMIT")
+            self._cursor_of().execute("COMMIT")
 
     def rollback(self) -> None:
         if self.deferral.began and not self.disconnected:
             self.deferral.began = False
             with contextlib.suppress(Exception):
-                self.raw.execute("ROLLBACK")
+                self._cursor_of().execute("ROLLBACK")
 
     def release(self) -> bool:
         if self.disconnected or self.raw.closed:

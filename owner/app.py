@@ -58,16 +58,6 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def module_results(machine: TO2Owner) -> list[dict[str, Any]]:
     """What each ServiceInfo module reported, JSON-ready (file contents left out)."""
     if machine.service_info is None:

@@ -92,13 +92,18 @@ def raw_guid(guid: Guid | bytes) -> bytes:
     return guid.value if isinstance(guid, Guid) else guid
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: Any) -> Any:
+    """``value`` (CBOR-decoded data) as JSON takes it: bytes as hex, tuples as lists, map
+    keys as text."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     return value
 
 
@@ -111,8 +116,8 @@ def devmod_dict(devmod: DevmodLike) -> dict[str, Any]:
     if devmod is None:
         return {}
     if isinstance(devmod, Devmod):
-        return {name: _json_safe(getattr(devmod, name)) for name in _DEVMOD_FIELDS}
-    out = _json_safe(devmod)
+        return {name: json_safe(getattr(devmod, name)) for name in _DEVMOD_FIELDS}
+    out = json_safe(devmod)
     assert isinstance(out, dict)  # noqa: S101 - a mapping maps to a dict
     return out
 

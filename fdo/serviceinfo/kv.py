@@ -52,7 +52,13 @@ MAX_ROUNDS = 10_000
 
 def _head_len(n: int) -> int:
     """Length of a CBOR head carrying argument ``n`` (same for every major type)."""
-    return len(codec.bstr_head(n))
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    return 5 if n < 0x100000000 else 9
 
 
 def _largest_fit(avail: int) -> int:
