@@ -11,7 +11,10 @@ message without uvicorn's HTTP parsing and socket writes (``make bench`` measure
 too), and SQLAlchemy's events count the statements and commits each operation runs.
 
     .venv/bin/python bench/profile_messages.py [--devices 200] [--phase to1] [--profile]
-        [--backend postgresql]
+        [--backend postgresql] [--instructions --phase to1]
+
+``--instructions`` counts the instructions of one phase's messages instead of their CPU
+time, with callgrind (``bench/callgrind.py``): the same from run to run.
 
 On PostgreSQL, statements that go to the driver directly (``fdo_server.sql.Sql``) are not
 seen by SQLAlchemy's events: the statement counts are SQLite's.
@@ -35,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import callgrind
 import httpx
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -63,6 +67,9 @@ class ASGITransport(httpx.BaseTransport):
         self.cpu = 0.0
         #: When set, enabled around each request's run of the app only (the server side).
         self.profiler: cProfile.Profile | None = None
+        self.run = self.loop.run_until_complete
+        if callgrind.active():
+            self.run = callgrind.counted(self.run)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         app = self.apps[f"{request.url.host}:{request.url.port}"]
@@ -104,7 +111,7 @@ class ASGITransport(httpx.BaseTransport):
         start = time.thread_time()
         if self.profiler is not None:
             self.profiler.enable()
-        self.loop.run_until_complete(app(scope, receive, send))
+        self.run(app(scope, receive, send))
         if self.profiler is not None:
             self.profiler.disable()
         self.cpu += time.thread_time() - start
@@ -181,7 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the stats to FILE")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead of CPU time, the instructions per operation of --phase (callgrind, valgrind)",
+    )
     args = parser.parse_args(argv)
+    if args.instructions and args.phase == "all":
+        parser.error("--instructions counts one phase: give --phase di, to0 or to1")
+    if args.instructions and not callgrind.active():
+        return callgrind.rerun(__file__, sys.argv[1:] if argv is None else argv, args.devices, args.phase)
     workdir = Path(tempfile.mkdtemp(prefix="fdo-msgprof-"))
     metrics_dir = workdir / "metrics"
     metrics_dir.mkdir()
@@ -257,6 +273,14 @@ def _run(args: argparse.Namespace, workdir: Path, urls: dict[str, str], log: Any
             if args.phase not in ("all", name) and not (args.phase == "to1" and name == "to0"):
                 continue
             ids = range(5, n)
+            if callgrind.active():  # count the phase asked for; run TO0 before TO1 uncounted
+                if name == args.phase:
+                    callgrind.start()
+                for i in ids:
+                    op(i)
+                if name == args.phase:
+                    return 0
+                continue
             counts[service].reset()
             transport.cpu = 0.0
             profiler = cProfile.Profile(time.thread_time) if args.profile and args.phase == name else None

@@ -16,28 +16,21 @@ P-384 keys (device and owner), ECDH384 and A256GCM instead of P-256/ECDH256/A128
 ``--sql`` prints, instead of a profile, the server's SQL statements and commits per
 message type as SQLite runs them (SQLite only: PostgreSQL's are not traced).
 
-``--instructions`` counts, instead of time, the CPU instructions the server side runs per
-onboarding (user space, this process: machines, sessions, the driver; not the kernel or
-the database server), with valgrind's callgrind: the script runs itself again under it,
-with instrumentation switched on after the warm-up and counting only inside the FDO
-endpoints (each call wrapped in ``functools.reduce``, whose C function callgrind's
-``--toggle-collect`` watches). The count is the same from run to run (to about 0.1 %)
-whatever else the machine does, where CPU time on a shared virtual machine varies by 20 %:
-the figure to compare two versions of the code with. About 3 s per onboarding.
+``--instructions`` counts, instead of time, the instructions the server side runs per
+onboarding (the FDO endpoints' calls, after the warm-up) with valgrind's callgrind
+(``bench/callgrind.py``): the same from run to run, the figure to compare two versions of
+the code with. About 3 s per onboarding.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import os
 import pstats
-import re
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import callgrind
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import event
@@ -191,56 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         help="no profile: the server side's instructions per onboarding, counted by callgrind (valgrind)",
     )
     args = parser.parse_args(argv)
-    if args.instructions and not os.environ.get(UNDER_CALLGRIND):
-        return _instructions(sys.argv[1:] if argv is None else argv, args.devices)
+    if args.instructions and not callgrind.active():
+        return callgrind.rerun(__file__, sys.argv[1:] if argv is None else argv, args.devices, "onboarding")
     with _databases(args.backend) as urls:
         return _profile(args, urls)
-
-
-#: Set in the environment of the run under callgrind (``--instructions``).
-UNDER_CALLGRIND = "FDO_BENCH_UNDER_CALLGRIND"
-#: The C function whose calls callgrind counts in: each endpoint call runs inside one.
-COUNTED = "functools_reduce"
-
-
-def _instructions(argv: list[str], devices: int) -> int:
-    """Run this script again under callgrind; print the server's instructions per onboarding."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
-        return 2
-    command = [
-        valgrind,
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        "--collect-atstart=no",
-        f"--toggle-collect={COUNTED}",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        __file__,
-        *argv,
-    ]
-    print(f"running {devices} onboardings under callgrind (about {3 * devices + 20} s)", flush=True)
-    done = subprocess.run(  # noqa: S603 - our own command line
-        command, env={**os.environ, UNDER_CALLGRIND: "1"}, capture_output=True, text=True, check=False
-    )
-    sys.stdout.write(done.stdout)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or found is None:
-        sys.stderr.write(done.stderr[-2000:])
-        return done.returncode or 1
-    per = int(found.group(1)) / devices
-    print(f"server side: {per / 1e6:.2f} million instructions per onboarding ({devices} counted)")
-    return 0
-
-
-def _counted(handler: MessageHandler) -> MessageHandler:
-    """``handler``, each call inside :data:`COUNTED` (a one-item ``functools.reduce``)."""
-
-    def handle(msg_type: str, headers: Mapping[str, str], body: bytes | None) -> Any:
-        return functools.reduce(lambda _acc, _item: handler(msg_type, headers, body), (0,), None)
-
-    return handle
 
 
 @contextmanager
@@ -303,13 +251,12 @@ def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
             return handle
 
         transport.endpoints = {k: counted(v) for k, v in endpoints.items()}
-    under_callgrind = bool(os.environ.get(UNDER_CALLGRIND))
-    if under_callgrind:
-        transport.endpoints = {k: _counted(v) for k, v in transport.endpoints.items()}
+    if callgrind.active():
+        transport.endpoints = {k: callgrind.counted(v) for k, v in transport.endpoints.items()}
     for i in range(2):  # warm-up: imports, first connections
         one(i)
-    if under_callgrind:
-        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)  # noqa: S603, S607
+    if callgrind.active():
+        callgrind.start()
         for i in range(2, args.devices + 2):
             one(i)
         shutil.rmtree(workdir, ignore_errors=True)
