@@ -38,25 +38,60 @@ Metrics (label ``service`` is ``manufacturer``, ``rendezvous`` or ``owner``):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    values,
-)
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
+from fdo_server.planes import serving_plane
 
-from fdo_server.logs import FIELDS
-from transport.dispatch import MessageEvent
+
+def _prometheus_package_on_demand() -> None:
+    """Let ``prometheus_client``'s submodules load without its package ``__init__`` until
+    a name of the package itself is asked for.
+
+    The ``__init__`` imports its exposition and push-gateway code, which brings
+    ``http.server``, ``urllib.request``, ``wsgiref`` and ``email`` (about 2 MB per
+    process, ``docs/benchmarks.md``, issue 15's eleventh round); a device-plane worker
+    only writes metric values (:mod:`prometheus_client.metrics`, ``values``,
+    ``multiprocess``). The package module is made from its spec without running it; the
+    first ``prometheus_client.<name>`` that is not a submodule (``from prometheus_client
+    import generate_latest``) runs the ``__init__`` into it then (PEP 562); a submodule
+    asked for that way (``from prometheus_client import values``) is just imported.
+    """
+    if "prometheus_client" in sys.modules:
+        return
+    spec = importlib.util.find_spec("prometheus_client")
+    if spec is None or spec.loader is None:  # pragma: no cover - it is a dependency
+        return
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def complete(name: str) -> Any:
+        if not name.startswith("__") and importlib.util.find_spec(f"prometheus_client.{name}") is not None:
+            return importlib.import_module(f"prometheus_client.{name}")  # a submodule: no __init__
+        del package.__dict__["__getattr__"]
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    package.__dict__["__getattr__"] = complete
+    sys.modules["prometheus_client"] = package
+
+
+if serving_plane() == "device":
+    _prometheus_package_on_demand()
+
+from prometheus_client import values  # noqa: E402 - after the package is set up
+from prometheus_client.metrics import Counter, Histogram  # noqa: E402
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
+from prometheus_client.registry import Collector, CollectorRegistry  # noqa: E402
+
+from fdo_server.logs import FIELDS  # noqa: E402
+from transport.dispatch import MessageEvent  # noqa: E402
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -207,6 +242,8 @@ class ServiceMetrics:
             listener(event)
 
     def exposition(self) -> bytes:
+        from prometheus_client.exposition import generate_latest
+
         if not self.multiprocess:
             return generate_latest(self.registry)
         registry = CollectorRegistry()

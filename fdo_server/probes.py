@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from fdo_server.metrics import ServiceMetrics
 from fdo_server.readiness import READY_TIMEOUT, readiness_probe
@@ -47,6 +46,7 @@ def install(
 
     if not exposition:
         return
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -219,6 +219,10 @@ WEB = {"fastapi", "starlette"}
 #: (fdo_server.sql) with the settings serve handed it (fdo_server.handed); the owner's
 #: check-in and report bodies are read by owner.device_body, not pydantic models.
 LIBRARIES = {"sqlmodel", "sqlalchemy", "pydantic", "pydantic_settings", "pydantic_core"}
+#: prometheus_client's exposition (``/metrics``, served by the admin plane) and the
+#: standard library it brings: a device-plane worker only writes metric values
+#: (fdo_server.metrics loads the package's submodules without its ``__init__``).
+EXPOSITION = {"prometheus_client.exposition", "http.server", "urllib.request", "wsgiref"}
 
 
 @pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
@@ -228,8 +232,12 @@ def test_a_device_plane_worker_does_not_import_the_admin_stack(service: str, tmp
     assert NEVER & {m.split(".")[0] for m in device} == set()
     assert WEB & {m.split(".")[0] for m in device} == set()
     assert LIBRARIES & {m.split(".")[0] for m in device} == set()
+    assert EXPOSITION & device == set()
+    assert "prometheus_client.metrics" in device
     # The admin plane's process does import them: the check above is not vacuous.
-    assert ADMIN_STACK[service] <= _service_modules(service, tmp_path, "admin")
+    admin = _service_modules(service, tmp_path, "admin")
+    assert ADMIN_STACK[service] <= admin
+    assert "prometheus_client.exposition" in admin
 
 
 #: What the owner's device endpoint (check-in and report) does without (issue 15).
