@@ -282,8 +282,8 @@ def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
         ms = transport.cpu / args.devices * 1000
         suite = f"{args.backend}, {args.suite}"
         print(f"server side, thread CPU without profiler: {ms:.2f} ms per onboarding ({suite})")
-        # On a shared (virtual) machine the mean takes every disturbance in; the median
-        # onboarding is the steadier figure to compare two versions of the code with.
+        # On a shared (virtual) machine the mean takes every disturbance in, the median
+        # fewer; both still move by a fifth between runs: --instructions compares versions.
         print(f"  median onboarding {statistics.median(each):.2f} ms, quickest {min(each):.2f} ms")
         print(f"wall time, device and server, one thread: {wall:.2f} ms per onboarding ({args.backend})")
         done = transport.wall.get("70", 0.0) / args.devices * 1000

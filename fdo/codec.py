@@ -192,6 +192,22 @@ def bstr_head(length: int) -> bytes:
     return _head(2, length)
 
 
+def head_length(value: int) -> int:
+    """Length in bytes of the CBOR head carrying ``value`` (the same for every major
+    type): ``len(bstr_head(value))`` without making the head."""
+    if value < 24:
+        return 1
+    if value < 0x100:
+        return 2
+    if value < 0x10000:
+        return 3
+    if value < 0x100000000:
+        return 5
+    if value < 0x10000000000000000:
+        return 9
+    raise ValueError("integer does not fit in 64 bits")
+
+
 # --------------------------------------------------------------------------- decoding
 
 

@@ -50,24 +50,13 @@ MAX_VALUE_SIZE = 16 * 1024 * 1024
 MAX_ROUNDS = 10_000
 
 
-def _head_len(n: int) -> int:
-    """Length of a CBOR head carrying argument ``n`` (same for every major type)."""
-    if n < 24:
-        return 1
-    if n < 0x100:
-        return 2
-    if n < 0x10000:
-        return 3
-    return 5 if n < 0x100000000 else 9
-
-
 def _largest_fit(avail: int) -> int:
     """Largest ``n`` with ``head(n) + n <= avail``, or -1 if not even ``n = 0`` fits."""
     for head in (1, 2, 3, 5, 9):
         n = avail - head
         if n < 0:
             return -1
-        if _head_len(n) <= head:
+        if codec.head_length(n) <= head:
             return n
     return -1  # pragma: no cover - avail beyond 2**64
 
@@ -114,7 +103,7 @@ class ServiceInfoKV:
     def size(self) -> int:
         """Encoded size of ``[key, value]``."""
         key_len = len(self.key.encode("utf-8"))
-        return 1 + _head_len(key_len) + key_len + _head_len(len(self.value)) + len(self.value)
+        return 1 + codec.head_length(key_len) + key_len + codec.head_length(len(self.value)) + len(self.value)
 
     def to_cbor_obj(self) -> list[CborValue]:
         return [self.key, self.value]
@@ -152,7 +141,7 @@ def decode_service_info(obj: CborValue) -> list[ServiceInfoKV]:
 
 def service_info_size(kvs: Sequence[ServiceInfoKV]) -> int:
     """Encoded size of the ``[* kv]`` array (go ``ArraySizeCBOR``)."""
-    return _head_len(len(kvs)) + sum(kv.size() for kv in kvs)
+    return codec.head_length(len(kvs)) + sum(kv.size() for kv in kvs)
 
 
 def max_value_size(key: str, budget: int) -> int:
@@ -162,7 +151,7 @@ def max_value_size(key: str, budget: int) -> int:
     -1 when not even an empty value fits.
     """
     key_len = len(key.encode("utf-8"))
-    return _largest_fit(budget - 1 - 1 - _head_len(key_len) - key_len)
+    return _largest_fit(budget - 1 - 1 - codec.head_length(key_len) - key_len)
 
 
 def max_bstr_data(key: str, budget: int) -> int:
@@ -198,7 +187,7 @@ class OutQueue:
 
     def fits(self, budget: int) -> bool:
         """True when everything queued goes out in one chunk of ``budget`` bytes."""
-        return _head_len(len(self._queue)) + sum(kv.size() for kv in self._queue) <= budget
+        return codec.head_length(len(self._queue)) + sum(kv.size() for kv in self._queue) <= budget
 
     def clear(self) -> None:
         """Drop everything queued."""
@@ -215,7 +204,7 @@ class OutQueue:
         while self._queue:
             kv = self._queue[0]
             size = kv.size()
-            if _head_len(len(out) + 1) + content + size <= budget:
+            if codec.head_length(len(out) + 1) + content + size <= budget:
                 out.append(self._queue.popleft())
                 content += size
                 continue

@@ -613,3 +613,9 @@ def test_client_expected_reply_raises_only_fdo_errors(name: str, pick: int, body
     msg_type = MsgType.ERROR if pick == 255 else FIRST_REPLY[name]
     _only_fdo_errors(lambda: client.receive(msg_type, body))
     assert client.failed
+
+
+@SETTINGS
+@given(st.integers(0, (1 << 64) - 1))
+def test_head_length_is_the_length_of_the_head(n: int) -> None:
+    assert codec.head_length(n) == len(codec.bstr_head(n)) == len(ref_head(2, n))
