@@ -167,3 +167,13 @@ def config_seen(config: Any) -> dict[str, Any]:
         "ssl_keyfile": config.ssl_keyfile,
         "proxy_headers": config.proxy_headers,
     }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with the longest files first (:mod:`tests.scheduling`)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.scheduling import LongPolesFirst
+
+    return LongPolesFirst(config, log)

@@ -33,7 +33,7 @@ from owner.assign import issue_report_token
 from owner.checkin_endpoint import DeviceEndpoint
 from owner.groups_tables import Device, DeviceEvent
 from owner.report_api import device_router, report_router
-from tests.conftest import KeyPool
+from tests.conftest import KeyPool, database_backends, open_database
 from tests.owner.helpers import make_world
 
 DIGEST = "sha256:" + "ab" * 32
@@ -111,6 +111,35 @@ def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> Iterator
     finally:
         served.state.database.dispose()
         routed.state.database.dispose()
+
+
+@pytest.fixture(scope="module", params=database_backends())
+def apps(
+    request: pytest.FixtureRequest, key_pool: KeyPool, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[FastAPI, FastAPI]]:
+    """``(served, routed)`` as :func:`owners` makes them, once per module and database, for
+    the tests that only send requests (each takes a device of its own: :func:`devices`)."""
+    folder = tmp_path_factory.mktemp(f"device-endpoints-{request.param}")
+    with (
+        open_database(request.param, folder, "served") as s_url,
+        open_database(request.param, folder, "routed") as r_url,
+    ):
+        world = make_world(key_pool, folder)
+        served = create_app(world.settings(s_url), clock=CLOCK)
+        routed = create_app(world.settings(r_url), clock=CLOCK)
+        try:
+            assert _is_endpoint(served.user_middleware[0].cls)
+            routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
+            yield served, routed
+        finally:
+            served.state.database.dispose()
+            routed.state.database.dispose()
+
+
+@pytest.fixture
+def devices(apps: tuple[FastAPI, FastAPI]) -> tuple[Owner, Owner]:
+    """``(served, routed)`` of :func:`apps`, each with a new onboarded device."""
+    return _owner(apps[0]), _owner(apps[1])
 
 
 def _same(served: Response, routed: Response) -> None:
@@ -220,19 +249,19 @@ REQUESTS: list[tuple[str, dict[str, str], bytes, int | None]] = [
 @pytest.mark.parametrize("path", ["/device/v1/report", "/api/v1/report"])
 @pytest.mark.parametrize(("case", "headers", "body", "status"), REQUESTS, ids=[r[0] for r in REQUESTS])
 def test_requests_get_the_routes_answers(
-    owners: tuple[Owner, Owner],
+    devices: tuple[Owner, Owner],
     path: str,
     case: str,
     headers: dict[str, str],
     body: bytes,
     status: int | None,
 ) -> None:
-    answers = [o.post(path, body, headers) for o in owners]
+    answers = [o.post(path, body, headers) for o in devices]
     _same(*answers)
     if status is not None:
         assert answers[0].status_code == status, answers[0].text
     if answers[0].status_code != 200:
-        assert owners[0].record() == owners[1].record() == ("onboarded", ["created"])
+        assert devices[0].record() == devices[1].record() == ("onboarded", ["created"])
 
 
 def test_a_value_the_database_refuses_is_the_apps_422(owners: tuple[Owner, Owner]) -> None:
