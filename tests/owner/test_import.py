@@ -129,3 +129,18 @@ def test_imports_are_audited(world: World, database_url: str) -> None:
     imports = [e for e in entries if e["action"] == "voucher.import"]
     assert [e["target"] for e in imports] == [str(voucher.guid)]  # the refused duplicate changed nothing
     assert imports[0]["who"] == "test-operator"
+
+
+def test_a_key_file_is_read_again_but_checked_once(world: World, tmp_path: Path) -> None:
+    """``fdo owner serve`` loads the settings twice (to check them, then to serve): the key
+    in a file is checked once per process (an RSA key's check takes tens of ms), while a
+    file that changed, or went bad, is read as it is now."""
+    first = load_config(OwnerSettings(keys=world.key_files)).keys
+    again = load_config(OwnerSettings(keys=world.key_files)).keys
+    assert all(again[kind] is first[kind] for kind in first)
+    path = tmp_path / "owner.pem"
+    path.write_bytes(world.key_files["ec384"].read_bytes())
+    assert load_config(OwnerSettings(keys={"ec384": path})).keys["ec384"] is first["ec384"]
+    path.write_bytes(b"not a key")
+    with pytest.raises(SettingsError, match="holds no supported private key"):
+        load_config(OwnerSettings(keys={"ec384": path}))
