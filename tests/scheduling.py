@@ -3,8 +3,8 @@
 ``--dist loadfile`` hands out one test file at a time, largest file (by number of tests)
 first. The longest files have few tests: the owner crash test (twenty restarts of ``fdo
 owner serve`` per database) and the rollout test (device agents checking in on a timer)
-run for one to two minutes each with two or four tests, so they were handed out last
-and the suite waited at its end for one worker to finish them while the other sat idle.
+run for one to two minutes each with two tests, so they were handed out last, where
+one worker could be left running them alone after the other had run out of files.
 :class:`LongPolesFirst` starts them first, and hands each database's half of them out
 as a unit of its own (their module fixtures are made per database, so nothing is made
 twice), so the two workers run them side by side. Everything else keeps xdist's order.
