@@ -37,11 +37,24 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str | None = None) -> None:
         super().__init__()
         self.service = service
+        #: ``(second, its text)`` of the last record: one tuple, so a thread reads a pair.
+        self._second: tuple[int, str] = (-1, "")
+
+    def timestamp(self, record: logging.LogRecord) -> str:
+        """``record.created`` in UTC to the millisecond, ``2026-12-06T01:02:03.456+00:00``
+        (``isoformat(timespec="milliseconds")``); the part up to the second is made once
+        per second."""
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            cached = self._second = (second, text)
+        return f"{cached[1]}.{int(record.msecs):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         access = _access_fields(record)
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self.timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage() if access is None else _access_message(access),

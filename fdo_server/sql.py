@@ -685,9 +685,6 @@ def run_after(callbacks: list[Callable[[], None]]) -> None:
 # ------------------------------------------------------------------------ statements
 
 _PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
-#: SQLAlchemy's text form of a datetime on SQLite (``DateTime``, ``timezone`` or not: the
-#: fields as given, no offset; the services store UTC).
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 #: Every statement made (tests run each against the migrated schemas).
 STATEMENTS: list[Sql] = []
@@ -698,9 +695,14 @@ def _pyformat(sql: str) -> str:
 
 
 def sqlite_datetime(value: datetime) -> str:
-    """``value`` as :class:`Sql` sends a datetime parameter to SQLite (SQLAlchemy's text):
-    for datetimes inside a JSON parameter, which are not converted."""
-    return value.strftime(_SQLITE_DATETIME)
+    """``value`` as :class:`Sql` sends a datetime parameter to SQLite: SQLAlchemy's text
+    form for ``DateTime`` (``timezone`` or not), ``YYYY-MM-DD HH:MM:SS.ffffff``, the fields
+    as given and no offset (the services store UTC). Also for datetimes inside a JSON
+    parameter, which are not converted. ``isoformat`` writes it in a third of the time
+    ``strftime`` takes (a few per message)."""
+    if value.tzinfo is not None:
+        value = value.replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
 
 
 def _sqlite_value(value: Any) -> Any:

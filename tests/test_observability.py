@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import socket
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from fdo.crypto import private_key_to_pem
@@ -252,3 +256,18 @@ def test_metrics_and_logs_after_onboarding(
     assert len(recorder.tokens) >= 1 and len(own_rec.tokens) >= 1
     for secret in secrets:
         assert secret not in text, "secret leaked into the logs"
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4102444800, allow_nan=False), min_size=1, max_size=20))
+def test_log_timestamps_are_utc_to_the_millisecond(times: list[float]) -> None:
+    """``ts`` is the record's time in UTC, ``isoformat(timespec="milliseconds")``'s form,
+    whatever order the records come in (the second's text is kept between them)."""
+    formatter = JsonFormatter("owner")
+    for created in times:
+        record = logging.LogRecord("x", logging.INFO, __file__, 0, "m", None, None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        ts = json.loads(formatter.format(record))["ts"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", ts), ts
+        parsed = datetime.fromisoformat(ts)
+        assert parsed.utcoffset() == timedelta(0)
+        assert 0 <= created - parsed.timestamp() < 0.001 + 1e-6, (created, ts)

@@ -14,10 +14,12 @@ import importlib
 import re
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlmodel import select
 
 from fdo_server import sql
@@ -419,3 +421,19 @@ def test_postgres_a_dead_borrowed_connection_is_replaced(database: Database) -> 
     with message_scope(database):
         assert SQLSessionStore().load("any") is None
         assert pid_of.scalar({}) != dead
+
+
+@given(
+    st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999)),
+    st.sampled_from([None, UTC, timezone(timedelta(hours=-5))]),
+)
+def test_sqlite_datetimes_are_written_as_sqlalchemy_writes_them(value: datetime, tz: timezone | None) -> None:
+    """A datetime parameter on SQLite is the text SQLAlchemy's ``DateTime`` binds, with an
+    offset or without, and reads back as the same fields."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    value = value.replace(tzinfo=tz)
+    bind = sqlite_dialect.DATETIME().bind_processor(sqlite_dialect.dialect())  # type: ignore[no-untyped-call]
+    assert bind is not None
+    assert sql.sqlite_datetime(value) == bind(value)
+    assert datetime.fromisoformat(sql.sqlite_datetime(value)) == value.replace(tzinfo=None)
