@@ -1,28 +1,48 @@
-"""The floor under a service's CPU per message on this machine: a server that does nothing.
+"""The floor under a service's CPU per message on this machine: servers that do nothing.
 
-A uvloop server (as the services run) whose protocol answers every request at once with
-a fixed FDO-sized response, no HTTP parsing, no app, no database; this process is the
-client. Prints the server process's CPU (user + system, from ``/proc``) per round trip
-on one kept-alive connection, and with a new connection per request (as a device's TO1
-makes one). Whatever a service spends per message above this is its own work (uvicorn,
-the app, the database); the floor itself is the kernel's loopback TCP and the event loop.
+This process is the client; the server answers every request at once with a fixed
+FDO-sized response. Prints the server's CPU (user + system of its processes, from
+``/proc``) per round trip on one kept-alive connection, and with a new connection per
+request (as a device's TO1 makes one). ``--server``:
 
-    .venv/bin/python bench/http_floor.py [--requests 20000] [--connections 3000]
+* ``raw`` (default): a uvloop server whose protocol writes the response on every read:
+  no HTTP parsing, no app. What is left is the kernel's loopback TCP and the event loop.
+* ``uvicorn``: a trivial ASGI app (reads the body, sends the response) under uvicorn as
+  the services run it (uvloop, their HTTP protocol :mod:`fdo_server.http_protocol` with
+  their default edge limits, no access log): the HTTP layer's own cost is this minus
+  ``raw``.
+* ``granian``: the same app under granian (one worker, uvloop), when it is installed
+  (it is not a dependency: ``pip install granian``).
+
+Whatever a service spends per message above the ``uvicorn`` figure is its own work (the
+FDO endpoint, the machines, the database).
+
+    .venv/bin/python bench/http_floor.py [--server raw] [--requests 20000] [--connections 3000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
-from multiprocessing.synchronize import Event
-from typing import cast
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any, cast
 
-RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncontent-type: application/cbor\r\n\r\n" + b"x" * 100
-REQUEST = b"POST /fdo/101/msg/30 HTTP/1.1\r\nhost: bench\r\ncontent-length: 100\r\n\r\n" + b"y" * 100
+BODY = b"x" * 100
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncontent-type: application/cbor\r\n\r\n" + BODY
+REQUEST = (
+    b"POST /fdo/101/msg/30 HTTP/1.1\r\nhost: bench\r\ncontent-type: application/cbor\r\n"
+    b"content-length: 100\r\n\r\n" + b"y" * 100
+)
+SERVERS = ("raw", "uvicorn", "granian")
 
 
 class Answer(asyncio.Protocol):
@@ -37,62 +57,161 @@ class Answer(asyncio.Protocol):
         self.transport.write(RESPONSE)
 
 
-def serve(port: int, ready: Event) -> None:
+async def app(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+) -> None:
+    """The trivial ASGI app: read the body, send the response."""
+    if scope["type"] != "http":
+        return
+    message = await receive()
+    while message.get("more_body"):
+        message = await receive()
+    headers = [(b"content-type", b"application/cbor"), (b"content-length", b"100")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+def serve_raw(port: int) -> None:
     import uvloop
 
     async def main() -> None:
         await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", port)
-        ready.set()
         await asyncio.Event().wait()
 
     uvloop.run(main())
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def serve_uvicorn(port: int) -> None:
+    import uvicorn
+
+    from fdo_server.config import ServiceSettings
+    from fdo_server.http_protocol import HTTP_PROTOCOL, EdgeLimits, configure
+
+    defaults = ServiceSettings.model_fields  # the services' default edge limits
+    configure(
+        EdgeLimits(
+            max_connections=int(defaults["max_connections"].default),
+            head_timeout=float(defaults["header_timeout_seconds"].default),
+            body_timeout=float(defaults["body_timeout_seconds"].default),
+        )
+    )
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http=HTTP_PROTOCOL,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+    uvicorn.Server(config).run()
+
+
+def start(server: str, port: int) -> subprocess.Popen[bytes] | multiprocessing.process.BaseProcess:
+    """The server, started (not yet answering)."""
+    if server == "granian":
+        granian = shutil.which("granian") or str(Path(sys.executable).parent / "granian")
+        if not Path(granian).exists():
+            raise SystemExit("error: --server granian needs granian (pip install granian)")
+        command = [granian, "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
+        command += [
+            "--loop",
+            "uvloop",
+            "--workers",
+            "1",
+            "--no-ws",
+            "--log-level",
+            "warning",
+            "http_floor:app",
+        ]
+        return subprocess.Popen(command, cwd=Path(__file__).parent)  # noqa: S603 - a fixed command line
+    target = serve_raw if server == "raw" else serve_uvicorn
+    process = multiprocessing.get_context("spawn").Process(target=target, args=(port,), daemon=True)
+    process.start()
+    return process
+
+
+def wait_answering(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                round_trip(conn)
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("error: the server did not start") from None
+            time.sleep(0.05)
+
+
+def round_trip(conn: socket.socket) -> None:
+    """One request and its whole response (the response ends with :data:`BODY`)."""
+    conn.sendall(REQUEST)
+    got = b""
+    while not got.endswith(BODY):
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        got += chunk
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU (user + system) of ``pid`` and of its descendants that are running."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                total += sum(tree_cpu_seconds(int(child)) for child in f.read().split())
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=SERVERS, default="raw")
     parser.add_argument("--requests", type=int, default=20000, help="round trips on one connection")
     parser.add_argument("--connections", type=int, default=3000, help="round trips, a connection each")
     args = parser.parse_args(argv)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ready = multiprocessing.get_context("spawn").Event()
-    server = multiprocessing.get_context("spawn").Process(target=serve, args=(port, ready), daemon=True)
-    server.start()
+    server = start(args.server, port)
     try:
-        if not ready.wait(30):
-            raise SystemExit("error: the server did not start")
+        wait_answering(port)
         assert server.pid is not None  # noqa: S101 - started
         with socket.create_connection(("127.0.0.1", port)) as conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            cpu, wall = cpu_seconds(server.pid), time.perf_counter()
+            for _ in range(min(500, args.requests)):  # warm-up
+                round_trip(conn)
+            cpu, wall = tree_cpu_seconds(server.pid), time.perf_counter()
             for _ in range(args.requests):
-                conn.sendall(REQUEST)
-                conn.recv(65536)
-            wall, cpu = time.perf_counter() - wall, cpu_seconds(server.pid) - cpu
+                round_trip(conn)
+            wall, cpu = time.perf_counter() - wall, tree_cpu_seconds(server.pid) - cpu
         print(
-            f"kept-alive connection: {cpu / args.requests * 1e6:.1f} us server CPU per round trip"
-            f" ({wall / args.requests * 1e6:.1f} us wall), {args.requests} round trips"
+            f"{args.server}, kept-alive connection: {cpu / args.requests * 1e6:.1f} us server CPU per round"
+            f" trip ({wall / args.requests * 1e6:.1f} us wall), {args.requests} round trips"
         )
-        cpu, wall = cpu_seconds(server.pid), time.perf_counter()
+        cpu, wall = tree_cpu_seconds(server.pid), time.perf_counter()
         for _ in range(args.connections):
             with socket.create_connection(("127.0.0.1", port)) as conn:
-                conn.sendall(REQUEST)
-                conn.recv(65536)
-        wall, cpu = time.perf_counter() - wall, cpu_seconds(server.pid) - cpu
+                round_trip(conn)
+        wall, cpu = time.perf_counter() - wall, tree_cpu_seconds(server.pid) - cpu
         print(
-            f"a connection per request: {cpu / args.connections * 1e6:.1f} us server CPU per round trip"
-            f" ({wall / args.connections * 1e6:.1f} us wall), {args.connections} round trips"
+            f"{args.server}, a connection per request: {cpu / args.connections * 1e6:.1f} us server CPU per"
+            f" round trip ({wall / args.connections * 1e6:.1f} us wall), {args.connections} round trips"
         )
     finally:
         server.terminate()
-        server.join(10)
+        if isinstance(server, subprocess.Popen):
+            server.wait(10)
+        else:
+            server.join(10)
     return 0
 
 

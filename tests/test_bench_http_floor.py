@@ -1,5 +1,6 @@
-"""``bench/http_floor.py`` prints the server CPU of both round-trip kinds it makes (no
-figure is checked against a value: it measures this machine)."""
+"""``bench/http_floor.py`` prints the server CPU of both round-trip kinds it makes, for a
+bare uvloop server and for uvicorn as the services run it (no figure is checked against a
+value: it measures this machine)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ sys.path.append(str(REPO / "bench"))  # the bench scripts import each other as t
 from http_floor import main  # noqa: E402
 
 
-def test_http_floor_measures_both_kinds_of_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--requests", "300", "--connections", "100"]) == 0
+@pytest.mark.parametrize("server", ["raw", "uvicorn"])
+def test_http_floor_measures_both_kinds_of_round_trip(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--server", server, "--requests", "300", "--connections", "100"]) == 0
     out = capsys.readouterr().out
     for kind, count in (("kept-alive connection", 300), ("a connection per request", 100)):
-        line = re.search(
-            rf"^{kind}: ([0-9.]+) us server CPU per round trip \(([0-9.]+) us wall\), {count} ", out, re.M
+        found = re.search(
+            rf"^{server}, {kind}: ([0-9.]+) us server CPU per round trip \(([0-9.]+) us wall\), {count} ",
+            out,
+            re.M,
         )
-        assert line is not None, out
-        assert float(line[2]) > 0, line[0]
+        assert found is not None, out
+        assert float(found[2]) > 0, found[0]
