@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing
-import os
 import shutil
 import socket
 import subprocess
@@ -35,6 +33,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any, cast
+
+from fdo_server.launcher import tree_cpu_seconds
 
 BODY = b"x" * 100
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncontent-type: application/cbor\r\n\r\n" + BODY
@@ -157,19 +157,6 @@ def round_trip(conn: socket.socket) -> None:
         if not chunk:
             raise ConnectionError("the server closed the connection")
         got += chunk
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU (user + system) of ``pid`` and of its descendants that are running."""
-    total = 0.0
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                total += sum(tree_cpu_seconds(int(child)) for child in f.read().split())
-    return total
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,31 @@ def stat_cpu_seconds(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])
+            parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds used so far by ``root`` and the processes below it."""
+    total = 0.0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            total += stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+    return total
+
+
 @dataclass
 class ServiceProcess:
     """One service under uvicorn: ``factory`` is ``module:function`` returning the app."""
@@ -199,28 +224,11 @@ class ServiceProcess:
 
     def pids(self) -> list[int]:
         """The server process and every process below it (uvicorn workers)."""
-        if self.process is None:
-            return []
-        parents: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                text = stat.read_text()
-                ppid = int(text[text.rindex(")") + 2 :].split()[1])
-                parents.setdefault(ppid, []).append(int(stat.parent.name))
-        found, todo = [], [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo.extend(parents.get(pid, []))
-        return found
+        return [] if self.process is None else process_tree(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far by the server and its workers."""
-        total = 0.0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                total += stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
-        return total
+        return 0.0 if self.process is None else tree_cpu_seconds(self.process.pid)
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM to its process group, then SIGKILL) and clean up."""
