@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from owner.checkin_endpoint import DeviceEndpoint
 from owner.groups_tables import Device, DeviceEvent
 from owner.report_api import device_router, report_router
 from tests.conftest import KeyPool, database_backends, open_database
-from tests.owner.helpers import make_world
+from tests.owner.helpers import World, make_world
 
 DIGEST = "sha256:" + "ab" * 32
 LIMIT = 1024 * 1024  # the owner's max_request_body, which BodyLimit gives these routes
@@ -97,43 +98,42 @@ def _is_endpoint(cls: object) -> bool:
     return cls is DeviceEndpoint
 
 
-@pytest.fixture
-def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> Iterator[tuple[Owner, Owner]]:
-    """``(served, routed)``: the app as served, and the same app without the endpoint (their
-    database connections closed after the test: the clients run no lifespan)."""
-    world = make_world(key_pool, tmp_path)
-    served = create_app(world.settings(database_factory("served")), clock=CLOCK)
-    routed = create_app(world.settings(database_factory("routed")), clock=CLOCK)
+@contextmanager
+def _app_pair(world: World, served_url: str, routed_url: str) -> Iterator[tuple[FastAPI, FastAPI]]:
+    """``(served, routed)``: the owner app as served, and the same app without the endpoint
+    (their database connections closed afterwards: the clients run no lifespan)."""
+    served = create_app(world.settings(served_url), clock=CLOCK)
+    routed = create_app(world.settings(routed_url), clock=CLOCK)
     try:
         assert _is_endpoint(served.user_middleware[0].cls)
         routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
-        yield _owner(served), _owner(routed)
+        yield served, routed
     finally:
         served.state.database.dispose()
         routed.state.database.dispose()
+
+
+@pytest.fixture
+def owners(key_pool: KeyPool, tmp_path: Path, database_factory: Any) -> Iterator[tuple[Owner, Owner]]:
+    """The apps of :func:`_app_pair` on fresh databases of their own, each with a device."""
+    world = make_world(key_pool, tmp_path)
+    with _app_pair(world, database_factory("served"), database_factory("routed")) as (served, routed):
+        yield _owner(served), _owner(routed)
 
 
 @pytest.fixture(scope="module", params=database_backends())
 def apps(
     request: pytest.FixtureRequest, key_pool: KeyPool, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[FastAPI, FastAPI]]:
-    """``(served, routed)`` as :func:`owners` makes them, once per module and database, for
-    the tests that only send requests (each takes a device of its own: :func:`devices`)."""
+    """The apps of :func:`_app_pair`, once per module and database, for the tests that
+    only send requests (each takes a device of its own: :func:`devices`)."""
     folder = tmp_path_factory.mktemp(f"device-endpoints-{request.param}")
     with (
-        open_database(request.param, folder, "served") as s_url,
-        open_database(request.param, folder, "routed") as r_url,
+        open_database(request.param, folder, "served") as served_url,
+        open_database(request.param, folder, "routed") as routed_url,
+        _app_pair(make_world(key_pool, folder), served_url, routed_url) as pair,
     ):
-        world = make_world(key_pool, folder)
-        served = create_app(world.settings(s_url), clock=CLOCK)
-        routed = create_app(world.settings(r_url), clock=CLOCK)
-        try:
-            assert _is_endpoint(served.user_middleware[0].cls)
-            routed.user_middleware = [m for m in routed.user_middleware if not _is_endpoint(m.cls)]
-            yield served, routed
-        finally:
-            served.state.database.dispose()
-            routed.state.database.dispose()
+        yield pair
 
 
 @pytest.fixture
