@@ -68,6 +68,9 @@ class ASGITransport(httpx.BaseTransport):
         #: When set, enabled around each request's run of the app only (the server side).
         self.profiler: cProfile.Profile | None = None
         self.run = self.loop.run_until_complete
+        #: ``--http``: uvicorn's config and server state per port (:class:`HTTPConnection`).
+        self.configs: dict[int, Any] = {}
+        self.states: dict[int, Any] = {}
         if callgrind.active():
             self.run = callgrind.counted(self.run)
 
@@ -116,6 +119,134 @@ class ASGITransport(httpx.BaseTransport):
             self.profiler.disable()
         self.cpu += time.thread_time() - start
         return httpx.Response(status, headers=headers, content=b"".join(chunks))
+
+
+class _MemorySocket(asyncio.Transport):
+    """The server's side of one in-memory connection: gathers what the protocol writes
+    and resolves :attr:`waiter` once a whole response (head and ``content-length`` body)
+    is there."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.out = bytearray()
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", self.port), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def write(self, data: Any) -> None:
+        self.out += data
+        head_end = self.out.find(b"\r\n\r\n")
+        if head_end < 0 or self.waiter is None or self.waiter.done():
+            return
+        head = bytes(self.out[:head_end]).decode("latin-1").lower()
+        length = next(
+            (int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.startswith("content-length:")),
+            0,
+        )
+        if len(self.out) >= head_end + 4 + length:
+            self.waiter.set_result(bytes(self.out[: head_end + 4 + length]))
+            del self.out[: head_end + 4 + length]
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class HTTPConnection(httpx.BaseTransport):
+    """One client connection to a service through uvicorn's HTTP protocol as the services
+    serve it (``fdo_server.http_protocol``, uvicorn's config and server state) over
+    :class:`_MemorySocket`: the server side counted is the protocol's parsing and answer
+    as well as the app (no kernel, no sockets). The event loop is asyncio's, as without
+    ``--http`` (uvloop, which the services run on, makes a socket pair on every
+    ``run_until_complete`` in the main thread, which a server does not do)."""
+
+    def __init__(self, shared: ASGITransport) -> None:
+        self.shared = shared
+        self.protocol: Any = None
+        self.socket: _MemorySocket | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        from uvicorn import Config
+
+        from fdo_server.http_protocol import HTTP_PROTOCOL
+        from fdo_server.uvserver import _DatedState
+
+        shared = self.shared
+        host, port = request.url.host, request.url.port or 80
+        if self.protocol is None:
+            config = shared.configs.get(port)
+            if config is None:
+                config = shared.configs[port] = Config(
+                    shared.apps[f"{host}:{port}"],
+                    http=HTTP_PROTOCOL,
+                    proxy_headers=False,
+                    access_log=False,
+                    log_level="warning",
+                    lifespan="off",
+                    log_config=None,
+                )
+                config.load()
+                shared.states[port] = _DatedState(config, lambda: None, None)
+            self.socket = _MemorySocket(port)
+            protocol_class: Any = config.http_protocol_class
+            self.protocol = protocol_class(
+                config=config, server_state=shared.states[port], app_state={}, _loop=shared.loop
+            )
+            fresh = True
+        else:
+            fresh = False
+        assert self.socket is not None  # noqa: S101 - made above
+        body = request.read()
+        lines = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1".encode()]
+        lines += [k + b": " + v for k, v in request.headers.raw]
+        data = b"\r\n".join(lines) + b"\r\n\r\n" + body
+        socket, protocol = self.socket, self.protocol
+        socket.waiter = shared.loop.create_future()
+
+        async def exchange() -> bytes:
+            if fresh:  # the connection's setup is the server's work too
+                protocol.connection_made(socket)
+            protocol.data_received(data)
+            assert socket.waiter is not None  # noqa: S101 - set above
+            return await socket.waiter
+
+        start = time.thread_time()
+        if shared.profiler is not None:
+            shared.profiler.enable()
+        raw = shared.run(exchange())
+        if shared.profiler is not None:
+            shared.profiler.disable()
+        shared.cpu += time.thread_time() - start
+        head, _, content = raw.partition(b"\r\n\r\n")
+        status_line, *fields = head.decode("latin-1").split("\r\n")
+        headers = [(name, value) for name, _, value in (f.partition(": ") for f in fields)]
+        return httpx.Response(int(status_line.split()[1]), headers=headers, content=content)
+
+    def close(self) -> None:
+        if self.protocol is not None:
+            protocol, self.protocol = self.protocol, None
+
+            async def lost() -> None:
+                protocol.connection_lost(None)
+
+            self.shared.run(lost())
 
 
 class Counts:
@@ -193,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead of CPU time, the instructions per operation of --phase (callgrind, valgrind)",
     )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="each client's requests through uvicorn's HTTP protocol as the services run it, on one "
+        "in-memory connection per client (HTTP parsing and the answer's writing counted too)",
+    )
     args = parser.parse_args(argv)
     if args.instructions and args.phase == "all":
         parser.error("--instructions counts one phase: give --phase di, to0 or to1")
@@ -242,7 +379,8 @@ def _run(args: argparse.Namespace, workdir: Path, urls: dict[str, str], log: Any
     to2_addr = RVTO2Addr((to2_addr_entry(owner_url),))
 
     def client(url: str) -> FdoHttpClient:
-        return FdoHttpClient(url, client=httpx.Client(transport=transport))
+        through: httpx.BaseTransport = HTTPConnection(transport) if args.http else transport
+        return FdoHttpClient(url, client=httpx.Client(transport=through))
 
     def di(i: int) -> None:
         run_di(mfr_url, key_type="ec256", serial=f"DI-{i:05d}", model="profile", http_client_factory=client)

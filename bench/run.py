@@ -92,7 +92,7 @@ from fdo.serviceinfo.bootc import BootcDevice
 from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
-from fdo_server.launcher import stat_cpu_seconds
+from fdo_server.launcher import process_tree, stat_cpu_seconds
 from fdo_server.stack import SERVICES, Stack
 from owner.settings import OwnerSettings, to2_addr_entry
 from transport.client import FdoHttpClient
@@ -343,6 +343,7 @@ def bench_backend(
     idle_seconds: float,
     settle_seconds: float,
     spy: Path | None = None,
+    perf: Path | None = None,
     admin_process: bool = False,
 ) -> BackendResult:
     workdir = Path(tempfile.mkdtemp(prefix=f"fdo-bench-{backend}-"))
@@ -372,6 +373,7 @@ def bench_backend(
             concurrency=concurrency,
             checkin_rounds=checkin_rounds,
             spy=spy,
+            perf=perf,
         )
         if client_runs > 0:
             result.client = measure_device_client(stack, client_runs)
@@ -461,6 +463,21 @@ def _start_spies(stack: Stack, services: tuple[str, ...], folder: Path) -> list[
     return spies
 
 
+def _start_perf(stack: Stack, services: tuple[str, ...], folder: Path) -> list[subprocess.Popen[bytes]]:
+    """Linux perf on every process of the services for the phase (user and kernel): a
+    ``perf.data`` to read with ``perf report --sort dso,sym``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pids = []
+    for name in services:
+        proc = stack.services[name].process
+        assert proc is not None  # noqa: S101 - started
+        pids += process_tree(proc.pid)
+    cmd = ["perf", "record", "-F", "1999", "-p", ",".join(map(str, pids)), "-o", str(folder / "perf.data")]
+    perf = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    time.sleep(1.0)
+    return [perf]
+
+
 def _stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
     for spy in spies:
         spy.send_signal(signal.SIGINT)
@@ -479,6 +496,7 @@ def _phases(
     concurrency: int,
     checkin_rounds: int,
     spy: Path | None = None,
+    perf: Path | None = None,
 ) -> None:
     mfr_url, rv_url, owner_url = (stack.url(s) for s in SERVICES)
     to2_addr = RVTO2Addr((to2_addr_entry(owner_url),))
@@ -573,6 +591,7 @@ def _phases(
     onboard_ids = ids[:onboardings]
     half = len(onboard_ids) // 2
     spies = _start_spies(stack, ("rendezvous", "owner"), spy) if spy is not None else []
+    spies += _start_perf(stack, ("rendezvous", "owner"), perf) if perf is not None else []
     first = run_phase(stack, "TO1+TO2", ("rendezvous", "owner"), onboard_ids[:half], onboarding, concurrency)
     out.owner_rss.append((half, service_rss("owner", stack.services["owner"])))
     second = run_phase(stack, "TO1+TO2", ("rendezvous", "owner"), onboard_ids[half:], onboarding, concurrency)
@@ -848,6 +867,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--spy", type=Path, help="py-spy the onboarding phase into this folder")
     parser.add_argument(
+        "--perf", type=Path, help="Linux perf (user and kernel) on the onboarding phase into this folder"
+    )
+    parser.add_argument(
         "--admin-process",
         action="store_true",
         help="serve each admin plane from a process of its own (serve --admin-process): the workers "
@@ -894,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {backend} ...", flush=True)
         began = time.monotonic()
         spy = None if args.spy is None else args.spy / backend
+        kw["perf"] = None if args.perf is None else args.perf / backend
         if backend == "sqlite":
             result = all_results[backend] = bench_backend(backend, {}, spy=spy, **kw)
             if args.to0_vouchers > 0:
