@@ -24,6 +24,20 @@ app factory in each worker with :func:`configure` from the service's settings):
 A connection over a timeout is closed; the app, if it was waiting for the body, gets
 ``http.disconnect``.
 
+And it answers the commonest request of the device plane, an FDO message, itself when the
+app factory handed it a :class:`FastRoute` (:func:`configure_fast`; the services' is
+:class:`fdo_server.fast_messages.FastMessages`): a ``POST /fdo/101/msg/<digits>`` with a
+``Content-Length`` body within the limit, no ``Expect``, no upgrade, and no earlier
+request of the connection still being answered, is answered from the parser's callbacks,
+without building an ASGI scope, a request-response cycle, a task and the middleware
+chain for it (about a fifth of a TO1's server instructions, ``docs/benchmarks.md``). The
+answer is the one the app gives: the route checks what the middleware in front of the
+FDO endpoint checks (the edge guard's rules, the admin listener) and runs the endpoint's
+message handler; the response goes out as uvicorn writes it (its ``Date`` header and
+keep-alive rules, its access log line, its request count and keep-alive timer). Any
+other request, and an FDO message the route does not take now (a networked database
+while messages go to the thread pool), takes uvicorn's path.
+
 Used by ``fdo <service> serve`` and :class:`fdo_server.launcher.ServiceProcess`
 (``uvicorn --http`` :data:`HTTP_PROTOCOL`).
 """
@@ -32,10 +46,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
+
+from uvicorn.protocols.utils import get_client_addr
 
 try:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
 
     _TIMERS = True
@@ -72,6 +91,14 @@ class GatheredWrites:
         data = b"".join(self._pending)
         self._pending.clear()
         if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Send ``data`` at once, after what is gathered (one ``write`` either way)."""
+        if self._pending:
+            self._pending.append(data)
+            self.flush()
+        elif not self._transport.is_closing():
             self._transport.write(data)
 
     def get_write_buffer_size(self) -> int:
@@ -112,12 +139,69 @@ def configure(limits: EdgeLimits) -> None:
     _limits = limits
 
 
+#: The request target of every FDO message, before its type.
+FDO_TARGET = b"/fdo/101/msg/"
+
+
+class FastRoute(Protocol):
+    """FDO messages answered by the protocol itself (see the module docstring)."""
+
+    def takes(self, msg_type: bytes, local_port: int | None) -> bool:
+        """Whether a message of ``msg_type`` (ASCII digits) that came in on ``local_port``
+        is answered here now, with its body at most :attr:`max_body` bytes."""
+        ...
+
+    @property
+    def max_body(self) -> int: ...
+
+    def answer(
+        self,
+        msg_type: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        client: tuple[str, int] | None,
+    ) -> tuple[int, Sequence[tuple[bytes, bytes]], bytes]:
+        """The answer to the message: status, header fields and body."""
+        ...
+
+
+#: Each served app's route, by the app (as uvicorn loads it from the factory).
+_fast_routes: weakref.WeakKeyDictionary[Any, FastRoute] = weakref.WeakKeyDictionary()
+
+
+def configure_fast(app: Any, route: FastRoute | None) -> None:
+    """The FDO messages the connections to ``app`` answer themselves from now on (None:
+    none). An app uvicorn wraps (its proxy-header or trace-logging middleware) is not
+    found, and its connections answer every request through it."""
+    if route is None:
+        _fast_routes.pop(app, None)
+    else:
+        _fast_routes[app] = route
+
+
+class _FastRequest:
+    """An FDO message on the fast path, its body arriving."""
+
+    __slots__ = ("body", "keep_alive", "msg_type", "route", "version")
+
+    def __init__(self, route: FastRoute, msg_type: str, version: str, keep_alive: bool) -> None:
+        self.route = route
+        self.msg_type = msg_type
+        self.version = version
+        self.keep_alive = keep_alive
+        self.body: list[bytes] = []
+
+
 class OneWriteHTTPProtocol(_Base):
     """uvicorn's HTTP protocol over :class:`GatheredWrites`, with :class:`EdgeLimits`."""
 
     edge: EdgeLimits = EdgeLimits()
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
+    #: The route of the app this connection serves (:func:`configure_fast`), if any.
+    _fast: FastRoute | None = None
+    #: The FDO message this connection answers itself, if any.
+    _fast_request: _FastRequest | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         gathered = GatheredWrites(transport, asyncio.get_running_loop())
@@ -130,10 +214,18 @@ class OneWriteHTTPProtocol(_Base):
             return
         if _TIMERS:
             self._start_head_timer()
+            self._fast = _fast_routes.get(self.app)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self._fast_request = None
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        if self._fast_request is not None:  # answered, then closed (as uvicorn's cycle)
+            self._fast_request.keep_alive = False
+            return
+        super().shutdown()
 
     # httptools parser callbacks (uvicorn's, with the timers around them)
 
@@ -148,13 +240,94 @@ class OneWriteHTTPProtocol(_Base):
             self._head_timer = None
         if self.edge.body_timeout:
             self._body_timer = self.loop.call_later(self.edge.body_timeout, self._body_expired)
+        if self._fast is not None and self._take_fast(self._fast):
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        fast = self._fast_request
+        if fast is not None:
+            fast.body.append(body)
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        fast = self._fast_request
+        if fast is not None:
+            self._fast_request = None
+            self._answer_fast(fast)
+            return
         super().on_message_complete()
+
+    # the FDO fast path (see the module docstring)
+
+    def _take_fast(self, route: FastRoute) -> bool:
+        """Whether this request is an FDO message the route answers (then noted)."""
+        url = self.url
+        if not url.startswith(FDO_TARGET) or self.parser.get_method() != b"POST":
+            return False
+        msg_type = url[len(FDO_TARGET) :]
+        if not (msg_type.isdigit() and len(msg_type) <= 3):
+            return False
+        cycle = self.cycle
+        if (cycle is not None and not cycle.response_complete) or self.pipeline:
+            return False  # an earlier request is still being answered: in order, by uvicorn
+        if self.expect_100_continue or self.limit_concurrency is not None:
+            return False
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return False
+                length = int(value)
+            elif name in (b"transfer-encoding", b"upgrade"):
+                return False
+        if length is None or length > route.max_body:
+            return False
+        server = self.server
+        if not route.takes(msg_type, server[1] if server else None):
+            return False
+        version = self.parser.get_http_version()
+        keep_alive = version != "1.0" and self.parser.should_keep_alive()
+        self._fast_request = _FastRequest(route, msg_type.decode("ascii"), version, keep_alive)
+        return True
+
+    def _answer_fast(self, fast: _FastRequest) -> None:
+        """Answer the message and finish the request as uvicorn's cycle does."""
+        body = b"".join(fast.body)
+        try:
+            status, fields, content = fast.route.answer(fast.msg_type, self.headers, body, self.client)
+        except Exception as exc:  # as uvicorn's cycle: logged, a 500, the connection closed
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            status, content = 500, b"Internal Server Error"
+            fields = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+            fast.keep_alive = False
+        if self.access_log:
+            scope = {"client": self.client}
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(scope),  # type: ignore[arg-type]
+                "POST",
+                FDO_TARGET.decode() + fast.msg_type,
+                fast.version,
+                status,
+            )
+        out = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            out += (name, b": ", value, b"\r\n")
+        for name, value in fields:
+            out += (name, b": ", value, b"\r\n")
+        if not fast.keep_alive:
+            out.append(b"connection: close\r\n")
+        out += (b"\r\n", content)
+        transport = cast(GatheredWrites, self.transport)
+        transport.write_now(b"".join(out))
+        if not fast.keep_alive:
+            transport.close()
+        self.on_response_complete()
 
     # timers
 

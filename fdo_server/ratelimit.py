@@ -35,6 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fdo.errors import ErrorCode, FdoError
 from fdo_server.logs import FIELDS
@@ -194,13 +195,14 @@ def client_address(scope: Scope, trusted_proxies: Sequence[IPNetwork]) -> str:
     return hops[0] if hops else peer
 
 
-class EdgeGuard:
-    """The ASGI middleware: see the module docstring. ``routes`` with neither a rate nor
-    networks are left out; with none left the middleware passes everything on."""
+class EdgeRules:
+    """What :class:`EdgeGuard` decides, kept apart from the middleware so that the FDO
+    fast path of the HTTP protocol (:mod:`fdo_server.fast_messages`) checks its requests
+    against the same routes and buckets. ``routes`` with neither a rate nor networks are
+    left out."""
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         service: str,
         routes: Sequence[GuardedRoute],
@@ -209,7 +211,6 @@ class EdgeGuard:
         max_addresses: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.app = app
         self.service = service
         self.trusted = list(trusted_proxies)
         self.metrics = metrics
@@ -224,17 +225,15 @@ class EdgeGuard:
             if buckets is not None or route.networks:
                 self.routes[(route.method, route.path)] = (route, buckets)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.routes:
-            guarded = self.routes.get((scope["method"], scope["path"]))
-            if guarded is not None:
-                refused = self._check(*guarded, scope)
-                if refused is not None:
-                    status, headers, body = refused
-                    await send({"type": "http.response.start", "status": status, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self.app(scope, receive, send)
+    def check(self, scope: Scope) -> Answer | None:
+        """The refusal of an HTTP request (``method``, ``path``, ``client`` and ``headers``
+        of ``scope``), None when it may go on."""
+        if not self.routes:
+            return None
+        guarded = self.routes.get((scope["method"], scope["path"]))
+        if guarded is None:
+            return None
+        return self._check(*guarded, scope)
 
     def _check(self, route: GuardedRoute, buckets: TokenBuckets | None, scope: Scope) -> Answer | None:
         address = client_address(scope, self.trusted)
@@ -262,3 +261,24 @@ class EdgeGuard:
             "client": address,
         }
         log.warning("%s %s from %s: %s", route.method, route.path, address, why, extra={FIELDS: fields})
+
+
+class EdgeGuard:
+    """The ASGI middleware: see the module docstring. It decides with ``rules`` (shared
+    with the FDO fast path), or with rules made from ``options`` (:class:`EdgeRules`);
+    with no route guarded it passes everything on."""
+
+    def __init__(self, app: ASGIApp, /, *, rules: EdgeRules | None = None, **options: Any) -> None:
+        self.app = app
+        self.rules = rules if rules is not None else EdgeRules(**options)
+        self.metrics = self.rules.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = self.rules.check(scope)
+            if refused is not None:
+                status, headers, body = refused
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

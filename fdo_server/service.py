@@ -45,9 +45,9 @@ from fdo_server.body_limit import RouteLimit
 from fdo_server.clock import Clock, utc_now
 from fdo_server.handed import handed
 from fdo_server.heap import freeze_startup_heap
-from fdo_server.http_protocol import EdgeLimits, configure
+from fdo_server.http_protocol import EdgeLimits, configure, configure_fast
 from fdo_server.logs import configure_json_logging
-from fdo_server.ratelimit import EdgeGuard, GuardedRoute, first_message_routes
+from fdo_server.ratelimit import EdgeGuard, EdgeRules, GuardedRoute, first_message_routes
 from fdo_server.schema_head import at_head
 from fdo_server.sessions import SQLSessionStore
 from fdo_server.sql import Database, inline_messages, message_scope
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
     from fdo_server.config import IPNetwork, ServiceSettings
     from fdo_server.device_app import DeviceApp
+    from fdo_server.fast_messages import FastMessages
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound="ServiceSettings")
@@ -124,7 +125,13 @@ class _Core:
     metrics: observability.ServiceMetrics
     sweeper: SessionSweeper
     endpoint: FdoEndpoint
-    guard: dict[str, Any]  # EdgeGuard's options
+    rules: EdgeRules  # the edge guard's, shared with the FDO fast path
+
+    def fast(self) -> FastMessages:
+        """The FDO messages the HTTP protocol may answer itself (:mod:`fdo_server.fast_messages`)."""
+        from fdo_server.fast_messages import FastMessages
+
+        return FastMessages(self.endpoint, self.rules)
 
     def lifespan(self, served: _Served) -> Callable[[], AbstractAsyncContextManager[None]]:
         """Start the session sweep and ``background`` (the owner's TO0 scheduler) with the
@@ -143,7 +150,7 @@ class _Core:
 
 
 def _core(served: _Served) -> _Core:
-    """The metrics, the session sweep, the FDO endpoint and the edge guard's options."""
+    """The metrics, the session sweep, the FDO endpoint and the edge guard's rules."""
     settings, clock = served.settings, served.clock
     metrics = observability.ServiceMetrics(served.service)
     sweeper = SessionSweeper(served.database, metrics, settings.session_sweep_seconds, clock)
@@ -158,9 +165,9 @@ def _core(served: _Served) -> _Core:
         observer=metrics.observe,
         inline=inline_messages(settings.database_url),
     )
-    guard = {
-        "service": served.service,
-        "routes": [
+    rules = EdgeRules(
+        service=served.service,
+        routes=[
             *first_message_routes(
                 served.handlers,
                 rate=settings.first_message_rate,
@@ -170,11 +177,11 @@ def _core(served: _Served) -> _Core:
             ),
             *served.guarded,
         ],
-        "trusted_proxies": settings.trusted_proxies,
-        "metrics": metrics,
-        "max_addresses": settings.rate_limit_addresses,
-    }
-    return _Core(metrics, sweeper, endpoint, guard)
+        trusted_proxies=settings.trusted_proxies,
+        metrics=metrics,
+        max_addresses=settings.rate_limit_addresses,
+    )
+    return _Core(metrics, sweeper, endpoint, rules)
 
 
 def service_app(
@@ -250,7 +257,8 @@ def service_app(
         exposition=admin,
     )
     # Added after FdoFastPath, so it wraps it: it sees every request first.
-    app.add_middleware(EdgeGuard, **core.guard)
+    app.add_middleware(EdgeGuard, rules=core.rules)
+    app.state.fdo_fast = core.fast()
     web_errors.install(app)
     return app
 
@@ -284,7 +292,8 @@ def device_app(
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = core.metrics
-    app.add_middleware(EdgeGuard, **core.guard)
+    app.add_middleware(EdgeGuard, rules=core.rules)
+    app.state.fdo_fast = core.fast()
     return app
 
 
@@ -297,7 +306,8 @@ def app_from_env(
     """What each service's uvicorn factory does: JSON logs, ``create`` on the settings from
     ``FDO_<SERVICE>_...`` and ``--config`` (``create_device`` instead in a process that
     serves only the device plane, :func:`fdo_server.planes.serving_plane`), this worker's
-    connection limits, then freeze the start-up heap.
+    connection limits and the FDO messages its HTTP protocol answers itself
+    (:mod:`fdo_server.fast_messages`), then freeze the start-up heap.
 
     ``settings_class`` gives the service's settings class, imported only when it is used:
     a device-plane process that ``serve`` handed its validated settings
@@ -323,6 +333,8 @@ def app_from_env(
             body_timeout=settings.body_timeout_seconds,
         )
     )
+    fast: FastMessages = app.state.fdo_fast
+    fast.admin_port = settings.admin_port
     served: ASGIApp = app
     if settings.admin_port is not None:
         served = planes.PlaneSplit(app, settings.admin_port)
@@ -334,6 +346,7 @@ def app_from_env(
             "to serve it on a listener of its own",
             variable,
         )
+    configure_fast(served, fast)
     freeze_startup_heap()
     return served
 

@@ -190,19 +190,30 @@ class FdoEndpoint:
         except Disconnected:
             return
         msg_type = scope["path"][len(MSG_PATH) :]
-        policy = self.inline
-        if policy is True:
-            response = self.handle(msg_type, headers, data)
-        elif policy is False:
-            response = await run_in_thread(self.handle, msg_type, headers, data)
+        if self.inline_now():
+            response = self.handle_inline(msg_type, headers, data)
         else:
             start = time.perf_counter()
-            if policy.inline():
-                response = self.handle(msg_type, headers, data)
-            else:
-                response = await run_in_thread(self.handle, msg_type, headers, data)
-            policy.took(time.perf_counter() - start)
+            response = await run_in_thread(self.handle, msg_type, headers, data)
+            if isinstance(self.inline, InlineWhileFast):
+                self.inline.took(time.perf_counter() - start)
         await send_response(send, response)
+
+    def inline_now(self) -> bool:
+        """Whether the next message runs on the event loop (:attr:`inline`)."""
+        policy = self.inline
+        return policy if isinstance(policy, bool) else policy.inline()
+
+    def handle_inline(self, msg_type: str, headers: Mapping[str, str], data: bytes | None) -> Response:
+        """:attr:`handle` on the event loop, timed for an :class:`InlineWhileFast` policy."""
+        policy = self.inline
+        if isinstance(policy, bool):
+            return self.handle(msg_type, headers, data)
+        start = time.perf_counter()
+        try:
+            return self.handle(msg_type, headers, data)
+        finally:
+            policy.took(time.perf_counter() - start)
 
 
 async def run_in_thread(func: Callable[[Unpack[Args]], T], *args: *Args) -> T:
