@@ -22,7 +22,9 @@ app factory in each worker with :func:`configure` from the service's settings):
   the app spends not reading it, with reading paused, does not count).
 
 A connection over a timeout is closed; the app, if it was waiting for the body, gets
-``http.disconnect``.
+``http.disconnect``. A timer is started only when a read ends inside a head or a body (and
+the first head's when the connection is made): a request that arrives whole in one read,
+as nearly every one does, costs no timer.
 
 And it answers the commonest request of the device plane, an FDO message, itself when the
 app factory handed it a :class:`FastRoute` (:func:`configure_fast`; the services' is
@@ -198,6 +200,9 @@ class OneWriteHTTPProtocol(_Base):
     edge: EdgeLimits = EdgeLimits()
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
+    #: Whether the data received so far ends inside a request's head, or its body.
+    _in_head = False
+    _in_body = False
     #: The route of the app this connection serves (:func:`configure_fast`), if any.
     _fast: FastRoute | None = None
     #: The FDO message this connection answers itself, if any.
@@ -227,19 +232,35 @@ class OneWriteHTTPProtocol(_Base):
             return
         super().shutdown()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A request head or body that this data began and did not end is timed from now;
+        # one that ended in it (nearly every request: head and body in one read) needs no
+        # timer at all.
+        if not (self._in_head or self._in_body) or self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_timer is None:
+                self._start_head_timer()
+        elif self._body_timer is None and self.edge.body_timeout:
+            self._body_timer = self.loop.call_later(self.edge.body_timeout, self._body_expired)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_timers()  # the connection is the WebSocket protocol's from now on
+        super().handle_websocket_upgrade()
+
     # httptools parser callbacks (uvicorn's, with the timers around them)
 
     def on_message_begin(self) -> None:
-        if self._head_timer is None:
-            self._start_head_timer()
+        self._in_head = True
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        if self.edge.body_timeout:
-            self._body_timer = self.loop.call_later(self.edge.body_timeout, self._body_expired)
+        self._in_body = True
         if self._fast is not None and self._take_fast(self._fast):
             return
         super().on_headers_complete()
@@ -252,6 +273,7 @@ class OneWriteHTTPProtocol(_Base):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -340,6 +362,7 @@ class OneWriteHTTPProtocol(_Base):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = None
+        self._in_head = self._in_body = False
 
     def _head_expired(self) -> None:
         self._head_timer = None

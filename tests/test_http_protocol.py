@@ -9,13 +9,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import Response
+from uvicorn.server import ServerState
 
-from fdo_server.http_protocol import GatheredWrites, OneWriteHTTPProtocol
+from fdo_server.http_protocol import EdgeLimits, GatheredWrites, OneWriteHTTPProtocol, configure
 
 
 class Recorder:
@@ -166,3 +168,51 @@ def test_keep_alive_pipelining_and_close(port: int) -> None:
         conn.sendall(b"GET /echo/bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert _read_response(conn, buffer)[1] == b"bye"
         assert conn.recv(1) == b""  # and the server closed it
+
+
+# --------------------------------------------------------------------------- the timers
+
+
+class Socket(Recorder):
+    """A connection's transport for a protocol driven by hand."""
+
+    def get_extra_info(self, name: str) -> Any:
+        return {"sockname": ("127.0.0.1", 8041), "peername": ("127.0.0.1", 40000)}.get(name)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_request_that_arrives_whole_starts_no_timer() -> None:
+    """The head and body timers run only while a read ended inside a head or a body:
+    a request read whole starts neither (the connection's first head timer aside)."""
+
+    async def scenario() -> None:
+        configure(EdgeLimits(head_timeout=5.0, body_timeout=5.0))
+        try:
+            config = uvicorn.Config(_app(), http=OneWriteHTTPProtocol, log_config=None, lifespan="off")
+            config.load()
+            protocol = OneWriteHTTPProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+            socket_ = Socket()
+            protocol.connection_made(socket_)  # type: ignore[arg-type]
+            assert protocol._head_timer is not None  # until the first head is in
+            protocol.data_received(b"GET /echo/a HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert protocol._head_timer is None and protocol._body_timer is None
+            await asyncio.sleep(0.05)
+            assert b"\r\n\r\na" in b"".join(socket_.writes)
+            protocol.data_received(b"GET /echo/b HTTP/1.1\r\nHo")  # the next head, cut
+            assert protocol._head_timer is not None and protocol._body_timer is None
+            protocol.data_received(b"st: x\r\n\r\n")
+            assert protocol._head_timer is None
+            protocol.data_received(b"POST /echo/c HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+            assert protocol._head_timer is None and protocol._body_timer is not None  # body cut
+            protocol.data_received(b"cd")
+            assert protocol._body_timer is None
+            protocol.connection_lost(None)
+        finally:
+            configure(EdgeLimits())
+
+    asyncio.run(scenario())
