@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -72,10 +71,14 @@ def _database_error(exc: Exception) -> tuple[str, BaseException] | None:
     sorts them when it wraps them (``DataError``; ``OperationalError`` and
     ``InterfaceError``; a pool timeout). Only modules already loaded are looked at: an
     error of one that is not loaded cannot have been raised."""
-    if isinstance(exc, sqlite3.DataError):
-        return "data", exc
-    if isinstance(exc, sqlite3.OperationalError | sqlite3.InterfaceError | PoolTimeout):
+    if isinstance(exc, PoolTimeout):
         return "unavailable", exc
+    sqlite3 = sys.modules.get("sqlite3")  # not loaded by a worker on PostgreSQL
+    if sqlite3 is not None:
+        if isinstance(exc, sqlite3.DataError):
+            return "data", exc
+        if isinstance(exc, sqlite3.OperationalError | sqlite3.InterfaceError):
+            return "unavailable", exc
     psycopg = sys.modules.get("psycopg")
     if psycopg is not None:
         if isinstance(exc, psycopg.DataError):

@@ -10,7 +10,6 @@ framework here.
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +78,8 @@ def readiness_probe(url: str, *, timeout: float = READY_TIMEOUT) -> Callable[[],
         database = target.database if target.uri else f"file:{target.database}?mode=rw"
 
         def connect() -> Any:
+            import sqlite3  # here: a worker on PostgreSQL never loads it
+
             return sqlite3.connect(database, uri=True, timeout=timeout)
 
         query = "SELECT 1 FROM sqlite_master LIMIT 1"

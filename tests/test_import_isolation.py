@@ -17,7 +17,7 @@ import pytest
 
 from fdo_server.handed import HANDED_ENV, hand_over
 from fdo_server.planes import PLANE_ENV
-from tests.conftest import REPO
+from tests.conftest import POSTGRES_URL, REPO, open_database
 
 SERVER_STACK = ("fastapi", "starlette", "sqlalchemy", "sqlmodel", "httpx", "uvicorn")
 
@@ -117,8 +117,9 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-def _service_env(service: str, work: Path) -> dict[str, str]:
-    """The settings of ``service`` on a SQLite database at head in ``work`` (keys made there)."""
+def _service_env(service: str, work: Path, url: str | None = None) -> dict[str, str]:
+    """The settings of ``service`` on the database at ``url`` (default: a SQLite one in
+    ``work``), brought to head, with keys made in ``work``."""
     from datetime import UTC, datetime
 
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -126,7 +127,7 @@ def _service_env(service: str, work: Path) -> dict[str, str]:
     from fdo.crypto import generate_key, make_ca, private_key_to_pem
     from fdo_server.migrate import upgrade
 
-    url = f"sqlite:///{work / (service + '.db')}"
+    url = url or f"sqlite:///{work / (service + '.db')}"
     upgrade(url, service)  # here, as `fdo ... db upgrade` would
     key = work / "key.pem"
     key.write_bytes(private_key_to_pem(generate_key("ec256")))
@@ -146,11 +147,11 @@ def _service_env(service: str, work: Path) -> dict[str, str]:
     return env
 
 
-def _service_modules(service: str, tmp_path: Path, *plane: str) -> set[str]:
+def _service_modules(service: str, tmp_path: Path, *plane: str, url: str | None = None) -> set[str]:
     """Every module a ``service`` process has loaded once its app is built (``plane``: the
     one it serves, as ``serve --admin-port`` sets it, a device-plane process with the
-    settings serve hands it; none: both), on a SQLite database at head."""
-    env = _service_env(service, tmp_path)
+    settings serve hands it; none: both), on a database at head (``url``, default SQLite)."""
+    env = _service_env(service, tmp_path, url)
     if plane:  # as serve --admin-port runs it
         env.update({f"FDO_{service.upper()}_ADMIN_PORT": "8099", PLANE_ENV: plane[0]})
     if plane == ("device",):  # serve --admin-process hands the device workers their settings
@@ -238,6 +239,17 @@ def test_a_device_plane_worker_does_not_import_the_admin_stack(service: str, tmp
     admin = _service_modules(service, tmp_path, "admin")
     assert ADMIN_STACK[service] <= admin
     assert "prometheus_client.exposition" in admin
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="PostgreSQL only")
+@pytest.mark.parametrize("service", ["manufacturer", "rendezvous", "owner"])
+def test_a_device_plane_worker_on_postgresql_does_not_import_sqlite3(service: str, tmp_path: Path) -> None:
+    """The SQLite driver (0.9 MB with its library) is loaded where a SQLite database is
+    opened, never by a worker on PostgreSQL."""
+    with open_database("postgresql", tmp_path, "db") as url:
+        device = _service_modules(service, tmp_path, "device", url=url)
+    assert {"sqlite3", "_sqlite3"} & device == set()
+    assert "psycopg" in device  # it does load the driver it runs on
 
 
 #: What the owner's device endpoint (check-in and report) does without (issue 15).
