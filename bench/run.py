@@ -879,6 +879,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
+    if args.perf is not None and shutil.which("perf") is None:
+        parser.error("--perf needs Linux perf on the PATH (Debian: apt-get install linux-perf)")
     if args.onboardings < 2 or args.devices < 1 or args.warmup < 0:
         parser.error("--onboardings must be at least 2, --devices at least 1")
     return args
@@ -916,14 +918,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {backend} ...", flush=True)
         began = time.monotonic()
         spy = None if args.spy is None else args.spy / backend
-        kw["perf"] = None if args.perf is None else args.perf / backend
+        perf = None if args.perf is None else args.perf / backend
         if backend == "sqlite":
-            result = all_results[backend] = bench_backend(backend, {}, spy=spy, **kw)
+            result = all_results[backend] = bench_backend(backend, {}, spy=spy, perf=perf, **kw)
             if args.to0_vouchers > 0:
                 bench_to0_bulk(backend, {}, result, **bulk)
         elif postgres_available():
             with postgres_schemas() as urls:
-                result = all_results[backend] = bench_backend(backend, urls, spy=spy, **kw)
+                result = all_results[backend] = bench_backend(backend, urls, spy=spy, perf=perf, **kw)
             if args.to0_vouchers > 0:
                 with postgres_schemas() as urls:
                     bench_to0_bulk(backend, urls, result, **bulk)
