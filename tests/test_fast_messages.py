@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
-import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from typing import Any, Literal
 
 import pytest
@@ -31,6 +30,7 @@ from rendezvous.app import create_device_app as rendezvous_device_app
 from rendezvous.settings import RendezvousSettings
 from tests.conftest import KeyPool, database_backends, migrated, open_database
 from tests.rendezvous.test_service import Setup, make_setup, to0_owner
+from tests.threaded_server import free_port, serving
 from transport.client import FdoHttpClient
 
 
@@ -57,14 +57,12 @@ class Servers:
 
     def __init__(self, app: Any, lifespan: Literal["on", "off"] = "on") -> None:
         self.app = app
-        self.running: list[tuple[uvicorn.Server, threading.Thread]] = []
+        self.running = ExitStack()
         self.fast = self._start(Watched, lifespan)
         self.slow = self._start(ThroughTheApp, "off")  # one lifespan for the one app
 
     def _start(self, protocol: type[OneWriteHTTPProtocol], lifespan: Literal["on", "off"]) -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
+        port = free_port()
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",
@@ -74,20 +72,11 @@ class Servers:
             log_config=None,  # the test process's logging as it is
             proxy_headers=False,
         )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.running.append((server, thread))
+        self.running.enter_context(serving(config))
         return port
 
     def stop(self) -> None:
-        for server, thread in reversed(self.running):
-            server.should_exit = True
-            thread.join(10)
+        self.running.close()  # the slow server first, as started last
 
 
 def serve(database_url: str, **settings: Any) -> Iterator[Servers]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +16,7 @@ from fastapi.responses import Response
 from uvicorn.server import ServerState
 
 from fdo_server.http_protocol import EdgeLimits, GatheredWrites, OneWriteHTTPProtocol, configure
+from tests.threaded_server import free_port, serving
 
 
 class Recorder:
@@ -114,22 +113,12 @@ def _app() -> FastAPI:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
+    free = free_port()
     config = uvicorn.Config(
         _app(), host="127.0.0.1", port=free, http=OneWriteHTTPProtocol, log_level="warning"
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield free
-    server.should_exit = True
-    thread.join(10)
+    with serving(config):
+        yield free
 
 
 def _read_response(conn: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
