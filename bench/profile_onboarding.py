@@ -8,13 +8,16 @@ database) of every message. What this leaves out is the HTTP layer (uvicorn, Sta
 routing and the body reader); ``make bench`` measures the whole server.
 
     .venv/bin/python bench/profile_onboarding.py [--devices 30] [--top 40] [--backend postgresql]
-        [--suite p384] [--timing | --sql | --instructions]
+        [--suite p384] [--timing | --sql | --instructions] [--cpu] [--server-only]
 
 With ``--backend postgresql`` each service gets a fresh schema on the local PostgreSQL
 server (as ``make bench`` does), dropped afterwards. ``--suite p384`` onboards with
 P-384 keys (device and owner), ECDH384 and A256GCM instead of P-256/ECDH256/A128GCM.
 ``--sql`` prints, instead of a profile, the server's SQL statements and commits per
 message type as SQLite runs them (SQLite only: PostgreSQL's are not traced).
+
+``--server-only`` has cProfile see only the endpoints' calls (the device's code and httpx
+left out), so ``--sort tottime`` ranks the server's own functions.
 
 ``--instructions`` counts, instead of time, the instructions the server side runs per
 onboarding (the FDO endpoints' calls, after the warm-up) with valgrind's callgrind
@@ -74,6 +77,8 @@ class InProcessTransport(httpx.BaseTransport):
         self.wall: dict[str, float] = {}  # wall seconds in the endpoints, by message type
         self.current: str | None = None  # the message type being served
         self.endpoints: dict[str, MessageHandler] = {}
+        #: When set, enabled around each endpoint call only (``--server-only``).
+        self.profiler: cProfile.Profile | None = None
         for netloc, app in apps.items():
             for route in _routes(app.router.routes):
                 if isinstance(route.endpoint, FdoEndpoint):
@@ -89,9 +94,13 @@ class InProcessTransport(httpx.BaseTransport):
         body = request.read()
         start, t0 = time.thread_time(), time.perf_counter()
         self.current = msg_type
+        if self.profiler is not None:
+            self.profiler.enable()
         try:
             response = endpoint(msg_type, headers, body)
         finally:
+            if self.profiler is not None:
+                self.profiler.disable()
             self.current = None
         self.cpu += time.thread_time() - start
         self.wall[msg_type] = self.wall.get(msg_type, 0.0) + time.perf_counter() - t0
@@ -176,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--cpu", action="store_true", help="profile thread CPU time instead of wall time (no DB waits)"
+    )
+    parser.add_argument(
+        "--server-only",
+        action="store_true",
+        help="profile only the endpoints' calls (no device code, no httpx)",
     )
     parser.add_argument("--suite", choices=sorted(SUITES), default="p256")
     parser.add_argument("--sql", action="store_true", help="no profile: SQL statements per message type")
@@ -293,10 +307,14 @@ def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
         return 0
     profiler = cProfile.Profile(time.thread_time) if args.cpu else cProfile.Profile()
     start = time.perf_counter()
-    profiler.enable()
+    if args.server_only:
+        transport.profiler = profiler
+    else:
+        profiler.enable()
     for i in range(2, args.devices + 2):
         one(i)
-    profiler.disable()
+    if not args.server_only:
+        profiler.disable()
     elapsed = time.perf_counter() - start
     stats = pstats.Stats(profiler)
     if args.out:
