@@ -42,6 +42,8 @@ pytest: $(STAMP)
 # The project's modules compiled before they run: where PYTHONDONTWRITEBYTECODE is set
 # (as on the CI machine) every process would compile them from source again, a quarter of
 # a second each time a service starts (an installed wheel is compiled when installed).
+# `make bench` too: a worker that compiled its modules from source started up to 1.8 MB larger
+# than an installed one (docs/benchmarks.md, issue 15, fourteenth round).
 COMPILE = $(BIN)/python -m compileall -q -j0 fdo fdo_cli fdo_server transport device manufacturer rendezvous owner bench
 
 ## One kiosk's story over real HTTP with the real fdo commands: three services on
@@ -59,6 +61,7 @@ demo: $(DEMO_STAMP)
 BENCH_FLAGS ?=
 
 bench: $(STAMP)
+	$(COMPILE)
 	$(BIN)/python bench/run.py $(BENCH_FLAGS)
 
 clean:

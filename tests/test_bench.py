@@ -5,6 +5,7 @@ what the benchmark reports, not what a test asserts."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -81,3 +82,19 @@ def test_bench_with_admin_processes_measures_the_device_workers_apart() -> None:
         worker, admin = float(start.group(1)), float(start.group(2))
         assert worker < admin  # the device worker loads no admin stack
         assert f"RSS per device worker after start, {service}" in out
+
+
+def test_make_bench_compiles_the_project_before_it_measures() -> None:
+    """Where ``PYTHONDONTWRITEBYTECODE`` is set, a worker that compiles its modules from
+    source starts larger than one of an installed wheel (compiled when installed): the
+    memory figures would not be an installation's."""
+    make = shutil.which("make")
+    assert make is not None
+    done = subprocess.run(  # noqa: S603 - make, as a user runs it
+        [make, "-n", "bench", "STAMP="], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    commands = done.stdout.splitlines()
+    compiles = [i for i, line in enumerate(commands) if "-m compileall" in line and " owner " in line]
+    runs = [i for i, line in enumerate(commands) if "bench/run.py" in line]
+    assert compiles and runs and compiles[0] < runs[0], done.stdout
