@@ -26,11 +26,12 @@ from fdo.messages import ErrorMessage
 from fdo.to1.device import TO1Device
 from fdo_server.device_app import DeviceApp
 from fdo_server.http_protocol import OneWriteHTTPProtocol, _FastRequest, configure_fast
+from fdo_server.launcher import free_port
 from rendezvous.app import create_device_app as rendezvous_device_app
 from rendezvous.settings import RendezvousSettings
 from tests.conftest import KeyPool, database_backends, migrated, open_database
 from tests.rendezvous.test_service import Setup, make_setup, to0_owner
-from tests.threaded_server import free_port, serving
+from tests.threaded_server import serving
 from transport.client import FdoHttpClient
 
 

@@ -16,7 +16,8 @@ from fastapi.responses import Response
 from uvicorn.server import ServerState
 
 from fdo_server.http_protocol import EdgeLimits, GatheredWrites, OneWriteHTTPProtocol, configure
-from tests.threaded_server import free_port, serving
+from fdo_server.launcher import free_port
+from tests.threaded_server import serving
 
 
 class Recorder:

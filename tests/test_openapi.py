@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +26,7 @@ from fdo_server.launcher import free_port
 from fdo_server.planes import PlaneSplit, device_paths
 from tests.conftest import KeyPool
 from tests.test_admin_api_fuzz import make_app
+from tests.threaded_server import serving
 
 SERVICES = ("manufacturer", "rendezvous", "owner")
 ERROR_REF = "#/components/schemas/ApiError"
@@ -243,14 +242,8 @@ def test_docs_render_in_a_browser_under_their_csp(apps: dict[str, FastAPI]) -> N
     """Swagger UI lists the operations and ReDoc renders, with only the service's files."""
     assert BROWSER is not None
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(apps["owner"], host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "the owner did not start"
-            time.sleep(0.05)
+    config = uvicorn.Config(apps["owner"], host="127.0.0.1", port=port, log_level="warning")
+    with serving(config, timeout=20):
         operations = len(admin_operations(apps["owner"]))
         for page, marker in (("/docs", "opblock-summary-path"), ("/redoc", "api-content")):
             dom = subprocess.run(  # noqa: S603 - the browser found on PATH, fixed arguments
@@ -265,6 +258,3 @@ def test_docs_render_in_a_browser_under_their_csp(apps: dict[str, FastAPI]) -> N
             if page == "/docs":
                 assert dom.count('class="opblock-summary-path"') >= operations
         assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(10)

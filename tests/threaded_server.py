@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,22 +10,15 @@ from contextlib import contextmanager
 import uvicorn
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @contextmanager
-def serving(config: uvicorn.Config) -> Iterator[uvicorn.Server]:
-    """``config`` served in a thread, started (within 10 s) before it is yielded, stopped after."""
+def serving(config: uvicorn.Config, *, timeout: float = 10.0) -> Iterator[uvicorn.Server]:
+    """``config`` served in a thread, started (within ``timeout`` seconds) before it is
+    yielded, stopped after."""
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         while not server.started:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.02)
