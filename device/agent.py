@@ -42,6 +42,7 @@ from device.checkin import (
 )
 from device.modules import atomic_write, run_command
 from fdo.serviceinfo.bootc import Assignment
+from transport.client import tls_verify
 
 STATE_FILE = "checkin.json"
 ERROR_FILE = "last-error.json"
@@ -151,8 +152,12 @@ class CredentialRefused(CheckinError):
 
 def _post(url: str, secret: str, body: dict[str, Any], verify: bool | str) -> Answer:
     try:
-        resp = httpx.post(
-            url, json=body, headers={"Authorization": f"Bearer {secret}"}, verify=verify, timeout=30
+        resp = httpx.post(  # the TLS context shared (tls_verify): loading CAs costs some 20 ms a time
+            url,
+            json=body,
+            headers={"Authorization": f"Bearer {secret}"},
+            verify=tls_verify(verify),
+            timeout=30,
         )
     except httpx.HTTPError as exc:
         raise CheckinError(f"cannot reach the owner at {url}: {type(exc).__name__}") from None

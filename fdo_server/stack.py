@@ -15,7 +15,6 @@ With ``split_admin`` each service serves its admin plane on a listener of its ow
 from __future__ import annotations
 
 import json
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from fdo_server.db import make_engine, sqlite_url
 from fdo_server.launcher import ServiceProcess, free_ports
 from fdo_server.migrate import upgrade
 from fdo_server.tls import TlsFiles, write_test_tls
+from transport.client import tls_verify
 
 SERVICES = ("manufacturer", "rendezvous", "owner")
 
@@ -191,14 +191,11 @@ class Stack:
 
     def admin(self, service: str) -> httpx.Client:
         """An HTTP client for a service's admin API, with its admin token."""
-        verify: bool | ssl.SSLContext = True
-        if self.tls:
-            verify = ssl.create_default_context(cafile=str(self.tls.ca))
         return httpx.Client(
             base_url=self.admin_url(service),
             headers={"Authorization": f"Bearer {self.tokens[service]}"},
             timeout=30,
-            verify=verify,
+            verify=tls_verify(self.verify),  # one context per process: loading CAs costs some 20 ms
         )
 
     # ------------------------------------------------------------------ operator steps

@@ -297,3 +297,32 @@ def test_an_owner_that_lost_its_last_check_in_commit_still_knows_the_device(
         assert device.check_in().exit_code == 0  # and on with the secret that answer gave
     finally:
         engine.dispose()
+
+
+def test_check_ins_load_the_ca_bundle_once_per_process(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent checks in for as long as the device runs: each check-in reuses the
+    process's TLS context (``transport.client.tls_verify``) instead of loading the CA
+    bundle again (some 20 ms of CPU a time, more on a device)."""
+    import ssl
+
+    from device.agent import Host, check_in
+    from transport import client
+
+    device = Device(stack, tmp_path, "FLEET-TLS-CONTEXT")
+    device.onboard()
+    made: list[object] = []
+    real = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(kwargs.get("cafile"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    monkeypatch.setattr(client, "_CONTEXTS", {})
+    monkeypatch.setenv("FAKE_BOOTC_STATE", device.env["FAKE_BOOTC_STATE"])
+    host = Host(root=tmp_path / "root", bootc=str(FAKE_BOOTC), systemctl=str(device.systemctl))
+    for _ in range(3):
+        assert check_in(device.state, host, verify=stack.verify).state == "applied"
+    assert len(made) == 1, made
