@@ -51,7 +51,7 @@ from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
 from fdo_server.db import sqlite_url
 from fdo_server.migrate import upgrade
-from fdo_server.stack import Stack
+from fdo_server.stack import SERVICES, Stack, without_address_limits
 from owner.settings import to2_addr_entry
 from transport.client import FdoHttpClient
 
@@ -350,7 +350,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, workdir: Path, urls: dict[str, str], log: Any) -> int:
     n = args.devices + 5
-    stack = Stack(workdir / "stack", owner_env={"FDO_OWNER_TO0_ENABLED": "false"}).start()
+    stack = Stack(
+        workdir / "stack",
+        owner_env={"FDO_OWNER_TO0_ENABLED": "false"},
+        env={name: without_address_limits(name) for name in SERVICES},
+    ).start()
     try:
         creds: list[DeviceCredential] = []
         vouchers: list[OwnershipVoucher] = []

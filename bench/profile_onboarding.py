@@ -53,7 +53,7 @@ from device.modules import standard_modules
 from device.onboard import onboard
 from fdo.cipher import CipherSuite
 from fdo.kex import KexSuite
-from fdo_server.stack import Stack
+from fdo_server.stack import SERVICES, Stack, without_address_limits
 from transport.client import FdoHttpClient
 from transport.server import FdoEndpoint, MessageHandler
 
@@ -220,7 +220,7 @@ def _databases(backend: str) -> Iterator[dict[str, str]]:
 def _profile(args: argparse.Namespace, urls: dict[str, str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fdo-profile-"))
     key_type, kex, cipher = SUITES[args.suite]
-    stack = Stack(workdir, database_urls=urls).start()
+    stack = Stack(workdir, database_urls=urls, env={n: without_address_limits(n) for n in SERVICES}).start()
     try:
         creds = []
         for i in range(args.devices + 2):

@@ -93,7 +93,7 @@ from fdo.to0.owner import TO0Owner
 from fdo.to1.device import TO1Device
 from fdo.voucher import OwnershipVoucher
 from fdo_server.launcher import process_tree, stat_cpu_seconds
-from fdo_server.stack import SERVICES, Stack
+from fdo_server.stack import SERVICES, Stack, without_address_limits
 from owner.settings import OwnerSettings, to2_addr_entry
 from transport.client import FdoHttpClient
 
@@ -322,13 +322,6 @@ def postgres_schemas() -> Iterator[dict[str, str]]:
 # ---------------------------------------------------------------------------- one backend
 
 
-def unlimited(service: str) -> dict[str, str]:
-    """The per-address rate limit and the connection limit off: every device of the
-    benchmark comes from 127.0.0.1, as no real fleet does (docs/benchmarks.md)."""
-    prefix = f"FDO_{service.upper()}_"
-    return {f"{prefix}FIRST_MESSAGE_RATE": "0", f"{prefix}MAX_CONNECTIONS": "0"}
-
-
 def bench_backend(
     backend: str,
     urls: dict[str, str],
@@ -347,7 +340,7 @@ def bench_backend(
     admin_process: bool = False,
 ) -> BackendResult:
     workdir = Path(tempfile.mkdtemp(prefix=f"fdo-bench-{backend}-"))
-    env = {name: unlimited(name) for name in SERVICES}
+    env = {name: without_address_limits(name) for name in SERVICES}
     if admin_process:  # each admin plane in a process of its own: the workers serve devices only
         for name in SERVICES:
             env[name][f"FDO_{name.upper()}_ADMIN_PROCESS"] = "true"
@@ -419,7 +412,7 @@ def bench_to0_bulk(
         database_urls=urls,
         workers=dict.fromkeys(SERVICES, workers),
         owner_env=scheduler_defaults(),
-        env={name: unlimited(name) for name in SERVICES},
+        env={name: without_address_limits(name) for name in SERVICES},
     )
     print(f"    {'TO0 at scale':<13} {count:,} vouchers, at most {cap:.0f} s", flush=True)
     stack.start()

@@ -34,7 +34,7 @@ from fdo.kex import KexSuite
 from fdo.rvinfo import RVTO2Addr
 from fdo.to0.owner import TO0Owner
 from fdo.voucher import OwnershipVoucher
-from fdo_server.stack import SERVICES, Stack
+from fdo_server.stack import SERVICES, Stack, without_address_limits
 from owner.settings import to2_addr_entry
 from transport.client import FdoHttpClient
 
@@ -133,12 +133,6 @@ def onboard_many(stack: Stack, count: int, every: int, concurrency: int) -> list
     return marks
 
 
-def unlimited(service: str) -> dict[str, str]:
-    """Every device here comes from 127.0.0.1: the per-address limits off, as in bench/run.py."""
-    prefix = f"FDO_{service.upper()}_"
-    return {f"{prefix}FIRST_MESSAGE_RATE": "0", f"{prefix}MAX_CONNECTIONS": "0"}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -150,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--malloc-arena-max", type=int, help="glibc MALLOC_ARENA_MAX for the services")
     args = parser.parse_args(argv)
-    limits = {name: unlimited(name) for name in SERVICES}
+    limits = {name: without_address_limits(name) for name in SERVICES}
     if args.admin_process:
         for name, env in limits.items():
             env[f"FDO_{name.upper()}_ADMIN_PROCESS"] = "true"

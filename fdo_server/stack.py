@@ -60,6 +60,14 @@ args = []
 """
 
 
+def without_address_limits(service: str) -> dict[str, str]:
+    """``service``'s environment with the per-address rate limit and the connection limit
+    off, for a :class:`Stack` (``env``) whose every device comes from 127.0.0.1, as no real
+    fleet does: the benchmarks (``docs/benchmarks.md``)."""
+    prefix = f"FDO_{service.upper()}_"
+    return {f"{prefix}FIRST_MESSAGE_RATE": "0", f"{prefix}MAX_CONNECTIONS": "0"}
+
+
 @dataclass
 class Stack:
     """Three running services and what an operator holds to drive them."""
