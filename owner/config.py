@@ -64,9 +64,9 @@ def _name(setting: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _key_from(data: bytes) -> PrivateKeyT:
-    """The private key in ``data``, read and checked once per process: checking an RSA
-    key (its primes) takes 35 ms for 2048 bits and over 100 ms for 3072, and ``fdo owner
-    serve`` loads the settings once to check them and once more to serve them."""
+    """The private key in ``data``, read and checked once per process (``fdo owner serve``
+    loads the settings once to check them and once more to serve them; an RSA key's check
+    signs and verifies, :func:`fdo.crypto.load_private_key`)."""
     return load_private_key(data)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fdo.crypto import (
     PkEnc,
@@ -123,6 +123,41 @@ def test_pem_round_trip(keys: dict[str, PrivateKeyT]) -> None:
         )
     with pytest.raises(MessageBodyError):
         load_private_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+
+
+def _der_length(n: int) -> bytes:
+    return bytes([n]) if n < 0x80 else bytes([0x81, n]) if n < 0x100 else b"\x82" + n.to_bytes(2, "big")
+
+
+def _pkcs1(*values: int) -> bytes:
+    """A PKCS#1 RSAPrivateKey (version 0, then ``values``) in DER, whatever ``values`` are:
+    cryptography refuses to serialize parts that do not belong together."""
+    body = b""
+    for value in (0, *values):
+        raw = value.to_bytes(value.bit_length() // 8 + 1, "big")
+        body += b"\x02" + _der_length(len(raw)) + raw
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def test_an_rsa_key_whose_parts_do_not_belong_together_is_refused() -> None:
+    """RSA keys skip OpenSSL's slow check of their primes (fdo.crypto.load_private_key):
+    a key that signs what its public key does not verify is still refused."""
+    mine = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    n, e = mine.public_numbers.n, mine.public_numbers.e
+    good = _pkcs1(n, e, mine.d, mine.p, mine.q, mine.dmp1, mine.dmq1, mine.iqmp)
+    loaded = load_private_key(good)
+    assert isinstance(loaded, rsa.RSAPrivateKey) and loaded.private_numbers() == mine
+    broken = {
+        "another key's modulus": _pkcs1(
+            other.public_numbers.n, e, mine.d, mine.p, mine.q, mine.dmp1, mine.dmq1, mine.iqmp
+        ),
+        "a damaged exponent": _pkcs1(n, e, mine.d + 2, mine.p, mine.q, mine.dmp1 + 2, mine.dmq1, mine.iqmp),
+    }
+    for what, der in broken.items():
+        with pytest.raises(MessageBodyError, match="do not belong together"):
+            load_private_key(der)
+            pytest.fail(f"loaded a key with {what}")
 
 
 def test_device_certificate_chain(keys: dict[str, PrivateKeyT]) -> None:
