@@ -59,7 +59,11 @@ POOL_TIMEOUT = 30.0
 RETRY_AFTER_SECONDS = 5
 #: PostgreSQL connections older than this many seconds are replaced at checkout.
 RECYCLE_SECONDS = 1800.0
-#: libpq settings of every PostgreSQL connection (:func:`fdo_server.db.make_engine` uses them too).
+#: Settings of every PostgreSQL connection (:func:`fdo_server.db.make_engine` uses them
+#: too): libpq's timeouts, and psycopg's preparing off: a connection's statements are
+#: prepared by :class:`fdo_server.pq.PqCursor`, and psycopg, once it has prepared some of
+#: its own, sends ``DEALLOCATE ALL`` after every ``ROLLBACK`` it runs (SQLAlchemy's pool
+#: runs one as it takes a connection back), which would drop those too.
 PG_CONNECT_ARGS: dict[str, Any] = {
     "connect_timeout": 5,
     "tcp_user_timeout": 10_000,
@@ -67,6 +71,7 @@ PG_CONNECT_ARGS: dict[str, Any] = {
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
+    "prepare_threshold": None,
 }
 
 _LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b", re.IGNORECASE)
@@ -548,11 +553,11 @@ class _PostgresConnection(Connection):
     """A psycopg connection in autocommit: ``BEGIN`` is sent before the unit of work's
     first write (:func:`message_scope`), unless that write is its :meth:`last_write`.
 
-    Every statement of the unit of work, ``BEGIN`` and ``COMMIT`` included, runs on one
-    cursor, kept with the pooled connection for its next units of work (``pooled``): a
-    psycopg cursor made per statement cost about a quarter of the driver's CPU per
-    statement (``docs/benchmarks.md``, issue 15's tenth round). Each statement's result
-    is read (``run``'s ``read``) before the next one runs."""
+    Every statement of the unit of work, ``BEGIN`` and ``COMMIT`` included, runs on the
+    connection's :class:`fdo_server.pq.PqCursor` (libpq's prepared statements without
+    psycopg's cursor machinery: about half the CPU per statement; issue 15's fifteenth
+    round), the same one for all its units of work. Each statement's result is read
+    (``run``'s ``read``) before the next one runs."""
 
     dialect = "postgresql"
 
@@ -567,7 +572,9 @@ class _PostgresConnection(Connection):
     def _cursor_of(self) -> Any:
         cursor = self._cursor
         if cursor is None or cursor.closed:
-            cursor = self._cursor = self.raw.cursor()
+            from fdo_server.pq import cursor_for
+
+            cursor = self._cursor = cursor_for(self.raw)
             if self._pooled is not None:
                 self._pooled.cursor = cursor
         return cursor
