@@ -196,10 +196,6 @@ class PqCursor:
             except (ZoneInfoNotFoundError, ValueError):
                 self._zone = UTC
 
-    @property
-    def closed(self) -> bool:
-        return self.connection.closed
-
     def _psycopg(self) -> psycopg.Cursor[Any]:
         if self._fallback is None or self._fallback.closed:
             self._fallback = self.connection.cursor()
@@ -238,11 +234,9 @@ class PqCursor:
 
     def _prepare(self, query: str, params: Mapping[str, Any], types: tuple[int, ...]) -> _Statement:
         text, names = numbered(query)
-        if set(names) != set(params):
-            # psycopg's own error for a missing parameter (an extra one it ignores)
-            missing = set(names) - set(params)
-            if missing:
-                raise psycopg.ProgrammingError(f"query parameter missing: {', '.join(sorted(missing))}")
+        missing = set(names) - set(params)  # psycopg refuses a missing one and ignores an extra one
+        if missing:
+            raise psycopg.ProgrammingError(f"query parameter missing: {', '.join(sorted(missing))}")
         by_name = dict(zip(params, types, strict=True))
         oids = [by_name[name] for name in names]
         formats = [1 if oid == BYTEA else 0 for oid in oids]
@@ -322,10 +316,6 @@ class PqCursor:
         rows = self._rows[self._position :]
         self._position = len(self._rows)
         return rows
-
-    def close(self) -> None:
-        if self._fallback is not None:
-            self._fallback.close()
 
 
 _CURSORS: weakref.WeakKeyDictionary[psycopg.Connection[Any], PqCursor] = weakref.WeakKeyDictionary()

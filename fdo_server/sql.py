@@ -50,6 +50,8 @@ from transport.server import InlineWhileFast
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from fdo_server.pq import PqCursor
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -213,8 +215,6 @@ class _Pooled:
     raw: Any
     created: float
     generation: int
-    #: A PostgreSQL connection's cursor, kept for its units of work (:class:`_PostgresConnection`).
-    cursor: Any = None
 
 
 class Database:
@@ -339,7 +339,7 @@ class Database:
                 yield conn
             return
         entry = self._checkout()
-        conn = kind(entry.raw, self._commit_listeners, entry)
+        conn = kind(entry.raw, self._commit_listeners)
         try:
             yield conn
         finally:
@@ -439,9 +439,7 @@ class Connection:
 
     dialect: str
 
-    def __init__(
-        self, raw: Any, listeners: list[Callable[[Any], None]], pooled: _Pooled | None = None
-    ) -> None:
+    def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
         self.raw = raw
         self._listeners = listeners
         #: A statement failed because the connection to the server was lost.
@@ -478,9 +476,7 @@ class _SqliteConnection(Connection):
 
     dialect = "sqlite"
 
-    def __init__(
-        self, raw: Any, listeners: list[Callable[[Any], None]], pooled: _Pooled | None = None
-    ) -> None:
+    def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
         super().__init__(raw, listeners)
         self.durable = False
 
@@ -561,22 +557,17 @@ class _PostgresConnection(Connection):
 
     dialect = "postgresql"
 
-    def __init__(
-        self, raw: Any, listeners: list[Callable[[Any], None]], pooled: _Pooled | None = None
-    ) -> None:
+    def __init__(self, raw: Any, listeners: list[Callable[[Any], None]]) -> None:
         super().__init__(raw, listeners)
         self.deferral = Deferral()
-        self._pooled = pooled
-        self._cursor: Any = pooled.cursor if pooled is not None else None
+        self._cursor: PqCursor | None = None
 
-    def _cursor_of(self) -> Any:
+    def _cursor_of(self) -> PqCursor:
         cursor = self._cursor
-        if cursor is None or cursor.closed:
+        if cursor is None:
             from fdo_server.pq import cursor_for
 
             cursor = self._cursor = cursor_for(self.raw)
-            if self._pooled is not None:
-                self._pooled.cursor = cursor
         return cursor
 
     def run(self, sql: str, params: Mapping[str, Any], read: Callable[[Any], T]) -> T:

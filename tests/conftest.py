@@ -149,11 +149,14 @@ _MIGRATED: dict[tuple[str, ...], Path] = {}
 
 
 def _new_sqlite_file(url: str) -> Path | None:
-    """The file of a ``sqlite:///`` URL with no query when it does not exist yet, else None."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or "?" in url or url == prefix + ":memory:":
+    """The file of a SQLite URL (:func:`fdo_server.sql.parse_url`; not a ``file:`` URI or
+    in memory) when it does not exist yet, else None."""
+    from fdo_server.sql import parse_url
+
+    target = parse_url(url)
+    if target.dialect != "sqlite" or target.uri or target.memory:
         return None
-    path = Path(url[len(prefix) :])
+    path = Path(target.database)
     return None if path.exists() else path
 
 
