@@ -85,8 +85,10 @@ def load_keys(keys: dict[str, Path]) -> dict[str, PrivateKeyT]:
             raise SettingsError(
                 f"{_name('keys')}: cannot read the {kind} key {path}: {exc.strerror}"
             ) from None
-        except FdoError:
-            raise SettingsError(f"{_name('keys')}: {path} holds no supported private key") from None
+        except FdoError as exc:
+            raise SettingsError(
+                f"{_name('keys')}: {path} holds no supported private key ({exc.message})"
+            ) from None
         if key_kind(key) != kind:
             raise SettingsError(f"{_name('keys')}: {path} is a {key_kind(key)} key, not {kind}")
         out[kind] = key
