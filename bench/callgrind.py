@@ -11,6 +11,10 @@ call in :func:`counted` (a one-item ``functools.reduce``, whose C function callg
 warm-up is over, so only the server's work on the measured operations is counted: user
 space of that process (machines, sessions, the driver), not the kernel or a database
 server. About 50 times slower than running natively.
+
+With ``FDO_BENCH_CALLGRIND_OUT=FILE`` in the environment, callgrind's profile is kept in
+FILE (else discarded), for ``callgrind_annotate FILE`` to split the count by C function and
+library (the interpreter, OpenSSL, SQLite).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ T = TypeVar("T")
 
 #: Set in the environment of the run under callgrind.
 UNDER_CALLGRIND = "FDO_BENCH_UNDER_CALLGRIND"
+#: Where callgrind's profile goes, when set (else nowhere).
+OUT_FILE = "FDO_BENCH_CALLGRIND_OUT"
 #: The C function inside which callgrind counts: each counted call runs inside one.
 COUNTED = "functools_reduce"
 
@@ -67,7 +73,7 @@ def rerun(script: str, argv: list[str], count: int, unit: str) -> int:
         "--instr-atstart=no",
         "--collect-atstart=no",
         f"--toggle-collect={COUNTED}",
-        "--callgrind-out-file=/dev/null",
+        f"--callgrind-out-file={os.environ.get(OUT_FILE) or os.devnull}",
         sys.executable,
         script,
         *argv,
