@@ -6,12 +6,15 @@ workers, and multiprocessing's resource tracker (a small helper the spawn start 
 starts; told apart by its command line). With one worker uvicorn serves in the one
 process, which is then the worker. RSS is ``VmRSS`` of ``/proc/PID/status``.
 
-Idle CPU is far below what ``/proc/PID/stat`` resolves (clock ticks of 10 ms: 0.1 ms/s
-over 30 s is 3 ms), so it is read in nanoseconds from ``/proc/PID/task/TID/schedstat``
-(time on CPU of each thread), summed over every thread of every process of the tree at
-the end of the window less what the same threads had at its start (a thread that ends
-within the window loses what it used in it). Without ``schedstat`` it falls back to
-:meth:`ServiceProcess.cpu_seconds`.
+CPU over a window (:func:`cpu_mark`, :func:`cpu_since`: idle CPU, and each phase's server
+CPU in ``bench/run.py``) is finer than what ``/proc/PID/stat`` resolves (clock ticks of
+10 ms, truncated per process: 0.1 ms/s over 30 s is 3 ms, and 200 TO1s of about 0.8 ms
+each on a service of three processes read up to 0.15 ms per TO1 off), so it is read in
+nanoseconds from ``/proc/PID/task/TID/schedstat`` (time on CPU of each thread), summed
+over every thread of every process of the tree at the end of the window less what the
+same threads had at its start. Where a thread or process that was there at the start has
+ended by the end (what it used in the window would be lost), or without ``schedstat``,
+the window is read in clock ticks instead (:meth:`ServiceProcess.cpu_seconds`).
 """
 
 from __future__ import annotations
@@ -166,29 +169,44 @@ def thread_cpu_ns(proc: ServiceProcess) -> dict[tuple[int, int], int] | None:
     return out
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    """What :func:`cpu_since` measures a window of a service's CPU from."""
+
+    threads: dict[tuple[int, int], int] | None
+    ticks: float
+
+
+def cpu_mark(proc: ServiceProcess) -> CpuMark:
+    """The start of a window of ``proc``'s CPU (module docstring)."""
+    return CpuMark(thread_cpu_ns(proc), proc.cpu_seconds())
+
+
+def cpu_since(proc: ServiceProcess, mark: CpuMark) -> float:
+    """CPU seconds ``proc``'s processes used since ``mark``: in nanoseconds per thread
+    when every thread there at ``mark`` is still there, else in clock ticks."""
+    after = None if mark.threads is None else thread_cpu_ns(proc)
+    if mark.threads is None or after is None or not mark.threads.keys() <= after.keys():
+        return proc.cpu_seconds() - mark.ticks
+    return sum(ns - mark.threads.get(key, 0) for key, ns in after.items()) / 1e9
+
+
 def idle_cpu(stack: Stack, seconds: float, services: Iterable[str] | None = None) -> dict[str, float]:
     """Milliseconds of CPU per second each service's processes used over ``seconds``
     with no request from this process."""
     names = list(stack.services) if services is None else list(services)
-    threads = {name: thread_cpu_ns(stack.services[name]) for name in names}
-    ticks = {name: stack.services[name].cpu_seconds() for name in names}
+    marks = {name: cpu_mark(stack.services[name]) for name in names}
     start = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - start
-    out = {}
-    for name in names:
-        before = threads[name]
-        after = thread_cpu_ns(stack.services[name])
-        if before is None or after is None:
-            used = stack.services[name].cpu_seconds() - ticks[name]
-        else:
-            used = sum(ns - before.get(key, 0) for key, ns in after.items()) / 1e9
-        out[name] = used / elapsed * 1000
-    return out
+    return {name: cpu_since(stack.services[name], marks[name]) / elapsed * 1000 for name in names}
 
 
 __all__ = [
     "MB",
+    "CpuMark",
+    "cpu_mark",
+    "cpu_since",
     "ServiceRss",
     "idle_cpu",
     "rss_bytes",

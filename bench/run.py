@@ -43,7 +43,8 @@ owner's own key, so the rendezvous CPU of exactly N registrations is measured (t
 owner-side signing runs in the load generator, as it would in the owner's scheduler).
 
 Server CPU is read from ``/proc`` for each service's uvicorn process and its workers
-(:meth:`fdo_server.launcher.ServiceProcess.cpu_seconds`) before and after a phase; on
+before and after a phase, in nanoseconds per thread (``bench/footprint.py``'s
+:func:`cpu_since`; in clock ticks where a thread ended within the phase); on
 PostgreSQL the CPU of the database server's processes on this machine is reported
 beside it, not in it. A warm-up round of ``--warmup`` devices goes through every phase
 first, unmeasured. The device's ``fdo.command`` runner is a stub (no fork per device in
@@ -76,7 +77,7 @@ from urllib.parse import quote
 from checkin_load import IMAGE, MODEL, CheckinDevice, bootc_module
 from device_client import DeviceClientFigures
 from device_client import measure as measure_device_client
-from footprint import MB, ServiceRss, idle_cpu, service_rss, stack_rss, wait_settled
+from footprint import MB, ServiceRss, cpu_mark, cpu_since, idle_cpu, service_rss, stack_rss, wait_settled
 from summary import Figure, print_summary
 from to0_bulk_phase import To0BulkResult, measure_to0_bulk
 
@@ -254,7 +255,7 @@ def run_phase(
         op(item)
         latencies.append(time.perf_counter() - start)
 
-    cpu_before = {s: stack.services[s].cpu_seconds() for s in services}
+    cpu_before = {s: cpu_mark(stack.services[s]) for s in services}
     client_before = process_cpu()
     on_postgres = any(url.startswith("postgresql") for url in stack.database_urls.values())
     database_before = postgres_cpu() if on_postgres else 0.0
@@ -265,7 +266,7 @@ def run_phase(
     wall = time.perf_counter() - start
     client = process_cpu() - client_before
     database = postgres_cpu() - database_before if on_postgres else 0.0
-    cpu = {s: stack.services[s].cpu_seconds() - cpu_before[s] for s in services}
+    cpu = {s: cpu_since(stack.services[s], cpu_before[s]) for s in services}
     return PhaseResult(name, services, len(items), wall, latencies, cpu, client, database)
 
 
