@@ -55,7 +55,7 @@ class RendezvousPolicy:
             )
 
 
-# TO1 reads it twice per device.
+# TO1's HelloRV reads it (ProveToRV too, on a machine restored from the stored state).
 _LIVE_OF_GUID = Sql("SELECT device_key_spki, to1d FROM rv_registration WHERE guid = :g AND expires_at > :now")
 
 

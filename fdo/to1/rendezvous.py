@@ -4,6 +4,10 @@ HelloRV for a GUID with no live registration fails with ResourceNotFound (6). Pr
 must carry the issued nonce and the device's UEID, signed by the device key recorded
 from the voucher's certificate chain at TO0. The reply is to1d exactly as the owner
 signed it.
+
+ProveToRV answers from the registration HelloRV found while the machine stays in memory
+between the two messages (the transport's machine cache); a machine restored from its
+stored state (another worker or replica, a restart) reads the registration again.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class TO1Rendezvous(ServerMachine[TO1State]):
         self.state = TO1State.WAIT_HELLO
         self.guid: Guid | None = None
         self.nonce: Nonce | None = None
+        #: The registration HelloRV found (not part of the stored state).
+        self.record: TO1Record | None = None
 
     def _find(self, guid: Guid) -> TO1Record:
         record = self.lookup.find(guid)
@@ -76,6 +82,7 @@ class TO1Rendezvous(ServerMachine[TO1State]):
             if not sg_type_fits(hello.ea_sig_info.sg_type, load_public_key(record.device_key_spki)):
                 raise InvalidMessageError("TO1.HelloRV: eASigInfo does not match the device key")
             self.guid = hello.guid
+            self.record = record
             self.nonce = Nonce.new(self.rand)
             self.state = TO1State.WAIT_PROVE
             return MsgType.TO1_HELLO_RV_ACK, TO1HelloRVAck(
@@ -83,7 +90,7 @@ class TO1Rendezvous(ServerMachine[TO1State]):
             ).encode()
         assert self.guid is not None
         prove = TO1ProveToRV.decode(body)
-        record = self._find(self.guid)
+        record = self.record if self.record is not None else self._find(self.guid)
         claims = read_eat(prove.token, "TO1.ProveToRV")
         if claims.nonce != self.nonce:
             raise NonceMismatchError("TO1.ProveToRV: NonceTO1Proof does not match")

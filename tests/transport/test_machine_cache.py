@@ -23,7 +23,8 @@ from fdo.errors import UnexpectedMessageError
 from fdo.to0.owner import TO0Owner
 from fdo.to0.rendezvous import TO0Rendezvous
 from fdo.to1.device import TO1Device
-from fdo.to1.rendezvous import TO1Rendezvous
+from fdo.to1.rendezvous import TO1Record, TO1Rendezvous
+from fdo.types import Guid
 from tests.fdo.flow import Rendezvous
 from tests.transport.test_http import BASE, CBOR, Setup, assert_error, setup, to0_owner
 from transport.client import FdoHttpClient
@@ -149,6 +150,38 @@ def test_stale_cache_entry_is_not_used(pair: Pair, setup: Setup) -> None:
     assert nxt is not None
     r = one.http.post("/fdo/101/msg/32", content=nxt[1], headers={**CBOR, "Authorization": token})
     assert r.status_code == 200 and len(one.restores) == 1
+
+
+def test_to1_reads_the_registration_again_only_on_a_restored_machine(
+    pair: Pair, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ProveToRV on the machine HelloRV left in the cache answers from the registration
+    HelloRV found; on a machine restored from the stored state it reads it again (and
+    refuses the device, code 6, when it is gone by then)."""
+    one, two, rv = pair.one, pair.two, pair.rv
+    found: list[Guid] = []
+    real_find = rv.find
+
+    def find(guid: Guid) -> TO1Record | None:
+        found.append(guid)
+        return real_find(guid)
+
+    monkeypatch.setattr(rv, "find", find)
+
+    device, r, token = _hello_rv(one, setup)
+    nxt = device.receive(31, r.content)
+    assert nxt is not None and len(found) == 1
+    r = one.http.post("/fdo/101/msg/32", content=nxt[1], headers={**CBOR, "Authorization": token})
+    assert r.status_code == 200 and one.restores == [] and len(found) == 1
+
+    found.clear()
+    device, r, token = _hello_rv(one, setup)
+    nxt = device.receive(31, r.content)
+    assert nxt is not None
+    del rv.registrations[setup.voucher.guid]  # the owner's registration is gone meanwhile
+    r = two.http.post("/fdo/101/msg/32", content=nxt[1], headers={**CBOR, "Authorization": token})
+    assert_error(r, 6, 32)
+    assert len(two.restores) == 1 and len(found) == 2
 
 
 def test_failed_message_leaves_nothing_cached(pair: Pair, setup: Setup) -> None:
