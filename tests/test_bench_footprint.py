@@ -65,7 +65,7 @@ def test_a_window_is_read_in_nanoseconds_per_thread(child: ServiceProcess) -> No
     used = cpu_since(child, mark)
     assert 0.123 <= used < 5
     # Not in whole clock ticks, as /proc/PID/stat would read it (a multiple of 10 ms by
-    # chance: about one in ten million).
+    # chance: about one in a million).
     assert round(used * CLK_TCK, 6) != round(used * CLK_TCK)
 
 
