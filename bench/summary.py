@@ -33,9 +33,15 @@ class Figure:
         return MET if self.value < self.target else NOT_MET
 
     def value_text(self) -> str:
+        """The value to :attr:`digits` places, or as many more as it takes for the shown
+        value to be on the same side of the target as the value itself (1.497 ms against
+        1.5 is shown so, not as a "1.50 ms" that is MET)."""
         if self.value is None:
             return self.note or "–"
-        text = f"{self.value:.{self.digits}f} {self.unit}"
+        digits = self.digits
+        while digits < 6 and (round(self.value, digits) < self.target) != (self.value < self.target):
+            digits += 1
+        text = f"{self.value:.{digits}f} {self.unit}"
         return f"{text} ({self.note})" if self.note else text
 
     def target_text(self) -> str:
