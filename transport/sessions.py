@@ -142,8 +142,10 @@ class MachineCache:
     it has not (another process moved the session on, or the row is gone), or anything
     fails on that path, the transaction is rolled back and the message is handled again
     from the stored state, as without a cache. So the cache only skips reading and
-    decoding state; correctness never depends on it. An entry is taken out while a
-    message uses it, so two concurrent requests never share one machine.
+    decoding state, and what a machine kept in memory from the session's earlier message
+    (TO1's rendezvous answers ``ProveToRV`` from the registration ``HelloRV`` read, which a
+    restored machine reads again); correctness never depends on it. An entry is taken out
+    while a message uses it, so two concurrent requests never share one machine.
     """
 
     def __init__(self, size: int = 1024, *, max_state: int = 64 * 1024) -> None:
