@@ -67,13 +67,18 @@ def rerun(script: str, argv: list[str], count: int, unit: str) -> int:
     if valgrind is None:
         print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
+    out = os.environ.get(OUT_FILE) or os.devnull
+    folder = os.path.dirname(os.path.abspath(out))
+    if out != os.devnull and not os.access(folder, os.W_OK):
+        print(f"{OUT_FILE}={out}: cannot write a file in {folder}", file=sys.stderr)
+        return 2
     command = [
         valgrind,
         "--tool=callgrind",
         "--instr-atstart=no",
         "--collect-atstart=no",
         f"--toggle-collect={COUNTED}",
-        f"--callgrind-out-file={os.environ.get(OUT_FILE) or os.devnull}",
+        f"--callgrind-out-file={out}",
         sys.executable,
         script,
         *argv,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,3 +55,13 @@ def test_rerun_without_valgrind_says_so_in_one_line(
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     assert callgrind.rerun("bench/profile_onboarding.py", [], 1, "onboarding") == 2
     assert capsys.readouterr().err == "--instructions needs valgrind (apt-get install valgrind)\n"
+
+
+def test_rerun_with_an_unwritable_profile_file_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: "/usr/bin/valgrind")
+    out = tmp_path / "missing" / "cg.out"
+    monkeypatch.setenv(callgrind.OUT_FILE, str(out))
+    assert callgrind.rerun("bench/profile_onboarding.py", [], 1, "onboarding") == 2
+    assert capsys.readouterr().err == f"{callgrind.OUT_FILE}={out}: cannot write a file in {out.parent}\n"
