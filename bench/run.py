@@ -51,6 +51,11 @@ first, unmeasured. The device's ``fdo.command`` runner is a stub (no fork per de
 the load generator); files are written under a per-device folder. The run ends with a
 table of each figure of issue 15 against its target (bench/summary.py). ``--quick`` is
 a smoke run with small counts.
+
+``make bench`` compiles the project's modules and drops the interpreter's shared libraries
+from the page cache (``bench/page_cache.py``) before it runs this script, so that the RSS
+figures are those of an installed service whose libraries are read from disk; run both
+first when running this script by hand.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ own (``FDO_<SERVICE>_ADMIN_PROCESS``).
     .venv/bin/python bench/worker_memory.py [--workers 2] [--onboardings 2000 --every 500]
 
 Prints each figure beside its target (issue 15): every worker under 60 MB RSS at start;
-the owner's under 80 MB after the onboardings, and flat over the second half.
+the owner's under 80 MB after the onboardings, and flat over the second half. Run
+``bench/page_cache.py`` first to compare with ``make bench``, which does.
 """
 
 from __future__ import annotations
