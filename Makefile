@@ -44,8 +44,8 @@ pytest: $(STAMP)
 # a second each time a service starts (an installed wheel is compiled when installed).
 # `make bench` too: a worker that compiled its modules from source started up to 1.8 MB larger
 # than an installed one (docs/benchmarks.md, issue 15, fourteenth round).
-# `make bench` then drops the libraries of the virtual environment from the page cache: one
-# that pip has just written is mapped in larger pieces, and every worker started up to 2.7 MB
+# `make bench` then drops the interpreter's shared libraries from the page cache: one that
+# pip has just written is mapped in larger pieces, and every worker started up to 2.7 MB
 # larger in the first run after a new virtual environment (bench/page_cache.py).
 COMPILE = $(BIN)/python -m compileall -q -j0 fdo fdo_cli fdo_server transport device manufacturer rendezvous owner bench
 
