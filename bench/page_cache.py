@@ -34,15 +34,18 @@ def is_shared_object(path: Path) -> bool:
     return name.endswith(".so") or ".so." in name
 
 
-def interpreter_library_dirs() -> list[Path]:
-    """Where this interpreter's shared objects are: site-packages (pure and platform),
-    the standard library's extension modules, and the folder of ``libpython``."""
+def interpreter_libraries() -> Iterator[Path]:
+    """This interpreter's shared objects: in site-packages (pure and platform) at any
+    depth, and at the top of the standard library's ``lib-dynload`` and of the folder of
+    ``libpython``."""
     paths = sysconfig.get_paths()
-    dirs = {paths["purelib"], paths["platlib"], os.path.join(paths["stdlib"], "lib-dynload")}
+    packages = {paths["purelib"], paths["platlib"]}
+    dirs = packages | {os.path.join(paths["stdlib"], "lib-dynload")}
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
         dirs.add(libdir)
-    return sorted(Path(d) for d in dirs if os.path.isdir(d))
+    roots = sorted(Path(d) for d in dirs if os.path.isdir(d))
+    return shared_objects(roots, recurse=[Path(d) for d in packages])
 
 
 def shared_objects(roots: Iterable[Path], *, recurse: Iterable[Path] = ()) -> Iterator[Path]:
@@ -75,11 +78,8 @@ def drop(path: Path) -> bool:
 
 
 def drop_libraries() -> int:
-    """:func:`drop` every shared object of this interpreter; how many were dropped."""
-    dirs = interpreter_library_dirs()
-    paths = sysconfig.get_paths()
-    packages = {Path(paths["purelib"]), Path(paths["platlib"])}
-    return sum(drop(path) for path in shared_objects(dirs, recurse=packages & set(dirs)))
+    """:func:`drop` every one of :func:`interpreter_libraries`; how many were dropped."""
+    return sum(drop(path) for path in interpreter_libraries())
 
 
 def main() -> int:
