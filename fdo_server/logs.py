@@ -13,6 +13,15 @@ has one format. uvicorn's access log lines become JSON objects with ``client``,
 ``method``, ``path``, ``status`` and ``http``, and the query string never appears: a
 token someone put in a URL (``?token=...``) must not land in a log, refused or not. The
 path keeps a ``?`` mark when a query was there.
+
+:func:`log_fields` logs a record with fields, as ``logger.log(level, msg, *args,
+extra={FIELDS: fields})`` does; the router's observer logs every FDO message with it.
+When the only handler the record would reach is the one :func:`configure_json_logging`
+installed, with no filter on the way (how the services run), it writes the record's line
+to that handler's stream itself: the same line, without making a ``LogRecord`` and
+passing it through the logger's and the handler's ``handle`` (about 100,000 instructions
+a line that way, 60,000 this way: 3 % of a TO1's, ``docs/benchmarks.md``, issue 15). A
+handler or filter anyone adds (pytest's ``caplog`` too) gets the record the usual way.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +40,24 @@ FIELDS = "fdo"
 #: ``json.dumps(..., default=str, separators=(",", ":"))`` without making an encoder per
 #: line (``json.dumps`` makes one whenever it is given options).
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+def _one_encoder() -> Callable[[dict[str, Any]], str]:
+    """:data:`_ENCODER`'s ``encode`` for a dict, with the C encoder it makes on every call
+    made once (without the circular-reference check, which a log line's fields never need:
+    the same text)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has its _json accelerator
+        return _ENCODER.encode
+    encoder = make(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def encode(obj: dict[str, Any]) -> str:
+        return "".join(encoder(obj, 0))
+
+    return encode
+
+
+_encode = _one_encoder()
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,31 +73,52 @@ class JsonFormatter(logging.Formatter):
         """``record.created`` in UTC to the millisecond, ``2026-12-06T01:02:03.456+00:00``
         (``isoformat(timespec="milliseconds")``); the part up to the second is made once
         per second."""
-        second = int(record.created)
+        return self.stamp(record.created, record.msecs)
+
+    def stamp(self, created: float, msecs: float) -> str:
+        """:meth:`timestamp` of a record made at ``created`` (``msecs`` its milliseconds)."""
+        second = int(created)
         cached = self._second
         if cached[0] != second:
             text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             cached = self._second = (second, text)
-        return f"{cached[1]}.{int(record.msecs):03d}+00:00"
+        return f"{cached[1]}.{int(msecs):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         access = _access_fields(record)
-        out: dict[str, Any] = {
-            "ts": self.timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage() if access is None else _access_message(access),
-        }
+        fields = getattr(record, FIELDS, None)
+        return self.line(
+            self.timestamp(record),
+            record.levelname,
+            record.name,
+            record.getMessage() if access is None else _access_message(access),
+            fields if isinstance(fields, dict) else None,
+            access,
+            self.formatException(record.exc_info) if record.exc_info else None,
+        )
+
+    def line(
+        self,
+        ts: str,
+        level_name: str,
+        logger: str,
+        message: str,
+        fields: Mapping[str, Any] | None = None,
+        access: Mapping[str, Any] | None = None,
+        exc_info: str | None = None,
+    ) -> str:
+        """The JSON line of a record with these parts (:meth:`format`'s, and
+        :func:`log_fields`'s when it writes the line itself)."""
+        out: dict[str, Any] = {"ts": ts, "level": level_name.lower(), "logger": logger, "message": message}
         if self.service is not None:
             out["service"] = self.service
-        fields = getattr(record, FIELDS, None)
-        if isinstance(fields, dict):
+        if fields is not None:
             out.update(fields)
         if access is not None:
             out.update(access)
-        if record.exc_info:
-            out["exc_info"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(out)
+        if exc_info is not None:
+            out["exc_info"] = exc_info
+        return _encode(out)
 
 
 ACCESS_LOGGER = "uvicorn.access"
@@ -140,3 +190,51 @@ def configure_json_logging(service: str, *, level: int = logging.INFO) -> None:
     root.addHandler(handler)
     if root.level > level or root.level == logging.NOTSET:
         root.setLevel(level)
+
+
+def _direct_handler(logger: logging.Logger, level: int) -> _JsonHandler | None:
+    """The handler a record of ``logger`` at ``level`` would reach when it is the only one
+    and :func:`configure_json_logging`'s, with its own formatter, and no logger or handler
+    on the way has a filter; None otherwise (``logger`` must be enabled for ``level``)."""
+    found: _JsonHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if found is not None or type(handler) is not _JsonHandler or handler.filters:
+                return None
+            if level < handler.level or type(handler.formatter) is not JsonFormatter:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    return found
+
+
+def log_fields(
+    logger: logging.Logger, level: int, fields: dict[str, Any], pathname: str, msg: str, *args: object
+) -> None:
+    """``logger.log(level, msg, *args, extra={FIELDS: fields})`` without looking up the
+    caller's frame (``pathname`` names it); written straight to the JSON handler when
+    nothing else would see the record (module docstring)."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _direct_handler(logger, level)
+    if handler is not None:
+        formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+        now = time.time()  # as LogRecord takes ``created`` and ``msecs``
+        ts = formatter.stamp(now, (now - int(now)) * 1000)
+        message = msg % args if args else msg
+        line = formatter.line(ts, logging.getLevelName(level), logger.name, message, fields)
+        handler.acquire()
+        try:
+            stream = handler.stream
+            stream.write(line + handler.terminator)
+            stream.flush()
+        except Exception:  # noqa: BLE001 - as StreamHandler.emit: reported by the handler
+            handler.handleError(logger.makeRecord(logger.name, level, pathname, 0, msg, args, None))
+        finally:
+            handler.release()
+        return
+    record = logger.makeRecord(logger.name, level, pathname, 0, msg, args, None, extra={FIELDS: fields})
+    logger.handle(record)

@@ -90,7 +90,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric  # noqa: E4
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from prometheus_client.registry import Collector, CollectorRegistry  # noqa: E402
 
-from fdo_server.logs import FIELDS  # noqa: E402
+from fdo_server.logs import log_fields  # noqa: E402
 from transport.dispatch import MessageEvent  # noqa: E402
 
 if TYPE_CHECKING:
@@ -192,9 +192,9 @@ class ServiceMetrics:
         """:data:`transport.dispatch.MessageObserver`: count the message and log it.
 
         Once per FDO message, so kept lean: the labelled counter of each (type, result)
-        and the other labelled children are looked up once per process, and the log
-        record is made and handled directly (``Logger.info`` would walk the stack for the
-        caller's file and line, which the JSON line does not carry)."""
+        and the other labelled children are looked up once per process, and the line is
+        logged with :func:`fdo_server.logs.log_fields` (no look-up of the caller's frame,
+        and written straight to the JSON handler when nothing else would see it)."""
         msg_type = str(event.msg_type) if 0 <= event.msg_type <= 255 else "invalid"
         ok = event.error_code is None
         key = (msg_type, ok)
@@ -226,18 +226,16 @@ class ServiceMetrics:
         }
         if event.completed:
             fields["completed"] = True
-        if log.isEnabledFor(logging.INFO):
-            record = log.makeRecord(
-                log.name,
-                logging.INFO,
-                __file__,
-                0,
-                "%s message %d %s",
-                (event.protocol or "FDO", event.msg_type, "ok" if ok else f"error {event.error_code}"),
-                None,
-                extra={FIELDS: fields},
-            )
-            log.handle(record)
+        log_fields(
+            log,
+            logging.INFO,
+            fields,
+            __file__,
+            "%s message %d %s",
+            event.protocol or "FDO",
+            event.msg_type,
+            "ok" if ok else f"error {event.error_code}",
+        )
         for listener in self._listeners:
             listener(event)
 
