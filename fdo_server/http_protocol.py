@@ -55,6 +55,8 @@ from typing import Any, Protocol, cast
 
 from uvicorn.protocols.utils import get_client_addr
 
+from fdo_server.logs import log_access
+
 try:
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
@@ -329,8 +331,8 @@ class OneWriteHTTPProtocol(_Base):
             fast.keep_alive = False
         if self.access_log:
             scope = {"client": self.client}
-            self.access_logger.info(
-                '%s - "%s %s HTTP/%s" %d',
+            log_access(
+                self.access_logger,
                 get_client_addr(scope),  # type: ignore[arg-type]
                 "POST",
                 FDO_TARGET.decode() + fast.msg_type,

@@ -135,7 +135,11 @@ def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
     fields with the query string cut off; None for any other record."""
     if record.name != ACCESS_LOGGER or not isinstance(record.args, tuple) or len(record.args) != 5:
         return None
-    client, method, path, http, status = record.args
+    return _access_fields_of(record.args)
+
+
+def _access_fields_of(args: tuple[object, ...]) -> dict[str, Any]:
+    client, method, path, http, status = args
     return {
         "event": "http_access",
         "client": str(client),
@@ -163,7 +167,7 @@ def uvicorn_log_config(service: str) -> dict[str, Any] | None:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter", "service": service}},
         "handlers": {
-            "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+            "json": {"class": f"{__name__}._JsonHandler", "formatter": "json", "stream": "ext://sys.stderr"}
         },
         "loggers": {
             "uvicorn": {"handlers": ["json"], "level": "INFO", "propagate": False},
@@ -174,7 +178,9 @@ def uvicorn_log_config(service: str) -> dict[str, Any] | None:
 
 
 class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Marks the handler :func:`configure_json_logging` installed (so it installs one)."""
+    """The services' JSON handlers (the root logger's, from :func:`configure_json_logging`,
+    which installs one, and uvicorn's, from :func:`uvicorn_log_config`): the ones
+    :func:`log_fields` and :func:`log_access` write lines to themselves."""
 
 
 def configure_json_logging(service: str, *, level: int = logging.INFO) -> None:
@@ -220,21 +226,57 @@ def log_fields(
     if not logger.isEnabledFor(level):
         return
     handler = _direct_handler(logger, level)
-    if handler is not None:
-        formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
-        now = time.time()  # as LogRecord takes ``created`` and ``msecs``
-        ts = formatter.stamp(now, (now - int(now)) * 1000)
-        message = msg % args if args else msg
-        line = formatter.line(ts, logging.getLevelName(level), logger.name, message, fields)
-        handler.acquire()
-        try:
-            stream = handler.stream
-            stream.write(line + handler.terminator)
-            stream.flush()
-        except Exception:  # noqa: BLE001 - as StreamHandler.emit: reported by the handler
-            handler.handleError(logger.makeRecord(logger.name, level, pathname, 0, msg, args, None))
-        finally:
-            handler.release()
+    if handler is None:
+        record = logger.makeRecord(logger.name, level, pathname, 0, msg, args, None, extra={FIELDS: fields})
+        logger.handle(record)
         return
-    record = logger.makeRecord(logger.name, level, pathname, 0, msg, args, None, extra={FIELDS: fields})
-    logger.handle(record)
+    message = msg % args if args else msg
+    _write(handler, logger, level, pathname, msg, args, message, fields, None)
+
+
+#: uvicorn's access line: ``client - "METHOD path HTTP/version" status``.
+ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d'
+
+
+def log_access(logger: logging.Logger, client: str, method: str, path: str, http: str, status: int) -> None:
+    """The access line of a request, as uvicorn's HTTP protocol logs it
+    (``logger.info(ACCESS_FORMAT, client, method, path, http, status)``); written straight
+    to the JSON handler, as :func:`log_fields` does, when nothing else would see it."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _direct_handler(logger, logging.INFO) if logger.name == ACCESS_LOGGER else None
+    if handler is None:
+        logger.info(ACCESS_FORMAT, client, method, path, http, status)
+        return
+    args = (client, method, path, http, status)
+    access = _access_fields_of(args)
+    message = _access_message(access)
+    _write(handler, logger, logging.INFO, __file__, ACCESS_FORMAT, args, message, None, access)
+
+
+def _write(
+    handler: _JsonHandler,
+    logger: logging.Logger,
+    level: int,
+    pathname: str,
+    msg: str,
+    args: tuple[object, ...],
+    message: str,
+    fields: Mapping[str, Any] | None,
+    access: Mapping[str, Any] | None,
+) -> None:
+    """Write the line of a record (``msg % args`` read as ``message``) to ``handler``'s
+    stream, as its ``emit`` would; a failed write is the handler's to report."""
+    formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+    now = time.time()  # as LogRecord takes ``created`` and ``msecs``
+    ts = formatter.stamp(now, (now - int(now)) * 1000)
+    line = formatter.line(ts, logging.getLevelName(level), logger.name, message, fields, access)
+    handler.acquire()
+    try:
+        stream = handler.stream
+        stream.write(line + handler.terminator)
+        stream.flush()
+    except Exception:  # noqa: BLE001 - as StreamHandler.emit: reported by the handler
+        handler.handleError(logger.makeRecord(logger.name, level, pathname, 0, msg, args, None))
+    finally:
+        handler.release()

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fdo_server import logs
-from fdo_server.logs import FIELDS, JsonFormatter, log_fields
+from fdo_server.logs import ACCESS_LOGGER, FIELDS, JsonFormatter, log_access, log_fields
 
 #: A fixed clock for both paths (LogRecord reads time.time on 3.11 and 3.12, time_ns after).
 NOW = 1_780_000_000.25
@@ -181,3 +181,44 @@ def test_the_services_message_line_is_written_directly(monkeypatch: pytest.Monke
     assert (line["event"], line["msg_type"], line["message"]) == ("fdo_message", 30, "TO1 message 30 ok")
     assert made == []
     metrics.log.manager._clear_cache()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["/fdo/101/msg/30", "/api/v1/registrations?token=secret&x=1"])
+def test_direct_access_line_is_uvicorns(
+    fixed_clock: None, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's access line written without a LogRecord is the one its logger writes,
+    query string cut off."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    for name, value in (("handlers", []), ("filters", []), ("propagate", False), ("level", logging.INFO)):
+        monkeypatch.setattr(access, name, value)
+    access.manager._clear_cache()  # type: ignore[attr-defined]
+    out = io.StringIO()
+    handler = logs._JsonHandler(out)
+    handler.setFormatter(JsonFormatter("owner"))
+    access.addHandler(handler)
+    log_access(access, "127.0.0.1:40000", "POST", path, "1.1", 500)
+    access.addFilter(passes)
+    log_access(access, "127.0.0.1:40000", "POST", path, "1.1", 500)
+    direct, usual = out.getvalue().splitlines()
+    assert direct == usual
+    line = json.loads(direct)
+    assert "secret" not in direct and line["path"] == path.split("?")[0] + ("?" if "?" in path else "")
+    assert line["message"] == f'127.0.0.1:40000 "POST {line["path"]} HTTP/1.1" 500'
+    access.manager._clear_cache()  # type: ignore[attr-defined]
+
+
+def test_uvicorns_access_logger_is_written_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the services' uvicorn log configuration the access line goes the direct way."""
+    import logging.config
+
+    for name in ("uvicorn", "uvicorn.error", ACCESS_LOGGER):
+        logger = logging.getLogger(name)
+        for attribute in ("handlers", "filters", "propagate", "level", "disabled"):
+            monkeypatch.setattr(logger, attribute, getattr(logger, attribute))
+    config = logs.uvicorn_log_config("owner")
+    assert config is not None
+    logging.config.dictConfig(config)
+    access = logging.getLogger(ACCESS_LOGGER)
+    assert type(logs._direct_handler(access, logging.INFO)) is logs._JsonHandler
+    access.manager._clear_cache()  # type: ignore[attr-defined]

@@ -227,6 +227,13 @@ def test_access_log_is_json_without_query_strings(tmp_path: Path) -> None:
             time.sleep(0.1)
         refused = httpx.get(f"http://127.0.0.1:{port}/api/v1/registrations?token={secret}&x=1")
         assert refused.status_code == 401
+        # An FDO message, answered by the protocol itself (its line written directly).
+        message = httpx.post(
+            f"http://127.0.0.1:{port}/fdo/101/msg/30",
+            content=b"\x80",
+            headers={"Content-Type": "application/cbor"},
+        )
+        assert message.status_code == 500
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
@@ -237,3 +244,9 @@ def test_access_log_is_json_without_query_strings(tmp_path: Path) -> None:
     assert [(r["method"], r["path"], r["status"]) for r in access] == [("GET", "/api/v1/registrations?", 401)]
     assert access[0]["logger"] == "uvicorn.access" and access[0]["service"] == "rendezvous"
     assert '"GET /api/v1/registrations? HTTP/1.1" 401' in access[0]["message"]
+    fdo_lines = [r for r in lines if r.get("event") == "http_access" and r["path"].startswith("/fdo/")]
+    assert [(r["method"], r["path"], r["status"], r["http"]) for r in fdo_lines] == [
+        ("POST", "/fdo/101/msg/30", 500, "1.1")
+    ]
+    assert fdo_lines[0]["message"].endswith(' "POST /fdo/101/msg/30 HTTP/1.1" 500')
+    assert fdo_lines[0]["client"].startswith("127.0.0.1:") and fdo_lines[0]["service"] == "rendezvous"
