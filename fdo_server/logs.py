@@ -22,6 +22,9 @@ to that handler's stream itself: the same line, without making a ``LogRecord`` a
 passing it through the logger's and the handler's ``handle`` (about 100,000 instructions
 a line that way, 60,000 this way: 3 % of a TO1's, ``docs/benchmarks.md``, issue 15). A
 handler or filter anyone adds (pytest's ``caplog`` too) gets the record the usual way.
+:func:`log_access` does the same for uvicorn's access line of an FDO message the HTTP
+protocol answers itself (:mod:`fdo_server.http_protocol`), through the handler
+:func:`uvicorn_log_config` gives uvicorn's loggers.
 """
 
 from __future__ import annotations
