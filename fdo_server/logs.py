@@ -16,7 +16,7 @@ path keeps a ``?`` mark when a query was there.
 
 :func:`log_fields` logs a record with fields, as ``logger.log(level, msg, *args,
 extra={FIELDS: fields})`` does; the router's observer logs every FDO message with it.
-When the only handler the record would reach is the one :func:`configure_json_logging`
+When the only handler the record would reach is the JSON handler :func:`configure_json_logging`
 installed, with no filter on the way (how the services run), it writes the record's line
 to that handler's stream itself: the same line, without making a ``LogRecord`` and
 passing it through the logger's and the handler's ``handle`` (about 100,000 instructions
@@ -203,8 +203,9 @@ def configure_json_logging(service: str, *, level: int = logging.INFO) -> None:
 
 def _direct_handler(logger: logging.Logger, level: int) -> _JsonHandler | None:
     """The handler a record of ``logger`` at ``level`` would reach when it is the only one
-    and :func:`configure_json_logging`'s, with its own formatter, and no logger or handler
-    on the way has a filter; None otherwise (``logger`` must be enabled for ``level``)."""
+    and one of the services' JSON handlers (:class:`_JsonHandler`, with a
+    :class:`JsonFormatter`), and no logger or handler on the way has a filter; None
+    otherwise (``logger`` must be enabled for ``level``)."""
     found: _JsonHandler | None = None
     current: logging.Logger | None = logger
     while current is not None:
