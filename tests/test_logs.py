@@ -1,5 +1,5 @@
-"""fdo_server.logs.log_fields: the line it writes itself is the line logging would write,
-and anything else that would see the record still gets it."""
+"""fdo_server.logs.log_fields and log_access: the line they write themselves is the line
+logging would write, and anything else that would see the record still gets it."""
 
 from __future__ import annotations
 
