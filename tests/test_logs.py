@@ -214,8 +214,10 @@ def test_uvicorns_access_logger_is_written_directly(monkeypatch: pytest.MonkeyPa
 
     for name in ("uvicorn", "uvicorn.error", ACCESS_LOGGER):
         logger = logging.getLogger(name)
-        for attribute in ("handlers", "filters", "propagate", "level", "disabled"):
+        for attribute in ("propagate", "level", "disabled"):
             monkeypatch.setattr(logger, attribute, getattr(logger, attribute))
+        for attribute in ("handlers", "filters"):  # copies: dictConfig changes the lists in place
+            monkeypatch.setattr(logger, attribute, list(getattr(logger, attribute)))
     config = logs.uvicorn_log_config("owner")
     assert config is not None
     logging.config.dictConfig(config)
